@@ -1,0 +1,19 @@
+"""edgedet: deploy single-stage object detectors (PASSD, HAR-Net, DSANet, DAIPNet) to the edge.
+
+The runtime imported here is torch-free (numpy + OpenCV); PyTorch model definitions live in
+``edgedet.models`` and are imported only when asked for.
+"""
+
+from edgedet.detections import Detections
+from edgedet.preprocess import FrameError, FrameTransform, PreprocessConfig, preprocess
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Detections",
+    "FrameError",
+    "FrameTransform",
+    "PreprocessConfig",
+    "__version__",
+    "preprocess",
+]

@@ -1,0 +1,247 @@
+"""Box operations in numpy: IoU, NMS, Soft-NMS, box voting, top-k pre-filtering.
+
+Boxes are ``xyxy`` in continuous pixel coordinates (area = (x2 - x1) * (y2 - y1), no "+1").
+Every function is vectorised over boxes; the greedy loops of NMS / Soft-NMS iterate once per
+*kept* box, each iteration a single numpy expression over the remaining candidates.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+SoftNmsMethod = Literal["linear", "gaussian"]
+
+
+def box_area(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` → ``(N,)`` areas; inverted boxes have area 0."""
+    wh = np.clip(boxes_xyxy[:, 2:4] - boxes_xyxy[:, 0:2], 0, None)
+    return wh[:, 0] * wh[:, 1]
+
+
+def box_iou(boxes_a_xyxy: np.ndarray, boxes_b_xyxy: np.ndarray) -> np.ndarray:
+    """IoU matrix ``(N, M)`` between ``(N, 4)`` and ``(M, 4)`` boxes (0 where union is 0)."""
+    a = np.asarray(boxes_a_xyxy, dtype=np.float32).reshape(-1, 4)
+    b = np.asarray(boxes_b_xyxy, dtype=np.float32).reshape(-1, 4)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(bottom_right - top_left, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0).astype(np.float32)
+
+
+def _iou_one_to_many(box: np.ndarray, area: float, boxes: np.ndarray, areas: np.ndarray
+                     ) -> np.ndarray:
+    """IoU of one box ``(4,)`` with ``(M, 4)`` boxes: the inner step of the greedy loops."""
+    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = w * h
+    union = area + areas - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def _check_boxes_scores(boxes_xyxy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    boxes = np.asarray(boxes_xyxy, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
+    if scores.shape != (boxes.shape[0],):
+        raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {scores.shape}")
+    return boxes, scores
+
+
+def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy hard NMS. Returns ``(K,) int64`` indices of kept boxes, highest score first.
+
+    A box is suppressed when its IoU with a kept, higher-scoring box is ``> iou_threshold``
+    (torchvision's convention). Equal scores keep the lower index first.
+    """
+    boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
+    order = np.argsort(-scores, kind="stable")
+    areas = box_area(boxes)
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        iou = _iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest])
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _per_class(class_ids: np.ndarray) -> list[np.ndarray]:
+    """Indices grouped by class id (each group in ascending index order)."""
+    class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    order = np.argsort(class_ids, kind="stable")
+    bounds = np.flatnonzero(np.diff(class_ids[order])) + 1
+    return [g for g in np.split(order, bounds) if g.size]
+
+
+def batched_nms(
+    boxes_xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float
+) -> np.ndarray:
+    """Class-aware hard NMS: boxes of different classes never suppress each other.
+
+    Returns ``(K,) int64`` kept indices sorted by decreasing score.
+    """
+    boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
+    if np.asarray(class_ids).shape != scores.shape:
+        raise ValueError("class_ids must have the same shape as scores")
+    kept = [group[nms(boxes[group], scores[group], iou_threshold)]
+            for group in _per_class(class_ids)]
+    if not kept:
+        return np.zeros(0, dtype=np.int64)
+    keep = np.concatenate(kept)
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def soft_nms(
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    method: SoftNmsMethod = "gaussian",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Soft-NMS of Bodla et al. (ICCV 2017), single class.
+
+    Repeatedly takes the highest-scoring remaining box ``M`` and decays the score of every
+    other remaining box ``b`` by
+
+    - ``linear``:   ``s *= 1 - IoU(M, b)`` if ``IoU(M, b) >= iou_threshold`` else unchanged
+    - ``gaussian``: ``s *= exp(-IoU(M, b)^2 / sigma)`` (``iou_threshold`` unused)
+
+    Boxes whose decayed score drops below ``score_threshold`` are discarded, as in the
+    authors' implementation.
+
+    Returns:
+        ``(keep (K,) int64, new_scores (K,) float32)``: kept indices in selection order,
+        which is also non-increasing decayed score, and their decayed scores.
+    """
+    boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
+    if method not in ("linear", "gaussian"):
+        raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}")
+    if sigma <= 0:
+        raise ValueError(f"soft_nms sigma must be > 0, got {sigma}")
+    remaining = np.flatnonzero(scores >= score_threshold)
+    current = scores.astype(np.float64)
+    areas = box_area(boxes)
+    keep: list[int] = []
+    kept_scores: list[float] = []
+    while remaining.size:
+        pos = int(np.argmax(current[remaining]))  # first maximum: lower index wins ties
+        i = remaining[pos]
+        keep.append(int(i))
+        kept_scores.append(float(current[i]))
+        remaining = np.delete(remaining, pos)
+        if not remaining.size:
+            break
+        iou = _iou_one_to_many(boxes[i], areas[i], boxes[remaining], areas[remaining])
+        if method == "linear":
+            decay = np.where(iou >= iou_threshold, 1.0 - iou, 1.0)
+        else:
+            decay = np.exp(-(iou * iou) / sigma)
+        current[remaining] *= decay
+        remaining = remaining[current[remaining] >= score_threshold]
+    return np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float32)
+
+
+def batched_soft_nms(
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    method: SoftNmsMethod = "gaussian",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class-aware Soft-NMS. Returns ``(keep, new_scores)`` sorted by decreasing new score."""
+    boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
+    keeps, new_scores = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for group in _per_class(class_ids):
+        k, s = soft_nms(boxes[group], scores[group], iou_threshold, sigma, score_threshold,
+                        method)
+        keeps.append(group[k])
+        new_scores.append(s)
+    keep, new = np.concatenate(keeps), np.concatenate(new_scores)
+    order = np.argsort(-new, kind="stable")
+    return keep[order], new[order]
+
+
+def box_voting(
+    kept_boxes_xyxy: np.ndarray,
+    kept_class_ids: np.ndarray,
+    candidate_boxes_xyxy: np.ndarray,
+    candidate_scores: np.ndarray,
+    candidate_class_ids: np.ndarray,
+    iou_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Box voting as in HAR-Net (after Gidaris & Komodakis 2015).
+
+    Each kept box is replaced by the score-weighted average of every candidate of the same
+    class that overlaps it with ``IoU >= iou_threshold``; its score becomes the maximum score
+    among those candidates (HAR-Net: ``p = max_i p_i``). A kept box with no such candidate
+    (possible only if it is not itself a candidate) is left unchanged with score 0.
+
+    Args:
+        kept_boxes_xyxy: ``(K, 4)`` boxes that survived (soft-)NMS.
+        kept_class_ids: ``(K,)``.
+        candidate_boxes_xyxy: ``(M, 4)`` all boxes that entered NMS.
+        candidate_scores: ``(M,)`` their original (undecayed) scores.
+        candidate_class_ids: ``(M,)``.
+        iou_threshold: overlap needed to vote (0.5, the threshold of Gidaris & Komodakis;
+            HAR-Net does not state one).
+
+    Returns:
+        ``(voted_boxes (K, 4) float32, voted_scores (K,) float32)``.
+    """
+    kept = np.asarray(kept_boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+    cand, cand_scores = _check_boxes_scores(candidate_boxes_xyxy, candidate_scores)
+    kept_cls = np.asarray(kept_class_ids, dtype=np.int64).reshape(-1)
+    cand_cls = np.asarray(candidate_class_ids, dtype=np.int64).reshape(-1)
+    voted = kept.copy()
+    voted_scores = np.zeros(len(kept), dtype=np.float32)
+    for cls in np.unique(kept_cls):
+        rows = np.flatnonzero(kept_cls == cls)
+        cols = np.flatnonzero(cand_cls == cls)
+        if not cols.size:
+            continue
+        votes = box_iou(kept[rows], cand[cols]) >= iou_threshold  # (k, m)
+        weights = votes * cand_scores[cols][None, :]
+        total = weights.sum(axis=1)
+        has_votes = total > 0
+        averaged = (weights @ cand[cols].astype(np.float64)) / np.where(has_votes, total, 1)[
+            :, None]
+        voted[rows[has_votes]] = averaged[has_votes]
+        voted_scores[rows] = np.where(votes, cand_scores[cols][None, :], 0.0).max(axis=1)
+    return voted, voted_scores
+
+
+def topk_candidates(
+    scores: np.ndarray, k: int, score_threshold: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pre-filter a ``(A, K)`` score matrix: the ``k`` best (anchor, class) pairs above a
+    threshold.
+
+    Returns:
+        ``(anchor_idx (n,) int64, class_idx (n,) int64, scores (n,) float32)``, ``n <= k``,
+        sorted by decreasing score.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape (A, K), got {scores.shape}")
+    flat = scores.reshape(-1)
+    candidates = np.flatnonzero(flat > score_threshold)
+    if k > 0 and candidates.size > k:
+        part = np.argpartition(-flat[candidates], k - 1)[:k]
+        candidates = candidates[part]
+    candidates = candidates[np.argsort(-flat[candidates], kind="stable")]
+    anchor_idx, class_idx = np.divmod(candidates, scores.shape[1])
+    return anchor_idx.astype(np.int64), class_idx.astype(np.int64), flat[candidates]

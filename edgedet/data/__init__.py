@@ -1,0 +1,1 @@
+"""Datasets as numpy: the synthetic generator, COCO / VOC / YOLO readers, evaluation."""

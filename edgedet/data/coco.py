@@ -1,0 +1,239 @@
+"""COCO-format datasets: writing (used by the synthetic generator) and reading."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgedet._io import write_bytes_atomic, write_json_atomic
+from edgedet.data.annotated import AnnotatedImageDataset, ImageRecord, check_class_names
+from edgedet.data.errors import DatasetError
+from edgedet.data.sample import Sample
+
+
+def sample_to_coco_annotations(sample: Sample, first_ann_id: int) -> list[dict]:
+    """COCO ``annotations`` entries for one sample (category ids are class id + 1)."""
+    anns = []
+    for k, (box, cls) in enumerate(zip(sample.boxes_xyxy, sample.class_ids, strict=True)):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        w, h = x2 - x1, y2 - y1
+        anns.append(
+            {
+                "id": first_ann_id + k,
+                "image_id": int(sample.image_id),
+                "category_id": int(cls) + 1,
+                "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
+                "area": round(w * h, 2),
+                "iscrowd": int(bool(sample.iscrowd[k])) if sample.iscrowd is not None else 0,
+            }
+        )
+    return anns
+
+
+def write_coco_dataset(
+    samples: Iterable[Sample],
+    out_dir: str | os.PathLike[str],
+    class_names: Sequence[str],
+    image_ext: str = ".png",
+    info: dict | None = None,
+) -> Path:
+    """Write ``samples`` as ``out_dir/images/<file_name>`` plus ``out_dir/annotations.json``.
+
+    Category ids are ``1..K`` in ``class_names`` order. Every file is written atomically, and
+    the annotations file last, so an interrupted run never leaves a dataset that looks whole.
+
+    Returns:
+        The path of the annotations file.
+    """
+    out_dir = Path(out_dir)
+    image_dir = out_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images: list[dict] = []
+    annotations: list[dict] = []
+    for sample in samples:
+        file_name = sample.file_name or f"{sample.image_id:06d}{image_ext}"
+        ok, encoded = cv2.imencode(Path(file_name).suffix or image_ext, sample.image)
+        if not ok:
+            raise OSError(f"OpenCV could not encode image {file_name!r}")
+        write_bytes_atomic(image_dir / file_name, encoded.tobytes())
+        images.append(
+            {
+                "id": int(sample.image_id),
+                "file_name": file_name,
+                "width": sample.width,
+                "height": sample.height,
+            }
+        )
+        annotations.extend(sample_to_coco_annotations(sample, first_ann_id=len(annotations) + 1))
+    dataset = {
+        "info": info or {"description": "written by edgedet"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "object"}
+            for i, name in enumerate(class_names)
+        ],
+    }
+    ann_path = out_dir / "annotations.json"
+    write_json_atomic(ann_path, dataset)
+    return ann_path
+
+
+def load_json_file(path: Path) -> Any:
+    """Parse a JSON file, turning a missing file or bad JSON into a ``DatasetError``."""
+    if not path.is_file():
+        raise DatasetError(f"annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from error
+
+
+def _required_list(dataset: dict, key: str, source: Path) -> list:
+    value = dataset.get(key)
+    if not isinstance(value, list):
+        raise DatasetError(f"{source}: expected a list under {key!r}, found {type(value).__name__}")
+    return value
+
+
+def _int_field(entry: Any, key: str, what: str, source: Path) -> int:
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DatasetError(f"{source}: {what} has no integer {key!r} (found {value!r})")
+    return value
+
+
+def _bbox_xywh(annotation: dict, source: Path) -> tuple[float, float, float, float]:
+    bbox = annotation.get("bbox")
+    if (
+        not isinstance(bbox, list)
+        or len(bbox) != 4
+        or not all(isinstance(v, Real) and not isinstance(v, bool) for v in bbox)
+        or not all(math.isfinite(v) for v in bbox)
+    ):
+        raise DatasetError(
+            f"{source}: annotation id {annotation.get('id')!r} has bbox {bbox!r}; "
+            "expected [x, y, width, height] as 4 finite numbers"
+        )
+    x, y, w, h = (float(v) for v in bbox)
+    return x, y, w, h
+
+
+class CocoDataset(AnnotatedImageDataset):
+    """A COCO-JSON object-detection dataset as a ``Sequence[Sample]``.
+
+    Images are listed in the order of the file's ``images`` array (images without annotations
+    are kept, with no boxes) and read from disk only when indexed. COCO category ids may have
+    gaps (real COCO uses 1..90 for its 80 classes): categories are sorted by id and numbered
+    0..K-1, so ``class_names[k]`` is the category whose COCO id is ``category_ids[k]`` — use
+    ``category_ids`` to write predictions back in COCO ids. Boxes are converted from COCO's
+    ``[x, y, width, height]`` to ``xyxy``; annotations with a non-positive width or height are
+    skipped; ``iscrowd`` flags are kept.
+
+    Args:
+        annotations: the annotations JSON file, or a directory holding ``annotations.json`` and
+            ``images/`` (the layout ``write_coco_dataset`` writes).
+        image_dir: the folder that ``file_name`` s are relative to. Defaults to ``images/``
+            beside the annotations file.
+
+    Attributes:
+        annotation_file: the JSON file read.
+        image_dir: the image folder.
+        category_ids: COCO category id of each class index.
+
+    Raises:
+        DatasetError: missing file or folder, invalid JSON, malformed entries, an annotation
+            naming an unknown image or category, or no images.
+    """
+
+    def __init__(
+        self, annotations: str | os.PathLike[str], image_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        annotation_file = Path(annotations)
+        if annotation_file.is_dir():
+            if image_dir is None:
+                image_dir = annotation_file / "images"
+            annotation_file = annotation_file / "annotations.json"
+        elif image_dir is None:
+            image_dir = annotation_file.parent / "images"
+        self.annotation_file = annotation_file
+        self.image_dir = Path(image_dir)
+
+        dataset = load_json_file(annotation_file)
+        if not isinstance(dataset, dict):
+            raise DatasetError(f"{annotation_file}: expected a JSON object at the top level")
+        if not self.image_dir.is_dir():
+            raise DatasetError(
+                f"image folder not found: {self.image_dir} (for {annotation_file}; "
+                "pass image_dir= to say where the images are)"
+            )
+
+        categories = sorted(
+            _required_list(dataset, "categories", annotation_file),
+            key=lambda c: _int_field(c, "id", "a category", annotation_file),
+        )
+        self.category_ids: tuple[int, ...] = tuple(c["id"] for c in categories)
+        if len(set(self.category_ids)) != len(self.category_ids):
+            raise DatasetError(f"{annotation_file}: duplicate category ids {self.category_ids}")
+        class_names = check_class_names(
+            [str(c.get("name", c["id"])) for c in categories], str(annotation_file)
+        )
+        class_of_category = {cat_id: k for k, cat_id in enumerate(self.category_ids)}
+
+        images = _required_list(dataset, "images", annotation_file)
+        annotations_of_image: dict[int, list[dict]] = {}
+        for image in images:
+            image_id = _int_field(image, "id", "an image", annotation_file)
+            if not isinstance(image.get("file_name"), str):
+                raise DatasetError(f"{annotation_file}: image id {image_id} has no 'file_name'")
+            if image_id in annotations_of_image:
+                raise DatasetError(f"{annotation_file}: duplicate image id {image_id}")
+            annotations_of_image[image_id] = []
+        # Test-set files (image_info_test*.json) have no "annotations" key at all.
+        for annotation in dataset.get("annotations", []):
+            image_id = _int_field(annotation, "image_id", "an annotation", annotation_file)
+            if image_id not in annotations_of_image:
+                raise DatasetError(
+                    f"{annotation_file}: annotation id {annotation.get('id')!r} refers to "
+                    f"image id {image_id}, which is not in 'images'"
+                )
+            annotations_of_image[image_id].append(annotation)
+
+        records = []
+        for image in images:
+            boxes_xyxy, class_ids, iscrowd = [], [], []
+            for annotation in annotations_of_image[image["id"]]:
+                category_id = _int_field(
+                    annotation, "category_id", "an annotation", annotation_file
+                )
+                if category_id not in class_of_category:
+                    raise DatasetError(
+                        f"{annotation_file}: annotation id {annotation.get('id')!r} has "
+                        f"category_id {category_id}, which is not in 'categories'"
+                    )
+                x, y, w, h = _bbox_xywh(annotation, annotation_file)
+                if w <= 0 or h <= 0:
+                    continue
+                boxes_xyxy.append((x, y, x + w, y + h))
+                class_ids.append(class_of_category[category_id])
+                iscrowd.append(bool(annotation.get("iscrowd", 0)))
+            records.append(
+                ImageRecord(
+                    image_path=self.image_dir / image["file_name"],
+                    file_name=image["file_name"],
+                    image_id=image["id"],
+                    boxes_xyxy=np.array(boxes_xyxy, np.float32).reshape(-1, 4),
+                    class_ids=np.array(class_ids, np.int64),
+                    iscrowd=np.array(iscrowd, bool),
+                )
+            )
+        super().__init__(records, class_names, source=str(annotation_file))

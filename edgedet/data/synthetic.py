@@ -1,0 +1,917 @@
+"""The built-in synthetic detection dataset: shape objects in cluttered, photographic-ish scenes.
+
+Image ``i`` of a dataset with seed ``s`` is a pure function of ``(s, i)``: any image can be
+rendered alone, and a training and a validation split with different seeds share no image.
+
+A scene is made in two passes:
+
+1. **Layout** (masks only). Objects (largest first, so small ones end up on top) and occluding
+   distractors are placed one by one while a per-pixel *owner map* records which layer shows at
+   each pixel. A placement is rejected if it would leave any class object with less than
+   ``1 - max_occlusion`` of its area visible (the image border counts as an occluder). Objects
+   that still end up too hidden (under ``min_visible_fraction`` or a visible side under
+   ``min_visible_side`` px) are removed from the scene altogether, so no class object is ever
+   visible without an annotation. Boxes are the tight boxes of each object's owned pixels.
+2. **Rendering**. Background, unannotated clutter beneath the objects, drop shadows, textured
+   and shaded objects and distractors, a smooth illumination field with white balance, optional
+   Gaussian or motion blur, sensor noise and a tone curve.
+
+The shapes and textures live in :mod:`edgedet.data.synthetic_shapes`, the backgrounds and
+camera effects in :mod:`edgedet.data.synthetic_backgrounds`.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from edgedet._io import write_json_atomic
+from edgedet.data.coco import sample_to_coco_annotations, write_coco_dataset
+from edgedet.data.sample import Sample
+from edgedet.data.synthetic_backgrounds import (
+    add_sensor_noise,
+    apply_lighting,
+    fractal_noise,
+    lighting_grid_size,
+    motion_blur_kernel,
+    render_background,
+    to_uint8,
+    tone_curve_lut,
+)
+from edgedet.data.synthetic_shapes import (
+    DISTRACTOR_KINDS,
+    SHAPE_NAMES,
+    distractor_mask,
+    object_texture,
+    shape_geometry,
+    shape_mask,
+)
+
+SYNTHETIC_CLASSES: tuple[str, ...] = SHAPE_NAMES
+
+# Image extension written by write_synthetic_dataset: JPEG is ~5x smaller than PNG for these
+# noisy scenes and its compression artefacts are what a detector meets on camera frames.
+IMAGE_EXT = ".jpg"
+
+# SeedSequence entropy word that keeps the demo video's random stream apart from the stills'
+# (stills use the image index there, and no dataset has 2**32 - 1 images).
+_VIDEO_STREAM = 2**32 - 1
+
+# Alpha at or above which a pixel belongs to a layer in the owner map (half coverage).
+_OWNED_ALPHA = 128
+
+
+@dataclass
+class SyntheticConfig:
+    """How synthetic scenes look. The defaults give hard-but-fair 640x480 detection scenes.
+
+    Sizes are ``sqrt(w * h)`` of a shape's unrotated box in pixels; they are drawn log-uniformly
+    between ``min_object_size`` and ``max_object_size * min(width, height)``, which at the
+    default image size puts roughly a third of the objects in each of COCO's small / medium /
+    large area buckets.
+    """
+
+    image_size: tuple[int, int] = (640, 480)  # (width, height)
+    min_objects: int = 2
+    max_objects: int = 14
+    min_object_size: float = 8.0
+    max_object_size: float = 0.7  # fraction of the image's short side
+    max_aspect_change: float = 1.4  # width/height stretched by a factor in [1/x, x]
+    max_rotation_deg: float = 20.0  # small: a rotated square must not pass for a diamond
+    max_occlusion: float = 0.5  # most of an object that the border + later layers may hide
+    min_visible_fraction: float = 0.3  # less visible: removed (stills) / iscrowd (video)
+    min_visible_side: float = 6.0  # px; a smaller visible box: removed / iscrowd likewise
+    min_distractors: int = 2
+    max_distractors: int = 12
+    clutter_fraction: float = 0.5  # share of distractors drawn beneath the objects
+    shadow_prob: float = 0.5
+    blur_prob: float = 0.25
+    max_blur_sigma: float = 1.6
+    motion_blur_prob: float = 0.1
+    max_motion_blur_px: int = 9
+    noise_prob: float = 0.85
+    max_noise_sigma: float = 0.05  # in units of full scale (0.05 ≈ 13 grey levels)
+    lighting_strength: float = 0.35
+    placement_attempts: int = 12
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting that makes no sense."""
+        if len(self.image_size) != 2:
+            raise ValueError(f"image_size must be (width, height), got {self.image_size!r}")
+        width, height = self.image_size
+        if int(width) != width or int(height) != height or min(width, height) < 32:
+            raise ValueError(f"image_size must be whole pixels >= 32 each, got {self.image_size}")
+        if not 0 <= self.min_objects <= self.max_objects:
+            raise ValueError(
+                f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
+            )
+        if not 0 <= self.min_distractors <= self.max_distractors:
+            raise ValueError(
+                f"need 0 <= min_distractors <= max_distractors, got {self.min_distractors}, "
+                f"{self.max_distractors}"
+            )
+        if self.min_object_size < 4:
+            raise ValueError(f"min_object_size must be >= 4 px, got {self.min_object_size}")
+        if not 0 < self.max_object_size <= 1:
+            raise ValueError(
+                f"max_object_size is a fraction of the short side in (0, 1], "
+                f"got {self.max_object_size}"
+            )
+        if self.max_object_size * min(width, height) < self.min_object_size:
+            raise ValueError(
+                f"max_object_size {self.max_object_size} x short side {min(width, height)} px "
+                f"is below min_object_size {self.min_object_size} px"
+            )
+        if self.max_aspect_change < 1:
+            raise ValueError(f"max_aspect_change must be >= 1, got {self.max_aspect_change}")
+        if not 0 <= self.max_rotation_deg <= 45:
+            raise ValueError(f"max_rotation_deg must be in [0, 45], got {self.max_rotation_deg}")
+        if not 0 <= self.max_occlusion < 1:
+            raise ValueError(f"max_occlusion must be in [0, 1), got {self.max_occlusion}")
+        if not 0 <= self.min_visible_fraction <= 1:
+            raise ValueError(
+                f"min_visible_fraction must be in [0, 1], got {self.min_visible_fraction}"
+            )
+        if self.min_visible_side < 1:
+            raise ValueError(f"min_visible_side must be >= 1 px, got {self.min_visible_side}")
+        for name in (
+            "clutter_fraction",
+            "shadow_prob",
+            "blur_prob",
+            "motion_blur_prob",
+            "noise_prob",
+        ):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {value}")
+        if self.max_blur_sigma < 0 or self.max_noise_sigma < 0 or self.lighting_strength < 0:
+            raise ValueError("max_blur_sigma, max_noise_sigma and lighting_strength must be >= 0")
+        if self.max_motion_blur_px < 3:
+            raise ValueError(f"max_motion_blur_px must be >= 3, got {self.max_motion_blur_px}")
+        if self.placement_attempts < 1:
+            raise ValueError(f"placement_attempts must be >= 1, got {self.placement_attempts}")
+
+    @property
+    def max_object_px(self) -> float:
+        """Largest object size in pixels."""
+        return self.max_object_size * min(self.image_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: masks and the owner map
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    """One placed shape: its alpha mask, position, and what it is.
+
+    ``class_id`` is -1 for a distractor. ``full_area`` counts owned-alpha pixels of the whole
+    mask, including any part outside the image.
+    """
+
+    mask: np.ndarray  # uint8 (h, w)
+    x0: int
+    y0: int
+    class_id: int
+    size: float
+    full_area: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.full_area = int(np.count_nonzero(self.mask >= _OWNED_ALPHA))
+
+
+_Slices = tuple[slice, slice]
+
+
+def _overlap(
+    x0: int, y0: int, h: int, w: int, width: int, height: int
+) -> tuple[_Slices, _Slices] | None:
+    """Slices of the image and of a ``(h, w)`` patch at ``(x0, y0)`` that overlap, or None."""
+    ix0, iy0 = max(x0, 0), max(y0, 0)
+    ix1, iy1 = min(x0 + w, width), min(y0 + h, height)
+    if ix0 >= ix1 or iy0 >= iy1:
+        return None
+    image_slices = (slice(iy0, iy1), slice(ix0, ix1))
+    patch_slices = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+    return image_slices, patch_slices
+
+
+def _random_object_pose(
+    rng: np.random.Generator, config: SyntheticConfig, class_id: int, size: float
+) -> tuple[tuple[float, float], float, bool]:
+    """Box size ``(w, h)`` in px, rotation in degrees and mirroring of a class object.
+
+    ``size`` is ``sqrt(w * h)``; the class's natural aspect ratio is stretched at random.
+    """
+    aspect = shape_geometry(class_id).aspect * math.exp(
+        rng.uniform(-1.0, 1.0) * math.log(config.max_aspect_change)
+    )
+    width, height = config.image_size
+    w = min(size * math.sqrt(aspect), 0.98 * width)
+    h = min(size / math.sqrt(aspect), 0.98 * height)
+    angle = rng.uniform(-config.max_rotation_deg, config.max_rotation_deg)
+    return (w, h), angle, bool(rng.random() < 0.5)
+
+
+def _layout(rng: np.random.Generator, config: SyntheticConfig) -> tuple[list[_Layer], np.ndarray]:
+    """Place objects and occluding distractors; drop objects left too hidden.
+
+    Returns:
+        ``(layers, owner)``: the layers bottom to top, and ``owner int16 (H, W)`` holding the
+        index of the layer that shows at each pixel (-1 where the background shows).
+    """
+    width, height = config.image_size
+    n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
+    log_lo, log_hi = math.log(config.min_object_size), math.log(config.max_object_px)
+    sizes = np.sort(np.exp(rng.uniform(log_lo, log_hi, n_objects)))[::-1]
+    items: list[tuple[int, float]] = [
+        (int(rng.integers(len(SYNTHETIC_CLASSES))), float(s)) for s in sizes
+    ]
+    n_distractors = int(rng.integers(config.min_distractors, config.max_distractors + 1))
+    n_on_top = int(rng.binomial(n_distractors, 1.0 - config.clutter_fraction))
+    for _ in range(n_on_top):
+        size = math.exp(rng.uniform(log_lo, math.log(max(config.max_object_px * 0.5, 9.0))))
+        items.insert(int(rng.integers(len(items) + 1)), (-1, size))
+
+    keep_fraction = 1.0 - config.max_occlusion
+    owner = np.full((height, width), -1, dtype=np.int16)
+    layers: list[_Layer] = []
+    visible: list[int] = []  # owned pixels per layer, kept up to date as layers are added
+    for class_id, size in items:
+        if class_id >= 0:
+            size_wh, angle, flip = _random_object_pose(rng, config, class_id, size)
+            # A random sub-pixel centre so edges are not always aligned to the pixel grid.
+            centre = (rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0))
+            mask, mx, my = shape_mask(class_id, centre, size_wh, angle, flip)
+        else:
+            kind = DISTRACTOR_KINDS[int(rng.integers(len(DISTRACTOR_KINDS)))]
+            mask, mx, my = distractor_mask(rng, kind, (0.5, 0.5), size)
+        layer = _Layer(mask, mx, my, class_id, size)
+        if layer.full_area == 0:
+            continue
+        owned_patch = mask >= _OWNED_ALPHA
+        index = len(layers)
+        for _ in range(config.placement_attempts):
+            # The mask was drawn around (0, 0); move it so its centre lands anywhere in the image.
+            dx, dy = int(rng.integers(0, width)), int(rng.integers(0, height))
+            x0, y0 = mx + dx, my + dy
+            overlap = _overlap(x0, y0, *mask.shape, width, height)
+            if overlap is None:
+                continue
+            image_slices, patch_slices = overlap
+            owned = owned_patch[patch_slices]
+            in_image = int(np.count_nonzero(owned))
+            if class_id >= 0 and in_image < keep_fraction * layer.full_area:
+                continue  # too much of it outside the image
+            covered = np.bincount(owner[image_slices][owned] + 1, minlength=index + 1)[1:]
+            if any(
+                covered[j]
+                and layers[j].class_id >= 0
+                and visible[j] - covered[j] < keep_fraction * layers[j].full_area
+                for j in range(index)
+            ):
+                continue  # would hide too much of an object already placed
+            owner[image_slices][owned] = index
+            for j in np.flatnonzero(covered):
+                visible[j] -= int(covered[j])
+            layer.x0, layer.y0 = x0, y0
+            layers.append(layer)
+            visible.append(in_image)
+            break
+
+    boxes, counts = _visible_boxes(layers, owner)
+    too_hidden = [
+        j
+        for j, layer in enumerate(layers)
+        if layer.class_id >= 0 and not _is_visible_enough(boxes[j], counts[j], layer, config)
+    ]
+    if too_hidden:
+        # Removing layers only uncovers the others, so one rebuild settles it.
+        layers = [layer for j, layer in enumerate(layers) if j not in set(too_hidden)]
+        owner = _owner_map(layers, width, height)
+    return layers, owner
+
+
+def _owner_map(layers: list[_Layer], width: int, height: int) -> np.ndarray:
+    """``int16 (H, W)`` index of the top layer with owned alpha at each pixel, else -1."""
+    owner = np.full((height, width), -1, dtype=np.int16)
+    for index, layer in enumerate(layers):
+        overlap = _overlap(layer.x0, layer.y0, *layer.mask.shape, width, height)
+        if overlap is not None:
+            image_slices, patch_slices = overlap
+            owner[image_slices][layer.mask[patch_slices] >= _OWNED_ALPHA] = index
+    return owner
+
+
+def _visible_boxes(layers: list[_Layer], owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tight continuous xyxy box ``(L, 4) float32`` and pixel count ``(L,)`` each layer owns.
+
+    Layers owning no pixel get a zero box and count 0.
+    """
+    height, width = owner.shape
+    boxes = np.zeros((len(layers), 4), dtype=np.float32)
+    counts = np.zeros(len(layers), dtype=np.int64)
+    for index, layer in enumerate(layers):
+        overlap = _overlap(layer.x0, layer.y0, *layer.mask.shape, width, height)
+        if overlap is None:
+            continue
+        (rows, cols), _ = overlap
+        mine = owner[rows, cols] == index
+        counts[index] = np.count_nonzero(mine)
+        if counts[index]:
+            ys = np.flatnonzero(mine.any(axis=1))
+            xs = np.flatnonzero(mine.any(axis=0))
+            boxes[index] = (
+                cols.start + xs[0],
+                rows.start + ys[0],
+                cols.start + xs[-1] + 1,
+                rows.start + ys[-1] + 1,
+            )
+    return boxes, counts
+
+
+def _is_visible_enough(
+    box_xyxy: np.ndarray, count: int, layer: _Layer, config: SyntheticConfig
+) -> bool:
+    return (
+        count >= config.min_visible_fraction * layer.full_area
+        and box_xyxy[2] - box_xyxy[0] >= config.min_visible_side
+        and box_xyxy[3] - box_xyxy[1] >= config.min_visible_side
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def _composite(
+    image: np.ndarray, colour: np.ndarray, alpha: np.ndarray, x0: int, y0: int, opacity: float
+) -> None:
+    """Blend ``colour (h, w, 3)`` into ``image (H, W, 3)`` at ``(x0, y0)`` with ``alpha (h, w)``.
+
+    ``alpha`` is ``uint8`` (0..255); ``image`` is changed in place.
+    """
+    height, width = image.shape[:2]
+    overlap = _overlap(x0, y0, *alpha.shape, width, height)
+    if overlap is None:
+        return
+    image_slices, patch_slices = overlap
+    weight = alpha[patch_slices].astype(np.float32) * np.float32(opacity / 255.0)
+    colour_part = np.ascontiguousarray(colour[patch_slices])
+    image[image_slices] = cv2.blendLinear(colour_part, image[image_slices], weight, 1.0 - weight)
+
+
+def _cast_shadow(
+    rng: np.random.Generator, image: np.ndarray, layer: _Layer, light_angle: float
+) -> None:
+    """Darken ``image`` under a blurred copy of ``layer``'s mask, offset away from the light."""
+    blur_sigma = 0.5 + layer.size * rng.uniform(0.02, 0.08)
+    offset = layer.size * rng.uniform(0.04, 0.14)
+    darkness = rng.uniform(0.25, 0.6)
+    shadow, pad = _soft_shadow(layer.mask, blur_sigma)
+    x0 = layer.x0 - pad - round(offset * math.cos(light_angle))
+    y0 = layer.y0 - pad - round(offset * math.sin(light_angle))
+    black = np.zeros((*shadow.shape, 3), dtype=np.float32)
+    _composite(image, black, shadow, x0, y0, darkness)
+
+
+def _soft_shadow(mask: np.ndarray, sigma: float) -> tuple[np.ndarray, int]:
+    """``mask (h, w)`` padded by ``pad`` px each side and Gaussian-blurred: ``(shadow, pad)``.
+
+    Wide blurs run on a downscaled copy (a blurred mask has no detail to lose).
+    """
+    pad = math.ceil(3.0 * sigma)
+    padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    factor = max(1, int(sigma / 1.5))
+    if factor == 1:
+        return cv2.GaussianBlur(padded, (0, 0), sigma), pad
+    h, w = padded.shape
+    small = cv2.resize(
+        padded, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA
+    )
+    small = cv2.GaussianBlur(small, (0, 0), sigma / factor)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), pad
+
+
+def _paint_clutter(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    count: int,
+    config: SyntheticConfig,
+    light_angle: float,
+) -> None:
+    """Unannotated distractors beneath the objects: they never occlude anything."""
+    height, width = image.shape[:2]
+    log_lo = math.log(config.min_object_size * 1.5)
+    log_hi = math.log(max(config.max_object_px * 0.5, config.min_object_size * 2.0))
+    for _ in range(count):
+        kind = DISTRACTOR_KINDS[int(rng.integers(len(DISTRACTOR_KINDS)))]
+        centre = (rng.uniform(0, width), rng.uniform(0, height))
+        mask, x0, y0 = distractor_mask(rng, kind, centre, math.exp(rng.uniform(log_lo, log_hi)))
+        texture = object_texture(rng, *mask.shape, light_angle)
+        _composite(image, texture, mask, x0, y0, rng.uniform(0.5, 1.0))
+
+
+def _apply_camera(
+    rng: np.random.Generator, image: np.ndarray, config: SyntheticConfig, light_angle: float
+) -> np.ndarray:
+    """Illumination, white balance, blur, noise and tone curve: ``float32`` → ``uint8 (H,W,3)``.
+
+    ``image`` is overwritten.
+    """
+    height, width = image.shape[:2]
+    strength = config.lighting_strength
+    blotches = strength * 0.5 * fractal_noise(rng, *lighting_grid_size(width, height), 1.5, 2)
+    exposure = math.exp(rng.uniform(-0.35, 0.25))
+    white_balance = np.exp(rng.normal(0.0, 0.07, 3)) * exposure
+    apply_lighting(
+        image,
+        light_angle,
+        strength * rng.uniform(0.2, 1.0),
+        blotches,
+        vignette=strength * rng.uniform(0.0, 0.4),
+        gains_bgr=white_balance,
+    )
+    if rng.random() < config.blur_prob:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, max(config.max_blur_sigma, 0.5)))
+    if rng.random() < config.motion_blur_prob:
+        length = int(rng.integers(3, config.max_motion_blur_px + 1))
+        image = cv2.filter2D(image, -1, motion_blur_kernel(length, rng.uniform(0, np.pi)))
+    if rng.random() < config.noise_prob:
+        add_sensor_noise(rng, image, rng.uniform(0.0, config.max_noise_sigma))
+    return to_uint8(image, tone_curve_lut(rng))
+
+
+@dataclass
+class SceneRender:
+    """A rendered scene plus what tests need to check its annotations.
+
+    Attributes:
+        image: BGR ``uint8 (H, W, 3)``.
+        boxes_xyxy: ``(N, 4) float32`` tight boxes of each object's visible pixels.
+        class_ids: ``(N,) int64``.
+        owner: ``int16 (H, W)``: index ``k`` into the annotations of the object that shows at
+            each pixel (alpha >= 50 %), -1 for background and distractors.
+    """
+
+    image: np.ndarray
+    boxes_xyxy: np.ndarray
+    class_ids: np.ndarray
+    owner: np.ndarray
+
+
+def render_scene(seed: int, index: int, config: SyntheticConfig) -> SceneRender:
+    """Render image ``index`` of the dataset with ``seed``: a pure function of its arguments."""
+    layout_seed, render_seed = np.random.SeedSequence([seed, index]).spawn(2)
+    # Separate streams: changing camera effects in the config never moves the objects.
+    layers, owner = _layout(np.random.default_rng(layout_seed), config)
+    rng = np.random.default_rng(render_seed)
+    width, height = config.image_size
+
+    light_angle = rng.uniform(0.0, 2.0 * np.pi)
+    image = render_background(rng, width, height)
+    n_clutter = int(rng.integers(config.min_distractors, config.max_distractors + 1))
+    _paint_clutter(rng, image, round(n_clutter * config.clutter_fraction), config, light_angle)
+    for layer in layers:
+        if rng.random() < config.shadow_prob:
+            _cast_shadow(rng, image, layer, light_angle)
+        texture = object_texture(rng, *layer.mask.shape, light_angle)
+        _composite(image, texture, layer.mask, layer.x0, layer.y0, 1.0)
+    image_u8 = _apply_camera(rng, image, config, light_angle)
+
+    boxes, _ = _visible_boxes(layers, owner)
+    is_object = np.array([layer.class_id >= 0 for layer in layers], dtype=bool)
+    # Renumber the owner map from layer indices to annotation indices.
+    annotation_index = np.full(len(layers) + 1, -1, dtype=np.int16)
+    annotation_index[1:][is_object] = np.arange(int(is_object.sum()), dtype=np.int16)
+    return SceneRender(
+        image=image_u8,
+        boxes_xyxy=boxes[is_object].reshape(-1, 4),
+        class_ids=np.array(
+            [layer.class_id for layer in layers if layer.class_id >= 0], dtype=np.int64
+        ),
+        owner=annotation_index[owner.astype(np.int32) + 1],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public dataset API
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_seed(seed: int) -> int:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+class SyntheticScenes(collections.abc.Sequence[Sample]):
+    """``num_images`` synthetic detection samples, rendered on demand (nothing is cached).
+
+    ``scenes[i]`` is a :class:`~edgedet.data.sample.Sample` with ``image_id = i + 1`` and
+    ``file_name = f"{i:06d}.jpg"``; it depends only on ``(seed, i, config)``.
+    """
+
+    def __init__(
+        self, num_images: int, seed: int = 0, config: SyntheticConfig | None = None
+    ) -> None:
+        if not isinstance(num_images, (int, np.integer)) or num_images < 1:
+            raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
+        self.num_images = int(num_images)
+        self.seed = _check_seed(seed)
+        self.config = config if config is not None else SyntheticConfig()
+        self.config.validate()
+        self.class_names: tuple[str, ...] = SYNTHETIC_CLASSES
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"SyntheticScenes indices must be integers, got {type(index)}")
+        if index < 0:
+            index += self.num_images
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"image {index} out of range for {self.num_images} images")
+        scene = render_scene(self.seed, int(index), self.config)
+        return Sample(
+            image=scene.image,
+            boxes_xyxy=scene.boxes_xyxy,
+            class_ids=scene.class_ids,
+            image_id=int(index) + 1,
+            file_name=f"{int(index):06d}{IMAGE_EXT}",
+        )
+
+
+def write_synthetic_dataset(
+    out_dir: str | os.PathLike[str],
+    num_images: int,
+    seed: int = 0,
+    config: SyntheticConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Render ``num_images`` scenes into ``out_dir/images/*.jpg`` + ``out_dir/annotations.json``.
+
+    Category ids are ``1..K`` in :data:`SYNTHETIC_CLASSES` order.
+
+    Returns:
+        The path of ``annotations.json``.
+    """
+    scenes = SyntheticScenes(num_images, seed, config)
+    samples = tqdm(scenes, total=len(scenes), desc="synthetic images", disable=not progress)
+    info = {
+        "description": "edgedet synthetic scenes",
+        "seed": scenes.seed,
+        "config": asdict(scenes.config),
+    }
+    return write_coco_dataset(samples, out_dir, scenes.class_names, IMAGE_EXT, info=info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Demo video
+# ---------------------------------------------------------------------------------------------
+
+_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+@dataclass
+class _Sprite:
+    """A shape that moves through the video, drawn once upright and warped every frame.
+
+    ``rgba`` is ``float32 (h, w, 4)``: BGR texture plus alpha in ``[0, 255]``, centred.
+    Motion: ``position(t) = start + velocity * t`` wrapped round a band ``margin`` px wider
+    than the frame; ``angle(t) = angle0 + swing * sin(spin * t + phase)``; the size breathes by
+    ``1 + zoom * sin(zoom_rate * t + phase)``.
+    """
+
+    rgba: np.ndarray
+    class_id: int
+    full_area: float
+    start: np.ndarray
+    velocity: np.ndarray
+    margin: float
+    angle0: float
+    swing: float
+    spin: float
+    zoom: float
+    zoom_rate: float
+    phase: float
+    shadow_offset: float
+    shadow_darkness: float
+
+
+def _make_sprite(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    class_id: int,
+    size: float,
+    light_angle: float,
+    pan_margin: float,
+) -> _Sprite:
+    width, height = config.image_size
+    if class_id >= 0:
+        size_wh, _, flip = _random_object_pose(rng, config, class_id, size)
+        # Drawn upright: the sprite's rotation is animated instead.
+        mask, _, _ = shape_mask(class_id, (0.0, 0.0), size_wh, 0.0, flip)
+    else:
+        kind = DISTRACTOR_KINDS[int(rng.integers(len(DISTRACTOR_KINDS)))]
+        mask, _, _ = distractor_mask(rng, kind, (0.0, 0.0), size)
+    # Pad so rotation never cuts the corners off.
+    pad = math.ceil(0.25 * max(mask.shape)) + 2
+    mask = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    texture = object_texture(rng, *mask.shape, light_angle)
+    rgba = np.dstack([texture, mask.astype(np.float32)])
+    speed = rng.uniform(0.5, 4.0)  # px per frame
+    heading = rng.uniform(0.0, 2.0 * np.pi)
+    swing = rng.uniform(0.0, config.max_rotation_deg)
+    return _Sprite(
+        rgba=rgba,
+        class_id=class_id,
+        full_area=float(np.count_nonzero(mask >= _OWNED_ALPHA)),
+        start=np.array([rng.uniform(0, width), rng.uniform(0, height)]),
+        velocity=speed * np.array([math.cos(heading), math.sin(heading)]),
+        margin=0.75 * max(mask.shape) + pan_margin + 2.0,
+        angle0=rng.uniform(-1.0, 1.0) * (config.max_rotation_deg - swing),
+        swing=swing,
+        spin=rng.uniform(0.01, 0.08),
+        zoom=rng.uniform(0.0, 0.15),
+        zoom_rate=rng.uniform(0.01, 0.05),
+        phase=rng.uniform(0.0, 2.0 * np.pi),
+        shadow_offset=size * rng.uniform(0.04, 0.12) if rng.random() < config.shadow_prob else 0,
+        shadow_darkness=rng.uniform(0.25, 0.55),
+    )
+
+
+def _sprite_at(
+    sprite: _Sprite, t: int, camera_xy: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, int, int, float]:
+    """Warp ``sprite`` to frame ``t``: ``(rgba patch (h, w, 4), x0, y0, scale)``."""
+    span = np.array([width, height], dtype=np.float64) + 2.0 * sprite.margin
+    world = (sprite.start + sprite.velocity * t + sprite.margin) % span - sprite.margin
+    cx, cy = world - camera_xy
+    angle = sprite.angle0 + sprite.swing * math.sin(sprite.spin * t + sprite.phase)
+    scale = 1.0 + sprite.zoom * math.sin(sprite.zoom_rate * t + sprite.phase)
+    h, w = sprite.rgba.shape[:2]
+    out_h, out_w = math.ceil(h * scale) + 2, math.ceil(w * scale) + 2
+    x0, y0 = math.floor(cx - out_w / 2.0), math.floor(cy - out_h / 2.0)
+    # Rotate/scale about the sprite centre and put that centre at (cx, cy) - (x0, y0); warpAffine
+    # works in pixel-centre coordinates, hence the -0.5 on both sides.
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), -angle, scale)
+    matrix[:, 2] += np.array([cx - x0 - 0.5 - (w - 1) / 2.0, cy - y0 - 0.5 - (h - 1) / 2.0])
+    patch = cv2.warpAffine(
+        sprite.rgba,
+        matrix,
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    return patch, x0, y0, scale
+
+
+def _render_video_frame(
+    t: int,
+    sprites: list[_Sprite],
+    background: np.ndarray,
+    scene: dict,
+    config: SyntheticConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, Sample]:
+    """Frame ``t`` (``uint8 (H, W, 3)``) and its ground truth (hidden objects as iscrowd)."""
+    width, height = config.image_size
+    pan = scene["pan_margin"]
+    camera = pan * (1.0 + 0.8 * np.sin(scene["pan_rate"] * t + scene["pan_phase"]))
+    image = cv2.getRectSubPix(
+        background, (width, height), (camera[0] + width / 2.0, camera[1] + height / 2.0)
+    )
+    camera_xy = camera - pan  # how far the view has moved from its rest position
+    light_angle = scene["light_angle"] + 0.5 * math.sin(scene["light_rate"] * t)
+    owner = np.full((height, width), -1, dtype=np.int16)
+    placements = []
+    for index, sprite in enumerate(sprites):
+        patch, x0, y0, scale = _sprite_at(sprite, t, camera_xy, width, height)
+        alpha = np.clip(patch[:, :, 3], 0, 255).astype(np.uint8)
+        if sprite.shadow_offset:
+            offset = sprite.shadow_offset * scale
+            shadow, pad = _soft_shadow(alpha, 0.5 + 0.04 * max(alpha.shape))
+            black = np.zeros((*shadow.shape, 3), dtype=np.float32)
+            _composite(
+                image,
+                black,
+                shadow,
+                x0 - pad - round(offset * math.cos(light_angle)),
+                y0 - pad - round(offset * math.sin(light_angle)),
+                sprite.shadow_darkness,
+            )
+        _composite(image, np.ascontiguousarray(patch[:, :, :3]), alpha, x0, y0, 1.0)
+        overlap = _overlap(x0, y0, *alpha.shape, width, height)
+        if overlap is not None:
+            image_slices, patch_slices = overlap
+            owner[image_slices][alpha[patch_slices] >= _OWNED_ALPHA] = index
+        placements.append((alpha, x0, y0, scale))
+
+    layers = []
+    for sprite, (alpha, x0, y0, scale) in zip(sprites, placements, strict=True):
+        layer = _Layer(alpha, x0, y0, sprite.class_id, 0.0)
+        # The whole shape's area, also when part of it is outside the frame.
+        layer.full_area = int(sprite.full_area * scale * scale)
+        layers.append(layer)
+    all_boxes, counts = _visible_boxes(layers, owner)
+    boxes, class_ids, iscrowd = [], [], []
+    for layer, box, count in zip(layers, all_boxes, counts, strict=True):
+        if layer.class_id < 0 or count == 0:
+            continue
+        boxes.append(box)
+        class_ids.append(layer.class_id)
+        iscrowd.append(not _is_visible_enough(box, int(count), layer, config))
+
+    apply_lighting(
+        image,
+        light_angle,
+        scene["light_gradient"],
+        scene["blotches"],
+        scene["vignette"],
+        scene["white_balance"],
+    )
+    add_sensor_noise(rng, image, scene["noise_sigma"])
+    frame = to_uint8(image, scene["tone_lut"])
+    sample = Sample(
+        image=frame,
+        boxes_xyxy=np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        class_ids=np.array(class_ids, dtype=np.int64),
+        image_id=t + 1,
+        file_name=f"frame_{t:06d}",
+        iscrowd=np.array(iscrowd, dtype=bool),
+    )
+    return frame, sample
+
+
+def render_synthetic_video(
+    path: str | os.PathLike[str],
+    num_frames: int,
+    seed: int = 0,
+    config: SyntheticConfig | None = None,
+    fps: float = 25,
+    progress: bool = True,
+) -> Path:
+    """Write a demo video of synthetic objects moving over a panning, slowly relit scene.
+
+    Objects glide at constant velocity (leaving one side and re-entering at the other), sway in
+    rotation and size, and occlude each other freely. Next to the video, ``<stem>.json`` holds
+    COCO ground truth per frame (image id = frame index + 1, file_name ``frame_{k:06d}``);
+    objects less visible than ``min_visible_fraction`` / ``min_visible_side`` are marked
+    ``iscrowd`` so evaluation ignores them rather than counting them as missed.
+
+    Args:
+        path: ``.mp4`` (written with the ``mp4v`` codec) or ``.avi`` (``MJPG``).
+
+    Returns:
+        ``path``. Both files are written atomically.
+    """
+    path = Path(path)
+    codec = _VIDEO_CODECS.get(path.suffix.lower())
+    if codec is None:
+        raise ValueError(f"{path}: video extension must be one of {sorted(_VIDEO_CODECS)}")
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps!r}")
+    seed = _check_seed(seed)
+    config = config if config is not None else SyntheticConfig()
+    config.validate()
+    width, height = config.image_size
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _VIDEO_STREAM]))
+    pan_margin = round(0.08 * min(width, height))
+    light_angle = rng.uniform(0.0, 2.0 * np.pi)
+    background = render_background(rng, width + 2 * pan_margin, height + 2 * pan_margin)
+    clutter = int(rng.integers(config.min_distractors, config.max_distractors + 1))
+    _paint_clutter(rng, background, round(clutter * config.clutter_fraction), config, light_angle)
+    strength = config.lighting_strength
+    scene = {
+        "pan_margin": float(pan_margin),
+        "pan_rate": 2.0 * np.pi / (fps * rng.uniform(6.0, 14.0)),
+        "pan_phase": rng.uniform(0.0, 2.0 * np.pi, 2),
+        "light_angle": light_angle,
+        "light_rate": 2.0 * np.pi / (fps * rng.uniform(5.0, 12.0)),
+        "light_gradient": strength * rng.uniform(0.3, 1.0),
+        "blotches": strength * 0.5 * fractal_noise(rng, *lighting_grid_size(width, height), 1.5, 2),
+        "vignette": strength * rng.uniform(0.0, 0.4),
+        "white_balance": np.exp(rng.normal(0.0, 0.07, 3)),
+        "noise_sigma": rng.uniform(0.0, config.max_noise_sigma),
+        "tone_lut": tone_curve_lut(rng),
+    }
+    # Moving objects: no bigger than 40% of the short side, or they would bury everything.
+    # A busy scene: at least half the maximum object count.
+    n_objects = max(
+        1,
+        int(rng.integers(max(config.min_objects, config.max_objects // 2), config.max_objects + 1)),
+    )
+    max_size = max(config.min_object_size, min(config.max_object_px, 0.4 * min(width, height)))
+    sizes = np.sort(
+        np.exp(rng.uniform(math.log(config.min_object_size), math.log(max_size), n_objects))
+    )[::-1]
+    sprites = [
+        _make_sprite(
+            rng,
+            config,
+            int(rng.integers(len(SYNTHETIC_CLASSES))),
+            float(s),
+            light_angle,
+            pan_margin,
+        )
+        for s in sizes
+    ]
+    n_moving_distractors = int(rng.integers(0, 3))
+    for _ in range(n_moving_distractors):
+        size = math.exp(rng.uniform(math.log(config.min_object_size * 2), math.log(max_size)))
+        sprites.insert(
+            int(rng.integers(len(sprites) + 1)),
+            _make_sprite(rng, config, -1, size, light_angle, pan_margin),
+        )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file keeps the extension: OpenCV picks the container from it.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    samples: list[Sample] = []
+    try:
+        writer = cv2.VideoWriter(
+            tmp_name, cv2.VideoWriter_fourcc(*codec), float(fps), (width, height)
+        )
+        if not writer.isOpened():
+            raise RuntimeError(
+                f"OpenCV cannot write {path.suffix} video with codec {codec!r} "
+                f"(this OpenCV build lacks it); try {'.avi' if codec == 'mp4v' else '.mp4'}"
+            )
+        try:
+            for t in tqdm(range(num_frames), desc="synthetic video", disable=not progress):
+                frame, sample = _render_video_frame(t, sprites, background, scene, config, rng)
+                writer.write(frame)
+                samples.append(sample)
+        finally:
+            writer.release()
+        written = _count_video_frames(tmp_name)
+        if written != num_frames:
+            raise RuntimeError(
+                f"{path}: wrote {num_frames} frames but OpenCV reads back {written} "
+                f"(codec {codec!r})"
+            )
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    write_json_atomic(path.with_suffix(".json"), _video_ground_truth(samples, path, fps, seed))
+    return path
+
+
+def _count_video_frames(video_path: str) -> int:
+    capture = cv2.VideoCapture(video_path)
+    try:
+        if not capture.isOpened():
+            return 0
+        count = 0
+        while capture.grab():
+            count += 1
+        return count
+    finally:
+        capture.release()
+
+
+def _video_ground_truth(samples: list[Sample], video: Path, fps: float, seed: int) -> dict:
+    """COCO ground truth of a synthetic video, one image entry per frame."""
+    annotations: list[dict] = []
+    for sample in samples:
+        annotations.extend(sample_to_coco_annotations(sample, first_ann_id=len(annotations) + 1))
+    return {
+        "info": {
+            "description": "edgedet synthetic video",
+            "video": video.name,
+            "fps": fps,
+            "seed": seed,
+        },
+        "images": [
+            {"id": s.image_id, "file_name": s.file_name, "width": s.width, "height": s.height}
+            for s in samples
+        ],
+        "annotations": annotations,
+        "categories": [
+            {"id": k + 1, "name": name, "supercategory": "shape"}
+            for k, name in enumerate(SYNTHETIC_CLASSES)
+        ],
+    }

@@ -1,0 +1,79 @@
+"""Drawing detections on frames (apps, reports, `edgedet detect --save`)."""
+
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+from edgedet.detections import Detections
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    """A stable, well-separated BGR colour per class (golden-ratio hue steps)."""
+    hue = (class_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(b * 255), int(g * 255), int(r * 255)
+
+
+def draw_detections(
+    frame: np.ndarray,
+    detections: Detections,
+    thickness: int | None = None,
+    show_labels: bool = True,
+    show_scores: bool = True,
+    color: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Return a copy of the BGR ``uint8 (H, W, 3)`` frame with boxes and labels drawn.
+
+    Args:
+        thickness: line thickness; default scales with the frame size.
+        color: one BGR colour for all boxes (default: a colour per class).
+    """
+    canvas = frame.copy()
+    h, w = canvas.shape[:2]
+    thickness = thickness or max(1, round(min(h, w) / 320))
+    font_scale = max(0.35, min(h, w) / 1000)
+    labels = detections.labels
+    for i, (box, score, class_id) in enumerate(detections):
+        box_color = color or class_color(class_id)
+        x1, y1, x2, y2 = (round(v) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), box_color, thickness, cv2.LINE_AA)
+        text = " ".join(
+            part for part in (labels[i] if show_labels else "",
+                              f"{score:.2f}" if show_scores else "") if part
+        )
+        if not text:
+            continue
+        (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y1 - 2 if y1 - th - baseline - 2 >= 0 else y1 + th + baseline + 2
+        cv2.rectangle(canvas, (x1, ty - th - baseline), (x1 + tw + 2, ty + baseline // 2),
+                      box_color, -1)
+        cv2.putText(canvas, text, (x1 + 1, ty - baseline // 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    font_scale, _text_color(box_color), 1, cv2.LINE_AA)
+    return canvas
+
+
+def draw_text_panel(frame: np.ndarray, lines: list[str]) -> np.ndarray:
+    """Draw a small translucent text panel (e.g. FPS, model name) in the top-left corner."""
+    canvas = frame.copy()
+    font_scale = max(0.4, min(canvas.shape[:2]) / 900)
+    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)[0] for t in lines]
+    if not sizes:
+        return canvas
+    line_h = max(s[1] for s in sizes) + 8
+    panel_w = max(s[0] for s in sizes) + 12
+    panel_h = line_h * len(lines) + 6
+    region = canvas[:panel_h, :panel_w]
+    region[:] = (region * 0.4).astype(np.uint8)
+    for k, text in enumerate(lines):
+        cv2.putText(canvas, text, (6, line_h * (k + 1)), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
+def _text_color(background_bgr: tuple[int, int, int]) -> tuple[int, int, int]:
+    b, g, r = background_bgr
+    luminance = 0.114 * b + 0.587 * g + 0.299 * r
+    return (0, 0, 0) if luminance > 140 else (255, 255, 255)

@@ -1,0 +1,184 @@
+"""From an OpenCV frame to a model input, and boxes from model input back to the frame.
+
+Frames are OpenCV's BGR ``uint8 (H, W, 3)``. Grayscale ``(H, W)`` / ``(H, W, 1)`` and BGRA
+``(H, W, 4)`` frames are converted; float frames are accepted when finite and on the 0..255
+scale. Anything else is rejected with an error that names the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+ResizePolicy = Literal["stretch", "letterbox"]
+ColorOrder = Literal["bgr", "rgb"]
+
+
+class FrameError(ValueError):
+    """A frame that cannot be turned into a model input."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a model wants its input (stored in the artifact manifest).
+
+    Attributes:
+        input_size: model input ``(width, height)``.
+        resize: ``stretch`` (resize to the input size, aspect ratio not kept; how SSD-family
+            models are trained) or ``letterbox`` (keep aspect ratio, pad the rest).
+        color_order: channel order the model expects.
+        mean: per-channel mean subtracted, in the model's channel order, on the 0..255 scale.
+        std: per-channel divisor, same conventions.
+        pad_value: letterbox padding value (0..255, before normalisation).
+    """
+
+    input_size: tuple[int, int]
+    resize: ResizePolicy = "stretch"
+    color_order: ColorOrder = "rgb"
+    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    pad_value: float = 114.0
+
+    def __post_init__(self) -> None:
+        w, h = self.input_size
+        if int(w) < 1 or int(h) < 1:
+            raise ValueError(f"input_size must be positive (width, height), got {self.input_size}")
+        if self.resize not in ("stretch", "letterbox"):
+            raise ValueError(f"resize must be 'stretch' or 'letterbox', got {self.resize!r}")
+        if self.color_order not in ("bgr", "rgb"):
+            raise ValueError(f"color_order must be 'bgr' or 'rgb', got {self.color_order!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values each, std > 0")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessConfig:
+        return cls(
+            input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
+            resize=data.get("resize", "stretch"),
+            color_order=data.get("color_order", "rgb"),
+            mean=tuple(float(v) for v in data.get("mean", (0.0, 0.0, 0.0))),
+            std=tuple(float(v) for v in data.get("std", (1.0, 1.0, 1.0))),
+            pad_value=float(data.get("pad_value", 114.0)),
+        )
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """The affine map from frame pixels to model-input pixels: ``x_in = x * scale_x + pad_x``.
+
+    ``scale_x``/``scale_y`` are the *achieved* ratios after rounding the resized size, so
+    ``boxes_to_frame`` is the exact inverse of ``boxes_to_input``.
+    """
+
+    frame_size: tuple[int, int]  # (width, height) of the original frame
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def boxes_to_input(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Frame-pixel boxes ``(N, 4)`` → model-input pixels."""
+        boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        scale = np.array([self.scale_x, self.scale_y] * 2, dtype=np.float32)
+        pad = np.array([self.pad_x, self.pad_y] * 2, dtype=np.float32)
+        return boxes * scale + pad
+
+    def boxes_to_frame(self, boxes_xyxy: np.ndarray, clip: bool = True) -> np.ndarray:
+        """Model-input boxes ``(N, 4)`` → frame pixels, clipped to the frame by default."""
+        boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        scale = np.array([self.scale_x, self.scale_y] * 2, dtype=np.float32)
+        pad = np.array([self.pad_x, self.pad_y] * 2, dtype=np.float32)
+        out = (boxes - pad) / scale
+        if clip:
+            w, h = self.frame_size
+            out = np.clip(out, 0.0, np.array([w, h, w, h], dtype=np.float32))
+        return out
+
+
+def validate_frame(frame: object) -> np.ndarray:
+    """Check a frame and return it as BGR ``uint8 (H, W, 3)`` (converting gray / BGRA).
+
+    Raises:
+        FrameError: not an array, empty, wrong rank or channel count, unsupported dtype,
+            NaN/inf values, or float values outside 0..255.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(
+            f"frame must be a numpy array (OpenCV BGR image), got {type(frame).__name__}"
+        )
+    if frame.size == 0:
+        raise FrameError(f"frame is empty (shape {frame.shape})")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (3, 4)):
+        raise FrameError(
+            f"frame must have shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {frame.shape}"
+        )
+    if frame.dtype != np.uint8:
+        if frame.dtype.kind != "f":
+            raise FrameError(
+                f"frame dtype must be uint8 (or float on the 0..255 scale), got {frame.dtype}"
+            )
+        if not np.all(np.isfinite(frame)):
+            raise FrameError("frame contains NaN or infinite values")
+        lo, hi = float(frame.min()), float(frame.max())
+        if lo < 0.0 or hi > 255.0:
+            raise FrameError(f"float frame values must lie in 0..255, got {lo:.3g}..{hi:.3g}")
+        frame = np.round(frame).astype(np.uint8)
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    return frame
+
+
+def compute_transform(frame_size: tuple[int, int], config: PreprocessConfig) -> FrameTransform:
+    """The frame → input map for a frame of ``(width, height)`` under ``config``."""
+    fw, fh = frame_size
+    iw, ih = config.input_size
+    if config.resize == "stretch":
+        return FrameTransform((fw, fh), iw / fw, ih / fh, 0.0, 0.0)
+    scale = min(iw / fw, ih / fh)
+    nw, nh = max(1, round(fw * scale)), max(1, round(fh * scale))
+    return FrameTransform((fw, fh), nw / fw, nh / fh, float((iw - nw) // 2),
+                          float((ih - nh) // 2))
+
+
+def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, FrameTransform]:
+    """One frame → ``(input (1, 3, H, W) float32, transform)``."""
+    frame = validate_frame(frame)
+    fh, fw = frame.shape[:2]
+    transform = compute_transform((fw, fh), config)
+    iw, ih = config.input_size
+    nw, nh = round(fw * transform.scale_x), round(fh * transform.scale_y)
+    interp = cv2.INTER_AREA if nw < fw and nh < fh else cv2.INTER_LINEAR
+    resized = frame if (nw, nh) == (fw, fh) else cv2.resize(frame, (nw, nh),
+                                                            interpolation=interp)
+    if (nw, nh) != (iw, ih):
+        canvas = np.full((ih, iw, 3), config.pad_value, dtype=np.uint8)
+        px, py = int(transform.pad_x), int(transform.pad_y)
+        canvas[py:py + nh, px:px + nw] = resized
+        resized = canvas
+    if config.color_order == "rgb":
+        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    mean = np.asarray(config.mean, dtype=np.float32)
+    inv_std = 1.0 / np.asarray(config.std, dtype=np.float32)
+    chw = (resized.astype(np.float32) - mean) * inv_std
+    return np.ascontiguousarray(chw.transpose(2, 0, 1)[None]), transform
+
+
+def preprocess_batch(
+    frames: Sequence[np.ndarray], config: PreprocessConfig
+) -> tuple[np.ndarray, list[FrameTransform]]:
+    """Several frames (any sizes) → ``(inputs (N, 3, H, W) float32, transforms)``."""
+    if len(frames) == 0:
+        raise FrameError("preprocess_batch needs at least one frame")
+    inputs, transforms = zip(*(preprocess(f, config) for f in frames), strict=True)
+    return np.concatenate(inputs, axis=0), list(transforms)

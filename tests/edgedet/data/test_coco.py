@@ -1,0 +1,186 @@
+"""CocoDataset: reading COCO-JSON datasets, and the write_coco_dataset round trip."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgedet.data.coco import CocoDataset, write_coco_dataset
+from edgedet.data.errors import DatasetError
+from edgedet.data.sample import Sample
+
+
+def _image(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _coco_dict() -> dict:
+    # Category ids with gaps and out of order, as in real COCO (1..90 for 80 classes).
+    return {
+        "images": [
+            {"id": 7, "file_name": "b.png", "width": 64, "height": 48},
+            {"id": 3, "file_name": "a.png", "width": 32, "height": 40},
+            {"id": 9, "file_name": "empty.png", "width": 16, "height": 16},
+        ],
+        "categories": [
+            {"id": 90, "name": "toothbrush"},
+            {"id": 1, "name": "person"},
+            {"id": 18, "name": "dog"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 18, "bbox": [10, 20, 30, 15], "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 90, "bbox": [0.5, 1.5, 2, 3], "iscrowd": 1},
+            {"id": 3, "image_id": 3, "category_id": 1, "bbox": [4, 5, 6, 7]},
+            # Zero-width box: skipped.
+            {"id": 4, "image_id": 3, "category_id": 1, "bbox": [4, 5, 0, 7]},
+        ],
+    }
+
+
+def _write_dataset(root: Path, dataset: dict | None = None) -> Path:
+    """``root/annotations.json`` + ``root/images/*.png``; returns the annotations path."""
+    dataset = _coco_dict() if dataset is None else dataset
+    (root / "images").mkdir(parents=True)
+    for seed, image in enumerate(dataset["images"]):
+        cv2.imwrite(
+            str(root / "images" / image["file_name"]), _image(image["height"], image["width"], seed)
+        )
+    path = root / "annotations.json"
+    path.write_text(json.dumps(dataset))
+    return path
+
+
+def test_reads_boxes_classes_and_crowd_flags_with_category_id_gaps(tmp_path: Path) -> None:
+    _write_dataset(tmp_path)
+    dataset = CocoDataset(tmp_path)  # the directory layout write_coco_dataset writes
+
+    assert isinstance(dataset, Sequence)
+    assert dataset.class_names == ("person", "dog", "toothbrush")
+    assert dataset.category_ids == (1, 18, 90)
+    assert dataset.image_ids == (7, 3, 9)  # the file's image order
+    assert len(dataset) == 3
+
+    first = dataset[0]
+    assert first.image_id == 7 and first.file_name == "b.png"
+    assert first.image.shape == (48, 64, 3) and first.image.dtype == np.uint8
+    np.testing.assert_array_equal(first.image, _image(48, 64, seed=0))
+    # xywh [10, 20, 30, 15] → xyxy [10, 20, 40, 35]; category 18 is class 1 ("dog").
+    np.testing.assert_allclose(first.boxes_xyxy, [[10, 20, 40, 35], [0.5, 1.5, 2.5, 4.5]])
+    assert first.boxes_xyxy.dtype == np.float32
+    np.testing.assert_array_equal(first.class_ids, [1, 2])
+    assert first.class_ids.dtype == np.int64
+    np.testing.assert_array_equal(first.iscrowd, [False, True])
+
+    second = dataset[1]
+    np.testing.assert_allclose(second.boxes_xyxy, [[4, 5, 10, 12]])  # zero-width one skipped
+    np.testing.assert_array_equal(second.class_ids, [0])
+
+    empty = dataset[-1]
+    assert empty.file_name == "empty.png"
+    assert empty.boxes_xyxy.shape == (0, 4) and empty.class_ids.shape == (0,)
+
+    with pytest.raises(IndexError):
+        dataset[3]
+    assert [sample.image_id for sample in dataset] == [7, 3, 9]
+
+
+def test_annotation_file_with_separate_image_dir(tmp_path: Path) -> None:
+    ann_path = _write_dataset(tmp_path / "set")
+    moved = tmp_path / "pixels"
+    (tmp_path / "set" / "images").rename(moved)
+    dataset = CocoDataset(ann_path, image_dir=moved)
+    assert dataset.image_dir == moved
+    assert dataset[1].image.shape == (40, 32, 3)
+    # Without image_dir the default is images/ beside the file, which is now gone.
+    with pytest.raises(DatasetError, match="image folder not found"):
+        CocoDataset(ann_path)
+
+
+def test_test_set_file_without_annotations_key(tmp_path: Path) -> None:
+    dataset_dict = _coco_dict()
+    del dataset_dict["annotations"]
+    _write_dataset(tmp_path, dataset_dict)
+    dataset = CocoDataset(tmp_path / "annotations.json")
+    assert all(dataset[i].boxes_xyxy.shape == (0, 4) for i in range(len(dataset)))
+
+
+def test_write_then_read_round_trip(tmp_path: Path) -> None:
+    samples = [
+        Sample(
+            image=_image(30, 40, seed=1),
+            boxes_xyxy=[[1.25, 2.5, 10.75, 20.0], [5, 5, 39, 29]],
+            class_ids=[1, 0],
+            image_id=1,
+            file_name="000001.png",
+            iscrowd=[False, True],
+        ),
+        Sample(
+            image=_image(20, 20, seed=2),
+            boxes_xyxy=np.zeros((0, 4)),
+            class_ids=[],
+            image_id=2,
+            file_name="000002.png",
+        ),
+    ]
+    write_coco_dataset(samples, tmp_path / "out", class_names=["cat", "dog"])
+    dataset = CocoDataset(tmp_path / "out")
+    assert dataset.class_names == ("cat", "dog")
+    assert dataset.category_ids == (1, 2)
+    for written, read in zip(samples, dataset, strict=True):
+        assert read.image_id == written.image_id and read.file_name == written.file_name
+        np.testing.assert_array_equal(read.image, written.image)  # PNG is lossless
+        np.testing.assert_allclose(read.boxes_xyxy, written.boxes_xyxy, atol=0.01)
+        np.testing.assert_array_equal(read.class_ids, written.class_ids)
+        np.testing.assert_array_equal(read.iscrowd, written.iscrowd)
+
+
+def test_missing_annotation_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"annotation file not found.*nope.json"):
+        CocoDataset(tmp_path / "nope.json")
+    with pytest.raises(DatasetError, match=r"annotations.json"):
+        CocoDataset(tmp_path)  # a directory without annotations.json
+
+
+def test_truncated_json(tmp_path: Path) -> None:
+    ann_path = _write_dataset(tmp_path)
+    ann_path.write_text(ann_path.read_text()[:50])
+    with pytest.raises(DatasetError, match=r"annotations.json: not valid JSON"):
+        CocoDataset(tmp_path)
+
+
+def test_corrupt_and_missing_images_fail_when_read(tmp_path: Path) -> None:
+    _write_dataset(tmp_path)
+    (tmp_path / "images" / "b.png").write_bytes(np.random.default_rng(0).bytes(500))
+    (tmp_path / "images" / "a.png").unlink()
+    dataset = CocoDataset(tmp_path)  # images are only read on access
+    with pytest.raises(DatasetError, match=r"cannot read image .*b\.png"):
+        dataset[0]
+    with pytest.raises(DatasetError, match=r"image file not found: .*a\.png"):
+        dataset[1]
+    assert dataset[2].image.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["annotations"][0].update(category_id=5), "category_id 5, which is not in"),
+        (lambda d: d["annotations"][0].update(image_id=4), "image id 4, which is not in"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"bbox \[1, 2, 3\]"),
+        (lambda d: d["images"][1].update(id=7), "duplicate image id 7"),
+        (lambda d: d["images"][0].pop("file_name"), "image id 7 has no 'file_name'"),
+        (lambda d: d.pop("categories"), "expected a list under 'categories'"),
+        (lambda d: d.update(images=[], annotations=[]), "holds no images"),
+    ],
+)
+def test_malformed_content(tmp_path: Path, edit, message: str) -> None:
+    _write_dataset(tmp_path)
+    dataset_dict = _coco_dict()
+    edit(dataset_dict)
+    (tmp_path / "annotations.json").write_text(json.dumps(dataset_dict))
+    with pytest.raises(DatasetError, match=message):
+        CocoDataset(tmp_path)

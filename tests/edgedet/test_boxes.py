@@ -1,0 +1,174 @@
+import cv2
+import numpy as np
+import pytest
+
+from edgedet.boxes import (
+    batched_nms,
+    batched_soft_nms,
+    box_iou,
+    box_voting,
+    nms,
+    soft_nms,
+    topk_candidates,
+)
+
+# Four boxes with hand-computed overlaps:
+#   IoU(A, B) = 90 / 110 = 0.818, IoU(A, D) = 50 / 150 = 1/3, IoU(B, D) = 60 / 140 = 0.4286,
+#   C overlaps nothing.
+A, B, C, D = [0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [5, 0, 15, 10]
+BOXES = np.array([A, B, C, D], dtype=np.float32)
+SCORES = np.array([0.9, 0.8, 0.7, 0.6], dtype=np.float32)
+
+
+def _random_boxes(rng: np.random.Generator, n: int, integer: bool = False) -> np.ndarray:
+    xy = rng.uniform(0, 200, size=(n, 2))
+    wh = rng.uniform(5, 60, size=(n, 2))
+    boxes = np.concatenate([xy, xy + wh], axis=1)
+    return np.round(boxes).astype(np.float32) if integer else boxes.astype(np.float32)
+
+
+def test_box_iou_hand_values() -> None:
+    iou = box_iou(BOXES, BOXES)
+    assert iou.shape == (4, 4)
+    np.testing.assert_allclose(np.diag(iou), 1.0)
+    assert iou[0, 1] == pytest.approx(90 / 110)
+    assert iou[0, 3] == pytest.approx(1 / 3)
+    assert iou[1, 3] == pytest.approx(60 / 140)
+    assert iou[0, 2] == 0.0
+    np.testing.assert_allclose(iou, iou.T)
+
+
+def test_box_iou_degenerate_boxes_give_zero_not_nan() -> None:
+    zero = np.array([[5, 5, 5, 5]], np.float32)
+    assert box_iou(zero, zero)[0, 0] == 0.0
+    assert box_iou(np.zeros((0, 4)), BOXES).shape == (0, 4)
+
+
+def test_nms_hand_values() -> None:
+    np.testing.assert_array_equal(nms(BOXES, SCORES, 0.5), [0, 2, 3])
+    np.testing.assert_array_equal(nms(BOXES, SCORES, 0.3), [0, 2])
+    np.testing.assert_array_equal(nms(BOXES, SCORES, 0.9), [0, 1, 2, 3])
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
+
+
+def test_nms_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        nms(np.zeros((3, 5)), np.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="scores"):
+        nms(BOXES, np.zeros(3), 0.5)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_nms_matches_opencv(threshold: float) -> None:
+    rng = np.random.default_rng(0)
+    boxes = _random_boxes(rng, 400)
+    scores = rng.permutation(400).astype(np.float32) / 400 + 0.001  # distinct scores
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    expected = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, threshold)
+    np.testing.assert_array_equal(nms(boxes, scores, threshold), np.asarray(expected).ravel())
+
+
+def test_batched_nms_classes_do_not_suppress_each_other() -> None:
+    classes = np.array([0, 1, 0, 0])
+    # B is class 1, so A cannot suppress it; D still loses to A at 0.3.
+    np.testing.assert_array_equal(batched_nms(BOXES, SCORES, classes, 0.3), [0, 1, 2])
+
+
+def test_batched_nms_equals_per_class_nms() -> None:
+    rng = np.random.default_rng(1)
+    boxes = _random_boxes(rng, 300)
+    scores = rng.uniform(size=300).astype(np.float32)
+    classes = rng.integers(0, 5, size=300)
+    keep = batched_nms(boxes, scores, classes, 0.5)
+    assert np.all(np.diff(scores[keep]) <= 0)
+    for c in range(5):
+        idx = np.flatnonzero(classes == c)
+        expected = set(idx[nms(boxes[idx], scores[idx], 0.5)].tolist())
+        assert set(keep[classes[keep] == c].tolist()) == expected
+
+
+def test_soft_nms_gaussian_hand_values() -> None:
+    boxes = np.array([A, D], np.float32)  # IoU 1/3
+    keep, new_scores = soft_nms(boxes, np.array([0.9, 0.6], np.float32), sigma=0.5)
+    np.testing.assert_array_equal(keep, [0, 1])
+    # Bodla et al.: s_i * exp(-IoU^2 / sigma) = 0.6 * exp(-(1/9) / 0.5)
+    np.testing.assert_allclose(new_scores, [0.9, 0.6 * np.exp(-(1 / 9) / 0.5)], rtol=1e-6)
+
+
+def test_soft_nms_linear_hand_values() -> None:
+    keep, new_scores = soft_nms(BOXES, SCORES, iou_threshold=0.3, method="linear")
+    # A first; B decays to 0.8 * (1 - 0.818) = 0.1455, D to 0.6 * (1 - 1/3) = 0.4; C untouched.
+    # Then C (0.7), then D (0.4), which decays B by (1 - 0.4286) to 0.0831.
+    np.testing.assert_array_equal(keep, [0, 2, 3, 1])
+    b_after_a = 0.8 * (1 - 90 / 110)
+    np.testing.assert_allclose(
+        new_scores, [0.9, 0.7, 0.4, b_after_a * (1 - 60 / 140)], rtol=1e-5
+    )
+
+
+def test_soft_nms_prunes_below_score_threshold() -> None:
+    keep, _ = soft_nms(BOXES, SCORES, iou_threshold=0.3, method="linear", score_threshold=0.1)
+    np.testing.assert_array_equal(keep, [0, 2, 3])  # B (0.083) pruned
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_soft_nms_matches_opencv(method: str) -> None:
+    rng = np.random.default_rng(2)
+    boxes = _random_boxes(rng, 150, integer=True)  # OpenCV's softNMSBoxes takes int Rects
+    scores = rng.uniform(0.05, 1.0, size=150).astype(np.float32)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(int)
+    cv_method = (cv2.dnn.SoftNMSMethod_SOFTNMS_LINEAR if method == "linear"
+                 else cv2.dnn.SoftNMSMethod_SOFTNMS_GAUSSIAN)
+    cv_scores, cv_keep = cv2.dnn.softNMSBoxes(
+        xywh.tolist(), scores.tolist(), 0.01, 0.3, 0, 0.5, cv_method
+    )
+    keep, new_scores = soft_nms(boxes, scores, iou_threshold=0.3, sigma=0.5,
+                                score_threshold=0.01, method=method)
+    cv_keep = np.asarray(cv_keep).ravel()
+    np.testing.assert_array_equal(keep, cv_keep)
+    np.testing.assert_allclose(new_scores, np.asarray(cv_scores).ravel()[: len(keep)],
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_batched_soft_nms_is_per_class() -> None:
+    classes = np.array([0, 1, 0, 1])
+    keep, new_scores = batched_soft_nms(BOXES, SCORES, classes, method="linear",
+                                        iou_threshold=0.3)
+    # class 0: A, C never overlap; class 1: B then D, D decayed by (1 - 0.4286)
+    order = dict(zip(keep.tolist(), new_scores.tolist(), strict=True))
+    assert order[0] == pytest.approx(0.9) and order[2] == pytest.approx(0.7)
+    assert order[1] == pytest.approx(0.8)
+    assert order[3] == pytest.approx(0.6 * (1 - 60 / 140), rel=1e-5)
+    assert np.all(np.diff(new_scores) <= 0)
+
+
+def test_box_voting_hand_values() -> None:
+    kept = np.array([[0, 0, 10, 10]], np.float32)
+    candidates = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.3, 0.8], np.float32)
+    # IoU([0,0,10,10], [2,0,12,10]) = 80/120 >= 0.5: weights 0.9 and 0.3
+    voted, voted_scores = box_voting(kept, [0], candidates, scores, [0, 0, 0], 0.5)
+    np.testing.assert_allclose(voted, [[0.5, 0.0, 10.5, 10.0]], rtol=1e-6)
+    np.testing.assert_allclose(voted_scores, [0.9])
+
+
+def test_box_voting_ignores_other_classes_and_takes_max_score() -> None:
+    kept = np.array([[0, 0, 10, 10]], np.float32)
+    candidates = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 1, 10, 11]], np.float32)
+    scores = np.array([0.5, 0.7, 0.9], np.float32)
+    voted, voted_scores = box_voting(kept, [1], candidates, scores, [1, 1, 2])
+    x1 = (0.5 * 0 + 0.7 * 1) / 1.2
+    np.testing.assert_allclose(voted[0], [x1, 0, x1 + 10, 10], rtol=1e-6)
+    assert voted_scores[0] == pytest.approx(0.7)  # class-2 box does not vote
+
+
+def test_topk_candidates() -> None:
+    scores = np.array([[0.1, 0.9], [0.5, 0.02], [0.7, 0.3]], np.float32)
+    anchors, classes, values = topk_candidates(scores, k=3, score_threshold=0.05)
+    np.testing.assert_array_equal(anchors, [0, 2, 1])
+    np.testing.assert_array_equal(classes, [1, 0, 0])
+    np.testing.assert_allclose(values, [0.9, 0.7, 0.5])
+    anchors, _, values = topk_candidates(scores, k=0, score_threshold=0.05)
+    assert len(values) == 5  # k=0: no limit, 0.02 dropped
+    with pytest.raises(ValueError):
+        topk_candidates(scores.ravel(), k=3)

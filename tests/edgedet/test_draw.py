@@ -1,0 +1,29 @@
+import numpy as np
+
+from edgedet.detections import Detections
+from edgedet.draw import class_color, draw_detections, draw_text_panel
+
+
+def test_draw_detections_draws_inside_boxes_and_leaves_input_alone() -> None:
+    frame = np.zeros((120, 160, 3), np.uint8)
+    dets = Detections([[20, 30, 80, 90]], [0.87], [1], ("a", "b"))
+    out = draw_detections(frame, dets, thickness=3)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    assert frame.max() == 0  # not modified in place
+    assert out[100:, 100:].max() == 0  # far from the box nothing is drawn
+    # the centre of a 3-px anti-aliased line carries the class colour
+    np.testing.assert_allclose(out[60, 20], class_color(1), atol=2)
+    np.testing.assert_allclose(out[60, 80], class_color(1), atol=2)
+    assert out[60, 50].max() == 0  # inside the box is untouched
+
+
+def test_class_colors_are_distinct() -> None:
+    colors = {class_color(i) for i in range(20)}
+    assert len(colors) == 20
+
+
+def test_empty_detections_and_text_panel() -> None:
+    frame = np.full((50, 80, 3), 200, np.uint8)
+    np.testing.assert_array_equal(draw_detections(frame, Detections.empty()), frame)
+    panel = draw_text_panel(frame, ["FPS 30.0"])
+    assert (panel != frame).any() and panel[-1, -1].tolist() == [200, 200, 200]

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from edgedet.preprocess import (
+    FrameError,
+    PreprocessConfig,
+    compute_transform,
+    preprocess,
+    preprocess_batch,
+    validate_frame,
+)
+
+
+def _frame(h: int = 48, w: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def test_stretch_shapes_colour_and_normalisation() -> None:
+    frame = np.zeros((10, 20, 3), np.uint8)
+    frame[..., 0] = 30  # blue
+    frame[..., 2] = 200  # red
+    cfg = PreprocessConfig((20, 10), color_order="rgb", mean=(100, 0, 0), std=(2, 1, 1))
+    x, t = preprocess(frame, cfg)
+    assert x.shape == (1, 3, 10, 20) and x.dtype == np.float32 and x.flags.c_contiguous
+    # channel 0 is red after BGR→RGB: (200 - 100) / 2
+    np.testing.assert_allclose(x[0, 0], 50.0)
+    np.testing.assert_allclose(x[0, 2], 30.0)
+    assert (t.scale_x, t.scale_y, t.pad_x, t.pad_y) == (1.0, 1.0, 0.0, 0.0)
+    x_bgr, _ = preprocess(frame, PreprocessConfig((20, 10), color_order="bgr",
+                                                  mean=(0, 0, 0), std=(1, 1, 1)))
+    np.testing.assert_allclose(x_bgr[0, 0], 30.0)
+
+
+def test_letterbox_geometry_and_padding() -> None:
+    frame = np.full((100, 200, 3), 255, np.uint8)
+    cfg = PreprocessConfig((64, 64), resize="letterbox", mean=(0, 0, 0), std=(1, 1, 1),
+                           pad_value=0)
+    x, t = preprocess(frame, cfg)
+    # 200x100 → 64x32, centred vertically with 16 px bars
+    assert (t.scale_x, t.scale_y, t.pad_x, t.pad_y) == (0.32, 0.32, 0.0, 16.0)
+    assert np.all(x[0, :, :16] == 0) and np.all(x[0, :, 48:] == 0)
+    assert np.all(x[0, :, 16:48] == 255)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+@pytest.mark.parametrize("frame_size", [(640, 480), (333, 517), (100, 100)])
+def test_box_mapping_is_an_exact_inverse(resize: str, frame_size: tuple[int, int]) -> None:
+    cfg = PreprocessConfig((320, 320), resize=resize)
+    t = compute_transform(frame_size, cfg)
+    boxes = np.array([[0, 0, 10, 20], [15.5, 7.25, 90, 99]], np.float32)
+    np.testing.assert_allclose(t.boxes_to_frame(t.boxes_to_input(boxes)), boxes, atol=1e-4)
+
+
+def test_box_mapping_hand_values_and_clipping() -> None:
+    t = compute_transform((200, 100), PreprocessConfig((64, 64), resize="letterbox"))
+    np.testing.assert_allclose(t.boxes_to_input([[0, 0, 200, 100]]), [[0, 16, 64, 48]])
+    np.testing.assert_allclose(t.boxes_to_frame([[-5, 0, 70, 64]]), [[0, 0, 200, 100]])
+
+
+def test_grayscale_bgra_and_float_frames_are_converted() -> None:
+    gray = np.full((8, 8), 77, np.uint8)
+    np.testing.assert_array_equal(validate_frame(gray), np.full((8, 8, 3), 77, np.uint8))
+    assert validate_frame(gray[..., None]).shape == (8, 8, 3)
+    bgra = np.zeros((8, 8, 4), np.uint8)
+    bgra[..., 1] = 9
+    assert validate_frame(bgra).shape == (8, 8, 3) and validate_frame(bgra)[0, 0, 1] == 9
+    np.testing.assert_array_equal(validate_frame(np.full((4, 4, 3), 12.4)),
+                                  np.full((4, 4, 3), 12, np.uint8))
+
+
+@pytest.mark.parametrize(
+    "frame, match",
+    [
+        ("not an image", "numpy array"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((4, 4, 2), np.uint8), "shape"),
+        (np.zeros((2, 4, 4, 3), np.uint8), "shape"),
+        (np.zeros((4, 4, 3), np.int16), "dtype"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        (np.full((4, 4, 3), 300.0, np.float32), "0..255"),
+    ],
+)
+def test_bad_frames_raise_clear_errors(frame: object, match: str) -> None:
+    with pytest.raises(FrameError, match=match):
+        preprocess(frame, PreprocessConfig((32, 32)))  # type: ignore[arg-type]
+
+
+def test_batch_of_mixed_sizes() -> None:
+    x, transforms = preprocess_batch([_frame(48, 64), _frame(30, 30)], PreprocessConfig((32, 32)))
+    assert x.shape == (2, 3, 32, 32)
+    assert transforms[0].frame_size == (64, 48) and transforms[1].frame_size == (30, 30)
+    with pytest.raises(FrameError):
+        preprocess_batch([], PreprocessConfig((32, 32)))
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = PreprocessConfig((320, 256), resize="letterbox", color_order="bgr")
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="resize"):
+        PreprocessConfig((32, 32), resize="crop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="std"):
+        PreprocessConfig((32, 32), std=(1, 0, 1))
