@@ -57,6 +57,40 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    try:
+        from edgedet.models.summary import PAPER_CONFIGURATIONS, summarize
+    except ImportError as exc:
+        raise CliError(f"edgedet summary builds the PyTorch models and needs torch ({exc}); "
+                       "install it with: pip install 'edgedet[torch]'") from exc
+    from tqdm import tqdm
+
+    configs = list(PAPER_CONFIGURATIONS)
+    if args.names:
+        known = {c.name: c for c in configs}
+        unknown = [n for n in args.names if n not in known]
+        if unknown:
+            raise CliError(f"unknown model(s) {', '.join(unknown)}; known: "
+                           f"{', '.join(known)}")
+        configs = [known[n] for n in args.names]
+    rows = [summarize(c, with_flops=not args.no_flops)
+            for c in tqdm(configs, desc="building models", disable=args.json, leave=False,
+                          file=sys.stderr)]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows]))
+        return 0
+    width = max(len(r.name) for r in rows)
+    print(f"{'name':<{width}}  {'input':>9}  {'params (M)':>10}  {'paper (M)':>9}  "
+          f"{'GFLOPs':>7}  {'boxes':>7}")
+    for r in rows:
+        paper = f"{r.paper_params_m:.2f}" if r.paper_params_m is not None else "-"
+        gflops = f"{r.gflops:.1f}" if r.gflops is not None else "-"
+        size = f"{r.input_size[0]}x{r.input_size[1]}"
+        print(f"{r.name:<{width}}  {size:>9}  {r.params_m:>10.2f}  {paper:>9}  {gflops:>7}  "
+              f"{r.num_boxes:>7}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgedet",
@@ -108,6 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print one JSON object with keys AP, AP50, AP75, APs, APm, APl, AR")
     ev.add_argument("--verbose", action="store_true", help="show pycocotools' own output")
     ev.set_defaults(func=_cmd_eval)
+
+    summary = sub.add_parser(
+        "summary",
+        help="parameters, GFLOPs and default boxes of every named architecture (needs torch)",
+        description=(
+            "Build each named architecture (the papers' own configurations: backbone, "
+            "classes, input size) and print its parameters in millions next to the "
+            "paper's figure where the paper gives one, GFLOPs of one forward at its default "
+            "input (torch.utils.flop_counter: a multiply-add counts 2), and the number of "
+            "default boxes. Building every model takes a minute or two on a laptop CPU."
+        ),
+    )
+    summary.add_argument("--json", action="store_true", help="print a JSON list of objects "
+                         "with keys name, params_m, gflops, num_boxes (and input_size, "
+                         "paper_params_m)")
+    summary.add_argument("--names", nargs="+", metavar="NAME", help="only these models")
+    summary.add_argument("--no-flops", action="store_true",
+                         help="skip FLOP counting (faster; gflops is null)")
+    summary.set_defaults(func=_cmd_summary)
     return parser
 
 

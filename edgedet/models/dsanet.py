@@ -1,0 +1,84 @@
+"""DSANet: RetinaNet with decoupled self-attention (Wu et al.; paper 002 in the seeds).
+
+    ResNet -> FPN P3..P7 -> DSA: on P4-P7 a cls self-attention and a loc self-attention
+    (``x + gamma * softmax(QK^T/sqrt(d)) V``, gamma initialised to 0), P3 unchanged
+    -> RetinaNet head: cls tower on the cls features, box tower on the loc features.
+
+Variants (builder switches): ``shared_attention=True`` is Table 2's DSANet(share) (one
+self-attention per level feeding both towers); ``with_confidence=True`` is DSANet-Conf (an
+``A``-channel object-confidence conv on the cls tower, output ``conf_logits [N, A, 1]``; the
+NMS score ``sigmoid(cls) * sigmoid(conf)`` is post-processing, outside the model);
+``use_dsa=False`` is the RetinaNet / RetinaNet-Conf baseline.
+"""
+
+from __future__ import annotations
+
+from edgedet.models.attention import DecoupledSelfAttention
+from edgedet.models.fpn import RetinaFPN
+from edgedet.models.retinanet import (
+    BACKBONE_BUILDERS,
+    RetinaNet,
+    image_size_pair,
+    model_config,
+)
+from edgedet.models.retinanet_head import RetinaNetHead
+
+# Pyramid indices of P4..P7 in [P3, P4, P5, P6, P7]: self-attention on P3 ran out of GPU
+# memory in the paper (Table 1), and its H*W x H*W attention matrix is the costly part.
+DSA_LEVELS = (1, 2, 3, 4)
+
+
+def _dsanet(
+    architecture: str,
+    backbone_name: str,
+    num_classes: int,
+    img_size: int | tuple[int, int],
+    use_dsa: bool,
+    shared_attention: bool,
+    with_confidence: bool,
+) -> RetinaNet:
+    backbone = BACKBONE_BUILDERS[backbone_name]()
+    fpn = RetinaFPN(backbone.out_channels[1:], 256)
+    dsa = DecoupledSelfAttention(256, DSA_LEVELS, shared=shared_attention) if use_dsa else None
+    head = RetinaNetHead(256, num_classes, with_confidence=with_confidence)
+    config = model_config(architecture, {
+        "num_classes": num_classes, "img_size": image_size_pair(img_size), "use_dsa": use_dsa,
+        "shared_attention": shared_attention, "with_confidence": with_confidence,
+    })
+    return RetinaNet(backbone, fpn, head, config, pyramid_attention=dsa)
+
+
+def dsanet_resnet18(
+    num_classes: int = 80,
+    img_size: int | tuple[int, int] = (1000, 600),
+    use_dsa: bool = True,
+    shared_attention: bool = False,
+    with_confidence: bool = False,
+) -> RetinaNet:
+    """DSANet with a ResNet-18 trunk (small variant, not in the paper)."""
+    return _dsanet("dsanet_resnet18", "resnet18", num_classes, img_size, use_dsa,
+                   shared_attention, with_confidence)
+
+
+def dsanet_resnet50(
+    num_classes: int = 80,
+    img_size: int | tuple[int, int] = (1000, 600),
+    use_dsa: bool = True,
+    shared_attention: bool = False,
+    with_confidence: bool = False,
+) -> RetinaNet:
+    """DSANet-ResNet-50-FPN (paper input 1000x600). See the module docstring for switches."""
+    return _dsanet("dsanet_resnet50", "resnet50", num_classes, img_size, use_dsa,
+                   shared_attention, with_confidence)
+
+
+def dsanet_resnet101(
+    num_classes: int = 80,
+    img_size: int | tuple[int, int] = (1000, 600),
+    use_dsa: bool = True,
+    shared_attention: bool = False,
+    with_confidence: bool = False,
+) -> RetinaNet:
+    """DSANet-ResNet-101-FPN (paper input 1000x600)."""
+    return _dsanet("dsanet_resnet101", "resnet101", num_classes, img_size, use_dsa,
+                   shared_attention, with_confidence)
