@@ -5,15 +5,20 @@ The runtime imported here is torch-free (numpy + OpenCV); PyTorch model definiti
 """
 
 from edgedet.detections import Detections
+from edgedet.detector import Detector, DetectorOptions
 from edgedet.preprocess import FrameError, FrameTransform, PreprocessConfig, preprocess
+from edgedet.zoo import list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Detections",
+    "Detector",
+    "DetectorOptions",
     "FrameError",
     "FrameTransform",
     "PreprocessConfig",
     "__version__",
+    "list_models",
     "preprocess",
 ]

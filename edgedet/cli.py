@@ -8,6 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edgedet.detections import Detections
+    from edgedet.detector import Detector
 
 
 class CliError(Exception):
@@ -91,6 +98,229 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+def _option_overrides(args: argparse.Namespace) -> dict:
+    """Detector options given on the command line (unset ones come from the manifest)."""
+    names = ("score_threshold", "iou_threshold", "max_detections", "nms_mode", "threads")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _load_detector(args: argparse.Namespace) -> Detector:
+    from edgedet.backends import BackendError
+    from edgedet.detector import Detector
+
+    try:
+        return Detector(args.model, backend=args.backend, **_option_overrides(args))
+    except BackendError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _describe(name: str, detections: Detections) -> str:
+    boxes = ", ".join(f"{label} {score:.2f} [{' '.join(f'{v:.0f}' for v in box)}]"
+                      for (box, score, _), label in zip(detections, detections.labels,
+                                                         strict=True))
+    return f"{name}: {len(detections)} objects" + (f": {boxes}" if boxes else "")
+
+
+def _detections_json(name: str, detections: Detections) -> str:
+    return json.dumps({"source": name, "detections": [
+        {"label": label, "class_id": class_id, "score": round(score, 5),
+         "xyxy": [round(float(v), 2) for v in box]}
+        for (box, score, class_id), label in zip(detections, detections.labels, strict=True)]})
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edgedet._io import write_bytes_atomic
+    from edgedet.draw import draw_detections
+
+    source = Path(args.source)
+    if not source.exists():
+        raise CliError(f"source not found: {source} (give an image, a folder of images or a "
+                       "video file)")
+    detector = _load_detector(args)
+
+    def report(name: str, detections: Detections) -> None:
+        print(_detections_json(name, detections) if args.json else _describe(name, detections))
+
+    if source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES:
+        images = (sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                  if source.is_dir() else [source])
+        if not images:
+            raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source}")
+        for path in images:
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                if not source.is_dir():
+                    raise CliError(f"cannot read image {path}")
+                print(f"skipping unreadable image {path}", file=sys.stderr)
+                continue
+            detections = detector.detect(frame)
+            report(path.name, detections)
+            if args.save:
+                out = args.save / path.name if source.is_dir() else args.save
+                ok, encoded = cv2.imencode(out.suffix or ".jpg",
+                                           draw_detections(frame, detections))
+                if not ok:
+                    raise CliError(f"cannot encode {out} (use an image extension such as .jpg)")
+                write_bytes_atomic(out, encoded.tobytes())
+        return 0
+    return _detect_video(args, source, detector, report)
+
+
+def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
+                  report: Callable[[str, Detections], None]) -> int:
+    """Run ``detector`` on every frame of a video file; ``--save`` writes an annotated copy."""
+    import contextlib
+    import tempfile
+
+    import cv2
+
+    from edgedet.draw import draw_detections
+
+    capture = cv2.VideoCapture(str(source))
+    if not capture.isOpened():
+        raise CliError(f"cannot read {source} as an image or a video")
+    codec = None
+    if args.save:
+        codec = _VIDEO_CODECS.get(args.save.suffix.lower())
+        if codec is None:
+            raise CliError(f"--save for a video needs a {' or '.join(_VIDEO_CODECS)} file, "
+                           f"got {args.save}")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    writer, tmp_name, count = None, None, 0
+    try:
+        while args.max_frames is None or count < args.max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            detections = detector.detect(frame)
+            report(f"frame_{count:06d}", detections)
+            count += 1
+            if codec is not None:
+                if writer is None:
+                    args.save.parent.mkdir(parents=True, exist_ok=True)
+                    fd, tmp_name = tempfile.mkstemp(prefix=f".{args.save.stem}.",
+                                                    suffix=args.save.suffix,
+                                                    dir=args.save.parent)
+                    os.close(fd)
+                    height, width = frame.shape[:2]
+                    writer = cv2.VideoWriter(tmp_name, cv2.VideoWriter_fourcc(*codec), fps,
+                                             (width, height))
+                    if not writer.isOpened():
+                        raise CliError(f"OpenCV cannot write {args.save.suffix} video here")
+                writer.write(draw_detections(frame, detections))
+        if count == 0:
+            raise CliError(f"no frames could be read from {source}")
+        if writer is not None:
+            writer.release()
+            writer = None
+            umask = os.umask(0)  # mkstemp made the file 0600; use plain open()'s permissions
+            os.umask(umask)
+            os.chmod(tmp_name, 0o666 & ~umask)
+            os.replace(tmp_name, args.save)
+            tmp_name = None
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        if tmp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+    print(f"{count} frames" + (f", annotated video: {args.save}" if args.save else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _latency_stats(seconds: list[float]) -> dict:
+    """p50 / p90 / mean latency in ms and FPS (1 / mean) of timed calls."""
+    import numpy as np
+
+    ms = np.asarray(seconds) * 1000.0
+    mean = float(ms.mean())
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "mean_ms": mean, "fps": 1000.0 / mean}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+
+    if args.iterations < 1 or args.warmup < 0:
+        raise CliError("--iterations must be >= 1 and --warmup >= 0")
+    detector = _load_detector(args)
+    width, height = args.frame_size
+    # A rendered scene rather than noise: post-processing cost depends on what the model sees.
+    frame = SyntheticScenes(1, seed=0, config=SyntheticConfig(image_size=(width, height)))[0].image
+    images, _ = detector.preprocess(frame)
+
+    for _ in range(args.warmup):
+        detector.run_model(images)
+        detector.detect(frame)
+    runtime_s, end_to_end_s = [], []
+    for _ in range(args.iterations):
+        # Interleaved, so both measurements see the same machine load and CPU clocks.
+        start = time.perf_counter()
+        detector.run_model(images)
+        middle = time.perf_counter()
+        detector.detect(frame)
+        runtime_s.append(middle - start)
+        end_to_end_s.append(time.perf_counter() - middle)
+    runtime, end_to_end = _latency_stats(runtime_s), _latency_stats(end_to_end_s)
+    result = {
+        "model": detector.name, "backend": detector.backend_name,
+        "precision": detector.info["precision"], "threads": detector.options.threads,
+        "input_size": list(detector.input_size), "frame_size": [width, height],
+        "score_threshold": detector.options.score_threshold,
+        "iterations": args.iterations, "warmup": args.warmup,
+        "runtime_only": runtime, "end_to_end": end_to_end,
+        "overhead_p50_ms": end_to_end["p50_ms"] - runtime["p50_ms"],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    threads = detector.options.threads or "runtime default"
+    print(f"{detector.name}: {detector.backend_name}, {result['precision']}, input "
+          f"{detector.input_size[0]}x{detector.input_size[1]}, frame {width}x{height}, "
+          f"threads {threads}, score threshold {detector.options.score_threshold}, "
+          f"{args.iterations} iterations after {args.warmup} warm-up")
+    print(f"{'':<14}{'p50 ms':>9}{'p90 ms':>9}{'mean ms':>9}{'FPS':>9}")
+    for label, stats in (("runtime-only", runtime), ("end-to-end", end_to_end)):
+        print(f"{label:<14}{stats['p50_ms']:>9.2f}{stats['p90_ms']:>9.2f}"
+              f"{stats['mean_ms']:>9.2f}{stats['fps']:>9.1f}")
+    print(f"pre/post-processing (p50 end-to-end - runtime-only): "
+          f"{result['overhead_p50_ms']:.2f} ms")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from edgedet.zoo import ZOO_DIR, list_models, model_summary
+
+    rows = [model_summary(ZOO_DIR / name) for name in list_models()]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"no models in the zoo ({ZOO_DIR}); load an artifact directory with "
+              "Detector(PATH) or --model PATH")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'architecture':<16} {'precision':<9} {'backend':<11} "
+          f"{'input':>9} {'classes':>7} {'MB':>6} {'AP':>6}")
+    for r in rows:
+        size = "x".join(str(v) for v in r["input_size"] or []) or "-"
+        ap = f"{r['AP']:.3f}" if r["AP"] is not None else "-"
+        print(f"{r['name']:<{width}}  {r['architecture'] or '-':<16} {r['precision']:<9} "
+              f"{r['backend']:<11} {size:>9} {r['num_classes']:>7} {r['size_mb']:>6.1f} "
+              f"{ap:>6}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgedet",
@@ -161,7 +391,72 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--no-flops", action="store_true",
                          help="skip FLOP counting (faster; gflops is null)")
     summary.set_defaults(func=_cmd_summary)
+
+    detect = sub.add_parser(
+        "detect",
+        help="detect objects in an image, a folder of images or a video",
+        description=(
+            "Run a detector (zoo name or artifact directory) on SOURCE: an image, a folder of "
+            "images or a video file. Prints one line per image / frame (label, score, box "
+            "x1 y1 x2 y2 in pixels), or JSON lines with --json. --save writes the annotated "
+            "result: an image file for an image, a folder for a folder, an .mp4/.avi file for "
+            "a video."
+        ),
+    )
+    detect.add_argument("source", help="image, folder of images, or video file")
+    _add_model_arguments(detect)
+    detect.add_argument("--save", type=Path, metavar="OUT",
+                        help="write annotated image(s) / video here")
+    detect.add_argument("--json", action="store_true", help="print JSON lines "
+                        "{source, detections: [{label, class_id, score, xyxy}]}")
+    detect.add_argument("--max-frames", type=int, help="stop a video after this many frames")
+    detect.add_argument("--score-threshold", type=float, help="default: the manifest's")
+    detect.add_argument("--iou-threshold", type=float, help="default: the manifest's")
+    detect.add_argument("--max-detections", type=int, help="default: the manifest's")
+    detect.add_argument("--nms-mode", choices=("hard", "soft", "soft+voting"),
+                        help="default: the manifest's")
+    detect.set_defaults(func=_cmd_detect)
+
+    bench = sub.add_parser(
+        "bench",
+        help="latency of the model alone and of detect() end to end (p50/p90, FPS)",
+        description=(
+            "Time a detector on one rendered synthetic frame: runtime-only (the inference "
+            "runtime on an already preprocessed input) and end-to-end detect() (preprocess, "
+            "inference, decoding, NMS). Reports p50 / p90 / mean latency in ms and FPS "
+            "(1000 / mean), after warm-up calls that are not timed."
+        ),
+    )
+    _add_model_arguments(bench)
+    bench.add_argument("--iterations", type=int, default=100,
+                       help="timed calls per measurement (default: %(default)s)")
+    bench.add_argument("--warmup", type=int, default=10,
+                       help="untimed calls first (default: %(default)s)")
+    bench.add_argument("--frame-size", type=int, nargs=2, default=(640, 480),
+                       metavar=("W", "H"), help="camera frame size (default: 640 480)")
+    bench.add_argument("--score-threshold", type=float, help="default: the manifest's "
+                       "(post-processing cost grows with the candidates above it)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(func=_cmd_bench)
+
+    models = sub.add_parser(
+        "models",
+        help="list the models shipped in the zoo",
+        description="List the zoo models installed with edgedet (usable by name in "
+        "Detector(NAME) and --model NAME): architecture, precision, backend, input size, "
+        "classes, size of the model files and AP from the conversion's accuracy check.",
+    )
+    models.add_argument("--json", action="store_true", help="print a JSON list")
+    models.set_defaults(func=_cmd_models)
     return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="zoo model name (see `edgedet models`) or artifact directory")
+    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino"),
+                        help="inference runtime (default: the artifact's own)")
+    parser.add_argument("--threads", type=int, help="inference threads (default: runtime's)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

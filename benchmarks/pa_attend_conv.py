@@ -1,0 +1,258 @@
+"""Speed of the export variants of PASSD's P&A attend conv in ONNX Runtime and OpenVINO.
+
+    python benchmarks/pa_attend_conv.py [--channels 256] [--outputs 81] [--anchors 3]
+        [--size 40] [--stride 8] [--threads 2] [--runs 50]
+
+Every variant computes the attend-stage class conv of one pyramid level from the feature map
+``(1, C, S, S)`` and the adjusted boxes ``(1, S, S, A, 4)`` (the sampling points are computed
+in the graph, as in the exported detector), in fp32, and is compared with the training module
+(``BoxOffsetConv2d`` fed by ``box_sampling_points``). A plain 3x3 conv with the same weights
+is the speed floor. Prints one table: variant, ORT ms, OpenVINO ms, max |diff| vs the training
+module (ONNX Runtime's output). The default rewrite (``quantize.rewrites.pa_head``) is the
+"project, then Gather" variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgedet.models.pa_head import (
+    BoxOffsetConv2d,
+    box_sampling_points,
+    sample_box_taps,
+)
+from quantize.rewrites.pa_head import PackedBoxOffsetConv
+from quantize.rewrites.sampling import bilinear_tap_sum
+
+
+class TrainingModule(nn.Module):
+    """Reference: grid_sample over all input channels, then the matrix product (einsum)."""
+
+    def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
+        super().__init__()
+        self.conv = conv
+        self.stride = stride
+
+    def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
+        return self.conv(features, box_sampling_points(boxes_cxcywh, self.stride))
+
+
+class SampleThenMatmul(nn.Module):
+    """grid_sample over all input channels, then one batched MatMul per anchor (no einsum)."""
+
+    def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
+        super().__init__()
+        a, o = conv.num_anchors, conv.out_channels_per_anchor
+        self.weight = nn.Parameter(conv.weight.detach().reshape(a, o, -1).clone())  # (A, O, C*T)
+        self.bias = nn.Parameter(conv.bias.detach().reshape(1, a, o, 1).clone())
+        self.stride = stride
+
+    def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
+        n, _, h, w = features.shape
+        taps = sample_box_taps(features, box_sampling_points(boxes_cxcywh, self.stride))
+        out = torch.matmul(self.weight, taps) + self.bias  # (N, A, O, H*W)
+        return out.reshape(n, -1, h, w)
+
+
+class GatherThenMatmul(nn.Module):
+    """Gather-based sampling of the C-channel input (channels-last), then the matrix product."""
+
+    def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
+        super().__init__()
+        a, o, c = conv.num_anchors, conv.out_channels_per_anchor, conv.in_channels
+        t = conv.kernel_size**2
+        # Samples come out as (.., A, C) per tap; weight rows ordered (tap, channel).
+        weight = conv.weight.detach().reshape(a, o, c, t).permute(0, 3, 2, 1).reshape(a, t * c, o)
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(conv.bias.detach().reshape(a, o).clone())
+        self.stride = stride
+        self.num_taps = t
+
+    def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
+        n, c, h, w = features.shape
+        a, t = self.weight.shape[0], self.num_taps
+        points = box_sampling_points(boxes_cxcywh, self.stride)  # (N, A, T, H, W, 2)
+        points = points.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w * a * t, 1, 1, 2)
+        table = features.reshape(n, c, h * w).transpose(1, 2).reshape(n, h * w, 1, 1, c)
+        samples = bilinear_tap_sum(table, points, h, w)  # (N, H*W*A*T, 1, C)
+        samples = samples.reshape(n, h * w, a, t * c).transpose(1, 2)  # (N, A, H*W, T*C)
+        out = torch.matmul(samples, self.weight) + self.bias[:, None, :]  # (N, A, H*W, O)
+        return out.permute(0, 1, 3, 2).reshape(n, -1, h, w)
+
+
+class ProjectThenGridSample(nn.Module):
+    """1x1 projection to A*T*O channels, then grid_sample of each tap's O-channel map."""
+
+    def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
+        super().__init__()
+        a, o, c = conv.num_anchors, conv.out_channels_per_anchor, conv.in_channels
+        t = conv.kernel_size**2
+        weight = conv.weight.detach().reshape(a, o, c, t).permute(0, 3, 1, 2)  # (A, T, O, C)
+        self.projection = nn.Conv2d(c, a * t * o, 1, bias=False)
+        self.projection.weight.data = weight.reshape(a * t * o, c, 1, 1).clone()
+        self.bias = nn.Parameter(conv.bias.detach().reshape(1, a, o, 1).clone())
+        self.stride = stride
+        self.shape = (a, t, o)
+
+    def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
+        n, _, h, w = features.shape
+        a, t, o = self.shape
+        maps = self.projection(features).reshape(n * a * t, o, h, w)
+        points = box_sampling_points(boxes_cxcywh, self.stride)  # (N, A, T, H, W, 2)
+        size = torch.tensor([w, h], dtype=points.dtype)
+        grid = ((2 * points + 1) / size - 1).reshape(n * a * t, h * w, 1, 2)
+        samples = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (N*A*T, O, H*W, 1)
+        out = samples.reshape(n, a, t, o, h * w).sum(dim=2) + self.bias
+        return out.reshape(n, a * o, h, w)
+
+
+class ProjectThenGather(nn.Module):
+    """The default rewrite: projection (MatMul, channels-last), then Gather of 4 corners/tap.
+
+    Output ``(N, H*W*A, O)`` (the head's flattened layout, which this variant produces
+    directly); compared with the reference after the same flattening.
+    """
+
+    def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
+        super().__init__()
+        self.packed = PackedBoxOffsetConv([conv])
+        self.stride = stride
+
+    def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
+        return self.packed(features, box_sampling_points(boxes_cxcywh, self.stride))[0]
+
+
+class PlainConv(nn.Module):
+    """A 3x3 conv with the same weights at fixed taps: the speed floor, not equivalent."""
+
+    def __init__(self, conv: BoxOffsetConv2d) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(conv.in_channels, conv.weight.shape[0], conv.kernel_size,
+                              padding=conv.kernel_size // 2)
+        self.conv.weight.data = conv.weight.detach().clone()
+        self.conv.bias.data = conv.bias.detach().clone()
+
+    def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
+        return self.conv(features)
+
+
+def _random_boxes(size: int, stride: int, anchors: int, generator: torch.Generator) -> Tensor:
+    """Adjusted boxes ``(1, S, S, A, 4)`` cxcywh: centres within half a cell of each cell
+    centre (eq. 2), sizes spread around PASSD's 4*stride default boxes."""
+    centre = (torch.arange(size, dtype=torch.float32) + 0.5) * stride
+    cx = centre.view(1, 1, size, 1).expand(1, size, size, anchors)
+    cy = centre.view(1, size, 1, 1).expand(1, size, size, anchors)
+    shift = (torch.rand(2, 1, size, size, anchors, generator=generator) - 0.5) * stride
+    wh = 4 * stride * torch.exp(torch.randn(2, 1, size, size, anchors, generator=generator) * 0.5)
+    return torch.stack([cx + shift[0], cy + shift[1], wh[0], wh[1]], dim=-1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument("--outputs", type=int, default=81, help="outputs per anchor (K+1)")
+    parser.add_argument("--anchors", type=int, default=3)
+    parser.add_argument("--size", type=int, default=40, help="feature map side")
+    parser.add_argument("--stride", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+    import openvino as ov
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    conv = BoxOffsetConv2d(args.channels, args.outputs, args.anchors)
+    nn.init.normal_(conv.weight, std=0.05)
+    nn.init.normal_(conv.bias, std=0.1)
+    features = torch.randn(1, args.channels, args.size, args.size, generator=generator)
+    boxes = _random_boxes(args.size, args.stride, args.anchors, generator)
+    stride = float(args.stride)
+    variants: dict[str, nn.Module] = {
+        "training module (grid_sample C ch, einsum)": TrainingModule(conv, stride),
+        "grid_sample C ch, then MatMul": SampleThenMatmul(conv, stride),
+        "Gather C ch, then MatMul": GatherThenMatmul(conv, stride),
+        "project, then grid_sample": ProjectThenGridSample(conv, stride),
+        "project, then Gather (default)": ProjectThenGather(conv, stride),
+        "plain 3x3 conv (floor, not equal)": PlainConv(conv),
+    }
+    with torch.no_grad():  # float64: the reference's own rounding stays far below fp32's
+        reference = TrainingModule(copy.deepcopy(conv).double(), stride)(features.double(),
+                                                                        boxes.double())
+    reference_flat = reference.permute(0, 2, 3, 1).reshape(1, -1, args.outputs)
+
+    core = ov.Core()
+    ort_options = ort.SessionOptions()
+    ort_options.intra_op_num_threads = args.threads
+    ort_options.inter_op_num_threads = 1
+    inputs = {"features": features.numpy(), "boxes": boxes.numpy()}
+    runners: dict[str, list] = {}
+    diffs: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, (name, module) in enumerate(variants.items()):
+            path = Path(tmp) / f"variant{index}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module.eval(), (features, boxes), str(path), dynamo=False,
+                                  opset_version=17, input_names=["features", "boxes"],
+                                  output_names=["out"])
+            session = ort.InferenceSession(str(path), ort_options,
+                                           providers=["CPUExecutionProvider"])
+            # A variant that ignores the boxes (the plain conv) has no "boxes" input.
+            feed = {i.name: inputs[i.name] for i in session.get_inputs()}
+            compiled = core.compile_model(str(path), "CPU", {
+                "INFERENCE_PRECISION_HINT": "f32",
+                "INFERENCE_NUM_THREADS": args.threads,
+                "PERFORMANCE_HINT": "LATENCY",
+            })
+            request = compiled.create_infer_request()
+            out = torch.from_numpy(np.asarray(session.run(None, feed)[0])).double()
+            if out.dim() == 4:
+                out = out.permute(0, 2, 3, 1).reshape(1, -1, args.outputs)
+            diffs[name] = float((out - reference_flat).abs().max())
+            runners[name] = [
+                lambda session=session, feed=feed: session.run(None, feed),
+                lambda request=request, feed=feed: request.infer(feed),
+            ]
+    # Rounds over all variants, so a change in machine load hits every variant alike.
+    times: dict[str, list[list[float]]] = {name: [[], []] for name in runners}
+    for ort_run, ov_run in runners.values():
+        for _ in range(3):
+            ort_run()
+            ov_run()
+    for _ in range(args.runs):
+        for name, pair in runners.items():
+            for which, run in enumerate(pair):
+                start = time.perf_counter()
+                run()
+                times[name][which].append(time.perf_counter() - start)
+    print(f"P&A attend conv: {args.channels} -> {args.anchors}x{args.outputs} channels, "
+          f"{args.size}x{args.size} map, fp32, {args.threads} threads, median of {args.runs} "
+          f"interleaved rounds; onnxruntime {ort.__version__}, openvino {ov.__version__}; "
+          f"diff vs the training module in float64")
+    print(f"| {'variant':<44} | {'ORT ms':>7} | {'OV ms':>7} | {'max abs diff':>12} |")
+    print(f"|{'-' * 46}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
+    for name in runners:
+        ort_ms, ov_ms = (statistics.median(t) * 1000 for t in times[name])
+        print(f"| {name:<44} | {ort_ms:7.2f} | {ov_ms:7.2f} | {diffs[name]:12.2e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The model zoo: artifact directories shipped inside the package, ``edgedet/zoo/<name>/``.
+
+A zoo model is an ordinary artifact directory (``manifest.json`` + model files) that the
+conversion pipeline wrote into the package; ``Detector("<name>")`` loads it offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from edgedet.manifest import MANIFEST_NAME
+
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+
+
+def list_models() -> list[str]:
+    """Names of the models shipped in the zoo (sorted; empty when none are installed)."""
+    if not ZOO_DIR.is_dir():
+        return []
+    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / MANIFEST_NAME).is_file())
+
+
+def zoo_model_dir(name: str) -> Path:
+    """The artifact directory of zoo model ``name``.
+
+    Raises:
+        ValueError: no such zoo model (the message lists the available ones).
+    """
+    models = list_models()
+    if name not in models:
+        raise ValueError(f"no zoo model named {name!r}; available: "
+                         f"{', '.join(models) if models else 'none installed'}")
+    return ZOO_DIR / name
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
+    """A zoo name or an artifact directory → the artifact directory to load.
+
+    An existing directory wins over a zoo model of the same name: a path is the more explicit
+    request.
+
+    Raises:
+        ValueError: neither an existing directory nor a zoo model name.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    name = os.fspath(name_or_path)
+    if name in list_models():
+        return ZOO_DIR / name
+    models = list_models()
+    raise ValueError(
+        f"model {name!r} is neither an artifact directory (with {MANIFEST_NAME}) nor a zoo "
+        f"model; zoo models: {', '.join(models) if models else 'none installed'}"
+    )
+
+
+def model_summary(artifact_dir: str | os.PathLike[str]) -> dict:
+    """A one-row description of an artifact, read from its manifest without hashing files.
+
+    Keys: ``name``, ``architecture``, ``precision``, ``backend``, ``input_size`` ``[W, H]``,
+    ``num_classes``, ``size_mb`` (model files), ``AP`` (from the accuracy check, or None),
+    ``path``.
+    """
+    artifact_dir = Path(artifact_dir)
+    manifest = json.loads((artifact_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    files = manifest.get("files", {})
+    size_bytes = sum((artifact_dir / f).stat().st_size for f in files
+                     if (artifact_dir / f).is_file())
+    accuracy = manifest.get("accuracy") or {}
+    return {
+        "name": manifest.get("name", artifact_dir.name),
+        "architecture": manifest.get("architecture"),
+        "precision": manifest.get("precision"),
+        "backend": manifest.get("backend"),
+        "input_size": manifest.get("preprocess", {}).get("input_size"),
+        "num_classes": len(manifest.get("class_names", [])),
+        "size_mb": size_bytes / 1e6,
+        "AP": accuracy.get("AP"),
+        "path": str(artifact_dir),
+    }

@@ -1,0 +1,81 @@
+"""Module swaps that make the detectors' unusual layers export to every target, fast.
+
+``rewrite_for_export(model)`` returns an eval-mode deep copy in which
+
+* PASSD's ``ProposeAttendHead`` (attend stage with P&A offset convs) becomes
+  ``ExportProposeAttendHead`` (projection + Gather, sampling points from the propose outputs
+  computed in the graph);
+* every ``DeformConv2d`` (HAR-Net's aligned attention) becomes ``ExportDeformConv2d``
+  (projection + Gather; no ONNX ``DeformConv``, which OpenVINO cannot import);
+* every ``SelfAttention2d`` (DSANet) becomes ``ExportSelfAttention2d`` (fused QKV conv,
+  MatMul / Softmax with static shapes).
+
+Each replacement computes the same function as the module it replaces (tested to ~1e-5 on
+random weights and inputs, module by module and on whole detectors). The training model is
+never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from edgedet.models.attention import SelfAttention2d
+from edgedet.models.deform_conv import DeformConv2d
+from edgedet.models.pa_head import ProposeAttendHead
+from quantize.rewrites.deform_conv import ExportDeformConv2d
+from quantize.rewrites.pa_head import ExportProposeAttendHead, PackedBoxOffsetConv
+from quantize.rewrites.sampling import bilinear_tap_sum
+from quantize.rewrites.self_attention import ExportSelfAttention2d
+
+
+def _replacement(module: nn.Module) -> nn.Module | None:
+    """The export module standing in for ``module``, or None when it needs no rewrite."""
+    if isinstance(module, ProposeAttendHead) and module.use_attend:
+        return ExportProposeAttendHead(module)
+    if isinstance(module, DeformConv2d):
+        return ExportDeformConv2d(module)
+    if isinstance(module, SelfAttention2d):
+        return ExportSelfAttention2d(module)
+    return None
+
+
+def _swap_children(module: nn.Module, counts: dict[str, int]) -> None:
+    for name, child in module.named_children():
+        replacement = _replacement(child)
+        if replacement is None:
+            _swap_children(child, counts)
+            continue
+        setattr(module, name, replacement)
+        key = type(child).__name__
+        counts[key] = counts.get(key, 0) + 1
+
+
+def rewrite_for_export(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy of ``model`` with every exportable-layer rewrite applied.
+
+    The copy's attribute ``export_rewrites`` maps the replaced module types to how many were
+    replaced (e.g. ``{"DeformConv2d": 2}``); an empty dict means the model needed none
+    (DAIPNet, RetinaNet, PASSD without the attend stage).
+    """
+    rewritten = copy.deepcopy(model).eval()
+    counts: dict[str, int] = {}
+    root_replacement = _replacement(rewritten)
+    if root_replacement is not None:
+        rewritten = root_replacement.eval()
+        counts[type(model).__name__] = 1
+    else:
+        _swap_children(rewritten, counts)
+    rewritten.export_rewrites = counts
+    return rewritten
+
+
+__all__ = [
+    "ExportDeformConv2d",
+    "ExportProposeAttendHead",
+    "ExportSelfAttention2d",
+    "PackedBoxOffsetConv",
+    "bilinear_tap_sum",
+    "rewrite_for_export",
+]

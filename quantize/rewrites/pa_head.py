@@ -1,0 +1,127 @@
+"""Export rewrite of PASSD's P&A head: the attend-stage offset convs as projection + Gather.
+
+The training head (``edgedet.models.pa_head.ProposeAttendHead``) samples the 256-channel
+pyramid map at the 9 taps of each of the A adjusted boxes (``grid_sample``) and contracts the
+``A x 9 x 256`` samples with the weights. The rewrite contracts first: one matrix product
+projects every cell to ``A x 9 x (K+1+4)`` values (the class and box offset convs packed
+together, since they share the sampling grid), then each output reads 4 corners per tap from
+its own tap's projection by ``Gather`` (``quantize.rewrites.sampling``). The sampling points
+are computed in the graph from the propose outputs exactly as in training
+(``box_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the other
+variants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from edgedet.models.box_coder import decode_cxcywh
+from edgedet.models.pa_head import (
+    BoxOffsetConv2d,
+    ProposeAttendHead,
+    box_sampling_points,
+    flatten_head_output,
+)
+from quantize.rewrites.sampling import bilinear_tap_sum
+
+
+class PackedBoxOffsetConv(nn.Module):
+    """Offset convs that share one sampling grid, packed into one projection + Gather.
+
+    Built from ``BoxOffsetConv2d`` modules with the same input channels, anchors and kernel;
+    ``forward(features, points_xy)`` returns, for each of them, its output already flattened
+    like a head output: ``(N, H*W*A, out_i)`` in the y -> x -> anchor order.
+    """
+
+    def __init__(self, convs: Sequence[BoxOffsetConv2d]) -> None:
+        super().__init__()
+        if not convs:
+            raise ValueError("PackedBoxOffsetConv needs at least one BoxOffsetConv2d")
+        first = convs[0]
+        for conv in convs:
+            if (conv.in_channels, conv.num_anchors, conv.kernel_size) != (
+                    first.in_channels, first.num_anchors, first.kernel_size):
+                raise ValueError("packed offset convs must share in_channels, num_anchors and "
+                                 "kernel_size (they read the same taps)")
+        self.num_anchors = first.num_anchors
+        self.num_taps = first.kernel_size**2
+        self.split_sizes = [conv.out_channels_per_anchor for conv in convs]
+        a, c, k = self.num_anchors, first.in_channels, self.num_taps
+        # (A*out, C, k, k) -> (A, out, C, k*k): tap t = i*k + j, the row-major order of
+        # box_sampling_points.
+        weights = torch.cat(
+            [conv.weight.detach().reshape(a, conv.out_channels_per_anchor, c, k)
+             for conv in convs], dim=1)  # (A, O, C, T)
+        # Columns ordered (anchor, tap, output) so the product reshapes to (.., A, T, O).
+        self.projection = nn.Parameter(weights.permute(2, 0, 3, 1).reshape(c, -1).clone())
+        self.bias = nn.Parameter(torch.cat(
+            [conv.bias.detach().reshape(a, conv.out_channels_per_anchor) for conv in convs],
+            dim=1).clone())  # (A, O)
+
+    def forward(self, features: Tensor, points_xy: Tensor) -> list[Tensor]:
+        """``features (N, C, H, W)``, ``points_xy (N, A, T, H, W, 2)``
+        -> ``[(N, H*W*A, out_i)]``."""
+        n, c, h, w = features.shape
+        a, t = self.num_anchors, self.num_taps
+        table = torch.matmul(features.reshape(n, c, h * w).transpose(1, 2), self.projection)
+        table = table.reshape(n, h * w, a, t, -1)
+        points = points_xy.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w, a, t, 2)
+        out = bilinear_tap_sum(table, points, h, w) + self.bias  # (N, H*W, A, O)
+        return [part.reshape(n, h * w * a, size)
+                for part, size in zip(out.split(self.split_sizes, dim=-1), self.split_sizes,
+                                      strict=True)]
+
+
+class ExportProposeAttendHead(nn.Module):
+    """Drop-in replacement of a ``ProposeAttendHead`` built with ``use_attend=True``.
+
+    Same ``forward(features, priors_cxcywh, strides)`` and the same outputs (see
+    ``ProposeAttendHead.forward``); the propose convs are copies of the training ones.
+    """
+
+    def __init__(self, head: ProposeAttendHead) -> None:
+        super().__init__()
+        if not head.use_attend:
+            raise ValueError("ExportProposeAttendHead replaces the attend stage; this head was "
+                             "built with use_attend=False (plain convs need no rewrite)")
+        self.num_logits = head.num_logits
+        self.num_anchors = head.num_anchors
+        self.box_coder_weights = head.box_coder_weights
+        self.clip_propose_offsets = head.clip_propose_offsets
+        self.propose_objectness = head.propose_objectness
+        self.propose_box = head.propose_box
+        self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box])
+
+    def forward(self, features: Sequence[Tensor], priors_cxcywh: Sequence[Tensor],
+                strides: Sequence[int]) -> dict[str, Tensor]:
+        """Same contract as ``ProposeAttendHead.forward``."""
+        outputs: dict[str, list[Tensor]] = {
+            "objectness_logits": [], "propose_deltas": [], "cls_logits": [],
+            "box_deltas": [], "adjusted_priors_cxcywh": [],
+        }
+        for feature, priors, stride in zip(features, priors_cxcywh, strides, strict=True):
+            n, _, h, w = feature.shape
+            raw = self.propose_box(feature).permute(0, 2, 3, 1).reshape(n, h, w,
+                                                                        self.num_anchors, 4)
+            deltas = self._clip(raw, priors, stride)
+            adjusted = decode_cxcywh(deltas, priors, self.box_coder_weights)
+            cls, box = self.attend(feature, box_sampling_points(adjusted, float(stride)))
+            outputs["objectness_logits"].append(
+                flatten_head_output(self.propose_objectness(feature), 2))
+            outputs["propose_deltas"].append(deltas.reshape(n, -1, 4))
+            outputs["cls_logits"].append(cls)
+            outputs["box_deltas"].append(box)
+            outputs["adjusted_priors_cxcywh"].append(adjusted.reshape(n, -1, 4))
+        return {key: torch.cat(value, dim=1) for key, value in outputs.items()}
+
+    def _clip(self, raw: Tensor, priors: Tensor, stride: int) -> Tensor:
+        """Eq. 2, as ``ProposeAttendHead._clip``: ``raw (N, H, W, A, 4)``,
+        ``priors (H, W, A, 4)``."""
+        if not self.clip_propose_offsets:
+            return raw
+        xy_weights = raw.new_tensor(self.box_coder_weights[:2])
+        max_shift = xy_weights * stride / (2 * priors[..., 2:])
+        return torch.cat([torch.tanh(raw[..., :2]) * max_shift, raw[..., 2:]], dim=-1)

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgedet.backends import BackendError, create_backend, model_file_for
+from edgedet.backends.onnxruntime import OnnxRuntimeBackend
+from tests.edgedet.tiny_artifacts import OUTPUT_NAMES, TinyHead, export_onnx
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyHead]:
+    model = TinyHead("passd", seed=4)
+    path = tmp_path_factory.mktemp("ort") / "model.onnx"
+    export_onnx(model, path, OUTPUT_NAMES["passd"], dynamic_batch=True)
+    return path, model
+
+
+def test_outputs_match_torch_by_name(tiny_onnx: tuple[Path, TinyHead]) -> None:
+    path, model = tiny_onnx
+    backend = OnnxRuntimeBackend(path, threads=1)
+    assert backend.input_name == "images" and backend.output_names == OUTPUT_NAMES["passd"]
+    assert backend.input_shape == (None, 3, 48, 64)  # dynamic batch
+    images = np.random.default_rng(0).normal(size=(2, 3, 48, 64)).astype(np.float32)
+    outputs = backend.run(images)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images))
+    for name, tensor in zip(OUTPUT_NAMES["passd"], expected, strict=True):
+        np.testing.assert_allclose(outputs[name], tensor.numpy(), atol=1e-4)
+    assert outputs["cls_logits"].shape == (2, 120, 4)
+
+
+def test_create_backend_returns_onnxruntime(tiny_onnx: tuple[Path, TinyHead]) -> None:
+    backend = create_backend("onnxruntime", tiny_onnx[0], precision="fp32")
+    assert isinstance(backend, OnnxRuntimeBackend) and backend.name == "onnxruntime"
+    with pytest.raises(ValueError, match="unknown backend 'tflite'"):
+        create_backend("tflite", tiny_onnx[0], precision="fp32")
+
+
+def test_an_unreadable_model_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"\x08\x07 not a protobuf")
+    with pytest.raises(BackendError, match=r"onnxruntime cannot load .*broken\.onnx"):
+        OnnxRuntimeBackend(path)
+
+
+def test_model_file_for_picks_what_the_backend_reads() -> None:
+    assert model_file_for("onnxruntime", ["report.json", "model.onnx"]) == "model.onnx"
+    assert model_file_for("openvino", ["model.bin", "model.xml"]) == "model.xml"
+    assert model_file_for("openvino", ["model.onnx"]) == "model.onnx"
+    with pytest.raises(BackendError, match=r"reads \.onnx model files; this artifact has "
+                                           r"\['model\.bin', 'model\.xml'\]"):
+        model_file_for("onnxruntime", ["model.xml", "model.bin"])

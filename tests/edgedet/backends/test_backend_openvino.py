@@ -1,0 +1,107 @@
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedet import Detector
+from edgedet.backends import BackendError
+from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
+
+ov = pytest.importorskip("openvino")
+from edgedet.backends.openvino import OpenVinoBackend  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ov")
+    model = TinyHead("passd", seed=7)
+    return {
+        "onnx": write_artifact(root / "onnx", model, "passd", resize="letterbox"),
+        "ir": write_artifact(root / "ir", model, "passd", resize="letterbox", backend="openvino"),
+        "ir_int8": write_artifact(root / "ir8", model, "passd", backend="openvino",
+                                  precision="int8"),
+    }
+
+
+def _frames() -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.integers(0, 256, shape, dtype=np.uint8)
+            for shape in [(96, 128, 3), (100, 60, 3), (48, 64, 3)]]
+
+
+def test_fp32_artifacts_run_in_f32_and_int8_keep_the_plugin_default(
+    artifacts: dict[str, Path]
+) -> None:
+    fp32 = OpenVinoBackend(artifacts["ir"] / "model.xml", precision="fp32")
+    assert fp32.inference_precision == "f32"
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    int8 = OpenVinoBackend(artifacts["ir_int8"] / "model.xml", precision="int8")
+    assert int8.inference_precision == default
+
+
+def test_openvino_agrees_with_onnxruntime(artifacts: dict[str, Path]) -> None:
+    reference = Detector(artifacts["onnx"], backend="onnxruntime")
+    on_onnx = Detector(artifacts["onnx"], backend="openvino")  # OpenVINO reads ONNX too
+    on_ir = Detector(artifacts["ir"])  # auto: the artifact's own backend
+    assert on_ir.backend_name == "openvino" and on_onnx.backend_name == "openvino"
+    compared = 0
+    for frame in _frames():
+        expected = reference.detect(frame)
+        for detector in (on_onnx, on_ir):
+            dets = detector.detect(frame)
+            assert len(dets) == len(expected)
+            np.testing.assert_allclose(dets.xyxy, expected.xyxy, atol=1e-2)
+            np.testing.assert_allclose(dets.scores, expected.scores, atol=1e-4)
+            np.testing.assert_array_equal(dets.class_ids, expected.class_ids)
+            compared += len(dets)
+    assert compared > 0
+
+
+def test_raw_outputs_agree_with_onnxruntime(artifacts: dict[str, Path]) -> None:
+    images = np.random.default_rng(1).normal(size=(1, 3, 48, 64)).astype(np.float32)
+    expected = Detector(artifacts["onnx"], backend="onnxruntime").run_model(images)
+    outputs = Detector(artifacts["ir"]).run_model(images)
+    assert set(outputs) == set(expected)
+    for name in expected:
+        np.testing.assert_allclose(outputs[name], expected[name], atol=1e-4)
+
+
+def test_each_thread_gets_its_own_infer_request(artifacts: dict[str, Path]) -> None:
+    backend = OpenVinoBackend(artifacts["ir"] / "model.xml")
+    requests = []
+
+    def grab() -> None:
+        requests.append(backend._request())
+        requests.append(backend._request())
+
+    threads = [threading.Thread(target=grab) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [id(r) for r in requests]
+    assert len(set(ids)) == 3  # one per thread, reused within the thread
+
+
+def test_outputs_are_copies_not_request_buffers(artifacts: dict[str, Path]) -> None:
+    backend = OpenVinoBackend(artifacts["ir"] / "model.xml")
+    rng = np.random.default_rng(2)
+    first_images, second_images = rng.normal(size=(2, 1, 3, 48, 64)).astype(np.float32)
+    first = backend.run(first_images)
+    kept = {k: v.copy() for k, v in first.items()}
+    backend.run(second_images)
+    for name in kept:
+        np.testing.assert_array_equal(first[name], kept[name])
+
+
+def test_onnxruntime_cannot_run_an_ir_artifact(artifacts: dict[str, Path]) -> None:
+    with pytest.raises(BackendError, match=r"'onnxruntime' reads \.onnx"):
+        Detector(artifacts["ir"], backend="onnxruntime")
+
+
+def test_an_unreadable_model_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.xml"
+    path.write_text("<net>not really</ne")
+    with pytest.raises(BackendError, match=r"openvino cannot load .*broken\.xml"):
+        OpenVinoBackend(path)

@@ -1,0 +1,137 @@
+"""The SDK's CLI commands: edgedet detect, bench, models."""
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgedet import zoo
+from edgedet.cli import main
+from edgedet.data.synthetic import SyntheticConfig, render_synthetic_video
+from tests.edgedet.tiny_artifacts import (
+    PLANTED_DELTAS,
+    PlantedObjectHead,
+    TinyHead,
+    planted_anchor,
+    tiny_anchor_spec,
+    write_artifact,
+)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli_models")
+    anchor, _ = planted_anchor()
+    planted = PlantedObjectHead(tiny_anchor_spec().num_anchors, anchor, 1, PLANTED_DELTAS)
+    return {"planted": write_artifact(root / "planted", planted, "ssd", name="planted"),
+            "tiny": write_artifact(root / "tiny", TinyHead("ssd"), "ssd", name="tiny")}
+
+
+def test_detect_an_image_prints_the_box_and_saves_a_drawing(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((96, 128, 3), 90, np.uint8))
+    out = tmp_path / "drawn" / "frame.jpg"
+    assert main(["detect", "--model", str(models["planted"]), str(image),
+                 "--save", str(out)]) == 0
+    # The planted object (see test_detector): frame box (14.4, 4.8, 110.4, 68.8).
+    assert capsys.readouterr().out.strip() == "frame.png: 1 objects: square 1.00 [14 5 110 69]"
+    drawn = cv2.imread(str(out))
+    assert drawn.shape == (96, 128, 3)
+    assert np.abs(drawn[69].astype(int) - 90).mean() > 20  # the bottom edge is drawn
+    assert np.abs(drawn[85].astype(int) - 90).mean() < 5
+
+
+def test_detect_a_folder_as_json_lines(models: dict[str, Path], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("b.jpg", "a.png"):
+        cv2.imwrite(str(folder / name), np.full((48, 64, 3), 30, np.uint8))
+    (folder / "readme.txt").write_text("ignored")
+    assert main(["detect", "--model", str(models["planted"]), str(folder), "--json",
+                 "--save", str(tmp_path / "out")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["source"] for r in rows] == ["a.png", "b.jpg"]
+    detection = rows[0]["detections"][0]
+    assert detection["label"] == "square" and detection["class_id"] == 1
+    np.testing.assert_allclose(detection["xyxy"], [7.2, 2.4, 55.2, 34.4], atol=0.01)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.jpg"]
+
+
+def test_detect_a_video_saves_an_annotated_video(models: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    video = render_synthetic_video(tmp_path / "in.avi", num_frames=6, seed=2,
+                                   config=SyntheticConfig(image_size=(96, 72)), progress=False)
+    out = tmp_path / "out.mp4"
+    assert main(["detect", "--model", str(models["tiny"]), str(video), "--save", str(out),
+                 "--score-threshold", "0.5", "--max-frames", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"frame_{i:06d}" for i in range(4)]
+    capture = cv2.VideoCapture(str(out))
+    count = 0
+    while capture.grab():
+        count += 1
+    assert count == 4
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_detect_errors_are_one_line(models: dict[str, Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["detect", "--model", str(models["tiny"]), str(tmp_path / "none.jpg")]) == 2
+    assert "source not found" in capsys.readouterr().err
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    assert main(["detect", "--model", str(models["tiny"]), str(tmp_path / "x.png")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["detect", "--model", "no_such_model", str(tmp_path / "x.png")]) == 2
+    assert "no_such_model" in capsys.readouterr().err
+
+
+def test_bench_reports_runtime_only_and_end_to_end(models: dict[str, Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--model", str(models["tiny"]), "--iterations", "5", "--warmup", "1",
+                 "--threads", "1", "--frame-size", "160", "120", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "tiny" and result["backend"] == "onnxruntime"
+    assert result["threads"] == 1 and result["frame_size"] == [160, 120]
+    for key in ("runtime_only", "end_to_end"):
+        stats = result[key]
+        assert 0 < stats["p50_ms"] <= stats["p90_ms"]
+        assert stats["fps"] == pytest.approx(1000 / stats["mean_ms"])
+    assert main(["bench", "--model", str(models["tiny"]), "--iterations", "3",
+                 "--backend", "openvino"]) == 0
+    table = capsys.readouterr().out
+    assert "runtime-only" in table and "end-to-end" in table and "openvino" in table
+
+
+def test_bench_without_the_runtime_says_what_to_install(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("edgedet.detector.is_available", lambda name: False)
+    assert main(["bench", "--model", str(models["tiny"])]) == 2
+    assert "pip install onnxruntime" in capsys.readouterr().err
+
+
+def test_models_lists_the_zoo(models: dict[str, Path], tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    assert main(["models"]) == 0
+    assert "no models in the zoo" in capsys.readouterr().out
+    shutil.copytree(models["tiny"], tmp_path / "zoo" / "tiny")
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["name", "architecture", "precision", "backend"]
+    assert table[1].split()[:6] == ["tiny", "tiny_ssd", "fp32", "onnxruntime", "64x48", "3"]
+    assert main(["models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["name"] == "tiny"
+    # and the zoo name works wherever a model is asked for
+    image = tmp_path / "f.png"
+    cv2.imwrite(str(image), np.zeros((48, 64, 3), np.uint8))
+    assert main(["detect", "--model", "tiny", str(image)]) == 0
+    assert capsys.readouterr().out.startswith("f.png: ")

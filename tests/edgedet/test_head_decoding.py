@@ -1,0 +1,84 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from edgedet.head_decoding import (
+    decode_head_outputs,
+    decode_passd,
+    decode_retinanet,
+    decode_ssd,
+    sigmoid,
+    softmax,
+)
+
+SSD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+PRIORS = np.array([[50.0, 50.0, 20.0, 20.0]], dtype=np.float32)  # one prior, cxcywh
+
+
+def test_ssd_softmax_drops_background_and_decodes_against_priors():
+    # softmax([0, ln 2, 0]) = [1/4, 1/2, 1/4]; background (index 0) is dropped.
+    cls_logits = np.array([[0.0, math.log(2.0), 0.0]])
+    # dx = 1 in weighted units = 0.1 prior widths = 2 px to the right.
+    box_deltas = np.array([[1.0, 0.0, 0.0, 0.0]])
+    boxes, scores = decode_ssd(cls_logits, box_deltas, PRIORS, SSD_WEIGHTS)
+    np.testing.assert_allclose(scores, [[0.5, 0.25]], rtol=1e-6)
+    np.testing.assert_allclose(boxes, [[42.0, 40.0, 62.0, 60.0]], rtol=1e-6)
+    assert boxes.dtype == np.float32 and scores.dtype == np.float32
+
+
+def test_passd_decodes_final_boxes_against_the_adjusted_boxes():
+    # Propose: dx = 10 weighted = 1 prior width = +20 px → adjusted (70, 50, 20, 20).
+    propose = np.array([[10.0, 0.0, 0.0, 0.0]])
+    # Attend: dw = 5 ln 2 weighted = ln 2 → width doubles to 40 around cx = 70.
+    box_deltas = np.array([[0.0, 0.0, 5.0 * math.log(2.0), 0.0]])
+    cls_logits = np.array([[0.0, 0.0]])
+    boxes, scores = decode_passd(propose, cls_logits, box_deltas, PRIORS, SSD_WEIGHTS)
+    np.testing.assert_allclose(boxes, [[50.0, 40.0, 90.0, 60.0]], rtol=1e-5)
+    np.testing.assert_allclose(scores, [[0.5]], rtol=1e-6)
+
+
+def test_retinanet_sigmoid_times_confidence():
+    cls_logits = np.array([[0.0, math.log(3.0)]])  # sigmoid: 0.5, 0.75
+    conf_logits = np.array([[math.log(3.0)]])  # sigmoid: 0.75
+    box_deltas = np.array([[0.0, 0.0, math.log(2.0), 0.0]])  # width x2, weights 1
+    boxes, scores = decode_retinanet(cls_logits, box_deltas, PRIORS, (1.0, 1.0, 1.0, 1.0),
+                                     conf_logits)
+    np.testing.assert_allclose(scores, [[0.375, 0.5625]], rtol=1e-6)
+    np.testing.assert_allclose(boxes, [[30.0, 40.0, 70.0, 60.0]], rtol=1e-6)
+    _, plain = decode_retinanet(cls_logits, box_deltas, PRIORS, (1.0, 1.0, 1.0, 1.0))
+    np.testing.assert_allclose(plain, [[0.5, 0.75]], rtol=1e-6)
+
+
+def test_dispatch_by_family_and_batch_axis_of_one():
+    outputs = {"cls_logits": np.zeros((1, 1, 3)), "box_deltas": np.zeros((1, 1, 4)),
+               "propose_deltas": np.array([[[10.0, 0.0, 0.0, 0.0]]]),
+               "objectness_logits": np.zeros((1, 1, 2))}
+    boxes, scores = decode_head_outputs("passd", outputs, PRIORS, SSD_WEIGHTS)
+    np.testing.assert_allclose(boxes, [[60.0, 40.0, 80.0, 60.0]], rtol=1e-6)
+    assert scores.shape == (1, 2)
+    # PASSD's plain-head ablation has no propose outputs: decoded as SSD.
+    plain = {"cls_logits": outputs["cls_logits"], "box_deltas": outputs["box_deltas"]}
+    boxes, _ = decode_head_outputs("passd", plain, PRIORS, SSD_WEIGHTS)
+    np.testing.assert_allclose(boxes, [[40.0, 40.0, 60.0, 60.0]], rtol=1e-6)
+    boxes, scores = decode_head_outputs("retinanet", plain, PRIORS, (1.0, 1.0, 1.0, 1.0))
+    assert scores.shape == (1, 3)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="unknown head family"):
+        decode_head_outputs("yolo", {}, PRIORS, SSD_WEIGHTS)
+    with pytest.raises(ValueError, match="lack"):
+        decode_head_outputs("ssd", {"cls_logits": np.zeros((1, 3))}, PRIORS, SSD_WEIGHTS)
+    with pytest.raises(ValueError, match="box_deltas"):
+        decode_ssd(np.zeros((1, 3)), np.zeros((2, 4)), PRIORS, SSD_WEIGHTS)
+
+
+def test_softmax_and_sigmoid_are_stable_for_extreme_logits():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+        p = softmax(np.array([[1000.0, 0.0, -1000.0]]))
+    np.testing.assert_allclose(s, [0.0, 0.5, 1.0], atol=1e-7)
+    np.testing.assert_allclose(p, [[1.0, 0.0, 0.0]], atol=1e-7)

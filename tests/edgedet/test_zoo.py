@@ -1,0 +1,66 @@
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import edgedet
+from edgedet import zoo
+from edgedet.manifest import load_manifest
+
+
+def _fake_model(root: Path, name: str, ap: float | None) -> Path:
+    model_dir = root / name
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.onnx").write_bytes(b"x" * 2_000_000)
+    (model_dir / "manifest.json").write_text(json.dumps({
+        "name": name, "architecture": "passd_mobilenet", "precision": "int8",
+        "backend": "onnxruntime", "preprocess": {"input_size": [320, 320]},
+        "class_names": ["a", "b", "c"],
+        "files": {"model.onnx": hashlib.sha256(b"x" * 2_000_000).hexdigest()},
+        "accuracy": {"AP": ap} if ap is not None else None,
+    }))
+    return model_dir
+
+
+@pytest.fixture
+def fake_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    return tmp_path / "zoo"
+
+
+def test_list_models_is_empty_without_a_zoo_folder(fake_zoo: Path) -> None:
+    assert zoo.list_models() == [] and edgedet.list_models() == []
+
+
+def test_list_models_lists_folders_with_a_manifest(fake_zoo: Path) -> None:
+    _fake_model(fake_zoo, "passd_mobilenet_int8", 0.5)
+    _fake_model(fake_zoo, "passd_mobilenet", None)
+    (fake_zoo / "half_copied").mkdir()  # no manifest.json: not a model
+    assert edgedet.list_models() == ["passd_mobilenet", "passd_mobilenet_int8"]
+
+
+def test_resolve_model_prefers_directories_then_zoo_names(fake_zoo: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_model(fake_zoo, "passd_mobilenet_int8", 0.5)
+    assert zoo.resolve_model("passd_mobilenet_int8") == fake_zoo / "passd_mobilenet_int8"
+    own = _fake_model(tmp_path / "mine", "passd_mobilenet_int8", 0.1)
+    assert zoo.resolve_model(own) == own
+    with pytest.raises(ValueError, match="zoo models: passd_mobilenet_int8"):
+        zoo.resolve_model("passd_vgg16")
+    with pytest.raises(ValueError, match="available: passd_mobilenet_int8"):
+        zoo.zoo_model_dir("nope")
+
+
+def test_model_summary(fake_zoo: Path) -> None:
+    summary = zoo.model_summary(_fake_model(fake_zoo, "m", 0.42))
+    assert summary["name"] == "m" and summary["precision"] == "int8"
+    assert summary["num_classes"] == 3 and summary["input_size"] == [320, 320]
+    assert summary["size_mb"] == pytest.approx(2.0) and summary["AP"] == 0.42
+
+
+def test_the_packaged_zoo_folder_is_inside_the_package() -> None:
+    package_dir = Path(edgedet.__file__).resolve().parent
+    assert package_dir / "zoo" == zoo.ZOO_DIR
+    for name in zoo.list_models():  # whatever the pipeline has shipped is valid and intact
+        assert load_manifest(zoo.ZOO_DIR / name)["name"] == name

@@ -1,0 +1,216 @@
+"""Every export rewrite computes what the training module computes (random weights/inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from edgedet.models.attention import SelfAttention2d
+from edgedet.models.daipnet import daipnet_vgg16
+from edgedet.models.deform_conv import DeformConv2d
+from edgedet.models.dsanet import dsanet_resnet18
+from edgedet.models.harnet import harnet_resnet18_small
+from edgedet.models.pa_head import (
+    BoxOffsetConv2d,
+    ProposeAttendHead,
+    box_sampling_points,
+    flatten_head_output,
+)
+from edgedet.models.passd import passd_mobilenet
+from quantize.rewrites import (
+    ExportDeformConv2d,
+    ExportProposeAttendHead,
+    ExportSelfAttention2d,
+    PackedBoxOffsetConv,
+    bilinear_tap_sum,
+    rewrite_for_export,
+)
+
+ATOL = 1e-5
+RTOL = 1e-4
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=RTOL)
+
+
+def _boxes(n: int, h: int, w: int, a: int, stride: float, generator: torch.Generator
+           ) -> torch.Tensor:
+    """Boxes ``(N, H, W, A, 4)`` cxcywh around each cell, some reaching far outside the map."""
+    cx = (torch.arange(w) + 0.5).view(1, 1, w, 1).expand(n, h, w, a) * stride
+    cy = (torch.arange(h) + 0.5).view(1, h, 1, 1).expand(n, h, w, a) * stride
+    shift = (torch.rand(2, n, h, w, a, generator=generator) - 0.5) * stride
+    wh = stride * torch.exp(torch.randn(2, n, h, w, a, generator=generator)) * 3
+    return torch.stack([cx + shift[0], cy + shift[1], wh[0], wh[1]], dim=-1)
+
+
+def _randomise(module: nn.Module, generator: torch.Generator, std: float = 0.1) -> None:
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+
+
+class TestBilinearTapSum:
+    def test_hand_computed_values(self) -> None:
+        # One 2x3 map with one value per cell: v(y, x) = 10*y + x + 1.
+        table = torch.tensor([[1.0, 2.0, 3.0], [11.0, 12.0, 13.0]]).reshape(1, 6, 1, 1, 1)
+        points = torch.tensor([
+            [0.5, 0.5],   # centre of 4 cells: (1 + 2 + 11 + 12) / 4 = 6.5
+            [-0.5, 0.0],  # half outside on the left: 0.5 * v(0, 0) = 0.5
+            [-1.0, 1.0],  # one full cell outside: 0
+            [2.25, 1.0],  # 0.75 * v(1, 2) + 0.25 * 0 (x = 3 is outside) = 9.75
+            [2.0, 1.0],   # exactly on the last cell: 13
+            [1.0, -0.25],  # 0.75 * v(0, 1) = 1.5
+        ]).reshape(1, 6, 1, 1, 2)
+        out = bilinear_tap_sum(table, points, height=2, width=3)
+        expected = torch.tensor([6.5, 0.5, 0.0, 9.75, 13.0, 1.5]).reshape(1, 6, 1, 1)
+        _close(out, expected)
+
+    def test_sums_taps_and_applies_tap_weights(self) -> None:
+        table = torch.arange(8.0).reshape(1, 4, 1, 2, 1)  # 2x2 map, 2 taps: tap t at q = 2q+t
+        points = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).reshape(1, 1, 1, 2, 2)
+        tap_weights = torch.tensor([2.0, 0.5]).reshape(1, 1, 1, 2)
+        out = bilinear_tap_sum(table, points, 2, 2, tap_weights)
+        # tap 0 at (0, 0) reads q=0 -> 0; tap 1 at (1, 1) reads q=3 -> 7.
+        _close(out, torch.tensor([[[[2 * 0.0 + 0.5 * 7.0]]]]))
+
+    def test_non_finite_points_read_zero(self) -> None:
+        table = torch.ones(1, 4, 1, 1, 1)
+        points = torch.tensor([[float("inf"), 0.0], [0.0, -float("inf")]]).reshape(1, 2, 1, 1, 2)
+        _close(bilinear_tap_sum(table, points, 2, 2), torch.zeros(1, 2, 1, 1))
+
+
+class TestPaHead:
+    def test_packed_offset_conv_matches_box_offset_conv(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        conv = BoxOffsetConv2d(16, 5, 3)
+        _randomise(conv, generator)
+        features = torch.randn(2, 16, 7, 9, generator=generator)
+        points = box_sampling_points(_boxes(2, 7, 9, 3, 8.0, generator), 8.0)
+        expected = flatten_head_output(conv(features, points), 5)
+        (actual,) = PackedBoxOffsetConv([conv])(features, points)
+        _close(actual, expected)
+
+    @pytest.mark.parametrize("clip", [True, False])
+    def test_head_matches_training_head(self, clip: bool) -> None:
+        generator = torch.Generator().manual_seed(1)
+        head = ProposeAttendHead(16, num_classes=4, num_anchors=3,
+                                 box_coder_weights=(10.0, 10.0, 5.0, 5.0),
+                                 clip_propose_offsets=clip).eval()
+        _randomise(head, generator, std=0.05)
+        strides = (8, 16)
+        features = [torch.randn(2, 16, 6, 5, generator=generator),
+                    torch.randn(2, 16, 3, 3, generator=generator)]
+        priors = [_boxes(1, f.shape[2], f.shape[3], 3, s, generator)[0]
+                  for f, s in zip(features, strides, strict=True)]
+        expected = head(features, priors, strides)
+        actual = ExportProposeAttendHead(head)(features, priors, strides)
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            _close(actual[key], expected[key])
+
+    def test_refuses_plain_attend_head(self) -> None:
+        head = ProposeAttendHead(8, 2, 3, (10.0, 10.0, 5.0, 5.0), use_attend=False)
+        with pytest.raises(ValueError, match="use_attend=False"):
+            ExportProposeAttendHead(head)
+
+
+class TestDeformConv:
+    @pytest.mark.parametrize(("stride", "padding", "dilation", "groups", "offset_groups",
+                              "with_mask"), [
+        (1, 1, 1, 1, 1, False),
+        (2, 2, 2, 2, 2, True),
+        (1, 0, 1, 1, 4, True),
+    ])
+    def test_matches_training_module(self, stride: int, padding: int, dilation: int,
+                                     groups: int, offset_groups: int, with_mask: bool) -> None:
+        generator = torch.Generator().manual_seed(2)
+        conv = DeformConv2d(8, 6, 3, stride=stride, padding=padding, dilation=dilation,
+                            groups=groups)
+        _randomise(conv, generator, std=0.2)
+        x = torch.randn(2, 8, 9, 7, generator=generator)
+        h_out = (9 + 2 * padding - dilation * 2 - 1) // stride + 1
+        w_out = (7 + 2 * padding - dilation * 2 - 1) // stride + 1
+        # Offsets of a few cells, so many taps land between cells and some off the map.
+        offset = torch.randn(2, 2 * offset_groups * 9, h_out, w_out, generator=generator) * 2
+        mask = (torch.rand(2, offset_groups * 9, h_out, w_out, generator=generator)
+                if with_mask else None)
+        _close(ExportDeformConv2d(conv)(x, offset, mask), conv(x, offset, mask))
+
+
+def test_self_attention_matches_training_module() -> None:
+    generator = torch.Generator().manual_seed(3)
+    attention = SelfAttention2d(32)
+    _randomise(attention, generator)
+    with torch.no_grad():
+        attention.gamma.fill_(0.7)  # training starts at 0, which would hide the attention path
+    x = torch.randn(2, 32, 5, 6, generator=generator)
+    _close(ExportSelfAttention2d(attention)(x), attention(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole detectors (small inputs). The layers being rewritten get random, non-trivial weights
+# (offset convs that really move the taps, gamma != 0); the rest keeps its initialisation.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_detector(model: nn.Module, image_hw: tuple[int, int], expected_rewrites: dict
+                    ) -> None:
+    model = model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rewritten = rewrite_for_export(model)
+    assert rewritten.export_rewrites == expected_rewrites
+    images = torch.randn(1, 3, *image_hw, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = model(images)
+        actual = rewritten(images)
+        exported = rewritten.forward_export(images)
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        _close(actual[key], expected[key])
+    for name, tensor in zip(model.export_output_names, exported, strict=True):
+        _close(tensor, expected[name])
+    # The training model is untouched: same modules, same values.
+    assert rewritten is not model
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_passd_mobilenet() -> None:
+    generator = torch.Generator().manual_seed(5)
+    model = passd_mobilenet(num_classes=3, img_size=320)
+    _randomise(model.head.attend_cls, generator, std=0.05)
+    _randomise(model.head.attend_box, generator, std=0.05)
+    _randomise(model.head.propose_box, generator, std=0.05)
+    _check_detector(model, (320, 320), {"ProposeAttendHead": 1})
+    assert isinstance(model.head, ProposeAttendHead)
+
+
+def test_passd_without_attend_needs_no_rewrite() -> None:
+    model = passd_mobilenet(num_classes=3, img_size=320, use_attend=False)
+    _check_detector(model, (128, 128), {})
+
+
+def test_harnet_resnet18_small() -> None:
+    generator = torch.Generator().manual_seed(6)
+    model = harnet_resnet18_small(num_classes=3, img_size=(160, 128))
+    for attention in model.aligned_attention.values():
+        _randomise(attention.offset, generator, std=0.05)
+        _randomise(attention.deform, generator, std=0.05)
+    _check_detector(model, (128, 160), {"DeformConv2d": 2})
+
+
+def test_dsanet_resnet18() -> None:
+    generator = torch.Generator().manual_seed(7)
+    model = dsanet_resnet18(num_classes=3, img_size=(160, 128))
+    for module in model.modules():
+        if isinstance(module, SelfAttention2d):
+            _randomise(module, generator, std=0.05)
+            with torch.no_grad():
+                module.gamma.fill_(0.5)
+    _check_detector(model, (128, 160), {"SelfAttention2d": 8})
+
+
+def test_daipnet_vgg16_needs_no_rewrite() -> None:
+    _check_detector(daipnet_vgg16(num_classes=3, img_size=300), (300, 300), {})
