@@ -31,7 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from edgedet.anchors import GridAnchorSpec
-from edgedet.models.backbones.mobilenet import MobileNetV1, depthwise_separable
+from edgedet.models.backbones.mobilenet import (
+    MobileNetV1,
+    depthwise_separable,
+    scaled_channels,
+)
 from edgedet.models.backbones.resnet import Bottleneck, ResNet, conv1x1, resnet101
 from edgedet.models.backbones.vgg import (
     SSD512_EXTRAS,
@@ -148,18 +152,19 @@ class MobileNetPassdBackbone(nn.Module):
     ``forward(x) -> [C8 (256), C16 (512), C32 (1024), E64 (512) (, E128 (512))]``.
     """
 
-    def __init__(self, num_levels: int = 4) -> None:
+    def __init__(self, num_levels: int = 4, width_mult: float = 1.0) -> None:
         super().__init__()
-        self.mobilenet = MobileNetV1()
+        self.mobilenet = MobileNetV1(width_mult)
+        extra_channels = scaled_channels(512, width_mult)
         extras = []
         in_channels = self.mobilenet.out_channels[-1]
         for _ in range(num_levels - 3):
-            extras.append(depthwise_separable(in_channels, 512, 2))
-            in_channels = 512
+            extras.append(depthwise_separable(in_channels, extra_channels, 2))
+            in_channels = extra_channels
         self.extras = nn.ModuleList(extras)
         _normal_init_convs(self.extras)
         self.out_channels: tuple[int, ...] = (*self.mobilenet.out_channels,
-                                              *([512] * len(extras)))
+                                              *([extra_channels] * len(extras)))
         self.strides: tuple[int, ...] = tuple(8 * 2**i for i in range(num_levels))
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -274,20 +279,22 @@ def _build_passd(
     use_attend: bool,
     clip_propose_offsets: bool,
     anchor_scales: Sequence[float],
+    fpn_channels: int = FPN_CHANNELS,
+    extra_kwargs: dict | None = None,
 ) -> PASSD:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (object classes, no background), "
                          f"got {num_classes}")
-    fpn = PassdFPN(backbone.out_channels, FPN_CHANNELS)
+    fpn = PassdFPN(backbone.out_channels, fpn_channels)
     _normal_init_convs(fpn)
     num_anchors = len(anchor_scales)
     head: ProposeAttendHead | PlainConvHead
     if use_pa:
-        head = ProposeAttendHead(FPN_CHANNELS, num_classes, num_anchors, PASSD_BOX_CODER_WEIGHTS,
+        head = ProposeAttendHead(fpn_channels, num_classes, num_anchors, PASSD_BOX_CODER_WEIGHTS,
                                  use_attend=use_attend,
                                  clip_propose_offsets=clip_propose_offsets)
     else:
-        head = PlainConvHead(FPN_CHANNELS, num_classes, num_anchors)
+        head = PlainConvHead(fpn_channels, num_classes, num_anchors)
     config = {
         "architecture": architecture,
         "kwargs": {
@@ -297,6 +304,7 @@ def _build_passd(
             "use_attend": use_attend,
             "clip_propose_offsets": clip_propose_offsets,
             "anchor_scales": [float(s) for s in anchor_scales],
+            **(extra_kwargs or {}),
         },
     }
     model = PASSD(backbone, fpn, head, anchor_scales, config)
@@ -349,12 +357,25 @@ def passd_mobilenet(
     use_attend: bool = True,
     clip_propose_offsets: bool = True,
     anchor_scales: Sequence[float] = PASSD_COCO_ANCHOR_SCALES,
+    width_mult: float = 1.0,
+    fpn_channels: int = FPN_CHANNELS,
 ) -> PASSD:
     """PASSD with MobileNet v1 + one extra depthwise-separable layer (COCO defaults;
-    Table 6: 6.7M). Args as ``passd_vgg16``."""
-    return _build_passd("passd_mobilenet", MobileNetPassdBackbone(_num_levels(img_size)),
+    Table 6: 6.7M). Args as ``passd_vgg16``, plus two knobs for smaller edge models (the
+    paper's configuration is ``width_mult=1.0, fpn_channels=256``):
+
+    Args:
+        width_mult: MobileNet's width multiplier alpha, applied to the backbone and its
+            extra layer.
+        fpn_channels: channels of every pyramid level and of the P&A head.
+    """
+    extra = {}
+    if width_mult != 1.0 or fpn_channels != FPN_CHANNELS:
+        extra = {"width_mult": float(width_mult), "fpn_channels": int(fpn_channels)}
+    return _build_passd("passd_mobilenet",
+                        MobileNetPassdBackbone(_num_levels(img_size), width_mult),
                         num_classes, img_size, use_pa, use_attend, clip_propose_offsets,
-                        anchor_scales)
+                        anchor_scales, fpn_channels, extra)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""MobileNet v1 (Howard et al. 2017), width multiplier 1.0, without the classifier.
+"""MobileNet v1 (Howard et al. 2017) without the classifier; width multiplier alpha (default 1).
 
 Layer names follow the widely used PyTorch port in qfgaohao/pytorch-ssd (``model.0`` is the
 stem ``conv3x3-BN-ReLU``; ``model.i`` for ``i >= 1`` is a depthwise-separable block
@@ -42,26 +42,39 @@ def depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn.
     )
 
 
-class MobileNetV1(nn.Module):
-    """``forward(x (N,3,H,W)) -> [C8 (N,256,H/8,W/8), C16 (N,512,/16), C32 (N,1024,/32)]``.
+def scaled_channels(channels: int, width_mult: float) -> int:
+    """MobileNet's width multiplier: ``channels * alpha`` rounded to a multiple of 8 (min 8)."""
+    return max(8, int(channels * width_mult + 4) // 8 * 8)
 
-    Each map is the output of the last block at that stride (blocks 5, 11 and 13).
+
+class MobileNetV1(nn.Module):
+    """``forward(x (N,3,H,W)) -> [C8 (N,256a,H/8,W/8), C16 (N,512a,/16), C32 (N,1024a,/32)]``.
+
+    Each map is the output of the last block at that stride (blocks 5, 11 and 13); ``a`` is
+    the width multiplier alpha of the MobileNet paper (1.0 = the standard network).
 
     Attributes:
-        out_channels: ``(256, 512, 1024)``.
+        out_channels: ``(256, 512, 1024)`` at alpha 1.
         strides: ``(8, 16, 32)``.
     """
 
-    out_channels: tuple[int, int, int] = (256, 512, 1024)
     strides: tuple[int, int, int] = (8, 16, 32)
 
-    def __init__(self) -> None:
+    def __init__(self, width_mult: float = 1.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv_bn(3, 32, 2)]
-        in_channels = 32
+        if width_mult <= 0:
+            raise ValueError(f"width_mult must be > 0, got {width_mult}")
+        stem = scaled_channels(32, width_mult)
+        layers: list[nn.Module] = [conv_bn(3, stem, 2)]
+        in_channels = stem
         for out_channels, stride in _MOBILENET_V1_BLOCKS:
+            out_channels = scaled_channels(out_channels, width_mult)
             layers.append(depthwise_separable(in_channels, out_channels, stride))
             in_channels = out_channels
+        self.out_channels: tuple[int, int, int] = tuple(  # type: ignore[assignment]
+            scaled_channels(_MOBILENET_V1_BLOCKS[i - 1][0], width_mult)
+            for i in (STRIDE8_INDEX, STRIDE16_INDEX, STRIDE32_INDEX)
+        )
         self.model = nn.Sequential(*layers)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

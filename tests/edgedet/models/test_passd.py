@@ -175,3 +175,22 @@ def test_config_round_trip_and_anchor_scale_defaults():
     assert passd_vgg16().box_coder_weights == (10.0, 10.0, 5.0, 5.0)
     with pytest.raises(ValueError, match="img_size"):
         passd_vgg16(img_size=300)
+
+
+def test_mobilenet_width_multiplier_and_fpn_channels_shrink_the_model() -> None:
+    from edgedet.models.builders import builder_of
+    from edgedet.models.passd import passd_mobilenet
+
+    full = passd_mobilenet(num_classes=12)
+    small = passd_mobilenet(num_classes=12, width_mult=0.5, fpn_channels=128)
+    n_full = sum(p.numel() for p in full.parameters())
+    n_small = sum(p.numel() for p in small.parameters())
+    assert n_small < 0.3 * n_full
+    assert small.backbone.out_channels == (128, 256, 512, 256)
+    # the config rebuilds the same network; the paper configuration keeps its old config
+    rebuilt = builder_of(small.config["architecture"])(**small.config["kwargs"])
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in small.parameters()]
+    assert "width_mult" not in full.config["kwargs"]
+    outputs = small.forward_export(torch.zeros(1, 3, 320, 320))
+    assert [tuple(t.shape) for t in outputs] == [(1, 6375, 2), (1, 6375, 4), (1, 6375, 13),
+                                                 (1, 6375, 4)]

@@ -1,0 +1,62 @@
+"""Reading checkpoints: safetensors weights with the model config embedded in the metadata.
+
+Training writes them (``train/checkpoint.py``); the conversion pipeline and anything else that
+needs the full-precision model reads them here. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from edgedet.models.builders import builder_of
+
+CONFIG_KEY = "config"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read (the message names the file)."""
+
+
+def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
+    """``X.safetensors`` for a checkpoint given as ``X.safetensors``, ``X.json`` or ``X``."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    elif path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(state_dict, config)`` of a checkpoint given as ``X.safetensors``, ``X.json`` or ``X``."""
+    weights_path = checkpoint_weights_path(path)
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except Exception as error:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file ({error})") \
+            from error
+    if CONFIG_KEY not in metadata:
+        raise CheckpointError(f"{weights_path}: no embedded config (not an edgedet checkpoint)")
+    return state, json.loads(metadata[CONFIG_KEY])
+
+
+def build_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint with its builder and load the weights (eval mode)."""
+    state, config = load_checkpoint(path)
+    model = builder_of(config["architecture"])(**config["kwargs"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{checkpoint_weights_path(path)}: weights do not fit "
+                              f"{config['architecture']} ({error})") from error
+    return model.eval(), config
