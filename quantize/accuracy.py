@@ -1,0 +1,189 @@
+"""The accuracy check: the full-precision PyTorch reference vs each deployed artifact.
+
+The reference runs the checkpoint's model (``forward_export``, on GPU when there is one) and
+then exactly the SDK's numpy path: ``preprocess`` -> ``decode_head_outputs`` ->
+``select_detections`` -> ``boxes_to_frame`` with the artifact manifest's post-processing
+settings, so any difference measured is the deployed model's, never the decoding's.
+Each artifact is run through ``edgedet.Detector(dir).detect``, as a user would.
+
+Metrics per detector: COCO AP, AP50, AP75, APs/APm/APl, AR (pycocotools), in AP points
+(0-100; -1 where undefined), p50 / p90 latency of one ``detect`` call in ms. Per artifact,
+against the reference: ``delta_AP`` (artifact AP - reference AP, AP points: negative is a
+drop) and the agreement of detections (``match_detections``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edgedet.anchors import anchor_spec_from_dict
+from edgedet.boxes import box_iou
+from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
+from edgedet.data.sample import Sample
+from edgedet.detections import Detections
+from edgedet.detector import DetectorOptions
+from edgedet.head_decoding import decode_head_outputs
+from edgedet.postprocess import select_detections
+from edgedet.preprocess import PreprocessConfig, preprocess
+
+# Agreement counts reference detections above this score (the ones a user would see).
+AGREEMENT_SCORE_THRESHOLD = 0.3
+AGREEMENT_IOU_THRESHOLD = 0.5
+
+
+class ReferenceDetector:
+    """The PyTorch model behind the SDK's pre- and post-processing (``Detector.detect``'s
+    twin, with ``forward_export`` in place of the inference runtime).
+
+    Args:
+        model: the full-precision detector (training form, not rewritten).
+        manifest: an artifact manifest (or the same keys): ``preprocess``, ``anchor_spec``,
+            ``box_coder_weights``, ``head_family``, ``class_names``, ``postprocess``.
+        device: torch device; default CUDA when available, else CPU.
+    """
+
+    def __init__(self, model: nn.Module, manifest: Mapping, device: str | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.output_names = tuple(model.export_output_names)
+        self.preprocess_config = PreprocessConfig.from_dict(manifest["preprocess"])
+        self.priors_cxcywh = anchor_spec_from_dict(manifest["anchor_spec"]).generate()
+        self.box_coder_weights = tuple(float(w) for w in manifest["box_coder_weights"])
+        self.head_family = str(manifest["head_family"])
+        self.class_names = tuple(manifest["class_names"])
+        self.options = DetectorOptions.from_manifest(manifest)
+
+    def detect(self, frame: np.ndarray) -> Detections:
+        """One BGR ``uint8 (H, W, 3)`` frame -> ``Detections`` in frame pixels."""
+        images, transform = preprocess(frame, self.preprocess_config)
+        with torch.no_grad():
+            raw = self.model.forward_export(torch.from_numpy(images).to(self.device))
+        outputs = {name: tensor[0].float().cpu().numpy()
+                   for name, tensor in zip(self.output_names, raw, strict=True)}
+        boxes_xyxy, scores = decode_head_outputs(self.head_family, outputs, self.priors_cxcywh,
+                                                 self.box_coder_weights)  # type: ignore[arg-type]
+        options = self.options
+        xyxy, kept_scores, class_ids = select_detections(
+            boxes_xyxy, scores, score_threshold=options.score_threshold,
+            iou_threshold=options.iou_threshold, max_detections=options.max_detections,
+            pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
+        frame_xyxy = transform.boxes_to_frame(xyxy)
+        visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
+        return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
+                          self.class_names)
+
+
+@dataclass
+class DetectorRun:
+    """Detections of every eval image and the time of each ``detect`` call."""
+
+    detections: list[Detections]
+    latencies_ms: list[float]
+
+
+def run_detector(detect: Callable[[np.ndarray], Detections], samples: Sequence[Sample],
+                 progress: bool = True, what: str = "detect", warmup: int = 2) -> DetectorRun:
+    """Call ``detect`` on every sample's image, timing each call.
+
+    The first ``warmup`` calls (on the first image) are run and discarded first, so lazy
+    initialisation does not count as latency.
+    """
+    for _ in range(min(warmup, len(samples))):
+        detect(samples[0].image)
+    detections, latencies = [], []
+    for sample in tqdm(samples, desc=what, disable=not progress):
+        start = time.perf_counter()
+        detections.append(detect(sample.image))
+        latencies.append((time.perf_counter() - start) * 1000.0)
+    return DetectorRun(detections, latencies)
+
+
+def coco_metrics(samples: Sequence[Sample], detections: Sequence[Detections],
+                 class_names: Sequence[str]) -> dict[str, float]:
+    """COCO box metrics of ``detections`` (one per sample) in AP points (0-100, -1 undefined).
+
+    Keys: ``AP, AP50, AP75, APs, APm, APl, AR``.
+    """
+    if len(samples) != len(detections):
+        raise ValueError(f"{len(samples)} samples but {len(detections)} detection sets")
+    ground_truth = samples_to_coco_gt(samples, class_names)
+    results: list[dict] = []
+    for sample, found in zip(samples, detections, strict=True):
+        results.extend(detections_to_coco_results(sample.image_id, found.xyxy, found.scores,
+                                                  found.class_ids))
+    metrics = evaluate_coco(ground_truth, results).to_dict()
+    return {key: (value * 100.0 if value >= 0 else -1.0) for key, value in metrics.items()}
+
+
+def match_detections(reference: Sequence[Detections], candidate: Sequence[Detections],
+                     score_threshold: float = AGREEMENT_SCORE_THRESHOLD,
+                     iou_threshold: float = AGREEMENT_IOU_THRESHOLD) -> dict[str, float | int]:
+    """How well ``candidate`` reproduces ``reference``, image by image.
+
+    Each reference detection scoring above ``score_threshold`` (best first) is matched to the
+    unmatched candidate detection of the same class with the highest IoU, if that IoU exceeds
+    ``iou_threshold``. Candidates of any score may match, so a box whose score moved just
+    below the threshold still counts as found.
+
+    Returns:
+        ``{"agreement": matched / reference count (1.0 when the reference has none),
+        "mean_iou": mean IoU of the matches (1.0 when there are none), "reference_count",
+        "matched_count"}``.
+    """
+    if len(reference) != len(candidate):
+        raise ValueError(f"{len(reference)} reference images but {len(candidate)} candidate")
+    total = matched = 0
+    ious: list[float] = []
+    for ref, cand in zip(reference, candidate, strict=True):
+        ref = ref[np.argsort(-ref.scores, kind="stable")]
+        ref = ref[ref.scores > score_threshold]
+        total += len(ref)
+        if not len(ref) or not len(cand):
+            continue
+        iou = box_iou(ref.xyxy, cand.xyxy)
+        iou[ref.class_ids[:, None] != cand.class_ids[None, :]] = 0.0
+        used = np.zeros(len(cand), dtype=bool)
+        for row in range(len(ref)):
+            overlaps = np.where(used, 0.0, iou[row])
+            best = int(np.argmax(overlaps))
+            if overlaps[best] > iou_threshold:
+                used[best] = True
+                matched += 1
+                ious.append(float(overlaps[best]))
+    return {
+        "agreement": matched / total if total else 1.0,
+        "mean_iou": float(np.mean(ious)) if ious else 1.0,
+        "reference_count": total,
+        "matched_count": matched,
+    }
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """``{"latency_p50_ms", "latency_p90_ms"}`` of per-call times."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    return {"latency_p50_ms": float(np.percentile(values, 50)),
+            "latency_p90_ms": float(np.percentile(values, 90))}
+
+
+def compare_to_reference(samples: Sequence[Sample], class_names: Sequence[str],
+                         reference: DetectorRun, reference_metrics: Mapping[str, float],
+                         candidate: DetectorRun) -> dict[str, float | int]:
+    """The accuracy summary of one artifact: its metrics, ``delta_AP`` / ``delta_AP50``
+    against the reference (AP points, negative = drop), agreement and latency."""
+    metrics = coco_metrics(samples, candidate.detections, class_names)
+    return {
+        **metrics,
+        "reference_AP": reference_metrics["AP"],
+        "reference_AP50": reference_metrics["AP50"],
+        "delta_AP": metrics["AP"] - reference_metrics["AP"],
+        "delta_AP50": metrics["AP50"] - reference_metrics["AP50"],
+        **match_detections(reference.detections, candidate.detections),
+        **latency_summary(candidate.latencies_ms),
+    }

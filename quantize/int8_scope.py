@@ -1,0 +1,206 @@
+"""Which nodes of an exported detector stay in float when the rest goes to INT8.
+
+Found on the ONNX graph by its structure, not by model-specific names, so the same rules cover
+all four detectors (and any graph made of the ``quantize.rewrites`` building blocks):
+
+``sampling``   the sampling-point math of the P&A and deformable-conv rewrites: everything
+               that computes the ``Gather`` row indices and the bilinear weights (offsets,
+               box decoding, floor, corner masks), the ``Gather`` itself and the weighted
+               tap sum, up to the next weight layer or graph output. INT8 steps of a box
+               coordinate or a bilinear weight (1/255 of the range) move every sample; these
+               nodes are cheap element-wise math, so float costs little.
+``attention``  DSA self-attention: ``Softmax`` and the ``MatMul`` s between two activations
+               (query-key and attention-value products). The attention map spans H*W
+               positions whose weights are mostly tiny; 8 bits of it is mostly zeros.
+``masks``      sigmoid masks (HAR-Net spatial attention, CLSE channel weights): ``Sigmoid``
+               and the ``Mul`` that applies it; a mask in [0, 1] multiplies whole feature maps.
+``head``       (off by default) the last weight layers before each graph output, i.e. the
+               convs producing the raw logits and box deltas.
+
+A weight layer (``Conv``, ``ConvTranspose``, ``Gemm``, a ``MatMul`` with a constant operand)
+ends every search: it is the part INT8 speeds up, and the 1x1 projection of the rewrites is
+exactly the conv it replaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import onnx
+
+CATEGORIES: dict[str, str] = {
+    "sampling": "P&A / deformable sampling math (sampling points, Gather indices, bilinear "
+                "weights, tap sum): an INT8 step of a coordinate or bilinear weight moves "
+                "every sample, and this element-wise math is cheap in float",
+    "attention": "self-attention Softmax and activation-activation MatMuls (DSA): the "
+                 "attention map over H*W positions is mostly tiny weights that 8 bits "
+                 "round to zero",
+    "masks": "sigmoid masks (spatial attention, channel weights) and the Mul that applies "
+             "them: a mask in [0, 1] scales whole feature maps",
+    "head": "the final head convs producing the raw logits and box deltas",
+}
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "attention", "masks")
+
+_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
+# Ops that only move or reshape data: a mask reaching its Mul through them is still a mask.
+_LAYOUT_OPS = ("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Identity")
+
+
+class _Graph:
+    """Producer / consumer maps of an ONNX graph, and which tensors are constants."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.constants = {init.name for init in graph.initializer}
+        self.constants.update(o for n in self.nodes if n.op_type == "Constant" for o in n.output)
+        self.producer: dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.nodes:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {o.name for o in graph.output}
+
+    def is_constant(self, tensor: str) -> bool:
+        return tensor in self.constants or tensor == ""
+
+    def is_weight_layer(self, node: onnx.NodeProto) -> bool:
+        if node.op_type in _WEIGHT_OPS:
+            return True
+        return node.op_type == "MatMul" and any(self.is_constant(t) for t in node.input)
+
+    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
+        return [t for t in node.input if not self.is_constant(t)]
+
+    def backward(self, tensors: Iterable[str]) -> set[str]:
+        """Names of the nodes computing ``tensors``, searched up to (not into) weight layers."""
+        found: set[str] = set()
+        stack = [t for t in tensors if not self.is_constant(t)]
+        while stack:
+            node = self.producer.get(stack.pop())
+            if node is None or node.name in found or self.is_weight_layer(node):
+                continue
+            if node.op_type == "Constant":
+                continue
+            found.add(node.name)
+            stack.extend(self.activation_inputs(node))
+        return found
+
+    def forward(self, node_names: Iterable[str]) -> set[str]:
+        """Nodes fed by ``node_names`` up to (not into) the next weight layer."""
+        by_name = {n.name: n for n in self.nodes}
+        found: set[str] = set()
+        stack = [by_name[name] for name in node_names]
+        while stack:
+            node = stack.pop()
+            for output in node.output:
+                for consumer in self.consumers.get(output, []):
+                    if consumer.name in found or self.is_weight_layer(consumer):
+                        continue
+                    found.add(consumer.name)
+                    stack.append(consumer)
+        return found
+
+    def comes_from(self, tensor: str, op_type: str) -> bool:
+        """True when ``tensor`` is an ``op_type`` output, possibly through layout-only ops."""
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in _LAYOUT_OPS:
+            node = self.producer.get(node.input[0])
+        return node is not None and node.op_type == op_type
+
+
+def _sampling_nodes(graph: _Graph) -> set[str]:
+    # A Gather with computed indices is a sampling read (embedding-style Gathers of constant
+    # tables or shape Gathers with constant indices are not).
+    gathers = [n for n in graph.nodes
+               if n.op_type == "Gather" and not graph.is_constant(n.input[1])
+               and not graph.is_constant(n.input[0])]
+    seeds = {n.name for n in gathers}
+    tensors: list[str] = [t for n in gathers for t in n.input]
+    # The tap sum: an activation x activation MatMul reading the gathered samples; its other
+    # operand holds the bilinear weights.
+    gathered = set()
+    for gather in gathers:
+        gathered |= {gather.output[0]} | {
+            c.output[0] for c in graph.consumers.get(gather.output[0], [])
+            if c.op_type in _LAYOUT_OPS}
+    for node in graph.nodes:
+        if node.op_type == "MatMul" and not graph.is_weight_layer(node) and (
+                set(node.input) & gathered):
+            seeds.add(node.name)
+            tensors.extend(node.input)
+    upstream = graph.backward(tensors)
+    return seeds | upstream | graph.forward(seeds | upstream)
+
+
+def _attention_nodes(graph: _Graph, exclude: set[str]) -> set[str]:
+    found = {n.name for n in graph.nodes if n.op_type == "Softmax"}
+    found |= {n.name for n in graph.nodes
+              if n.op_type == "MatMul" and not graph.is_weight_layer(n) and n.name not in exclude}
+    return found
+
+
+def _mask_nodes(graph: _Graph) -> set[str]:
+    found = {n.name for n in graph.nodes if n.op_type == "Sigmoid"}
+    found |= {n.name for n in graph.nodes
+              if n.op_type == "Mul" and any(graph.comes_from(t, "Sigmoid") for t in n.input)}
+    return found
+
+
+def _head_nodes(graph: _Graph) -> set[str]:
+    """The weight layers whose output reaches a graph output without another weight layer."""
+    found: set[str] = set()
+    for node in graph.nodes:
+        if not graph.is_weight_layer(node):
+            continue
+        reach = graph.forward([node.name])
+        outputs = {o for name in reach | {node.name}
+                   for n in graph.nodes if n.name == name for o in n.output}
+        if outputs & graph.outputs:
+            found.add(node.name)
+    return found
+
+
+def find_kept_out_nodes(model: onnx.ModelProto,
+                        keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> dict[str, list[str]]:
+    """The ONNX node names to keep in float, per category (see the module docstring).
+
+    Args:
+        model: the fp32 ONNX detector (``quantize.export_onnx``); every node must have a name.
+        keep_float: categories to keep out of INT8, a subset of ``CATEGORIES``.
+
+    Returns:
+        ``{category: sorted node names}`` for each requested category (a node is listed under
+        the first category that claims it, in ``CATEGORIES`` order).
+
+    Raises:
+        ValueError: an unknown category, or a graph with unnamed nodes.
+    """
+    unknown = sorted(set(keep_float) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown keep-float categories {unknown}; choose from "
+                         f"{', '.join(CATEGORIES)}")
+    graph = _Graph(model)
+    if any(not n.name for n in graph.nodes):
+        raise ValueError("every ONNX node needs a name to be kept out of INT8 by name "
+                         "(quantize.export_onnx names them all)")
+    sampling = _sampling_nodes(graph)
+    found = {
+        "sampling": sampling,
+        "attention": _attention_nodes(graph, exclude=sampling),
+        "masks": _mask_nodes(graph),
+        "head": _head_nodes(graph),
+    }
+    result: dict[str, list[str]] = {}
+    claimed: set[str] = set()
+    for category in CATEGORIES:
+        if category in keep_float:
+            names = found[category] - claimed
+            result[category] = sorted(names)
+            claimed |= names
+    return result
+
+
+def flatten(kept_out: dict[str, list[str]]) -> list[str]:
+    """All node names of ``find_kept_out_nodes``'s result, in category order."""
+    return [name for names in kept_out.values() for name in names]

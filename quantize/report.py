@@ -1,0 +1,181 @@
+"""The accuracy report: ``report.json``, a readable ``report.md`` and a comparison picture.
+
+Also writes each artifact's accuracy summary into its ``manifest.json`` (atomically; the
+manifest is not among the hashed ``files``, so the model hashes stay valid).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edgedet._io import write_bytes_atomic, write_json_atomic
+from edgedet.data.sample import Sample
+from edgedet.detections import Detections
+from edgedet.draw import draw_detections, draw_text_panel
+from edgedet.manifest import MANIFEST_NAME
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PICTURE = "comparison.png"
+# Detections drawn in the picture: the ones a user of the default threshold would look at.
+PICTURE_SCORE_THRESHOLD = 0.3
+PICTURE_TILE_WIDTH = 320
+
+
+def set_manifest_accuracy(artifact_dir: str | os.PathLike[str],
+                          accuracy: Mapping[str, Any]) -> None:
+    """Replace ``manifest["accuracy"]`` of the artifact in ``artifact_dir`` (atomic write)."""
+    path = Path(artifact_dir) / MANIFEST_NAME
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["accuracy"] = dict(accuracy)
+    write_json_atomic(path, manifest, indent=2)
+
+
+def comparison_picture(samples: Sequence[Sample], columns: Mapping[str, Sequence[Detections]],
+                       score_threshold: float = PICTURE_SCORE_THRESHOLD) -> np.ndarray:
+    """A grid of BGR tiles: one row per sample, one column per detector (title in each tile).
+
+    Args:
+        samples: the images (2-4 of them).
+        columns: ``{detector label: detections of each sample}``, e.g. the reference first.
+        score_threshold: only detections scoring above it are drawn.
+
+    Returns:
+        ``uint8 (rows * h, columns * PICTURE_TILE_WIDTH, 3)``.
+    """
+    rows = []
+    for index, sample in enumerate(samples):
+        height, width = sample.image.shape[:2]
+        tile_height = max(1, round(height * PICTURE_TILE_WIDTH / width))
+        tiles = []
+        for label, detections in columns.items():
+            found = detections[index]
+            shown = found[found.scores > score_threshold]
+            tile = draw_detections(sample.image, shown)
+            tile = cv2.resize(tile, (PICTURE_TILE_WIDTH, tile_height),
+                              interpolation=cv2.INTER_AREA)
+            tiles.append(draw_text_panel(tile, [label, f"{len(shown)} boxes"]))
+        row = np.concatenate(tiles, axis=1)
+        rows.append(row)
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(rows, axis=0)
+
+
+def write_picture(path: str | os.PathLike[str], picture: np.ndarray) -> Path:
+    """Write a BGR picture as PNG (atomically)."""
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise RuntimeError(f"could not encode the comparison picture for {path}")
+    write_bytes_atomic(path, encoded.tobytes())
+    return Path(path)
+
+
+def _number(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value == -1.0:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / 2**20:.2f}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """``report.md`` text from the ``report.json`` structure written by ``quantize/run.py``."""
+    ref = report["reference"]
+    lines = [
+        f"# Conversion report: {report['name']} ({report['target']})",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Checkpoint: `{report['checkpoint']}` (sha256 `{report['checkpoint_sha256'][:16]}...`)",
+        "",
+        "## Data",
+        "",
+        "| split | data | seed | images | sha256 of the images |",
+        "|---|---|---|---|---|",
+    ]
+    for split in ("evaluation", "calibration"):
+        data = report.get(split)
+        if data:
+            lines.append(f"| {split} | `{data['data']}` | {_number(data['seed'])} | "
+                         f"{data['num_images']} | `{data['sha256'][:16]}...` |")
+    lines += [
+        "",
+        f"Synthetic seeds: training {report['seeds']['train']}, evaluation "
+        f"{report['seeds']['eval']} (training's validation split), calibration "
+        f"{report['seeds']['calibration']}; calibration and evaluation images were checked "
+        "to be disjoint by image hash.",
+        "",
+        "## Accuracy",
+        "",
+        f"AP in points (0-100, COCO AP@[.50:.95]); ΔAP = artifact AP - reference AP; the "
+        f"check fails when an artifact drops more than {report['max_drop']} AP points. "
+        f"Agreement: share of reference detections scoring > {report['agreement_score']} "
+        f"matched by a same-class artifact detection at IoU > {report['agreement_iou']}. "
+        "Latency: p50 of one `detect` call (pre-processing, model, decoding, NMS) over the "
+        "eval images.",
+        "",
+        "| model | backend | precision | AP | AP50 | AP75 | APs | APm | APl | ΔAP | agreement |"
+        " mean IoU | p50 ms | size MiB | check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| reference | PyTorch ({ref['device']}) | fp32 | {_number(ref['AP'])} | "
+        f"{_number(ref['AP50'])} | {_number(ref['AP75'])} | {_number(ref['APs'])} | "
+        f"{_number(ref['APm'])} | {_number(ref['APl'])} | - | - | - | "
+        f"{_number(ref['latency_p50_ms'])} | - | |",
+    ]
+    for art in report["artifacts"]:
+        acc = art["accuracy"]
+        lines.append(
+            f"| {art['name']} | {art['backend']} | {art['precision']} | {_number(acc['AP'])} | "
+            f"{_number(acc['AP50'])} | {_number(acc['AP75'])} | {_number(acc['APs'])} | "
+            f"{_number(acc['APm'])} | {_number(acc['APl'])} | {acc['delta_AP']:+.2f} | "
+            f"{acc['agreement']:.3f} | {acc['mean_iou']:.3f} | "
+            f"{_number(acc['latency_p50_ms'])} | {_mib(art['size_bytes'])} | "
+            f"{'pass' if art['passed'] else 'FAIL'} |")
+    lines += ["", "## Kept out of INT8", ""]
+    kept = report.get("kept_out_of_int8")
+    if not kept:
+        lines.append("No INT8 artifact was produced.")
+    else:
+        lines.append("These ops run in float inside the INT8 models (found on the graph by "
+                     "structure, `quantize/int8_scope.py`):")
+        lines.append("")
+        for category, entry in kept.items():
+            lines.append(f"- **{category}** ({len(entry['nodes'])} nodes): {entry['reason']}.")
+        lines.append("")
+        lines.append("The node names are in each INT8 manifest's `kept_out_of_int8`.")
+    lines += [
+        "",
+        "## Reference vs deployed detections",
+        "",
+        f"Detections scoring > {PICTURE_SCORE_THRESHOLD} on the first eval images; one column "
+        "per model.",
+        "",
+        f"![comparison]({PICTURE})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any],
+                 picture: np.ndarray) -> list[Path]:
+    """Write ``report.json``, ``report.md`` and ``comparison.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / REPORT_JSON, dict(report), indent=2)
+    write_bytes_atomic(out_dir / REPORT_MD, render_markdown(report).encode("utf-8"))
+    write_picture(out_dir / PICTURE, picture)
+    return [out_dir / REPORT_JSON, out_dir / REPORT_MD, out_dir / PICTURE]

@@ -1,0 +1,55 @@
+"""``quantize.int8_scope``: the structural rules find the sensitive nodes of each detector."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten
+
+
+def ops_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
+    by_name = {n.name: n.op_type for n in model.graph.node}
+    return {by_name[name] for name in names}
+
+
+def test_toy_graph_masks_attention_and_head():
+    # x -> Conv(c1) -> Sigmoid -> Mul(x) -> Conv(c2) -> y ; x -> MatMul(x, x^T) -> Softmax
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 1, 1], [1, 0, 0, 1])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
+        helper.make_node("Sigmoid", ["a"], ["m"], name="sig"),
+        helper.make_node("Mul", ["x", "m"], ["xm"], name="apply"),
+        helper.make_node("Conv", ["xm", "w"], ["y"], name="c2"),
+        helper.make_node("Transpose", ["x"], ["xt"], name="t", perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["x", "xt"], ["s"], name="qk"),
+        helper.make_node("Softmax", ["s"], ["z"], name="soft"),
+    ]
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
+    kept = find_kept_out_nodes(helper.make_model(graph), list(CATEGORIES))
+    assert kept == {"sampling": [], "attention": ["qk", "soft"], "masks": ["apply", "sig"],
+                    "head": ["c2"]}
+
+
+@pytest.mark.parametrize("name, category, op_types", [
+    ("passd_mobilenet", "sampling", {"Gather", "Floor", "MatMul", "Tanh", "Exp"}),
+    ("harnet_resnet18_small", "sampling", {"Gather", "Floor", "MatMul"}),
+    ("harnet_resnet18_small", "masks", {"Sigmoid", "Mul"}),
+    ("dsanet_resnet18", "attention", {"Softmax", "MatMul"}),
+])
+def test_detectors_keep_their_sensitive_ops(exported, name, category, op_types):
+    model = onnx.load(str(exported(name)[2]))
+    kept = find_kept_out_nodes(model)
+    assert op_types <= ops_of(model, kept[category])
+    # No weight layer is kept out by default: the convs are what INT8 speeds up.
+    weight_layers = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    assert not weight_layers & set(flatten(kept))
+
+
+def test_unknown_category():
+    with pytest.raises(ValueError, match="unknown keep-float"):
+        find_kept_out_nodes(onnx.ModelProto(), ["everything"])

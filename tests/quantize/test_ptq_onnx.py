@@ -1,0 +1,73 @@
+"""INT8 QDQ ONNX from ``quantize.ptq_onnx``: quantized where it should be, float where kept out,
+and close to the fp32 model on calibration-like inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+from edgedet.preprocess import PreprocessConfig
+from quantize.calibration import CALIBRATION_SEED, EVAL_SEED, calibration_inputs
+from quantize.int8_scope import find_kept_out_nodes, flatten
+from quantize.ptq_onnx import quantize_onnx, quantized_tensor_names
+
+
+def synthetic_inputs(input_size: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:
+    scenes = SyntheticScenes(count, seed=seed, config=SyntheticConfig(image_size=input_size))
+    return calibration_inputs(list(scenes), PreprocessConfig(input_size=input_size))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def passd_int8(exported, tmp_path_factory):
+    _, input_size, fp32_path = exported("passd_mobilenet")
+    kept = find_kept_out_nodes(onnx.load(str(fp32_path)))
+    out = tmp_path_factory.mktemp("ptq") / "passd_int8.onnx"
+    quantize_onnx(fp32_path, out, synthetic_inputs(input_size, 8, CALIBRATION_SEED),
+                  flatten(kept))
+    return fp32_path, out, kept, input_size
+
+
+def test_qdq_nodes_present_and_kept_out_nodes_stay_float(passd_int8):
+    _, int8_path, kept, _ = passd_int8
+    model = onnx.load(str(int8_path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
+    quantized = quantized_tensor_names(model)
+    outputs_of = {n.name: set(n.output) for n in model.graph.node}
+    assert any("/backbone/" in name for name in quantized)
+    # Nothing the sampling math, Gathers and tap sums of the P&A head compute is INT8.
+    sampling = set(kept["sampling"])
+    assert {n for n in sampling if "Gather" in n}
+    assert not quantized & set().union(*(outputs_of[n] for n in sampling))
+    # The 1x1 projection of the attend stage (the conv it replaces) is quantized.
+    assert any(name.endswith("/MatMul_output_0") and "/attend" in name for name in quantized)
+    graph_outputs = {o.name for o in model.graph.output}
+    assert not quantized & graph_outputs
+
+
+def test_int8_outputs_close_to_fp32_on_unseen_images(passd_int8):
+    fp32_path, int8_path, _, input_size = passd_int8
+    fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    for images in synthetic_inputs(input_size, 2, EVAL_SEED):
+        names = [o.name for o in fp32.get_outputs()]
+        for name, a, b in zip(names, fp32.run(None, {"images": images}),
+                              int8.run(None, {"images": images}), strict=True):
+            assert cosine(a, b) > 0.99, name
+
+
+def test_rejects_unknown_excluded_node_and_empty_calibration(exported, tmp_path):
+    _, input_size, fp32_path = exported("passd_mobilenet")
+    images = synthetic_inputs(input_size, 1, CALIBRATION_SEED)
+    with pytest.raises(ValueError, match="not in the graph"):
+        quantize_onnx(fp32_path, tmp_path / "x.onnx", images, ["/no/such/node"])
+    with pytest.raises(ValueError, match="at least one image"):
+        quantize_onnx(fp32_path, tmp_path / "x.onnx", [], [])

@@ -1,0 +1,75 @@
+"""INT8 OpenVINO IR from ``quantize.ptq_openvino`` (NNCF): FakeQuantize present, the kept-out
+ops left alone, outputs close to the fp32 IR."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+from edgedet.preprocess import PreprocessConfig
+from quantize.calibration import CALIBRATION_SEED, EVAL_SEED, calibration_inputs
+from quantize.export_openvino import export_openvino
+from quantize.int8_scope import find_kept_out_nodes, flatten
+from quantize.ptq_openvino import fake_quantize_count, openvino_names_for, quantize_openvino
+
+ov = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+
+def synthetic_inputs(input_size: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:
+    scenes = SyntheticScenes(count, seed=seed, config=SyntheticConfig(image_size=input_size))
+    return calibration_inputs(list(scenes), PreprocessConfig(input_size=input_size))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def passd_ir(exported, tmp_path_factory):
+    _, input_size, onnx_path = exported("passd_mobilenet")
+    root = tmp_path_factory.mktemp("ov")
+    xml, _ = export_openvino(onnx_path, root / "fp32")
+    kept_onnx = flatten(find_kept_out_nodes(onnx.load(str(onnx_path))))
+    ignored = openvino_names_for(ov.Core().read_model(str(xml)), kept_onnx)
+    xml8, _ = quantize_openvino(xml, root / "int8",
+                                synthetic_inputs(input_size, 8, CALIBRATION_SEED), ignored)
+    return xml, xml8, ignored, input_size
+
+
+def test_fake_quantize_present_and_kept_out_ops_not_fed_by_it(passd_ir):
+    xml, xml8, ignored, _ = passd_ir
+    assert fake_quantize_count(xml) == 0
+    assert fake_quantize_count(xml8) > 10
+    assert any("Gather" in name for name in ignored)
+    model = ov.Core().read_model(str(xml8))
+    ignored = set(ignored)
+    for op in model.get_ops():
+        if op.get_friendly_name() in ignored:
+            producers = [op.input_value(i).get_node().get_type_name()
+                         for i in range(op.get_input_size())]
+            assert "FakeQuantize" not in producers, op.get_friendly_name()
+
+
+def test_int8_ir_outputs_close_to_fp32(passd_ir):
+    xml, xml8, _, input_size = passd_ir
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    fp32 = core.compile_model(str(xml), "CPU", config)
+    int8 = core.compile_model(str(xml8), "CPU", config)
+    for images in synthetic_inputs(input_size, 2, EVAL_SEED):
+        a, b = fp32(images), int8(images)
+        for port_a, port_b in zip(fp32.outputs, int8.outputs, strict=True):
+            assert cosine(np.asarray(a[port_a]), np.asarray(b[port_b])) > 0.99
+
+
+def test_names_map_by_exact_name_or_suffix(passd_ir):
+    xml, _, _, _ = passd_ir
+    model = ov.Core().read_model(str(xml))
+    names = openvino_names_for(model, ["/head/propose_box/Conv", "/head/attend/Gather_9"])
+    assert "/head/attend/Gather_9" in names
+    assert any(n.startswith("/head/propose_box/Conv/") for n in names)
+    assert openvino_names_for(model, ["/no/such/node"]) == []

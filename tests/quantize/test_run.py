@@ -1,0 +1,110 @@
+"""``quantize/run.py`` end to end on a tiny checkpoint: artifacts that load, manifests, report,
+and the exit status of the accuracy check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedet.detector import Detector
+from edgedet.manifest import load_manifest
+from tests.quantize.tiny_checkpoint import INPUT_SIZE, write_tiny_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RUN = str(REPO_ROOT / "quantize" / "run.py")
+SMALL = ["--calib-size", "4", "--eval-size", "3", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=300)
+
+
+def check_artifact(directory: Path, precision: str, backend: str) -> dict:
+    manifest = load_manifest(directory)  # verifies the file hashes after the accuracy rewrite
+    assert (manifest["precision"], manifest["backend"]) == (precision, backend)
+    assert manifest["name"] == directory.name
+    assert manifest["input"]["shape"] == [1, 3, INPUT_SIZE[1], INPUT_SIZE[0]]
+    accuracy = manifest["accuracy"]
+    for key in ("AP", "AP50", "APs", "APm", "APl", "delta_AP", "agreement", "mean_iou",
+                "latency_p50_ms", "reference_AP"):
+        assert key in accuracy
+    assert accuracy["eval_data"]["data"] == "synthetic:1"
+    for name in ("report.json", "report.md", "comparison.png"):
+        assert (directory / name).is_file()
+    detector = Detector(directory, backend=backend)
+    frame = np.zeros((90, 120, 3), np.uint8)
+    assert detector.detect(frame).xyxy.shape[1] == 4
+    return manifest
+
+
+def test_cpu_both_precisions_end_to_end(checkpoint, tmp_path):
+    out = tmp_path / "cpu"
+    result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
+                        *SMALL)
+    assert result.returncode == 0, result.stderr
+    fp32 = check_artifact(out / "tiny_passd_fp32", "fp32", "onnxruntime")
+    int8 = check_artifact(out / "tiny_passd_int8", "int8", "onnxruntime")
+    assert fp32["source"]["calibration"] is None and fp32["kept_out_of_int8"] == []
+    calibration = int8["source"]["calibration"]
+    assert calibration["data"] == "synthetic:2" and calibration["num_images"] == 4
+    assert len(calibration["sha256"]) == 64
+    assert calibration["sha256"] != int8["accuracy"]["eval_data"]["sha256"]
+    assert any("Gather" in name for name in int8["kept_out_of_int8"])
+    # The fp32 ONNX artifact reproduces the PyTorch reference.
+    assert abs(fp32["accuracy"]["delta_AP"]) < 1e-6
+    report = json.loads((out / "report.json").read_text())
+    assert report["seeds"] == {"train": 0, "eval": 1, "calibration": 2}
+    assert [a["name"] for a in report["artifacts"]] == ["tiny_passd_fp32", "tiny_passd_int8"]
+    assert "sampling" in report["kept_out_of_int8"]
+    markdown = (out / "report.md").read_text()
+    assert "Kept out of INT8" in markdown and "comparison.png" in markdown
+    assert not list(out.glob(".work-*"))
+
+
+def test_impossible_max_drop_exits_non_zero(checkpoint, tmp_path):
+    result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
+                        str(tmp_path / "fail"), "--precision", "fp32", "--max-drop", "-1",
+                        *SMALL)
+    assert result.returncode == 1
+    assert "accuracy check failed" in result.stderr and "tiny_passd_fp32" in result.stderr
+    assert (tmp_path / "fail" / "report.md").is_file()
+
+
+def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
+    missing = run_script("--checkpoint", str(tmp_path / "nope"), "--target", "cpu",
+                         "--out", str(tmp_path / "o"), *SMALL)
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    overlap = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
+                         str(tmp_path / "o"), "--calib-data", "synthetic:1", *SMALL)
+    assert overlap.returncode == 2 and "also in the eval set" in overlap.stderr
+    help_text = run_script("--help")
+    assert help_text.returncode == 0
+    for flag in ("--precision", "--calib-data", "--eval-size", "--max-drop", "--keep-float"):
+        assert flag in help_text.stdout
+
+
+@pytest.mark.slow
+def test_openvino_both_precisions_end_to_end(checkpoint, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    out = tmp_path / "ov"
+    result = run_script("--checkpoint", str(checkpoint), "--target", "openvino", "--out",
+                        str(out), *SMALL)
+    assert result.returncode == 0, result.stderr
+    check_artifact(out / "tiny_passd_fp32", "fp32", "openvino")
+    int8 = check_artifact(out / "tiny_passd_int8", "int8", "openvino")
+    assert int8["kept_out_of_int8"]
+    from quantize.ptq_openvino import fake_quantize_count
+
+    assert fake_quantize_count(out / "tiny_passd_int8" / "model.xml") > 0
