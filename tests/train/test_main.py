@@ -1,0 +1,121 @@
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgedet.data.synthetic import SYNTHETIC_CLASSES
+from train.checkpoint import load_checkpoint
+from train.engine import read_metrics
+from train.main import build_parser, main, seed_everything
+from train.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--model", "passd_mobilenet", "--data", "synthetic", "--img-size", "64",
+        "--synthetic-train", "8", "--synthetic-val", "2", "--batch-size", "4",
+        "--workers", "0", "--device", "cpu", "--no-progress", "--warmup-iters", "1",
+        "--lr", "0.01"]
+
+
+def _run(argv: list[str]) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return main(argv)
+
+
+def test_help_explains_every_flag():
+    result = subprocess.run([sys.executable, "train/main.py", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--model", "--data", "--epochs", "--batch-size", "--img-size", "--lr",
+                 "--workers", "--device", "--amp", "--out", "--resume", "--eval-every",
+                 "--seed", "--warmup-iters", "--lr-steps", "--momentum", "--weight-decay",
+                 "--sync-bn", "--incremental-epochs", "--synthetic-train", "--synthetic-val"):
+        assert flag in result.stdout
+    assert "passd_mobilenet" in result.stdout and "edgedet.models.passd" in result.stdout
+    for action in build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _run([*TINY, "--epochs", "2", "--out", str(straight)]) == 0
+    assert _run([*TINY, "--epochs", "1", "--out", str(split)]) == 0
+    assert _run([*TINY, "--epochs", "2", "--out", str(split), "--resume"]) == 0
+    expected = read_metrics(straight)
+    actual = read_metrics(split)
+    assert [r["iteration"] for r in actual] == [0, 1, 2, 3]
+    for a, b in zip(actual, expected, strict=True):
+        for key in ("loss", "propose_cls", "attend_box", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7)
+    final_a, _ = load_checkpoint(split / "last")
+    final_b, config = load_checkpoint(straight / "last")
+    for k in final_b:
+        torch.testing.assert_close(final_a[k], final_b[k], rtol=1e-5, atol=1e-6)
+    assert config["epoch"] == 2 and config["metrics"]["AP"] >= 0
+    summary = json.loads((split / "summary.json").read_text())
+    assert summary["epochs_run"] == 1
+
+
+def test_bad_data_spec_is_a_clear_error(tmp_path, capsys):
+    assert _run([*TINY, "--data", "coco:/no/such/dir", "--out", str(tmp_path)]) == 1
+    assert "no/such/dir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    """2 gloo processes x batch 2 against 1 process x batch 4: the same images and initial
+    weights per step. With BatchNorm on running statistics (--freeze-bn) what still differs
+    is each rank normalising its loss by its own positives, so the first losses agree to a
+    few percent and the weight updates point the same way (cosine > 0.94 per part; a run on
+    different images reaches only 0.84-0.93)."""
+    common = [a for a in TINY if a not in ("--lr", "0.01", "--warmup-iters", "1")] + [
+        "--lr", "0.002", "--warmup-iters", "0", "--epochs", "1", "--freeze-bn",
+        "--synthetic-val", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "train/main.py", *common, "--out",
+                             str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    two = [a if a != "4" else "2" for a in common]  # --batch-size 4 → 2 per process
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                          "2", "--master_port", "29531", "train/main.py", *two, "--out",
+                          str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one_losses = [r["loss"] for r in read_metrics(tmp_path / "one")]
+    two_losses = [r["loss"] for r in read_metrics(tmp_path / "two")]
+    assert len(one_losses) == len(two_losses) == 2
+    assert two_losses[0] == pytest.approx(one_losses[0], rel=0.05)
+    w1, _ = load_checkpoint(tmp_path / "one" / "last")
+    w2, _ = load_checkpoint(tmp_path / "two" / "last")
+    # The same initial weights as main.py builds them (seed 0), to compare the two updates.
+    seed_everything(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        initial = build_model("passd_mobilenet", len(SYNTHETIC_CLASSES), (64, 64)).state_dict()
+    for part in ("backbone", "fpn", "head"):
+        keys = [k for k in w1 if k.startswith(part) and w1[k].is_floating_point()]
+        update1 = torch.cat([(w1[k] - initial[k]).flatten() for k in keys])
+        update2 = torch.cat([(w2[k] - initial[k]).flatten() for k in keys])
+        cosine = torch.nn.functional.cosine_similarity(update1, update2, dim=0).item()
+        assert cosine > 0.94, (part, cosine)
+    assert len(list((tmp_path / "two").glob("*.safetensors"))) == 3  # rank 0 only, no dupes
+
+
+def test_model_args_are_parsed_as_json_when_possible() -> None:
+    import argparse
+
+    import pytest
+
+    from train.main import parse_model_arg
+
+    assert parse_model_arg("width_mult=0.5") == ("width_mult", 0.5)
+    assert parse_model_arg("use_pa=false") == ("use_pa", False)
+    assert parse_model_arg("name=abc") == ("name", "abc")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_model_arg("no-equals-sign")

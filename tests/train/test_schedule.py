@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from train.schedule import LrSchedule, build_sgd, parse_steps, set_lr
+
+
+def test_warmup_then_step_decay():
+    schedule = LrSchedule(base_lr=0.1, iters_per_epoch=10, warmup_iters=4,
+                          warmup_start_lr=0.02, lr_steps=(2, 3.5), gamma=0.1)
+    assert schedule(0) == pytest.approx(0.02)
+    assert schedule(2) == pytest.approx(0.06)  # halfway from 0.02 to 0.1
+    assert schedule(4) == pytest.approx(0.1)
+    assert schedule(19) == pytest.approx(0.1)
+    assert schedule(20) == pytest.approx(0.01)  # epoch 2
+    assert schedule(35) == pytest.approx(0.001)  # epoch 3.5
+
+
+def test_parse_steps_and_errors():
+    assert parse_steps("") == ()
+    assert parse_steps("80,100") == (80.0, 100.0)
+    with pytest.raises(ValueError, match="increasing"):
+        parse_steps("100,80")
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_steps("a,b")
+
+
+def test_sgd_has_paper_hyperparameters():
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_sgd(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    set_lr(optimizer, 0.5)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.5, 0.9, 5e-4)

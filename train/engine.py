@@ -1,0 +1,514 @@
+"""The training loop: epochs of SGD steps, NaN guard, evaluation, checkpoints, resume, logs.
+
+``Trainer.fit()`` runs the whole schedule. Exact resume rests on three things: the data
+order is a function of ``(seed, epoch)`` (``DistributedSampler.set_epoch``), each sample's
+augmentation a function of ``(seed, epoch, index)``, and the learning rate a function of the
+global iteration; the resume state restores model, optimiser, AMP scaler and every RNG.
+Checkpoints are written at the end of an epoch, so a run resumes at an epoch boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
+from edgedet.data.sample import Sample
+from edgedet.head_decoding import decode_head_outputs
+from edgedet.postprocess import select_detections
+from edgedet.preprocess import FrameTransform, PreprocessConfig
+from train.augment import RetinaAugmentation, SsdAugmentation
+from train.checkpoint import (
+    load_training_state,
+    save_checkpoint,
+    save_training_state,
+    unwrap,
+)
+from train.data import (
+    EvalDataset,
+    EvalRecord,
+    TrainingDataset,
+    collate_eval,
+    collate_training,
+    worker_init_fn,
+)
+from train.distributed import DistInfo, all_true, barrier, gather_objects, mean_over_ranks
+from train.models import FamilyDefaults, family_defaults, is_harnet
+from train.schedule import LrSchedule, build_sgd, set_lr
+
+STATE_FILE = "last.state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss stayed NaN/inf for too many consecutive steps."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a run (``train/main.py`` fills it from its flags).
+
+    ``batch_size`` is per process: the global batch is ``batch_size * world_size``.
+    ``warmup_iters`` None means min(500, one epoch).
+    ``freeze_bn`` keeps every BatchNorm layer on its running statistics during training (mmdet's
+    ``norm_eval``, usual with a pretrained backbone and small per-GPU batches).
+    ``incremental_epochs`` > 0 trains HAR-Net's main network for that many epochs with the
+    spatial and channel attention switched off, then switches them on (HAR-Net sec. III-D).
+    """
+
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_iters: int | None = None
+    warmup_start_lr: float = 1e-6
+    lr_steps: tuple[float, ...] = ()
+    lr_gamma: float = 0.1
+    workers: int = 0
+    amp: str | None = None
+    eval_every: int = 1
+    seed: int = 0
+    clip_grad_norm: float = 0.0
+    max_bad_steps: int = 10
+    incremental_epochs: int = 0
+    freeze_bn: bool = False
+    progress_bar: bool = True
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_device(targets: list[dict[str, torch.Tensor]], device: torch.device
+               ) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+
+
+def _coco_ground_truth(records: Sequence[EvalRecord], class_names: Sequence[str]) -> dict:
+    """COCO ground truth (frame pixels, category = class + 1) of the evaluated images."""
+    images, annotations = [], []
+    for record in records:
+        images.append({"id": record.image_id, "width": record.width, "height": record.height,
+                       "file_name": str(record.image_id)})
+        for box, class_id, crowd in zip(record.boxes_xyxy, record.class_ids, record.iscrowd,
+                                        strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": record.image_id,
+                "category_id": int(class_id) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1), "iscrowd": int(crowd),
+            })
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    priors_cxcywh: np.ndarray,
+    defaults: FamilyDefaults,
+    preprocess_config: PreprocessConfig,
+    class_names: Sequence[str],
+    info: DistInfo,
+    amp: str | None = None,
+) -> dict[str, float] | None:
+    """COCO box metrics of ``model`` on ``loader``'s images, through the runtime's decoding.
+
+    Each rank decodes its shard (model → numpy → ``decode_head_outputs`` →
+    ``select_detections`` → boxes mapped to the original image); rank 0 gathers and scores
+    with ``evaluate_coco``. Returns the metrics on rank 0, None elsewhere.
+    """
+    bare = unwrap(model)
+    was_training = bare.training
+    bare.eval()
+    weights = tuple(float(w) for w in bare.box_coder_weights)
+    records: list[EvalRecord] = []
+    results: list[dict] = []
+    for images, batch_records in loader:
+        with _autocast(info.device, amp):
+            outputs = bare(images.to(info.device, non_blocking=True))
+        arrays = {name: outputs[name].float().cpu().numpy()
+                  for name in bare.export_output_names}
+        for i, record in enumerate(batch_records):
+            boxes_xyxy, scores = decode_head_outputs(
+                defaults.family, {k: v[i] for k, v in arrays.items()}, priors_cxcywh, weights)
+            xyxy, det_scores, det_classes = select_detections(
+                boxes_xyxy, scores, score_threshold=defaults.score_threshold,
+                iou_threshold=defaults.iou_threshold, max_detections=defaults.max_detections,
+                pre_nms_top_k=defaults.pre_nms_top_k)
+            transform = FrameTransform((record.width, record.height), record.scale_x,
+                                       record.scale_y, record.pad_x, record.pad_y)
+            frame_xyxy = transform.boxes_to_frame(xyxy)
+            results.extend(detections_to_coco_results(record.image_id, frame_xyxy, det_scores,
+                                                      det_classes))
+            records.append(record)
+    bare.train(was_training)
+    gathered = gather_objects((records, results), info)
+    if not info.is_main:
+        return None
+    all_records = [r for part, _ in gathered for r in part]
+    all_results = [r for _, part in gathered for r in part]
+    metrics = evaluate_coco(_coco_ground_truth(all_records, class_names), all_results)
+    return metrics.to_dict()
+
+
+class MetricsLog:
+    """JSON-lines log (rank 0), mirrored to TensorBoard when it is installed."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.path = out_dir / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.writer = None
+            else:
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records newer than ``iteration`` (written after the state being resumed)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            prefix = record.get("type", "train")
+            for key, value in record.items():
+                if isinstance(value, float | int) and key not in ("epoch", "iteration"):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, record.get("iteration", 0))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(out_dir: str | Path, kind: str = "train") -> list[dict[str, Any]]:
+    """The records of one ``type`` in a run's ``metrics.jsonl``."""
+    lines = (Path(out_dir) / METRICS_FILE).read_text().splitlines()
+    return [r for r in map(json.loads, filter(None, lines)) if r.get("type") == kind]
+
+
+class Trainer:
+    """Everything one training run needs, wired together (see ``fit``).
+
+    Args:
+        model: a detector (already on ``info.device``; wrapped in DDP here when distributed).
+        criterion: ``criterion(outputs, priors_cxcywh, targets) -> {"loss", terms...}``.
+        train_samples / val_samples: ``Sequence[Sample]``.
+        class_names: the dataset's classes.
+        preprocess_config: model-input geometry and normalisation (runtime identical).
+        augmentation: ``SsdAugmentation`` / ``RetinaAugmentation`` or None.
+        config: hyper-parameters.
+        out_dir: run directory (checkpoints, metrics).
+        info: this process's rank and device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        train_samples: Sequence[Sample],
+        val_samples: Sequence[Sample] | None,
+        class_names: Sequence[str],
+        preprocess_config: PreprocessConfig,
+        augmentation: SsdAugmentation | RetinaAugmentation | None,
+        config: TrainConfig,
+        out_dir: str | Path,
+        info: DistInfo,
+    ) -> None:
+        self.config = config
+        self.info = info
+        self.out_dir = Path(out_dir)
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.class_names = tuple(class_names)
+        self.preprocess_config = preprocess_config
+        self.defaults = family_defaults(model)
+        self.criterion = criterion
+        bare = unwrap(model)
+        self.incremental = config.incremental_epochs > 0
+        if self.incremental and not is_harnet(bare):
+            raise ValueError("--incremental-epochs applies to HAR-Net models only")
+        if info.distributed:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                find_unused_parameters=self.incremental)
+        self.model = model
+        self.bare = bare
+        spec = bare.anchor_spec(tuple(preprocess_config.input_size))
+        self.anchor_spec = spec
+        self.priors_np = spec.generate()
+        self.priors = torch.from_numpy(self.priors_np).to(info.device)
+
+        self.train_set = TrainingDataset(train_samples, preprocess_config, augmentation,
+                                         config.seed)
+        self.sampler = DistributedSampler(self.train_set, num_replicas=info.world_size,
+                                          rank=info.rank, shuffle=True, seed=config.seed)
+        pin = info.device.type == "cuda"
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=config.batch_size, sampler=self.sampler,
+            num_workers=config.workers, collate_fn=collate_training, drop_last=True,
+            pin_memory=pin, worker_init_fn=worker_init_fn,
+            generator=torch.Generator().manual_seed(config.seed))
+        if len(self.train_loader) == 0:
+            raise ValueError(f"{len(self.sampler)} training images per process are fewer than "
+                             f"--batch-size {config.batch_size}: no full batch to train on")
+        self.val_loader = None
+        if val_samples is not None:
+            eval_set = EvalDataset(val_samples, preprocess_config)
+            shard = Subset(eval_set, range(info.rank, len(eval_set), info.world_size))
+            self.val_loader = DataLoader(
+                shard, batch_size=config.batch_size, shuffle=False,
+                num_workers=config.workers, collate_fn=collate_eval, pin_memory=pin,
+                worker_init_fn=worker_init_fn,
+                generator=torch.Generator().manual_seed(config.seed))
+
+        self.optimizer = build_sgd(bare, config.lr, config.momentum, config.weight_decay)
+        iters = len(self.train_loader)
+        # The default must not depend on --epochs: extending a run would change its schedule.
+        warmup = config.warmup_iters if config.warmup_iters is not None else min(500, iters)
+        self.schedule = LrSchedule(config.lr, iters, warmup,
+                                   config.warmup_start_lr, tuple(config.lr_steps),
+                                   config.lr_gamma)
+        self.scaler = torch.amp.GradScaler(info.device.type) if config.amp == "fp16" else None
+        self.log = MetricsLog(self.out_dir, info.is_main)
+        self.epoch = 0
+        self.iteration = 0
+        self.best_ap = -1.0
+        self.best_epoch = -1
+        self.last_metrics: dict[str, float] | None = None
+        self.consecutive_bad = 0
+        self.skipped_steps = 0
+
+    # -- checkpoint config -------------------------------------------------------------------
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        d = self.defaults
+        return {
+            **self.bare.config,
+            "class_names": list(self.class_names),
+            "input_size": list(self.preprocess_config.input_size),
+            "preprocess": self.preprocess_config.to_dict(),
+            "anchor_spec": self.anchor_spec.to_dict(),
+            "box_coder_weights": [float(w) for w in self.bare.box_coder_weights],
+            "head_family": d.family,
+            "output_names": list(self.bare.export_output_names),
+            "postprocess": {"score_threshold": d.score_threshold,
+                            "iou_threshold": d.iou_threshold,
+                            "pre_nms_top_k": d.pre_nms_top_k,
+                            "max_detections": d.max_detections},
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "metrics": self.last_metrics,
+            **self.config.extra_config,
+        }
+
+    def _progress(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "iteration": self.iteration, "best_ap": self.best_ap,
+                "best_epoch": self.best_epoch, "last_metrics": self.last_metrics,
+                "consecutive_bad": self.consecutive_bad, "skipped_steps": self.skipped_steps,
+                "world_size": self.info.world_size, "batch_size": self.config.batch_size,
+                "seed": self.config.seed}
+
+    def resume(self, state_path: str | Path) -> None:
+        """Continue from a resume state written by ``save`` (see the module docstring)."""
+        progress = load_training_state(state_path, self.model, self.optimizer, self.scaler)
+        for key in ("world_size", "batch_size", "seed"):
+            now = {"world_size": self.info.world_size, "batch_size": self.config.batch_size,
+                   "seed": self.config.seed}[key]
+            if progress[key] != now:
+                warnings.warn(f"resuming with {key} {now} (the run used {progress[key]}): "
+                              "training continues but will not repeat the original run",
+                              stacklevel=2)
+        self.epoch = int(progress["epoch"])
+        self.iteration = int(progress["iteration"])
+        self.best_ap = float(progress["best_ap"])
+        self.best_epoch = int(progress["best_epoch"])
+        self.last_metrics = progress["last_metrics"]
+        self.consecutive_bad = int(progress["consecutive_bad"])
+        self.skipped_steps = int(progress["skipped_steps"])
+        self.log.truncate_after(self.iteration)
+
+    def save(self, is_best: bool) -> None:
+        """Rank 0: ``last`` (+ ``best``) checkpoint and the resume state."""
+        if not self.info.is_main:
+            return
+        config = self.checkpoint_config()
+        save_checkpoint(self.out_dir / "last", self.model, config)
+        if is_best:
+            save_checkpoint(self.out_dir / "best", self.model, config)
+        save_training_state(self.out_dir / STATE_FILE, self.model, self.optimizer, self.scaler,
+                            self._progress())
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    def _train_step(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+                    ) -> dict[str, float] | None:
+        """One optimiser step; None when skipped because the loss was not finite."""
+        cfg, info = self.config, self.info
+        set_lr(self.optimizer, self.schedule(self.iteration))
+        images = images.to(info.device, non_blocking=True)
+        targets = _to_device(targets, info.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(info.device, cfg.amp):
+            outputs = self.model(images)
+        losses = self.criterion({k: v.float() for k, v in outputs.items()}, self.priors,
+                                targets)
+        loss = losses["loss"]
+        finite = all_true(bool(torch.isfinite(loss.detach()).item()), info)
+        # Every rank runs backward even for a bad loss so DDP's gradient exchange stays in
+        # step; the gradients are then thrown away.
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if finite:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.bare.parameters(), max_norm)
+            if self.scaler is not None:
+                # The scaler skips the step itself on inf gradients (its usual overflow).
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            elif bool(torch.isfinite(grad_norm).item()):
+                self.optimizer.step()
+            else:
+                finite = False
+        self.iteration += 1
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.consecutive_bad += 1
+            self.skipped_steps += 1
+            message = (f"non-finite loss or gradients at iteration {self.iteration - 1} "
+                       f"(epoch {self.epoch}): step skipped ({self.consecutive_bad} in a row)")
+            if info.is_main:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            if self.consecutive_bad >= cfg.max_bad_steps:
+                raise TrainingDivergedError(
+                    f"training diverged: the loss was NaN/inf for {self.consecutive_bad} "
+                    f"consecutive steps (up to iteration {self.iteration - 1}, epoch "
+                    f"{self.epoch}). Nothing was saved from the diverged steps; the last good "
+                    f"checkpoint is in {self.out_dir}. Lower --lr, raise --warmup-iters, set "
+                    "--clip-grad-norm, or check the data for broken boxes.")
+            return None
+        self.consecutive_bad = 0
+        return {k: float(v.detach().item()) for k, v in losses.items()}
+
+    def _set_incremental_attention(self) -> None:
+        if self.incremental:
+            enabled = self.epoch >= self.config.incremental_epochs
+            self.bare.set_attention_enabled(spatial=enabled, channel=enabled)
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, info = self.config, self.info
+        self.model.train()
+        if cfg.freeze_bn:
+            for module in self.bare.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        self._set_incremental_attention()
+        self.sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        sums: dict[str, float] = {}
+        steps = 0
+        start = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   disable=not (info.is_main and cfg.progress_bar), leave=False,
+                   dynamic_ncols=True)
+        for images, targets in bar:
+            lr = self.schedule(self.iteration)
+            losses = self._train_step(images, targets)
+            if losses is None:
+                continue
+            # Logged values are averages over the ranks: the whole global batch.
+            losses = mean_over_ranks(losses, info)
+            steps += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            elapsed = time.perf_counter() - start
+            images_per_s = steps * cfg.batch_size * info.world_size / max(elapsed, 1e-9)
+            self.log.write({"type": "train", "epoch": self.epoch,
+                            "iteration": self.iteration - 1, "lr": lr, **losses,
+                            "images_per_s": images_per_s})
+            bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()},
+                             "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"})
+        bar.close()
+        means = {k: v / max(steps, 1) for k, v in sums.items()}
+        elapsed = time.perf_counter() - start
+        means["images_per_s"] = len(self.train_loader) * cfg.batch_size * info.world_size / \
+            max(elapsed, 1e-9)
+        means["seconds"] = elapsed
+        return means
+
+    def evaluate(self) -> dict[str, float] | None:
+        if self.val_loader is None:
+            return None
+        return evaluate(self.model, self.val_loader, self.priors_np, self.defaults,
+                        self.preprocess_config, self.class_names, self.info, self.config.amp)
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.epoch`` to ``config.epochs``; return the final summary (rank 0)."""
+        cfg, info = self.config, self.info
+        start = time.perf_counter()
+        first_epoch = self.epoch
+        try:
+            while self.epoch < cfg.epochs:
+                epoch_means = self.train_epoch()
+                self.epoch += 1
+                record = {"type": "epoch", "epoch": self.epoch - 1,
+                          "iteration": self.iteration - 1, **epoch_means}
+                self.log.write(record)
+                if info.is_main:
+                    terms = ", ".join(f"{k} {v:.4f}" for k, v in epoch_means.items())
+                    tqdm.write(f"epoch {self.epoch}/{cfg.epochs}: {terms}")
+                is_best = False
+                due = cfg.eval_every > 0 and self.epoch % cfg.eval_every == 0
+                if due or self.epoch == cfg.epochs:
+                    metrics = self.evaluate()
+                    if info.is_main and metrics is not None:
+                        self.last_metrics = metrics
+                        is_best = metrics["AP"] > self.best_ap
+                        if is_best:
+                            self.best_ap, self.best_epoch = metrics["AP"], self.epoch
+                        self.log.write({"type": "eval", "epoch": self.epoch - 1,
+                                        "iteration": self.iteration - 1, **metrics})
+                        tqdm.write("val: " + ", ".join(f"{k} {v:.4f}"
+                                                       for k, v in metrics.items()))
+                self.save(is_best)
+                barrier(info)
+        finally:
+            self.log.close()
+        summary = {
+            "epochs_run": self.epoch - first_epoch, "epochs": self.epoch,
+            "iterations": self.iteration, "seconds": time.perf_counter() - start,
+            "skipped_steps": self.skipped_steps, "best_AP": self.best_ap,
+            "best_epoch": self.best_epoch, "last_metrics": self.last_metrics,
+            "out_dir": str(self.out_dir), "config": asdict(cfg),
+        }
+        return summary

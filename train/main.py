@@ -1,0 +1,276 @@
+"""Train an edgedet detector: ``python train/main.py --model NAME --data SPEC [options]``.
+
+The same command under ``torchrun --nproc_per_node N train/main.py ...`` trains with DDP.
+Run ``python train/main.py --help`` for every flag.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script (python train/main.py) the repository root is not on sys.path; put it
+# there so ``edgedet`` and ``train`` import the same way as under pytest.
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from edgedet._io import write_json_atomic  # noqa: E402
+from edgedet.data.errors import DatasetError  # noqa: E402
+from edgedet.data.synthetic import SyntheticConfig  # noqa: E402
+from edgedet.preprocess import PreprocessConfig  # noqa: E402
+from train.checkpoint import CheckpointError  # noqa: E402
+from train.data import build_augmentation, open_splits  # noqa: E402
+from train.distributed import DistInfo, cleanup, init_distributed  # noqa: E402
+from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError  # noqa: E402
+from train.losses import build_criterion  # noqa: E402
+from train.models import (  # noqa: E402
+    MODEL_BUILDERS,
+    build_model,
+    default_img_size,
+    family_defaults,
+    models_table,
+)
+from train.schedule import parse_steps  # noqa: E402
+
+EPILOG = f"""\
+models (--model NAME → builder in edgedet/models/):
+{models_table()}
+
+paper schedules (global batch 32 for the SSD family; scale --lr with the global batch):
+  PASSD VOC:   --lr 4e-3 --epochs 250 --lr-steps 150,200 --warmup-iters <5 epochs>
+  PASSD COCO:  --lr 2e-3 --epochs 120 --lr-steps 80,100 --warmup-iters <5 epochs>
+  DAIPNet COCO: --lr 4e-3 --epochs 160 --lr-steps 90,120,140 --warmup-iters <6 epochs>
+  HAR-Net:     --lr 0.0125 --weight-decay 1e-4 (48k/16k/8k iterations at batch 20)
+  DSANet:      --lr 0.01 --weight-decay 1e-4 --epochs 12 --lr-steps 8,11 (batch 16)
+
+examples:
+  python train/main.py --model passd_mobilenet --data synthetic --img-size 320 --epochs 30
+  torchrun --nproc_per_node 4 train/main.py --model harnet_resnet50 --data coco:/data/coco \\
+      --img-size 1000x600 --amp bf16 --sync-bn --out runs/harnet
+  python train/main.py --model passd_mobilenet --data synthetic --out runs/p --resume
+"""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320"`` → (320, 320); ``"1000x600"`` → (1000, 600) as (width, height)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--img-size: expected N or WxH, got {text!r}") \
+            from error
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 32:
+        raise argparse.ArgumentTypeError(f"--img-size: expected N or WxH >= 32, got {text!r}")
+    return parts[0], parts[1]
+
+
+
+def parse_model_arg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → ``(key, value)``, the value JSON-decoded when it parses."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: object = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train/main.py", description="Train an edgedet detector (single process, or DDP "
+        "under torchrun).", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=True, choices=list(MODEL_BUILDERS), metavar="NAME",
+                   help="detector builder (table below)")
+    g.add_argument("--data", default="synthetic",
+                   help="synthetic | coco:PATH | voc:PATH | yolo:PATH (train and val splits; "
+                   "default synthetic)")
+    g.add_argument("--val-data", default=None, metavar="SPEC",
+                   help="separate validation set SCHEME:PATH (default: the val split of --data)")
+    g.add_argument("--train-split", default=None,
+                   help="split name for training (VOC default trainval, YOLO/COCO train)")
+    g.add_argument("--val-split", default=None,
+                   help="split name for validation (VOC default test, YOLO/COCO val)")
+    g.add_argument("--synthetic-train", type=int, default=2000, metavar="N",
+                   help="synthetic training images (default 2000)")
+    g.add_argument("--synthetic-val", type=int, default=200, metavar="M",
+                   help="synthetic validation images (default 200)")
+    g.add_argument("--synthetic-seed", type=int, default=0, metavar="S",
+                   help="seed of the synthetic training images; validation uses S+1")
+    g.add_argument("--img-size", type=parse_size, default=None, metavar="N|WxH",
+                   help="model input size (default: the model's paper size); also the size "
+                   "of synthetic images")
+    g.add_argument("--synthetic-size", type=parse_size, default=None, metavar="WxH",
+                   help="size of the synthetic images when it should differ from --img-size "
+                   "(e.g. 640x480 camera-like frames resized to a 320x320 model input)")
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   type=parse_model_arg,
+                   help="extra builder keyword, repeatable; VALUE is read as JSON when it "
+                   "parses (numbers, true/false), else as a string. E.g. --model-arg "
+                   "width_mult=0.5 --model-arg fpn_channels=128 for a small passd_mobilenet")
+    g.add_argument("--augment", choices=("auto", "ssd", "retinanet", "none"), default="auto",
+                   help="augmentation recipe (auto: ssd for PASSD/DAIPNet, retinanet for "
+                   "HAR-Net/DSANet)")
+    g.add_argument("--resize", choices=("auto", "stretch", "letterbox"), default="auto",
+                   help="resize policy stored for the runtime (auto: stretch for the SSD family,"
+                   " letterbox for the RetinaNet family)")
+
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="images per process; global batch = this x processes (default 8)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="base learning rate (default 2e-3 SSD family, 0.01 RetinaNet family)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="SGD weight decay (default 5e-4 SSD family, 1e-4 RetinaNet family)")
+    g.add_argument("--warmup-iters", type=int, default=None,
+                   help="linear warm-up iterations from 1e-6 to --lr (default 500, at most one "
+                   "epoch)")
+    g.add_argument("--lr-steps", type=str, default="",
+                   help="comma-separated epochs at which lr is multiplied by --lr-gamma")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="lr decay factor (default 0.1)")
+    g.add_argument("--clip-grad-norm", type=float, default=0.0,
+                   help="clip the global gradient norm to this value (0 = off)")
+    g.add_argument("--freeze-bn", action="store_true",
+                   help="train with BatchNorm on its running statistics (for pretrained "
+                   "backbones and small per-GPU batches)")
+    g.add_argument("--incremental-epochs", type=int, default=0,
+                   help="HAR-Net incremental training: epochs with spatial+channel attention "
+                   "off before switching them on (0 = end-to-end)")
+    g.add_argument("--max-bad-steps", type=int, default=10,
+                   help="stop after this many consecutive NaN/inf losses (default 10)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--workers", type=int, default=4, help="data-loader workers per process")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = CUDA when available")
+    g.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), default=None,
+                   help="mixed precision: bf16 (default when given bare) or fp16 with loss "
+                   "scaling")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
+    g.add_argument("--out", default="runs/train", help="run directory (checkpoints, logs)")
+    g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help=f"continue a run exactly: a resume state file, or bare for "
+                   f"OUT/{STATE_FILE}")
+    g.add_argument("--eval-every", type=int, default=1,
+                   help="evaluate on the val split every N epochs (and always at the end)")
+    g.add_argument("--seed", type=int, default=0, help="seed of init, data order and "
+                   "augmentation")
+    g.add_argument("--backbone-weights", default=None, metavar="FILE",
+                   help="local .safetensors/.pth ImageNet weights for the backbone "
+                   "(default: from scratch)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(args: argparse.Namespace, info: DistInfo) -> dict:
+    paper_size = default_img_size(args.model)
+    img_size = args.img_size or (
+        (paper_size, paper_size) if isinstance(paper_size, int) else tuple(paper_size))
+    synthetic_config = (SyntheticConfig(image_size=tuple(args.synthetic_size))
+                        if args.synthetic_size else None)
+    splits = open_splits(args.data, img_size=img_size, synthetic_train=args.synthetic_train,
+                         synthetic_config=synthetic_config,
+                         synthetic_val=args.synthetic_val, synthetic_seed=args.synthetic_seed,
+                         train_split=args.train_split, val_split=args.val_split,
+                         val_data=args.val_data)
+    seed_everything(args.seed)
+    model = build_model(args.model, len(splits.class_names), img_size, **dict(args.model_arg))
+    defaults = family_defaults(model)
+    if args.backbone_weights:
+        from edgedet.models.backbones.weights import load_backbone_weights
+
+        backbone = getattr(model, "backbone", None) or model.vgg
+        missing, unexpected = load_backbone_weights(backbone, args.backbone_weights)
+        if info.is_main:
+            print(f"backbone weights: {len(missing)} missing, {len(unexpected)} unexpected")
+    preprocess_config = PreprocessConfig(
+        input_size=img_size, resize=defaults.resize if args.resize == "auto" else args.resize)
+    augmentation = build_augmentation(
+        defaults.augmentation if args.augment == "auto" else args.augment, preprocess_config)
+    if args.sync_bn and info.distributed:
+        if info.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif info.is_main:
+            warnings.warn("--sync-bn needs CUDA; keeping per-process BatchNorm", stacklevel=1)
+    model = model.to(info.device)
+    criterion = build_criterion(model)
+    lr = args.lr if args.lr is not None else (0.01 if defaults.family == "retinanet" else 2e-3)
+    weight_decay = args.weight_decay if args.weight_decay is not None else (
+        1e-4 if defaults.family == "retinanet" else 5e-4)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=lr, momentum=args.momentum,
+        weight_decay=weight_decay, warmup_iters=args.warmup_iters,
+        lr_steps=parse_steps(args.lr_steps),
+        lr_gamma=args.lr_gamma, workers=args.workers, amp=args.amp,
+        eval_every=args.eval_every, seed=args.seed, clip_grad_norm=args.clip_grad_norm,
+        max_bad_steps=args.max_bad_steps, incremental_epochs=args.incremental_epochs,
+        freeze_bn=args.freeze_bn, progress_bar=not args.no_progress,
+        extra_config={"data": args.data, "model_name": args.model},
+    )
+    out_dir = Path(args.out)
+    trainer = Trainer(model, criterion, splits.train, splits.val, splits.class_names,
+                      preprocess_config, augmentation, config, out_dir, info)
+    warmup = trainer.schedule.warmup_iters
+    if args.resume is not None:
+        state = Path(args.resume) if args.resume else out_dir / STATE_FILE
+        trainer.resume(state)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "args.json", {k: v for k, v in vars(args).items()},
+                          indent=2)
+        print(f"{args.model} ({defaults.family}) on {info.device} x{info.world_size}, input "
+              f"{img_size[0]}x{img_size[1]}, {splits.description}")
+        print(f"schedule: lr {lr:g}, warm-up {warmup} iters, steps {config.lr_steps or '-'}, "
+              f"epochs {trainer.epoch}→{args.epochs}, {len(trainer.train_loader)} iters/epoch")
+    summary = trainer.fit()
+    if info.is_main:
+        write_json_atomic(out_dir / "summary.json", summary, indent=2)
+        best = f"{summary['best_AP']:.4f} (epoch {summary['best_epoch']})" \
+            if summary["best_epoch"] >= 0 else "-"
+        last = summary["last_metrics"] or {}
+        print(f"done: {summary['epochs_run']} epochs, {summary['iterations']} iterations in "
+              f"{summary['seconds']:.0f} s, {summary['skipped_steps']} skipped steps; "
+              f"val AP {last.get('AP', float('nan')):.4f} AP50 "
+              f"{last.get('AP50', float('nan')):.4f}; best AP {best}; "
+              f"checkpoints in {out_dir}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    info = init_distributed(args.device)
+    if info.device.type == "cuda":
+        # Fixed input sizes: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
+    try:
+        run(args, info)
+    except (TrainingDivergedError, CheckpointError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
