@@ -20,6 +20,13 @@ RUNTIME_MODULES = [
     "edgedet.data.voc",
     "edgedet.data.yolo",
     "edgedet.data.datasets",
+    "edgedet.head_decoding",
+    "edgedet.manifest",
+    "edgedet.zoo",
+    "edgedet.detector",
+    "edgedet.backends",
+    "edgedet.backends.onnxruntime",
+    "edgedet.backends.openvino",
 ]
 
 

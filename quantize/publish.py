@@ -1,0 +1,64 @@
+"""Copy a checked artifact into the package's model zoo under a zoo name.
+
+    python quantize/publish.py runs/p/cpu/passd_mobilenet_int8 --name passd_mobilenet_int8
+
+The artifact's file hashes are verified first; the copy is assembled beside the zoo entry and
+renamed into place (via ``quantize.artifact.write_artifact``), so a failed publish never
+leaves a half-written zoo model. The manifest's ``name`` becomes the zoo name; the report
+files travel with it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script the repository root is not on sys.path; put it there (as quantize/run.py).
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+
+from edgedet.manifest import MANIFEST_NAME, ManifestError, load_manifest  # noqa: E402
+from edgedet.zoo import ZOO_DIR  # noqa: E402
+from quantize.artifact import write_artifact  # noqa: E402
+
+
+def publish(artifact_dir: str | os.PathLike[str], name: str,
+            zoo_dir: str | os.PathLike[str] = ZOO_DIR) -> Path:
+    """Copy ``artifact_dir`` to ``zoo_dir/name`` with the manifest renamed; returns the copy."""
+    artifact_dir = Path(artifact_dir)
+    if not name.isidentifier():
+        raise ValueError(f"zoo name must be a Python-identifier-like word, got {name!r}")
+    manifest = load_manifest(artifact_dir)  # verifies every file's sha256
+    model_files = {f: artifact_dir / f for f in manifest["files"]}
+    extra_files = {p.name: p for p in artifact_dir.iterdir()
+                   if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files}
+    manifest = {k: v for k, v in manifest.items() if k != "files"}
+    manifest["name"] = name
+    return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="quantize/publish.py",
+        description="Copy a checked artifact directory into the package's model zoo "
+        "(edgedet/zoo/NAME), verifying its files and renaming it in the manifest.")
+    parser.add_argument("artifact", type=Path, help="artifact directory (from quantize/run.py)")
+    parser.add_argument("--name", required=True, help="zoo name, e.g. passd_mobilenet_int8")
+    parser.add_argument("--zoo-dir", type=Path, default=ZOO_DIR,
+                        help="zoo folder (default: the package's edgedet/zoo)")
+    args = parser.parse_args(argv)
+    try:
+        out = publish(args.artifact, args.name, args.zoo_dir)
+    except (ManifestError, ValueError, OSError) as error:
+        print(f"publish: error: {error}", file=sys.stderr)
+        return 2
+    print(f"published {args.artifact} as zoo model {args.name!r}: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedet.detector import Detector
+from edgedet.manifest import ManifestError, load_manifest
+from quantize.publish import main, publish
+from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
+
+
+@pytest.fixture()
+def artifact(tmp_path: Path) -> Path:
+    out = write_artifact(tmp_path / "run" / "tiny_int8", TinyHead("ssd", 3), "ssd")
+    (out / "report.md").write_text("# report\n")
+    return out
+
+
+def test_publish_copies_renames_and_stays_loadable(artifact: Path, tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    out = publish(artifact, "tiny_model", zoo)
+    assert out == zoo / "tiny_model"
+    manifest = load_manifest(out)  # hashes verified
+    assert manifest["name"] == "tiny_model"
+    assert (out / "report.md").read_text() == "# report\n"
+    frame = np.zeros((48, 64, 3), np.uint8)
+    assert len(Detector(out).detect(frame)) == len(Detector(artifact).detect(frame))
+
+
+def test_publish_refuses_a_corrupt_artifact_and_keeps_the_old_entry(artifact: Path,
+                                                                   tmp_path: Path) -> None:
+    zoo = tmp_path / "zoo"
+    publish(artifact, "tiny_model", zoo)
+    model = artifact / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-10])
+    with pytest.raises(ManifestError, match="model.onnx"):
+        publish(artifact, "tiny_model", zoo)
+    load_manifest(zoo / "tiny_model")  # the published copy is intact
+    assert main([str(artifact), "--name", "tiny_model", "--zoo-dir", str(zoo)]) == 2
+    assert main([str(artifact), "--name", "bad name", "--zoo-dir", str(zoo)]) == 2
