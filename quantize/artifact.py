@@ -88,6 +88,10 @@ def write_artifact(
             raise ArtifactError(f"{out_dir}: source of {name!r} not found: {source}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
+    # mkdtemp makes a 0700 folder; the artifact should be readable like any other folder.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         for name, source in sources.items():
             shutil.copyfile(source, staging / name)
