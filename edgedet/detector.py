@@ -245,19 +245,36 @@ class Detector:
                      transform: FrameTransform) -> Detections:
         """Decode image ``index`` of a batch of raw outputs into frame-pixel ``Detections``."""
         one_image = {name: outputs[name][index] for name in self._output_names}
-        boxes_xyxy, scores = decode_head_outputs(
-            self._head_family, one_image, self._priors_cxcywh,
-            self._box_coder_weights)  # type: ignore[arg-type]
-        options = self.options
-        xyxy, kept_scores, class_ids = select_detections(
-            boxes_xyxy, scores, score_threshold=options.score_threshold,
-            iou_threshold=options.iou_threshold, max_detections=options.max_detections,
-            pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
-        frame_xyxy = transform.boxes_to_frame(xyxy)
-        # A box lying wholly in letterbox padding or off the frame clips to zero area.
-        visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
-        return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
-                          self.class_names)
+        return outputs_to_detections(one_image, self._head_family, self._priors_cxcywh,
+                                     self._box_coder_weights, self.options, transform,
+                                     self.class_names)
+
+
+def outputs_to_detections(
+    outputs: Mapping[str, np.ndarray],
+    head_family: str,
+    priors_cxcywh: np.ndarray,
+    box_coder_weights: Sequence[float],
+    options: DetectorOptions,
+    transform: FrameTransform,
+    class_names: Sequence[str],
+) -> Detections:
+    """One image's raw head outputs (``{name: (A, k)}``) → ``Detections`` in frame pixels.
+
+    The single definition of the SDK's decoding and selection: the conversion pipeline's
+    PyTorch reference uses it too, so reference and artifacts are scored identically.
+    """
+    boxes_xyxy, scores = decode_head_outputs(
+        head_family, outputs, priors_cxcywh, tuple(box_coder_weights))  # type: ignore[arg-type]
+    xyxy, kept_scores, class_ids = select_detections(
+        boxes_xyxy, scores, score_threshold=options.score_threshold,
+        iou_threshold=options.iou_threshold, max_detections=options.max_detections,
+        pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
+    frame_xyxy = transform.boxes_to_frame(xyxy)
+    # A box lying wholly in letterbox padding or off the frame clips to zero area.
+    visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
+    return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
+                      tuple(class_names))
 
 
 def _choose_backend(requested: str, manifest: Mapping) -> str:

@@ -28,9 +28,7 @@ from edgedet.boxes import box_iou
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
 from edgedet.data.sample import Sample
 from edgedet.detections import Detections
-from edgedet.detector import DetectorOptions
-from edgedet.head_decoding import decode_head_outputs
-from edgedet.postprocess import select_detections
+from edgedet.detector import DetectorOptions, outputs_to_detections
 from edgedet.preprocess import PreprocessConfig, preprocess
 
 # Agreement counts reference detections above this score (the ones a user would see).
@@ -67,17 +65,9 @@ class ReferenceDetector:
             raw = self.model.forward_export(torch.from_numpy(images).to(self.device))
         outputs = {name: tensor[0].float().cpu().numpy()
                    for name, tensor in zip(self.output_names, raw, strict=True)}
-        boxes_xyxy, scores = decode_head_outputs(self.head_family, outputs, self.priors_cxcywh,
-                                                 self.box_coder_weights)  # type: ignore[arg-type]
-        options = self.options
-        xyxy, kept_scores, class_ids = select_detections(
-            boxes_xyxy, scores, score_threshold=options.score_threshold,
-            iou_threshold=options.iou_threshold, max_detections=options.max_detections,
-            pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
-        frame_xyxy = transform.boxes_to_frame(xyxy)
-        visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
-        return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
-                          self.class_names)
+        return outputs_to_detections(outputs, self.head_family, self.priors_cxcywh,
+                                     self.box_coder_weights, self.options, transform,
+                                     self.class_names)
 
 
 @dataclass
