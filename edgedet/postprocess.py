@@ -60,10 +60,12 @@ def select_detections(
     if nms_mode == "hard":
         keep = batched_nms(cand_boxes, cand_scores, class_ids, iou_threshold)[:max_detections]
         return cand_boxes[keep], cand_scores[keep], class_ids[keep]
-    # Soft-NMS keeps boxes down to a tiny score; the caller's threshold applies afterwards.
+    # Soft-NMS prunes only boxes decayed below 0.001 (Bodla et al.'s setting), or below a
+    # still lower caller threshold; the caller's threshold applies to the decayed scores after.
+    prune_threshold = score_threshold if 0 < score_threshold < 0.001 else 0.001
     keep, new_scores = batched_soft_nms(
         cand_boxes, cand_scores, class_ids, iou_threshold=iou_threshold,
-        sigma=soft_nms_sigma, score_threshold=min(score_threshold, 0.001) or 0.001,
+        sigma=soft_nms_sigma, score_threshold=prune_threshold,
     )
     selected = new_scores > score_threshold
     keep, new_scores = keep[selected][:max_detections], new_scores[selected][:max_detections]

@@ -378,11 +378,6 @@ def passd_mobilenet(
                         anchor_scales, fpn_channels, extra)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of learnable parameters (what the papers' tables count)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 __all__ = [
     "PASSD",
     "PASSD_COCO_ANCHOR_SCALES",
@@ -390,7 +385,6 @@ __all__ = [
     "MobileNetPassdBackbone",
     "ResNetPassdBackbone",
     "VGG16PassdBackbone",
-    "count_parameters",
     "passd_mobilenet",
     "passd_resnet101",
     "passd_vgg16",

@@ -9,11 +9,11 @@ from edgedet import box_coding
 from edgedet.models.passd import (
     PASSD_COCO_ANCHOR_SCALES,
     PASSD_VOC_ANCHOR_SCALES,
-    count_parameters,
     passd_mobilenet,
     passd_resnet101,
     passd_vgg16,
 )
+from edgedet.models.summary import count_parameters
 
 BUILDERS = {"passd_vgg16": passd_vgg16, "passd_resnet101": passd_resnet101,
             "passd_mobilenet": passd_mobilenet}
