@@ -47,7 +47,7 @@ from train.data import (
 )
 from train.distributed import DistInfo, all_true, barrier, gather_objects, mean_over_ranks
 from train.models import FamilyDefaults, family_defaults, is_harnet
-from train.schedule import LrSchedule, build_sgd, set_lr
+from train.schedule import LrSchedule, build_optimizer, set_lr
 
 STATE_FILE = "last.state.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -63,6 +63,7 @@ class TrainConfig:
 
     ``batch_size`` is per process: the global batch is ``batch_size * world_size``.
     ``warmup_iters`` None means min(500, one epoch).
+    ``optimizer`` is ``"sgd"`` (the papers') or ``"adamw"`` (``momentum`` is then its beta1).
     ``freeze_bn`` keeps every BatchNorm layer on its running statistics during training (mmdet's
     ``norm_eval``, usual with a pretrained backbone and small per-GPU batches).
     ``incremental_epochs`` > 0 trains HAR-Net's main network for that many epochs with the
@@ -71,6 +72,7 @@ class TrainConfig:
 
     epochs: int = 1
     batch_size: int = 8
+    optimizer: str = "sgd"
     lr: float = 2e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -291,7 +293,8 @@ class Trainer:
                 worker_init_fn=worker_init_fn,
                 generator=torch.Generator().manual_seed(config.seed))
 
-        self.optimizer = build_sgd(bare, config.lr, config.momentum, config.weight_decay)
+        self.optimizer = build_optimizer(config.optimizer, bare, config.lr, config.momentum,
+                                         config.weight_decay)
         iters = len(self.train_loader)
         # The default must not depend on --epochs: extending a run would change its schedule.
         warmup = config.warmup_iters if config.warmup_iters is not None else min(500, iters)

@@ -1,5 +1,5 @@
 """Optimiser and learning-rate schedule of the papers: SGD with momentum and weight decay,
-linear warm-up, step decay.
+linear warm-up, step decay (AdamW too, for short from-scratch runs).
 
 The schedule is a pure function of the global iteration, so resuming needs only the
 iteration number (no scheduler object whose hidden state could drift).
@@ -57,6 +57,33 @@ def build_sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float)
     """SGD over every trainable parameter (the papers decay all weights, BN included)."""
     params = [p for p in model.parameters() if p.requires_grad]
     return optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def build_adamw(model: nn.Module, lr: float, beta1: float, weight_decay: float) -> optim.AdamW:
+    """AdamW with weight decay on conv/linear weights only (not on BatchNorm or biases).
+
+    Not the papers' optimiser: it is for short from-scratch runs (a CPU, a small synthetic
+    set), where SGD spends hundreds of iterations on the "everything is background"
+    plateau before it finds the objects. Decaying BN scales towards zero would fight the
+    normalisation, hence the two groups (the usual split in timm and ultralytics).
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return optim.AdamW(groups, lr=lr, betas=(beta1, 0.999))
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, momentum: float,
+                    weight_decay: float) -> optim.Optimizer:
+    """``"sgd"`` (the papers') or ``"adamw"`` (``momentum`` becomes AdamW's beta1)."""
+    if name == "sgd":
+        return build_sgd(model, lr, momentum, weight_decay)
+    if name == "adamw":
+        return build_adamw(model, lr, momentum, weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (sgd or adamw)")
 
 
 def set_lr(optimizer: optim.Optimizer, lr: float) -> None:

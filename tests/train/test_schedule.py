@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from train.schedule import LrSchedule, build_sgd, parse_steps, set_lr
+from train.schedule import LrSchedule, build_optimizer, build_sgd, parse_steps, set_lr
 
 
 def test_warmup_then_step_decay():
@@ -30,3 +30,24 @@ def test_sgd_has_paper_hyperparameters():
     set_lr(optimizer, 0.5)
     group = optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.5, 0.9, 5e-4)
+
+
+def test_adamw_decays_weights_but_not_norms_or_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = build_optimizer("adamw", model, lr=1e-3, momentum=0.8, weight_decay=0.05)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decayed, plain = optimizer.param_groups
+    assert [p.shape for p in decayed["params"]] == [model[0].weight.shape]
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    # conv bias, BN weight, BN bias
+    assert len(plain["params"]) == 3
+    assert decayed["betas"] == (0.8, 0.999)
+    set_lr(optimizer, 0.5)
+    assert all(group["lr"] == 0.5 for group in optimizer.param_groups)
+
+
+def test_build_optimizer_names():
+    model = torch.nn.Linear(2, 2)
+    assert isinstance(build_optimizer("sgd", model, 0.1, 0.9, 0.0), torch.optim.SGD)
+    with pytest.raises(ValueError, match="sgd or adamw"):
+        build_optimizer("lion", model, 0.1, 0.9, 0.0)
