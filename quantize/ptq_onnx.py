@@ -14,9 +14,11 @@ integer kernel), but what they compute is never rounded to INT8.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,19 +81,42 @@ def quantize_onnx(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
         tmp_path = Path(tmp) / "model_int8.onnx"
-        quantize_static(
-            str(fp32_path), str(tmp_path), _ImagesReader(calibration_images, input_name),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=list(nodes_to_exclude),
-            # The calibration copy of the model goes to the temporary directory too.
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-        )
+        with _without_pre_processing_advice():
+            quantize_static(
+                str(fp32_path), str(tmp_path), _ImagesReader(calibration_images, input_name),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=list(nodes_to_exclude),
+                # The calibration copy of the model goes to the temporary directory too.
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
         quantized = onnx.load(str(tmp_path))
     onnx.checker.check_model(quantized)
     write_bytes_atomic(out_path, quantized.SerializeToString())
     return out_path
+
+
+class _DropPreProcessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_pre_processing_advice() -> Iterator[None]:
+    """Silence ``quantize_static``'s advice to run its pre-processing first.
+
+    That pre-processing (shape inference plus ONNX Runtime's graph optimisations) is not run
+    on purpose: our exports are already simplified by onnxsim, and its optimiser renames or
+    removes nodes (e.g. the head's Transposes), which would break ``nodes_to_exclude``.
+    """
+    advice_filter = _DropPreProcessingAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice_filter)
 
 
 def quantized_tensor_names(model: onnx.ModelProto) -> set[str]:

@@ -3,6 +3,8 @@ and close to the fp32 model on calibration-like inputs."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -71,3 +73,14 @@ def test_rejects_unknown_excluded_node_and_empty_calibration(exported, tmp_path)
         quantize_onnx(fp32_path, tmp_path / "x.onnx", images, ["/no/such/node"])
     with pytest.raises(ValueError, match="at least one image"):
         quantize_onnx(fp32_path, tmp_path / "x.onnx", [], [])
+
+
+def test_quantizer_advice_is_silenced_but_other_warnings_pass(exported, tmp_path, caplog):
+    _, input_size, fp32_path = exported("passd_mobilenet")
+    images = synthetic_inputs(input_size, 1, CALIBRATION_SEED)
+    with caplog.at_level(logging.WARNING):
+        quantize_onnx(fp32_path, tmp_path / "x.onnx", images, [])
+        logging.getLogger().warning("an unrelated warning")
+    messages = [record.getMessage() for record in caplog.records]
+    assert not any("pre-processing" in m for m in messages), messages
+    assert "an unrelated warning" in messages
