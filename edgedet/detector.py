@@ -149,8 +149,7 @@ class Detector:
         self.backend_name: str = _choose_backend(backend, self._manifest)
         model_file = model_file_for(self.backend_name, list(self._manifest["files"]))
         self._backend: InferenceBackend = create_backend(
-            self.backend_name, self.artifact_dir / model_file,
-            precision=self._manifest["precision"], threads=self.options.threads)
+            self.backend_name, self.artifact_dir / model_file, threads=self.options.threads)
         self.class_names: tuple[str, ...] = tuple(self._manifest["class_names"])
         self.preprocess_config = PreprocessConfig.from_dict(self._manifest["preprocess"])
         self._priors_cxcywh = anchor_spec_from_dict(self._manifest["anchor_spec"]).generate()

@@ -54,7 +54,7 @@ from quantize.calibration import (  # noqa: E402
 from quantize.export_onnx import ExportError, export_onnx  # noqa: E402
 from quantize.int8_scope import (  # noqa: E402
     CATEGORIES,
-    DEFAULT_KEEP_FLOAT,
+    DEFAULT_KEEP_FLOAT_BY_TARGET,
     find_kept_out_nodes,
     flatten,
 )
@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-drop", type=float, default=1.0, metavar="AP",
                         help="largest allowed AP drop of an artifact below the reference, in "
                              "AP points (0-100; default 1.0)")
-    parser.add_argument("--keep-float", default=",".join(DEFAULT_KEEP_FLOAT), metavar="LIST",
+    defaults = "; ".join(f"{target}: {','.join(categories)}"
+                         for target, categories in DEFAULT_KEEP_FLOAT_BY_TARGET.items())
+    parser.add_argument("--keep-float", default=None, metavar="LIST",
                         help="comma-separated categories kept out of INT8, or 'none' (default "
-                             f"{','.join(DEFAULT_KEEP_FLOAT)}; also: head)")
+                             f"per target, {defaults})")
     parser.add_argument("--device", default=None,
                         help="torch device of the reference (default cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -202,7 +204,8 @@ def _load_data(args: argparse.Namespace, input_size: tuple[int, int],
 
 def convert(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """The whole pipeline; returns the report (also written to ``args.out``)."""
-    keep_float = _keep_float(args.keep_float)
+    keep_float = (DEFAULT_KEEP_FLOAT_BY_TARGET[args.target] if args.keep_float is None
+                  else _keep_float(args.keep_float))
     model, config = build_from_checkpoint(args.checkpoint)
     checkpoint_path = checkpoint_weights_path(args.checkpoint)
     name = args.name or config.get("model_name") or config["architecture"]

@@ -86,13 +86,13 @@ def model_file_for(backend: str, files: list[str]) -> str:
                        f"artifact has {sorted(files)}")
 
 
-def create_backend(name: str, model_path: Path, precision: str,
-                   threads: int | None = None) -> InferenceBackend:
+def create_backend(name: str, model_path: Path, threads: int | None = None
+                   ) -> InferenceBackend:
     """Load ``model_path`` with backend ``name``.
 
+    Float ops always compute in f32, also in INT8 artifacts (see ``OpenVinoBackend``).
+
     Args:
-        precision: the artifact's precision (``fp32`` models must not be run at reduced
-            precision by a runtime that would otherwise choose to).
         threads: intra-op threads (None = the runtime's default, usually all cores).
 
     Raises:
@@ -111,4 +111,4 @@ def create_backend(name: str, model_path: Path, precision: str,
         return OnnxRuntimeBackend(model_path, threads=threads)
     from edgedet.backends.openvino import OpenVinoBackend
 
-    return OpenVinoBackend(model_path, precision=precision, threads=threads)
+    return OpenVinoBackend(model_path, threads=threads)
