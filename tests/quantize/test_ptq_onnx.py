@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
-from edgedet.preprocess import PreprocessConfig
-from quantize.calibration import CALIBRATION_SEED, EVAL_SEED, calibration_inputs
+from quantize.calibration import CALIBRATION_SEED, EVAL_SEED
 from quantize.int8_scope import find_kept_out_nodes, flatten
 from quantize.ptq_onnx import quantize_onnx, quantized_tensor_names
-
-
-def synthetic_inputs(input_size: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:
-    scenes = SyntheticScenes(count, seed=seed, config=SyntheticConfig(image_size=input_size))
-    return calibration_inputs(list(scenes), PreprocessConfig(input_size=input_size))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+from tests.quantize.ptq_helpers import cosine, synthetic_inputs
 
 
 @pytest.fixture(scope="module")

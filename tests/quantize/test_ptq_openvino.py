@@ -7,25 +7,14 @@ import numpy as np
 import onnx
 import pytest
 
-from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
-from edgedet.preprocess import PreprocessConfig
-from quantize.calibration import CALIBRATION_SEED, EVAL_SEED, calibration_inputs
+from quantize.calibration import CALIBRATION_SEED, EVAL_SEED
 from quantize.export_openvino import export_openvino
 from quantize.int8_scope import find_kept_out_nodes, flatten
 from quantize.ptq_openvino import fake_quantize_count, openvino_names_for, quantize_openvino
+from tests.quantize.ptq_helpers import cosine, synthetic_inputs
 
 ov = pytest.importorskip("openvino")
 pytest.importorskip("nncf")
-
-
-def synthetic_inputs(input_size: tuple[int, int], count: int, seed: int) -> list[np.ndarray]:
-    scenes = SyntheticScenes(count, seed=seed, config=SyntheticConfig(image_size=input_size))
-    return calibration_inputs(list(scenes), PreprocessConfig(input_size=input_size))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 @pytest.fixture(scope="module")
