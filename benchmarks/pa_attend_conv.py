@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -28,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edgedet._repo import use_repo_root
+
+use_repo_root(__file__)
 
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,

@@ -5,7 +5,8 @@ The runtime imported here is torch-free (numpy + OpenCV); PyTorch model definiti
 """
 
 from edgedet.detections import Detections
-from edgedet.detector import Detector, DetectorOptions
+from edgedet.detector import Detector
+from edgedet.options import DetectorOptions
 from edgedet.preprocess import FrameError, FrameTransform, PreprocessConfig, preprocess
 from edgedet.zoo import list_models
 

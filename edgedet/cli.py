@@ -22,11 +22,8 @@ class CliError(Exception):
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from edgedet.data.synthetic import (
-        SyntheticConfig,
-        render_synthetic_video,
-        write_synthetic_dataset,
-    )
+    from edgedet.data.synthetic import SyntheticConfig, write_synthetic_dataset
+    from edgedet.data.synthetic_video import render_synthetic_video
 
     config = SyntheticConfig(image_size=(args.img_size[0], args.img_size[1]))
     if args.video:
@@ -99,12 +96,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 
 
 def _option_overrides(args: argparse.Namespace) -> dict:
     """Detector options given on the command line (unset ones come from the manifest)."""
-    names = ("score_threshold", "iou_threshold", "max_detections", "nms_mode", "threads")
+    names = ("score_threshold", "iou_threshold", "max_detections", "nms_mode", "threads",
+             "device")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -175,24 +172,21 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
                   report: Callable[[str, Detections], None]) -> int:
     """Run ``detector`` on every frame of a video file; ``--save`` writes an annotated copy."""
-    import contextlib
-    import tempfile
-
     import cv2
 
     from edgedet.draw import draw_detections
+    from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
 
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
         raise CliError(f"cannot read {source} as an image or a video")
-    codec = None
-    if args.save:
-        codec = _VIDEO_CODECS.get(args.save.suffix.lower())
-        if codec is None:
-            raise CliError(f"--save for a video needs a {' or '.join(_VIDEO_CODECS)} file, "
-                           f"got {args.save}")
+    if args.save and args.save.suffix.lower() not in VIDEO_CODECS:
+        capture.release()
+        raise CliError(f"--save for a video needs a {' or '.join(VIDEO_CODECS)} file, "
+                       f"got {args.save}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    writer, tmp_name, count = None, None, 0
+    writer = AtomicVideoWriter(args.save, fps) if args.save else None
+    count = 0
     try:
         while args.max_frames is None or count < args.max_frames:
             ok, frame = capture.read()
@@ -201,36 +195,16 @@ def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
             detections = detector.detect(frame)
             report(f"frame_{count:06d}", detections)
             count += 1
-            if codec is not None:
-                if writer is None:
-                    args.save.parent.mkdir(parents=True, exist_ok=True)
-                    fd, tmp_name = tempfile.mkstemp(prefix=f".{args.save.stem}.",
-                                                    suffix=args.save.suffix,
-                                                    dir=args.save.parent)
-                    os.close(fd)
-                    height, width = frame.shape[:2]
-                    writer = cv2.VideoWriter(tmp_name, cv2.VideoWriter_fourcc(*codec), fps,
-                                             (width, height))
-                    if not writer.isOpened():
-                        raise CliError(f"OpenCV cannot write {args.save.suffix} video here")
+            if writer is not None:
                 writer.write(draw_detections(frame, detections))
         if count == 0:
             raise CliError(f"no frames could be read from {source}")
         if writer is not None:
-            writer.release()
-            writer = None
-            umask = os.umask(0)  # mkstemp made the file 0600; use plain open()'s permissions
-            os.umask(umask)
-            os.chmod(tmp_name, 0o666 & ~umask)
-            os.replace(tmp_name, args.save)
-            tmp_name = None
+            writer.finish()
     finally:
         capture.release()
         if writer is not None:
-            writer.release()
-        if tmp_name is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
+            writer.discard()  # a no-op once finished; otherwise removes the temporary file
     print(f"{count} frames" + (f", annotated video: {args.save}" if args.save else ""),
           file=sys.stderr)
     return 0
@@ -454,9 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="zoo model name (see `edgedet models`) or artifact directory")
-    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino"),
+    from edgedet.backends import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                         help="inference runtime (default: the artifact's own)")
     parser.add_argument("--threads", type=int, help="inference threads (default: runtime's)")
+    parser.add_argument("--device", default=None,
+                        help="where the runtime runs the model (default: its CPU); "
+                        + "; ".join(f"{s.name}: {s.device_help}" for s in BACKENDS.values()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,12 +4,13 @@ One call of ``detect(frame)`` is::
 
     preprocess(frame)  → images (1, 3, H, W) float32 + the frame → input transform
     backend.run        → raw head outputs by name (e.g. cls_logits (1, A, K+1))
-    decode_head_outputs→ boxes_xyxy (A, 4) in input pixels, scores (A, K)
-    select_detections  → threshold, top-k, NMS (hard / soft / soft+voting)
-    boxes_to_frame     → boxes in frame pixels → Detections
+    HeadDecoder        → decode against the anchors, threshold, top-k, NMS, boxes in frame
+                         pixels → Detections
 
 Only the model itself runs in the inference runtime; decoding and NMS are numpy, identical for
-every backend and precision.
+every backend and precision. The backend is any ``InferenceBackend``: one of the table in
+``edgedet.backends`` by name, or an instance (the conversion pipeline passes its PyTorch
+reference this way, so the reference is scored by exactly this code).
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import copy
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgedet.anchors import anchor_spec_from_dict
+from edgedet.artifact import Artifact, ManifestError
 from edgedet.backends import (
     BACKENDS,
     BackendError,
@@ -34,10 +34,9 @@ from edgedet.backends import (
     model_file_for,
     pip_package,
 )
+from edgedet.decoder import HeadDecoder
 from edgedet.detections import Detections
-from edgedet.head_decoding import decode_head_outputs
-from edgedet.manifest import ManifestError, load_manifest
-from edgedet.postprocess import NMS_MODES, NmsMode, select_detections
+from edgedet.options import DetectorOptions
 from edgedet.preprocess import (
     FrameError,
     FrameTransform,
@@ -47,73 +46,6 @@ from edgedet.preprocess import (
 from edgedet.zoo import resolve_model
 
 
-@dataclass(frozen=True)
-class DetectorOptions:
-    """Post-processing and runtime settings of a ``Detector``.
-
-    A ``Detector`` starts from the artifact manifest's ``postprocess`` section (the settings
-    its accuracy was measured with) and applies keyword overrides on top; the defaults here
-    only fill keys a manifest leaves out.
-
-    Attributes:
-        score_threshold: detections scoring at or below it are dropped (0..1).
-        iou_threshold: NMS IoU threshold (0..1].
-        max_detections: at most this many detections per frame.
-        nms_mode: ``hard`` (greedy NMS), ``soft`` (Gaussian Soft-NMS) or ``soft+voting``
-            (Soft-NMS then box voting, HAR-Net).
-        pre_nms_top_k: only the best this-many (anchor, class) candidates enter NMS
-            (0 = all).
-        threads: inference threads of the runtime (None = the runtime's default).
-    """
-
-    score_threshold: float = 0.05
-    iou_threshold: float = 0.45
-    max_detections: int = 100
-    nms_mode: NmsMode = "hard"
-    pre_nms_top_k: int = 1000
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if not _is_real(self.score_threshold) or not 0.0 <= self.score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold!r}")
-        if not _is_real(self.iou_threshold) or not 0.0 < self.iou_threshold <= 1.0:
-            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold!r}")
-        if not _is_int(self.max_detections) or self.max_detections < 1:
-            raise ValueError(f"max_detections must be an integer >= 1, "
-                             f"got {self.max_detections!r}")
-        if self.nms_mode not in NMS_MODES:
-            raise ValueError(f"nms_mode must be one of {NMS_MODES}, got {self.nms_mode!r}")
-        if not _is_int(self.pre_nms_top_k) or self.pre_nms_top_k < 0:
-            raise ValueError(f"pre_nms_top_k must be an integer >= 0 (0 = no limit), "
-                             f"got {self.pre_nms_top_k!r}")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_manifest(cls, manifest: Mapping, **overrides: object) -> DetectorOptions:
-        """Options from ``manifest["postprocess"]`` with ``overrides`` applied on top.
-
-        Raises:
-            TypeError: an override is not an option (the message lists the valid ones).
-            ValueError: a value is out of range.
-        """
-        valid = cls.field_names()
-        unknown = sorted(set(overrides) - set(valid))
-        if unknown:
-            raise TypeError(f"unknown Detector option(s) {unknown}; valid options: "
-                            f"{', '.join(valid)}")
-        from_manifest = {k: v for k, v in dict(manifest.get("postprocess") or {}).items()
-                         if k in valid}
-        return cls(**{**from_manifest, **overrides})  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 class Detector:
     """An object detector loaded from an edgedet artifact.
 
@@ -121,11 +53,14 @@ class Detector:
     an artifact directory. Every model file's sha256 is checked against the manifest first.
 
     Args:
-        name_or_path: zoo model name or artifact directory.
-        backend: ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the backend the artifact
-            was exported for, which must then be installed).
+        name_or_path: zoo model name, artifact directory, or an ``Artifact`` (e.g. one the
+            conversion pipeline staged and is checking).
+        backend: a name from ``edgedet.backends.BACKENDS`` (``"onnxruntime"``,
+            ``"openvino"``, ...), ``"auto"`` (the backend the artifact was exported for, which
+            must then be installed), or a loaded ``InferenceBackend`` to run instead.
         options: a complete ``DetectorOptions`` (default: from the manifest).
-        **overrides: individual ``DetectorOptions`` fields, e.g. ``score_threshold=0.3``.
+        **overrides: individual ``DetectorOptions`` fields, e.g. ``score_threshold=0.3`` or
+            ``device="GPU"``.
 
     ``detect`` and ``detect_batch`` may be called from several threads at once.
 
@@ -134,34 +69,43 @@ class Detector:
             bad manifest or a missing, corrupt or truncated model file.
         TypeError: an unknown option.
         BackendError: the backend is not installed (``BackendUnavailableError``) or cannot
-            load the model file.
+            load the model file or use the device.
     """
 
-    def __init__(self, name_or_path: str | os.PathLike[str], backend: str = "auto",
+    def __init__(self, name_or_path: str | os.PathLike[str] | Artifact,
+                 backend: str | InferenceBackend = "auto",
                  options: DetectorOptions | None = None, **overrides: object) -> None:
-        self.artifact_dir: Path = resolve_model(name_or_path)
-        self._manifest = load_manifest(self.artifact_dir)
+        if isinstance(name_or_path, Artifact):
+            artifact = name_or_path
+            artifact.verify_files()
+        else:
+            artifact = Artifact.load(resolve_model(name_or_path))
+        self.artifact_dir: Path = artifact.directory
+        self._manifest = dict(artifact.manifest)
         if options is None:
             self.options = DetectorOptions.from_manifest(self._manifest, **overrides)
         else:
             DetectorOptions.from_manifest({}, **overrides)  # rejects unknown names
             self.options = dataclasses.replace(options, **overrides)  # type: ignore[arg-type]
-        self.backend_name: str = _choose_backend(backend, self._manifest)
-        model_file = model_file_for(self.backend_name, list(self._manifest["files"]))
-        self._backend: InferenceBackend = create_backend(
-            self.backend_name, self.artifact_dir / model_file, threads=self.options.threads)
+        if isinstance(backend, str):
+            self.backend_name: str = _choose_backend(backend, self._manifest)
+            model_file = model_file_for(self.backend_name, list(self._manifest["files"]))
+            self._backend: InferenceBackend = create_backend(
+                self.backend_name, self.artifact_dir / model_file,
+                threads=self.options.threads, device=self.options.device)
+        else:
+            self.backend_name = backend.name
+            self._backend = backend
         self.class_names: tuple[str, ...] = tuple(self._manifest["class_names"])
         self.preprocess_config = PreprocessConfig.from_dict(self._manifest["preprocess"])
-        self._priors_cxcywh = anchor_spec_from_dict(self._manifest["anchor_spec"]).generate()
-        self._box_coder_weights = tuple(float(w) for w in self._manifest["box_coder_weights"])
-        self._head_family: str = self._manifest["head_family"]
-        self._output_names = tuple(o["name"] for o in self._manifest["outputs"])
+        self.decoder = HeadDecoder.from_manifest(self._manifest, self.options)
         self._check_model_matches_manifest()
 
     def _check_model_matches_manifest(self) -> None:
         """Stop at load time, naming the file, if the model disagrees with its manifest."""
         path = self._backend.model_path
-        missing = [n for n in self._output_names if n not in self._backend.output_names]
+        missing = [n for n in self.decoder.output_names
+                   if n not in self._backend.output_names]
         if missing:
             raise ManifestError(f"{path} has outputs {list(self._backend.output_names)} but "
                                 f"the manifest lists {missing} too")
@@ -177,6 +121,11 @@ class Detector:
     def info(self) -> dict:
         """The artifact manifest (a copy: changing it changes nothing)."""
         return copy.deepcopy(self._manifest)
+
+    @property
+    def backend(self) -> InferenceBackend:
+        """The loaded inference backend (its runtime objects are the backend's own)."""
+        return self._backend
 
     @property
     def name(self) -> str:
@@ -219,7 +168,7 @@ class Detector:
             FrameError: the frame is not an image (wrong type, shape, dtype, values).
         """
         images, transform = self.preprocess(frame)
-        return self._postprocess(self._backend.run(images), 0, transform)
+        return self.decoder(self._backend.run(images), transform)
 
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """``detect`` for several frames (any sizes) in one model call where the model allows.
@@ -238,49 +187,14 @@ class Detector:
         if not inputs:
             return []
         outputs = self.run_model(np.concatenate(inputs, axis=0))
-        return [self._postprocess(outputs, i, t) for i, t in enumerate(transforms)]
-
-    def _postprocess(self, outputs: Mapping[str, np.ndarray], index: int,
-                     transform: FrameTransform) -> Detections:
-        """Decode image ``index`` of a batch of raw outputs into frame-pixel ``Detections``."""
-        one_image = {name: outputs[name][index] for name in self._output_names}
-        return outputs_to_detections(one_image, self._head_family, self._priors_cxcywh,
-                                     self._box_coder_weights, self.options, transform,
-                                     self.class_names)
-
-
-def outputs_to_detections(
-    outputs: Mapping[str, np.ndarray],
-    head_family: str,
-    priors_cxcywh: np.ndarray,
-    box_coder_weights: Sequence[float],
-    options: DetectorOptions,
-    transform: FrameTransform,
-    class_names: Sequence[str],
-) -> Detections:
-    """One image's raw head outputs (``{name: (A, k)}``) → ``Detections`` in frame pixels.
-
-    The single definition of the SDK's decoding and selection: the conversion pipeline's
-    PyTorch reference uses it too, so reference and artifacts are scored identically.
-    """
-    boxes_xyxy, scores = decode_head_outputs(
-        head_family, outputs, priors_cxcywh, tuple(box_coder_weights))  # type: ignore[arg-type]
-    xyxy, kept_scores, class_ids = select_detections(
-        boxes_xyxy, scores, score_threshold=options.score_threshold,
-        iou_threshold=options.iou_threshold, max_detections=options.max_detections,
-        pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
-    frame_xyxy = transform.boxes_to_frame(xyxy)
-    # A box lying wholly in letterbox padding or off the frame clips to zero area.
-    visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
-    return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
-                      tuple(class_names))
+        return self.decoder.decode_batch(outputs, transforms)
 
 
 def _choose_backend(requested: str, manifest: Mapping) -> str:
     """The backend to run ``manifest``'s artifact with (see ``Detector``'s ``backend``)."""
     if requested not in (*BACKENDS, "auto"):
         raise ValueError(f"unknown backend {requested!r}; choose one of "
-                         f"{', '.join((*BACKENDS, 'auto'))}")
+                         f"{', '.join((*BACKENDS, 'auto'))} or pass a loaded backend")
     if requested != "auto":
         return requested
     native = str(manifest["backend"])
@@ -302,11 +216,3 @@ def _can_read(backend: str, manifest: Mapping) -> bool:
     except BackendError:
         return False
     return True
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)

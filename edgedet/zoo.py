@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from edgedet.manifest import MANIFEST_NAME
+from edgedet.artifact import MANIFEST_NAME
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 

@@ -1,10 +1,10 @@
 """The accuracy check: the full-precision PyTorch reference vs each deployed artifact.
 
-The reference runs the checkpoint's model (``forward_export``, on GPU when there is one) and
-then exactly the SDK's numpy path: ``preprocess`` -> ``decode_head_outputs`` ->
-``select_detections`` -> ``boxes_to_frame`` with the artifact manifest's post-processing
-settings, so any difference measured is the deployed model's, never the decoding's.
-Each artifact is run through ``edgedet.Detector(dir).detect``, as a user would.
+The reference is ``edgedet.Detector`` with the checkpoint's model as its backend
+(``TorchBackend``: ``forward_export``, on GPU when there is one): exactly the SDK's
+pre-processing, decoding and selection with the artifact manifest's post-processing settings,
+so any difference measured is the deployed model's, never the decoding's. Each artifact is run
+through ``edgedet.Detector(artifact).detect``, as a user would.
 
 Metrics per detector: COCO AP, AP50, AP75, APs/APm/APl, AR (pycocotools), in AP points
 (0-100; -1 where undefined), p50 / p90 latency of one ``detect`` call in ms. Per artifact,
@@ -19,55 +19,33 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
-from edgedet.anchors import anchor_spec_from_dict
+from edgedet.artifact import Artifact
 from edgedet.boxes import box_iou
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
 from edgedet.data.sample import Sample
 from edgedet.detections import Detections
-from edgedet.detector import DetectorOptions, outputs_to_detections
-from edgedet.preprocess import PreprocessConfig, preprocess
+from edgedet.detector import Detector
+from edgedet.models.torch_backend import TorchBackend
 
 # Agreement counts reference detections above this score (the ones a user would see).
 AGREEMENT_SCORE_THRESHOLD = 0.3
 AGREEMENT_IOU_THRESHOLD = 0.5
 
 
-class ReferenceDetector:
-    """The PyTorch model behind the SDK's pre- and post-processing (``Detector.detect``'s
-    twin, with ``forward_export`` in place of the inference runtime).
+def reference_detector(model: nn.Module, artifact: Artifact, device: str | None = None
+                       ) -> Detector:
+    """The full-precision reference: ``model`` (training form, not rewritten) behind the
+    SDK's pre- and post-processing of ``artifact``, i.e. ``Detector`` with a ``TorchBackend``.
 
     Args:
-        model: the full-precision detector (training form, not rewritten).
-        manifest: an artifact manifest (or the same keys): ``preprocess``, ``anchor_spec``,
-            ``box_coder_weights``, ``head_family``, ``class_names``, ``postprocess``.
         device: torch device; default CUDA when available, else CPU.
     """
-
-    def __init__(self, model: nn.Module, manifest: Mapping, device: str | None = None) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
-        self.output_names = tuple(model.export_output_names)
-        self.preprocess_config = PreprocessConfig.from_dict(manifest["preprocess"])
-        self.priors_cxcywh = anchor_spec_from_dict(manifest["anchor_spec"]).generate()
-        self.box_coder_weights = tuple(float(w) for w in manifest["box_coder_weights"])
-        self.head_family = str(manifest["head_family"])
-        self.class_names = tuple(manifest["class_names"])
-        self.options = DetectorOptions.from_manifest(manifest)
-
-    def detect(self, frame: np.ndarray) -> Detections:
-        """One BGR ``uint8 (H, W, 3)`` frame -> ``Detections`` in frame pixels."""
-        images, transform = preprocess(frame, self.preprocess_config)
-        with torch.no_grad():
-            raw = self.model.forward_export(torch.from_numpy(images).to(self.device))
-        outputs = {name: tensor[0].float().cpu().numpy()
-                   for name, tensor in zip(self.output_names, raw, strict=True)}
-        return outputs_to_detections(outputs, self.head_family, self.priors_cxcywh,
-                                     self.box_coder_weights, self.options, transform,
-                                     self.class_names)
+    input_size = tuple(artifact.manifest["preprocess"]["input_size"])
+    backend = TorchBackend(model, input_size, device)  # type: ignore[arg-type]
+    return Detector(artifact, backend=backend)
 
 
 @dataclass

@@ -13,7 +13,8 @@ calibration    2     INT8 calibration: disjoint from both
 
 A dataset is named by a spec: ``synthetic`` (default seed of its role), ``synthetic:SEED``,
 or ``coco:PATH`` / ``voc:PATH`` / ``yolo:PATH`` (``edgedet.data.open_dataset``). Synthetic
-images are rendered at the model's input size, as in training.
+images are rendered at the size training used (the checkpoint's ``synthetic_size``, recorded
+by ``train/main.py``; the model's input size for checkpoints without it).
 """
 
 from __future__ import annotations
@@ -61,14 +62,15 @@ class ImageSet:
                 "sha256": self.sha256}
 
 
-def open_image_set(spec: str, num_images: int, input_size: tuple[int, int], default_seed: int,
-                   progress: bool = True, what: str = "images") -> ImageSet:
+def open_image_set(spec: str, num_images: int, synthetic_size: tuple[int, int],
+                   default_seed: int, progress: bool = True, what: str = "images") -> ImageSet:
     """Load the first ``num_images`` samples of the dataset ``spec`` (see the module docstring).
 
     Args:
         spec: ``synthetic``, ``synthetic:SEED`` or ``SCHEME:PATH``.
         num_images: how many images (fewer when the dataset is smaller).
-        input_size: ``(width, height)`` of synthetic images (the model input).
+        synthetic_size: ``(width, height)`` of synthetic images (those training validated
+            on: the checkpoint's ``synthetic_size``, else the model input).
         default_seed: seed of a bare ``synthetic``.
         progress: show a progress bar while loading.
         what: the progress bar's label.
@@ -88,7 +90,7 @@ def open_image_set(spec: str, num_images: int, input_size: tuple[int, int], defa
             raise ValueError(f"dataset spec {spec!r}: expected synthetic or synthetic:SEED "
                              "with an integer seed") from None
         dataset: Sequence[Sample] = SyntheticScenes(
-            num_images, seed=seed, config=SyntheticConfig(image_size=tuple(input_size)))
+            num_images, seed=seed, config=SyntheticConfig(image_size=tuple(synthetic_size)))
         spec = f"synthetic:{seed}"
     else:
         dataset = open_dataset(spec)

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from edgedet._io import write_bytes_atomic
+from edgedet.artifact import INPUT_NAME
+from edgedet.models.contract import DetectionModel, as_detection_model
 from quantize.rewrites import rewrite_for_export
 
 LOGGER = logging.getLogger(__name__)
@@ -32,7 +34,6 @@ LOGGER = logging.getLogger(__name__)
 # Opset 17: GridSample (16) and LayerNormalization (17) are standard there, and both ONNX
 # Runtime (>= 1.12) and OpenVINO (>= 2022.3) read it. Newer opsets add nothing these graphs use.
 DEFAULT_OPSET = 17
-INPUT_NAME = "images"
 
 
 class ExportError(RuntimeError):
@@ -42,9 +43,9 @@ class ExportError(RuntimeError):
 class _ExportForward(nn.Module):
     """Wraps a detector so that ``forward`` is its ``forward_export`` (what gets traced)."""
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: DetectionModel) -> None:
         super().__init__()
-        self.detector = detector
+        self.detector = detector  # an nn.Module in practice: registered as a submodule
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         return tuple(self.detector.forward_export(images))
@@ -80,8 +81,7 @@ def export_onnx(
     """Write ``model.forward_export`` as an ONNX file with static shapes.
 
     Args:
-        model: a detector following the models contract (``forward_export``,
-            ``export_output_names``).
+        model: a detector meeting ``edgedet.models.contract.DetectionModel``.
         out_path: the ``.onnx`` file to write; replaced atomically (a failed export leaves any
             previous file untouched).
         input_size: ``(width, height)`` of the network input in pixels.
@@ -94,18 +94,21 @@ def export_onnx(
         ``out_path`` as a ``Path``.
 
     Raises:
-        ExportError: the model lacks the export interface, tracing failed, or the graph's
+        ExportError: the model does not meet the contract, tracing failed, or the graph's
             outputs do not match ``export_output_names``.
     """
     out_path = Path(out_path)
-    output_names = tuple(getattr(model, "export_output_names", ()))
-    if not output_names or not hasattr(model, "forward_export"):
-        raise ExportError(f"{type(model).__name__} has no forward_export / export_output_names; "
-                          "cannot export it")
+    try:
+        detector = as_detection_model(model, purpose=f"cannot export {type(model).__name__}")
+    except TypeError as error:
+        raise ExportError(str(error)) from None
+    output_names = detector.export_output_names
     width, height = (int(v) for v in input_size)
+    # ``export_rewrites`` is not part of the model contract: ``rewrite_for_export`` sets it on
+    # the copy it returns, so its presence means "already rewritten".
     if rewrite and not hasattr(model, "export_rewrites"):
-        model = rewrite_for_export(model)
-    wrapper = _ExportForward(model).eval()
+        detector = as_detection_model(rewrite_for_export(model))
+    wrapper = _ExportForward(detector).eval()
     images = torch.zeros(batch_size, 3, height, width)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
@@ -135,7 +138,7 @@ def export_onnx(
         raise ExportError(f"{out_path}: graph outputs {graph_outputs} differ from "
                           f"export_output_names {output_names}")
     onnx.helper.set_model_props(onnx_model, {
-        "edgedet.architecture": str(getattr(model, "config", {}).get("architecture", "")),
+        "edgedet.architecture": detector.config["architecture"],
         "edgedet.simplifier": note,
     })
     write_bytes_atomic(out_path, onnx_model.SerializeToString())

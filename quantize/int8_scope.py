@@ -42,15 +42,7 @@ CATEGORIES: dict[str, str] = {
             "place P&A's sampling points",
 }
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "attention", "masks")
-# Per target: ONNX Runtime's QDQ quantizer also rounds each quantized conv's OUTPUT to INT8
-# (so that it runs as one integer kernel), which for the head means the raw logits and box
-# deltas themselves, per tensor; NNCF quantizes only op inputs, so OpenVINO's head outputs
-# stay float. Measured on the zoo's passd_mobilenet (AP 29.9): ORT INT8 with the head
-# quantized ΔAP -1.09, with it in float -0.79; OpenVINO INT8 with the head quantized +0.14.
-DEFAULT_KEEP_FLOAT_BY_TARGET: dict[str, tuple[str, ...]] = {
-    "cpu": (*DEFAULT_KEEP_FLOAT, "head"),
-    "openvino": DEFAULT_KEEP_FLOAT,
-}
+# Each target (quantize/targets/) starts from these and says why it adds any.
 
 _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
 # Ops that only move or reshape data: a mask reaching its Mul through them is still a mask.

@@ -32,7 +32,7 @@ from onnxruntime.quantization import (
 )
 
 from edgedet._io import write_bytes_atomic
-from quantize.export_onnx import INPUT_NAME
+from edgedet.artifact import INPUT_NAME
 
 
 class _ImagesReader(CalibrationDataReader):

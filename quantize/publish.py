@@ -3,7 +3,7 @@
     python quantize/publish.py runs/p/cpu/passd_mobilenet_int8 --name passd_mobilenet_int8
 
 The artifact's file hashes are verified first; the copy is assembled beside the zoo entry and
-renamed into place (via ``quantize.artifact.write_artifact``), so a failed publish never
+renamed into place (via ``edgedet.artifact.write_artifact``), so a failed publish never
 leaves a half-written zoo model. The manifest's ``name`` becomes the zoo name; the report
 files travel with it.
 """
@@ -11,19 +11,17 @@ files travel with it.
 from __future__ import annotations
 
 import sys
+
+from edgedet._repo import use_repo_root
+
+use_repo_root(__file__)
+
+import argparse
+import os
 from pathlib import Path
 
-# Run as a script the repository root is not on sys.path; put it there (as quantize/run.py).
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-import argparse  # noqa: E402
-import os  # noqa: E402
-
-from edgedet.manifest import MANIFEST_NAME, ManifestError, load_manifest  # noqa: E402
-from edgedet.zoo import ZOO_DIR  # noqa: E402
-from quantize.artifact import write_artifact  # noqa: E402
+from edgedet.artifact import MANIFEST_NAME, ManifestError, load_manifest, write_artifact
+from edgedet.zoo import ZOO_DIR
 
 
 def publish(artifact_dir: str | os.PathLike[str], name: str,
@@ -36,8 +34,8 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
     model_files = {f: artifact_dir / f for f in manifest["files"]}
     extra_files = {p.name: p for p in artifact_dir.iterdir()
                    if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files}
-    manifest = {k: v for k, v in manifest.items() if k != "files"}
-    manifest["name"] = name
+    # The manifest keeps its files' hashes: write_artifact checks the copies against them.
+    manifest = {**manifest, "name": name}
     return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
 
 

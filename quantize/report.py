@@ -1,12 +1,11 @@
 """The accuracy report: ``report.json``, a readable ``report.md`` and a comparison picture.
 
-Also writes each artifact's accuracy summary into its ``manifest.json`` (atomically; the
-manifest is not among the hashed ``files``, so the model hashes stay valid).
+Each artifact's own accuracy summary goes into its manifest when the artifact is written
+(``quantize.convert``); the report holds all of them side by side.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,6 @@ from edgedet._io import write_bytes_atomic, write_json_atomic
 from edgedet.data.sample import Sample
 from edgedet.detections import Detections
 from edgedet.draw import draw_detections, draw_text_panel
-from edgedet.manifest import MANIFEST_NAME
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -27,15 +25,6 @@ PICTURE = "comparison.png"
 # Detections drawn in the picture: the ones a user of the default threshold would look at.
 PICTURE_SCORE_THRESHOLD = 0.3
 PICTURE_TILE_WIDTH = 320
-
-
-def set_manifest_accuracy(artifact_dir: str | os.PathLike[str],
-                          accuracy: Mapping[str, Any]) -> None:
-    """Replace ``manifest["accuracy"]`` of the artifact in ``artifact_dir`` (atomic write)."""
-    path = Path(artifact_dir) / MANIFEST_NAME
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest["accuracy"] = dict(accuracy)
-    write_json_atomic(path, manifest, indent=2)
 
 
 def comparison_picture(samples: Sequence[Sample], columns: Mapping[str, Sequence[Detections]],
@@ -93,7 +82,7 @@ def _mib(size_bytes: int) -> str:
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """``report.md`` text from the ``report.json`` structure written by ``quantize/run.py``."""
+    """``report.md`` text from the ``report.json`` structure (``ConversionReport.to_dict``)."""
     ref = report["reference"]
     lines = [
         f"# Conversion report: {report['name']} ({report['target']})",

@@ -7,30 +7,26 @@ allocator's peak; CPU: the process's peak resident set).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from edgedet._repo import use_repo_root
 
-# Run as a script the repository root is not on sys.path (see train/main.py).
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+use_repo_root(__file__)
 
-import argparse  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
+import argparse
+import resource
+import time
+import warnings
+from contextlib import nullcontext
 
-import torch  # noqa: E402
+import torch
 
-from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes  # noqa: E402
-from edgedet.preprocess import PreprocessConfig  # noqa: E402
-from train.data import TrainingDataset, collate_training  # noqa: E402
-from train.distributed import resolve_device  # noqa: E402
-from train.losses import build_criterion  # noqa: E402
-from train.main import parse_size  # noqa: E402
-from train.models import MODEL_BUILDERS, build_model, default_img_size, family_defaults  # noqa: E402
-from train.schedule import build_sgd  # noqa: E402
+from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+from edgedet.preprocess import PreprocessConfig
+from train.data import TrainingDataset, collate_training
+from train.distributed import resolve_device
+from train.losses import build_criterion
+from train.main import parse_size
+from train.models import MODEL_BUILDERS, build_model, default_img_size, family_defaults
+from train.schedule import build_sgd
 
 
 def benchmark(name: str, img_size: tuple[int, int], batch_size: int, steps: int, warmup: int,

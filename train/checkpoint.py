@@ -3,7 +3,7 @@
 Files in a run directory::
 
     last.safetensors   model weights; the JSON config is also embedded in the file's metadata
-    last.json          the same config, for people and tools (DESIGN.md's "config beside it")
+    last.json          the same config beside the weights, for people and tools
     best.safetensors   / best.json: the epoch with the best validation AP
     last.state.safetensors   everything ``--resume`` needs: weights, optimiser tensors,
                              RNG states as tensors; scalars / structure as JSON in metadata

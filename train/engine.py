@@ -5,31 +5,27 @@ order is a function of ``(seed, epoch)`` (``DistributedSampler.set_epoch``), eac
 augmentation a function of ``(seed, epoch, index)``, and the learning rate a function of the
 global iteration; the resume state restores model, optimiser, AMP scaler and every RNG.
 Checkpoints are written at the end of an epoch, so a run resumes at an epoch boundary.
+The evaluation pass lives in ``train/evaluation.py``, the metrics log in ``train/metrics_log.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
 from edgedet.data.sample import Sample
-from edgedet.head_decoding import decode_head_outputs
-from edgedet.postprocess import select_detections
-from edgedet.preprocess import FrameTransform, PreprocessConfig
+from edgedet.decoder import HeadDecoder
+from edgedet.preprocess import PreprocessConfig
 from train.augment import RetinaAugmentation, SsdAugmentation
 from train.checkpoint import (
     load_training_state,
@@ -39,18 +35,18 @@ from train.checkpoint import (
 )
 from train.data import (
     EvalDataset,
-    EvalRecord,
     TrainingDataset,
     collate_eval,
     collate_training,
     worker_init_fn,
 )
-from train.distributed import DistInfo, all_true, barrier, gather_objects, mean_over_ranks
-from train.models import FamilyDefaults, family_defaults, is_harnet
+from train.distributed import DistInfo, all_true, barrier, mean_over_ranks
+from train.evaluation import _autocast, evaluate
+from train.metrics_log import MetricsLog
+from train.models import family_defaults, is_harnet
 from train.schedule import LrSchedule, build_optimizer, set_lr
 
 STATE_FILE = "last.state.safetensors"
-METRICS_FILE = "metrics.jsonl"
 
 
 class TrainingDivergedError(RuntimeError):
@@ -92,130 +88,9 @@ class TrainConfig:
     extra_config: dict[str, Any] = field(default_factory=dict)
 
 
-def _autocast(device: torch.device, amp: str | None):
-    if amp is None:
-        return nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _to_device(targets: list[dict[str, torch.Tensor]], device: torch.device
                ) -> list[dict[str, torch.Tensor]]:
     return [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-
-
-def _coco_ground_truth(records: Sequence[EvalRecord], class_names: Sequence[str]) -> dict:
-    """COCO ground truth (frame pixels, category = class + 1) of the evaluated images."""
-    images, annotations = [], []
-    for record in records:
-        images.append({"id": record.image_id, "width": record.width, "height": record.height,
-                       "file_name": str(record.image_id)})
-        for box, class_id, crowd in zip(record.boxes_xyxy, record.class_ids, record.iscrowd,
-                                        strict=True):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": record.image_id,
-                "category_id": int(class_id) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1), "iscrowd": int(crowd),
-            })
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    priors_cxcywh: np.ndarray,
-    defaults: FamilyDefaults,
-    preprocess_config: PreprocessConfig,
-    class_names: Sequence[str],
-    info: DistInfo,
-    amp: str | None = None,
-) -> dict[str, float] | None:
-    """COCO box metrics of ``model`` on ``loader``'s images, through the runtime's decoding.
-
-    Each rank decodes its shard (model → numpy → ``decode_head_outputs`` →
-    ``select_detections`` → boxes mapped to the original image); rank 0 gathers and scores
-    with ``evaluate_coco``. Returns the metrics on rank 0, None elsewhere.
-    """
-    bare = unwrap(model)
-    was_training = bare.training
-    bare.eval()
-    weights = tuple(float(w) for w in bare.box_coder_weights)
-    records: list[EvalRecord] = []
-    results: list[dict] = []
-    for images, batch_records in loader:
-        with _autocast(info.device, amp):
-            outputs = bare(images.to(info.device, non_blocking=True))
-        arrays = {name: outputs[name].float().cpu().numpy()
-                  for name in bare.export_output_names}
-        for i, record in enumerate(batch_records):
-            boxes_xyxy, scores = decode_head_outputs(
-                defaults.family, {k: v[i] for k, v in arrays.items()}, priors_cxcywh, weights)
-            xyxy, det_scores, det_classes = select_detections(
-                boxes_xyxy, scores, score_threshold=defaults.score_threshold,
-                iou_threshold=defaults.iou_threshold, max_detections=defaults.max_detections,
-                pre_nms_top_k=defaults.pre_nms_top_k)
-            transform = FrameTransform((record.width, record.height), record.scale_x,
-                                       record.scale_y, record.pad_x, record.pad_y)
-            frame_xyxy = transform.boxes_to_frame(xyxy)
-            results.extend(detections_to_coco_results(record.image_id, frame_xyxy, det_scores,
-                                                      det_classes))
-            records.append(record)
-    bare.train(was_training)
-    gathered = gather_objects((records, results), info)
-    if not info.is_main:
-        return None
-    all_records = [r for part, _ in gathered for r in part]
-    all_results = [r for _, part in gathered for r in part]
-    metrics = evaluate_coco(_coco_ground_truth(all_records, class_names), all_results)
-    return metrics.to_dict()
-
-
-class MetricsLog:
-    """JSON-lines log (rank 0), mirrored to TensorBoard when it is installed."""
-
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
-        self.path = out_dir / METRICS_FILE
-        self.enabled = enabled
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                self.writer = None
-            else:
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def truncate_after(self, iteration: int) -> None:
-        """Drop records newer than ``iteration`` (written after the state being resumed)."""
-        if not self.enabled or not self.path.is_file():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            prefix = record.get("type", "train")
-            for key, value in record.items():
-                if isinstance(value, float | int) and key not in ("epoch", "iteration"):
-                    self.writer.add_scalar(f"{prefix}/{key}", value, record.get("iteration", 0))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def read_metrics(out_dir: str | Path, kind: str = "train") -> list[dict[str, Any]]:
-    """The records of one ``type`` in a run's ``metrics.jsonl``."""
-    lines = (Path(out_dir) / METRICS_FILE).read_text().splitlines()
-    return [r for r in map(json.loads, filter(None, lines)) if r.get("type") == kind]
 
 
 class Trainer:
@@ -267,8 +142,7 @@ class Trainer:
         self.bare = bare
         spec = bare.anchor_spec(tuple(preprocess_config.input_size))
         self.anchor_spec = spec
-        self.priors_np = spec.generate()
-        self.priors = torch.from_numpy(self.priors_np).to(info.device)
+        self.priors = torch.from_numpy(spec.generate()).to(info.device)
 
         self.train_set = TrainingDataset(train_samples, preprocess_config, augmentation,
                                          config.seed)
@@ -472,8 +346,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float] | None:
         if self.val_loader is None:
             return None
-        return evaluate(self.model, self.val_loader, self.priors_np, self.defaults,
-                        self.preprocess_config, self.class_names, self.info, self.config.amp)
+        decoder = HeadDecoder.from_manifest(self.checkpoint_config())
+        return evaluate(self.model, self.val_loader, decoder, self.info, self.config.amp)
 
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``config.epochs``; return the final summary (rank 0)."""

@@ -38,10 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet.models.box_coder import BoxWeights, cxcywh_to_xyxy, decode, encode
-from edgedet.models.daipnet import DAIPNet
-from edgedet.models.pa_head import ProposeAttendHead
-from edgedet.models.passd import PASSD
-from edgedet.models.retinanet import RetinaNet
+from edgedet.models.contract import as_detection_model
 from train.matching import BACKGROUND, IGNORE, aligned_box_iou, match_retinanet, match_ssd
 
 Target = dict[str, Tensor]
@@ -441,26 +438,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def build_criterion(model: nn.Module) -> nn.Module:
-    """The training criterion of ``model``'s family, with its ``box_coder_weights``.
+    """The training criterion of ``model``'s ``head_family``, with its ``box_coder_weights``.
 
-    Dispatches on the meta-architecture class: ``PASSD`` with the P&A head -> ``PassdLoss``;
-    ``PASSD`` with the plain SSD head (Table 1 exp. 1) and ``DAIPNet`` -> ``MultiboxLoss``;
-    ``RetinaNet`` (HAR-Net is a subclass; DSANet and the baselines are instances) ->
-    ``RetinaNetLoss``, with the confidence term when the head predicts one (DSANet-Conf).
+    ``"passd"`` with the P&A head (it exports ``propose_deltas``) -> ``PassdLoss``;
+    ``"passd"`` with the plain SSD head (Table 1 exp. 1) and ``"ssd"`` (DAIPNet) ->
+    ``MultiboxLoss``; ``"retinanet"`` (RetinaNet, HAR-Net, DSANet) -> ``RetinaNetLoss``, with
+    the confidence term when the model exports ``conf_logits`` (DSANet-Conf).
     """
-    detector = _unwrap(model)
-    if not isinstance(detector, PASSD | DAIPNet | RetinaNet):
-        raise TypeError(f"no training criterion for {type(detector).__name__}; expected PASSD, "
-                        "DAIPNet or a RetinaNet-family model from edgedet.models")
+    bare = _unwrap(model)
+    detector = as_detection_model(bare, purpose=f"no training criterion for {type(bare).__name__}")
     weights = tuple(float(w) for w in detector.box_coder_weights)
-    if isinstance(detector, PASSD):
-        if isinstance(detector.head, ProposeAttendHead):
-            return PassdLoss(weights)
+    family, names = detector.head_family, detector.export_output_names
+    if family == "passd" and "propose_deltas" in names:
+        return PassdLoss(weights)
+    if family in ("passd", "ssd"):
         return MultiboxLoss(weights)
-    if isinstance(detector, DAIPNet):
-        return MultiboxLoss(weights)
-    with_confidence = bool(getattr(detector.head, "with_confidence", False))
-    return RetinaNetLoss(weights, with_confidence=with_confidence)
+    if family == "retinanet":
+        return RetinaNetLoss(weights, with_confidence="conf_logits" in names)
+    raise TypeError(f"no training criterion for head family {family!r}")
 
 
 __all__ = [

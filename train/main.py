@@ -9,37 +9,35 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script (python train/main.py) the repository root is not on sys.path; put it
-# there so ``edgedet`` and ``train`` import the same way as under pytest.
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
+from edgedet._repo import use_repo_root
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import warnings  # noqa: E402
+use_repo_root(__file__)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import argparse
+import json
+import random
+import warnings
 
-from edgedet._io import write_json_atomic  # noqa: E402
-from edgedet.data.errors import DatasetError  # noqa: E402
-from edgedet.data.synthetic import SyntheticConfig  # noqa: E402
-from edgedet.preprocess import PreprocessConfig  # noqa: E402
-from train.checkpoint import CheckpointError  # noqa: E402
-from train.data import build_augmentation, open_splits  # noqa: E402
-from train.distributed import DistInfo, cleanup, init_distributed  # noqa: E402
-from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError  # noqa: E402
-from train.losses import build_criterion  # noqa: E402
-from train.models import (  # noqa: E402
+import numpy as np
+import torch
+
+from edgedet._io import write_json_atomic
+from edgedet.data.errors import DatasetError
+from edgedet.data.synthetic import SyntheticConfig
+from edgedet.preprocess import PreprocessConfig
+from train.checkpoint import CheckpointError
+from train.data import build_augmentation, open_splits
+from train.distributed import DistInfo, cleanup, init_distributed
+from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError
+from train.losses import build_criterion
+from train.models import (
     MODEL_BUILDERS,
     build_model,
     default_img_size,
     family_defaults,
     models_table,
 )
-from train.schedule import parse_steps  # noqa: E402
+from train.schedule import parse_steps
 
 EPILOG = f"""\
 models (--model NAME → builder in edgedet/models/):
@@ -237,7 +235,11 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         eval_every=args.eval_every, seed=args.seed, clip_grad_norm=args.clip_grad_norm,
         max_bad_steps=args.max_bad_steps, incremental_epochs=args.incremental_epochs,
         freeze_bn=args.freeze_bn, progress_bar=not args.no_progress,
-        extra_config={"data": args.data, "model_name": args.model},
+        # synthetic_size: quantize/run.py renders its synthetic eval split at this size, so
+        # that its reference AP is the validation AP logged here (same images, same decoder).
+        extra_config={"data": args.data, "model_name": args.model,
+                      **({"synthetic_size": list(args.synthetic_size or img_size)}
+                         if args.data == "synthetic" else {})},
     )
     out_dir = Path(args.out)
     trainer = Trainer(model, criterion, splits.train, splits.val, splits.class_names,

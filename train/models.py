@@ -1,8 +1,9 @@
 """The models ``--model NAME`` can train (``edgedet.models.builders``' table) and per-family
 training defaults.
 
-A model's *family* decides its head decoding (``edgedet.head_decoding``), its augmentation
-(SSD-style or RetinaNet-style) and its resize policy at run time.
+A model's *family* (``model.head_family``) decides its head decoding
+(``edgedet.head_decoding``), its augmentation (SSD-style or RetinaNet-style) and its resize
+policy at run time.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ from dataclasses import dataclass
 from torch import nn
 
 from edgedet.models.builders import MODEL_BUILDERS, builder_of
-from edgedet.models.daipnet import DAIPNet
-from edgedet.models.harnet import HarNet
-from edgedet.models.passd import PASSD
-from edgedet.models.retinanet import RetinaNet
+from edgedet.models.contract import as_detection_model
 
-__all__ = ["MODEL_BUILDERS", "build_model", "builder_of", "default_img_size", "family_defaults",
-           "models_table"]
+__all__ = ["FAMILY_DEFAULTS", "MODEL_BUILDERS", "build_model", "builder_of", "default_img_size",
+           "family_defaults", "is_harnet", "models_table"]
 
 
 @dataclass(frozen=True)
@@ -48,26 +46,30 @@ class FamilyDefaults:
 # SSD family (PASSD sec. 6.2): threshold 0.01, top 200, NMS 0.45; SSD trains on stretched
 # inputs. RetinaNet family (Lin et al.): threshold 0.05, top 1000, NMS 0.5; it keeps the
 # aspect ratio, which at a fixed export input size means letterboxing.
-SSD_DEFAULTS = FamilyDefaults("ssd", "ssd", "stretch", 0.01, 0.45, 200)
-PASSD_DEFAULTS = FamilyDefaults("passd", "ssd", "stretch", 0.01, 0.45, 200)
-RETINANET_DEFAULTS = FamilyDefaults("retinanet", "retinanet", "letterbox", 0.05, 0.5, 1000)
+FAMILY_DEFAULTS: dict[str, FamilyDefaults] = {
+    defaults.family: defaults
+    for defaults in (
+        FamilyDefaults("ssd", "ssd", "stretch", 0.01, 0.45, 200),
+        FamilyDefaults("passd", "ssd", "stretch", 0.01, 0.45, 200),
+        FamilyDefaults("retinanet", "retinanet", "letterbox", 0.05, 0.5, 1000),
+    )
+}
 
 
 def family_defaults(model: nn.Module) -> FamilyDefaults:
-    """The family of a built detector (DDP wrappers are looked through)."""
-    model = getattr(model, "module", model)
-    if isinstance(model, PASSD):
-        # The plain-head ablation has the SSD head; the "passd" decoder handles both.
-        return PASSD_DEFAULTS
-    if isinstance(model, DAIPNet):
-        return SSD_DEFAULTS
-    if isinstance(model, RetinaNet):
-        return RETINANET_DEFAULTS
-    raise TypeError(f"no training family known for {type(model).__name__}")
+    """The defaults of a built detector's ``head_family`` (DDP wrappers are looked through)."""
+    detector = as_detection_model(getattr(model, "module", model),
+                                  purpose="no training family known")
+    return FAMILY_DEFAULTS[detector.head_family]
 
 
 def is_harnet(model: nn.Module) -> bool:
-    return isinstance(getattr(model, "module", model), HarNet)
+    """Whether ``model`` (DDP looked through) has HAR-Net's run-time attention switch.
+
+    Incremental training (``train/engine.py``) needs exactly that capability,
+    ``set_attention_enabled``, which only HAR-Net has.
+    """
+    return callable(getattr(getattr(model, "module", model), "set_attention_enabled", None))
 
 
 def default_img_size(name: str) -> int | tuple[int, int]:

@@ -1,35 +1,27 @@
-"""Inference backends: one file each, the runtime library imported only inside that file.
+"""Inference backends: a table of one-file entries, each runtime imported only in its own file.
 
 A backend loads one model file and runs it: ``run(images (N, 3, H, W) float32)`` returns the
 model's outputs by name. Everything before (pre-processing) and after (decoding, NMS) is the
 ``Detector``'s, shared by all backends.
 
-Which file a backend loads from an artifact (``model_file_for``): ONNX Runtime reads
-``*.onnx``; OpenVINO reads its IR (``*.xml`` + ``*.bin``) and also ONNX directly, so an ONNX
-artifact can run on either.
+Adding a backend is one file in this folder (a class meeting ``InferenceBackend`` whose
+constructor takes ``(model_path, threads=None, device=None)``) plus one ``BackendSpec`` in
+``BACKENDS``. Which model file a backend loads from an artifact is the first of its
+``suffixes`` found there (``model_file_for``): OpenVINO reads its IR and also ONNX, so an ONNX
+artifact runs on either.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import numpy as np
-
-BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
-
-# backend name -> (module to import, pip package that provides it)
-_RUNTIME_PACKAGES: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("onnxruntime", "onnxruntime"),
-    "openvino": ("openvino", "openvino"),
-}
-
-# Model file suffixes each backend can read, in order of preference.
-_READABLE_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "onnxruntime": (".onnx",),
-    "openvino": (".xml", ".onnx"),
-}
 
 
 class BackendError(RuntimeError):
@@ -41,7 +33,7 @@ class BackendUnavailableError(BackendError):
 
 
 class InferenceBackend(Protocol):
-    """What ``Detector`` needs from a backend. Implementations must allow concurrent ``run``."""
+    """What ``Detector`` needs from a backend."""
 
     name: str
     model_path: Path
@@ -55,10 +47,57 @@ class InferenceBackend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """One entry of the backend table.
+
+    Attributes:
+        name: what manifests and ``Detector(backend=...)`` call it.
+        module: the runtime's import name (checked without importing it).
+        pip_package: what to install for it.
+        implementation: ``"package.module:Class"`` of the backend class.
+        suffixes: model file suffixes it reads, in order of preference.
+        session_per_thread: its sessions must not be shared between threads, so a ``Detector``
+            used from several threads gets one per thread (False where the class itself is
+            thread-safe).
+        device_help: what ``device`` means for it (for errors and ``--help``).
+    """
+
+    name: str
+    module: str
+    pip_package: str
+    implementation: str
+    suffixes: tuple[str, ...]
+    session_per_thread: bool
+    device_help: str
+
+
+BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
+    BackendSpec("onnxruntime", "onnxruntime", "onnxruntime",
+                "edgedet.backends.onnxruntime:OnnxRuntimeBackend", (".onnx",),
+                session_per_thread=False,
+                device_help="execution providers, comma-separated, in order of preference: "
+                            "cpu, cuda (or gpu), tensorrt, openvino, dml, coreml or full provider "
+                            "names (default cpu)"),
+    BackendSpec("openvino", "openvino", "openvino",
+                "edgedet.backends.openvino:OpenVinoBackend", (".xml", ".onnx"),
+                session_per_thread=False,
+                device_help="an OpenVINO device: CPU, GPU, NPU, AUTO, ... (default CPU)"),
+)}
+
+
+def backend_spec(name: str) -> BackendSpec:
+    """The table entry of backend ``name`` (ValueError listing the known ones)."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} "
+                         "or 'auto'") from None
+
+
 def is_available(name: str) -> bool:
     """Whether the runtime library of backend ``name`` is importable (without importing it)."""
-    module, _ = _RUNTIME_PACKAGES[name]
-    return importlib.util.find_spec(module) is not None
+    return importlib.util.find_spec(backend_spec(name).module) is not None
 
 
 def available_backends() -> list[str]:
@@ -68,7 +107,7 @@ def available_backends() -> list[str]:
 
 def pip_package(name: str) -> str:
     """The pip package that provides backend ``name``."""
-    return _RUNTIME_PACKAGES[name][1]
+    return backend_spec(name).pip_package
 
 
 def model_file_for(backend: str, files: list[str]) -> str:
@@ -77,7 +116,7 @@ def model_file_for(backend: str, files: list[str]) -> str:
     Raises:
         BackendError: no file of a kind the backend reads.
     """
-    suffixes = _READABLE_SUFFIXES[backend]
+    suffixes = backend_spec(backend).suffixes
     for suffix in suffixes:
         for name in files:
             if PurePosixPath(name).suffix.lower() == suffix:
@@ -86,29 +125,52 @@ def model_file_for(backend: str, files: list[str]) -> str:
                        f"artifact has {sorted(files)}")
 
 
-def create_backend(name: str, model_path: Path, threads: int | None = None
-                   ) -> InferenceBackend:
+def create_backend(name: str, model_path: Path, threads: int | None = None,
+                   device: str | None = None) -> InferenceBackend:
     """Load ``model_path`` with backend ``name``.
-
-    Float ops always compute in f32, also in INT8 artifacts (see ``OpenVinoBackend``).
 
     Args:
         threads: intra-op threads (None = the runtime's default, usually all cores).
+        device: where the runtime runs the model (``BackendSpec.device_help``; None = its CPU).
 
     Raises:
         BackendUnavailableError: the runtime is not installed.
-        BackendError: the runtime cannot load the file (the message names it).
+        BackendError: the runtime cannot load the file or use the device (the message says).
     """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS} or 'auto'")
+    spec = backend_spec(name)
     if not is_available(name):
         raise BackendUnavailableError(
-            f"backend {name!r} is not installed: pip install {pip_package(name)} "
+            f"backend {name!r} is not installed: pip install {spec.pip_package} "
             f"(or pip install 'edgedet[{name}]')")
-    if name == "onnxruntime":
-        from edgedet.backends.onnxruntime import OnnxRuntimeBackend
+    module_name, _, class_name = spec.implementation.partition(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
 
-        return OnnxRuntimeBackend(model_path, threads=threads)
-    from edgedet.backends.openvino import OpenVinoBackend
+    def load() -> InferenceBackend:
+        return backend_class(Path(model_path), threads=threads, device=device)
 
-    return OpenVinoBackend(model_path, threads=threads)
+    return _PerThread(load) if spec.session_per_thread else load()
+
+
+class _PerThread:
+    """One session per calling thread, for runtimes whose sessions are not thread-safe.
+
+    The first session is made at once (so load errors surface in the constructor and the
+    model's input / outputs are known); other threads make theirs on their first ``run``.
+    """
+
+    def __init__(self, load: Callable[[], InferenceBackend]) -> None:
+        self._load = load
+        self._local = threading.local()
+        first = load()
+        self._local.session = first
+        self.name: str = first.name
+        self.model_path: Path = first.model_path
+        self.input_name: str = first.input_name
+        self.output_names: tuple[str, ...] = first.output_names
+        self.input_shape: tuple[int | None, ...] = first.input_shape
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._load()
+        return session.run(images)

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend (``pip install onnxruntime``): runs ``*.onnx`` on the CPU."""
+"""ONNX Runtime backend (``pip install onnxruntime``): runs ``*.onnx``, on the CPU by default."""
 
 from __future__ import annotations
 
@@ -9,27 +9,61 @@ import onnxruntime as ort
 
 from edgedet.backends import BackendError
 
+# Short device names → execution providers (a full provider name is taken as it is).
+PROVIDER_ALIASES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
+
+
+def providers_for(device: str | None) -> list[str]:
+    """Execution providers for ``device`` (``"cuda,cpu"``, ``"TensorrtExecutionProvider"``).
+
+    The CPU provider is always last, so an op another provider lacks still runs.
+
+    Raises:
+        BackendError: a provider this onnxruntime build does not have (the message lists
+            the ones it has).
+    """
+    names = [d.strip() for d in (device or "cpu").split(",") if d.strip()]
+    providers = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise BackendError(f"onnxruntime has no {', '.join(missing)} here (device "
+                           f"{device!r}); this build offers {', '.join(available)}")
+    if "CPUExecutionProvider" not in providers:
+        providers.append("CPUExecutionProvider")
+    return providers
+
 
 class OnnxRuntimeBackend:
-    """One ``InferenceSession`` on the CPU execution provider.
+    """One ``InferenceSession`` on the execution providers of ``device`` (CPU by default).
 
     ``InferenceSession.run`` is thread-safe, so one session serves every thread.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, threads: int | None = None,
+                 device: str | None = None) -> None:
         self.model_path = Path(model_path)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        providers = providers_for(device)
         try:
-            self._session = ort.InferenceSession(
-                str(self.model_path), options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(str(self.model_path), options,
+                                                 providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise BackendError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
+        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
         model_input = self._session.get_inputs()[0]
         self.input_name: str = model_input.name
         self.input_shape: tuple[int | None, ...] = tuple(

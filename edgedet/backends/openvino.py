@@ -21,9 +21,10 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    def __init__(self, model_path: Path, threads: int | None = None, device: str = "CPU"
-                 ) -> None:
+    def __init__(self, model_path: Path, threads: int | None = None,
+                 device: str | None = None) -> None:
         self.model_path = Path(model_path)
+        device = device or "CPU"
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         # OpenVINO's CPU plugin runs float ops in bf16 where the CPU supports it. Keep them f32:
         # in fp32 artifacts bf16 moves boxes and scores away from the exported reference, and
@@ -32,10 +33,15 @@ class OpenVinoBackend:
         # 8-bit mantissa puts a sampling point at x ~ 40 on a 0.25-pixel grid. Measured on
         # the zoo's passd_mobilenet INT8 IR: ΔAP -8.0 with bf16 float ops, +0.1 with f32.
         config["INFERENCE_PRECISION_HINT"] = "f32"
-        if threads is not None:
+        self.device = device
+        if threads is not None and device == "CPU":  # a CPU-plugin setting only
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        known = [*core.available_devices, "AUTO", "MULTI", "HETERO", "BATCH"]
+        if device.split(":")[0].split(".")[0] not in known:
+            raise BackendError(f"openvino has no device {device!r} here; available: "
+                               f"{', '.join(core.available_devices)} (or AUTO)")
         try:
-            core = ov.Core()
             self._compiled = core.compile_model(str(self.model_path), device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise BackendError(f"openvino cannot load {self.model_path}: {exc}") from exc

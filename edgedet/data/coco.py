@@ -21,18 +21,26 @@ from edgedet.data.sample import Sample
 
 def sample_to_coco_annotations(sample: Sample, first_ann_id: int) -> list[dict]:
     """COCO ``annotations`` entries for one sample (category ids are class id + 1)."""
+    return coco_annotations(sample.image_id, sample.boxes_xyxy, sample.class_ids,
+                            sample.iscrowd, first_ann_id)
+
+
+def coco_annotations(image_id: int, boxes_xyxy: np.ndarray, class_ids: np.ndarray,
+                     iscrowd: np.ndarray | None, first_ann_id: int) -> list[dict]:
+    """COCO ``annotations`` entries of one image's boxes (``(N, 4)`` xyxy pixels, 0-based
+    class ids → category ids ``1..K``; coordinates rounded to 0.01 pixel)."""
     anns = []
-    for k, (box, cls) in enumerate(zip(sample.boxes_xyxy, sample.class_ids, strict=True)):
+    for k, (box, cls) in enumerate(zip(boxes_xyxy, class_ids, strict=True)):
         x1, y1, x2, y2 = (float(v) for v in box)
         w, h = x2 - x1, y2 - y1
         anns.append(
             {
                 "id": first_ann_id + k,
-                "image_id": int(sample.image_id),
+                "image_id": int(image_id),
                 "category_id": int(cls) + 1,
                 "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
                 "area": round(w * h, 2),
-                "iscrowd": int(bool(sample.iscrowd[k])) if sample.iscrowd is not None else 0,
+                "iscrowd": int(bool(iscrowd[k])) if iscrowd is not None else 0,
             }
         )
     return anns

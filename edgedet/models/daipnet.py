@@ -37,6 +37,7 @@ The paper gives no parameter counts (Tables 1-3 report accuracy and time only).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ from edgedet.models.backbones.vgg import (
     SsdExtraLayers,
 )
 from edgedet.models.box_coder import BoxWeights
+from edgedet.models.contract import model_config
 from edgedet.models.pa_head import flatten_head_output
 
 NUM_FUSED_LEVELS = 4  # "n = 4 denotes the number of feature pyramid levels selected"
@@ -256,6 +258,8 @@ class DAIPNet(nn.Module):
     units). ``forward_export`` returns the same two tensors as a tuple.
     """
 
+    # SSD's softmax head with background at 0, decoded against the priors.
+    head_family: ClassVar[str] = "ssd"
     export_output_names: tuple[str, ...] = ("cls_logits", "box_deltas")
 
     def __init__(
@@ -373,13 +377,10 @@ def daipnet_vgg16(
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)  # ssd.pytorch's initialisation
                 nn.init.zeros_(m.bias)
-    config = {
-        "architecture": "daipnet_vgg16",
-        "kwargs": {"num_classes": num_classes, "img_size": img_size, "use_ipn": use_ipn,
-                   "use_affm": use_affm, "use_pafm": use_pafm},
-    }
-    model = DAIPNet(vgg, extras, ipn, affm, pafm, head, prior_config, config)
-    model.image_size = (img_size, img_size)
-    return model
+    config = model_config("daipnet_vgg16", {
+        "num_classes": num_classes, "img_size": img_size, "use_ipn": use_ipn,
+        "use_affm": use_affm, "use_pafm": use_pafm,
+    })
+    return DAIPNet(vgg, extras, ipn, affm, pafm, head, prior_config, config)
 
 

@@ -14,13 +14,9 @@ NMS score ``sigmoid(cls) * sigmoid(conf)`` is post-processing, outside the model
 from __future__ import annotations
 
 from edgedet.models.attention import DecoupledSelfAttention
+from edgedet.models.contract import model_config
 from edgedet.models.fpn import RetinaFPN
-from edgedet.models.retinanet import (
-    BACKBONE_BUILDERS,
-    RetinaNet,
-    image_size_pair,
-    model_config,
-)
+from edgedet.models.retinanet import BACKBONE_BUILDERS, RetinaNet, image_size_pair
 from edgedet.models.retinanet_head import RetinaNetHead
 
 # Pyramid indices of P4..P7 in [P3, P4, P5, P6, P7]: self-attention on P3 ran out of GPU

@@ -28,13 +28,9 @@ from edgedet.models.attention import (
     CrossLevelSE,
     SpatialAttention,
 )
+from edgedet.models.contract import model_config
 from edgedet.models.fpn import RetinaFPN
-from edgedet.models.retinanet import (
-    BACKBONE_BUILDERS,
-    RetinaNet,
-    image_size_pair,
-    model_config,
-)
+from edgedet.models.retinanet import BACKBONE_BUILDERS, RetinaNet, image_size_pair
 from edgedet.models.retinanet_head import RETINANET_ANCHORS_PER_CELL, prior_probability_bias
 
 NUM_PYRAMID_LEVELS = 5  # P3..P7

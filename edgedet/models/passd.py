@@ -26,6 +26,7 @@ the rest of the training recipe (Smooth-L1, learning rates) is SSD's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,7 @@ from edgedet.models.backbones.vgg import (
     conv_output_size,
 )
 from edgedet.models.box_coder import BoxWeights
+from edgedet.models.contract import model_config
 from edgedet.models.pa_head import PlainConvHead, ProposeAttendHead
 from edgedet.models.passd_fpn import PassdFPN
 
@@ -200,6 +202,10 @@ class PASSD(nn.Module):
     propose outputs inside the graph.
     """
 
+    # Both heads: the "passd" decoder falls back to SSD decoding when there are no
+    # ``propose_deltas`` (the plain-head ablation), so the family is the meta-architecture's.
+    head_family: ClassVar[str] = "passd"
+
     def __init__(
         self,
         backbone: PassdBackbone,
@@ -295,21 +301,16 @@ def _build_passd(
                                  clip_propose_offsets=clip_propose_offsets)
     else:
         head = PlainConvHead(fpn_channels, num_classes, num_anchors)
-    config = {
-        "architecture": architecture,
-        "kwargs": {
-            "num_classes": num_classes,
-            "img_size": img_size,
-            "use_pa": use_pa,
-            "use_attend": use_attend,
-            "clip_propose_offsets": clip_propose_offsets,
-            "anchor_scales": [float(s) for s in anchor_scales],
-            **(extra_kwargs or {}),
-        },
-    }
-    model = PASSD(backbone, fpn, head, anchor_scales, config)
-    model.image_size = (img_size, img_size)
-    return model
+    config = model_config(architecture, {
+        "num_classes": num_classes,
+        "img_size": img_size,
+        "use_pa": use_pa,
+        "use_attend": use_attend,
+        "clip_propose_offsets": clip_propose_offsets,
+        "anchor_scales": [float(s) for s in anchor_scales],
+        **(extra_kwargs or {}),
+    })
+    return PASSD(backbone, fpn, head, anchor_scales, config)
 
 
 def passd_vgg16(

@@ -12,12 +12,13 @@ Image sizes are ``(width, height)`` like ``GridAnchorSpec.image_size``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from edgedet.anchors import GridAnchorSpec
 from edgedet.models.backbones.resnet import ResNet, resnet18, resnet50, resnet101, se_resnet50
+from edgedet.models.contract import model_config
 from edgedet.models.fpn import RetinaFPN, retinanet_feature_sizes
 from edgedet.models.retinanet_head import (
     RetinaNetHead,
@@ -44,19 +45,6 @@ def image_size_pair(img_size: int | tuple[int, int] | list[int]) -> tuple[int, i
     return (int(img_size[0]), int(img_size[1]))
 
 
-def model_config(architecture: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-serialisable ``config`` every detector carries: ``builder(**kwargs)`` rebuilds it.
-
-    Tuples become lists, as they would after a JSON round trip.
-    """
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        return value
-
-    return {"architecture": architecture, "kwargs": {k: plain(v) for k, v in kwargs.items()}}
-
-
 class RetinaNet(nn.Module):
     """Single-stage detector with RetinaNet's structure and sigmoid class logits.
 
@@ -66,12 +54,15 @@ class RetinaNet(nn.Module):
         head: ``head(cls_features, box_features) -> {name: [(N, A*k, H_l, W_l)]}`` with keys
             ``cls_logits`` (k = K), ``box_deltas`` (k = 4) and optionally ``conf_logits``
             (k = 1).
-        config: ``{"architecture": builder name, "kwargs": builder kwargs}``.
+        config: the builder's ``model_config(architecture, kwargs)``.
         aligned_attention: optional modules applied to backbone maps before the FPN, keyed by
             level name ``"c3" / "c4" / "c5"``; each maps ``(N, C, H, W)`` to the same shape.
         pyramid_attention: optional ``[P3..P7] -> ([cls features], [box features])``.
     """
 
+    # HAR-Net (a subclass) and DSANet (instances) share RetinaNet's sigmoid head and anchors,
+    # so one decoder and one training recipe cover the three.
+    head_family: ClassVar[str] = "retinanet"
     # RetinaNet regresses (dx, dy, dw, dh) without variance scaling.
     box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 

@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 import os
 import signal
@@ -11,7 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgedet.data.synthetic import SyntheticConfig, render_synthetic_video
+from edgedet.data.synthetic import SyntheticConfig
+from edgedet.data.synthetic_video import render_synthetic_video
+from edgedet.video import read_video_frames
 from tests.edgedet.tiny_artifacts import (
     PLANTED_DELTAS,
     PlantedObjectHead,
@@ -22,22 +25,27 @@ from tests.edgedet.tiny_artifacts import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-WEBCAM_PY = REPO / "apps" / "webcam.py"
+APPS = REPO / "apps"
+WEBCAM_PY = APPS / "webcam.py"
 
 
-def _load_app():
-    spec = importlib.util.spec_from_file_location("webcam_app", WEBCAM_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+@pytest.fixture
+def capture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """apps/capture.py, imported the way the apps import it: as a module beside them."""
+    monkeypatch.syspath_prepend(str(APPS))
+    module = importlib.import_module("capture")
+    monkeypatch.setenv("EDGEDET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(module, "DEMO_FRAMES", 12)
+    monkeypatch.setattr(module, "RECONNECT_DELAY_S", 0.01)
     return module
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    module = _load_app()
-    monkeypatch.setenv("EDGEDET_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(module, "DEMO_FRAMES", 12)
-    monkeypatch.setattr(module, "RECONNECT_DELAY_S", 0.01)
+def app(capture):
+    """A fresh apps/webcam.py module (it imports ``capture``, found through the fixture)."""
+    spec = importlib.util.spec_from_file_location("webcam_app", WEBCAM_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 
@@ -59,29 +67,17 @@ def _count_frames(path: Path) -> int:
     return count
 
 
-def _read_frames(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
-
-
 class FakeLiveSource:
     """A camera delivering frames numbered in pixels (0, 0) and (0, 1) every ``period_s``,
-    that fails (raises the app's ``SourceError``) or stalls after some frames."""
+    that fails (raises capture's ``SourceError``) or stalls after some frames."""
 
     live = True
     fps = 30.0
     description = "fake camera"
 
-    def __init__(self, app, period_s: float = 0.001, fail_after: int | None = None,
+    def __init__(self, capture, period_s: float = 0.001, fail_after: int | None = None,
                  stall_after: int | None = None) -> None:
-        self.error = app.SourceError
+        self.error = capture.SourceError
         self.period_s, self.fail_after, self.stall_after = period_s, fail_after, stall_after
         self.produced = 0
         self.closed = threading.Event()
@@ -106,8 +102,8 @@ def _frame_number(frame: np.ndarray) -> int:
     return int(frame[0, 0, 0]) * 256 + int(frame[0, 1, 0])
 
 
-def test_demo_runs_headless_and_saves_every_frame(app, models: dict[str, Path],
-                                                  tmp_path: Path,
+def test_demo_runs_headless_and_saves_every_frame(app, capture, models: dict[str, Path],
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out" / "demo.mp4"
     argv = ["--source", "demo", "--model", str(models["tiny"]), "--headless", "--save", str(out)]
@@ -117,22 +113,23 @@ def test_demo_runs_headless_and_saves_every_frame(app, models: dict[str, Path],
     err = capsys.readouterr().err
     assert "rendering the demo video once" in err and "saved" in err
     # The second run uses the cached video and renders nothing.
-    app.render_synthetic_video = lambda *a, **k: pytest.fail("demo rendered twice")
+    monkeypatch.setattr(capture, "render_synthetic_video",
+                        lambda *a, **k: pytest.fail("demo rendered twice"))
     assert app.main([*argv, "--max-frames", "5"]) == 0
     assert _count_frames(out) == 5
 
 
-def test_no_camera_falls_back_to_the_demo(app, models: dict[str, Path],
+def test_no_camera_falls_back_to_the_demo(app, capture, models: dict[str, Path],
                                           monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    real = app.VideoCaptureSource
+    real = capture.VideoCaptureSource
 
     def no_cameras(target, live, description):
         if isinstance(target, int):
-            raise app.SourceError(f"cannot open {description}")
+            raise capture.SourceError(f"cannot open {description}")
         return real(target, live, description)
 
-    monkeypatch.setattr(app, "VideoCaptureSource", no_cameras)
+    monkeypatch.setattr(capture, "VideoCaptureSource", no_cameras)
     assert app.main(["--model", str(models["tiny"]), "--max-frames", "3"]) == 0
     err = capsys.readouterr().err
     assert "no camera found: running on the built-in demo video" in err
@@ -150,7 +147,7 @@ def test_boxes_are_drawn_where_the_model_sees_the_object(app, models: dict[str, 
     out = tmp_path / "boxes.avi"
     assert app.main(["--source", str(folder), "--model", str(models["planted"]),
                      "--save", str(out)]) == 0
-    frames = _read_frames(out)
+    frames = read_video_frames(out)
     assert len(frames) == 3
     # Planted input box (7.2, 2.4, 55.2, 34.4) at 160/64 = 2.5x: frame box (18, 6, 138, 86).
     row_difference = np.abs(frames[0][:, 40:130].astype(float) - 110).mean(axis=(1, 2))
@@ -159,9 +156,9 @@ def test_boxes_are_drawn_where_the_model_sees_the_object(app, models: dict[str, 
     assert row_difference[66:80].max() < 15 and row_difference[95:].max() < 15
 
 
-def test_live_sources_drop_stale_frames(app) -> None:
-    source = FakeLiveSource(app, period_s=0.002)
-    grabber = app.FrameGrabber(source)
+def test_live_sources_drop_stale_frames(capture) -> None:
+    source = FakeLiveSource(capture, period_s=0.002)
+    grabber = capture.FrameGrabber(source)
     grabber.start()
     try:
         first = _frame_number(grabber.get(5.0))
@@ -173,12 +170,12 @@ def test_live_sources_drop_stale_frames(app) -> None:
     assert source.closed.wait(2.0)  # the capture thread released the source
 
 
-def test_file_sources_deliver_every_frame_in_order(app, tmp_path: Path) -> None:
+def test_file_sources_deliver_every_frame_in_order(capture, tmp_path: Path) -> None:
     video = render_synthetic_video(tmp_path / "v.avi", num_frames=20, seed=1,
                                    config=SyntheticConfig(image_size=(96, 64)), progress=False)
-    source = app.open_source(str(video))
+    source = capture.open_source(str(video))
     assert not source.live
-    grabber = app.FrameGrabber(source)
+    grabber = capture.FrameGrabber(source)
     grabber.start()
     received = []
     while (frame := grabber.get(5.0)) is not None:
@@ -186,15 +183,16 @@ def test_file_sources_deliver_every_frame_in_order(app, tmp_path: Path) -> None:
         time.sleep(0.01)  # slower than the reader: it must wait, not drop
     grabber.stop()
     assert len(received) == 20 and grabber.dropped == 0
-    expected = _read_frames(video)
+    expected = read_video_frames(video)
     assert all(np.array_equal(a, b) for a, b in zip(received, expected, strict=True))
 
 
 def test_a_source_that_disappears_ends_with_a_message_and_keeps_the_video(
-    app, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    app, capture, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(app, "open_source", lambda spec: FakeLiveSource(app, 0.01, fail_after=4))
+    monkeypatch.setattr(app, "open_source",
+                        lambda spec: FakeLiveSource(capture, 0.01, fail_after=4))
     out = tmp_path / "lost.mp4"
     assert app.main(["--model", str(models["tiny"]), "--source", "0", "--save", str(out)]) == 1
     assert "error: fake camera stopped delivering frames" in capsys.readouterr().err
@@ -202,11 +200,11 @@ def test_a_source_that_disappears_ends_with_a_message_and_keeps_the_video(
 
 
 def test_a_stalled_source_times_out_instead_of_hanging(
-    app, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+    app, capture, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(app, "READ_TIMEOUT_S", 0.05)
-    source = FakeLiveSource(app, stall_after=2)
+    monkeypatch.setattr(capture, "READ_TIMEOUT_S", 0.05)
+    source = FakeLiveSource(capture, stall_after=2)
     monkeypatch.setattr(app, "open_source", lambda spec: source)
     start = time.perf_counter()
     assert app.main(["--model", str(models["tiny"]), "--source", "0"]) == 1
@@ -224,7 +222,7 @@ def test_an_unreachable_stream_is_retried_then_reported(
     assert "retrying (3/3)" in err and "error: cannot open stream rtsp://127.0.0.1:9/none" in err
 
 
-def test_a_lost_stream_reconnects(app, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_stream_reconnects(capture, monkeypatch: pytest.MonkeyPatch) -> None:
     class FakeCapture:
         def __init__(self, frames: int) -> None:
             self.frames = frames
@@ -245,15 +243,15 @@ def test_a_lost_stream_reconnects(app, monkeypatch: pytest.MonkeyPatch) -> None:
             pass
 
     captures = iter([FakeCapture(1), FakeCapture(0), FakeCapture(2)])
-    monkeypatch.setattr(app.VideoCaptureSource, "_open", lambda self: next(captures))
-    source = app.VideoCaptureSource("rtsp://camera/stream", live=True, description="stream")
+    monkeypatch.setattr(capture.VideoCaptureSource, "_open", lambda self: next(captures))
+    source = capture.VideoCaptureSource("rtsp://camera/stream", live=True, description="stream")
     stop = threading.Event()
     assert source.read(stop) is not None  # capture 1
     assert source.read(stop) is not None  # capture 1 ends; 2 is dead; 3 delivers
     assert source.read(stop) is not None
     dead = iter([FakeCapture(0) for _ in range(4)])
-    monkeypatch.setattr(app.VideoCaptureSource, "_open", lambda self: next(dead))
-    with pytest.raises(app.SourceError, match="gave up after 3 reconnect attempts"):
+    monkeypatch.setattr(capture.VideoCaptureSource, "_open", lambda self: next(dead))
+    with pytest.raises(capture.SourceError, match="gave up after 3 reconnect attempts"):
         source.read(stop)
 
 
@@ -283,26 +281,13 @@ def test_headless_detection_and_quit_keys(app, monkeypatch: pytest.MonkeyPatch) 
     assert not app.is_quit_key(-1) and not app.is_quit_key(ord("a"))
 
 
-def test_video_writer_is_atomic(app, tmp_path: Path) -> None:
-    out = tmp_path / "w.mp4"
-    writer = app.AtomicVideoWriter(out, fps=10.0)
-    assert writer.finish() is None and not out.exists()  # nothing written, nothing left
-    writer.write(np.zeros((32, 48, 3), np.uint8))
-    assert not out.exists()  # only the temporary file exists while recording
-    writer.write(np.zeros((32, 48, 3), np.uint8))
-    assert writer.finish() == out and _count_frames(out) == 2
-    discarded = app.AtomicVideoWriter(tmp_path / "d.mp4", fps=10.0)
-    discarded.write(np.zeros((32, 48, 3), np.uint8))
-    discarded.discard()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.mp4"]
-
-
 _SLOW_DRIVER = """
 import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("webcam_app", sys.argv[1])
 app = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(app)
-app.DEMO_FRAMES = 40
+import capture
+capture.DEMO_FRAMES = 40
 
 class SlowDetector(app.Detector):
     def detect(self, frame):
@@ -318,7 +303,9 @@ sys.exit(app.main(sys.argv[2:]))
 def test_ctrl_c_exits_cleanly_and_keeps_the_recording(models: dict[str, Path],
                                                       tmp_path: Path) -> None:
     out = tmp_path / "rec.mp4"
-    env = {**os.environ, "EDGEDET_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    # apps/ on the path too, as for `python apps/webcam.py`: the app imports its sibling capture.
+    env = {**os.environ, "EDGEDET_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(APPS), str(REPO)])}
     process = subprocess.Popen(
         [sys.executable, "-c", _SLOW_DRIVER, str(WEBCAM_PY), "--source", "demo", "--model",
          str(models["tiny"]), "--headless", "--save", str(out)],
@@ -339,3 +326,11 @@ def test_ctrl_c_exits_cleanly_and_keeps_the_recording(models: dict[str, Path],
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert 1 <= _count_frames(out) < 40
+
+
+def test_runs_as_a_script_from_the_repository_root() -> None:
+    # Run as `python apps/webcam.py`, the app finds its sibling capture.py through sys.path[0].
+    result = subprocess.run([sys.executable, str(WEBCAM_PY.relative_to(REPO)), "--help"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--source" in result.stdout and "--save" in result.stdout

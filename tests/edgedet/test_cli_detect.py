@@ -10,7 +10,8 @@ import pytest
 
 from edgedet import zoo
 from edgedet.cli import main
-from edgedet.data.synthetic import SyntheticConfig, render_synthetic_video
+from edgedet.data.synthetic import SyntheticConfig
+from edgedet.data.synthetic_video import render_synthetic_video
 from tests.edgedet.tiny_artifacts import (
     PLANTED_DELTAS,
     PlantedObjectHead,

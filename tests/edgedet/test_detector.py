@@ -11,9 +11,9 @@ import pytest
 
 from edgedet import Detector, DetectorOptions, FrameError
 from edgedet.anchors import anchor_spec_from_dict
+from edgedet.artifact import ManifestError
 from edgedet.backends import BackendUnavailableError
 from edgedet.head_decoding import decode_head_outputs
-from edgedet.manifest import ManifestError
 from edgedet.postprocess import select_detections
 from edgedet.preprocess import PreprocessConfig, preprocess
 from tests.edgedet.tiny_artifacts import (
@@ -280,7 +280,7 @@ def test_the_sdk_loads_and_detects_with_torch_unimportable(artifacts: dict[str, 
         "import sys\n"
         "sys.modules['torch'] = None\n"
         "import numpy as np\n"
-        "import edgedet.backends.onnxruntime, edgedet.backends.openvino, edgedet.manifest\n"
+        "import edgedet.backends.onnxruntime, edgedet.backends.openvino, edgedet.artifact\n"
         "from edgedet import Detector\n"
         f"dets = Detector({str(artifacts['ssd'])!r}).detect(np.zeros((96, 128, 3), np.uint8))\n"
         # list(): a runtime's background thread may still be importing modules

@@ -17,7 +17,7 @@ from torch import nn
 
 from edgedet._io import write_json_atomic
 from edgedet.anchors import GridAnchorSpec
-from edgedet.manifest import sha256_file
+from edgedet.artifact import sha256_file
 from edgedet.preprocess import PreprocessConfig
 
 TINY_CLASSES = ("circle", "square", "triangle")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgedet.artifact import Artifact, write_artifact
 from edgedet.data.sample import Sample
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.detections import Detections
@@ -13,14 +14,14 @@ from edgedet.detector import Detector
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import (
     DetectorRun,
-    ReferenceDetector,
     coco_metrics,
     compare_to_reference,
     latency_summary,
     match_detections,
+    reference_detector,
     run_detector,
 )
-from quantize.artifact import build_manifest, write_artifact
+from quantize.manifest import build_manifest
 
 CLASSES = ("a", "b")
 
@@ -80,11 +81,12 @@ def test_reference_matches_the_sdk_on_an_fp32_artifact(exported, tmp_path):
               "preprocess": PreprocessConfig(input_size=input_size).to_dict(),
               "postprocess": {"score_threshold": 0.05, "iou_threshold": 0.45,
                               "max_detections": 50}}
-    manifest = build_manifest(model, config, "ref_check")
-    artifact = write_artifact(tmp_path / "ref_check", {"model.onnx": onnx_path}, manifest)
+    manifest = build_manifest(model, config, "ref_check", "fp32", "onnxruntime")
+    artifact = Artifact.load(
+        write_artifact(tmp_path / "ref_check", {"model.onnx": onnx_path}, manifest))
     # Frames of another size than the input: both paths resize and map boxes back.
     samples = list(SyntheticScenes(2, seed=1, config=SyntheticConfig(image_size=(200, 150))))
-    reference = run_detector(ReferenceDetector(model, manifest, "cpu").detect, samples,
+    reference = run_detector(reference_detector(model, artifact, "cpu").detect, samples,
                              progress=False)
     deployed = run_detector(Detector(artifact, backend="onnxruntime").detect, samples,
                             progress=False)

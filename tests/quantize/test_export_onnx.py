@@ -17,7 +17,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from quantize.export_onnx import INPUT_NAME, ExportError, export_onnx
+from edgedet.anchors import GridAnchorSpec
+from edgedet.artifact import INPUT_NAME
+from quantize.export_onnx import ExportError, export_onnx
 
 PARITY_TOLERANCE = 1e-4
 
@@ -61,23 +63,33 @@ def test_graph_interface_and_ort_parity(exported: Exported, name: str) -> None:
     assert_parity(actual, expected, model.export_output_names, PARITY_TOLERANCE)
 
 
-class _Broken(nn.Module):
-    export_output_names = ("cls_logits",)
-
-    def forward_export(self, images: Tensor) -> tuple[Tensor, ...]:
-        raise RuntimeError("broken on purpose")
-
-
 class _Tiny(nn.Module):
+    """The smallest ``DetectionModel``: one anchor per pixel, an SSD-style head."""
+
+    head_family = "ssd"
+    box_coder_weights = (1.0, 1.0, 1.0, 1.0)
     export_output_names = ("cls_logits", "box_deltas")
 
     def __init__(self) -> None:
         super().__init__()
+        self.config = {"architecture": "tiny", "kwargs": {}}
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return dict(zip(self.export_output_names, self.forward_export(images), strict=True))
 
     def forward_export(self, images: Tensor) -> tuple[Tensor, ...]:
         maps = self.conv(images).permute(0, 2, 3, 1).reshape(images.shape[0], -1, 6)
         return maps[..., :2].contiguous(), maps[..., 2:].contiguous()
+
+    def anchor_spec(self, image_size: tuple[int, int]) -> GridAnchorSpec:
+        width, height = image_size
+        return GridAnchorSpec((width, height), ((height, width),), (1,), (1.0,))
+
+
+class _Broken(_Tiny):
+    def forward_export(self, images: Tensor) -> tuple[Tensor, ...]:
+        raise RuntimeError("broken on purpose")
 
 
 def test_non_square_input_size_is_width_height(tmp_path: Path) -> None:
@@ -85,6 +97,8 @@ def test_non_square_input_size_is_width_height(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 8, 12]
     assert [o.shape for o in session.get_outputs()] == [[1, 96, 2], [1, 96, 4]]
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["edgedet.architecture"] == "tiny"
 
 
 def test_failed_export_leaves_previous_file(tmp_path: Path) -> None:
@@ -97,6 +111,6 @@ def test_failed_export_leaves_previous_file(tmp_path: Path) -> None:
 
 
 def test_model_without_export_interface_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="forward_export"):
+    with pytest.raises(ExportError, match=r"cannot export Conv2d: .*forward_export"):
         export_onnx(nn.Conv2d(3, 3, 1), tmp_path / "x.onnx", (8, 8))
     assert not (tmp_path / "x.onnx").exists()

@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgedet.artifact import ManifestError, load_manifest
 from edgedet.detector import Detector
-from edgedet.manifest import ManifestError, load_manifest
 from quantize.publish import main, publish
 from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 

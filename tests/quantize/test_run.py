@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgedet.artifact import load_manifest
 from edgedet.detector import Detector
-from edgedet.manifest import load_manifest
 from tests.quantize.tiny_checkpoint import INPUT_SIZE, write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

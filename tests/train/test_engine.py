@@ -10,8 +10,9 @@ from edgedet.head_decoding import decode_head_outputs
 from edgedet.preprocess import PreprocessConfig
 from train.checkpoint import load_checkpoint
 from train.distributed import DistInfo
-from train.engine import TrainConfig, Trainer, TrainingDivergedError, read_metrics
+from train.engine import TrainConfig, Trainer, TrainingDivergedError
 from train.losses import build_criterion
+from train.metrics_log import read_metrics
 from train.models import build_model, family_defaults
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -383,11 +383,14 @@ def test_boxes_without_area_are_dropped():
 # --------------------------------------------------------------------------- dispatch
 
 
-def test_build_criterion_dispatches_on_the_model_class():
+def test_build_criterion_dispatches_on_the_head_family():
     passd = passd_mobilenet(num_classes=2)
     criterion = build_criterion(passd)
     assert isinstance(criterion, PassdLoss)
     assert criterion.box_coder_weights == SSD_WEIGHTS
+    # The propose stage without the attend convs (Table 1 exp. 3) still has both losses.
+    assert isinstance(build_criterion(passd_mobilenet(num_classes=2, use_attend=False)),
+                      PassdLoss)
     assert isinstance(build_criterion(passd_mobilenet(num_classes=2, use_pa=False)),
                       MultiboxLoss)
     daipnet_criterion = build_criterion(daipnet_vgg16(num_classes=2))

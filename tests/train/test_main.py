@@ -10,8 +10,8 @@ import torch
 
 from edgedet.data.synthetic import SYNTHETIC_CLASSES
 from train.checkpoint import load_checkpoint
-from train.engine import read_metrics
 from train.main import build_parser, main, seed_everything
+from train.metrics_log import read_metrics
 from train.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,11 +1,14 @@
 import pytest
 import torch
 
+from edgedet.head_decoding import HEAD_FAMILIES
 from train.models import (
+    FAMILY_DEFAULTS,
     MODEL_BUILDERS,
     build_model,
     default_img_size,
     family_defaults,
+    is_harnet,
     models_table,
 )
 
@@ -34,3 +37,16 @@ def test_families_and_errors():
         build_model("yolo", 2, (64, 64))
     with pytest.raises(TypeError, match="no training family"):
         family_defaults(torch.nn.Linear(1, 1))
+
+
+def test_every_head_family_has_training_defaults():
+    assert set(FAMILY_DEFAULTS) == set(HEAD_FAMILIES)
+    assert all(defaults.family == family for family, defaults in FAMILY_DEFAULTS.items())
+    with pytest.warns(UserWarning):
+        daipnet = build_model("daipnet_vgg16", 2, (64, 64))
+    assert family_defaults(torch.nn.DataParallel(daipnet)) is FAMILY_DEFAULTS["ssd"]
+
+
+def test_incremental_attention_is_a_harnet_capability():
+    assert is_harnet(build_model("harnet_resnet18_small", 2, (64, 64)))
+    assert not is_harnet(build_model("dsanet_resnet18", 2, (64, 64)))

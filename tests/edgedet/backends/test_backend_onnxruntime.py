@@ -52,3 +52,15 @@ def test_model_file_for_picks_what_the_backend_reads() -> None:
     with pytest.raises(BackendError, match=r"reads \.onnx model files; this artifact has "
                                            r"\['model\.bin', 'model\.xml'\]"):
         model_file_for("onnxruntime", ["model.xml", "model.bin"])
+
+
+def test_device_chooses_execution_providers(tiny_onnx: tuple[Path, TinyHead]) -> None:
+    from edgedet.backends.onnxruntime import providers_for
+
+    assert providers_for(None) == ["CPUExecutionProvider"]
+    assert providers_for("CPU") == ["CPUExecutionProvider"]
+    backend = create_backend("onnxruntime", tiny_onnx[0], device="cpu")
+    assert backend.providers == ("CPUExecutionProvider",)  # type: ignore[attr-defined]
+    # A provider this build lacks is named with the ones it has, not silently dropped.
+    with pytest.raises(BackendError, match=r"no CUDAExecutionProvider here.*offers .*CPU"):
+        create_backend("onnxruntime", tiny_onnx[0], device="cuda")

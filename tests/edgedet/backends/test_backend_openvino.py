@@ -104,3 +104,11 @@ def test_an_unreadable_model_names_the_file(tmp_path: Path) -> None:
     path.write_text("<net>not really</ne")
     with pytest.raises(BackendError, match=r"openvino cannot load .*broken\.xml"):
         OpenVinoBackend(path)
+
+
+def test_device_reaches_openvino(artifacts: dict[str, Path]) -> None:
+    detector = Detector(artifacts["ir"], device="CPU")
+    assert detector.backend.device == "CPU"  # type: ignore[attr-defined]
+    # A device this machine lacks is named with the ones it has.
+    with pytest.raises(BackendError, match=r"no device 'NOSUCH' here; available: "):
+        Detector(artifacts["ir"], device="NOSUCH")

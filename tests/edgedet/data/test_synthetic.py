@@ -1,4 +1,5 @@
-"""Tests for the synthetic scene generator (edgedet/data/synthetic.py and its helpers)."""
+"""Tests for the synthetic scene generator (edgedet/data/synthetic.py, synthetic_video.py and
+their helpers)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from edgedet.data.synthetic import (
     _layout,
     _visible_boxes,
     render_scene,
-    render_synthetic_video,
     write_synthetic_dataset,
 )
 from edgedet.data.synthetic_shapes import SHAPE_NAMES, shape_mask
+from edgedet.data.synthetic_video import render_synthetic_video
+from edgedet.video import read_video_frames
 
 SMALL = SyntheticConfig(image_size=(128, 96), max_objects=6, max_distractors=4)
 
@@ -174,14 +176,7 @@ def test_video_round_trip(tmp_path, suffix):
         tmp_path / f"demo{suffix}", 7, seed=1, config=SMALL, fps=10, progress=False
     )
     assert path == tmp_path / f"demo{suffix}"
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
+    frames = read_video_frames(path)
     assert len(frames) == 7 and frames[0].shape == (96, 128, 3)
     assert not np.array_equal(frames[0], frames[6])  # things move
     ground_truth = json.loads((tmp_path / "demo.json").read_text())

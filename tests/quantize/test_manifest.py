@@ -1,18 +1,17 @@
-"""Artifact directory: manifest contents, file hashes, atomic replacement."""
+"""``quantize.manifest.build_manifest``: a manifest filled from a detector and its checkpoint
+config (the contract itself is tested in tests/edgedet/test_artifact.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from pathlib import Path
 
 import pytest
 
 from edgedet.anchors import anchor_spec_from_dict
+from edgedet.artifact import ManifestError
 from edgedet.models.passd import passd_mobilenet
 from edgedet.preprocess import PreprocessConfig
-from quantize.artifact import ArtifactError, build_manifest, sha256_file, write_artifact
+from quantize.manifest import build_manifest
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,8 @@ def test_build_manifest_from_model_and_config(passd_and_config: tuple) -> None:
     model, config = passd_and_config
     source = {"checkpoint": "best.safetensors", "checkpoint_sha256": "ab" * 32,
               "calibration": None}
-    manifest = build_manifest(model, config, "passd_mobilenet", source=source)
+    manifest = build_manifest(model, config, "passd_mobilenet", "fp32", "onnxruntime",
+                              source=source)
     assert manifest["format_version"] == 1
     assert manifest["architecture"] == "passd_mobilenet"
     assert manifest["head_family"] == "passd"
@@ -59,13 +59,13 @@ def test_build_manifest_from_model_and_config(passd_and_config: tuple) -> None:
     json.dumps(manifest)  # JSON-serialisable
 
 
-def test_build_manifest_fills_missing_keys_from_model(passd_and_config: tuple) -> None:
+def test_build_manifest_takes_model_facts_from_the_model(passd_and_config: tuple) -> None:
     model, config = passd_and_config
     minimal = {k: config[k] for k in ("architecture", "class_names", "preprocess")}
     shapes = {"objectness_logits": [1, 6375, 2], "propose_deltas": [1, 6375, 4],
               "cls_logits": [1, 6375, 3], "box_deltas": [1, 6375, 4]}
     manifest = build_manifest(model, minimal, "m", precision="int8", backend="openvino",
-                              output_shapes=shapes, kept_out_of_int8=["/head/Softmax"])
+                              shapes=shapes, kept_out_of_int8=["/head/Softmax"])
     assert manifest["head_family"] == "passd"
     assert manifest["anchor_spec"] == config["anchor_spec"]
     assert manifest["kept_out_of_int8"] == ["/head/Softmax"]
@@ -74,52 +74,13 @@ def test_build_manifest_fills_missing_keys_from_model(passd_and_config: tuple) -
 def test_build_manifest_errors(passd_and_config: tuple) -> None:
     model, config = passd_and_config
     without_classes = {k: v for k, v in config.items() if k != "class_names"}
-    with pytest.raises(ArtifactError, match="class_names"):
-        build_manifest(model, without_classes, "m", output_shapes={})
-    with pytest.raises(ArtifactError, match="precision"):
-        build_manifest(model, config, "m", precision="int4")
+    with pytest.raises(ManifestError, match="class_names"):
+        build_manifest(model, without_classes, "m", "fp32", "onnxruntime", shapes={})
+    with pytest.raises(ManifestError, match="precision"):
+        build_manifest(model, config, "m", "int4", "onnxruntime")
+    with pytest.raises(ManifestError, match="backend"):
+        build_manifest(model, config, "m", "fp32", "tensorflow")
     wrong = {"objectness_logits": [1, 100, 2], "propose_deltas": [1, 100, 4],
              "cls_logits": [1, 100, 3], "box_deltas": [1, 100, 4]}
-    with pytest.raises(ArtifactError, match="6375 anchors"):
-        build_manifest(model, config, "m", output_shapes=wrong)
-
-
-def _file(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def test_write_artifact_hashes_and_manifest_last(tmp_path: Path) -> None:
-    model_file = _file(tmp_path / "exported.onnx", b"onnx bytes")
-    report = _file(tmp_path / "r.md", b"# report")
-    out = write_artifact(tmp_path / "art", {"model.onnx": model_file}, {"name": "x"},
-                         extra_files={"report.md": report})
-    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "report.md"]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest == {"name": "x",
-                        "files": {"model.onnx": hashlib.sha256(b"onnx bytes").hexdigest()}}
-    assert sha256_file(out / "model.onnx") == manifest["files"]["model.onnx"]
-
-
-def test_replacing_an_artifact_is_atomic(tmp_path: Path) -> None:
-    xml = _file(tmp_path / "a.xml", b"<net/>")
-    weights = _file(tmp_path / "a.bin", b"\x00\x01")
-    target = tmp_path / "out" / "art"
-    write_artifact(target, {"model.onnx": _file(tmp_path / "old.onnx", b"old")}, {"v": 1})
-    write_artifact(target, {"model.xml": xml, "model.bin": weights}, {"v": 2})
-    assert sorted(os.listdir(target)) == ["manifest.json", "model.bin", "model.xml"]
-    assert json.loads((target / "manifest.json").read_text())["v"] == 2
-    assert os.listdir(target.parent) == ["art"]  # no staging or backup directory left
-
-    # A failure while building the new one leaves the good artifact as it was.
-    before = {name: (target / name).read_bytes() for name in os.listdir(target)}
-    with pytest.raises(ArtifactError, match="not found"):
-        write_artifact(target, {"model.onnx": tmp_path / "missing.onnx"}, {"v": 3})
-    with pytest.raises(ArtifactError, match="plain file name"):
-        write_artifact(target, {"../model.onnx": xml}, {"v": 3})
-    with pytest.raises(ArtifactError, match="plain file name"):
-        write_artifact(target, {"manifest.json": xml}, {"v": 3})
-    with pytest.raises(ArtifactError, match="at least one model file"):
-        write_artifact(target, {}, {"v": 3})
-    assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before
-    assert os.listdir(target.parent) == ["art"]
+    with pytest.raises(ManifestError, match="6375"):
+        build_manifest(model, config, "m", "fp32", "onnxruntime", shapes=wrong)

@@ -1,0 +1,96 @@
+"""``HeadDecoder``: one image's raw head outputs → ``Detections`` in frame pixels.
+
+The single definition of the SDK's decoding and selection, built from an artifact manifest
+(or a checkpoint config, which holds the same keys). ``Detector`` uses it after every backend,
+the conversion pipeline's accuracy check scores its PyTorch reference through a ``Detector``
+that uses it, and training-time evaluation uses it too, so the three report one number::
+
+    outputs {name: (A, k)} ── decode_head_outputs ──► boxes_xyxy (A, 4), scores (A, K)
+        ── select_detections (threshold, top-k, NMS) ──► boxes_to_frame ──► Detections
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edgedet.anchors import anchor_spec_from_dict
+from edgedet.detections import Detections
+from edgedet.head_decoding import HEAD_FAMILIES, decode_head_outputs
+from edgedet.options import DetectorOptions
+from edgedet.postprocess import select_detections
+from edgedet.preprocess import FrameTransform
+
+
+class HeadDecoder:
+    """Turns one image's raw head outputs into ``Detections``; numpy only, thread-safe.
+
+    Args:
+        head_family: one of ``edgedet.head_decoding.HEAD_FAMILIES``.
+        priors_cxcywh: ``(A, 4)`` anchors in input pixels.
+        box_coder_weights: the model's 4 box coder weights.
+        output_names: the raw outputs it reads, in the model's order.
+        class_names: the K class names.
+        options: thresholds, top-k and NMS mode.
+    """
+
+    def __init__(self, head_family: str, priors_cxcywh: np.ndarray,
+                 box_coder_weights: Sequence[float], output_names: Sequence[str],
+                 class_names: Sequence[str], options: DetectorOptions) -> None:
+        if head_family not in HEAD_FAMILIES:
+            raise ValueError(f"unknown head family {head_family!r}; expected one of "
+                             f"{HEAD_FAMILIES}")
+        self.head_family = head_family
+        self.priors_cxcywh = np.asarray(priors_cxcywh, dtype=np.float32)
+        self.box_coder_weights = tuple(float(w) for w in box_coder_weights)
+        self.output_names = tuple(output_names)
+        self.class_names = tuple(class_names)
+        self.options = options
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping, options: DetectorOptions | None = None
+                      ) -> HeadDecoder:
+        """The decoder of an artifact manifest (or a checkpoint config with the same keys:
+        ``head_family``, ``anchor_spec``, ``box_coder_weights``, ``class_names`` and
+        ``outputs`` or ``output_names``); options default to its ``postprocess`` section."""
+        if "outputs" in manifest:
+            output_names = [o["name"] for o in manifest["outputs"]]
+        else:
+            output_names = list(manifest["output_names"])
+        return cls(str(manifest["head_family"]),
+                   anchor_spec_from_dict(manifest["anchor_spec"]).generate(),
+                   manifest["box_coder_weights"], output_names, manifest["class_names"],
+                   options or DetectorOptions.from_manifest(manifest))
+
+    def __call__(self, outputs: Mapping[str, np.ndarray], transform: FrameTransform
+                 ) -> Detections:
+        """Decode one image.
+
+        Args:
+            outputs: ``{name: (A, k) or (1, A, k)}`` for every name in ``output_names``.
+            transform: the frame → input transform of this image (from ``preprocess``).
+
+        Returns:
+            ``Detections`` in frame pixels, best score first.
+        """
+        one_image = {name: outputs[name] for name in self.output_names}
+        boxes_xyxy, scores = decode_head_outputs(
+            self.head_family, one_image, self.priors_cxcywh,
+            self.box_coder_weights)  # type: ignore[arg-type]
+        options = self.options
+        xyxy, kept_scores, class_ids = select_detections(
+            boxes_xyxy, scores, score_threshold=options.score_threshold,
+            iou_threshold=options.iou_threshold, max_detections=options.max_detections,
+            pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
+        frame_xyxy = transform.boxes_to_frame(xyxy)
+        # A box lying wholly in letterbox padding or off the frame clips to zero area.
+        visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
+        return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
+                          self.class_names)
+
+    def decode_batch(self, outputs: Mapping[str, np.ndarray],
+                     transforms: Sequence[FrameTransform]) -> list[Detections]:
+        """Decode image ``i`` of ``{name: (N, A, k)}`` with ``transforms[i]``, for each i."""
+        return [self({name: outputs[name][i] for name in self.output_names}, transform)
+                for i, transform in enumerate(transforms)]

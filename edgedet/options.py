@@ -1,0 +1,92 @@
+"""``DetectorOptions``: the post-processing and runtime settings of a ``Detector``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgedet.postprocess import NMS_MODES, NmsMode
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """Post-processing and runtime settings of a ``Detector``.
+
+    A ``Detector`` starts from the artifact manifest's ``postprocess`` section (the settings
+    its accuracy was measured with) and applies keyword overrides on top; the defaults here
+    only fill keys a manifest leaves out.
+
+    Attributes:
+        score_threshold: detections scoring at or below it are dropped (0..1).
+        iou_threshold: NMS IoU threshold (0..1].
+        max_detections: at most this many detections per frame.
+        nms_mode: ``hard`` (greedy NMS), ``soft`` (Gaussian Soft-NMS) or ``soft+voting``
+            (Soft-NMS then box voting, HAR-Net).
+        pre_nms_top_k: only the best this-many (anchor, class) candidates enter NMS
+            (0 = all).
+        threads: inference threads of the runtime (None = the runtime's default).
+        device: where the runtime runs the model (None = its CPU): an OpenVINO device
+            (``"GPU"``, ``"NPU"``, ``"AUTO"``) or ONNX Runtime execution providers
+            (``"cuda"``, ``"tensorrt,cuda"``); see ``edgedet.backends.BACKENDS``.
+    """
+
+    score_threshold: float = 0.05
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    nms_mode: NmsMode = "hard"
+    pre_nms_top_k: int = 1000
+    threads: int | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_real(self.score_threshold) or not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold!r}")
+        if not _is_real(self.iou_threshold) or not 0.0 < self.iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold!r}")
+        if not _is_int(self.max_detections) or self.max_detections < 1:
+            raise ValueError(f"max_detections must be an integer >= 1, "
+                             f"got {self.max_detections!r}")
+        if self.nms_mode not in NMS_MODES:
+            raise ValueError(f"nms_mode must be one of {NMS_MODES}, got {self.nms_mode!r}")
+        if not _is_int(self.pre_nms_top_k) or self.pre_nms_top_k < 0:
+            raise ValueError(f"pre_nms_top_k must be an integer >= 0 (0 = no limit), "
+                             f"got {self.pre_nms_top_k!r}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+        if self.device is not None and (not isinstance(self.device, str) or not self.device):
+            raise ValueError(f"device must be None or a non-empty string, got {self.device!r}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping, **overrides: object) -> DetectorOptions:
+        """Options from ``manifest["postprocess"]`` with ``overrides`` applied on top.
+
+        Raises:
+            TypeError: an override is not an option (the message lists the valid ones).
+            ValueError: a value is out of range.
+        """
+        valid = cls.field_names()
+        unknown = sorted(set(overrides) - set(valid))
+        if unknown:
+            raise TypeError(f"unknown Detector option(s) {unknown}; valid options: "
+                            f"{', '.join(valid)}")
+        from_manifest = {k: v for k, v in dict(manifest.get("postprocess") or {}).items()
+                         if k in valid}
+        return cls(**{**from_manifest, **overrides})  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)

@@ -1,0 +1,184 @@
+"""Writing video files: the codec table and an atomic writer (torch-free, OpenCV only).
+
+Every video edgedet writes (``edgedet detect --save``, ``edgedet synth --video``, the camera
+app's ``--save``) goes through :class:`AtomicVideoWriter`, so a crash, Ctrl-C or a codec that
+turns out to be missing never leaves a half-written file where the video should be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+# File suffix (lower case) -> FourCC codes to try, in order. OpenCV picks the container from
+# the suffix and the codec from the FourCC; these two ship with every OpenCV build's FFmpeg
+# (or its built-in MJPEG writer), unlike H.264, which depends on how OpenCV was built.
+VIDEO_CODECS: dict[str, tuple[str, ...]] = {".mp4": ("mp4v",), ".avi": ("MJPG",)}
+
+
+class VideoWriteError(OSError):
+    """OpenCV cannot write a (usable) video file: no codec for its suffix works here."""
+
+
+def video_codecs(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The FourCC candidates for ``path``'s suffix.
+
+    Raises:
+        ValueError: the suffix is not in :data:`VIDEO_CODECS` (the message names ``path``).
+    """
+    codecs = VIDEO_CODECS.get(Path(path).suffix.lower())
+    if codecs is None:
+        raise ValueError(f"{path}: video extension must be one of {sorted(VIDEO_CODECS)}")
+    return codecs
+
+
+def count_video_frames(path: str | os.PathLike[str]) -> int:
+    """Frames OpenCV can read back from the video at ``path`` (0 if it cannot open it)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return 0
+        count = 0
+        while capture.grab():
+            count += 1
+        return count
+    finally:
+        capture.release()
+
+
+def read_video_frames(path: str | os.PathLike[str]) -> list[np.ndarray]:
+    """Every frame OpenCV reads from the video at ``path``, BGR ``uint8 (H, W, 3)`` each
+    (empty if it cannot open it); for checks and tests on short clips."""
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return frames
+            frames.append(frame)
+    finally:
+        capture.release()
+
+
+class AtomicVideoWriter:
+    """Writes BGR frames to a temporary file beside ``path``; ``finish`` renames it into place.
+
+    The file is opened on the first ``write`` (its frame size is the first frame's), so a
+    writer that never gets a frame leaves nothing behind. ``discard`` (or an exception inside
+    a ``with`` block) deletes the temporary file and leaves ``path`` untouched.
+
+    Args:
+        path: the video to write; its suffix picks the container and codecs (``.mp4``, ``.avi``).
+        fps: frame rate stored in the file, frames per second (> 0).
+        verify: on ``finish``, decode the file again and fail unless every written frame reads
+            back (costs a full decode; catches codecs that "open" but write nothing usable).
+
+    Raises:
+        ValueError: unknown suffix, or ``fps`` not > 0.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float, verify: bool = False) -> None:
+        self.path = Path(path)
+        self._codecs = video_codecs(self.path)
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+        self.fps = float(fps)
+        self.verify = verify
+        self.frames = 0
+        self.codec: str | None = None  # the FourCC in use once the file is open
+        self._writer: cv2.VideoWriter | None = None
+        self._tmp_path: Path | None = None
+
+    def __enter__(self) -> AtomicVideoWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.discard()
+
+    def _open(self, width: int, height: int) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary name keeps the extension: OpenCV picks the container from it.
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent
+        )
+        os.close(fd)
+        self._tmp_path = Path(tmp_name)
+        for codec in self._codecs:
+            writer = cv2.VideoWriter(
+                tmp_name, cv2.VideoWriter_fourcc(*codec), self.fps, (width, height)
+            )
+            if writer.isOpened():
+                self._writer, self.codec = writer, codec
+                return
+            writer.release()
+        self.discard()
+        others = [suffix for suffix in VIDEO_CODECS if suffix != self.path.suffix.lower()]
+        raise VideoWriteError(
+            f"OpenCV cannot write {self.path}: no {self.path.suffix} codec "
+            f"({', '.join(self._codecs)}) in this OpenCV build; try {' or '.join(others)}"
+        )
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append ``frame`` (BGR ``uint8 (H, W, 3)``, every frame the size of the first).
+
+        Raises:
+            VideoWriteError: no codec for the suffix works (the temporary file is removed).
+        """
+        if self._writer is None:
+            height, width = frame.shape[:2]
+            self._open(width, height)
+        assert self._writer is not None
+        self._writer.write(frame)
+        self.frames += 1
+
+    def finish(self) -> Path | None:
+        """Close the file and move it to ``path``; None (and no file) if no frame was written.
+
+        Raises:
+            VideoWriteError: with ``verify``, OpenCV reads back fewer or more frames than were
+                written (the temporary file is removed, ``path`` untouched).
+        """
+        if self._writer is None or self._tmp_path is None:
+            return None
+        self._writer.release()
+        self._writer = None
+        if self.verify:
+            written = count_video_frames(self._tmp_path)
+            if written != self.frames:
+                self.discard()
+                raise VideoWriteError(
+                    f"{self.path}: wrote {self.frames} frames but OpenCV reads back {written} "
+                    f"(codec {self.codec!r})"
+                )
+        # mkstemp made the file 0600; give it the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        self._tmp_path.chmod(0o666 & ~umask)
+        os.replace(self._tmp_path, self.path)
+        self._tmp_path = None
+        return self.path
+
+    def discard(self) -> None:
+        """Close and delete the temporary file; ``path`` is left as it was. Idempotent."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._tmp_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp_path.unlink()
+            self._tmp_path = None

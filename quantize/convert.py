@@ -1,0 +1,306 @@
+"""The conversion pipeline as a library: ``convert(ConvertConfig(...)) -> ConversionReport``.
+
+One run, for one target (``quantize.targets``)::
+
+    checkpoint ─► rewrite ─► fp32 ONNX ─► target.build per precision ─► staged artifacts
+        ─► accuracy check (PyTorch reference vs every staged artifact, on the eval images)
+        ─► report ─► each artifact written once, complete, with its accuracy section
+
+``python quantize/run.py`` is a thin command line over it. The scratch work happens in a
+``.work-*`` folder inside ``out`` that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgedet.artifact import Artifact, accuracy_section, sha256_file, write_artifact
+from edgedet.detector import Detector
+from edgedet.models.checkpoint import build_from_checkpoint, checkpoint_weights_path
+from edgedet.preprocess import PreprocessConfig
+from quantize.accuracy import (
+    AGREEMENT_IOU_THRESHOLD,
+    AGREEMENT_SCORE_THRESHOLD,
+    coco_metrics,
+    compare_to_reference,
+    latency_summary,
+    reference_detector,
+    run_detector,
+)
+from quantize.calibration import (
+    CALIBRATION_SEED,
+    EVAL_SEED,
+    TRAIN_SEED,
+    ImageSet,
+    calibration_inputs,
+    check_disjoint,
+    open_image_set,
+)
+from quantize.export_onnx import export_onnx
+from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten
+from quantize.manifest import build_manifest
+from quantize.report import comparison_picture, write_report
+from quantize.rewrites import rewrite_for_export
+from quantize.targets import BuildRequest, Target, target_named
+
+# Eval images drawn in the report's comparison picture.
+PICTURE_IMAGES = 3
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """What to convert, for which target, and how it is checked.
+
+    Attributes:
+        checkpoint: from ``train/main.py`` (``X.safetensors``, ``X.json`` or ``X``).
+        target: a ``quantize.targets.TARGETS`` name.
+        out: output folder: one artifact directory per precision plus the report.
+        name: artifact name stem (default: the checkpoint's model name); artifacts are
+            ``NAME_<precision>``.
+        precisions: artifacts to build (default: every precision of the target).
+        calib_data, eval_data: dataset specs (``quantize.calibration``); ``synthetic`` takes
+            the calibration / eval seed.
+        calib_size, eval_size: images of each.
+        max_drop: largest allowed AP drop of an artifact below the reference (AP points).
+        keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 (default: the
+            target's ``default_keep_float``).
+        device: torch device of the reference (default CUDA when available).
+        progress: progress bars and step messages.
+        command: how the run was started, for the report (default: this config).
+    """
+
+    checkpoint: str | Path
+    target: str
+    out: str | Path
+    name: str | None = None
+    precisions: tuple[str, ...] | None = None
+    calib_data: str = "synthetic"
+    calib_size: int = 128
+    eval_data: str = "synthetic"
+    eval_size: int = 200
+    max_drop: float = 1.0
+    keep_float: tuple[str, ...] | None = None
+    device: str | None = None
+    progress: bool = True
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        target = target_named(self.target)
+        if self.calib_size < 1 or self.eval_size < 1:
+            raise ValueError(f"calib_size and eval_size must be >= 1, got {self.calib_size} "
+                             f"and {self.eval_size}")
+        unknown = [p for p in self.precisions or () if p not in target.precisions]
+        if unknown or self.precisions == ():
+            raise ValueError(f"target {target.name!r} builds {', '.join(target.precisions)}; "
+                             f"got precisions {self.precisions}")
+        bad = [c for c in self.keep_float or () if c not in CATEGORIES]
+        if bad:
+            raise ValueError(f"keep_float: unknown categories {bad}; choose from "
+                             f"{', '.join(CATEGORIES)}")
+
+    @property
+    def target_entry(self) -> Target:
+        return target_named(self.target)
+
+    def resolved_precisions(self) -> tuple[str, ...]:
+        return self.precisions or self.target_entry.precisions
+
+    def resolved_keep_float(self) -> tuple[str, ...]:
+        return (self.target_entry.default_keep_float if self.keep_float is None
+                else self.keep_float)
+
+
+@dataclass
+class ArtifactReport:
+    """One written artifact and its accuracy-check result (the manifest's ``accuracy``)."""
+
+    name: str
+    directory: str
+    backend: str
+    precision: str
+    size_bytes: int
+    passed: bool
+    accuracy: dict[str, Any]
+
+
+@dataclass
+class ConversionReport:
+    """The result of ``convert``; ``to_dict()`` is ``report.json``."""
+
+    name: str
+    target: str
+    command: str
+    checkpoint: str
+    checkpoint_sha256: str
+    seeds: dict[str, int]
+    evaluation: dict[str, Any]
+    calibration: dict[str, Any] | None
+    max_drop: float
+    agreement_score: float
+    agreement_iou: float
+    reference: dict[str, Any]
+    kept_out_of_int8: dict[str, dict[str, Any]]
+    artifacts: list[ArtifactReport] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every artifact within ``max_drop`` of the reference."""
+        return all(a.passed for a in self.artifacts)
+
+    @property
+    def failed(self) -> list[ArtifactReport]:
+        return [a for a in self.artifacts if not a.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def convert(config: ConvertConfig) -> ConversionReport:
+    """Run the pipeline of ``config`` (see the module docstring).
+
+    Every artifact is written, whether it passed or not; ``report.passed`` says whether all
+    did. Raises ``CheckpointError``, ``DatasetError``, ``ExportError`` or ``ValueError`` for
+    bad input, before anything is written to ``out``.
+    """
+    target = config.target_entry
+    precisions = config.resolved_precisions()
+    model, checkpoint_config = build_from_checkpoint(config.checkpoint)
+    checkpoint_path = checkpoint_weights_path(config.checkpoint)
+    name = (config.name or checkpoint_config.get("model_name")
+            or checkpoint_config["architecture"])
+    preprocess_config = PreprocessConfig.from_dict(checkpoint_config["preprocess"])
+    class_names = tuple(checkpoint_config["class_names"])
+    # Synthetic frames at the size training validated on (older checkpoints: the input size).
+    synthetic_size = tuple(checkpoint_config.get("synthetic_size") or preprocess_config.input_size)
+    evaluation, calibration = _load_data(config, synthetic_size, class_names,  # type: ignore[arg-type]
+                                         need_calibration="int8" in precisions)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    source = {"checkpoint": str(checkpoint_path),
+              "checkpoint_sha256": sha256_file(checkpoint_path), "calibration": None}
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=out) as tmp:
+        work = Path(tmp)
+        staged, kept_report = _build_artifacts(
+            config, target, model, checkpoint_config, name, source, work,
+            preprocess_config, calibration)
+        reference, artifact_reports, picture = _check(config, model, staged, evaluation)
+        report = ConversionReport(
+            name=name, target=target.name, command=config.command or repr(config),
+            checkpoint=source["checkpoint"], checkpoint_sha256=source["checkpoint_sha256"],
+            seeds={"train": TRAIN_SEED, "eval": EVAL_SEED, "calibration": CALIBRATION_SEED},
+            evaluation=evaluation.describe(),
+            calibration=calibration.describe() if calibration is not None else None,
+            max_drop=config.max_drop, agreement_score=AGREEMENT_SCORE_THRESHOLD,
+            agreement_iou=AGREEMENT_IOU_THRESHOLD, reference=reference,
+            kept_out_of_int8=kept_report, artifacts=artifact_reports)
+        # Reports first (into the scratch folder, so they travel with each artifact), then
+        # each artifact once, complete, with its accuracy section.
+        report_files = write_report(work / "report", report.to_dict(), picture)
+        extras = {p.name: p for p in report_files}
+        for artifact, entry in zip(staged, report.artifacts, strict=True):
+            write_artifact(out / artifact.name, artifact.files,
+                           {**artifact.manifest, "accuracy": entry.accuracy}, extras)
+        write_report(out, report.to_dict(), picture)
+    return report
+
+
+def _load_data(config: ConvertConfig, synthetic_size: tuple[int, int],
+               class_names: tuple[str, ...], need_calibration: bool
+               ) -> tuple[ImageSet, ImageSet | None]:
+    evaluation = open_image_set(config.eval_data, config.eval_size, synthetic_size, EVAL_SEED,
+                                config.progress, "eval images")
+    if evaluation.class_names != class_names:
+        raise ValueError(f"eval data {evaluation.spec} has classes {evaluation.class_names}, "
+                         f"the checkpoint {class_names}")
+    if not need_calibration:
+        return evaluation, None
+    calibration = open_image_set(config.calib_data, config.calib_size, synthetic_size,
+                                 CALIBRATION_SEED, config.progress, "calibration images")
+    check_disjoint(calibration, evaluation)
+    return evaluation, calibration
+
+
+def _build_artifacts(config: ConvertConfig, target: Target, model: Any,
+                     checkpoint_config: dict, name: str, source: dict, work: Path,
+                     preprocess_config: PreprocessConfig, calibration: ImageSet | None
+                     ) -> tuple[list[Artifact], dict[str, dict[str, Any]]]:
+    """Export once, let ``target`` build each precision, stage each artifact in ``work``."""
+    input_size = preprocess_config.input_size
+    _say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
+                 f"{input_size[0]}x{input_size[1]}")
+    rewritten = rewrite_for_export(model)
+    onnx_fp32 = export_onnx(rewritten, work / "model.onnx", input_size)
+    keep_float: tuple[str, ...] = ()
+    kept_report: dict[str, dict[str, Any]] = {}
+    if "int8" in config.resolved_precisions():
+        kept = find_kept_out_nodes(onnx.load(str(onnx_fp32)), config.resolved_keep_float())
+        keep_float = tuple(flatten(kept))
+        kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
+                       for c, nodes in kept.items() if nodes}
+    calibration_arrays = (calibration_inputs(calibration.samples, preprocess_config)
+                          if calibration is not None else None)
+    staged = []
+    for precision in config.resolved_precisions():
+        artifact_name = f"{name}_{precision}"
+        _say(config, f"building {artifact_name} for {target.backend}")
+        built = target.build(BuildRequest(
+            precision=precision, onnx_fp32=onnx_fp32, model=rewritten, input_size=input_size,
+            work_dir=work, calibration=calibration_arrays if precision == "int8" else None,
+            keep_float=keep_float))
+        artifact_source = dict(source)
+        if precision == "int8" and calibration is not None:
+            artifact_source["calibration"] = calibration.describe()
+        manifest = build_manifest(model, checkpoint_config, artifact_name, precision,
+                                  target.backend, source=artifact_source,
+                                  kept_out_of_int8=built.kept_out_of_int8)
+        staged.append(Artifact.stage(work / "staged" / artifact_name, built.files, manifest))
+    return staged, kept_report
+
+
+def _check(config: ConvertConfig, model: Any, staged: list[Artifact], evaluation: ImageSet
+           ) -> tuple[dict[str, Any], list[ArtifactReport], np.ndarray]:
+    """The accuracy check of every staged artifact against the PyTorch reference.
+
+    Returns:
+        ``(reference metrics and latency, one report per artifact, comparison picture)``.
+    """
+    class_names = tuple(staged[0].manifest["class_names"])
+    reference = reference_detector(model, staged[0], config.device)
+    device = str(reference.backend.device)  # type: ignore[attr-defined]
+    _say(config, f"accuracy check on {len(evaluation.samples)} images of {evaluation.spec}; "
+                 f"reference on {device}")
+    reference_run = run_detector(reference.detect, evaluation.samples, config.progress,
+                                 "reference")
+    reference_metrics = coco_metrics(evaluation.samples, reference_run.detections, class_names)
+    columns = {"reference (PyTorch fp32)": reference_run.detections}
+    backend = config.target_entry.backend
+    reports = []
+    for artifact in staged:
+        detector = Detector(artifact, backend=backend)
+        run = run_detector(detector.detect, evaluation.samples, config.progress, artifact.name)
+        metrics = compare_to_reference(evaluation.samples, class_names, reference_run,
+                                       reference_metrics, run)
+        accuracy = accuracy_section(metrics, config.max_drop, evaluation.describe())
+        reports.append(ArtifactReport(
+            name=artifact.name, directory=str(Path(config.out) / artifact.name),
+            backend=backend, precision=str(artifact.manifest["precision"]),
+            size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
+            passed=accuracy["passed"], accuracy=accuracy))
+        columns[f"{artifact.name} ({backend})"] = run.detections
+    shown = slice(0, min(PICTURE_IMAGES, len(evaluation.samples)))
+    picture = comparison_picture(evaluation.samples[shown],
+                                 {k: v[shown] for k, v in columns.items()})
+    reference_summary = {**reference_metrics, **latency_summary(reference_run.latencies_ms),
+                         "device": device}
+    return reference_summary, reports, picture
+
+
+def _say(config: ConvertConfig, message: str) -> None:
+    if config.progress:
+        print(message, flush=True)

@@ -1,0 +1,92 @@
+"""Deployment targets: a table of one-file entries (``python quantize/run.py --target NAME``).
+
+A target turns the rewritten model's fp32 ONNX export (or the rewritten model itself) plus
+calibration images into the model files of one artifact per precision. Everything around it
+(export, calibration data, the accuracy check, the report, writing the artifacts) is the
+shared pipeline's (``quantize.convert``). Adding a target is one module here that defines a
+``Target`` plus one entry in ``TARGETS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a target gets to build one artifact's model files.
+
+    Attributes:
+        precision: the artifact's precision (one of the target's ``precisions``).
+        onnx_fp32: the rewritten model exported to ONNX (fp32, static shapes, input
+            ``images (1, 3, H, W)``).
+        model: the rewritten PyTorch model the ONNX file was exported from (eval mode).
+        input_size: ``(width, height)`` of the model input.
+        work_dir: scratch folder of this target, shared by its precisions (e.g. the fp32 IR
+            that INT8 starts from); deleted after the run.
+        calibration: preprocessed calibration inputs, each ``(1, 3, H, W)`` float32; None
+            when no INT8 artifact is built.
+        keep_float: ONNX node names to keep out of INT8 (``quantize.int8_scope``).
+    """
+
+    precision: str
+    onnx_fp32: Path
+    model: nn.Module
+    input_size: tuple[int, int]
+    work_dir: Path
+    calibration: Sequence[np.ndarray] | None
+    keep_float: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """One artifact's model files (``{name in the artifact: path}``) and the op names of
+    its runtime that were left in float (empty for a float artifact)."""
+
+    files: dict[str, Path]
+    kept_out_of_int8: list[str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment target.
+
+    Attributes:
+        name: the ``--target`` value.
+        backend: the ``edgedet.backends`` entry its artifacts run on.
+        summary: one line for ``--help``.
+        precisions: the artifacts it can build, in build order.
+        default_keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 by default,
+            with the reason in the target's module.
+        build: ``BuildRequest -> BuiltModel``.
+    """
+
+    name: str
+    backend: str
+    summary: str
+    precisions: tuple[str, ...]
+    default_keep_float: tuple[str, ...]
+    build: Callable[[BuildRequest], BuiltModel]
+
+
+def _table() -> dict[str, Target]:
+    from quantize.targets import cpu, openvino
+
+    return {target.name: target for target in (cpu.TARGET, openvino.TARGET)}
+
+
+TARGETS: dict[str, Target] = _table()
+
+
+def target_named(name: str) -> Target:
+    """The ``TARGETS`` entry ``name`` (ValueError listing the known ones)."""
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ValueError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}") \
+            from None

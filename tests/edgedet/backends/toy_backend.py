@@ -1,0 +1,53 @@
+"""A test-only backend: proves that a backend is one file plus one ``BackendSpec``.
+
+It reads ``*.toy`` files (an ONNX model under another suffix, as the toy target writes them)
+with a private ONNX Runtime session, and declares ``session_per_thread=True`` so that the
+table's per-thread wrapper is exercised: ``SESSIONS`` counts the sessions made.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgedet.backends import BackendError, BackendSpec
+
+SPEC = BackendSpec("toy", module="onnxruntime", pip_package="onnxruntime",
+                   implementation="tests.edgedet.backends.toy_backend:ToyBackend",
+                   suffixes=(".toy",), session_per_thread=True,
+                   device_help="cpu only")
+SESSIONS = itertools.count()
+LOCK = threading.Lock()
+
+
+class ToyBackend:
+    """One single-threaded ONNX Runtime session; refuses to be shared between threads."""
+
+    name = "toy"
+
+    def __init__(self, model_path: Path, threads: int | None = None,
+                 device: str | None = None) -> None:
+        if device not in (None, "cpu"):
+            raise BackendError(f"toy backend runs on cpu only, not {device!r}")
+        self.model_path = Path(model_path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self._session = ort.InferenceSession(str(model_path), options,
+                                             providers=["CPUExecutionProvider"])
+        self._owner = threading.get_ident()
+        with LOCK:
+            self.number = next(SESSIONS)
+        model_input = self._session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in model_input.shape)
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("a toy session was shared between threads")
+        outputs = self._session.run(list(self.output_names), {self.input_name: images})
+        return dict(zip(self.output_names, outputs, strict=True))

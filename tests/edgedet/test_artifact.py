@@ -1,0 +1,223 @@
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edgedet.anchors import GridAnchorSpec
+from edgedet.artifact import (
+    Artifact,
+    ManifestError,
+    accuracy_section,
+    load_manifest,
+    make_manifest,
+    sha256_file,
+    validate_manifest,
+    write_artifact,
+)
+from edgedet.preprocess import PreprocessConfig
+
+MODEL_BYTES = bytes(range(256)) * 40  # stands in for a model file: the manifest only hashes it
+
+
+def _manifest(files: dict[str, str]) -> dict:
+    spec = GridAnchorSpec(image_size=(32, 32), feature_sizes=((4, 4),), strides=(8,),
+                          base_sizes=(32.0,))
+    return {
+        "format_version": 1,
+        "name": "m",
+        "architecture": "tiny",
+        "head_family": "ssd",
+        "class_names": ["a", "b"],
+        "preprocess": PreprocessConfig(input_size=(32, 32)).to_dict(),
+        "anchor_spec": spec.to_dict(),
+        "box_coder_weights": [10, 10, 5, 5],
+        "outputs": [{"name": "cls_logits", "shape": [1, 16, 3], "meaning": "logits"},
+                    {"name": "box_deltas", "shape": [1, 16, 4], "meaning": "deltas"}],
+        "input": {"name": "images", "shape": [1, 3, 32, 32], "dtype": "float32"},
+        "postprocess": {"score_threshold": 0.1, "nms_mode": "hard"},
+        "precision": "int8",
+        "backend": "onnxruntime",
+        "files": files,
+        "source": {"checkpoint": "x"},
+        "accuracy": None,
+    }
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    (tmp_path / "model.onnx").write_bytes(MODEL_BYTES)
+    manifest = _manifest({"model.onnx": hashlib.sha256(MODEL_BYTES).hexdigest()})
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def _edit(artifact: Path, **changes: object) -> None:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest.update(changes)
+    (artifact / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_sha256_file_known_value(tmp_path: Path) -> None:
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "abc") == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+
+
+def test_a_valid_artifact_loads(artifact: Path) -> None:
+    manifest = load_manifest(artifact)
+    assert manifest["name"] == "m" and manifest["class_names"] == ["a", "b"]
+
+
+def test_flipped_byte_names_the_file(artifact: Path) -> None:
+    data = bytearray(MODEL_BYTES)
+    data[100] ^= 0x80
+    (artifact / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"model file .*model\.onnx is corrupt or truncated"):
+        load_manifest(artifact)
+    load_manifest(artifact, verify_files=False)  # hashing can be skipped explicitly
+
+
+def test_truncated_file_names_the_file_and_its_size(artifact: Path) -> None:
+    (artifact / "model.onnx").write_bytes(MODEL_BYTES[:1000])
+    with pytest.raises(ManifestError, match=r"model\.onnx is corrupt or truncated.*1000 bytes"):
+        load_manifest(artifact)
+
+
+def test_missing_model_file_names_it(artifact: Path) -> None:
+    (artifact / "model.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"model file missing: .*model\.onnx"):
+        load_manifest(artifact)
+
+
+def test_missing_or_broken_manifest(artifact: Path, tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="artifact directory not found"):
+        load_manifest(tmp_path / "nowhere")
+    (artifact / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match=r"manifest\.json is not valid JSON"):
+        load_manifest(artifact)
+    (artifact / "manifest.json").unlink()
+    with pytest.raises(ManifestError, match=r"manifest\.json not found"):
+        load_manifest(artifact)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"format_version": 2}, "format_version 2 is not supported"),
+    ({"head_family": "yolo"}, "head_family 'yolo'"),
+    ({"class_names": []}, "class_names must be a non-empty list"),
+    ({"precision": "int4"}, "precision 'int4'"),
+    ({"backend": "tensorrt"}, "backend 'tensorrt'"),
+    ({"box_coder_weights": [10, 10, 5]}, "box_coder_weights must be 4 positive numbers"),
+    ({"preprocess": {"input_size": [0, 32]}}, "bad preprocess section"),
+    ({"anchor_spec": {"kind": "hexagonal"}}, "bad anchor_spec section"),
+    ({"outputs": [{"name": "cls_logits", "shape": [1, 17, 3]}]},
+     "'cls_logits' has 17 anchors but anchor_spec generates 16"),
+    ({"files": {"../model.onnx": "0" * 64}}, "must be relative and inside"),
+    ({"files": {"model.onnx": "abc"}}, "must be 64 hex digits"),
+    ({"postprocess": {"nms_mode": "fast"}}, "nms_mode 'fast'"),
+    ({"outputs": [{"name": "cls_logits", "shape": [16, 3]}]}, "needs a shape"),
+    ({"input": {"name": "images", "shape": [1, 3, 32, 64]}}, "does not match preprocess"),
+    ({"accuracy": {"AP": 1.0}}, "accuracy section lacks"),
+    ({"accuracy": {"AP": 1, "reference_AP": 1, "delta_AP": 0, "max_drop": 1,
+                   "passed": "yes", "eval_data": {}}}, "accuracy.passed must be"),
+])
+def test_invalid_fields_are_named(artifact: Path, changes: dict, message: str) -> None:
+    _edit(artifact, **changes)
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(artifact)
+
+
+def test_missing_fields_are_listed() -> None:
+    manifest = _manifest({"model.onnx": "0" * 64})
+    del manifest["anchor_spec"], manifest["files"]
+    with pytest.raises(ManifestError, match=r"x\.json: missing field\(s\) \['anchor_spec', "
+                                            r"'files'\]"):
+        validate_manifest(manifest, source="x.json")
+    with pytest.raises(ManifestError, match="must hold a JSON object"):
+        validate_manifest([1, 2])
+
+
+def _without_files() -> dict:
+    manifest = _manifest({})
+    del manifest["files"]
+    return manifest
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_make_manifest_fills_the_contract_and_validates() -> None:
+    fields = {k: v for k, v in _without_files().items()
+              if k not in ("format_version", "input", "kept_out_of_int8")}
+    manifest = make_manifest(**fields)
+    assert manifest["input"] == {"name": "images", "shape": [1, 3, 32, 32], "dtype": "float32"}
+    assert manifest["format_version"] == 1 and manifest["kept_out_of_int8"] == []
+    with pytest.raises(ManifestError, match="precision 'int4'"):
+        make_manifest(**{**fields, "precision": "int4"})
+
+
+def test_accuracy_section_passes_within_max_drop() -> None:
+    eval_data = {"data": "synthetic:1"}
+    assert accuracy_section({"AP": 29.0, "reference_AP": 30.0, "delta_AP": -1.0}, 1.0,
+                            eval_data)["passed"] is True
+    failed = accuracy_section({"AP": 28.9, "reference_AP": 30.0, "delta_AP": -1.1}, 1.0,
+                              eval_data)
+    assert failed["passed"] is False and failed["eval_data"] == eval_data
+
+
+def test_write_artifact_hashes_and_manifest_last(tmp_path: Path) -> None:
+    model_file = _file(tmp_path / "exported.onnx", b"onnx bytes")
+    report = _file(tmp_path / "r.md", b"# report")
+    out = write_artifact(tmp_path / "art", {"model.onnx": model_file}, _without_files(),
+                         extra_files={"report.md": report})
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "report.md"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"] == {"model.onnx": hashlib.sha256(b"onnx bytes").hexdigest()}
+    assert load_manifest(out)["name"] == "m"
+
+
+def test_staged_artifact_is_what_ships(tmp_path: Path) -> None:
+    source = _file(tmp_path / "exported.onnx", b"checked bytes")
+    staged = Artifact.stage(tmp_path / "staged", {"model.onnx": source}, _without_files())
+    assert not (staged.directory / "manifest.json").exists()  # staged only, not written
+    assert staged.files == {"model.onnx": tmp_path / "staged" / "model.onnx"}
+    accuracy = accuracy_section({"AP": 1.0, "reference_AP": 1.0, "delta_AP": 0.0}, 1.0, {})
+    out = write_artifact(tmp_path / "art", staged.files,
+                         {**staged.manifest, "accuracy": accuracy})
+    assert Artifact.load(out).manifest["accuracy"]["passed"] is True
+    # A model file changed after the check does not ship.
+    (staged.directory / "model.onnx").write_bytes(b"other bytes")
+    with pytest.raises(ManifestError, match="differ from the manifest's hashes"):
+        write_artifact(tmp_path / "art2", staged.files, dict(staged.manifest))
+    assert not (tmp_path / "art2").exists()
+
+
+def test_replacing_an_artifact_is_atomic(tmp_path: Path) -> None:
+    xml = _file(tmp_path / "a.xml", b"<net/>")
+    weights = _file(tmp_path / "a.bin", b"\x00\x01")
+    target = tmp_path / "out" / "art"
+    write_artifact(target, {"model.onnx": _file(tmp_path / "old.onnx", b"old")},
+                   {**_without_files(), "name": "v1"})
+    write_artifact(target, {"model.xml": xml, "model.bin": weights},
+                   {**_without_files(), "name": "v2", "backend": "openvino"})
+    assert sorted(os.listdir(target)) == ["manifest.json", "model.bin", "model.xml"]
+    assert json.loads((target / "manifest.json").read_text())["name"] == "v2"
+    assert os.listdir(target.parent) == ["art"]  # no staging or backup directory left
+
+    # A failure while building the new one leaves the good artifact as it was.
+    before = {name: (target / name).read_bytes() for name in os.listdir(target)}
+    with pytest.raises(ManifestError, match="not found"):
+        write_artifact(target, {"model.onnx": tmp_path / "missing.onnx"}, _without_files())
+    with pytest.raises(ManifestError, match="plain file name"):
+        write_artifact(target, {"../model.onnx": xml}, _without_files())
+    with pytest.raises(ManifestError, match="plain file name"):
+        write_artifact(target, {"manifest.json": xml}, _without_files())
+    with pytest.raises(ManifestError, match="at least one model file"):
+        write_artifact(target, {}, _without_files())
+    with pytest.raises(ManifestError, match="precision"):
+        write_artifact(target, {"model.onnx": xml}, {**_without_files(), "precision": "int4"})
+    assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before
+    assert os.listdir(target.parent) == ["art"]

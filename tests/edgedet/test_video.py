@@ -1,0 +1,121 @@
+"""edgedet.video: the codec table and the atomic video writer."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedet import video
+from edgedet.video import (
+    VIDEO_CODECS,
+    AtomicVideoWriter,
+    VideoWriteError,
+    count_video_frames,
+    read_video_frames,
+    video_codecs,
+)
+
+
+def _frame(value: int) -> np.ndarray:
+    """A flat ``uint8 (32, 48, 3)`` BGR frame."""
+    return np.full((32, 48, 3), value, np.uint8)
+
+
+@pytest.mark.parametrize("suffix", sorted(VIDEO_CODECS))
+def test_writes_a_readable_video_atomically(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / "sub" / f"w{suffix.upper()}"  # the suffix is matched case-insensitively
+    writer = AtomicVideoWriter(out, fps=10.0)
+    writer.write(_frame(40))
+    assert not out.exists()  # only the temporary file exists while recording
+    recording = [p.name for p in out.parent.iterdir()]
+    assert len(recording) == 1 and recording[0].startswith(".w.")
+    writer.write(_frame(200))
+    assert writer.finish() == out and writer.frames == 2
+    assert writer.codec in VIDEO_CODECS[suffix.lower()]
+    frames = read_video_frames(out)
+    assert len(frames) == 2 and frames[0].shape == (32, 48, 3)
+    # lossy codecs: the flat grey levels survive roughly
+    assert abs(float(frames[0].mean()) - 40) < 10 and abs(float(frames[1].mean()) - 200) < 10
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary file left
+
+
+def test_permissions_are_those_of_a_plain_open(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        out = tmp_path / "p.avi"
+        with AtomicVideoWriter(out, fps=5.0) as writer:
+            writer.write(_frame(0))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_no_frame_writes_nothing(tmp_path: Path) -> None:
+    writer = AtomicVideoWriter(tmp_path / "empty.mp4", fps=10.0)
+    assert writer.finish() is None
+    with AtomicVideoWriter(tmp_path / "empty.avi", fps=10.0):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_discard_and_errors_leave_the_old_file_alone(tmp_path: Path) -> None:
+    out = tmp_path / "d.mp4"
+    out.write_bytes(b"the previous video")
+    discarded = AtomicVideoWriter(out, fps=10.0)
+    discarded.write(_frame(0))
+    discarded.discard()
+    discarded.discard()  # idempotent
+    assert discarded.finish() is None
+    with pytest.raises(RuntimeError, match="boom"), AtomicVideoWriter(out, fps=10.0) as writer:
+        writer.write(_frame(0))
+        raise RuntimeError("boom")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.mp4"]
+    assert out.read_bytes() == b"the previous video"
+
+
+def test_unknown_suffix_and_bad_fps_fail_before_writing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"demo\.gif: video extension must be one of"):
+        AtomicVideoWriter(tmp_path / "demo.gif", fps=10.0)
+    with pytest.raises(ValueError, match="extension"):
+        video_codecs("noext")
+    with pytest.raises(ValueError, match="fps"):
+        AtomicVideoWriter(tmp_path / "v.mp4", fps=0)
+    assert video_codecs(tmp_path / "v.MP4") == VIDEO_CODECS[".mp4"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_working_codec_names_the_file_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(video.VIDEO_CODECS, ".avi", ("XXXX", "YYYY"))  # codecs nobody has
+    out = tmp_path / "x.avi"
+    writer = AtomicVideoWriter(out, fps=10.0)
+    with pytest.raises(VideoWriteError, match=r"cannot write .*x\.avi.*XXXX, YYYY.*try \.mp4"):
+        writer.write(_frame(0))
+    assert isinstance(VideoWriteError("x"), OSError)  # callers catch it as a file error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_rejects_a_file_that_does_not_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "v.avi"
+    writer = AtomicVideoWriter(out, fps=10.0, verify=True)
+    for value in (0, 100, 200):
+        writer.write(_frame(value))
+    monkeypatch.setattr(video, "count_video_frames", lambda path: 2)  # a codec that lost one
+    with pytest.raises(VideoWriteError, match="wrote 3 frames but OpenCV reads back 2"):
+        writer.finish()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with AtomicVideoWriter(out, fps=10.0, verify=True) as good:
+        good.write(_frame(0))
+    assert count_video_frames(out) == 1
+
+
+def test_count_video_frames_of_a_missing_file_is_zero(tmp_path: Path) -> None:
+    assert count_video_frames(tmp_path / "none.mp4") == 0

@@ -1,0 +1,45 @@
+"""Training-time evaluation and the conversion pipeline's reference score one number: both
+decode with ``edgedet.decoder.HeadDecoder`` and build the same COCO ground truth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from edgedet.artifact import Artifact
+from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+from edgedet.decoder import HeadDecoder
+from edgedet.models.checkpoint import build_from_checkpoint
+from edgedet.preprocess import PreprocessConfig
+from quantize.accuracy import coco_metrics, reference_detector, run_detector
+from quantize.manifest import build_manifest
+from tests.quantize.tiny_checkpoint import write_tiny_checkpoint
+from train.data import EvalDataset, collate_eval
+from train.distributed import DistInfo
+from train.evaluation import evaluate
+
+
+def test_training_eval_ap_is_the_reference_ap(tmp_path):
+    model, config = build_from_checkpoint(write_tiny_checkpoint(tmp_path / "tiny"))
+    # Frames larger than the input, as the zoo model's 640x480 validation frames: both paths
+    # resize them and map the boxes back the same way.
+    samples = list(SyntheticScenes(6, seed=1, config=SyntheticConfig(image_size=(200, 150))))
+    preprocess_config = PreprocessConfig.from_dict(config["preprocess"])
+    loader = DataLoader(EvalDataset(samples, preprocess_config), batch_size=4,
+                        collate_fn=collate_eval)
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    training = evaluate(model, loader, HeadDecoder.from_manifest(config), info)
+
+    # The accuracy check's reference: Detector + TorchBackend on an artifact's manifest.
+    manifest = build_manifest(model, config, "tiny", "fp32", "onnxruntime")
+    # The torch reference never reads a model file; the checkpoint stands in for one.
+    staged = Artifact.stage(tmp_path / "staged", {"model.onnx": tmp_path / "tiny.safetensors"},
+                            manifest)
+    reference = run_detector(reference_detector(model, staged, "cpu").detect, samples,
+                             progress=False)
+    assert sum(len(d) for d in reference.detections) > 50
+    checked = coco_metrics(samples, reference.detections, config["class_names"])
+    assert training is not None
+    assert {k: 100.0 * v if v >= 0 else -1.0 for k, v in training.items()} == pytest.approx(
+        checked, abs=1e-6)

@@ -1,0 +1,58 @@
+"""The run's metrics log: ``metrics.jsonl`` in the run directory (+ TensorBoard if installed).
+
+One JSON object per line, each with a ``type`` (``"train"`` per step, ``"epoch"``, ``"eval"``)
+and the global ``iteration`` it was written at; ``read_metrics`` reads one type back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """JSON-lines log (rank 0), mirrored to TensorBoard when it is installed."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.path = out_dir / METRICS_FILE
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.writer = None
+            else:
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records newer than ``iteration`` (written after the state being resumed)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            prefix = record.get("type", "train")
+            for key, value in record.items():
+                if isinstance(value, float | int) and key not in ("epoch", "iteration"):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, record.get("iteration", 0))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(out_dir: str | Path, kind: str = "train") -> list[dict[str, Any]]:
+    """The records of one ``type`` in a run's ``metrics.jsonl``."""
+    lines = (Path(out_dir) / METRICS_FILE).read_text().splitlines()
+    return [r for r in map(json.loads, filter(None, lines)) if r.get("type") == kind]
