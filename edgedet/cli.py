@@ -110,7 +110,9 @@ def _load_detector(args: argparse.Namespace) -> Detector:
     from edgedet.detector import Detector
 
     try:
-        return Detector(args.model, backend=args.backend, **_option_overrides(args))
+        return Detector(args.model, backend=args.backend,
+                        allow_unchecked=getattr(args, "allow_unchecked", False),
+                        **_option_overrides(args))
     except BackendError as exc:
         raise CliError(str(exc)) from exc
 
@@ -134,6 +136,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
     from edgedet._io import write_bytes_atomic
     from edgedet.draw import draw_detections
+    from edgedet.image_io import ImageReadError, read_image
 
     source = Path(args.source)
     if not source.exists():
@@ -149,12 +152,17 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                   if source.is_dir() else [source])
         if not images:
             raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source}")
+        unreadable = []
         for path in images:
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
+            try:
+                frame = read_image(path)
+            except ImageReadError as exc:
                 if not source.is_dir():
-                    raise CliError(f"cannot read image {path}")
-                print(f"skipping unreadable image {path}", file=sys.stderr)
+                    raise CliError(str(exc)) from exc
+                # One bad file must not cost the rest of the folder: report it, go on, and
+                # fail at the end so that scripts still notice.
+                print(f"edgedet detect: skipped: {exc}", file=sys.stderr)
+                unreadable.append(path)
                 continue
             detections = detector.detect(frame)
             report(path.name, detections)
@@ -165,6 +173,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                 if not ok:
                     raise CliError(f"cannot encode {out} (use an image extension such as .jpg)")
                 write_bytes_atomic(out, encoded.tobytes())
+        if unreadable:
+            raise CliError(f"{len(unreadable)} of {len(images)} images in {source} could not be "
+                           f"read (listed above); the other {len(images) - len(unreadable)} "
+                           "were processed")
         return 0
     return _detect_video(args, source, detector, report)
 
@@ -374,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
             "images or a video file. Prints one line per image / frame (label, score, box "
             "x1 y1 x2 y2 in pixels), or JSON lines with --json. --save writes the annotated "
             "result: an image file for an image, a folder for a folder, an .mp4/.avi file for "
-            "a video."
+            "a video. A missing, corrupt or truncated image is an error naming the file (exit "
+            "status 2); in a folder, each such image is reported on stderr and skipped, the "
+            "others are processed, and the command then exits with status 2."
         ),
     )
     detect.add_argument("source", help="image, folder of images, or video file")
@@ -436,6 +450,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="where the runtime runs the model (default: its CPU); "
                         + "; ".join(f"{s.name}: {s.device_help}" for s in BACKENDS.values()))
+    parser.add_argument("--allow-unchecked", action="store_true",
+                        help="load an artifact whose accuracy check failed or never ran "
+                        "(refused by default)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -277,8 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     if info.device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest kernels once.
         torch.backends.cudnn.benchmark = True
+    from edgedet.models.backbones.weights import BackboneWeightsError
+
     try:
         run(args, info)
+    except BackboneWeightsError as error:
+        # A bad --backbone-weights FILE is a bad argument: exit 2, like argparse's errors.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (TrainingDivergedError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

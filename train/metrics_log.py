@@ -28,12 +28,28 @@ class MetricsLog:
             else:
                 self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
-    def truncate_after(self, iteration: int) -> None:
-        """Drop records newer than ``iteration`` (written after the state being resumed)."""
+    def truncate_from(self, next_iteration: int) -> None:
+        """Drop the records written at step ``next_iteration`` or later, before a resume.
+
+        ``next_iteration`` is the resume state's step counter: the number of steps done, which
+        is the index of the step the resumed run takes first. A record's ``iteration`` is the
+        index of the step it was written at (the last finished step for ``epoch``/``eval``),
+        so a record belongs to the resumed state exactly when its iteration is smaller.
+        Records with a larger or equal index come from the part of the interrupted run that
+        the resumed run repeats, and would otherwise appear twice.
+        """
         if not self.enabled or not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                # A run killed in the middle of a write leaves a torn last line; it belongs to
+                # the interrupted part of the run and is rewritten after the resume.
+                continue
+            if isinstance(record, dict) and record.get("iteration", 0) < next_iteration:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:

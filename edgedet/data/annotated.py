@@ -13,6 +13,7 @@ import numpy as np
 
 from edgedet.data.errors import DatasetError
 from edgedet.data.sample import Sample
+from edgedet.image_io import ImageReadError, read_image
 
 # IMREAD_IGNORE_ORIENTATION: annotation tools label the pixels as stored, but OpenCV would
 # otherwise rotate JPEGs that carry an EXIF orientation tag, and the boxes would no longer fit.
@@ -25,14 +26,16 @@ def read_image_bgr(path: Path) -> np.ndarray:
     """Read an image file as BGR ``uint8 (H, W, 3)`` (grey and 16-bit images are converted).
 
     Raises:
-        DatasetError: the file does not exist or OpenCV cannot decode it.
+        DatasetError: the file does not exist, or it is truncated, corrupt or not an image
+            (``edgedet.image_io.read_image`` checks that the file is complete: OpenCV alone
+            returns a half-grey image for a truncated JPEG).
     """
     if not path.is_file():
         raise DatasetError(f"image file not found: {path}")
-    image = cv2.imread(str(path), _IMREAD_FLAGS)
-    if image is None:
-        raise DatasetError(f"cannot read image {path}: corrupt or not an image format OpenCV reads")
-    return image
+    try:
+        return read_image(path, _IMREAD_FLAGS)
+    except ImageReadError as error:
+        raise DatasetError(str(error)) from error
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import subprocess
@@ -5,6 +6,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +121,35 @@ def test_model_args_are_parsed_as_json_when_possible() -> None:
     assert parse_model_arg("name=abc") == ("name", "abc")
     with pytest.raises(argparse.ArgumentTypeError):
         parse_model_arg("no-equals-sign")
+
+
+def _bad_backbone_weights(tmp_path: Path) -> dict[str, Path]:
+    """One file per reported problem with --backbone-weights."""
+    from safetensors.torch import save_file
+
+    files = {"missing": tmp_path / "absent.pth"}
+    files["not a checkpoint"] = tmp_path / "notes.pth"
+    files["not a checkpoint"].write_text("not weights")
+    files["pickled objects"] = tmp_path / "objects.pth"
+    torch.save({"args": argparse.Namespace(lr=0.1), "w": np.zeros(2)},
+               files["pickled objects"])
+    files["does not fit"] = tmp_path / "shapes.safetensors"
+    save_file({"extras.0.0.weight": torch.zeros(2)}, str(files["does not fit"]))
+    return files
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("missing", "backbone weights file not found"),
+    ("not a checkpoint", "not a PyTorch checkpoint"),
+    ("pickled objects", "pickles Python objects"),
+    ("does not fit", "shape mismatch loading backbone weights"),
+])
+def test_bad_backbone_weights_are_a_one_line_error(tmp_path, capsys, problem, message):
+    path = _bad_backbone_weights(tmp_path)[problem]
+    code = _run([*TINY, "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--backbone-weights", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("error: ") and message in err and str(path) in err
+    assert "Traceback" not in err and "weights_only" not in err
