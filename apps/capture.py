@@ -1,14 +1,15 @@
 """Frame capture for the camera apps: open a source, read it in a thread, survive its failures.
 
-Sources (``open_source``): a camera index, an RTSP/HTTP stream URL, a video file, a folder of
-images (or one image), or the built-in demo video (rendered once into the cache). With no
-source given, camera 0 is used if it delivers a frame, else the demo video.
+Sources (``open_source``): a camera index, an RTSP/HTTP stream URL, a video file, a named pipe
+(FIFO) given as a path or a ``file://`` URL, a folder of images (or one image), or the built-in
+demo video (rendered once into the cache). With no source given, camera 0 is used if it
+delivers a frame, else the demo video.
 
-``FrameGrabber`` reads a source in its own thread. For live sources (cameras, streams) the
-latest frame wins: frames that arrive while the consumer is busy are dropped, so the picture
-never lags behind. Files (videos, image folders) are delivered frame by frame, none skipped. A
-source that fails gives a ``SourceError``, never a hang: reads have timeouts, and streams get a
-few reconnect attempts.
+``FrameGrabber`` reads a source in its own thread. For live sources (cameras, streams, FIFOs)
+the latest frame wins: frames that arrive while the consumer is busy are dropped, so the
+picture never lags behind. Files (videos, image folders) are delivered frame by frame, none
+skipped. Every wait is bounded (``READ_TIMEOUT_S``); a live source that stalls or ends is
+reconnected with backoff, then given up with a ``SourceError``.
 
 apps/ is not a package: an app next to this file imports it as ``import capture`` (a script's
 own folder is on ``sys.path``). Uses only the public edgedet API
@@ -20,10 +21,13 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import stat
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -39,10 +43,23 @@ DEMO_FRAMES = 300
 DEMO_SEED = 0
 DEMO_FPS = 25.0
 
-# How long opening a source or reading one frame may block, and the stream reconnect policy.
-READ_TIMEOUT_S = 10.0
+# No frame for READ_TIMEOUT_S: stalled. 5 s is several frame intervals of a slow (1 fps) camera
+# and more than a stream's usual keyframe interval (1-4 s), yet notices a dead source quickly.
+READ_TIMEOUT_S = 5.0
+# Opening a live source and getting its first frame: FFmpeg probes up to 5 s of a stream
+# (its analyzeduration) before open() returns, and a FIFO waits here for its writer.
+OPEN_TIMEOUT_S = 10.0
+# A stalled or ended live source is reconnected after 1, 2, 4 s (doubling, at most the cap),
+# then given up: with the timeouts above, about 30 s after its last frame.
 RECONNECT_ATTEMPTS = 3
-RECONNECT_DELAY_S = 1.0
+RECONNECT_BASE_DELAY_S = 1.0
+RECONNECT_MAX_DELAY_S = 8.0
+# How often a waiting thread checks whether it was asked to stop.
+POLL_S = 0.1
+# How long closing a live source waits for its reader thread to leave OpenCV: a thread that
+# returns into OpenCV while Python shuts down aborts the process ("FATAL: exception not
+# rethrown", exit 134). A source that delivers frames returns from read() within one frame.
+CLOSE_WAIT_S = 2.0
 
 # Frames buffered between capture and detection for files (live sources keep only the latest).
 FILE_QUEUE_FRAMES = 4
@@ -60,7 +77,7 @@ class FrameSource(Protocol):
     """Where frames come from; ``read`` runs in the capture thread only."""
 
     description: str
-    live: bool  # a camera or stream: drop stale frames, reconnect on loss
+    live: bool  # a camera, stream or FIFO: drop stale frames, reconnect on loss
     fps: float | None
 
     def read(self, stop: threading.Event) -> np.ndarray | None:
@@ -75,57 +92,253 @@ def log(message: str) -> None:
     print(f"[{LOG_PREFIX}] {message}", file=sys.stderr, flush=True)
 
 
+def backoff_delays(tries: int, base_s: float, cap_s: float) -> list[float]:
+    """The waits before each of ``tries`` reconnect attempts: base, 2 base, 4 base, ... <= cap."""
+    if tries < 0 or base_s < 0 or cap_s < 0:
+        raise ValueError(f"backoff needs tries, base and cap >= 0, got {tries}, {base_s}, {cap_s}")
+    # Doubling the capped delay (not base * 2**i) cannot overflow a float for huge ``tries``.
+    delays, delay = [], base_s
+    for _ in range(tries):
+        delays.append(min(delay, cap_s))
+        delay = min(delay * 2, cap_s)
+    return delays
+
+
+def frame_wait_timeout(live: bool) -> float:
+    """How long the consumer waits for a frame: ``READ_TIMEOUT_S`` for a file; for a live
+    source (which bounds its own waits) a backstop: its whole reconnect schedule plus a read."""
+    if not live:
+        return READ_TIMEOUT_S
+    delays = backoff_delays(RECONNECT_ATTEMPTS, RECONNECT_BASE_DELAY_S, RECONNECT_MAX_DELAY_S)
+    return 2 * READ_TIMEOUT_S + sum(delays) + RECONNECT_ATTEMPTS * OPEN_TIMEOUT_S
+
+
 # ---------------------------------------------------------------------------------------------
 # Sources
 # ---------------------------------------------------------------------------------------------
 
+# What a connection delivers besides frames.
+_ENDED = object()  # read() failed: the stream ended, the camera went away, the writer closed
+_FAILED = object()  # open() failed
+_STALLED = object()  # nothing within the deadline (a wait's outcome, never queued)
 
-class VideoCaptureSource:
-    """A camera index, stream URL or video file through ``cv2.VideoCapture``."""
 
-    def __init__(self, target: int | str, live: bool, description: str) -> None:
+class _Connection(threading.Thread):
+    """One ``cv2.VideoCapture`` of a live source, opened and read in this daemon thread.
+
+    OpenCV's open() and read() cannot be interrupted and may block for good: a FIFO waits for
+    a writer to open it, a read waits on a writer that stopped writing but keeps the pipe open,
+    a camera driver or stream server may hang. So they run here and the owner waits on
+    ``next`` with a deadline. The capture is released by this thread, when its call returns.
+    """
+
+    def __init__(self, open_capture: Callable[[], cv2.VideoCapture],
+                 fifo_path: str | None) -> None:
+        super().__init__(name="capture-connection", daemon=True)
+        self._open_capture = open_capture
+        self._fifo_path = fifo_path
+        self._items: queue.Queue[object] = queue.Queue(maxsize=1)  # latest-wins: FrameGrabber
+        self._closed = threading.Event()
+        self._opening = True
+        self.done = threading.Event()  # set before the last item (_ENDED or _FAILED)
+        self.fps: float | None = None
+        self.start()
+
+    def run(self) -> None:
+        capture = None
+        with contextlib.suppress(cv2.error):  # e.g. a URL no backend understands
+            capture = self._open_capture()
+        self._opening = False
+        if capture is None or not capture.isOpened():
+            self.done.set()
+            self._put(_FAILED)
+            return
+        try:
+            reported_fps = capture.get(cv2.CAP_PROP_FPS)
+            self.fps = reported_fps if 0 < reported_fps < 1000 else None
+            while not self._closed.is_set():
+                ok, frame = capture.read()
+                if not ok:
+                    self.done.set()
+                    self._put(_ENDED)
+                    return
+                self._put(frame)
+        finally:
+            capture.release()
+
+    def _put(self, item: object) -> None:
+        while not self._closed.is_set():
+            with contextlib.suppress(queue.Full):
+                self._items.put(item, timeout=POLL_S)
+                return
+
+    def next(self, timeout_s: float, stop: threading.Event) -> object:
+        """A frame, ``_ENDED``, ``_FAILED``, ``_STALLED`` after ``timeout_s``, or None on stop."""
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _STALLED
+            with contextlib.suppress(queue.Empty):
+                return self._items.get(timeout=min(remaining, POLL_S))
+        return None
+
+    def close(self) -> None:
+        """Stop reading; wait (``CLOSE_WAIT_S`` at most) for OpenCV's current call to return."""
+        self._closed.set()
+        if not (self._opening and self._fifo_path is not None):
+            self.join(CLOSE_WAIT_S)
+            return
+        with _quiet_opencv():  # its warnings about the open made to fail say nothing new
+            _wake_fifo_reader(self._fifo_path)
+            self.join(CLOSE_WAIT_S)
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log silenced (it is process-wide: only around calls whose failure we
+    report ourselves)."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
+def _wake_fifo_reader(path: str) -> None:
+    """Make an open() blocked on the FIFO ``path`` return (a writer comes and goes: OpenCV
+    sees end-of-file and fails), so that no forgotten reader takes a later writer's data."""
+    # ENXIO: no reader is waiting after all. O_NONBLOCK: never wait here.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | getattr(os, "O_NONBLOCK", 0)))
+
+
+class LiveSource:
+    """A camera, stream or FIFO through ``cv2.VideoCapture``, with every wait bounded.
+
+    ``kind`` is "camera", "stream" or "FIFO". A source that stalls (no frame for
+    ``READ_TIMEOUT_S``) or ends is reconnected after each of ``backoff_delays``, then given up
+    with a ``SourceError``. Streams and FIFOs that do not open are retried the same way; a
+    camera is not (the camera-or-demo fallback wants a quick answer).
+
+    Raises:
+        SourceError: the source cannot be opened or delivers no first frame.
+    """
+
+    live = True
+
+    def __init__(self, target: int | str, kind: str) -> None:
         self.target = target
-        self.live = live
+        self.kind = kind
+        self.description = f"{kind} {target}"
+        self._connection = self._connect()
+        tries = 0 if kind == "camera" else RECONNECT_ATTEMPTS
+        # The first frame proves the source works; it is handed out by the first read. Waiting
+        # in slices (not inside OpenCV) keeps Ctrl-C working while a source is opened.
+        try:
+            self._first: np.ndarray | None = self._wait(threading.Event(), OPEN_TIMEOUT_S,
+                                                        tries, opening=True)
+        except BaseException:  # SourceError or Ctrl-C: no thread left waiting on a FIFO
+            self._connection.close()
+            raise
+        self.fps = self._connection.fps
+
+    def _open_capture(self) -> cv2.VideoCapture:
+        if self.kind == "stream":
+            # FFmpeg's own timeouts end a call blocked on a dead server, so that the
+            # connection's thread ends too (the deadlines in ``_wait`` hold either way).
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(OPEN_TIMEOUT_S * 1000),
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(READ_TIMEOUT_S * 1000)]
+            return cv2.VideoCapture(self.target, cv2.CAP_ANY, params)
+        if self.kind == "FIFO":
+            # Only FFmpeg reads a pipe (the others seek); CAP_ANY would try the others too,
+            # each one blocking in open() again until a writer comes.
+            return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG)
+        return cv2.VideoCapture(self.target)
+
+    def _connect(self) -> _Connection:
+        return _Connection(self._open_capture, str(self.target) if self.kind == "FIFO" else None)
+
+    def _why(self, outcome: object, timeout_s: float) -> str:
+        """What went wrong, for messages."""
+        if outcome is _STALLED:
+            return f"no frame for {timeout_s:g} s"
+        if outcome is _FAILED:
+            return "cannot open it"
+        return "its writer closed it" if self.kind == "FIFO" else "it ended"
+
+    def _wait(self, stop: threading.Event, timeout_s: float, tries: int,
+              opening: bool = False) -> np.ndarray | None:
+        """The next frame within ``timeout_s``, else after up to ``tries`` reconnects; None
+        when ``stop`` is set.
+
+        Raises:
+            SourceError: no frame after the last attempt.
+        """
+        delays = backoff_delays(tries, RECONNECT_BASE_DELAY_S, RECONNECT_MAX_DELAY_S)
+        started = time.monotonic()
+        first_reason = reason = ""
+        for attempt in range(tries + 1):
+            if attempt:
+                action = "retrying" if opening else "reconnecting"
+                log(f"{self.description}: {reason}; {action} in {delays[attempt - 1]:g} s "
+                    f"({attempt}/{tries})")
+                if stop.wait(delays[attempt - 1]):
+                    return None
+                # A connection still blocked inside OpenCV (a FIFO waiting for a writer, a read
+                # that may yet return) is kept and waited on for a frame: a second open would
+                # compete with it for the camera or the pipe's data. A new one gets time to open.
+                timeout_s = READ_TIMEOUT_S
+                if self._connection.done.is_set():
+                    self._connection.close()
+                    self._connection = self._connect()
+                    timeout_s = OPEN_TIMEOUT_S
+            outcome = self._connection.next(timeout_s, stop)
+            if outcome is None:
+                return None
+            if isinstance(outcome, np.ndarray):
+                if attempt and not opening:
+                    log(f"{self.description} delivers frames again")
+                return outcome
+            reason = self._why(outcome, timeout_s)
+            first_reason = first_reason or reason
+        elapsed = f"{time.monotonic() - started:.0f} s"
+        if opening:
+            why = "" if outcome is _FAILED else f": {reason}"
+            retried = f" (retried {tries} time{'s' * (tries > 1)} over {elapsed})" if tries else ""
+            raise SourceError(f"cannot open {self.description}{why}{retried}")
+        gave_up = (f"; gave up after {tries} reconnect attempt{'s' * (tries > 1)} over "
+                   f"{elapsed} (last: {reason})") if tries else ""
+        raise SourceError(f"lost {self.description}: {first_reason}{gave_up}")
+
+    def read(self, stop: threading.Event) -> np.ndarray | None:
+        if self._first is not None:
+            frame, self._first = self._first, None
+            return frame
+        return self._wait(stop, READ_TIMEOUT_S, RECONNECT_ATTEMPTS)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class VideoFileSource:
+    """A video file through ``cv2.VideoCapture``, read in the caller's thread (a file's reads
+    do not wait on anyone; the consumer's ``READ_TIMEOUT_S`` covers a hung disk)."""
+
+    live = False
+
+    def __init__(self, path: str | os.PathLike[str], description: str) -> None:
         self.description = description
-        attempts = RECONNECT_ATTEMPTS if isinstance(target, str) and live else 0
-        self._capture = self._open()
-        for attempt in range(1, attempts + 1):
-            if self._capture.isOpened():
-                break
-            log(f"cannot open {description}; retrying ({attempt}/{attempts})")
-            time.sleep(RECONNECT_DELAY_S)
-            self._capture = self._open()
+        self._capture = cv2.VideoCapture(str(path))
         if not self._capture.isOpened():
             raise SourceError(f"cannot open {description}")
         reported_fps = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps: float | None = reported_fps if 0 < reported_fps < 1000 else None
 
-    def _open(self) -> cv2.VideoCapture:
-        timeout_ms = int(READ_TIMEOUT_S * 1000)
-        # Without these a dead RTSP server blocks open() / read() for minutes (FFmpeg backend).
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-        return cv2.VideoCapture(self.target, cv2.CAP_ANY, params)
-
     def read(self, stop: threading.Event) -> np.ndarray | None:
         ok, frame = self._capture.read()
-        if ok:
-            return frame
-        if not self.live:
-            return None  # end of the file
-        for attempt in range(1, RECONNECT_ATTEMPTS + 1):
-            log(f"lost {self.description}; reconnecting ({attempt}/{RECONNECT_ATTEMPTS})")
-            if stop.wait(RECONNECT_DELAY_S):
-                return None
-            self._capture.release()
-            self._capture = self._open()
-            if self._capture.isOpened():
-                ok, frame = self._capture.read()
-                if ok:
-                    log(f"reconnected to {self.description}")
-                    return frame
-        raise SourceError(f"{self.description} stopped delivering frames "
-                          f"(gave up after {RECONNECT_ATTEMPTS} reconnect attempts)")
+        return frame if ok else None  # None: the end of the file
 
     def close(self) -> None:
         self._capture.release()
@@ -179,23 +392,30 @@ def demo_video() -> Path:
 def open_camera_or_demo() -> FrameSource:
     """Camera 0 if one opens and delivers a frame; otherwise the demo video."""
     # OpenCV logs a warning per backend it tries for a missing camera; the fallback says it all.
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        camera = VideoCaptureSource(0, live=True, description="camera 0")
+        with _quiet_opencv():
+            camera = LiveSource(0, "camera")
     except SourceError:
         camera = None
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
     if camera is not None:
         return camera
     log("no camera found: running on the built-in demo video")
-    return VideoCaptureSource(str(demo_video()), live=False, description="the demo video")
+    return VideoFileSource(demo_video(), "the demo video")
+
+
+def file_url_path(url: str) -> Path:
+    """The local path of a ``file:`` URL (``file:///tmp/cam.fifo``, ``file://localhost/...``);
+    SourceError if it names another host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise SourceError(f"{url!r} names host {parts.netloc!r}: only local file:// URLs "
+                          "(file:///path) are supported")
+    return Path(urllib.request.url2pathname(parts.path))
 
 
 def open_source(spec: str | None) -> FrameSource:
     """``--source``: None (camera 0, else demo), ``demo``, a camera index, a stream URL, a
-    folder of images, an image or a video file.
+    folder of images, an image, a video file or a FIFO (a path or a ``file://`` URL).
 
     Raises:
         SourceError: the source does not exist or cannot be opened.
@@ -203,21 +423,34 @@ def open_source(spec: str | None) -> FrameSource:
     if spec is None:
         return open_camera_or_demo()
     if spec == "demo":
-        return VideoCaptureSource(str(demo_video()), live=False, description="the demo video")
+        return VideoFileSource(demo_video(), "the demo video")
     if spec.isdigit():
-        return VideoCaptureSource(int(spec), live=True, description=f"camera {spec}")
-    if "://" in spec:
-        return VideoCaptureSource(spec, live=True, description=f"stream {spec}")
-    path = Path(spec)
-    if path.is_dir():
+        return LiveSource(int(spec), "camera")
+    if spec.lower().startswith("file:"):
+        path = file_url_path(spec)
+    elif "://" in spec:
+        return LiveSource(spec, "stream")
+    else:
+        path = Path(spec)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SourceError(f"source {spec!r} not found: give a camera index (0), a stream URL "
+                          "(rtsp://...), a video file, a FIFO, a folder of images, or 'demo'"
+                          ) from None
+    except OSError as exc:
+        raise SourceError(f"cannot access source {spec!r}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         return ImageFolderSource(images, f"folder {path}")
-    if path.is_file():
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            return ImageFolderSource([path], f"image {path}")
-        return VideoCaptureSource(str(path), live=False, description=f"video {path}")
-    raise SourceError(f"source {spec!r} not found: give a camera index (0), a stream URL "
-                      "(rtsp://...), a video file, a folder of images, or 'demo'")
+    if stat.S_ISFIFO(mode):  # a live feed: another process writes video into the pipe
+        return LiveSource(str(path), "FIFO")
+    if not stat.S_ISREG(mode):
+        raise SourceError(f"source {spec!r} is not a video file, image, folder or FIFO "
+                          "(a camera is given by its index, e.g. 0)")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageFolderSource([path], f"image {path}")
+    return VideoFileSource(path, f"video {path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,20 +498,23 @@ class FrameGrabber(threading.Thread):
             return
         while not self._stop_event.is_set():
             with contextlib.suppress(queue.Full):
-                self._frames.put(item, timeout=0.1)
+                self._frames.put(item, timeout=POLL_S)
                 return
 
-    def get(self, timeout_s: float) -> np.ndarray | None:
-        """The next frame, or None at the end of the source.
+    def get(self, timeout_s: float | None = None) -> np.ndarray | None:
+        """The next frame, or None at the end of the source; ``timeout_s`` defaults to
+        ``frame_wait_timeout`` for the source.
 
         Raises:
             SourceError: the source failed, or no frame came within ``timeout_s``.
         """
+        if timeout_s is None:
+            timeout_s = frame_wait_timeout(self.source.live)
         try:
             item = self._frames.get(timeout=timeout_s)
         except queue.Empty:
             raise SourceError(f"no frame from {self.source.description} within "
-                              f"{timeout_s:.0f} s; giving up") from None
+                              f"{timeout_s:g} s; giving up") from None
         if item is _END:
             return None
         if isinstance(item, Exception):
@@ -290,8 +526,3 @@ class FrameGrabber(threading.Thread):
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop_event.set()
         self.join(timeout=timeout_s)
-
-
-def frame_wait_timeout() -> float:
-    """How long the consumer waits for a frame: a blocked read plus every reconnect attempt."""
-    return READ_TIMEOUT_S * (2 + 2 * RECONNECT_ATTEMPTS) + RECONNECT_DELAY_S * RECONNECT_ATTEMPTS

@@ -1,8 +1,9 @@
-"""Camera demo: run an edgedet detector on a camera, stream, video, folder or the demo video.
+"""Camera demo: run an edgedet detector on a camera, stream, video, FIFO, folder or demo video.
 
     python apps/webcam.py                          # camera 0, or the demo video if none opens
     python apps/webcam.py --source demo --headless --save out.mp4
     python apps/webcam.py --source rtsp://host/stream --model path/to/artifact
+    python apps/webcam.py --source /tmp/cam.fifo   # a named pipe another process writes into
 
 Boxes, labels and FPS are drawn on every frame; q or Esc closes the window, Ctrl-C stops any
 run. Without a GUI (opencv-python-headless, or no display) the app runs headless: it prints
@@ -11,7 +12,9 @@ done).
 
 Capture (sources, the capture thread, reconnects) lives in the sibling module ``capture.py``:
 for live sources the latest frame wins, files are processed frame by frame, and a source that
-fails gives a message, never a hang. This file is the CLI and the detect/draw/show loop.
+fails gives a message, never a hang: a live source that stalls (no frame for a few seconds) or
+ends is reconnected with backoff, then given up (exit status 1, the recording kept). This file
+is the CLI and the detect/draw/show loop.
 
 Uses only the public edgedet API (``edgedet.Detector``, ``edgedet.draw``, ``edgedet.video``).
 """
@@ -37,7 +40,7 @@ from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
 # isort: split
 # A sibling module, not a package: run as a script, this file's folder is on sys.path.
 import capture
-from capture import DEMO_FPS, FrameGrabber, SourceError, frame_wait_timeout, log, open_source
+from capture import DEMO_FPS, FrameGrabber, SourceError, log, open_source
 
 # capture's messages (retries, reconnects, the demo fallback) read as this app's own.
 capture.LOG_PREFIX = "webcam"
@@ -105,7 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "built-in demo video, drawing boxes, labels and FPS. q / Esc / Ctrl-C quit.")
     parser.add_argument("--source", default=None,
                         help="0 (camera index), a video file, rtsp://... / http://... stream, "
-                        "a folder of images, or 'demo' (default: camera 0, else the demo video)")
+                        "a FIFO (path or file:// URL), a folder of images, or 'demo' (default: "
+                        "camera 0, else the demo video)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="zoo model name or artifact directory (default: %(default)s)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
@@ -113,6 +117,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None,
                         help="where the runtime runs the model, e.g. GPU or NPU for OpenVINO, "
                         "cuda or tensorrt for ONNX Runtime (default: its CPU)")
+    parser.add_argument("--allow-unchecked", action="store_true",
+                        help="run an artifact whose accuracy check failed or never ran "
+                        "(refused by default)")
     parser.add_argument("--headless", action="store_true",
                         help="no window (automatic when OpenCV has no GUI or there is no "
                         "display)")
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     """The app; returns the exit status (0 done, 1 error, 130 interrupted)."""
     try:
         detector = Detector(args.model, backend=args.backend, device=args.device,
+                            allow_unchecked=args.allow_unchecked,
                             score_threshold=args.score_threshold)
         source = open_source(args.source)
     except (ValueError, RuntimeError, OSError) as exc:  # bad model / backend / source
@@ -152,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         while args.max_frames is None or len(latencies_s) < args.max_frames:
-            frame = grabber.get(frame_wait_timeout())
+            frame = grabber.get()  # bounded: a dead source raises SourceError
             if frame is None:
                 break
             detect_start = time.perf_counter()
@@ -175,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         status = 130
-    except (SourceError, OSError) as exc:  # source lost, or the video cannot be written
+    except (SourceError, OSError) as exc:  # source given up, or the video cannot be written
         log(f"error: {exc}")
         status = 1
     except BaseException:

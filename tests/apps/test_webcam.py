@@ -1,5 +1,5 @@
-import importlib
-import importlib.util
+"""apps/webcam.py: the CLI and its detect/draw/save loop, on every kind of source."""
+
 import os
 import signal
 import subprocess
@@ -12,94 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edgedet.data.synthetic import SyntheticConfig
-from edgedet.data.synthetic_video import render_synthetic_video
 from edgedet.video import read_video_frames
-from tests.edgedet.tiny_artifacts import (
-    PLANTED_DELTAS,
-    PlantedObjectHead,
-    TinyHead,
-    planted_anchor,
-    tiny_anchor_spec,
-    write_artifact,
-)
-
-REPO = Path(__file__).resolve().parents[2]
-APPS = REPO / "apps"
-WEBCAM_PY = APPS / "webcam.py"
-
-
-@pytest.fixture
-def capture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """apps/capture.py, imported the way the apps import it: as a module beside them."""
-    monkeypatch.syspath_prepend(str(APPS))
-    module = importlib.import_module("capture")
-    monkeypatch.setenv("EDGEDET_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(module, "DEMO_FRAMES", 12)
-    monkeypatch.setattr(module, "RECONNECT_DELAY_S", 0.01)
-    return module
-
-
-@pytest.fixture
-def app(capture):
-    """A fresh apps/webcam.py module (it imports ``capture``, found through the fixture)."""
-    spec = importlib.util.spec_from_file_location("webcam_app", WEBCAM_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    anchor, _ = planted_anchor()
-    planted = PlantedObjectHead(tiny_anchor_spec().num_anchors, anchor, 1, PLANTED_DELTAS)
-    return {"tiny": write_artifact(root / "tiny", TinyHead("ssd"), "ssd"),
-            "planted": write_artifact(root / "planted", planted, "ssd")}
-
-
-def _count_frames(path: Path) -> int:
-    capture = cv2.VideoCapture(str(path))
-    count = 0
-    while capture.grab():
-        count += 1
-    capture.release()
-    return count
-
-
-class FakeLiveSource:
-    """A camera delivering frames numbered in pixels (0, 0) and (0, 1) every ``period_s``,
-    that fails (raises capture's ``SourceError``) or stalls after some frames."""
-
-    live = True
-    fps = 30.0
-    description = "fake camera"
-
-    def __init__(self, capture, period_s: float = 0.001, fail_after: int | None = None,
-                 stall_after: int | None = None) -> None:
-        self.error = capture.SourceError
-        self.period_s, self.fail_after, self.stall_after = period_s, fail_after, stall_after
-        self.produced = 0
-        self.closed = threading.Event()
-
-    def read(self, stop: threading.Event) -> np.ndarray | None:
-        if self.fail_after is not None and self.produced >= self.fail_after:
-            raise self.error("fake camera stopped delivering frames")
-        if self.stall_after is not None and self.produced >= self.stall_after:
-            stop.wait(60)  # a read that hangs inside the driver
-            return None
-        time.sleep(self.period_s)
-        frame = np.full((48, 64, 3), 128, np.uint8)
-        frame[0, 0, 0], frame[0, 1, 0] = divmod(self.produced, 256)
-        self.produced += 1
-        return frame
-
-    def close(self) -> None:
-        self.closed.set()
-
-
-def _frame_number(frame: np.ndarray) -> int:
-    return int(frame[0, 0, 0]) * 256 + int(frame[0, 1, 0])
+from tests.apps.helpers import APPS, REPO, WEBCAM_PY, FakeLiveSource
+from tests.apps.helpers import count_frames as _count_frames
+from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 
 
 def test_demo_runs_headless_and_saves_every_frame(app, capture, models: dict[str, Path],
@@ -122,14 +38,10 @@ def test_demo_runs_headless_and_saves_every_frame(app, capture, models: dict[str
 def test_no_camera_falls_back_to_the_demo(app, capture, models: dict[str, Path],
                                           monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    real = capture.VideoCaptureSource
+    def no_cameras(target, kind):
+        raise capture.SourceError(f"cannot open {kind} {target}")
 
-    def no_cameras(target, live, description):
-        if isinstance(target, int):
-            raise capture.SourceError(f"cannot open {description}")
-        return real(target, live, description)
-
-    monkeypatch.setattr(capture, "VideoCaptureSource", no_cameras)
+    monkeypatch.setattr(capture, "LiveSource", no_cameras)
     assert app.main(["--model", str(models["tiny"]), "--max-frames", "3"]) == 0
     err = capsys.readouterr().err
     assert "no camera found: running on the built-in demo video" in err
@@ -156,37 +68,6 @@ def test_boxes_are_drawn_where_the_model_sees_the_object(app, models: dict[str, 
     assert row_difference[66:80].max() < 15 and row_difference[95:].max() < 15
 
 
-def test_live_sources_drop_stale_frames(capture) -> None:
-    source = FakeLiveSource(capture, period_s=0.002)
-    grabber = capture.FrameGrabber(source)
-    grabber.start()
-    try:
-        first = _frame_number(grabber.get(5.0))
-        time.sleep(0.2)  # a slow detector: ~100 frames arrive meanwhile
-        second = _frame_number(grabber.get(5.0))
-    finally:
-        grabber.stop()
-    assert second - first > 10 and grabber.dropped > 10
-    assert source.closed.wait(2.0)  # the capture thread released the source
-
-
-def test_file_sources_deliver_every_frame_in_order(capture, tmp_path: Path) -> None:
-    video = render_synthetic_video(tmp_path / "v.avi", num_frames=20, seed=1,
-                                   config=SyntheticConfig(image_size=(96, 64)), progress=False)
-    source = capture.open_source(str(video))
-    assert not source.live
-    grabber = capture.FrameGrabber(source)
-    grabber.start()
-    received = []
-    while (frame := grabber.get(5.0)) is not None:
-        received.append(frame)
-        time.sleep(0.01)  # slower than the reader: it must wait, not drop
-    grabber.stop()
-    assert len(received) == 20 and grabber.dropped == 0
-    expected = read_video_frames(video)
-    assert all(np.array_equal(a, b) for a, b in zip(received, expected, strict=True))
-
-
 def test_a_source_that_disappears_ends_with_a_message_and_keeps_the_video(
     app, capture, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
@@ -203,7 +84,9 @@ def test_a_stalled_source_times_out_instead_of_hanging(
     app, capture, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A source whose own reads hang: the consumer's timeout (its whole reconnect schedule).
     monkeypatch.setattr(capture, "READ_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(capture, "OPEN_TIMEOUT_S", 0.05)
     source = FakeLiveSource(capture, stall_after=2)
     monkeypatch.setattr(app, "open_source", lambda spec: source)
     start = time.perf_counter()
@@ -213,46 +96,49 @@ def test_a_stalled_source_times_out_instead_of_hanging(
     assert source.closed.wait(2.0)
 
 
+def test_a_fifo_given_as_a_path_runs(app, models: dict[str, Path], fifo: Path, feed,
+                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    feed()  # writes until the test ends
+    out = tmp_path / "fifo.mp4"
+    assert app.main(["--model", str(models["tiny"]), "--source", str(fifo), "--max-frames", "5",
+                     "--save", str(out)]) == 0
+    assert f"on FIFO {fifo}" in capsys.readouterr().err
+    assert _count_frames(out) == 5
+
+
+@pytest.mark.parametrize(("as_url", "then"), [(True, "close"), (False, "hold")],
+                         ids=["file-url-writer-closes", "path-writer-hangs"])
+def test_a_fifo_whose_writer_stops_is_given_up_and_the_recording_kept(
+    app, capture, models: dict[str, Path], fifo: Path, feed, tmp_path: Path, as_url: bool,
+    then: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Short timeouts, so that the test is quick; they are never what the test waits for.
+    monkeypatch.setattr(capture, "READ_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(capture, "OPEN_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(capture, "RECONNECT_ATTEMPTS", 2)
+    feed(frames=10, then=then)
+    out = tmp_path / "rec.mp4"
+    start = time.monotonic()
+    status = app.main(["--model", str(models["tiny"]), "--save", str(out),
+                       "--source", fifo.as_uri() if as_url else str(fifo)])
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert status == 1, err
+    lost = "its writer closed it" if then == "close" else "no frame for 0.5 s"
+    assert f"error: lost FIFO {fifo}: {lost}; gave up after 2 reconnect attempts" in err
+    assert "reconnecting in 0.01 s (1/2)" in err and "reconnecting in 0.02 s (2/2)" in err
+    assert f"saved {out}" in err and 1 <= _count_frames(out) <= 10
+
+
 def test_an_unreachable_stream_is_retried_then_reported(
     app, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     status = app.main(["--model", str(models["tiny"]), "--source", "rtsp://127.0.0.1:9/none"])
     err = capsys.readouterr().err
     assert status == 1
-    assert "retrying (3/3)" in err and "error: cannot open stream rtsp://127.0.0.1:9/none" in err
-
-
-def test_a_lost_stream_reconnects(capture, monkeypatch: pytest.MonkeyPatch) -> None:
-    class FakeCapture:
-        def __init__(self, frames: int) -> None:
-            self.frames = frames
-
-        def isOpened(self) -> bool:
-            return True
-
-        def read(self):
-            if self.frames == 0:
-                return False, None
-            self.frames -= 1
-            return True, np.zeros((4, 4, 3), np.uint8)
-
-        def get(self, prop: int) -> float:
-            return 25.0
-
-        def release(self) -> None:
-            pass
-
-    captures = iter([FakeCapture(1), FakeCapture(0), FakeCapture(2)])
-    monkeypatch.setattr(capture.VideoCaptureSource, "_open", lambda self: next(captures))
-    source = capture.VideoCaptureSource("rtsp://camera/stream", live=True, description="stream")
-    stop = threading.Event()
-    assert source.read(stop) is not None  # capture 1
-    assert source.read(stop) is not None  # capture 1 ends; 2 is dead; 3 delivers
-    assert source.read(stop) is not None
-    dead = iter([FakeCapture(0) for _ in range(4)])
-    monkeypatch.setattr(capture.VideoCaptureSource, "_open", lambda self: next(dead))
-    with pytest.raises(capture.SourceError, match="gave up after 3 reconnect attempts"):
-        source.read(stop)
+    for delay, attempt in (("0.01", 1), ("0.02", 2), ("0.04", 3)):  # backoff
+        assert f"cannot open it; retrying in {delay} s ({attempt}/3)" in err
+    assert "error: cannot open stream rtsp://127.0.0.1:9/none (retried 3 times over" in err
 
 
 def test_bad_sources_and_models_give_one_line_errors(
@@ -265,6 +151,11 @@ def test_bad_sources_and_models_give_one_line_errors(
     assert "no images" in capsys.readouterr().err
     assert app.main(["--model", "no_such_model", "--source", "demo"]) == 1
     assert "no_such_model" in capsys.readouterr().err
+    unchecked = write_artifact(tmp_path / "unchecked", TinyHead("ssd"), "ssd", checked=False)
+    assert app.main(["--model", str(unchecked), "--source", "demo", "--max-frames", "1"]) == 1
+    assert "--allow-unchecked" in capsys.readouterr().err
+    assert app.main(["--model", str(unchecked), "--source", "demo", "--max-frames", "1",
+                     "--headless", "--allow-unchecked"]) == 0
     with pytest.raises(SystemExit):
         app.parse_args(["--save", "out.gif"])
 
@@ -281,51 +172,39 @@ def test_headless_detection_and_quit_keys(app, monkeypatch: pytest.MonkeyPatch) 
     assert not app.is_quit_key(-1) and not app.is_quit_key(ord("a"))
 
 
-_SLOW_DRIVER = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("webcam_app", sys.argv[1])
-app = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(app)
-import capture
-capture.DEMO_FRAMES = 40
-
-class SlowDetector(app.Detector):
-    def detect(self, frame):
-        time.sleep(0.05)
-        return super().detect(frame)
-
-app.Detector = SlowDetector
-sys.exit(app.main(sys.argv[2:]))
-"""
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")
-def test_ctrl_c_exits_cleanly_and_keeps_the_recording(models: dict[str, Path],
-                                                      tmp_path: Path) -> None:
+def test_ctrl_c_exits_cleanly_and_keeps_the_recording(models: dict[str, Path], fifo: Path,
+                                                      feed, tmp_path: Path) -> None:
+    # A FIFO fed until the app exits: the source cannot end before the signal, however slow
+    # the machine. The signal goes when the app says it processed 50 frames.
+    feed()
     out = tmp_path / "rec.mp4"
     # apps/ on the path too, as for `python apps/webcam.py`: the app imports its sibling capture.
-    env = {**os.environ, "EDGEDET_CACHE_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(APPS), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(APPS), str(REPO)])}
     process = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_DRIVER, str(WEBCAM_PY), "--source", "demo", "--model",
-         str(models["tiny"]), "--headless", "--save", str(out)],
+        [sys.executable, str(WEBCAM_PY), "--source", str(fifo), "--model", str(models["tiny"]),
+         "--headless", "--save", str(out)],
         stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    watchdog = threading.Timer(300, process.kill)  # a hung app fails the test, not the run
+    watchdog.start()
     lines = []
-    for line in process.stderr:  # wait until the loop runs
+    for line in process.stderr:
         lines.append(line)
-        if "on the demo video" in line:
+        if "] 50 frames," in line:
+            process.send_signal(signal.SIGINT)
             break
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
     try:
-        rest = process.communicate(timeout=30)[1]
+        rest = process.communicate(timeout=60)[1]
     except subprocess.TimeoutExpired:
         process.kill()
         pytest.fail("the app did not exit after Ctrl-C")
+    finally:
+        watchdog.cancel()
     err = "".join(lines) + rest
+    assert any("] 50 frames," in line for line in lines), err
     assert process.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
-    assert 1 <= _count_frames(out) < 40
+    assert "interrupted" in err and "Traceback" not in err and f"saved {out}" in err
+    assert _count_frames(out) >= 50
 
 
 def test_runs_as_a_script_from_the_repository_root() -> None:
