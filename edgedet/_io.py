@@ -46,3 +46,53 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as handle:
         handle.write(data)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files ``atomic_open`` left in ``directory`` when a process
+    was killed mid-write; returns what was removed.
+
+    Call it only where no other process may be writing (e.g. under ``exclusive_lock``).
+    """
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in directory.glob(".*.tmp"):
+        if path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+class DirectoryBusyError(RuntimeError):
+    """Another process holds the lock of a directory it is writing."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(directory: str | os.PathLike[str], what: str = "run") -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (a ``.lock`` file in it) for the block.
+
+    Two runs writing the same output folder would delete each other's temporaries and race
+    for the artifact names; the second one stops at once with ``DirectoryBusyError``. The lock
+    is released by the OS when the process dies, so a killed run never leaves it held.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks; runs are trusted not to overlap
+        yield
+        return
+    with open(directory / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryBusyError(f"another {what} is writing to {directory} (it holds "
+                                     f"{directory / '.lock'}); wait for it or use another "
+                                     "output folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -12,27 +12,24 @@ An artifact directory::
     model.onnx        the model file(s) (``model.xml`` + ``model.bin`` for OpenVINO IR, ...)
     report.*          optional: the conversion report (not hashed, not needed to load)
 
-``write_artifact`` assembles the directory beside its final place with ``manifest.json``
-written last and complete, then renames it into place, so a directory holding a valid
-manifest whose hashes match is complete; a hash mismatch means a file was truncated or replaced
-after export, and loading stops with an error naming that file.
+``edgedet.artifact_writer.write_artifact`` assembles the directory beside its final place with
+``manifest.json`` written last and complete, then swaps it into place, so a directory holding
+a valid manifest whose hashes match is complete; a hash mismatch means a file was truncated or
+replaced after export, and loading stops with an error naming that file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgedet._io import write_json_atomic
 from edgedet.anchors import anchor_spec_from_dict
 from edgedet.backends import BACKENDS
 from edgedet.head_decoding import HEAD_FAMILIES
@@ -62,6 +59,41 @@ _HASH_CHUNK_BYTES = 1 << 20
 class ManifestError(ValueError):
     """An artifact that cannot be written or loaded: a bad manifest, or a missing / corrupt
     model file (the message names the file or the field)."""
+
+
+class UncheckedArtifactError(ManifestError):
+    """An artifact whose accuracy check failed or never ran (see ``check_summary``)."""
+
+
+def check_summary(manifest: Mapping[str, Any]) -> str:
+    """One line on the artifact's accuracy check, e.g. ``"passed: ΔAP -0.79 (max drop 1.0)"``,
+    ``"FAILED: ΔAP -2.10 (max drop 1.0)"`` or ``"never ran"``."""
+    accuracy = manifest.get("accuracy")
+    if not accuracy:
+        return "never ran"
+    verdict = "passed" if accuracy["passed"] else "FAILED"
+    return (f"{verdict}: AP {accuracy['AP']:.2f} vs reference {accuracy['reference_AP']:.2f}, "
+            f"ΔAP {accuracy['delta_AP']:+.2f} (max drop {accuracy['max_drop']})")
+
+
+def require_passed_check(manifest: Mapping[str, Any], where: str) -> None:
+    """Refuse an artifact whose accuracy check failed or never ran.
+
+    Raises:
+        UncheckedArtifactError: saying which, and how to load it anyway.
+    """
+    accuracy = manifest.get("accuracy")
+    if accuracy and accuracy["passed"]:
+        return
+    if not accuracy:
+        problem = ("has no accuracy check in its manifest: it was not made by quantize/run.py, "
+                   "or its check never ran")
+    else:
+        problem = f"failed its accuracy check ({check_summary(manifest)})"
+    raise UncheckedArtifactError(
+        f"artifact {manifest.get('name')!r} in {where} {problem}; its detections may be wrong. "
+        "Load it anyway with Detector(..., allow_unchecked=True) (--allow-unchecked on the "
+        "command line)")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -110,7 +142,8 @@ def make_manifest(
     kept_out_of_int8: Iterable[str] = (),
     accuracy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A complete, validated manifest without ``files`` (``write_artifact`` adds those).
+    """A complete, validated manifest without ``files`` (``Artifact.stage`` or
+    ``artifact_writer.write_artifact`` add those).
 
     Args:
         outputs: ``[{"name", "shape": [batch, A, k], "meaning"}]`` in graph output order.
@@ -176,13 +209,13 @@ class Artifact:
         under their artifact names and hash them; no ``manifest.json`` is written.
 
         The result can be loaded (``Detector(artifact)``) and checked before
-        ``write_artifact`` copies it into place with its final manifest.
+        ``artifact_writer.write_artifact`` copies it into place with its final manifest.
 
         Raises:
             ManifestError: no model file, a missing source, a bad file name or manifest.
         """
         directory = Path(directory)
-        _check_sources(directory, model_files)
+        check_sources(directory, model_files)
         directory.mkdir(parents=True, exist_ok=True)
         for name, source in model_files.items():
             if Path(source).resolve() != (directory / name).resolve():
@@ -310,89 +343,17 @@ def verify_artifact_files(artifact_dir: str | os.PathLike[str], manifest: Mappin
             )
 
 
-def write_artifact(
-    out_dir: str | os.PathLike[str],
-    model_files: Mapping[str, str | os.PathLike[str]],
-    manifest: Mapping[str, Any],
-    extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
-) -> Path:
-    """Create (or atomically replace) the artifact directory ``out_dir``.
-
-    Args:
-        out_dir: the artifact directory.
-        model_files: ``{name in the artifact: source path}``, e.g. ``{"model.onnx": p}`` or
-            ``{"model.xml": x, "model.bin": b}``; copied, and their sha256 go into
-            ``manifest["files"]``.
-        manifest: the complete manifest; its ``files``, when present (a staged or loaded
-            artifact's), must match the copies: what was checked is what ships.
-        extra_files: other files to copy (report, pictures); not hashed, not needed to load.
-
-    Returns:
-        ``out_dir`` as a ``Path``.
-
-    Raises:
-        ManifestError: no model file, a missing source file, a bad file name or manifest,
-            or a copy whose hash differs from the manifest's.
-    """
-    out_dir = Path(out_dir)
-    _check_sources(out_dir, model_files)
-    for name, source in (extra_files or {}).items():
-        _check_file_name(out_dir, name)
-        if not Path(source).is_file():
-            raise ManifestError(f"{out_dir}: source of {name!r} not found: {source}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
-    # mkdtemp makes a 0700 folder; the artifact should be readable like any other folder.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    try:
-        for name, source in {**(extra_files or {}), **model_files}.items():
-            shutil.copyfile(source, staging / name)
-        files = {name: sha256_file(staging / name) for name in model_files}
-        expected = manifest.get("files")
-        if expected and dict(expected) != files:
-            raise ManifestError(f"{out_dir}: the model files differ from the manifest's "
-                                f"hashes ({sorted(expected)} vs {sorted(files)})")
-        full = {**manifest, "files": files}
-        validate_manifest(full, source=f"manifest for {out_dir}")
-        write_json_atomic(staging / MANIFEST_NAME, full, indent=2)
-        _replace_directory(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an existing ``target`` is moved aside first and
-    restored if the rename fails."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(backup)  # only the unique name is wanted; rename needs it free
-    os.replace(target, backup)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
-def _check_file_name(out_dir: Path, name: str) -> None:
+def check_file_name(out_dir: Path, name: str) -> None:
     if not name or name != Path(name).name or name in (".", "..", MANIFEST_NAME):
         raise ManifestError(f"{out_dir}: artifact file name {name!r} must be a plain file "
                             f"name (no folders) other than {MANIFEST_NAME}")
 
 
-def _check_sources(out_dir: Path, model_files: Mapping[str, str | os.PathLike[str]]) -> None:
+def check_sources(out_dir: Path, model_files: Mapping[str, str | os.PathLike[str]]) -> None:
     if not model_files:
         raise ManifestError(f"{out_dir}: an artifact needs at least one model file")
     for name, source in model_files.items():
-        _check_file_name(out_dir, name)
+        check_file_name(out_dir, name)
         if not Path(source).is_file():
             raise ManifestError(f"{out_dir}: source of {name!r} not found: {source}")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedet.artifact import Artifact, ManifestError
+from edgedet.artifact import Artifact, ManifestError, check_summary, require_passed_check
 from edgedet.backends import (
     BACKENDS,
     BackendError,
@@ -59,6 +59,8 @@ class Detector:
             ``"openvino"``, ...), ``"auto"`` (the backend the artifact was exported for, which
             must then be installed), or a loaded ``InferenceBackend`` to run instead.
         options: a complete ``DetectorOptions`` (default: from the manifest).
+        allow_unchecked: load an artifact whose accuracy check failed or never ran (refused by
+            default: ``UncheckedArtifactError``, a ``ManifestError``).
         **overrides: individual ``DetectorOptions`` fields, e.g. ``score_threshold=0.3`` or
             ``device="GPU"``.
 
@@ -66,7 +68,8 @@ class Detector:
 
     Raises:
         ValueError: unknown model name / directory; ``ManifestError`` (a ``ValueError``) for a
-            bad manifest or a missing, corrupt or truncated model file.
+            bad manifest, a missing, corrupt or truncated model file, or an accuracy check that
+            failed or never ran.
         TypeError: an unknown option.
         BackendError: the backend is not installed (``BackendUnavailableError``) or cannot
             load the model file or use the device.
@@ -74,12 +77,15 @@ class Detector:
 
     def __init__(self, name_or_path: str | os.PathLike[str] | Artifact,
                  backend: str | InferenceBackend = "auto",
-                 options: DetectorOptions | None = None, **overrides: object) -> None:
+                 options: DetectorOptions | None = None, allow_unchecked: bool = False,
+                 **overrides: object) -> None:
         if isinstance(name_or_path, Artifact):
             artifact = name_or_path
             artifact.verify_files()
         else:
             artifact = Artifact.load(resolve_model(name_or_path))
+        if not allow_unchecked:
+            require_passed_check(artifact.manifest, str(artifact.directory))
         self.artifact_dir: Path = artifact.directory
         self._manifest = dict(artifact.manifest)
         if options is None:
@@ -138,7 +144,13 @@ class Detector:
 
     def __repr__(self) -> str:
         return (f"Detector({self.name!r}, backend={self.backend_name!r}, "
-                f"precision={self._manifest['precision']!r}, input={self.input_size})")
+                f"precision={self._manifest['precision']!r}, input={self.input_size}, "
+                f"check={self.check!r})")
+
+    @property
+    def check(self) -> str:
+        """The artifact's accuracy check in one line (``edgedet.artifact.check_summary``)."""
+        return check_summary(self._manifest)
 
     def preprocess(self, frame: np.ndarray) -> tuple[np.ndarray, FrameTransform]:
         """A BGR frame → ``(images (1, 3, H, W) float32, frame→input transform)``."""

@@ -20,9 +20,11 @@ by ``train/main.py``; the model's input size for checkpoints without it).
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -51,15 +53,20 @@ class ImageSet:
     samples: list[Sample]
     class_names: tuple[str, ...]
     seed: int | None
+    stats: dict | None = None
 
     @property
     def sha256(self) -> str:
         return images_sha256(self.samples)
 
     def describe(self) -> dict:
-        """``{"data", "seed", "num_images", "sha256"}`` (JSON-ready)."""
-        return {"data": self.spec, "seed": self.seed, "num_images": len(self.samples),
-                "sha256": self.sha256}
+        """``{"data", "seed", "num_images", "sha256"}`` (JSON-ready), plus ``"stats"`` once
+        ``check_calibration`` measured them."""
+        described = {"data": self.spec, "seed": self.seed, "num_images": len(self.samples),
+                     "sha256": self.sha256}
+        if self.stats is not None:
+            described["stats"] = self.stats
+        return described
 
 
 def open_image_set(spec: str, num_images: int, synthetic_size: tuple[int, int],
@@ -134,3 +141,71 @@ def calibration_inputs(samples: Sequence[Sample], config: PreprocessConfig
     """Each sample's image preprocessed exactly as ``Detector.detect`` does:
     a list of ``(1, 3, H, W)`` float32 arrays."""
     return [preprocess(sample.image, config)[0] for sample in samples]
+
+
+# An image whose pixels vary less than this (std of uint8 values) is constant: black, white,
+# a lens cap, a dead stream.
+CONSTANT_STD = 2.0
+# Warn when more than this share of the calibration images is constant.
+CONSTANT_SHARE_WARNING = 0.25
+# Warn when fewer than this share of the images differ (8x8 grey thumbnails compared).
+DISTINCT_SHARE_WARNING = 0.5
+# Warn when images are smaller than this fraction of the model input side: upscaled that
+# much, they are not the frames the model will see.
+SMALL_SIDE_WARNING = 0.25
+
+
+def check_calibration(images: ImageSet, input_size: tuple[int, int]) -> list[str]:
+    """Check calibration images, record their statistics in ``images.stats``, and return
+    warnings (each also issued with ``warnings.warn``).
+
+    INT8 scales are the ranges activations take on these images: an empty or constant set
+    gives ranges that fit nothing, and near-duplicates or tiny images give ranges of one
+    scene or of blur.
+
+    Raises:
+        ValueError: no images, or every image constant (the message says which data).
+    """
+    count = len(images.samples)
+    if count == 0:
+        raise ValueError(f"calibration data {images.spec} holds no images")
+    stds = np.array([float(s.image.std()) for s in images.samples])
+    constant = int((stds < CONSTANT_STD).sum())
+    thumbnails = {_thumbnail_key(s.image) for s in images.samples}
+    widths = [s.width for s in images.samples]
+    heights = [s.height for s in images.samples]
+    pixels = np.concatenate([s.image.reshape(-1, 3)[::97] for s in images.samples])
+    images.stats = {
+        "constant_images": constant, "distinct_images": len(thumbnails),
+        "width_range": [min(widths), max(widths)], "height_range": [min(heights), max(heights)],
+        "pixel_mean_bgr": [round(float(v), 2) for v in pixels.mean(axis=0)],
+        "pixel_std_bgr": [round(float(v), 2) for v in pixels.std(axis=0)],
+    }
+    if constant == count:
+        raise ValueError(f"calibration data {images.spec}: all {count} images are constant "
+                         f"(pixel std < {CONSTANT_STD}, e.g. all black); INT8 ranges measured "
+                         "on them would fit no real frame. Calibrate on real or synthetic "
+                         "frames (--calib-data)")
+    problems = []
+    if constant > CONSTANT_SHARE_WARNING * count:
+        problems.append(f"{constant} of {count} calibration images are constant (pixel std "
+                        f"< {CONSTANT_STD}, e.g. black frames)")
+    if len(thumbnails) < DISTINCT_SHARE_WARNING * count:
+        problems.append(f"only {len(thumbnails)} of {count} calibration images differ "
+                        "(near-duplicates, e.g. a static camera): ranges will fit one scene")
+    small = min(min(widths) / input_size[0], min(heights) / input_size[1])
+    if small < SMALL_SIDE_WARNING:
+        problems.append(f"calibration images as small as {min(widths)}x{min(heights)} are "
+                        f"upscaled {1 / small:.1f}x to the {input_size[0]}x{input_size[1]} "
+                        "input: not the frames the model will see")
+    images.stats["warnings"] = problems
+    for problem in problems:
+        warnings.warn(f"calibration data {images.spec}: {problem}", stacklevel=2)
+    return problems
+
+
+def _thumbnail_key(image: np.ndarray) -> bytes:
+    """8x8 grey thumbnail in 16 levels: equal for near-identical frames (noise, compression)."""
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    small = cv2.resize(grey, (8, 8), interpolation=cv2.INTER_AREA)
+    return (small // 16).astype(np.uint8).tobytes()

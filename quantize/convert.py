@@ -4,14 +4,17 @@ One run, for one target (``quantize.targets``)::
 
     checkpoint ─► rewrite ─► fp32 ONNX ─► target.build per precision ─► staged artifacts
         ─► accuracy check (PyTorch reference vs every staged artifact, on the eval images)
-        ─► report ─► each artifact written once, complete, with its accuracy section
+        ─► report ─► each artifact written once, complete, with its accuracy section:
+           passed → OUT/NAME_<precision> (swapped in atomically), failed → OUT/rejected/
 
 ``python quantize/run.py`` is a thin command line over it. The scratch work happens in a
-``.work-*`` folder inside ``out`` that is removed at the end.
+``.work-*`` folder inside ``out``; the run holds ``out``'s lock, and first clears what a killed
+run left there, so nothing unchecked or half-written ever stands at an artifact's name.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +23,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgedet.artifact import Artifact, accuracy_section, sha256_file, write_artifact
+from edgedet._io import exclusive_lock
+from edgedet.artifact import (
+    Artifact,
+    accuracy_section,
+    sha256_file,
+)
+from edgedet.artifact_writer import clean_leftovers, write_artifact
 from edgedet.detector import Detector
 from edgedet.models.checkpoint import build_from_checkpoint, checkpoint_weights_path
 from edgedet.preprocess import PreprocessConfig
@@ -39,6 +48,7 @@ from quantize.calibration import (
     TRAIN_SEED,
     ImageSet,
     calibration_inputs,
+    check_calibration,
     check_disjoint,
     open_image_set,
 )
@@ -51,6 +61,10 @@ from quantize.targets import BuildRequest, Target, target_named
 
 # Eval images drawn in the report's comparison picture.
 PICTURE_IMAGES = 3
+# Artifacts that fail the check are written under OUT/rejected/, never over a good one.
+REJECTED_DIR = "rejected"
+# Scratch folder of a run inside OUT (removed at the end; a killed run's at the next run).
+WORK_PREFIX = ".work-"
 
 
 @dataclass(frozen=True)
@@ -164,9 +178,11 @@ class ConversionReport:
 def convert(config: ConvertConfig) -> ConversionReport:
     """Run the pipeline of ``config`` (see the module docstring).
 
-    Every artifact is written, whether it passed or not; ``report.passed`` says whether all
-    did. Raises ``CheckpointError``, ``DatasetError``, ``ExportError`` or ``ValueError`` for
-    bad input, before anything is written to ``out``.
+    Only artifacts that pass the check take the place of ``out/NAME_<precision>``; one that
+    fails goes to ``out/rejected/NAME_<precision>`` with its report, and ``report.passed``
+    says whether all passed. Raises ``CheckpointError``, ``DatasetError``, ``ExportError`` or
+    ``ValueError`` for bad input, before anything is written to ``out``, and
+    ``DirectoryBusyError`` when another run is writing to ``out``.
     """
     target = config.target_entry
     precisions = config.resolved_precisions()
@@ -178,41 +194,64 @@ def convert(config: ConvertConfig) -> ConversionReport:
     class_names = tuple(checkpoint_config["class_names"])
     # Synthetic frames at the size training validated on (older checkpoints: the input size).
     synthetic_size = tuple(checkpoint_config.get("synthetic_size") or preprocess_config.input_size)
-    evaluation, calibration = _load_data(config, synthetic_size, class_names,  # type: ignore[arg-type]
-                                         need_calibration="int8" in precisions)
+    evaluation, calibration = _load_data(
+        config, synthetic_size, preprocess_config.input_size,  # type: ignore[arg-type]
+        class_names, need_calibration="int8" in precisions)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     source = {"checkpoint": str(checkpoint_path),
               "checkpoint_sha256": sha256_file(checkpoint_path), "calibration": None}
-    with tempfile.TemporaryDirectory(prefix=".work-", dir=out) as tmp:
-        work = Path(tmp)
-        staged, kept_report = _build_artifacts(
-            config, target, model, checkpoint_config, name, source, work,
-            preprocess_config, calibration)
-        reference, artifact_reports, picture = _check(config, model, staged, evaluation)
-        report = ConversionReport(
-            name=name, target=target.name, command=config.command or repr(config),
-            checkpoint=source["checkpoint"], checkpoint_sha256=source["checkpoint_sha256"],
-            seeds={"train": TRAIN_SEED, "eval": EVAL_SEED, "calibration": CALIBRATION_SEED},
-            evaluation=evaluation.describe(),
-            calibration=calibration.describe() if calibration is not None else None,
-            max_drop=config.max_drop, agreement_score=AGREEMENT_SCORE_THRESHOLD,
-            agreement_iou=AGREEMENT_IOU_THRESHOLD, reference=reference,
-            kept_out_of_int8=kept_report, artifacts=artifact_reports)
-        # Reports first (into the scratch folder, so they travel with each artifact), then
-        # each artifact once, complete, with its accuracy section.
-        report_files = write_report(work / "report", report.to_dict(), picture)
-        extras = {p.name: p for p in report_files}
-        for artifact, entry in zip(staged, report.artifacts, strict=True):
-            write_artifact(out / artifact.name, artifact.files,
-                           {**artifact.manifest, "accuracy": entry.accuracy}, extras)
-        write_report(out, report.to_dict(), picture)
+    with exclusive_lock(out, "quantize/run.py"):
+        for note in clean_output_folder(out):
+            _say(config, f"cleaned up after an interrupted run: {note}")
+        with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=out) as tmp:
+            work = Path(tmp)
+            staged, kept_report = _build_artifacts(
+                config, target, model, checkpoint_config, name, source, work,
+                preprocess_config, calibration)
+            reference, artifact_reports, picture = _check(config, model, staged, evaluation)
+            report = ConversionReport(
+                name=name, target=target.name, command=config.command or repr(config),
+                checkpoint=source["checkpoint"], checkpoint_sha256=source["checkpoint_sha256"],
+                seeds={"train": TRAIN_SEED, "eval": EVAL_SEED, "calibration": CALIBRATION_SEED},
+                evaluation=evaluation.describe(),
+                calibration=calibration.describe() if calibration is not None else None,
+                max_drop=config.max_drop, agreement_score=AGREEMENT_SCORE_THRESHOLD,
+                agreement_iou=AGREEMENT_IOU_THRESHOLD, reference=reference,
+                kept_out_of_int8=kept_report, artifacts=artifact_reports)
+            _publish(out, work, staged, report, picture)
     return report
 
 
+def clean_output_folder(out: Path) -> list[str]:
+    """Remove what killed runs left in ``out`` (scratch folders, half-made copies) and put
+    back an artifact a kill caught between two renames; returns what was done. Called with
+    the folder's lock held."""
+    done = []
+    for work in sorted(out.glob(f"{WORK_PREFIX}*")):
+        if work.is_dir():
+            shutil.rmtree(work, ignore_errors=True)
+            done.append(f"removed {work.name}")
+    return done + clean_leftovers(out) + clean_leftovers(out / REJECTED_DIR)
+
+
+def _publish(out: Path, work: Path, staged: list[Artifact], report: ConversionReport,
+             picture: np.ndarray) -> None:
+    """Write each checked artifact once, complete, with its accuracy section: those that passed
+    in the place of the previous ones, those that failed under ``out/rejected/`` (the
+    previous, passing artifact stays in place). The reports travel with each artifact."""
+    report_files = write_report(work / "report", report.to_dict(), picture)
+    extras = {p.name: p for p in report_files}
+    for artifact, entry in zip(staged, report.artifacts, strict=True):
+        write_artifact(entry.directory, artifact.files,
+                       {**artifact.manifest, "accuracy": entry.accuracy}, extras)
+        if entry.passed:  # a rejected copy of an earlier run is stale now
+            shutil.rmtree(out / REJECTED_DIR / artifact.name, ignore_errors=True)
+    write_report(out, report.to_dict(), picture)
+
+
 def _load_data(config: ConvertConfig, synthetic_size: tuple[int, int],
-               class_names: tuple[str, ...], need_calibration: bool
-               ) -> tuple[ImageSet, ImageSet | None]:
+               input_size: tuple[int, int], class_names: tuple[str, ...],
+               need_calibration: bool) -> tuple[ImageSet, ImageSet | None]:
     evaluation = open_image_set(config.eval_data, config.eval_size, synthetic_size, EVAL_SEED,
                                 config.progress, "eval images")
     if evaluation.class_names != class_names:
@@ -223,6 +262,7 @@ def _load_data(config: ConvertConfig, synthetic_size: tuple[int, int],
     calibration = open_image_set(config.calib_data, config.calib_size, synthetic_size,
                                  CALIBRATION_SEED, config.progress, "calibration images")
     check_disjoint(calibration, evaluation)
+    check_calibration(calibration, input_size)
     return evaluation, calibration
 
 
@@ -282,13 +322,15 @@ def _check(config: ConvertConfig, model: Any, staged: list[Artifact], evaluation
     backend = config.target_entry.backend
     reports = []
     for artifact in staged:
-        detector = Detector(artifact, backend=backend)
+        detector = Detector(artifact, backend=backend, allow_unchecked=True)  # being checked
         run = run_detector(detector.detect, evaluation.samples, config.progress, artifact.name)
         metrics = compare_to_reference(evaluation.samples, class_names, reference_run,
                                        reference_metrics, run)
         accuracy = accuracy_section(metrics, config.max_drop, evaluation.describe())
         reports.append(ArtifactReport(
-            name=artifact.name, directory=str(Path(config.out) / artifact.name),
+            name=artifact.name,
+            directory=str(Path(config.out) / ("" if accuracy["passed"] else REJECTED_DIR)
+                          / artifact.name),
             backend=backend, precision=str(artifact.manifest["precision"]),
             size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
             passed=accuracy["passed"], accuracy=accuracy))

@@ -20,7 +20,13 @@ import argparse
 import os
 from pathlib import Path
 
-from edgedet.artifact import MANIFEST_NAME, ManifestError, load_manifest, write_artifact
+from edgedet.artifact import (
+    MANIFEST_NAME,
+    ManifestError,
+    load_manifest,
+    require_passed_check,
+)
+from edgedet.artifact_writer import clean_leftovers, write_artifact
 from edgedet.zoo import ZOO_DIR
 
 
@@ -31,6 +37,8 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
     if not name.isidentifier():
         raise ValueError(f"zoo name must be a Python-identifier-like word, got {name!r}")
     manifest = load_manifest(artifact_dir)  # verifies every file's sha256
+    require_passed_check(manifest, str(artifact_dir))  # the zoo ships only checked models
+    clean_leftovers(zoo_dir)
     model_files = {f: artifact_dir / f for f in manifest["files"]}
     extra_files = {p.name: p for p in artifact_dir.iterdir()
                    if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files}

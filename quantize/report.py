@@ -81,6 +81,20 @@ def _mib(size_bytes: int) -> str:
     return f"{size_bytes / 2**20:.2f}"
 
 
+def _calibration_lines(calibration: Mapping[str, Any] | None) -> list[str]:
+    """The calibration images' statistics and warnings (``quantize.calibration``)."""
+    stats = (calibration or {}).get("stats")
+    if not stats:
+        return []
+    lines = ["", f"Calibration images: {stats['distinct_images']} distinct, "
+             f"{stats['constant_images']} constant, sizes {stats['width_range'][0]}-"
+             f"{stats['width_range'][1]} x {stats['height_range'][0]}-"
+             f"{stats['height_range'][1]} px, pixel mean (BGR) {stats['pixel_mean_bgr']}, "
+             f"std {stats['pixel_std_bgr']}."]
+    lines += [f"- **Warning:** {w}." for w in stats.get("warnings", [])]
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md`` text from the ``report.json`` structure (``ConversionReport.to_dict``)."""
     ref = report["reference"]
@@ -107,6 +121,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{report['seeds']['eval']} (training's validation split), calibration "
         f"{report['seeds']['calibration']}; calibration and evaluation images were checked "
         "to be disjoint by image hash.",
+        *_calibration_lines(report.get("calibration")),
         "",
         "## Accuracy",
         "",

@@ -16,6 +16,7 @@ use_repo_root(__file__)
 import argparse
 import shlex
 
+from edgedet._io import DirectoryBusyError
 from edgedet.data.errors import DatasetError
 from edgedet.models.checkpoint import CheckpointError
 from quantize.calibration import CALIBRATION_SEED, EVAL_SEED, TRAIN_SEED
@@ -32,10 +33,13 @@ targets (the backend their artifacts run on; float categories kept out of INT8 b
               for t in TARGETS.values())}
 
 what it writes (DIR = --out, NAME = --name):
-  DIR/NAME_fp32/, DIR/NAME_int8/, ...   one artifact per precision (manifest.json + model
-                   files), each with a copy of the report and its own accuracy summary in
-                   its manifest's "accuracy"
+  DIR/NAME_fp32/, DIR/NAME_int8/, ...   one artifact per precision that PASSED the check
+                   (manifest.json + model files + a copy of the report; its accuracy in the
+                   manifest's "accuracy"), swapped in atomically for the previous one
+  DIR/rejected/NAME_<precision>/   an artifact that FAILED the check, with its report; the
+                   previous artifact at DIR/NAME_<precision> is left as it was
   DIR/report.json, DIR/report.md, DIR/comparison.png   the accuracy check
+  A killed run leaves nothing at DIR/NAME_*; its scratch files are removed by the next run.
 
 data (SPEC: synthetic | synthetic:SEED | coco:PATH | voc:PATH | yolo:PATH):
   synthetic seeds follow train/main.py: training images seed {TRAIN_SEED}, validation seed
@@ -125,7 +129,7 @@ def _print_summary(report: ConversionReport, out: str) -> None:
         print(f"{art.name} ({art.backend}): AP {acc['AP']:.2f} (ΔAP "
               f"{acc['delta_AP']:+.2f}), agreement {acc['agreement']:.3f}, p50 "
               f"{acc['latency_p50_ms']:.1f} ms, {art.size_bytes / 2**20:.2f} MiB -> "
-              f"{'pass' if art.passed else 'FAIL'}")
+              f"{'pass' if art.passed else 'FAIL'}: {art.directory}")
     print(f"report: {out}/{REPORT_MD} ({REPORT_JSON}, {PICTURE})")
 
 
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args, argv)
         report = convert(config)
-    except (CheckpointError, DatasetError, ExportError, ValueError, FileNotFoundError) as error:
+    except (CheckpointError, DatasetError, ExportError, ValueError, FileNotFoundError,
+            DirectoryBusyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print_summary(report, args.out)
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         details = ", ".join(f"{a.name} ΔAP {a.accuracy['delta_AP']:+.2f}"
                             for a in report.failed)
         print(f"error: accuracy check failed: {details} (allowed drop: {args.max_drop} AP "
-              "points, --max-drop)", file=sys.stderr)
+              f"points, --max-drop); rejected artifacts are in {args.out}/rejected/, the "
+              "previous ones (if any) stay in place", file=sys.stderr)
         return 1
     return 0
 

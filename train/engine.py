@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from edgedet._io import remove_stale_temporaries
 from edgedet.data.sample import Sample
 from edgedet.decoder import HeadDecoder
 from edgedet.preprocess import PreprocessConfig
@@ -126,6 +127,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         if info.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            # Half-written files of a killed run (checkpoints are written to .NAME.*.tmp and
+            # renamed); the run directory belongs to this run, so they can go.
+            remove_stale_temporaries(self.out_dir)
         self.class_names = tuple(class_names)
         self.preprocess_config = preprocess_config
         self.defaults = family_defaults(model)
@@ -232,7 +236,9 @@ class Trainer:
         self.last_metrics = progress["last_metrics"]
         self.consecutive_bad = int(progress["consecutive_bad"])
         self.skipped_steps = int(progress["skipped_steps"])
-        self.log.truncate_after(self.iteration)
+        # self.iteration counts the steps done: it is the index of the next step, which the
+        # interrupted run may already have logged.
+        self.log.truncate_from(self.iteration)
 
     def save(self, is_best: bool) -> None:
         """Rank 0: ``last`` (+ ``best``) checkpoint and the resume state."""

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from edgedet.artifact import (
     make_manifest,
     sha256_file,
     validate_manifest,
-    write_artifact,
 )
+from edgedet.artifact_writer import write_artifact
 from edgedet.preprocess import PreprocessConfig
 
 MODEL_BYTES = bytes(range(256)) * 40  # stands in for a model file: the manifest only hashes it
@@ -221,3 +222,39 @@ def test_replacing_an_artifact_is_atomic(tmp_path: Path) -> None:
         write_artifact(target, {"model.onnx": xml}, {**_without_files(), "precision": "int4"})
     assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before
     assert os.listdir(target.parent) == ["art"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the one-step swap is renameat2 (Linux)")
+def test_replacing_never_leaves_the_name_missing(tmp_path: Path, monkeypatch) -> None:
+    from edgedet import artifact_writer as artifact_module
+
+    target = tmp_path / "art"
+    write_artifact(target, {"model.onnx": _file(tmp_path / "a.onnx", b"one")}, _without_files())
+    seen_missing = []
+    real_replace = os.replace
+
+    def watching_replace(src, dst):  # what a kill between two renames would leave
+        real_replace(src, dst)
+        seen_missing.append(not target.exists())
+
+    monkeypatch.setattr(artifact_module.os, "replace", watching_replace)
+    write_artifact(target, {"model.onnx": _file(tmp_path / "b.onnx", b"two")}, _without_files())
+    assert (target / "model.onnx").read_bytes() == b"two"
+    assert not any(seen_missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "art", "b.onnx"]
+
+
+def test_clean_leftovers_restores_a_backup_and_removes_half_copies(tmp_path: Path) -> None:
+    from edgedet.artifact_writer import clean_leftovers
+
+    write_artifact(tmp_path / "a", {"model.onnx": _file(tmp_path / "m", b"m")},
+                   _without_files())
+    (tmp_path / "a").rename(tmp_path / ".a.old-123")  # killed between the two renames
+    (tmp_path / ".b.new-456").mkdir()  # killed while copying
+    (tmp_path / "b").mkdir()
+    (tmp_path / ".b.old-789").mkdir()  # killed after the swap, before deleting the backup
+    (tmp_path / ".manifest.json.abc.tmp").write_text("{")  # killed mid-write
+    done = clean_leftovers(tmp_path)
+    assert len(done) == 4 and any("restored a" in d for d in done)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "m"]
+    assert load_manifest(tmp_path / "a")["name"] == "m"

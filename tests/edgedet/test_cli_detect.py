@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgedet import zoo
-from edgedet.cli import main
+from edgedet.cli import build_parser, main
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.data.synthetic_video import render_synthetic_video
 from tests.edgedet.tiny_artifacts import (
@@ -92,6 +92,64 @@ def test_detect_errors_are_one_line(models: dict[str, Path], tmp_path: Path,
     assert "no_such_model" in capsys.readouterr().err
 
 
+def _truncated_jpeg(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(path), (rng.random((96, 128, 3)) * 255).astype(np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def test_detect_a_truncated_jpeg_is_an_error_naming_it(
+    models: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    image = _truncated_jpeg(tmp_path / "cut.jpg")
+    out = tmp_path / "drawn.jpg"
+    assert main(["detect", "--model", str(models["planted"]), str(image),
+                 "--save", str(out)]) == 2
+    captured = capfd.readouterr()
+    assert captured.out == "" and not out.exists()
+    assert captured.err.strip() == (f"edgedet detect: error: cannot read image {image}: "
+                                    "truncated JPEG (the file ends before its end-of-image "
+                                    "marker)")
+    (tmp_path / "noise.png").write_bytes(np.random.default_rng(1).bytes(3000))
+    assert main(["detect", "--model", str(models["planted"]), str(tmp_path / "noise.png")]) == 2
+    assert "noise.png: corrupt" in capfd.readouterr().err
+
+
+def test_detect_a_folder_reports_each_bad_image_processes_the_rest_and_fails(
+    models: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a_good.png"), np.full((48, 64, 3), 30, np.uint8))
+    _truncated_jpeg(folder / "b_cut.jpg")
+    cv2.imwrite(str(folder / "c_cut.png"), np.full((48, 64, 3), 30, np.uint8))
+    png = (folder / "c_cut.png").read_bytes()
+    (folder / "c_cut.png").write_bytes(png[:len(png) - 20])
+    cv2.imwrite(str(folder / "d_good.jpg"), np.full((48, 64, 3), 30, np.uint8))
+    assert main(["detect", "--model", str(models["planted"]), str(folder), "--json",
+                 "--save", str(tmp_path / "out")]) == 2
+    captured = capfd.readouterr()
+    assert [json.loads(line)["source"] for line in captured.out.splitlines()] == [
+        "a_good.png", "d_good.jpg"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good.png", "d_good.jpg"]
+    err = captured.err.splitlines()
+    assert err[0] == (f"edgedet detect: skipped: cannot read image {folder / 'b_cut.jpg'}: "
+                      "truncated JPEG (the file ends before its end-of-image marker)")
+    assert err[1] == (f"edgedet detect: skipped: cannot read image {folder / 'c_cut.png'}: "
+                      "truncated PNG (the file ends before its IEND chunk)")
+    assert err[2:] == [f"edgedet detect: error: 2 of 4 images in {folder} could not be read "
+                       "(listed above); the other 2 were processed"]
+
+
+def test_detect_help_documents_bad_images() -> None:
+    detect = build_parser()._subparsers._group_actions[0].choices["detect"]
+    text = " ".join(detect.format_help().split())
+    assert "truncated image is an error naming the file (exit status 2)" in text
+    assert "reported on stderr and skipped, the others are processed" in text
+
+
 def test_bench_reports_runtime_only_and_end_to_end(models: dict[str, Path],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--model", str(models["tiny"]), "--iterations", "5", "--warmup", "1",
@@ -136,3 +194,15 @@ def test_models_lists_the_zoo(models: dict[str, Path], tmp_path: Path,
     cv2.imwrite(str(image), np.zeros((48, 64, 3), np.uint8))
     assert main(["detect", "--model", "tiny", str(image)]) == 0
     assert capsys.readouterr().out.startswith("f.png: ")
+
+
+def test_detect_refuses_an_unchecked_artifact_unless_allowed(tmp_path, capsys) -> None:
+    from edgedet.cli import main
+    from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
+
+    unchecked = write_artifact(tmp_path / "u", TinyHead("ssd"), "ssd", checked=False)
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((48, 64, 3), np.uint8))
+    assert main(["detect", "--model", str(unchecked), str(image)]) != 0
+    assert "allow-unchecked" in capsys.readouterr().err
+    assert main(["detect", "--model", str(unchecked), "--allow-unchecked", str(image)]) == 0

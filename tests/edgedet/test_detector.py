@@ -292,3 +292,25 @@ def test_the_sdk_loads_and_detects_with_torch_unimportable(artifacts: dict[str, 
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 0
+
+
+def test_an_unchecked_or_failed_artifact_is_refused_unless_allowed(tmp_path: Path) -> None:
+    from edgedet.artifact import UncheckedArtifactError
+
+    unchecked = write_artifact(tmp_path / "unchecked", TinyHead("ssd"), "ssd", checked=False)
+    with pytest.raises(UncheckedArtifactError,
+                       match=r"no accuracy check.*allow_unchecked=True"):
+        Detector(unchecked)
+    assert "never ran" in repr(Detector(unchecked, allow_unchecked=True))
+
+    failed = write_artifact(tmp_path / "failed", TinyHead("ssd"), "ssd")
+    manifest = json.loads((failed / "manifest.json").read_text())
+    manifest["accuracy"].update(passed=False, delta_AP=-3.5)
+    (failed / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UncheckedArtifactError, match=r"failed its accuracy check.*-3\.50"):
+        Detector(failed)
+    detector = Detector(failed, allow_unchecked=True)
+    assert detector.info["accuracy"]["passed"] is False and "FAILED" in detector.check
+
+    checked = Detector(write_artifact(tmp_path / "ok", TinyHead("ssd"), "ssd"))
+    assert checked.check.startswith("passed") and "check='passed" in repr(checked)

@@ -17,7 +17,10 @@ from torch import nn
 
 from edgedet._io import write_json_atomic
 from edgedet.anchors import GridAnchorSpec
-from edgedet.artifact import sha256_file
+from edgedet.artifact import Artifact, accuracy_section, sha256_file
+from edgedet.data.sample import Sample
+from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+from edgedet.detector import Detector
 from edgedet.preprocess import PreprocessConfig
 
 TINY_CLASSES = ("circle", "square", "triangle")
@@ -137,11 +140,14 @@ def write_artifact(
     dynamic_batch: bool = False,
     postprocess: dict | None = None,
     name: str = "tiny",
+    checked: bool = True,
 ) -> Path:
     """Export ``model`` into an artifact directory ``out_dir`` and write its manifest.
 
     ``backend="openvino"`` converts the ONNX file to OpenVINO IR (``model.xml`` + ``.bin``,
-    fp32 weights) and ships only the IR.
+    fp32 weights) and ships only the IR. ``checked``: run the accuracy check the conversion
+    pipeline runs (the exported model against ``model`` itself in PyTorch, on a few synthetic
+    frames) and record it, as ``Detector`` requires; False leaves ``accuracy`` null.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,8 +189,52 @@ def write_artifact(
         "kept_out_of_int8": [],
         "accuracy": None,
     }
+    if checked:
+        manifest["accuracy"] = _accuracy_check(Artifact(out_dir, manifest), model, backend)
     write_json_atomic(out_dir / "manifest.json", manifest, indent=2)
     return out_dir
+
+
+class _ModuleBackend:
+    """A test model (``forward`` returns the raw outputs as a tuple) as an inference backend:
+    the full-precision reference of the tiny artifacts' accuracy check."""
+
+    name = "torch"
+    input_name = "images"
+
+    def __init__(self, model: nn.Module, output_names: tuple[str, ...]) -> None:
+        self.model = model.eval()
+        self.model_path = Path("<in memory>")
+        self.output_names = output_names
+        self.input_shape = (None, 3, INPUT_SIZE[1], INPUT_SIZE[0])
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            outputs = self.model(torch.from_numpy(images))
+        return {n: t.numpy() for n, t in zip(self.output_names, outputs, strict=True)}
+
+
+def _accuracy_check(artifact: Artifact, model: nn.Module, backend: str) -> dict:
+    """The conversion pipeline's accuracy check of ``artifact`` against ``model``."""
+    from quantize.accuracy import coco_metrics, compare_to_reference, run_detector
+    from quantize.calibration import images_sha256
+
+    # The tiny classes are the synthetic generator's first three; the others go unlabelled.
+    samples = []
+    for scene in SyntheticScenes(4, seed=1, config=SyntheticConfig(image_size=(96, 72))):
+        keep = scene.class_ids < len(TINY_CLASSES)
+        samples.append(Sample(scene.image, scene.boxes_xyxy[keep], scene.class_ids[keep],
+                              scene.image_id, scene.file_name))
+    names = tuple(o["name"] for o in artifact.manifest["outputs"])
+    reference = Detector(artifact, backend=_ModuleBackend(model, names), allow_unchecked=True)
+    deployed = Detector(artifact, backend=backend, allow_unchecked=True)
+    reference_run = run_detector(reference.detect, samples, progress=False)
+    reference_metrics = coco_metrics(samples, reference_run.detections, TINY_CLASSES)
+    metrics = compare_to_reference(samples, TINY_CLASSES, reference_run, reference_metrics,
+                                   run_detector(deployed.detect, samples, progress=False))
+    eval_data = {"data": "synthetic:1", "seed": 1, "num_images": len(samples),
+                 "sha256": images_sha256(samples)}
+    return accuracy_section(metrics, max_drop=1.0, eval_data=eval_data)
 
 
 def planted_anchor() -> tuple[int, np.ndarray]:

@@ -13,6 +13,7 @@ from quantize.calibration import (
     TRAIN_SEED,
     ImageSet,
     calibration_inputs,
+    check_calibration,
     check_disjoint,
     images_sha256,
     open_image_set,
@@ -54,3 +55,39 @@ def test_inputs_are_the_sdk_preprocessing_and_bad_specs_fail():
         open_image_set("synthetic:x", 2, (64, 48), 0, progress=False)
     with pytest.raises(ValueError, match="SCHEME:PATH"):
         open_image_set("imagenet:/x", 2, (64, 48), 0, progress=False)
+
+
+def _image_set(images: list[np.ndarray]) -> ImageSet:
+    samples = [Sample(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), i + 1)
+               for i, image in enumerate(images)]
+    return ImageSet("coco:/data/calib", samples, ("a",), None)
+
+
+def test_all_black_calibration_is_refused():
+    black = _image_set([np.zeros((64, 64, 3), np.uint8)] * 5)
+    with pytest.raises(ValueError, match=r"coco:/data/calib: all 5 images are constant"):
+        check_calibration(black, (64, 64))
+    with pytest.raises(ValueError, match="holds no images"):
+        check_calibration(_image_set([]), (64, 64))
+
+
+def test_constant_duplicate_and_tiny_calibration_images_warn():
+    rng = np.random.default_rng(0)
+    varied = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    mixed = _image_set(varied[:2] + [np.full((64, 64, 3), 255, np.uint8)] * 2)
+    with pytest.warns(UserWarning, match="2 of 4 calibration images are constant"):
+        check_calibration(mixed, (64, 64))
+    assert mixed.stats["constant_images"] == 2 and mixed.describe()["stats"] == mixed.stats
+    duplicates = _image_set([varied[0]] * 4 + [np.full((64, 64, 3), 40, np.uint8)])
+    with pytest.warns(UserWarning, match="only 2 of 5 calibration images differ"):
+        check_calibration(duplicates, (64, 64))
+    tiny = _image_set([rng.integers(0, 256, (12, 16, 3), dtype=np.uint8) for _ in range(3)])
+    with pytest.warns(UserWarning, match=r"as small as 16x12 are upscaled 5\.3x"):
+        check_calibration(tiny, (64, 64))
+
+
+def test_good_calibration_images_pass_quietly(recwarn):
+    images = open_image_set("synthetic", 6, (96, 72), CALIBRATION_SEED, progress=False)
+    assert check_calibration(images, (96, 72)) == []
+    assert images.stats["distinct_images"] == 6 and images.stats["constant_images"] == 0
+    assert not recwarn.list

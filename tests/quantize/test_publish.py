@@ -38,3 +38,11 @@ def test_publish_refuses_a_corrupt_artifact_and_keeps_the_old_entry(artifact: Pa
     load_manifest(zoo / "tiny_model")  # the published copy is intact
     assert main([str(artifact), "--name", "tiny_model", "--zoo-dir", str(zoo)]) == 2
     assert main([str(artifact), "--name", "bad name", "--zoo-dir", str(zoo)]) == 2
+
+
+def test_publish_refuses_an_unchecked_artifact(tmp_path: Path) -> None:
+    unchecked = write_artifact(tmp_path / "run" / "u", TinyHead("ssd", 3), "ssd", checked=False)
+    with pytest.raises(ManifestError, match="no accuracy check"):
+        publish(unchecked, "u", tmp_path / "zoo")
+    assert not (tmp_path / "zoo" / "u").exists()
+    assert main([str(unchecked), "--name", "u", "--zoo-dir", str(tmp_path / "zoo")]) == 2

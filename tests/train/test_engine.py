@@ -10,7 +10,7 @@ from edgedet.head_decoding import decode_head_outputs
 from edgedet.preprocess import PreprocessConfig
 from train.checkpoint import load_checkpoint
 from train.distributed import DistInfo
-from train.engine import TrainConfig, Trainer, TrainingDivergedError
+from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError
 from train.losses import build_criterion
 from train.metrics_log import read_metrics
 from train.models import build_model, family_defaults
@@ -166,3 +166,49 @@ def test_small_model_overfits_a_handful_of_images(tmp_path):
 
 
 OVERFIT_EPOCHS = 300  # one step each (4 images, batch 4)
+
+
+def test_resume_after_an_interruption_mid_epoch_logs_every_step_once(tmp_path):
+    """2 steps per epoch, evaluation every epoch; the run is stopped after the first step of
+    its second epoch (already logged) and resumed from the state of the first epoch."""
+
+    def build(epochs: int) -> Trainer:
+        torch.manual_seed(0)
+        samples = SyntheticScenes(4, seed=0, config=SCENES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model("passd_mobilenet", len(samples.class_names), (64, 64))
+        cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.01, warmup_iters=0, eval_every=1,
+                          progress_bar=False)
+        return Trainer(model, build_criterion(model), samples, samples, samples.class_names,
+                       PreprocessConfig(input_size=(64, 64)), None, cfg, tmp_path, CPU)
+
+    first = build(epochs=3)
+    original = first._train_step
+
+    def step(images, targets):
+        if first.iteration == 3:
+            raise KeyboardInterrupt
+        return original(images, targets)
+
+    first._train_step = step
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [0, 1, 2]
+
+    resumed = build(epochs=3)
+    resumed.resume(tmp_path / STATE_FILE)
+    resumed.fit()
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 5]
+    assert [r["epoch"] for r in read_metrics(tmp_path, "epoch")] == [0, 1, 2]
+    assert [r["epoch"] for r in read_metrics(tmp_path, "eval")] == [0, 1, 2]
+
+
+def test_a_new_trainer_removes_temporaries_a_killed_run_left(tmp_path):
+    # A kill while a checkpoint was being written leaves .NAME.*.tmp beside the good files.
+    (tmp_path / ".last.safetensors.x1y2.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / ".metrics.jsonl.z3.tmp").write_bytes(b"{")
+    (tmp_path / "notes.tmp").write_text("not ours: no leading dot")
+    _trainer(tmp_path, "passd_mobilenet", 64, epochs=1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == [
+        "notes.tmp"]

@@ -1,0 +1,84 @@
+"""Nothing unchecked ever ships: only artifacts that pass replace the previous ones, failing
+ones go to OUT/rejected/, a killed run's leftovers are cleaned up by the next run, and two runs
+never write one folder at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgedet._io import DirectoryBusyError, exclusive_lock
+from edgedet.artifact import UncheckedArtifactError, load_manifest
+from edgedet.detector import Detector
+from quantize.convert import ConvertConfig, convert
+from tests.quantize.tiny_checkpoint import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def _convert(checkpoint: Path, out: Path, **changes) -> object:
+    settings = {"precisions": ("fp32",), "eval_size": 3, "device": "cpu", "progress": False,
+                **changes}
+    return convert(ConvertConfig(checkpoint=checkpoint, target="cpu", out=out, **settings))
+
+
+def test_a_failing_rerun_keeps_the_passing_artifact(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert _convert(checkpoint, out).passed
+    good = (out / "tiny_passd_fp32" / "manifest.json").read_bytes()
+
+    report = _convert(checkpoint, out, max_drop=-1.0)  # nothing can pass this
+    assert not report.passed
+    assert (out / "tiny_passd_fp32" / "manifest.json").read_bytes() == good
+    rejected = out / "rejected" / "tiny_passd_fp32"
+    assert report.artifacts[0].directory == str(rejected)
+    assert load_manifest(rejected)["accuracy"]["passed"] is False
+    assert (rejected / "report.md").is_file()
+    # The runtime refuses the rejected one unless told otherwise.
+    with pytest.raises(UncheckedArtifactError, match="failed its accuracy check"):
+        Detector(rejected)
+    assert "FAILED" in repr(Detector(rejected, allow_unchecked=True))
+
+    assert _convert(checkpoint, out).passed  # a passing run clears the stale rejected copy
+    assert not rejected.exists()
+
+
+def test_the_next_run_cleans_up_after_a_killed_one(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _convert(checkpoint, out)
+    # What kills at various moments leave behind (see edgedet.artifact.write_artifact):
+    (out / ".work-abc123").mkdir()
+    (out / ".work-abc123" / "model.onnx").write_bytes(b"x" * 1000)
+    (out / ".tiny_passd_fp32.new-q1w2").mkdir()
+    (out / ".report.json.e4r5.tmp").write_text("{")
+    (out / "rejected").mkdir()
+    (out / "rejected" / ".tiny_passd_int8.new-zz").mkdir()
+    # A kill between the two renames of the portable swap: the artifact sits in the backup.
+    (out / "tiny_passd_fp32").rename(out / ".tiny_passd_fp32.old-t5y6")
+    _convert(checkpoint, out)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".lock", "comparison.png", "rejected", "report.json", "report.md",
+                     "tiny_passd_fp32"]
+    assert list((out / "rejected").iterdir()) == []
+    assert load_manifest(out / "tiny_passd_fp32")["accuracy"]["passed"] is True
+
+
+def test_two_runs_never_write_one_folder(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    with exclusive_lock(out), pytest.raises(DirectoryBusyError, match=r"another quantize/run\.py"):
+        _convert(checkpoint, out)
+    assert not list(out.glob("tiny_*"))
+
+
+def test_report_lists_where_each_artifact_went(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    _convert(checkpoint, out, max_drop=-1.0)
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    assert report["artifacts"][0]["directory"].endswith("rejected/tiny_passd_fp32")
+    assert not (out / "tiny_passd_fp32").exists()  # never a failed artifact at the name
