@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -215,4 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored:
+    # `kill -INT` from a supervisor would be lost. SIGINT always means "stop and save".
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
