@@ -22,18 +22,12 @@ from edgedet._io import write_json_atomic
 from edgedet.data.coco import sample_to_coco_annotations
 from edgedet.data.sample import Sample
 from edgedet.data.synthetic import (
-    _OWNED_ALPHA,
     SYNTHETIC_CLASSES,
     SyntheticConfig,
     _check_seed,
     _composite,
-    _is_visible_enough,
-    _Layer,
-    _overlap,
     _paint_clutter,
-    _random_object_pose,
     _soft_shadow,
-    _visible_boxes,
 )
 from edgedet.data.synthetic_backgrounds import (
     add_sensor_noise,
@@ -43,6 +37,14 @@ from edgedet.data.synthetic_backgrounds import (
     render_background,
     to_uint8,
     tone_curve_lut,
+)
+from edgedet.data.synthetic_layout import (
+    _OWNED_ALPHA,
+    _is_visible_enough,
+    _Layer,
+    _overlap,
+    _random_object_pose,
+    _visible_boxes,
 )
 from edgedet.data.synthetic_shapes import (
     DISTRACTOR_KINDS,

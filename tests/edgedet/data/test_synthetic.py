@@ -17,12 +17,10 @@ from edgedet.data.synthetic import (
     SYNTHETIC_CLASSES,
     SyntheticConfig,
     SyntheticScenes,
-    _Layer,
-    _layout,
-    _visible_boxes,
     render_scene,
     write_synthetic_dataset,
 )
+from edgedet.data.synthetic_layout import _Layer, _layout, _visible_boxes
 from edgedet.data.synthetic_shapes import SHAPE_NAMES, shape_mask
 from edgedet.data.synthetic_video import render_synthetic_video
 from edgedet.video import read_video_frames
