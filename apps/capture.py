@@ -1,9 +1,11 @@
 """Frame capture for the camera apps: open a source, read it in a thread, survive its failures.
 
-Sources (``open_source``): a camera index, an RTSP/HTTP stream URL, a video file, a named pipe
-(FIFO) given as a path or a ``file://`` URL, a folder of images (or one image), or the built-in
-demo video (rendered once into the cache). With no source given, camera 0 is used if it
-delivers a frame, else the demo video.
+Sources: a camera index, a Jetson CSI camera (``csi://0``, through GStreamer), an RTSP/HTTP
+stream URL, a video file, a named pipe (FIFO) given as a path or a ``file://`` URL, a folder of
+images (or one image), or the built-in demo video (rendered once into the cache). With no
+source given, camera 0 is used if it delivers a frame, else the demo video. ``open_source``
+and the rest of the spec parsing live in the sibling ``sources.py`` and are re-exported here;
+this file holds the settings, the frame sources and the capture thread.
 
 ``FrameGrabber`` reads a source in its own thread. For live sources (cameras, streams, FIFOs)
 the latest frame wins: frames that arrive while the consumer is busy are dropped, so the
@@ -21,12 +23,9 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import stat
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -34,7 +33,23 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edgedet.data.synthetic_video import render_synthetic_video
+# sources.demo_video calls it through this module (capture.render_synthetic_video), like all of
+# capture's names, so that a test or app replaces it here.
+from edgedet.data.synthetic_video import render_synthetic_video as render_synthetic_video
+
+# isort: split
+# A sibling module, not a package (see above). It uses this module's names when called, never
+# while loading, so it can be imported from here, before they exist.
+from sources import CSI_RANGES as CSI_RANGES
+from sources import CsiCamera as CsiCamera
+from sources import cache_dir as cache_dir
+from sources import demo_video as demo_video
+from sources import file_url_path as file_url_path
+from sources import gstreamer_available as gstreamer_available
+from sources import open_camera_or_demo as open_camera_or_demo
+from sources import open_csi_camera as open_csi_camera
+from sources import open_source as open_source
+from sources import parse_csi as parse_csi
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -189,13 +204,13 @@ class _Connection(threading.Thread):
         if not (self._opening and self._fifo_path is not None):
             self.join(CLOSE_WAIT_S)
             return
-        with _quiet_opencv():  # its warnings about the open made to fail say nothing new
+        with quiet_opencv():  # its warnings about the open made to fail say nothing new
             _wake_fifo_reader(self._fifo_path)
             self.join(CLOSE_WAIT_S)
 
 
 @contextlib.contextmanager
-def _quiet_opencv() -> Iterator[None]:
+def quiet_opencv() -> Iterator[None]:
     """OpenCV's own log silenced (it is process-wide: only around calls whose failure we
     report ourselves)."""
     previous = cv2.utils.logging.getLogLevel()
@@ -217,10 +232,12 @@ def _wake_fifo_reader(path: str) -> None:
 class LiveSource:
     """A camera, stream or FIFO through ``cv2.VideoCapture``, with every wait bounded.
 
-    ``kind`` is "camera", "stream" or "FIFO". A source that stalls (no frame for
+    ``kind`` is "camera" (``target``: its index), "CSI camera" (a GStreamer pipeline, see
+    ``sources.CsiCamera``), "stream" (a URL) or "FIFO" (a path); ``description`` names the
+    source in messages (default: kind and target). A source that stalls (no frame for
     ``READ_TIMEOUT_S``) or ends is reconnected after each of ``backoff_delays``, then given up
-    with a ``SourceError``. Streams and FIFOs that do not open are retried the same way; a
-    camera is not (the camera-or-demo fallback wants a quick answer).
+    with a ``SourceError``. CSI cameras, streams and FIFOs that do not open are retried the
+    same way; a camera is not (the camera-or-demo fallback wants a quick answer).
 
     Raises:
         SourceError: the source cannot be opened or delivers no first frame.
@@ -228,10 +245,10 @@ class LiveSource:
 
     live = True
 
-    def __init__(self, target: int | str, kind: str) -> None:
+    def __init__(self, target: int | str, kind: str, description: str | None = None) -> None:
         self.target = target
         self.kind = kind
-        self.description = f"{kind} {target}"
+        self.description = description or f"{kind} {target}"
         self._connection = self._connect()
         tries = 0 if kind == "camera" else RECONNECT_ATTEMPTS
         # The first frame proves the source works; it is handed out by the first read. Waiting
@@ -255,6 +272,9 @@ class LiveSource:
             # Only FFmpeg reads a pipe (the others seek); CAP_ANY would try the others too,
             # each one blocking in open() again until a writer comes.
             return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG)
+        if self.kind == "CSI camera":
+            # A GStreamer pipeline: only GStreamer reads it (FFmpeg would take it for a file).
+            return cv2.VideoCapture(self.target, cv2.CAP_GSTREAMER)
         return cv2.VideoCapture(self.target)
 
     def _connect(self) -> _Connection:
@@ -369,88 +389,6 @@ class ImageFolderSource:
 
     def close(self) -> None:
         pass
-
-
-def cache_dir() -> Path:
-    """``$EDGEDET_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgedet``, else ``~/.cache/edgedet``."""
-    if os.environ.get("EDGEDET_CACHE_DIR"):
-        return Path(os.environ["EDGEDET_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgedet"
-
-
-def demo_video() -> Path:
-    """The built-in demo video, rendered into the cache on first use."""
-    path = cache_dir() / f"demo_seed{DEMO_SEED}_{DEMO_FRAMES}frames.mp4"
-    if not path.is_file():
-        log(f"rendering the demo video once ({DEMO_FRAMES} frames) into {path}")
-        render_synthetic_video(path, num_frames=DEMO_FRAMES, seed=DEMO_SEED, fps=DEMO_FPS,
-                               progress=False)
-    return path
-
-
-def open_camera_or_demo() -> FrameSource:
-    """Camera 0 if one opens and delivers a frame; otherwise the demo video."""
-    # OpenCV logs a warning per backend it tries for a missing camera; the fallback says it all.
-    try:
-        with _quiet_opencv():
-            camera = LiveSource(0, "camera")
-    except SourceError:
-        camera = None
-    if camera is not None:
-        return camera
-    log("no camera found: running on the built-in demo video")
-    return VideoFileSource(demo_video(), "the demo video")
-
-
-def file_url_path(url: str) -> Path:
-    """The local path of a ``file:`` URL (``file:///tmp/cam.fifo``, ``file://localhost/...``);
-    SourceError if it names another host."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise SourceError(f"{url!r} names host {parts.netloc!r}: only local file:// URLs "
-                          "(file:///path) are supported")
-    return Path(urllib.request.url2pathname(parts.path))
-
-
-def open_source(spec: str | None) -> FrameSource:
-    """``--source``: None (camera 0, else demo), ``demo``, a camera index, a stream URL, a
-    folder of images, an image, a video file or a FIFO (a path or a ``file://`` URL).
-
-    Raises:
-        SourceError: the source does not exist or cannot be opened.
-    """
-    if spec is None:
-        return open_camera_or_demo()
-    if spec == "demo":
-        return VideoFileSource(demo_video(), "the demo video")
-    if spec.isdigit():
-        return LiveSource(int(spec), "camera")
-    if spec.lower().startswith("file:"):
-        path = file_url_path(spec)
-    elif "://" in spec:
-        return LiveSource(spec, "stream")
-    else:
-        path = Path(spec)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise SourceError(f"source {spec!r} not found: give a camera index (0), a stream URL "
-                          "(rtsp://...), a video file, a FIFO, a folder of images, or 'demo'"
-                          ) from None
-    except OSError as exc:
-        raise SourceError(f"cannot access source {spec!r}: {exc.strerror}") from None
-    if stat.S_ISDIR(mode):
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        return ImageFolderSource(images, f"folder {path}")
-    if stat.S_ISFIFO(mode):  # a live feed: another process writes video into the pipe
-        return LiveSource(str(path), "FIFO")
-    if not stat.S_ISREG(mode):
-        raise SourceError(f"source {spec!r} is not a video file, image, folder or FIFO "
-                          "(a camera is given by its index, e.g. 0)")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageFolderSource([path], f"image {path}")
-    return VideoFileSource(path, f"video {path}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,17 +4,20 @@
     python apps/webcam.py --source demo --headless --save out.mp4
     python apps/webcam.py --source rtsp://host/stream --model path/to/artifact
     python apps/webcam.py --source /tmp/cam.fifo   # a named pipe another process writes into
+    python apps/webcam.py --source csi://0         # a Jetson CSI camera (OpenCV with GStreamer)
+    python apps/webcam.py --source "csi://0?width=1920&height=1080&fps=30&flip=2"
 
 Boxes, labels and FPS are drawn on every frame; q or Esc closes the window, Ctrl-C stops any
 run. Without a GUI (opencv-python-headless, or no display) the app runs headless: it prints
 progress and, with --save, writes the annotated video (to a temporary file, renamed when
 done).
 
-Capture (sources, the capture thread, reconnects) lives in the sibling module ``capture.py``:
-for live sources the latest frame wins, files are processed frame by frame, and a source that
-fails gives a message, never a hang: a live source that stalls (no frame for a few seconds) or
-ends is reconnected with backoff, then given up (exit status 1, the recording kept). This file
-is the CLI and the detect/draw/show loop.
+Capture (sources, the capture thread, reconnects) lives in the sibling module ``capture.py``
+(its ``open_source`` is the spec parsing of ``sources.py``): for live sources the latest frame
+wins, files are processed frame by frame, and a source that fails gives a message, never a
+hang: a live source that stalls (no frame for a few seconds) or ends is reconnected with
+backoff, then given up (exit status 1, the recording kept). This file is the CLI and the
+detect/draw/show loop.
 
 Uses only the public edgedet API (``edgedet.Detector``, ``edgedet.draw``, ``edgedet.video``).
 """
@@ -108,9 +111,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Run an edgedet detector on a camera, stream, video, image folder or the "
         "built-in demo video, drawing boxes, labels and FPS. q / Esc / Ctrl-C quit.")
     parser.add_argument("--source", default=None,
-                        help="0 (camera index), a video file, rtsp://... / http://... stream, "
-                        "a FIFO (path or file:// URL), a folder of images, or 'demo' (default: "
-                        "camera 0, else the demo video)")
+                        help="0 (camera index), csi://0 (Jetson CSI camera; optionally "
+                        "?width=1280&height=720&fps=30&flip=0), a video file, rtsp://... / "
+                        "http://... stream, a FIFO (path or file:// URL), a folder of images, "
+                        "or 'demo' (default: camera 0, else the demo video)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="zoo model name or artifact directory (default: %(default)s)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
