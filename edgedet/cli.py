@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgedet import cli_engine
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -436,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--json", action="store_true", help="print a JSON list")
     models.set_defaults(func=_cmd_models)
+
+    cli_engine.add_parser(sub)  # build-engine: its own module, as cli.py is long enough
     return parser
 
 

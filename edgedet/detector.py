@@ -56,8 +56,11 @@ class Detector:
         name_or_path: zoo model name, artifact directory, or an ``Artifact`` (e.g. one the
             conversion pipeline staged and is checking).
         backend: a name from ``edgedet.backends.BACKENDS`` (``"onnxruntime"``,
-            ``"openvino"``, ...), ``"auto"`` (the backend the artifact was exported for, which
-            must then be installed), or a loaded ``InferenceBackend`` to run instead.
+            ``"openvino"``, ``"tensorrt"``, ...), ``"auto"`` (the backend the artifact was
+            exported for; where that is not installed, its table entry's ``fallback`` if that
+            is installed and reads the model, e.g. ONNX Runtime on its best providers for a
+            TensorRT artifact; else an error saying what to install), or a loaded
+            ``InferenceBackend`` to run instead.
         options: a complete ``DetectorOptions`` (default: from the manifest).
         allow_unchecked: load an artifact whose accuracy check failed or never ran (refused by
             default: ``UncheckedArtifactError``, a ``ManifestError``).
@@ -65,6 +68,11 @@ class Detector:
             ``device="GPU"``.
 
     ``detect`` and ``detect_batch`` may be called from several threads at once.
+
+    Attributes:
+        backend_name: the runtime the model runs on.
+        fallback_reason: why ``backend_name`` is not the artifact's own backend (e.g.
+            ``"tensorrt not installed"``), or None.
 
     Raises:
         ValueError: unknown model name / directory; ``ManifestError`` (a ``ValueError``) for a
@@ -93,12 +101,17 @@ class Detector:
         else:
             DetectorOptions.from_manifest({}, **overrides)  # rejects unknown names
             self.options = dataclasses.replace(options, **overrides)  # type: ignore[arg-type]
+        self.fallback_reason: str | None = None
         if isinstance(backend, str):
-            self.backend_name: str = _choose_backend(backend, self._manifest)
+            name, self.fallback_reason = _choose_backend(backend, self._manifest)
+            self.backend_name: str = name
+            device = self.options.device
+            if self.fallback_reason is not None and device is None:
+                device = "auto"  # the fallback's best devices, as the native runtime's GPU
             model_file = model_file_for(self.backend_name, list(self._manifest["files"]))
             self._backend: InferenceBackend = create_backend(
                 self.backend_name, self.artifact_dir / model_file,
-                threads=self.options.threads, device=self.options.device)
+                threads=self.options.threads, device=device)
         else:
             self.backend_name = backend.name
             self._backend = backend
@@ -143,7 +156,12 @@ class Detector:
         return self.preprocess_config.input_size
 
     def __repr__(self) -> str:
-        return (f"Detector({self.name!r}, backend={self.backend_name!r}, "
+        backend = repr(self.backend_name)
+        if self.fallback_reason is not None:
+            providers = getattr(self._backend, "providers", None)
+            on = f"; providers {', '.join(providers)}" if providers else ""
+            backend += f" (fallback: {self.fallback_reason}{on})"
+        return (f"Detector({self.name!r}, backend={backend}, "
                 f"precision={self._manifest['precision']!r}, input={self.input_size}, "
                 f"check={self.check!r})")
 
@@ -202,16 +220,20 @@ class Detector:
         return self.decoder.decode_batch(outputs, transforms)
 
 
-def _choose_backend(requested: str, manifest: Mapping) -> str:
-    """The backend to run ``manifest``'s artifact with (see ``Detector``'s ``backend``)."""
+def _choose_backend(requested: str, manifest: Mapping) -> tuple[str, str | None]:
+    """The backend to run ``manifest``'s artifact with (see ``Detector``'s ``backend``), and
+    why it is a fallback (None when it is the requested or the artifact's own)."""
     if requested not in (*BACKENDS, "auto"):
         raise ValueError(f"unknown backend {requested!r}; choose one of "
                          f"{', '.join((*BACKENDS, 'auto'))} or pass a loaded backend")
     if requested != "auto":
-        return requested
+        return requested, None
     native = str(manifest["backend"])
     if is_available(native):
-        return native
+        return native, None
+    fallback = BACKENDS[native].fallback
+    if fallback is not None and is_available(fallback) and _can_read(fallback, manifest):
+        return fallback, f"{native} not installed"
     hint = ""
     for other in BACKENDS:
         if other != native and is_available(other) and _can_read(other, manifest):

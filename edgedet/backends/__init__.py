@@ -61,6 +61,10 @@ class BackendSpec:
             used from several threads gets one per thread (False where the class itself is
             thread-safe).
         device_help: what ``device`` means for it (for errors and ``--help``).
+        fallback: the backend ``Detector(backend="auto")`` runs this one's artifacts on when
+            this runtime is not installed (None: none, the missing runtime is an error). It
+            must read the artifact's model file, and it gets ``device="auto"`` (its best
+            available devices) unless the user chose a device.
     """
 
     name: str
@@ -70,6 +74,7 @@ class BackendSpec:
     suffixes: tuple[str, ...]
     session_per_thread: bool
     device_help: str
+    fallback: str | None = None
 
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
@@ -78,11 +83,21 @@ BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
                 session_per_thread=False,
                 device_help="execution providers, comma-separated, in order of preference: "
                             "cpu, cuda (or gpu), tensorrt, openvino, dml, coreml or full provider "
-                            "names (default cpu)"),
+                            "names, or auto (TensorRT, CUDA, CPU: those this build has; "
+                            "default cpu)"),
     BackendSpec("openvino", "openvino", "openvino",
                 "edgedet.backends.openvino:OpenVinoBackend", (".xml", ".onnx"),
                 session_per_thread=False,
                 device_help="an OpenVINO device: CPU, GPU, NPU, AUTO, ... (default CPU)"),
+    # TensorRT builds an engine for the GPU it runs on (cached: edgedet.engine_cache) from the
+    # artifact's ONNX file; where it is missing, ONNX Runtime runs that file on its best
+    # providers. On Jetson, TensorRT comes with JetPack (python3-libnvinfer), not from pip.
+    BackendSpec("tensorrt", "tensorrt",
+                "tensorrt cuda-python (on Jetson: JetPack's python3-libnvinfer + cuda-python)",
+                "edgedet.backends.tensorrt:TensorRTBackend", (".onnx",),
+                session_per_thread=True,
+                device_help="a CUDA GPU: cuda:N or N (default GPU 0)",
+                fallback="onnxruntime"),
 )}
 
 

@@ -21,15 +21,27 @@ PROVIDER_ALIASES: dict[str, str] = {
 }
 
 
+# ``device="auto"``: the fastest providers first; only those this onnxruntime build has.
+AUTO_PROVIDERS: tuple[str, ...] = (
+    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
 def providers_for(device: str | None) -> list[str]:
     """Execution providers for ``device`` (``"cuda,cpu"``, ``"TensorrtExecutionProvider"``).
 
-    The CPU provider is always last, so an op another provider lacks still runs.
+    The CPU provider is always last, so an op another provider lacks still runs. ``"auto"``
+    means ``AUTO_PROVIDERS`` (TensorRT, CUDA, CPU) less those this build lacks: what a
+    ``Detector`` runs a TensorRT artifact on where TensorRT itself is not installed.
 
     Raises:
         BackendError: a provider this onnxruntime build does not have (the message lists
             the ones it has).
     """
+    if device is not None and device.strip().lower() == "auto":
+        available = ort.get_available_providers()
+        # CPU is kept even if a build did not list it: ORT always has it, and it is the net.
+        return [p for p in AUTO_PROVIDERS
+                if p in available or p == "CPUExecutionProvider"]
     names = [d.strip() for d in (device or "cpu").split(",") if d.strip()]
     providers = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
     available = ort.get_available_providers()

@@ -108,7 +108,7 @@ def test_missing_or_broken_manifest(artifact: Path, tmp_path: Path) -> None:
     ({"head_family": "yolo"}, "head_family 'yolo'"),
     ({"class_names": []}, "class_names must be a non-empty list"),
     ({"precision": "int4"}, "precision 'int4'"),
-    ({"backend": "tensorrt"}, "backend 'tensorrt'"),
+    ({"backend": "tvm"}, "backend 'tvm'"),
     ({"box_coder_weights": [10, 10, 5]}, "box_coder_weights must be 4 positive numbers"),
     ({"preprocess": {"input_size": [0, 32]}}, "bad preprocess section"),
     ({"anchor_spec": {"kind": "hexagonal"}}, "bad anchor_spec section"),

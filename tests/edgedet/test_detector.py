@@ -256,8 +256,8 @@ def test_auto_backend_without_its_runtime_says_what_to_install(
 
 
 def test_unknown_backend_and_unknown_model(artifacts: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
-        Detector(artifacts["ssd"], backend="tensorrt")
+    with pytest.raises(ValueError, match="unknown backend 'tvm'"):
+        Detector(artifacts["ssd"], backend="tvm")
     with pytest.raises(ValueError, match="neither an artifact directory"):
         Detector("no_such_model_anywhere")
     with pytest.raises(ManifestError, match=r"manifest\.json not found"):

@@ -5,18 +5,25 @@ import subprocess
 import sys
 
 import edgedet
+from edgedet.backends import BACKENDS, is_available
+
+# A backend module imports its runtime, so it is checked only where that runtime is installed
+# (edgedet.backends.tensorrt needs TensorRT and cuda-python, not on every machine).
+MISSING_BACKENDS = {f"edgedet.backends.{name}" for name in BACKENDS if not is_available(name)}
 
 # Every module of the package but the PyTorch model definitions, found by walking the package
 # so that a new runtime module is checked without anyone remembering to list it.
 RUNTIME_MODULES = ["edgedet", *sorted(
     info.name for info in pkgutil.walk_packages(edgedet.__path__, prefix="edgedet.")
     if not info.name.startswith("edgedet.models") and info.name != "edgedet.__main__"
+    and info.name not in MISSING_BACKENDS
 )]
 
 
 def test_the_walk_finds_the_runtime() -> None:
     for name in ("edgedet.artifact", "edgedet.decoder", "edgedet.backends.openvino",
-                 "edgedet.data.synthetic_video"):
+                 "edgedet.data.synthetic_video", "edgedet.engine_cache",
+                 "edgedet.tensorrt_config", "edgedet.cli_engine"):
         assert name in RUNTIME_MODULES
 
 

@@ -145,7 +145,9 @@ def write_artifact(
     """Export ``model`` into an artifact directory ``out_dir`` and write its manifest.
 
     ``backend="openvino"`` converts the ONNX file to OpenVINO IR (``model.xml`` + ``.bin``,
-    fp32 weights) and ships only the IR. ``checked``: run the accuracy check the conversion
+    fp32 weights) and ships only the IR; ``backend="tensorrt"`` ships the plain ONNX file (a
+    ``jetson`` fp16 artifact) and checks it on ONNX Runtime, so that writing one needs neither
+    TensorRT nor a GPU. ``checked``: run the accuracy check the conversion
     pipeline runs (the exported model against ``model`` itself in PyTorch, on a few synthetic
     frames) and record it, as ``Detector`` requires; False leaves ``accuracy`` null.
     """
@@ -190,7 +192,8 @@ def write_artifact(
         "accuracy": None,
     }
     if checked:
-        manifest["accuracy"] = _accuracy_check(Artifact(out_dir, manifest), model, backend)
+        check_on = "onnxruntime" if backend == "tensorrt" else backend
+        manifest["accuracy"] = _accuracy_check(Artifact(out_dir, manifest), model, check_on)
     write_json_atomic(out_dir / "manifest.json", manifest, indent=2)
     return out_dir
 
