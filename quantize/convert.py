@@ -141,6 +141,8 @@ class ArtifactReport:
     size_bytes: int
     passed: bool
     accuracy: dict[str, Any]
+    checked_on: str = ""
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -205,10 +207,12 @@ def convert(config: ConvertConfig) -> ConversionReport:
             _say(config, f"cleaned up after an interrupted run: {note}")
         with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=out) as tmp:
             work = Path(tmp)
-            staged, kept_report = _build_artifacts(
+            staged, kept_report, notes = _build_artifacts(
                 config, target, model, checkpoint_config, name, source, work,
                 preprocess_config, calibration)
             reference, artifact_reports, picture = _check(config, model, staged, evaluation)
+            for entry in artifact_reports:
+                entry.notes = notes.get(entry.name, [])
             report = ConversionReport(
                 name=name, target=target.name, command=config.command or repr(config),
                 checkpoint=source["checkpoint"], checkpoint_sha256=source["checkpoint_sha256"],
@@ -269,8 +273,11 @@ def _load_data(config: ConvertConfig, synthetic_size: tuple[int, int],
 def _build_artifacts(config: ConvertConfig, target: Target, model: Any,
                      checkpoint_config: dict, name: str, source: dict, work: Path,
                      preprocess_config: PreprocessConfig, calibration: ImageSet | None
-                     ) -> tuple[list[Artifact], dict[str, dict[str, Any]]]:
-    """Export once, let ``target`` build each precision, stage each artifact in ``work``."""
+                     ) -> tuple[list[Artifact], dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """Export once, let ``target`` build each precision, stage each artifact in ``work``.
+
+    Returns ``(staged artifacts, what was kept out of INT8, the target's notes per artifact)``.
+    """
     input_size = preprocess_config.input_size
     _say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
                  f"{input_size[0]}x{input_size[1]}")
@@ -286,6 +293,7 @@ def _build_artifacts(config: ConvertConfig, target: Target, model: Any,
     calibration_arrays = (calibration_inputs(calibration.samples, preprocess_config)
                           if calibration is not None else None)
     staged = []
+    notes: dict[str, list[str]] = {}
     for precision in config.resolved_precisions():
         artifact_name = f"{name}_{precision}"
         _say(config, f"building {artifact_name} for {target.backend}")
@@ -299,8 +307,10 @@ def _build_artifacts(config: ConvertConfig, target: Target, model: Any,
         manifest = build_manifest(model, checkpoint_config, artifact_name, precision,
                                   target.backend, source=artifact_source,
                                   kept_out_of_int8=built.kept_out_of_int8)
-        staged.append(Artifact.stage(work / "staged" / artifact_name, built.files, manifest))
-    return staged, kept_report
+        staged.append(Artifact.stage(work / "staged" / artifact_name, built.files,
+                                     {**manifest, **built.manifest_extra}))
+        notes[artifact_name] = list(built.notes)
+    return staged, kept_report, notes
 
 
 def _check(config: ConvertConfig, model: Any, staged: list[Artifact], evaluation: ImageSet
@@ -320,9 +330,10 @@ def _check(config: ConvertConfig, model: Any, staged: list[Artifact], evaluation
     reference_metrics = coco_metrics(evaluation.samples, reference_run.detections, class_names)
     columns = {"reference (PyTorch fp32)": reference_run.detections}
     backend = config.target_entry.backend
+    checked_on = config.target_entry.accuracy_backend
     reports = []
     for artifact in staged:
-        detector = Detector(artifact, backend=backend, allow_unchecked=True)  # being checked
+        detector = Detector(artifact, backend=checked_on, allow_unchecked=True)  # being checked
         run = run_detector(detector.detect, evaluation.samples, config.progress, artifact.name)
         metrics = compare_to_reference(evaluation.samples, class_names, reference_run,
                                        reference_metrics, run)
@@ -333,8 +344,8 @@ def _check(config: ConvertConfig, model: Any, staged: list[Artifact], evaluation
                           / artifact.name),
             backend=backend, precision=str(artifact.manifest["precision"]),
             size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
-            passed=accuracy["passed"], accuracy=accuracy))
-        columns[f"{artifact.name} ({backend})"] = run.detections
+            passed=accuracy["passed"], accuracy=accuracy, checked_on=checked_on))
+        columns[f"{artifact.name} ({checked_on})"] = run.detections
     shown = slice(0, min(PICTURE_IMAGES, len(evaluation.samples)))
     picture = comparison_picture(evaluation.samples[shown],
                                  {k: v[shown] for k, v in columns.items()})

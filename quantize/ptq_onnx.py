@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,56 @@ from onnxruntime.quantization import (
 
 from edgedet._io import write_bytes_atomic
 from edgedet.artifact import INPUT_NAME
+
+
+@dataclass(frozen=True)
+class QdqScheme:
+    """How ``quantize_onnx`` places Q/DQ nodes: one entry per runtime that reads QDQ ONNX.
+
+    Attributes:
+        activation_type: INT8 type of activations.
+        activation_symmetric: zero-point 0 for activations.
+        op_types: op types whose inputs are quantized (None: every op ONNX Runtime can).
+        quantize_outputs: whether a quantized op's output is quantized too (ONNX Runtime
+            fuses DQ -> op -> Q into one integer kernel; TensorRT wants float outputs of
+            weighted layers).
+        dedicated_pairs: each consumer of a quantized tensor gets its own Q/DQ pair, so a
+            float-scope consumer of the same tensor keeps reading the float tensor.
+        quantize_bias: biases as INT32 + DQ (ONNX Runtime) or left float (TensorRT's
+            DequantizeLinear reads INT8 only).
+        residual_add_only: of an ``Add`` fed by a weighted layer, quantize only the other
+            (residual) input, which lets TensorRT fuse the Add into that layer.
+        float_readers_read_float: only the quantized ops read a DQ; every other consumer of
+            a quantized tensor (float-scope nodes, ops outside ``op_types``) reads the float
+            tensor. ONNX Runtime's quantizer hands the DQ to every consumer of a tensor that
+            one quantized op reads.
+    """
+
+    activation_type: QuantType = QuantType.QUInt8
+    activation_symmetric: bool = False
+    op_types: tuple[str, ...] | None = None
+    quantize_outputs: bool = True
+    dedicated_pairs: bool = False
+    quantize_bias: bool = True
+    residual_add_only: bool = False
+    float_readers_read_float: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+# ONNX Runtime's CPU kernels: uint8 activations (asymmetric, so ReLU outputs use all 256
+# levels), integer kernels with quantized outputs.
+ONNXRUNTIME_CPU = QdqScheme()
+# TensorRT explicit quantization (quantize.tensorrt_rules cites the rules): signed symmetric
+# INT8, Q/DQ on the inputs of the weighted layers and the residual input of Adds, float
+# outputs and biases. MatMuls of two activations (attention) are left to the float scope; a
+# MatMul's constant right operand (..., K, N) has its output channels on the last axis (ONNX
+# Runtime's default, axis 1, is K for the rewrites' 3-D projections).
+TENSORRT = QdqScheme(
+    activation_type=QuantType.QInt8, activation_symmetric=True,
+    op_types=("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"), quantize_outputs=False,
+    dedicated_pairs=True, quantize_bias=False, residual_add_only=True,
+    float_readers_read_float=True,
+    extra={"MatMulConstBOnly": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": -1}})
 
 
 class _ImagesReader(CalibrationDataReader):
@@ -56,6 +107,7 @@ def quantize_onnx(
     out_path: str | os.PathLike[str],
     calibration_images: Sequence[np.ndarray],
     nodes_to_exclude: Sequence[str] = (),
+    scheme: QdqScheme = ONNXRUNTIME_CPU,
 ) -> Path:
     """Write the INT8 QDQ version of the fp32 ONNX model ``fp32_path`` to ``out_path``.
 
@@ -65,6 +117,7 @@ def quantize_onnx(
         calibration_images: preprocessed inputs, each ``(1, 3, H, W)`` float32
             (``quantize.calibration.calibration_inputs``).
         nodes_to_exclude: ONNX node names to keep in float.
+        scheme: where Q/DQ nodes go and of which type (``ONNXRUNTIME_CPU``, ``TENSORRT``).
 
     Raises:
         ValueError: no calibration images, or a node name that is not in the graph.
@@ -85,13 +138,26 @@ def quantize_onnx(
             quantize_static(
                 str(fp32_path), str(tmp_path), _ImagesReader(calibration_images, input_name),
                 quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                activation_type=scheme.activation_type, weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=list(scheme.op_types) if scheme.op_types else None,
                 nodes_to_exclude=list(nodes_to_exclude),
                 # The calibration copy of the model goes to the temporary directory too.
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={
+                    "WeightSymmetric": True,
+                    "ActivationSymmetric": scheme.activation_symmetric,
+                    "DedicatedQDQPair": scheme.dedicated_pairs,
+                    "QuantizeBias": scheme.quantize_bias,
+                    "OpTypesToExcludeOutputQuantization": (
+                        [] if scheme.quantize_outputs else list(scheme.op_types or ())),
+                    **scheme.extra,
+                },
             )
         quantized = onnx.load(str(tmp_path))
+    if scheme.residual_add_only:
+        _float_weighted_add_inputs(quantized)
+    if scheme.float_readers_read_float:
+        _float_readers_read_float(quantized, set(scheme.op_types or ()), set(nodes_to_exclude))
     onnx.checker.check_model(quantized)
     write_bytes_atomic(out_path, quantized.SerializeToString())
     return out_path
@@ -126,3 +192,68 @@ def quantized_tensor_names(model: onnx.ModelProto) -> set[str]:
     it); what it must not do is produce one.
     """
     return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def _float_weighted_add_inputs(model: onnx.ModelProto) -> None:
+    """Drop the Q/DQ pair on the input of each ``Add`` that a weighted layer computes.
+
+    TensorRT fuses ``Conv -> Add(residual)`` into one INT8 kernel when the residual input
+    arrives through a DQ and the conv output does not (NVIDIA's placement recommendation);
+    quantizing the conv output instead would round it to INT8 for nothing. Of an Add whose
+    inputs both come straight from weighted layers, the first stays float.
+    Needs dedicated Q/DQ pairs (each pair has this Add as its only consumer).
+    """
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    weighted = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    removed: set[str] = set()
+    for node in graph.node:
+        if node.op_type != "Add":
+            continue
+        for index, tensor in enumerate(node.input):
+            dq = producer.get(tensor)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == \
+                "DequantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear":
+                continue
+            source = producer.get(q.input[0])
+            if source is not None and source.op_type in weighted:
+                node.input[index] = q.input[0]
+                removed |= {q.name, dq.name}
+                break
+    kept = [n for n in graph.node if n.name not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _float_readers_read_float(model: onnx.ModelProto, quantized_ops: set[str],
+                              excluded: set[str]) -> None:
+    """Give each consumer of an activation DQ that is not a quantized op (its type outside
+    ``quantized_ops`` or its name in ``excluded``) the float tensor before the Q instead;
+    then remove the Q/DQ pairs nobody reads."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    constants = {t.name for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type not in quantized_ops or node.name in excluded:
+            for index, tensor in enumerate(node.input):
+                dq = producer.get(tensor)
+                if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in constants:
+                    continue
+                q = producer.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    node.input[index] = q.input[0]
+    while True:  # drop DQs, then Qs, that nothing reads any more
+        read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and n.output[0] not in read]
+        if not dead:
+            break
+        dead_names = {n.name for n in dead}
+        kept = [n for n in graph.node if n.name not in dead_names]
+        del graph.node[:]
+        graph.node.extend(kept)
+    used = {t for n in graph.node for t in n.input}
+    kept_initializers = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_initializers)

@@ -149,6 +149,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{acc['agreement']:.3f} | {acc['mean_iou']:.3f} | "
             f"{_number(acc['latency_p50_ms'])} | {_mib(art['size_bytes'])} | "
             f"{'pass' if art['passed'] else 'FAIL'} |")
+    notes = [(art["name"], art.get("checked_on"), art.get("notes") or [])
+             for art in report["artifacts"]]
+    if any(n or (c and c != a["backend"]) for (_, c, n), a in zip(notes, report["artifacts"],
+                                                                  strict=True)):
+        lines += ["", "## How each artifact was checked", ""]
+        for (name, checked_on, texts), art in zip(notes, report["artifacts"], strict=True):
+            runs_on = (f"deployed on {art['backend']}, checked on {checked_on}"
+                       if checked_on and checked_on != art["backend"] else
+                       f"checked on {art['backend']}")
+            lines.append(f"- **{name}** ({runs_on}): " + "; ".join(texts) + ".")
     lines += ["", "## Kept out of INT8", ""]
     kept = report.get("kept_out_of_int8")
     if not kept:

@@ -50,11 +50,19 @@ data (SPEC: synthetic | synthetic:SEED | coco:PATH | voc:PATH | yolo:PATH):
 kept out of INT8 (--keep-float, categories found on the graph by structure):
 {chr(10).join(f"  {name:9s}  {reason}" for name, reason in CATEGORIES.items())}
 
+jetson: the INT8 model is QDQ ONNX that follows TensorRT's explicit-quantization rules (signed
+  symmetric INT8, per-channel weights, Q/DQ only on the inputs of weighted layers and residual
+  Adds, nothing quantized in the float scope or before an output); a model that breaks one is
+  never written: the run stops with the list of violations (quantize/tensorrt_rules.py). The
+  accuracy check runs the ONNX with ONNX Runtime on this CPU; the device builds an engine from
+  it without calibrating (edgedet build-engine, or the trtexec command in the manifest).
+
 exit status: 0 all artifacts within --max-drop of the reference, 1 an artifact dropped more,
-2 bad input (checkpoint, data, arguments) or a failed export.
+2 bad input (checkpoint, data, arguments), a failed export or a TensorRT rules violation.
 
 examples:
   python quantize/run.py --checkpoint runs/p/best.safetensors --target cpu --out runs/p/cpu
+  python quantize/run.py --checkpoint runs/p/best --target jetson --out runs/p/jetson
   python quantize/run.py --checkpoint runs/p/best --target openvino --out runs/p/ov \\
       --precision int8 --calib-data coco:/data/coco/train --eval-data coco:/data/coco/val
 """

@@ -10,8 +10,9 @@ shared pipeline's (``quantize.convert``). Adding a target is one module here tha
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -45,11 +46,14 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class BuiltModel:
-    """One artifact's model files (``{name in the artifact: path}``) and the op names of
-    its runtime that were left in float (empty for a float artifact)."""
+    """One artifact's model files (``{name in the artifact: path}``), the op names of its
+    runtime that were left in float (empty for a float artifact), manifest sections of the
+    target's own (e.g. how TensorRT builds the engine) and notes for the report."""
 
     files: dict[str, Path]
     kept_out_of_int8: list[str]
+    manifest_extra: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class Target:
         default_keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 by default,
             with the reason in the target's module.
         build: ``BuildRequest -> BuiltModel``.
+        check_backend: the ``edgedet.backends`` entry the accuracy check runs the artifacts
+            on when ``backend`` cannot run on this machine (None: ``backend`` itself).
     """
 
     name: str
@@ -72,12 +78,18 @@ class Target:
     precisions: tuple[str, ...]
     default_keep_float: tuple[str, ...]
     build: Callable[[BuildRequest], BuiltModel]
+    check_backend: str | None = None
+
+    @property
+    def accuracy_backend(self) -> str:
+        """The backend the accuracy check runs this target's artifacts on."""
+        return self.check_backend or self.backend
 
 
 def _table() -> dict[str, Target]:
-    from quantize.targets import cpu, openvino
+    from quantize.targets import cpu, jetson, openvino
 
-    return {target.name: target for target in (cpu.TARGET, openvino.TARGET)}
+    return {target.name: target for target in (cpu.TARGET, openvino.TARGET, jetson.TARGET)}
 
 
 TARGETS: dict[str, Target] = _table()
