@@ -70,20 +70,22 @@ class QdqScheme:
     extra: dict = field(default_factory=dict)
 
 
+# A MatMul's constant right operand (..., K, N) has its output channels on the last axis;
+# ONNX Runtime's default, axis 1, is K for the rewrites' 3-D projections (HAR-Net's deformable
+# conv), a per-input-channel scale that no integer kernel can apply.
+_MATMUL_PER_COLUMN = {"QDQOpTypePerChannelSupportToAxis": {"MatMul": -1}}
 # ONNX Runtime's CPU kernels: uint8 activations (asymmetric, so ReLU outputs use all 256
 # levels), integer kernels with quantized outputs.
-ONNXRUNTIME_CPU = QdqScheme()
+ONNXRUNTIME_CPU = QdqScheme(extra=_MATMUL_PER_COLUMN)
 # TensorRT explicit quantization (quantize.tensorrt_rules cites the rules): signed symmetric
 # INT8, Q/DQ on the inputs of the weighted layers and the residual input of Adds, float
-# outputs and biases. MatMuls of two activations (attention) are left to the float scope; a
-# MatMul's constant right operand (..., K, N) has its output channels on the last axis (ONNX
-# Runtime's default, axis 1, is K for the rewrites' 3-D projections).
+# outputs and biases. MatMuls of two activations (attention) are left to the float scope.
 TENSORRT = QdqScheme(
     activation_type=QuantType.QInt8, activation_symmetric=True,
     op_types=("Conv", "ConvTranspose", "Gemm", "MatMul", "Add"), quantize_outputs=False,
     dedicated_pairs=True, quantize_bias=False, residual_add_only=True,
     float_readers_read_float=True,
-    extra={"MatMulConstBOnly": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": -1}})
+    extra={"MatMulConstBOnly": True, **_MATMUL_PER_COLUMN})
 
 
 class _ImagesReader(CalibrationDataReader):

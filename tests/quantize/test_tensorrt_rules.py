@@ -171,3 +171,4 @@ def test_detectors_in_the_tensorrt_scheme_follow_the_rules(name, exported, calib
                                       calibration[input_size], float_scope, ONNXRUNTIME_CPU)))
     found = Counter(v.rule for v in check_qdq_graph(cpu, float_scope))
     assert found["not-int8"] > 0 and found["unfused-dq"] + found["float-scope"] > 0, found
+    assert found["weight-axis"] == 0  # both schemes scale MatMul weights per output column
