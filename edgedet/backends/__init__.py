@@ -65,6 +65,9 @@ class BackendSpec:
             this runtime is not installed (None: none, the missing runtime is an error). It
             must read the artifact's model file, and it gets ``device="auto"`` (its best
             available devices) unless the user chose a device.
+        alternative_modules: other import names that provide the same runtime (the backend
+            is available when ``module`` or any of these is installed; its file picks the
+            one it finds first).
     """
 
     name: str
@@ -75,6 +78,7 @@ class BackendSpec:
     session_per_thread: bool
     device_help: str
     fallback: str | None = None
+    alternative_modules: tuple[str, ...] = ()
 
 
 BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
@@ -98,6 +102,12 @@ BACKENDS: dict[str, BackendSpec] = {spec.name: spec for spec in (
                 session_per_thread=True,
                 device_help="a CUDA GPU: cuda:N or N (default GPU 0)",
                 fallback="onnxruntime"),
+    # LiteRT (ai-edge-litert); boards that ship the older tflite-runtime package run it too.
+    BackendSpec("tflite", "ai_edge_litert", "ai-edge-litert",
+                "edgedet.backends.tflite:TFLiteBackend", (".tflite",),
+                session_per_thread=True,
+                device_help="cpu (XNNPACK; --threads sets its threads)",
+                alternative_modules=("tflite_runtime",)),
 )}
 
 
@@ -111,8 +121,11 @@ def backend_spec(name: str) -> BackendSpec:
 
 
 def is_available(name: str) -> bool:
-    """Whether the runtime library of backend ``name`` is importable (without importing it)."""
-    return importlib.util.find_spec(backend_spec(name).module) is not None
+    """Whether the runtime library of backend ``name`` (its ``module`` or one of its
+    ``alternative_modules``) is importable, without importing it."""
+    spec = backend_spec(name)
+    return any(importlib.util.find_spec(module) is not None
+               for module in (spec.module, *spec.alternative_modules))
 
 
 def available_backends() -> list[str]:
