@@ -57,6 +57,10 @@ class ExportDeformConv2d(nn.Module):
         projection = self.weight.reshape(c_out, groups, c_in // groups, taps)
         projection = projection.permute(1, 2, 3, 0).reshape(groups, c_in // groups, -1)
         rows = input.reshape(n, groups, c_in // groups, h * w).transpose(2, 3)
+        if groups == 1:
+            # A 2-D constant: INT8 MatMul kernels take its scales per output column (ONNX
+            # Runtime's MatMulIntegerToFloat rejects per-column scales of a 3-D one).
+            projection = projection[0]
         table = torch.matmul(rows, projection)  # (N, G, H*W, K*C_out)
         table = table.reshape(n, groups, h * w, taps, c_out).transpose(1, 2)  # (N, HW, G, K, O)
 

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -172,3 +173,7 @@ def test_detectors_in_the_tensorrt_scheme_follow_the_rules(name, exported, calib
     found = Counter(v.rule for v in check_qdq_graph(cpu, float_scope))
     assert found["not-int8"] > 0 and found["unfused-dq"] + found["float-scope"] > 0, found
     assert found["weight-axis"] == 0  # both schemes scale MatMul weights per output column
+    # Both run on ONNX Runtime (the accuracy check of every target does).
+    for path in (tmp_path / "trt.onnx", tmp_path / "cpu.onnx"):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: calibration[input_size][0]})
