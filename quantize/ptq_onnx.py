@@ -17,6 +17,7 @@ integer kernel), but what they compute is never rounded to INT8.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -36,6 +37,8 @@ from onnxruntime.quantization import (
 
 from edgedet._io import write_bytes_atomic
 from edgedet.artifact import INPUT_NAME
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,10 @@ def quantize_onnx(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as tmp:
         tmp_path = Path(tmp) / "model_int8.onnx"
-        with _without_pre_processing_advice():
+        # Percentile calibration prints its histogram settings to stdout: keep them out of
+        # the command line's output (logged at debug level instead).
+        printed = io.StringIO()
+        with _without_pre_processing_advice(), contextlib.redirect_stdout(printed):
             quantize_static(
                 str(fp32_path), str(tmp_path), _ImagesReader(calibration_images, input_name),
                 quant_format=QuantFormat.QDQ, per_channel=True,
@@ -162,6 +168,8 @@ def quantize_onnx(
                     **scheme.extra,
                 },
             )
+        if printed.getvalue().strip():
+            LOGGER.debug("quantize_static: %s", printed.getvalue().strip())
         quantized = onnx.load(str(tmp_path))
     if scheme.residual_add_only:
         _float_weighted_add_inputs(quantized)
