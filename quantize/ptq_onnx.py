@@ -175,6 +175,8 @@ def quantize_onnx(
         _float_weighted_add_inputs(quantized)
     if scheme.float_readers_read_float:
         _float_readers_read_float(quantized, set(scheme.op_types or ()), set(nodes_to_exclude))
+    if scheme.residual_add_only or scheme.float_readers_read_float:
+        _drop_unread_qdq(quantized)
     onnx.checker.check_model(quantized)
     write_bytes_atomic(out_path, quantized.SerializeToString())
     return out_path
@@ -211,8 +213,19 @@ def quantized_tensor_names(model: onnx.ModelProto) -> set[str]:
     return {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
 
+def _float_behind_qdq(producer: dict[str, onnx.NodeProto], tensor: str,
+                      constants: set[str]) -> str | None:
+    """The float tensor ``x`` when ``tensor`` is ``DQ(Q(x))`` of an activation, else None."""
+    dq = producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in constants:
+        return None
+    q = producer.get(dq.input[0])
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+
 def _float_weighted_add_inputs(model: onnx.ModelProto) -> None:
-    """Drop the Q/DQ pair on the input of each ``Add`` that a weighted layer computes.
+    """Give each ``Add`` the float tensor instead of the Q/DQ of an input a weighted layer
+    computes (``_drop_unread_qdq`` then removes the pair).
 
     TensorRT fuses ``Conv -> Add(residual)`` into one INT8 kernel when the residual input
     arrives through a DQ and the conv output does not (NVIDIA's placement recommendation);
@@ -222,52 +235,45 @@ def _float_weighted_add_inputs(model: onnx.ModelProto) -> None:
     """
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
+    constants = {t.name for t in graph.initializer}
     weighted = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-    removed: set[str] = set()
     for node in graph.node:
         if node.op_type != "Add":
             continue
         for index, tensor in enumerate(node.input):
-            dq = producer.get(tensor)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == \
-                "DequantizeLinear" else None
-            if q is None or q.op_type != "QuantizeLinear":
-                continue
-            source = producer.get(q.input[0])
-            if source is not None and source.op_type in weighted:
-                node.input[index] = q.input[0]
-                removed |= {q.name, dq.name}
+            source = _float_behind_qdq(producer, tensor, constants)
+            if source is not None and source in producer and \
+                    producer[source].op_type in weighted:
+                node.input[index] = source
                 break
-    kept = [n for n in graph.node if n.name not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
 
 
 def _float_readers_read_float(model: onnx.ModelProto, quantized_ops: set[str],
                               excluded: set[str]) -> None:
     """Give each consumer of an activation DQ that is not a quantized op (its type outside
-    ``quantized_ops`` or its name in ``excluded``) the float tensor before the Q instead;
-    then remove the Q/DQ pairs nobody reads."""
+    ``quantized_ops`` or its name in ``excluded``) the float tensor before the Q instead
+    (``_drop_unread_qdq`` then removes the pairs nobody reads)."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     constants = {t.name for t in graph.initializer}
     for node in graph.node:
         if node.op_type not in quantized_ops or node.name in excluded:
             for index, tensor in enumerate(node.input):
-                dq = producer.get(tensor)
-                if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in constants:
-                    continue
-                q = producer.get(dq.input[0])
-                if q is not None and q.op_type == "QuantizeLinear":
-                    node.input[index] = q.input[0]
-    while True:  # drop DQs, then Qs, that nothing reads any more
+                source = _float_behind_qdq(producer, tensor, constants)
+                if source is not None:
+                    node.input[index] = source
+
+
+def _drop_unread_qdq(model: onnx.ModelProto) -> None:
+    """Remove the Q/DQ nodes nothing reads any more, then the initializers nothing uses."""
+    graph = model.graph
+    while True:  # DQs first, then the Qs they read
         read = {t for n in graph.node for t in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and n.output[0] not in read]
+        dead = {n.name for n in graph.node
+                if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in read}
         if not dead:
             break
-        dead_names = {n.name for n in dead}
-        kept = [n for n in graph.node if n.name not in dead_names]
+        kept = [n for n in graph.node if n.name not in dead]
         del graph.node[:]
         graph.node.extend(kept)
     used = {t for n in graph.node for t in n.input}
