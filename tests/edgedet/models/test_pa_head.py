@@ -10,6 +10,7 @@ from edgedet.models.pa_head import (
     PlainConvHead,
     ProposeAttendHead,
     box_sampling_points,
+    project_then_sample,
     sample_box_taps,
 )
 
@@ -177,3 +178,54 @@ def test_gradients_reach_features_and_weights():
     for name, p in head.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert np.isfinite(features[0].grad.numpy()).all()
+
+
+def test_contract_first_equals_sample_first_values_and_gradients():
+    # The training order (1x1 projection, then sample the projection) must equal the
+    # reference order (sample every channel, then contract), forward and backward, including
+    # taps that fall partly or wholly outside the map.
+    torch.manual_seed(3)
+    n, cin, h, w, stride = 2, 6, 5, 7, 8
+    convs = [BoxOffsetConv2d(cin, 4, num_anchors=3).double(),
+             BoxOffsetConv2d(cin, 2, num_anchors=3).double()]
+    with torch.no_grad():
+        for conv in convs:
+            conv.weight.normal_()
+            conv.bias.normal_()
+    boxes = _cell_boxes(h, w, stride, [10.0, 30.0, 90.0]).double().repeat(n, 1, 1, 1, 1)
+    boxes[..., :2] += torch.randn(n, h, w, 3, 2, dtype=torch.float64) * 12  # some leave the map
+    points = box_sampling_points(boxes, stride)
+    assert (points < -1).any() and (points[..., 0] > w).any()
+
+    def run(fast: bool):
+        features = torch.randn(n, cin, h, w, dtype=torch.float64, generator=torch.Generator()
+                               .manual_seed(4)).requires_grad_(True)
+        for conv in convs:
+            conv.zero_grad()
+        outs = (project_then_sample(features, points, convs) if fast
+                else [conv.forward_reference(features, points) for conv in convs])
+        sum((out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum()
+            for out in outs).backward()
+        grads = [features.grad] + [p.grad.clone() for conv in convs for p in conv.parameters()]
+        return [o.detach() for o in outs], grads
+
+    fast_out, fast_grads = run(True)
+    ref_out, ref_grads = run(False)
+    for got, expected in zip(fast_out + fast_grads, ref_out + ref_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(convs[0](torch.ones(n, cin, h, w, dtype=torch.float64), points),
+                               convs[0].forward_reference(torch.ones(n, cin, h, w,
+                                                                     dtype=torch.float64), points))
+
+
+def test_head_attend_order_switch_gives_the_same_outputs():
+    features, priors, strides = _head_inputs()
+    head = ProposeAttendHead(16, 3, 3, (10.0, 10.0, 5.0, 5.0))
+    with torch.no_grad():
+        head.attend_cls.weight.normal_()
+        head.attend_box.weight.normal_()
+    reference = ProposeAttendHead(16, 3, 3, (10.0, 10.0, 5.0, 5.0), contract_first=False)
+    reference.load_state_dict(head.state_dict())
+    out, expected = head(features, priors, strides), reference(features, priors, strides)
+    for key in expected:
+        torch.testing.assert_close(out[key], expected[key], rtol=1e-5, atol=1e-5)
