@@ -25,6 +25,7 @@ exactly the conv it replaces.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import onnx
 
@@ -49,31 +50,51 @@ _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
 _LAYOUT_OPS = ("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Identity")
 
 
-class _Graph:
-    """Producer / consumer maps of an ONNX graph, and which tensors are constants."""
+@dataclass(frozen=True)
+class ScopeNode:
+    """One op of a graph, as the scope rules see it: a unique name, an ONNX op type (other
+    formats translate theirs, e.g. TFLite ``CONV_2D`` -> ``Conv``), input and output tensor
+    names."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
-        graph = model.graph
-        self.nodes = list(graph.node)
-        self.constants = {init.name for init in graph.initializer}
-        self.constants.update(o for n in self.nodes if n.op_type == "Constant" for o in n.output)
-        self.producer: dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def onnx_scope_nodes(model: onnx.ModelProto) -> tuple[list[ScopeNode], set[str], set[str]]:
+    """``(nodes, constant tensor names, graph output names)`` of an ONNX model."""
+    graph = model.graph
+    nodes = [ScopeNode(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in graph.node]
+    constants = {init.name for init in graph.initializer}
+    constants.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
+    return nodes, constants, {o.name for o in graph.output}
+
+
+class _Graph:
+    """Producer / consumer maps of a graph, and which tensors are constants."""
+
+    def __init__(self, nodes: Sequence[ScopeNode], constants: set[str],
+                 outputs: set[str]) -> None:
+        self.nodes = list(nodes)
+        self.constants = set(constants)
+        self.producer: dict[str, ScopeNode] = {o: n for n in self.nodes for o in n.outputs}
+        self.consumers: dict[str, list[ScopeNode]] = {}
         for node in self.nodes:
-            for name in node.input:
+            for name in node.inputs:
                 self.consumers.setdefault(name, []).append(node)
-        self.outputs = {o.name for o in graph.output}
+        self.outputs = set(outputs)
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants or tensor == ""
 
-    def is_weight_layer(self, node: onnx.NodeProto) -> bool:
+    def is_weight_layer(self, node: ScopeNode) -> bool:
         if node.op_type in _WEIGHT_OPS:
             return True
-        return node.op_type == "MatMul" and any(self.is_constant(t) for t in node.input)
+        return node.op_type == "MatMul" and any(self.is_constant(t) for t in node.inputs)
 
-    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [t for t in node.input if not self.is_constant(t)]
+    def activation_inputs(self, node: ScopeNode) -> list[str]:
+        return [t for t in node.inputs if not self.is_constant(t)]
 
     def backward(self, tensors: Iterable[str]) -> set[str]:
         """Names of the nodes computing ``tensors``, searched up to (not into) weight layers."""
@@ -96,7 +117,7 @@ class _Graph:
         stack = [by_name[name] for name in node_names]
         while stack:
             node = stack.pop()
-            for output in node.output:
+            for output in node.outputs:
                 for consumer in self.consumers.get(output, []):
                     if consumer.name in found or self.is_weight_layer(consumer):
                         continue
@@ -108,7 +129,7 @@ class _Graph:
         """True when ``tensor`` is an ``op_type`` output, possibly through layout-only ops."""
         node = self.producer.get(tensor)
         while node is not None and node.op_type in _LAYOUT_OPS:
-            node = self.producer.get(node.input[0])
+            node = self.producer.get(node.inputs[0])
         return node is not None and node.op_type == op_type
 
 
@@ -116,22 +137,22 @@ def _sampling_nodes(graph: _Graph) -> set[str]:
     # A Gather with computed indices is a sampling read (embedding-style Gathers of constant
     # tables or shape Gathers with constant indices are not).
     gathers = [n for n in graph.nodes
-               if n.op_type == "Gather" and not graph.is_constant(n.input[1])
-               and not graph.is_constant(n.input[0])]
+               if n.op_type == "Gather" and not graph.is_constant(n.inputs[1])
+               and not graph.is_constant(n.inputs[0])]
     seeds = {n.name for n in gathers}
-    tensors: list[str] = [t for n in gathers for t in n.input]
+    tensors: list[str] = [t for n in gathers for t in n.inputs]
     # The tap sum: an activation x activation MatMul reading the gathered samples; its other
     # operand holds the bilinear weights.
     gathered = set()
     for gather in gathers:
-        gathered |= {gather.output[0]} | {
-            c.output[0] for c in graph.consumers.get(gather.output[0], [])
+        gathered |= {gather.outputs[0]} | {
+            c.outputs[0] for c in graph.consumers.get(gather.outputs[0], [])
             if c.op_type in _LAYOUT_OPS}
     for node in graph.nodes:
         if node.op_type == "MatMul" and not graph.is_weight_layer(node) and (
-                set(node.input) & gathered):
+                set(node.inputs) & gathered):
             seeds.add(node.name)
-            tensors.extend(node.input)
+            tensors.extend(node.inputs)
     upstream = graph.backward(tensors)
     return seeds | upstream | graph.forward(seeds | upstream)
 
@@ -146,7 +167,7 @@ def _attention_nodes(graph: _Graph, exclude: set[str]) -> set[str]:
 def _mask_nodes(graph: _Graph) -> set[str]:
     found = {n.name for n in graph.nodes if n.op_type == "Sigmoid"}
     found |= {n.name for n in graph.nodes
-              if n.op_type == "Mul" and any(graph.comes_from(t, "Sigmoid") for t in n.input)}
+              if n.op_type == "Mul" and any(graph.comes_from(t, "Sigmoid") for t in n.inputs)}
     return found
 
 
@@ -158,7 +179,7 @@ def _head_nodes(graph: _Graph) -> set[str]:
             continue
         reach = graph.forward([node.name])
         outputs = {o for name in reach | {node.name}
-                   for n in graph.nodes if n.name == name for o in n.output}
+                   for n in graph.nodes if n.name == name for o in n.outputs}
         if outputs & graph.outputs:
             found.add(node.name)
     return found
@@ -179,14 +200,22 @@ def find_kept_out_nodes(model: onnx.ModelProto,
     Raises:
         ValueError: an unknown category, or a graph with unnamed nodes.
     """
+    nodes, constants, outputs = onnx_scope_nodes(model)
+    if any(not n.name for n in nodes):
+        raise ValueError("every ONNX node needs a name to be kept out of INT8 by name "
+                         "(quantize.export_onnx names them all)")
+    return find_kept_out(nodes, constants, outputs, keep_float)
+
+
+def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[str],
+                  keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> dict[str, list[str]]:
+    """``find_kept_out_nodes`` for any graph given as ``ScopeNode`` s with ONNX op types
+    (``nodes`` with unique names, the constant tensors, the graph's output tensors)."""
     unknown = sorted(set(keep_float) - set(CATEGORIES))
     if unknown:
         raise ValueError(f"unknown keep-float categories {unknown}; choose from "
                          f"{', '.join(CATEGORIES)}")
-    graph = _Graph(model)
-    if any(not n.name for n in graph.nodes):
-        raise ValueError("every ONNX node needs a name to be kept out of INT8 by name "
-                         "(quantize.export_onnx names them all)")
+    graph = _Graph(nodes, constants, outputs)
     sampling = _sampling_nodes(graph)
     found = {
         "sampling": sampling,

@@ -19,7 +19,7 @@ def test_sample_first_variant_switches_the_attend_order_of_its_own_copy():
     from train.bench import _set_attend_order
     from train.models import build_model
 
-    model = build_model("passd_mobilenet", 3, (64, 64))
+    model = build_model("passd_mobilenet", 3, (320, 320))
     _set_attend_order(model, VARIANTS["sample-first"].contract_first)
     assert model.head.contract_first is False
 
