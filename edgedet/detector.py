@@ -60,7 +60,9 @@ class Detector:
             exported for; where that is not installed, its table entry's ``fallback`` if that
             is installed and reads the model, e.g. ONNX Runtime on its best providers for a
             TensorRT artifact; else an error saying what to install), or a loaded
-            ``InferenceBackend`` to run instead.
+            ``InferenceBackend`` to run instead. With a zoo name, a backend the zoo has a
+            build of its own for picks that build: ``Detector("passd_mobilenet_int8",
+            backend="tflite")`` loads ``passd_mobilenet_int8_tflite``.
         options: a complete ``DetectorOptions`` (default: from the manifest).
         allow_unchecked: load an artifact whose accuracy check failed or never ran (refused by
             default: ``UncheckedArtifactError``, a ``ManifestError``).
@@ -91,7 +93,8 @@ class Detector:
             artifact = name_or_path
             artifact.verify_files()
         else:
-            artifact = Artifact.load(resolve_model(name_or_path))
+            artifact = Artifact.load(resolve_model(
+                name_or_path, backend if isinstance(backend, str) and backend != "auto" else None))
         if not allow_unchecked:
             require_passed_check(artifact.manifest, str(artifact.directory))
         self.artifact_dir: Path = artifact.directory

@@ -35,11 +35,13 @@ def zoo_model_dir(name: str) -> Path:
     return ZOO_DIR / name
 
 
-def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
+def resolve_model(name_or_path: str | os.PathLike[str], backend: str | None = None) -> Path:
     """A zoo name or an artifact directory → the artifact directory to load.
 
     An existing directory wins over a zoo model of the same name: a path is the more explicit
-    request.
+    request. A zoo model is built for one backend; its builds for other backends are the zoo
+    models named ``<name>_<backend>`` (``passd_mobilenet_int8_tflite``), and asking for
+    ``name`` with such a ``backend`` loads that sibling.
 
     Raises:
         ValueError: neither an existing directory nor a zoo model name.
@@ -48,6 +50,8 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         return path
     name = os.fspath(name_or_path)
+    if backend is not None and f"{name}_{backend}" in list_models():
+        return ZOO_DIR / f"{name}_{backend}"
     if name in list_models():
         return ZOO_DIR / name
     models = list_models()

@@ -300,7 +300,7 @@ def _build_artifacts(config: ConvertConfig, target: Target, model: Any,
         built = target.build(BuildRequest(
             precision=precision, onnx_fp32=onnx_fp32, model=rewritten, input_size=input_size,
             work_dir=work, calibration=calibration_arrays if precision == "int8" else None,
-            keep_float=keep_float))
+            keep_float=keep_float, keep_float_categories=config.resolved_keep_float()))
         artifact_source = dict(source)
         if precision == "int8" and calibration is not None:
             artifact_source["calibration"] = calibration.describe()

@@ -33,6 +33,8 @@ class BuildRequest:
         calibration: preprocessed calibration inputs, each ``(1, 3, H, W)`` float32; None
             when no INT8 artifact is built.
         keep_float: ONNX node names to keep out of INT8 (``quantize.int8_scope``).
+        keep_float_categories: the ``quantize.int8_scope.CATEGORIES`` those names come from,
+            for targets that find the same scope on a graph of their own (TFLite).
     """
 
     precision: str
@@ -42,6 +44,7 @@ class BuildRequest:
     work_dir: Path
     calibration: Sequence[np.ndarray] | None
     keep_float: tuple[str, ...]
+    keep_float_categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,10 @@ class Target:
 
 
 def _table() -> dict[str, Target]:
-    from quantize.targets import cpu, jetson, openvino
+    from quantize.targets import cpu, jetson, openvino, tflite
 
-    return {target.name: target for target in (cpu.TARGET, openvino.TARGET, jetson.TARGET)}
+    return {target.name: target
+            for target in (cpu.TARGET, openvino.TARGET, jetson.TARGET, tflite.TARGET)}
 
 
 TARGETS: dict[str, Target] = _table()

@@ -52,6 +52,17 @@ def test_resolve_model_prefers_directories_then_zoo_names(fake_zoo: Path, tmp_pa
         zoo.zoo_model_dir("nope")
 
 
+def test_a_backend_with_its_own_zoo_build_picks_the_sibling(fake_zoo: Path) -> None:
+    _fake_model(fake_zoo, "passd_mobilenet_int8", 0.5)
+    _fake_model(fake_zoo, "passd_mobilenet_int8_tflite", 0.5)
+    assert zoo.resolve_model("passd_mobilenet_int8", "tflite") == (
+        fake_zoo / "passd_mobilenet_int8_tflite")
+    # No build of its own for that backend: the entry itself (the backend may still read it).
+    assert zoo.resolve_model("passd_mobilenet_int8", "openvino") == (
+        fake_zoo / "passd_mobilenet_int8")
+    assert zoo.resolve_model("passd_mobilenet_int8") == fake_zoo / "passd_mobilenet_int8"
+
+
 def test_model_summary(fake_zoo: Path) -> None:
     summary = zoo.model_summary(_fake_model(fake_zoo, "m", 0.42))
     assert summary["name"] == "m" and summary["precision"] == "int8"

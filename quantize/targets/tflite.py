@@ -1,0 +1,62 @@
+"""Target ``tflite``: LiteRT / TFLite flatbuffers converted from the rewritten PyTorch model
+without TensorFlow — fp32 by litert-torch (``quantize.export_tflite``), INT8 by
+ai-edge-quantizer's static recipe on that file (``quantize.ptq_tflite``).
+
+Needs ``pip install "edgedet[tflite-export]"`` to convert; the artifacts run with only
+``edgedet[tflite]`` (LiteRT, no torch).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from quantize.int8_scope import DEFAULT_KEEP_FLOAT
+from quantize.targets import BuildRequest, BuiltModel, Target
+
+MODEL_FILE = "model.tflite"
+LAYOUT_NOTE = ("input NCHW (1, 3, H, W) float32, as every target; litert-torch runs the graph "
+               "in NHWC inside")
+
+
+def _fp32_file(request: BuildRequest) -> Path:
+    """The fp32 conversion, made once per run and shared by both precisions."""
+    from quantize.export_tflite import export_tflite
+
+    path = request.work_dir / "tflite_fp32" / MODEL_FILE
+    if not path.is_file():
+        export_tflite(request.model, path, request.input_size)
+    return path
+
+
+def build(request: BuildRequest) -> BuiltModel:
+    fp32 = _fp32_file(request)
+    if request.precision == "fp32":
+        return BuiltModel({MODEL_FILE: fp32}, [], notes=(LAYOUT_NOTE,))
+    from quantize.ptq_tflite import TFLiteGraph, quantize_tflite
+
+    assert request.calibration is not None, "INT8 needs calibration images"
+    path, kept = quantize_tflite(fp32, request.work_dir / "tflite_int8" / MODEL_FILE,
+                                 request.calibration, request.keep_float_categories)
+    opcodes = TFLiteGraph(fp32).opcodes
+    kept_names = [name for names in kept.values() for name in names]
+    summary = "; ".join(
+        f"{category}: {len(names)} ops ("
+        + ", ".join(f"{n} {op}" for op, n in Counter(opcodes[x] for x in names).most_common())
+        + ")" for category, names in kept.items())
+    notes = (LAYOUT_NOTE,
+             "weights INT8 symmetric per output channel, activations INT8 per tensor "
+             "(ai-edge-quantizer static_wi8_ai8, min/max of the calibration images); image "
+             "input and outputs are int8 tensors the backend quantizes / dequantizes",
+             f"kept in float: {summary or 'nothing'}")
+    return BuiltModel({MODEL_FILE: path}, kept_names, notes=notes)
+
+
+TARGET = Target(
+    name="tflite",
+    backend="tflite",
+    summary="LiteRT / TFLite flatbuffers (fp32 by litert-torch, INT8 by ai-edge-quantizer)",
+    precisions=("fp32", "int8"),
+    default_keep_float=DEFAULT_KEEP_FLOAT,
+    build=build,
+)

@@ -1,0 +1,77 @@
+"""Target ``tflite``: fp32 + INT8 ``.tflite`` artifacts of the tiny PASSD through the whole
+pipeline (conversion, accuracy check on the tflite backend, report), the INT8 file's float
+scope, and the SDK running them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedet.artifact import load_manifest
+from edgedet.backends.tflite import TFLiteBackend
+from edgedet.detector import Detector
+from quantize.convert import ConvertConfig, convert
+from quantize.ptq_tflite import TFLiteGraph
+from tests.quantize.tiny_checkpoint import write_tiny_checkpoint
+
+pytest.importorskip("litert_torch", reason="needs edgedet[tflite-export]")
+
+SMALL = dict(calib_size=4, eval_size=3, progress=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> tuple[Path, object]:
+    checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+    out = tmp_path_factory.mktemp("tflite")
+    report = convert(ConvertConfig(checkpoint=checkpoint, target="tflite", out=out, **SMALL))
+    return out, report
+
+
+def test_both_artifacts_pass_on_the_tflite_backend(converted):
+    out, report = converted
+    assert report.passed and [a.precision for a in report.artifacts] == ["fp32", "int8"]
+    for artifact in report.artifacts:
+        assert (artifact.backend, artifact.checked_on) == ("tflite", "tflite")
+        manifest = load_manifest(out / artifact.name)
+        assert manifest["backend"] == "tflite" and list(manifest["files"]) == ["model.tflite"]
+        assert any("NCHW" in note for note in artifact.notes)
+    int8 = report.artifacts[1]
+    assert any(note.startswith("kept in float: sampling:") for note in int8.notes)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["target"] == "tflite" and saved["artifacts"][1]["notes"] == int8.notes
+
+
+def _tensor_types(path: Path) -> dict[str, str]:
+    """``{"i:OPCODE": dtype of the op's first input}`` of a ``.tflite`` file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = {d["index"]: np.dtype(d["dtype"]).name
+               for d in Interpreter(model_path=str(path)).get_tensor_details()}
+    graph = TFLiteGraph(path)
+    return {node.name: details.get(int(node.inputs[0][1:]), "?") for node in graph.nodes
+            if node.inputs}
+
+
+def test_int8_file_keeps_the_sampling_float_and_the_convs_int8(converted):
+    out, _ = converted
+    path = out / "tiny_passd_int8" / "model.tflite"
+    types = _tensor_types(path)
+    gathers = [t for name, t in types.items() if name.endswith(":GATHER_ND")]
+    convs = [t for name, t in types.items() if name.endswith(":CONV_2D")]
+    assert gathers and set(gathers) == {"float32"}  # the sampling reads float maps
+    assert convs and convs.count("int8") >= len(convs) // 2  # the weight layers run INT8
+    backend = TFLiteBackend(path, threads=1)
+    assert backend.input_shape[1] == 3  # NCHW, int8 quantized inside the backend
+
+
+def test_detector_auto_runs_the_tflite_artifact(converted):
+    out, _ = converted
+    detector = Detector(out / "tiny_passd_int8", backend="tflite")
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    first = detector.detect(frame)
+    again = Detector(out / "tiny_passd_int8").detect(frame)  # "auto" picks the manifest's
+    np.testing.assert_array_equal(first.xyxy, again.xyxy)
+    np.testing.assert_array_equal(first.scores, again.scores)
