@@ -39,6 +39,7 @@ import numpy as np
 from edgedet import Detector
 from edgedet.backends import BACKENDS
 from edgedet.draw import draw_detections, draw_text_panel
+from edgedet.options import APPLICATION_SCORE_THRESHOLD
 from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
 
 # isort: split
@@ -53,9 +54,6 @@ DEFAULT_MODEL = "passd_mobilenet_int8"
 WINDOW_NAME = "edgedet"
 PROGRESS_EVERY_FRAMES = 50
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27: Esc
-# Boxes worth showing on screen. Manifests carry the evaluation threshold (e.g. 0.05), which
-# suits AP but would clutter the picture with low-confidence boxes.
-DISPLAY_SCORE_THRESHOLD = 0.4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,9 +129,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save", type=Path, metavar="OUT.mp4",
                         help="write the annotated video (.mp4 or .avi)")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
-    parser.add_argument("--score-threshold", type=float, default=DISPLAY_SCORE_THRESHOLD,
-                        help="minimum score to draw (default: %(default)s; the manifest's own "
-                        "threshold is the low one used for measuring AP)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="minimum score to draw (default: the manifest's application "
+                        f"threshold, {APPLICATION_SCORE_THRESHOLD} for every zoo model; the "
+                        "low one AP was measured with is its evaluation setting)")
     args = parser.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         parser.error("--max-frames must be >= 1")
@@ -145,9 +144,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """The app; returns the exit status (0 done, 1 error, 130 interrupted)."""
     try:
+        overrides = ({} if args.score_threshold is None
+                     else {"score_threshold": args.score_threshold})
         detector = Detector(args.model, backend=args.backend, device=args.device,
-                            allow_unchecked=args.allow_unchecked,
-                            score_threshold=args.score_threshold)
+                            allow_unchecked=args.allow_unchecked, **overrides)
         source = open_source(args.source)
     except (ValueError, RuntimeError, OSError) as exc:  # bad model / backend / source
         log(f"error: {exc}")

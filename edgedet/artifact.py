@@ -33,6 +33,7 @@ from typing import Any
 from edgedet.anchors import anchor_spec_from_dict
 from edgedet.backends import BACKENDS
 from edgedet.head_decoding import HEAD_FAMILIES
+from edgedet.options import APPLICATION_SCORE_THRESHOLD
 from edgedet.postprocess import NMS_MODES
 from edgedet.preprocess import PreprocessConfig
 
@@ -148,7 +149,9 @@ def make_manifest(
     Args:
         outputs: ``[{"name", "shape": [batch, A, k], "meaning"}]`` in graph output order.
         postprocess: ``DetectorOptions`` defaults the accuracy was measured with;
-            ``nms_mode`` defaults to ``DEFAULT_NMS_MODE``.
+            ``nms_mode`` defaults to ``DEFAULT_NMS_MODE``. The manifest's ``application``
+            section (what ``detect()`` uses by default on top of it) gets
+            ``{"score_threshold": APPLICATION_SCORE_THRESHOLD}``.
         source: ``{"checkpoint", "checkpoint_sha256", "calibration": {...} | None}``.
         kept_out_of_int8: op names left in float by the INT8 step.
         accuracy: ``accuracy_section(...)``, or None before a check.
@@ -171,6 +174,7 @@ def make_manifest(
         "input": {"name": INPUT_NAME, "shape": [int(batch_size), 3, height, width],
                   "dtype": "float32"},
         "postprocess": {"nms_mode": DEFAULT_NMS_MODE, **dict(postprocess or {})},
+        "application": {"score_threshold": APPLICATION_SCORE_THRESHOLD},
         "precision": precision,
         "backend": backend,
         "source": dict(source) if source is not None else None,
@@ -320,6 +324,10 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
         raise fail("postprocess must be an object")
     if "nms_mode" in postprocess and postprocess["nms_mode"] not in NMS_MODES:
         raise fail(f"postprocess.nms_mode {postprocess['nms_mode']!r} is not one of {NMS_MODES}")
+    application = manifest.get("application", {})
+    threshold = application.get("score_threshold", 0.0) if isinstance(application, dict) else -1
+    if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
+        raise fail("application must be an object whose score_threshold is in [0, 1]")
     _validate_accuracy(manifest.get("accuracy"), fail)
 
 

@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="print JSON lines "
                         "{source, detections: [{label, class_id, score, xyxy}]}")
     detect.add_argument("--max-frames", type=int, help="stop a video after this many frames")
-    detect.add_argument("--score-threshold", type=float, help="default: the manifest's")
+    detect.add_argument("--score-threshold", type=float,
+                        help="default: the manifest's application threshold")
     detect.add_argument("--iou-threshold", type=float, help="default: the manifest's")
     detect.add_argument("--max-detections", type=int, help="default: the manifest's")
     detect.add_argument("--nms-mode", choices=("hard", "soft", "soft+voting"),
@@ -424,8 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="untimed calls first (default: %(default)s)")
     bench.add_argument("--frame-size", type=int, nargs=2, default=(640, 480),
                        metavar=("W", "H"), help="camera frame size (default: 640 480)")
-    bench.add_argument("--score-threshold", type=float, help="default: the manifest's "
-                       "(post-processing cost grows with the candidates above it)")
+    bench.add_argument("--score-threshold", type=float,
+                       help="default: the manifest's application threshold (post-processing "
+                       "cost grows with the candidates above it)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=_cmd_bench)
 

@@ -64,6 +64,10 @@ class Detector:
             build of its own for picks that build: ``Detector("passd_mobilenet_int8",
             backend="tflite")`` loads ``passd_mobilenet_int8_tflite``.
         options: a complete ``DetectorOptions`` (default: from the manifest).
+        settings: ``"application"`` (default): the manifest's post-processing with its
+            application score threshold (``manifest["application"]``, what the camera app
+            draws); ``"evaluation"``: the papers' evaluation settings the accuracy check used
+            (score threshold 0.01, for AP).
         allow_unchecked: load an artifact whose accuracy check failed or never ran (refused by
             default: ``UncheckedArtifactError``, a ``ManifestError``).
         **overrides: individual ``DetectorOptions`` fields, e.g. ``score_threshold=0.3`` or
@@ -88,7 +92,7 @@ class Detector:
     def __init__(self, name_or_path: str | os.PathLike[str] | Artifact,
                  backend: str | InferenceBackend = "auto",
                  options: DetectorOptions | None = None, allow_unchecked: bool = False,
-                 **overrides: object) -> None:
+                 settings: str = "application", **overrides: object) -> None:
         if isinstance(name_or_path, Artifact):
             artifact = name_or_path
             artifact.verify_files()
@@ -100,7 +104,7 @@ class Detector:
         self.artifact_dir: Path = artifact.directory
         self._manifest = dict(artifact.manifest)
         if options is None:
-            self.options = DetectorOptions.from_manifest(self._manifest, **overrides)
+            self.options = DetectorOptions.from_manifest(self._manifest, settings, **overrides)
         else:
             DetectorOptions.from_manifest({}, **overrides)  # rejects unknown names
             self.options = dataclasses.replace(options, **overrides)  # type: ignore[arg-type]

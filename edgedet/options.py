@@ -10,14 +10,23 @@ import numpy as np
 
 from edgedet.postprocess import NMS_MODES, NmsMode
 
+# What detect() keeps by default in an application, and what the camera demo draws. The
+# manifest's ``postprocess`` section holds the papers' evaluation settings (score threshold
+# 0.01, so that AP sees the whole precision-recall curve); on a camera frame those keep a
+# dozen near-zero-score boxes even on a black frame. Manifests carry this value in their
+# ``application`` section; older manifests without one get it from here.
+APPLICATION_SCORE_THRESHOLD = 0.4
+SETTINGS = ("application", "evaluation")
+
 
 @dataclass(frozen=True)
 class DetectorOptions:
     """Post-processing and runtime settings of a ``Detector``.
 
     A ``Detector`` starts from the artifact manifest's ``postprocess`` section (the settings
-    its accuracy was measured with) and applies keyword overrides on top; the defaults here
-    only fill keys a manifest leaves out.
+    its accuracy was measured with), then, unless asked for the evaluation settings, its
+    ``application`` section (a score threshold fit for drawing boxes on frames), then keyword
+    overrides; the defaults here only fill keys a manifest leaves out.
 
     Attributes:
         score_threshold: detections scoring at or below it are dropped (0..1).
@@ -64,13 +73,20 @@ class DetectorOptions:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping, **overrides: object) -> DetectorOptions:
+    def from_manifest(cls, manifest: Mapping, settings: str = "application",
+                      **overrides: object) -> DetectorOptions:
         """Options from ``manifest["postprocess"]`` with ``overrides`` applied on top.
+
+        ``settings="application"`` (the default) also applies ``manifest["application"]``
+        (``{"score_threshold": APPLICATION_SCORE_THRESHOLD}`` when the manifest has none);
+        ``"evaluation"`` keeps the ``postprocess`` section as it is, as the accuracy check does.
 
         Raises:
             TypeError: an override is not an option (the message lists the valid ones).
-            ValueError: a value is out of range.
+            ValueError: a value is out of range, or ``settings`` is neither of ``SETTINGS``.
         """
+        if settings not in SETTINGS:
+            raise ValueError(f"settings must be one of {SETTINGS}, got {settings!r}")
         valid = cls.field_names()
         unknown = sorted(set(overrides) - set(valid))
         if unknown:
@@ -78,6 +94,10 @@ class DetectorOptions:
                             f"{', '.join(valid)}")
         from_manifest = {k: v for k, v in dict(manifest.get("postprocess") or {}).items()
                          if k in valid}
+        if settings == "application":
+            application = manifest.get("application") or {
+                "score_threshold": APPLICATION_SCORE_THRESHOLD}
+            from_manifest.update({k: v for k, v in dict(application).items() if k in valid})
         return cls(**{**from_manifest, **overrides})  # type: ignore[arg-type]
 
     def to_dict(self) -> dict:

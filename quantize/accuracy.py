@@ -46,7 +46,7 @@ def reference_detector(model: nn.Module, artifact: Artifact, device: str | None 
     input_size = tuple(artifact.manifest["preprocess"]["input_size"])
     backend = TorchBackend(model, input_size, device)  # type: ignore[arg-type]
     # allow_unchecked: this is the check.
-    return Detector(artifact, backend=backend, allow_unchecked=True)
+    return Detector(artifact, backend=backend, allow_unchecked=True, settings="evaluation")
 
 
 @dataclass

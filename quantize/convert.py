@@ -333,7 +333,8 @@ def _check(config: ConvertConfig, model: Any, staged: list[Artifact], evaluation
     checked_on = config.target_entry.accuracy_backend
     reports = []
     for artifact in staged:
-        detector = Detector(artifact, backend=checked_on, allow_unchecked=True)  # being checked
+        detector = Detector(artifact, backend=checked_on, allow_unchecked=True,  # being checked
+                            settings="evaluation")
         run = run_detector(detector.detect, evaluation.samples, config.progress, artifact.name)
         metrics = compare_to_reference(evaluation.samples, class_names, reference_run,
                                        reference_metrics, run)

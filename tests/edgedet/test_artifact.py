@@ -17,6 +17,7 @@ from edgedet.artifact import (
     validate_manifest,
 )
 from edgedet.artifact_writer import write_artifact
+from edgedet.options import APPLICATION_SCORE_THRESHOLD
 from edgedet.preprocess import PreprocessConfig
 
 MODEL_BYTES = bytes(range(256)) * 40  # stands in for a model file: the manifest only hashes it
@@ -117,6 +118,8 @@ def test_missing_or_broken_manifest(artifact: Path, tmp_path: Path) -> None:
     ({"files": {"../model.onnx": "0" * 64}}, "must be relative and inside"),
     ({"files": {"model.onnx": "abc"}}, "must be 64 hex digits"),
     ({"postprocess": {"nms_mode": "fast"}}, "nms_mode 'fast'"),
+    ({"application": {"score_threshold": 1.5}}, "application must be an object"),
+    ({"application": [0.4]}, "application must be an object"),
     ({"outputs": [{"name": "cls_logits", "shape": [16, 3]}]}, "needs a shape"),
     ({"input": {"name": "images", "shape": [1, 3, 32, 64]}}, "does not match preprocess"),
     ({"accuracy": {"AP": 1.0}}, "accuracy section lacks"),
@@ -156,6 +159,8 @@ def test_make_manifest_fills_the_contract_and_validates() -> None:
     manifest = make_manifest(**fields)
     assert manifest["input"] == {"name": "images", "shape": [1, 3, 32, 32], "dtype": "float32"}
     assert manifest["format_version"] == 1 and manifest["kept_out_of_int8"] == []
+    assert manifest["application"] == {"score_threshold": APPLICATION_SCORE_THRESHOLD}
+    assert manifest["postprocess"]["score_threshold"] == 0.1  # the evaluation setting stays
     with pytest.raises(ManifestError, match="precision 'int4'"):
         make_manifest(**{**fields, "precision": "int4"})
 

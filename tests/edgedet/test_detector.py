@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from edgedet.anchors import anchor_spec_from_dict
 from edgedet.artifact import ManifestError
 from edgedet.backends import BackendUnavailableError
 from edgedet.head_decoding import decode_head_outputs
+from edgedet.options import APPLICATION_SCORE_THRESHOLD
 from edgedet.postprocess import select_detections
 from edgedet.preprocess import PreprocessConfig, preprocess
 from tests.edgedet.tiny_artifacts import (
@@ -77,7 +79,8 @@ def _assert_same(a, b) -> None:
 
 @pytest.mark.parametrize("kind", ["ssd", "passd_letterbox", "retinanet"])
 def test_detect_equals_step_by_step_reference(artifacts: dict[str, Path], kind: str) -> None:
-    detector = Detector(artifacts[kind], backend="onnxruntime")
+    # The reference applies the manifest's postprocess section: the evaluation settings.
+    detector = Detector(artifacts[kind], backend="onnxruntime", settings="evaluation")
     total = 0
     for frame in _frames(3, seed=5):
         dets = detector.detect(frame)
@@ -191,14 +194,22 @@ def test_gray_and_bgra_frames_are_accepted(artifacts: dict[str, Path]) -> None:
 
 
 def test_options_come_from_the_manifest_and_kwargs_override(artifacts: dict[str, Path]) -> None:
+    evaluation = Detector(artifacts["retinanet"], settings="evaluation")
+    assert evaluation.options == DetectorOptions(score_threshold=0.6, iou_threshold=0.5,
+                                                 max_detections=20, nms_mode="soft+voting",
+                                                 pre_nms_top_k=100)
+    # By default the manifest's application section sets the score threshold on top.
     default = Detector(artifacts["retinanet"])
-    assert default.options == DetectorOptions(score_threshold=0.6, iou_threshold=0.5,
-                                              max_detections=20, nms_mode="soft+voting",
-                                              pre_nms_top_k=100)
+    assert default.options == dataclasses.replace(
+        evaluation.options, score_threshold=APPLICATION_SCORE_THRESHOLD)
+    frame = _frames(1, seed=9)[0]
+    shown = default.detect(frame)
+    assert np.all(shown.scores > APPLICATION_SCORE_THRESHOLD)
+    with pytest.raises(ValueError, match="settings must be one of"):
+        Detector(artifacts["retinanet"], settings="paper")
     strict = Detector(artifacts["retinanet"], score_threshold=0.9, nms_mode="hard", threads=1)
     assert strict.options.score_threshold == 0.9 and strict.options.nms_mode == "hard"
     assert strict.options.max_detections == 20  # untouched keys still from the manifest
-    frame = _frames(1, seed=9)[0]
     loose = Detector(artifacts["ssd"], score_threshold=0.3).detect(frame)
     tight = Detector(artifacts["ssd"], score_threshold=0.6).detect(frame)
     assert len(tight) < len(loose)

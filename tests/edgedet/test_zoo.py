@@ -84,7 +84,7 @@ def test_each_zoo_model_reproduces_its_checked_ap(name: str) -> None:
     from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
     from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 
-    detector = edgedet.Detector(name, threads=1)
+    detector = edgedet.Detector(name, threads=1, settings="evaluation")  # as the check ran
     accuracy = detector.info["accuracy"]
     eval_data = accuracy["eval_data"]
     assert eval_data["data"] == f"synthetic:{eval_data['seed']}"
@@ -103,3 +103,15 @@ def test_each_zoo_model_reproduces_its_checked_ap(name: str) -> None:
     metrics = evaluate_coco(samples_to_coco_gt(samples, detector.class_names), results)
     # 0.05 AP points: ONNX Runtime's INT8 kernels may sum in another order across threads.
     assert pytest.approx(accuracy["AP"], abs=0.05) == 100.0 * metrics.AP
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_a_black_frame_gives_nothing_with_the_application_default(name: str) -> None:
+    # The manifest's evaluation threshold (0.01) keeps near-zero boxes on any frame; detect()
+    # by default applies the application threshold on top.
+    import numpy as np
+
+    black = np.zeros((480, 640, 3), np.uint8)
+    assert len(edgedet.Detector(name, threads=1).detect(black)) == 0
+    evaluation = edgedet.Detector(name, threads=1, settings="evaluation")
+    assert evaluation.options.score_threshold < edgedet.Detector(name).options.score_threshold
