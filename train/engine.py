@@ -10,17 +10,18 @@ The evaluation pass lives in ``train/evaluation.py``, the metrics log in ``train
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from edgedet._io import remove_stale_temporaries
@@ -54,6 +55,20 @@ class TrainingDivergedError(RuntimeError):
     """The loss stayed NaN/inf for too many consecutive steps."""
 
 
+class ResumableSampler(Sampler[int]):
+    """``sampler``'s order for the epoch from its ``start``-th index on (mid-epoch resume)."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler = sampler
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a run (``train/main.py`` fills it from its flags).
@@ -63,6 +78,8 @@ class TrainConfig:
     ``optimizer`` is ``"sgd"`` (the papers') or ``"adamw"`` (``momentum`` is then its beta1).
     ``freeze_bn`` keeps every BatchNorm layer on its running statistics during training (mmdet's
     ``norm_eval``, usual with a pretrained backbone and small per-GPU batches).
+    ``save_every_minutes`` > 0 also writes the resume state within an epoch, at most that
+    often (0: at epoch ends only).
     ``incremental_epochs`` > 0 trains HAR-Net's main network for that many epochs with the
     spatial and channel attention switched off, then switches them on (HAR-Net sec. III-D).
     """
@@ -83,6 +100,7 @@ class TrainConfig:
     seed: int = 0
     clip_grad_norm: float = 0.0
     max_bad_steps: int = 10
+    save_every_minutes: float = 0.0
     incremental_epochs: int = 0
     freeze_bn: bool = False
     progress_bar: bool = True
@@ -153,8 +171,9 @@ class Trainer:
         self.sampler = DistributedSampler(self.train_set, num_replicas=info.world_size,
                                           rank=info.rank, shuffle=True, seed=config.seed)
         pin = info.device.type == "cuda"
+        self.epoch_sampler = ResumableSampler(self.sampler)
         self.train_loader = DataLoader(
-            self.train_set, batch_size=config.batch_size, sampler=self.sampler,
+            self.train_set, batch_size=config.batch_size, sampler=self.epoch_sampler,
             num_workers=config.workers, collate_fn=collate_training, drop_last=True,
             pin_memory=pin, worker_init_fn=worker_init_fn,
             generator=torch.Generator().manual_seed(config.seed))
@@ -188,6 +207,11 @@ class Trainer:
         self.last_metrics: dict[str, float] | None = None
         self.consecutive_bad = 0
         self.skipped_steps = 0
+        # Within an epoch: batches done and the running loss sums / step count (restored by a
+        # mid-epoch resume).
+        self.batches_done = 0
+        self.epoch_sums: dict[str, float] = {}
+        self.epoch_steps = 0
 
     # -- checkpoint config -------------------------------------------------------------------
 
@@ -217,7 +241,8 @@ class Trainer:
                 "best_epoch": self.best_epoch, "last_metrics": self.last_metrics,
                 "consecutive_bad": self.consecutive_bad, "skipped_steps": self.skipped_steps,
                 "world_size": self.info.world_size, "batch_size": self.config.batch_size,
-                "seed": self.config.seed}
+                "seed": self.config.seed, "batches_done": self.batches_done,
+                "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps}
 
     def resume(self, state_path: str | Path) -> None:
         """Continue from a resume state written by ``save`` (see the module docstring)."""
@@ -236,6 +261,9 @@ class Trainer:
         self.last_metrics = progress["last_metrics"]
         self.consecutive_bad = int(progress["consecutive_bad"])
         self.skipped_steps = int(progress["skipped_steps"])
+        self.batches_done = int(progress.get("batches_done", 0))
+        self.epoch_sums = {k: float(v) for k, v in progress.get("epoch_sums", {}).items()}
+        self.epoch_steps = int(progress.get("epoch_steps", 0))
         # self.iteration counts the steps done: it is the index of the next step, which the
         # interrupted run may already have logged.
         self.log.truncate_from(self.iteration)
@@ -318,36 +346,59 @@ class Trainer:
         self._set_incremental_attention()
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
-        sums: dict[str, float] = {}
-        steps = 0
-        start = time.perf_counter()
+        # A mid-epoch resume continues the same epoch order after the batches already done.
+        self.epoch_sampler.start = self.batches_done * cfg.batch_size
+        batches = len(self.train_loader) + self.batches_done
+        sums, steps = self.epoch_sums, self.epoch_steps
+        start = last_save = time.perf_counter()
+        new_steps = 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not (info.is_main and cfg.progress_bar), leave=False,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, initial=self.batches_done, total=batches)
         for images, targets in bar:
             lr = self.schedule(self.iteration)
             losses = self._train_step(images, targets)
-            if losses is None:
-                continue
-            # Logged values are averages over the ranks: the whole global batch.
-            losses = mean_over_ranks(losses, info)
-            steps += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            elapsed = time.perf_counter() - start
-            images_per_s = steps * cfg.batch_size * info.world_size / max(elapsed, 1e-9)
-            self.log.write({"type": "train", "epoch": self.epoch,
-                            "iteration": self.iteration - 1, "lr": lr, **losses,
-                            "images_per_s": images_per_s})
-            bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()},
-                             "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"})
+            self.batches_done += 1
+            if losses is not None:
+                # Logged values are averages over the ranks: the whole global batch.
+                losses = mean_over_ranks(losses, info)
+                steps += 1
+                new_steps += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                self.epoch_steps = steps
+                elapsed = time.perf_counter() - start
+                images_per_s = new_steps * cfg.batch_size * info.world_size / max(elapsed,
+                                                                                   1e-9)
+                self.log.write({"type": "train", "epoch": self.epoch,
+                                "iteration": self.iteration - 1, "lr": lr, **losses,
+                                "images_per_s": images_per_s})
+                bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()},
+                                 "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"})
+            if self._mid_epoch_save_due(last_save):
+                self.save_resume_state()
+                last_save = time.perf_counter()
         bar.close()
         means = {k: v / max(steps, 1) for k, v in sums.items()}
         elapsed = time.perf_counter() - start
         means["images_per_s"] = len(self.train_loader) * cfg.batch_size * info.world_size / \
             max(elapsed, 1e-9)
         means["seconds"] = elapsed
+        self.batches_done, self.epoch_sums, self.epoch_steps = 0, {}, 0
+        self.epoch_sampler.start = 0
         return means
+
+    def _mid_epoch_save_due(self, last_save: float) -> bool:
+        """Rank 0 decides by its clock; every rank follows (they must save together)."""
+        minutes = self.config.save_every_minutes
+        due = minutes > 0 and time.perf_counter() - last_save >= 60 * minutes
+        return all_true(due if self.info.is_main else True, self.info)
+
+    def save_resume_state(self) -> None:
+        """Rank 0: the resume state alone, mid-epoch (``last``/``best`` stay epoch-end)."""
+        if self.info.is_main:
+            save_training_state(self.out_dir / STATE_FILE, self.model, self.optimizer,
+                                self.scaler, self._progress())
 
     def evaluate(self) -> dict[str, float] | None:
         if self.val_loader is None:

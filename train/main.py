@@ -73,6 +73,17 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 
+def parse_minutes(text: str) -> float:
+    """A number of minutes >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected minutes >= 0, got {text!r}")
+    return value
+
+
 def parse_model_arg(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` → ``(key, value)``, the value JSON-decoded when it parses."""
     key, sep, raw = text.partition("=")
@@ -169,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help=f"continue a run exactly: a resume state file, or bare for "
                    f"OUT/{STATE_FILE}")
+    g.add_argument("--save-every-min", type=parse_minutes, default=15.0, metavar="MIN",
+                   help="also write the resume state within an epoch every MIN minutes, so "
+                   "--resume continues a long epoch where it stopped (default 15; 0 = at "
+                   "epoch ends only)")
     g.add_argument("--eval-every", type=int, default=1,
                    help="evaluate on the val split every N epochs (and always at the end)")
     g.add_argument("--seed", type=int, default=0, help="seed of init, data order and "
@@ -234,6 +249,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         lr_gamma=args.lr_gamma, workers=args.workers, amp=args.amp,
         eval_every=args.eval_every, seed=args.seed, clip_grad_norm=args.clip_grad_norm,
         max_bad_steps=args.max_bad_steps, incremental_epochs=args.incremental_epochs,
+        save_every_minutes=args.save_every_min,
         freeze_bn=args.freeze_bn, progress_bar=not args.no_progress,
         # synthetic_size: quantize/run.py renders its synthetic eval split at this size, so
         # that its reference AP is the validation AP logged here (same images, same decoder).

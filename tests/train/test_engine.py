@@ -204,6 +204,54 @@ def test_resume_after_an_interruption_mid_epoch_logs_every_step_once(tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path, "eval")] == [0, 1, 2]
 
 
+def test_a_mid_epoch_resume_state_continues_the_epoch_exactly(tmp_path):
+    """One epoch of 4 steps with the resume state written after every step; the run is
+    killed before its 4th step and resumed: the same losses, epoch means and weights as a
+    run that was never stopped."""
+
+    def build(out) -> Trainer:
+        torch.manual_seed(0)
+        samples = SyntheticScenes(8, seed=0, config=SCENES)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model("passd_mobilenet", len(samples.class_names), (64, 64))
+        cfg = TrainConfig(epochs=1, batch_size=2, lr=0.01, warmup_iters=0, eval_every=0,
+                          progress_bar=False, save_every_minutes=1e-9)  # after every step
+        return Trainer(model, build_criterion(model), samples, None, samples.class_names,
+                       PreprocessConfig(input_size=(64, 64)), None, cfg, out, CPU)
+
+    straight = build(tmp_path / "straight")
+    straight.fit()
+
+    killed = build(tmp_path / "split")
+    original = killed._train_step
+
+    def step(images, targets):
+        if killed.iteration == 3:
+            raise KeyboardInterrupt
+        return original(images, targets)
+
+    killed._train_step = step
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = build(tmp_path / "split")
+    resumed.resume(tmp_path / "split" / STATE_FILE)
+    assert (resumed.epoch, resumed.iteration, resumed.batches_done) == (0, 3, 3)
+    resumed.fit()
+
+    expected, got = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert [r["iteration"] for r in got] == [0, 1, 2, 3]
+    for a, b in zip(got, expected, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    epoch_a = read_metrics(tmp_path / "split", "epoch")
+    epoch_b = read_metrics(tmp_path / "straight", "epoch")
+    assert epoch_a[0]["loss"] == pytest.approx(epoch_b[0]["loss"], rel=1e-6)  # all 4 steps
+    final_a, _ = load_checkpoint(tmp_path / "split" / "last")
+    final_b, _ = load_checkpoint(tmp_path / "straight" / "last")
+    for key in final_b:
+        torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6)
+
+
 def test_a_new_trainer_removes_temporaries_a_killed_run_left(tmp_path):
     # A kill while a checkpoint was being written leaves .NAME.*.tmp beside the good files.
     (tmp_path / ".last.safetensors.x1y2.tmp").write_bytes(b"half a checkpoint")
