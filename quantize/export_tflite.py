@@ -10,7 +10,8 @@ reads the names from there).
 Layout: the input stays NCHW ``(1, 3, H, W)``, like every other target, so one preprocessing
 serves them all. litert-torch rewrites the graph to NHWC internally (its layout pass), so the
 only cost is a transpose of the input image: on the four detectors, an NHWC-input variant
-measured within noise of NCHW (``docs/targets.md`` has the figures).
+measured within noise of NCHW (figures in ``quantize/README.md``;
+``benchmarks/tflite_layout.py`` measures a checkpoint).
 """
 
 from __future__ import annotations
