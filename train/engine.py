@@ -78,6 +78,8 @@ class TrainConfig:
     ``optimizer`` is ``"sgd"`` (the papers') or ``"adamw"`` (``momentum`` is then its beta1).
     ``freeze_bn`` keeps every BatchNorm layer on its running statistics during training (mmdet's
     ``norm_eval``, usual with a pretrained backbone and small per-GPU batches).
+    ``channels_last`` keeps weights and images in channels-last memory format (faster convs
+    on CPU: +6% zoo PASSD, +12% paper-width PASSD in ``train/bench.py``).
     ``save_every_minutes`` > 0 also writes the resume state within an epoch, at most that
     often (0: at epoch ends only).
     ``incremental_epochs`` > 0 trains HAR-Net's main network for that many epochs with the
@@ -101,6 +103,7 @@ class TrainConfig:
     clip_grad_norm: float = 0.0
     max_bad_steps: int = 10
     save_every_minutes: float = 0.0
+    channels_last: bool = False
     incremental_epochs: int = 0
     freeze_bn: bool = False
     progress_bar: bool = True
@@ -152,6 +155,8 @@ class Trainer:
         self.preprocess_config = preprocess_config
         self.defaults = family_defaults(model)
         self.criterion = criterion
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         bare = unwrap(model)
         self.incremental = config.incremental_epochs > 0
         if self.incremental and not is_harnet(bare):
@@ -287,6 +292,8 @@ class Trainer:
         cfg, info = self.config, self.info
         set_lr(self.optimizer, self.schedule(self.iteration))
         images = images.to(info.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         targets = _to_device(targets, info.device)
         self.optimizer.zero_grad(set_to_none=True)
         with _autocast(info.device, cfg.amp):

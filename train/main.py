@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help=f"continue a run exactly: a resume state file, or bare for "
                    f"OUT/{STATE_FILE}")
+    g.add_argument("--memory-format", choices=("channels_last", "contiguous"),
+                   default="channels_last",
+                   help="memory layout of weights and images during training (default "
+                   "channels_last: faster convolutions on CPU; train/bench.py measures it)")
     g.add_argument("--save-every-min", type=parse_minutes, default=15.0, metavar="MIN",
                    help="also write the resume state within an epoch every MIN minutes, so "
                    "--resume continues a long epoch where it stopped (default 15; 0 = at "
@@ -250,6 +254,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         eval_every=args.eval_every, seed=args.seed, clip_grad_norm=args.clip_grad_norm,
         max_bad_steps=args.max_bad_steps, incremental_epochs=args.incremental_epochs,
         save_every_minutes=args.save_every_min,
+        channels_last=args.memory_format == "channels_last",
         freeze_bn=args.freeze_bn, progress_bar=not args.no_progress,
         # synthetic_size: quantize/run.py renders its synthetic eval split at this size, so
         # that its reference AP is the validation AP logged here (same images, same decoder).
