@@ -33,16 +33,17 @@ def build(request: BuildRequest) -> BuiltModel:
     fp32 = _fp32_file(request)
     if request.precision == "fp32":
         return BuiltModel({MODEL_FILE: fp32}, [], notes=(LAYOUT_NOTE,))
-    from quantize.ptq_tflite import TFLiteGraph, quantize_tflite
+    from quantize.ptq_tflite import quantize_tflite
 
     assert request.calibration is not None, "INT8 needs calibration images"
     path, kept = quantize_tflite(fp32, request.work_dir / "tflite_int8" / MODEL_FILE,
                                  request.calibration, request.keep_float_categories)
-    opcodes = TFLiteGraph(fp32).opcodes
     kept_names = [name for names in kept.values() for name in names]
+    # Kept op names are "i:OPCODE" (quantize.ptq_tflite.TFLiteGraph).
     summary = "; ".join(
         f"{category}: {len(names)} ops ("
-        + ", ".join(f"{n} {op}" for op, n in Counter(opcodes[x] for x in names).most_common())
+        + ", ".join(f"{n} {op}"
+                    for op, n in Counter(x.split(":", 1)[1] for x in names).most_common())
         + ")" for category, names in kept.items())
     notes = (LAYOUT_NOTE,
              "weights INT8 symmetric per output channel, activations INT8 per tensor "
