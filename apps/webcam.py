@@ -6,6 +6,7 @@
     python apps/webcam.py --source /tmp/cam.fifo   # a named pipe another process writes into
     python apps/webcam.py --source csi://0         # a Jetson CSI camera (OpenCV with GStreamer)
     python apps/webcam.py --source "csi://0?width=1920&height=1080&fps=30&flip=2"
+    python apps/webcam.py --source demo --track    # ids that follow objects (edgedet[track])
 
 Boxes, labels and FPS are drawn on every frame; q or Esc closes the window, Ctrl-C stops any
 run. Without a GUI (opencv-python-headless, or no display) the app runs headless: it prints
@@ -16,16 +17,17 @@ Capture (sources, the capture thread, reconnects) lives in the sibling module ``
 (its ``open_source`` is the spec parsing of ``sources.py``): for live sources the latest frame
 wins, files are processed frame by frame, and a source that fails gives a message, never a
 hang: a live source that stalls (no frame for a few seconds) or ends is reconnected with
-backoff, then given up (exit status 1, the recording kept). This file is the CLI and the
-detect/draw/show loop.
+backoff, then given up (exit status 1, the recording kept). The per-frame detect/track/draw
+step and the options shared with ``web_viewer.py`` are the sibling ``pipeline.py``; this file
+is the CLI and the show/save loop.
 
-Uses only the public edgedet API (``edgedet.Detector``, ``edgedet.draw``, ``edgedet.video``).
+Uses only the public edgedet API (``edgedet.Detector``, ``edgedet.draw``, ``edgedet.track``,
+``edgedet.video``).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import signal
 import sys
@@ -36,21 +38,23 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgedet import Detector
-from edgedet.backends import BACKENDS
-from edgedet.draw import draw_detections, draw_text_panel
-from edgedet.options import APPLICATION_SCORE_THRESHOLD
 from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
 
 # isort: split
-# A sibling module, not a package: run as a script, this file's folder is on sys.path.
+# Sibling modules, not a package: run as a script, this file's folder is on sys.path.
 import capture
 from capture import DEMO_FPS, FrameGrabber, SourceError, log, open_source
+from pipeline import (
+    FrameStep,
+    add_common_arguments,
+    check_common_arguments,
+    load_detector,
+    make_tracker,
+)
 
 # capture's messages (retries, reconnects, the demo fallback) read as this app's own.
 capture.LOG_PREFIX = "webcam"
 
-DEFAULT_MODEL = "passd_mobilenet_int8"
 WINDOW_NAME = "edgedet"
 PROGRESS_EVERY_FRAMES = 50
 QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27: Esc
@@ -59,19 +63,6 @@ QUIT_KEYS = (ord("q"), ord("Q"), 27)  # 27: Esc
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
-
-
-class FpsMeter:
-    """Frames per second over the last ``window`` frames."""
-
-    def __init__(self, window: int = 30) -> None:
-        self._times: collections.deque[float] = collections.deque(maxlen=window)
-
-    def tick(self) -> float:
-        self._times.append(time.perf_counter())
-        if len(self._times) < 2:
-            return 0.0
-        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
 
 
 def open_window() -> bool:
@@ -108,34 +99,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run an edgedet detector on a camera, stream, video, image folder or the "
         "built-in demo video, drawing boxes, labels and FPS. q / Esc / Ctrl-C quit.")
-    parser.add_argument("--source", default=None,
-                        help="0 (camera index), csi://0 (Jetson CSI camera; optionally "
-                        "?width=1280&height=720&fps=30&flip=0), a video file, rtsp://... / "
-                        "http://... stream, a FIFO (path or file:// URL), a folder of images, "
-                        "or 'demo' (default: camera 0, else the demo video)")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="zoo model name or artifact directory (default: %(default)s)")
-    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
-                        help="inference runtime (default: the artifact's own)")
-    parser.add_argument("--device", default=None,
-                        help="where the runtime runs the model, e.g. GPU or NPU for OpenVINO, "
-                        "cuda or tensorrt for ONNX Runtime (default: its CPU)")
-    parser.add_argument("--allow-unchecked", action="store_true",
-                        help="run an artifact whose accuracy check failed or never ran "
-                        "(refused by default)")
+    add_common_arguments(parser)
     parser.add_argument("--headless", action="store_true",
                         help="no window (automatic when OpenCV has no GUI or there is no "
                         "display)")
     parser.add_argument("--save", type=Path, metavar="OUT.mp4",
                         help="write the annotated video (.mp4 or .avi)")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
-    parser.add_argument("--score-threshold", type=float, default=None,
-                        help="minimum score to draw (default: the manifest's application "
-                        f"threshold, {APPLICATION_SCORE_THRESHOLD} for every zoo model; the "
-                        "low one AP was measured with is its evaluation setting)")
     args = parser.parse_args(argv)
-    if args.max_frames is not None and args.max_frames < 1:
-        parser.error("--max-frames must be >= 1")
+    check_common_arguments(parser, args)
     if args.save is not None and args.save.suffix.lower() not in VIDEO_CODECS:
         parser.error(f"--save needs a {' or '.join(VIDEO_CODECS)} file, got {args.save}")
     return args
@@ -144,12 +115,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """The app; returns the exit status (0 done, 1 error, 130 interrupted)."""
     try:
-        overrides = ({} if args.score_threshold is None
-                     else {"score_threshold": args.score_threshold})
-        detector = Detector(args.model, backend=args.backend, device=args.device,
-                            allow_unchecked=args.allow_unchecked, **overrides)
+        detector = load_detector(args)
+        tracker = make_tracker(args)
         source = open_source(args.source)
-    except (ValueError, RuntimeError, OSError) as exc:  # bad model / backend / source
+    # a bad model / backend / source, or --track without the track extra
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:
         log(f"error: {exc}")
         return 1
     show = not args.headless and open_window()
@@ -157,9 +127,10 @@ def run(args: argparse.Namespace) -> int:
         log("no GUI available (opencv-python-headless or no display): running headless")
     writer = AtomicVideoWriter(args.save, source.fps or DEMO_FPS) if args.save else None
     grabber = FrameGrabber(source)
-    log(f"{detector!r} on {source.description}" + (f", saving to {args.save}" if writer else ""))
+    log(f"{detector!r} on {source.description}" + (", tracking" if tracker else "")
+        + (f", saving to {args.save}" if writer else ""))
     grabber.start()
-    fps_meter = FpsMeter()
+    step = FrameStep(detector, tracker)
     latencies_s: list[float] = []
     status = 0
     started = time.perf_counter()
@@ -168,15 +139,9 @@ def run(args: argparse.Namespace) -> int:
             frame = grabber.get()  # bounded: a dead source raises SourceError
             if frame is None:
                 break
-            detect_start = time.perf_counter()
-            detections = detector.detect(frame)
-            latencies_s.append(time.perf_counter() - detect_start)
-            fps = fps_meter.tick()
-            canvas = draw_text_panel(draw_detections(frame, detections), [
-                f"{detector.name} ({detector.backend_name})",
-                f"{fps:.1f} FPS",
-                f"{len(detections)} objects",
-            ])
+            result = step(frame)
+            latencies_s.append(result.detect_s)
+            fps, canvas = result.fps, result.canvas
             if writer is not None:
                 writer.write(canvas)
             if show:

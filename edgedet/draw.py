@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -24,24 +25,35 @@ def draw_detections(
     show_labels: bool = True,
     show_scores: bool = True,
     color: tuple[int, int, int] | None = None,
+    track_ids: np.ndarray | Sequence[int] | None = None,
 ) -> np.ndarray:
     """Return a copy of the BGR ``uint8 (H, W, 3)`` frame with boxes and labels drawn.
 
     Args:
+        detections: boxes ``xyxy`` in this frame's pixels.
         thickness: line thickness; default scales with the frame size.
-        color: one BGR colour for all boxes (default: a colour per class).
+        color: one BGR colour for all boxes (default: a colour per class, or per track).
+        track_ids: ``(N,)`` ids, one per detection (e.g. ``TrackedDetections.track_ids``):
+            each label starts with ``#id`` and, unless ``color`` is given, each track keeps a
+            colour of its own, so that an id switch shows.
     """
+    if track_ids is not None:
+        track_ids = np.asarray(track_ids).reshape(-1)
+        if track_ids.shape[0] != len(detections):
+            raise ValueError(f"{track_ids.shape[0]} track ids for {len(detections)} detections")
     canvas = frame.copy()
     h, w = canvas.shape[:2]
     thickness = thickness or max(1, round(min(h, w) / 320))
     font_scale = max(0.35, min(h, w) / 1000)
     labels = detections.labels
     for i, (box, score, class_id) in enumerate(detections):
-        box_color = color or class_color(class_id)
+        track = None if track_ids is None else int(track_ids[i])
+        box_color = color or class_color(class_id if track is None else track)
         x1, y1, x2, y2 = (round(v) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), box_color, thickness, cv2.LINE_AA)
         text = " ".join(
-            part for part in (labels[i] if show_labels else "",
+            part for part in ("" if track is None else f"#{track}",
+                              labels[i] if show_labels else "",
                               f"{score:.2f}" if show_scores else "") if part
         )
         if not text:

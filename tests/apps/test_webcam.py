@@ -213,3 +213,18 @@ def test_runs_as_a_script_from_the_repository_root() -> None:
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--source" in result.stdout and "--save" in result.stdout
+
+
+def test_track_runs_and_a_missing_extra_is_named(app, models: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("supervision", reason="the 'track' extra is not installed")
+    out = tmp_path / "tracked.avi"
+    argv = ["--source", "demo", "--model", str(models["planted"]), "--headless", "--track"]
+    assert app.main([*argv, "--save", str(out)]) == 0
+    assert "on the demo video, tracking" in capsys.readouterr().err
+    assert _count_frames(out) == 12  # every frame written, whatever is tracked on it
+    monkeypatch.setitem(sys.modules, "supervision", None)  # as if the extra were missing
+    assert app.main(argv) == 1
+    assert "error: tracking needs the optional 'track' extra: pip install 'edgedet[track]'" in (
+        capsys.readouterr().err)

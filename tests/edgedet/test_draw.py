@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from edgedet.detections import Detections
 from edgedet.draw import class_color, draw_detections, draw_text_panel
@@ -27,3 +28,17 @@ def test_empty_detections_and_text_panel() -> None:
     np.testing.assert_array_equal(draw_detections(frame, Detections.empty()), frame)
     panel = draw_text_panel(frame, ["FPS 30.0"])
     assert (panel != frame).any() and panel[-1, -1].tolist() == [200, 200, 200]
+
+
+def test_track_ids_colour_each_track_and_label_it() -> None:
+    frame = np.zeros((120, 160, 3), np.uint8)
+    dets = Detections([[20, 30, 80, 90]], [0.87], [1], ("a", "b"))
+    out = draw_detections(frame, dets, thickness=3, track_ids=[7])
+    np.testing.assert_allclose(out[60, 20], class_color(7), atol=2)  # the track's colour
+    plain = draw_detections(frame, dets, thickness=3, track_ids=[7], color=class_color(1))
+    # "#7 b 0.87" is a wider label than "b 0.87": it reaches further right above the box
+    label_row = plain[20:29]
+    assert label_row[:, 20:120].any(axis=2).sum() > draw_detections(
+        frame, dets, thickness=3)[20:29, 20:120].any(axis=2).sum()
+    with pytest.raises(ValueError, match="2 track ids for 1 detections"):
+        draw_detections(frame, dets, track_ids=[1, 2])
