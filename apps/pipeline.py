@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -26,6 +29,10 @@ from edgedet.backends import BACKENDS
 from edgedet.draw import draw_detections, draw_text_panel
 from edgedet.options import APPLICATION_SCORE_THRESHOLD
 from edgedet.track import TrackedDetections, Tracker, TrackerOptions
+
+# isort: split
+# A sibling module, not a package: run as a script, the app's folder is on sys.path.
+from capture import log
 
 DEFAULT_MODEL = "passd_mobilenet_int8"
 SOURCE_HELP = ("0 (camera index), csi://0 (Jetson CSI camera; optionally "
@@ -167,3 +174,21 @@ class FrameStep:
         """Start a new stream (e.g. a video played again): the tracker forgets its tracks."""
         if self.tracker is not None:
             self.tracker.reset()
+
+
+def interruptible(app: Callable[[], int]) -> int:
+    """``app()``'s exit status, or 130 for a Ctrl-C that comes before the app's own handling
+    (while it loads the model or renders the demo)."""
+    try:
+        return app()
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+
+
+def run_as_script(main: Callable[[], int]) -> NoReturn:
+    """An app's ``if __name__ == "__main__"``: exit with ``main()``'s status."""
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored:
+    # `kill -INT` from a supervisor would be lost. SIGINT always means "stop (and save)".
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main())

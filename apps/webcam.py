@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -48,8 +47,10 @@ from pipeline import (
     FrameStep,
     add_common_arguments,
     check_common_arguments,
+    interruptible,
     load_detector,
     make_tracker,
+    run_as_script,
 )
 
 # capture's messages (retries, reconnects, the demo fallback) read as this app's own.
@@ -177,15 +178,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        return run(parse_args(argv))
-    except KeyboardInterrupt:  # Ctrl-C while loading the model or rendering the demo
-        log("interrupted")
-        return 130
+    return interruptible(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":
-    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored:
-    # `kill -INT` from a supervisor would be lost. SIGINT always means "stop and save".
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    sys.exit(main())
+    run_as_script(main)
