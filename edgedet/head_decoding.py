@@ -28,6 +28,13 @@ import numpy as np
 from edgedet.box_coding import decode, xyxy_to_cxcywh
 
 HEAD_FAMILIES: tuple[str, ...] = ("ssd", "passd", "retinanet")
+# The raw outputs each family's decoding reads (others, e.g. PASSD's objectness, are training
+# signals).
+DECODED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "ssd": ("cls_logits", "box_deltas"),
+    "passd": ("propose_deltas", "cls_logits", "box_deltas"),
+    "retinanet": ("cls_logits", "box_deltas", "conf_logits"),
+}
 
 BoxWeights = tuple[float, float, float, float]
 

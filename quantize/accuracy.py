@@ -22,7 +22,7 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from edgedet.artifact import Artifact
+from edgedet.artifact import Artifact, accuracy_section
 from edgedet.boxes import box_iou
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
 from edgedet.data.sample import Sample
@@ -156,3 +156,58 @@ def compare_to_reference(samples: Sequence[Sample], class_names: Sequence[str],
         **match_detections(reference.detections, candidate.detections),
         **latency_summary(candidate.latencies_ms),
     }
+
+
+class AccuracyCheck:
+    """The reference run once on the eval images, then any number of artifacts against it
+    (the accuracy-controlled INT8 loop checks several builds of one artifact).
+
+    Args:
+        model: the checkpoint's model (training form).
+        samples: the eval images with their ground truth.
+        eval_data: ``ImageSet.describe()`` of them, for the accuracy sections.
+        max_drop: the allowed AP drop (AP points).
+        backend: the ``edgedet.backends`` entry the artifacts run on here.
+        device: torch device of the reference (None: CUDA when available).
+        progress: progress bars.
+    """
+
+    def __init__(self, model: nn.Module, samples: Sequence[Sample],
+                 eval_data: Mapping[str, object], max_drop: float, backend: str,
+                 device: str | None = None, progress: bool = True) -> None:
+        self.model = model
+        self.samples = list(samples)
+        self.eval_data = dict(eval_data)
+        self.max_drop = max_drop
+        self.backend = backend
+        self.device = device
+        self.progress = progress
+        self._reference: tuple[DetectorRun, dict[str, float], str] | None = None
+
+    def reference(self, artifact: Artifact) -> tuple[DetectorRun, dict[str, float], str]:
+        """``(run, metrics, torch device)`` of the reference, run on first use with the
+        pre- and post-processing settings of ``artifact``'s manifest."""
+        if self._reference is None:
+            detector = reference_detector(self.model, artifact, self.device)
+            run = run_detector(detector.detect, self.samples, self.progress, "reference")
+            class_names = tuple(artifact.manifest["class_names"])
+            self._reference = (run, coco_metrics(self.samples, run.detections, class_names),
+                               str(detector.backend.device))  # type: ignore[attr-defined]
+        return self._reference
+
+    def reference_summary(self) -> dict[str, object]:
+        """The reference's metrics, latency and device (after a first ``check``)."""
+        assert self._reference is not None, "no artifact checked yet"
+        run, metrics, device = self._reference
+        return {**metrics, **latency_summary(run.latencies_ms), "device": device}
+
+    def check(self, artifact: Artifact) -> tuple[dict[str, object], DetectorRun]:
+        """The manifest ``accuracy`` section of ``artifact`` (through ``Detector``, as a user
+        runs it) and its run."""
+        reference_run, reference_metrics, _ = self.reference(artifact)
+        detector = Detector(artifact, backend=self.backend, allow_unchecked=True,  # the check
+                            settings="evaluation")
+        run = run_detector(detector.detect, self.samples, self.progress, artifact.name)
+        metrics = compare_to_reference(self.samples, tuple(artifact.manifest["class_names"]),
+                                       reference_run, reference_metrics, run)
+        return accuracy_section(metrics, self.max_drop, self.eval_data), run

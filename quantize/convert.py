@@ -24,23 +24,19 @@ import numpy as np
 import onnx
 
 from edgedet._io import exclusive_lock
-from edgedet.artifact import (
-    Artifact,
-    accuracy_section,
-    sha256_file,
-)
+from edgedet.artifact import Artifact, sha256_file
 from edgedet.artifact_writer import clean_leftovers, write_artifact
-from edgedet.detector import Detector
 from edgedet.models.checkpoint import build_from_checkpoint, checkpoint_weights_path
 from edgedet.preprocess import PreprocessConfig
-from quantize.accuracy import (
-    AGREEMENT_IOU_THRESHOLD,
-    AGREEMENT_SCORE_THRESHOLD,
-    coco_metrics,
-    compare_to_reference,
-    latency_summary,
-    reference_detector,
-    run_detector,
+from quantize.accuracy import AGREEMENT_IOU_THRESHOLD, AGREEMENT_SCORE_THRESHOLD, AccuracyCheck
+from quantize.accuracy_control import (
+    DEFAULT_MAX_FLOAT_LAYERS,
+    DEFAULT_STEP,
+    ControlConfig,
+    ControlOutcome,
+    Trial,
+    TrialResult,
+    control,
 )
 from quantize.calibration import (
     CALIBRATION_SEED,
@@ -53,10 +49,16 @@ from quantize.calibration import (
     open_image_set,
 )
 from quantize.export_onnx import export_onnx
-from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten
+from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten, layer_units
 from quantize.manifest import build_manifest
 from quantize.report import comparison_picture, write_report
 from quantize.rewrites import rewrite_for_export
+from quantize.sensitivity import (
+    DEFAULT_IMAGES,
+    LayerSensitivity,
+    detection_weighting,
+    rank_layers,
+)
 from quantize.targets import BuildRequest, Target, target_named
 
 # Eval images drawn in the report's comparison picture.
@@ -81,7 +83,12 @@ class ConvertConfig:
         calib_data, eval_data: dataset specs (``quantize.calibration``); ``synthetic`` takes
             the calibration / eval seed.
         calib_size, eval_size: images of each.
-        max_drop: largest allowed AP drop of an artifact below the reference (AP points).
+        max_drop: largest allowed AP drop of an artifact below the reference (AP points);
+            for INT8 the target of accuracy control (``quantize.accuracy_control``).
+        max_float_layers: most weight layers accuracy control may return to float (0: plain
+            PTQ, the check only gates).
+        float_step: weight layers returned to float per accuracy-control step.
+        sensitivity_images: calibration images the sensitivity ranking runs on.
         keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 (default: the
             target's ``default_keep_float``).
         device: torch device of the reference (default CUDA when available).
@@ -99,6 +106,9 @@ class ConvertConfig:
     eval_data: str = "synthetic"
     eval_size: int = 200
     max_drop: float = 1.0
+    max_float_layers: int = DEFAULT_MAX_FLOAT_LAYERS
+    float_step: int = DEFAULT_STEP
+    sensitivity_images: int = DEFAULT_IMAGES
     keep_float: tuple[str, ...] | None = None
     device: str | None = None
     progress: bool = True
@@ -106,6 +116,9 @@ class ConvertConfig:
 
     def __post_init__(self) -> None:
         target = target_named(self.target)
+        ControlConfig(self.max_drop, self.max_float_layers, self.float_step)  # validates
+        if self.sensitivity_images < 1:
+            raise ValueError(f"sensitivity_images must be >= 1, got {self.sensitivity_images}")
         if self.calib_size < 1 or self.eval_size < 1:
             raise ValueError(f"calib_size and eval_size must be >= 1, got {self.calib_size} "
                              f"and {self.eval_size}")
@@ -163,6 +176,8 @@ class ConversionReport:
     reference: dict[str, Any]
     kept_out_of_int8: dict[str, dict[str, Any]]
     artifacts: list[ArtifactReport] = field(default_factory=list)
+    # Per INT8 artifact: its calibration, float layers, steps and the sensitivity ranking.
+    accuracy_control: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -207,12 +222,21 @@ def convert(config: ConvertConfig) -> ConversionReport:
             _say(config, f"cleaned up after an interrupted run: {note}")
         with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=out) as tmp:
             work = Path(tmp)
-            staged, kept_report, notes = _build_artifacts(
-                config, target, model, checkpoint_config, name, source, work,
-                preprocess_config, calibration)
-            reference, artifact_reports, picture = _check(config, model, staged, evaluation)
-            for entry in artifact_reports:
-                entry.notes = notes.get(entry.name, [])
+            builder = _Builder(config, model, checkpoint_config, name, source, work,
+                               preprocess_config, calibration)
+            check = AccuracyCheck(model, evaluation.samples, evaluation.describe(),
+                                  config.max_drop, target.accuracy_backend, config.device,
+                                  config.progress)
+            _say(config, f"accuracy check on {len(evaluation.samples)} images of "
+                         f"{evaluation.spec}")
+            staged, artifact_reports, columns, controlled = _build_and_check(
+                config, builder, check)
+            reference = check.reference_summary()
+            columns = {"reference (PyTorch fp32)": check.reference(staged[0])[0].detections,
+                       **columns}
+            shown = slice(0, min(PICTURE_IMAGES, len(evaluation.samples)))
+            picture = comparison_picture(evaluation.samples[shown],
+                                         {k: v[shown] for k, v in columns.items()})
             report = ConversionReport(
                 name=name, target=target.name, command=config.command or repr(config),
                 checkpoint=source["checkpoint"], checkpoint_sha256=source["checkpoint_sha256"],
@@ -221,7 +245,8 @@ def convert(config: ConvertConfig) -> ConversionReport:
                 calibration=calibration.describe() if calibration is not None else None,
                 max_drop=config.max_drop, agreement_score=AGREEMENT_SCORE_THRESHOLD,
                 agreement_iou=AGREEMENT_IOU_THRESHOLD, reference=reference,
-                kept_out_of_int8=kept_report, artifacts=artifact_reports)
+                kept_out_of_int8=builder.kept_report, artifacts=artifact_reports,
+                accuracy_control=controlled)
             _publish(out, work, staged, report, picture)
     return report
 
@@ -270,89 +295,125 @@ def _load_data(config: ConvertConfig, synthetic_size: tuple[int, int],
     return evaluation, calibration
 
 
-def _build_artifacts(config: ConvertConfig, target: Target, model: Any,
-                     checkpoint_config: dict, name: str, source: dict, work: Path,
-                     preprocess_config: PreprocessConfig, calibration: ImageSet | None
-                     ) -> tuple[list[Artifact], dict[str, dict[str, Any]], dict[str, list[str]]]:
-    """Export once, let ``target`` build each precision, stage each artifact in ``work``.
+class _Builder:
+    """Builds and stages one artifact per precision (and per accuracy-control trial) from
+    the single fp32 export of the run."""
 
-    Returns ``(staged artifacts, what was kept out of INT8, the target's notes per artifact)``.
-    """
-    input_size = preprocess_config.input_size
-    _say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
-                 f"{input_size[0]}x{input_size[1]}")
-    rewritten = rewrite_for_export(model)
-    onnx_fp32 = export_onnx(rewritten, work / "model.onnx", input_size)
-    keep_float: tuple[str, ...] = ()
-    kept_report: dict[str, dict[str, Any]] = {}
-    if "int8" in config.resolved_precisions():
-        kept = find_kept_out_nodes(onnx.load(str(onnx_fp32)), config.resolved_keep_float())
-        keep_float = tuple(flatten(kept))
-        kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
-                       for c, nodes in kept.items() if nodes}
-    calibration_arrays = (calibration_inputs(calibration.samples, preprocess_config)
-                          if calibration is not None else None)
-    staged = []
-    notes: dict[str, list[str]] = {}
-    for precision in config.resolved_precisions():
-        artifact_name = f"{name}_{precision}"
-        _say(config, f"building {artifact_name} for {target.backend}")
-        built = target.build(BuildRequest(
-            precision=precision, onnx_fp32=onnx_fp32, model=rewritten, input_size=input_size,
-            work_dir=work, calibration=calibration_arrays if precision == "int8" else None,
-            keep_float=keep_float, keep_float_categories=config.resolved_keep_float()))
-        artifact_source = dict(source)
-        if precision == "int8" and calibration is not None:
-            artifact_source["calibration"] = calibration.describe()
-        manifest = build_manifest(model, checkpoint_config, artifact_name, precision,
-                                  target.backend, source=artifact_source,
+    def __init__(self, config: ConvertConfig, model: Any, checkpoint_config: dict,
+                 name: str, source: dict, work: Path, preprocess_config: PreprocessConfig,
+                 calibration: ImageSet | None) -> None:
+        self.config, self.target = config, config.target_entry
+        self.model, self.checkpoint_config = model, checkpoint_config
+        self.name, self.source, self.work = name, source, work
+        self.input_size = preprocess_config.input_size
+        self.calibration = calibration
+        _say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
+                     f"{self.input_size[0]}x{self.input_size[1]}")
+        self.rewritten = rewrite_for_export(model)
+        self.onnx_fp32 = export_onnx(self.rewritten, work / "model.onnx", self.input_size)
+        self.keep_float: tuple[str, ...] = ()
+        self.kept_report: dict[str, dict[str, Any]] = {}
+        self.units: dict[str, list[str]] = {}
+        if "int8" in config.resolved_precisions():
+            graph = onnx.load(str(self.onnx_fp32))
+            kept = find_kept_out_nodes(graph, config.resolved_keep_float())
+            self.keep_float = tuple(flatten(kept))
+            self.kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
+                                for c, nodes in kept.items() if nodes}
+            self.units = layer_units(graph, self.keep_float)
+        self.calibration_arrays = (
+            calibration_inputs(calibration.samples, preprocess_config)
+            if calibration is not None else None)
+        self.notes: dict[str, list[str]] = {}
+        self._trials = 0
+
+    def stage(self, precision: str, trial: Trial | None = None) -> Artifact:
+        """Build ``precision`` (for INT8: with ``trial``'s calibration and float layers) and
+        stage it under the work folder."""
+        trial = trial or Trial()
+        artifact_name = f"{self.name}_{precision}"
+        _say(self.config, f"building {artifact_name} for {self.target.backend}")
+        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
+        built = self.target.build(BuildRequest(
+            precision=precision, onnx_fp32=self.onnx_fp32, model=self.rewritten,
+            input_size=self.input_size, work_dir=self.work,
+            calibration=self.calibration_arrays if precision == "int8" else None,
+            keep_float=(*self.keep_float, *extra_float),
+            keep_float_categories=self.config.resolved_keep_float(),
+            float_layers=trial.float_layers, calibration_method=trial.calibration))
+        artifact_source = dict(self.source)
+        if precision == "int8" and self.calibration is not None:
+            artifact_source["calibration"] = self.calibration.describe()
+        manifest = build_manifest(self.model, self.checkpoint_config, artifact_name, precision,
+                                  self.target.backend, source=artifact_source,
                                   kept_out_of_int8=built.kept_out_of_int8)
-        staged.append(Artifact.stage(work / "staged" / artifact_name, built.files,
-                                     {**manifest, **built.manifest_extra}))
-        notes[artifact_name] = list(built.notes)
-    return staged, kept_report, notes
+        self._trials += 1
+        self.notes[artifact_name] = list(built.notes)
+        return Artifact.stage(self.work / "staged" / str(self._trials) / artifact_name,
+                              built.files, {**manifest, **built.manifest_extra})
+
+    def rank(self) -> list[LayerSensitivity]:
+        """The sensitivity ranking of the weight layers the target puts in INT8."""
+        _say(self.config, f"ranking {len(self.units)} INT8 layers by sensitivity")
+        assert self.calibration_arrays is not None
+        return rank_layers(self.onnx_fp32, self.calibration_arrays, self.keep_float,
+                           quantize_outputs=self.target.rounds_outputs,
+                           max_images=self.config.sensitivity_images,
+                           progress=self.config.progress,
+                           weighting=detection_weighting(self.checkpoint_config))
 
 
-def _check(config: ConvertConfig, model: Any, staged: list[Artifact], evaluation: ImageSet
-           ) -> tuple[dict[str, Any], list[ArtifactReport], np.ndarray]:
-    """The accuracy check of every staged artifact against the PyTorch reference.
+def _build_and_check(config: ConvertConfig, builder: _Builder, check: AccuracyCheck
+                     ) -> tuple[list[Artifact], list[ArtifactReport], dict[str, list],
+                                dict[str, dict[str, Any]]]:
+    """Every precision built, staged and checked; INT8 under accuracy control.
 
-    Returns:
-        ``(reference metrics and latency, one report per artifact, comparison picture)``.
+    Returns ``(staged artifacts, their reports, detections per picture column, accuracy
+    control per INT8 artifact)``.
     """
-    class_names = tuple(staged[0].manifest["class_names"])
-    reference = reference_detector(model, staged[0], config.device)
-    device = str(reference.backend.device)  # type: ignore[attr-defined]
-    _say(config, f"accuracy check on {len(evaluation.samples)} images of {evaluation.spec}; "
-                 f"reference on {device}")
-    reference_run = run_detector(reference.detect, evaluation.samples, config.progress,
-                                 "reference")
-    reference_metrics = coco_metrics(evaluation.samples, reference_run.detections, class_names)
-    columns = {"reference (PyTorch fp32)": reference_run.detections}
-    backend = config.target_entry.backend
-    checked_on = config.target_entry.accuracy_backend
-    reports = []
-    for artifact in staged:
-        detector = Detector(artifact, backend=checked_on, allow_unchecked=True,  # being checked
-                            settings="evaluation")
-        run = run_detector(detector.detect, evaluation.samples, config.progress, artifact.name)
-        metrics = compare_to_reference(evaluation.samples, class_names, reference_run,
-                                       reference_metrics, run)
-        accuracy = accuracy_section(metrics, config.max_drop, evaluation.describe())
+    staged, reports, columns, controlled = [], [], {}, {}
+    for precision in config.resolved_precisions():
+        if precision == "int8":
+            outcome = _controlled_int8(config, builder, check)
+            artifact, accuracy, run = outcome.chosen.payload
+            controlled[artifact.name] = {**outcome.manifest_section(),
+                                         "ranking": [r.to_dict() for r in outcome.ranking]}
+            artifact = _with_control_section(artifact, outcome)
+        else:
+            artifact = builder.stage(precision)
+            accuracy, run = check.check(artifact)
+        passed = bool(accuracy["passed"])
         reports.append(ArtifactReport(
             name=artifact.name,
-            directory=str(Path(config.out) / ("" if accuracy["passed"] else REJECTED_DIR)
-                          / artifact.name),
-            backend=backend, precision=str(artifact.manifest["precision"]),
+            directory=str(Path(config.out) / ("" if passed else REJECTED_DIR) / artifact.name),
+            backend=builder.target.backend, precision=str(artifact.manifest["precision"]),
             size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
-            passed=accuracy["passed"], accuracy=accuracy, checked_on=checked_on))
-        columns[f"{artifact.name} ({checked_on})"] = run.detections
-    shown = slice(0, min(PICTURE_IMAGES, len(evaluation.samples)))
-    picture = comparison_picture(evaluation.samples[shown],
-                                 {k: v[shown] for k, v in columns.items()})
-    reference_summary = {**reference_metrics, **latency_summary(reference_run.latencies_ms),
-                         "device": device}
-    return reference_summary, reports, picture
+            passed=passed, accuracy=accuracy, checked_on=check.backend,
+            notes=builder.notes.get(artifact.name, [])))
+        staged.append(artifact)
+        columns[f"{artifact.name} ({check.backend})"] = run.detections
+    return staged, reports, columns, controlled
+
+
+def _controlled_int8(config: ConvertConfig, builder: _Builder, check: AccuracyCheck
+                     ) -> ControlOutcome:
+    def evaluate(trial: Trial) -> TrialResult:
+        artifact = builder.stage("int8", trial)
+        accuracy, run = check.check(artifact)
+        return TrialResult(trial, float(accuracy["delta_AP"]), float(accuracy["AP"]),
+                           float(accuracy["latency_p50_ms"]), bool(accuracy["passed"]),
+                           payload=(artifact, accuracy, run))
+
+    control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
+    return control(evaluate, control_config, builder.target.calibration_methods, builder.rank,
+                   say=lambda message: _say(config, message))
+
+
+def _with_control_section(artifact: Artifact, outcome: ControlOutcome) -> Artifact:
+    """``artifact`` with the manifest's ``accuracy_control`` section (the float layers it
+    keeps and why, the steps taken)."""
+    manifest = {**artifact.manifest, "accuracy_control": outcome.manifest_section()}
+    return Artifact(artifact.directory, manifest)
 
 
 def _say(config: ConvertConfig, message: str) -> None:

@@ -233,6 +233,29 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
     return result
 
 
+def layer_units(model: onnx.ModelProto, kept_float: Iterable[str] = ()) -> dict[str, list[str]]:
+    """The weight layers INT8 quantizes, each with the nodes that go back to float with it.
+
+    A unit is one weight layer (``Conv``, ``Gemm``, a ``MatMul`` with a constant operand) that
+    is not in ``kept_float``, plus the element-wise tail it feeds up to the next weight layer
+    (bias ``Add``, activation, ``Resize``, the FPN's ``Add``...), minus ``kept_float``.
+    Returning only the conv to float is not enough where a runtime quantizes op outputs
+    (ONNX Runtime's QDQ): its tail would round the same tensor to INT8 one op later.
+
+    Returns:
+        ``{weight layer node name: [that name, *tail node names]}`` in graph order.
+    """
+    nodes, constants, outputs = onnx_scope_nodes(model)
+    graph = _Graph(nodes, constants, outputs)
+    excluded = set(kept_float)
+    units: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if graph.is_weight_layer(node) and node.name not in excluded:
+            tail = graph.forward([node.name]) - excluded
+            units[node.name] = [node.name, *(n.name for n in graph.nodes if n.name in tail)]
+    return units
+
+
 def flatten(kept_out: dict[str, list[str]]) -> list[str]:
     """All node names of ``find_kept_out_nodes``'s result, in category order."""
     return [name for names in kept_out.values() for name in names]

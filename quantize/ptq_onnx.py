@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,27 @@ TENSORRT = QdqScheme(
     dedicated_pairs=True, quantize_bias=False, residual_add_only=True,
     float_readers_read_float=True, calibration=CalibrationMethod.Percentile,
     extra={"MatMulConstBOnly": True, **_MATMUL_PER_COLUMN})
+
+
+# Range estimators the cpu and jetson targets offer (``--calibration`` / accuracy control):
+# ONNX Runtime's calibrators. Percentile keeps the 99.999th percentile of |x| (histogram),
+# entropy the range minimising the KL divergence of the INT8 histogram.
+CALIBRATION_METHODS: dict[str, CalibrationMethod] = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+
+
+def with_calibration(scheme: QdqScheme, method: str | None) -> QdqScheme:
+    """``scheme`` with the range estimator ``method`` (a ``CALIBRATION_METHODS`` key; None
+    keeps the scheme's)."""
+    if method is None:
+        return scheme
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose from "
+                         f"{', '.join(CALIBRATION_METHODS)}")
+    return replace(scheme, calibration=CALIBRATION_METHODS[method])
 
 
 class _ImagesReader(CalibrationDataReader):

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+# NNCF's activation range estimators (``RangeEstimatorParametersSet``), its default first:
+# mean over the images of each image's min / max.
+RANGE_ESTIMATORS: tuple[str, ...] = ("mean_minmax", "minmax", "mean_quantile", "histogram")
+
 
 def openvino_names_for(ov_model: object, onnx_node_names: Iterable[str]) -> list[str]:
     """OpenVINO op names (``get_friendly_name``) of ``ov_model`` stemming from the ONNX nodes.
@@ -53,6 +57,7 @@ def quantize_openvino(
     calibration_images: Sequence[np.ndarray],
     ignored_names: Sequence[str] = (),
     name: str = "model",
+    range_estimator: str | None = None,
 ) -> tuple[Path, Path]:
     """Write the INT8 IR ``out_dir/{name}.xml`` + ``.bin`` quantized from ``fp32_xml``.
 
@@ -63,18 +68,29 @@ def quantize_openvino(
         calibration_images: preprocessed inputs, each ``(1, 3, H, W)`` float32.
         ignored_names: OpenVINO op names to keep in float (``openvino_names_for``).
         name: file stem of the IR.
+        range_estimator: one of ``RANGE_ESTIMATORS`` for the activations (None: NNCF's
+            default, ``mean_minmax``).
 
     Returns:
         ``(xml_path, bin_path)``.
 
     Raises:
-        ValueError: no calibration images.
+        ValueError: no calibration images, or an unknown range estimator.
     """
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     if not calibration_images:
         raise ValueError("INT8 calibration needs at least one image")
+    if range_estimator is not None and range_estimator not in RANGE_ESTIMATORS:
+        raise ValueError(f"unknown range estimator {range_estimator!r}; choose from "
+                         f"{', '.join(RANGE_ESTIMATORS)}")
+    advanced = AdvancedQuantizationParameters()
+    if range_estimator is not None:
+        advanced.activations_range_estimator_params = getattr(
+            RangeEstimatorParametersSet, range_estimator.upper())
     # NNCF logs one INFO line per node it leaves unquantized; the report lists them instead.
     nncf.set_log_level(logging.WARNING)
     model = ov.Core().read_model(str(fp32_xml))
@@ -84,6 +100,7 @@ def quantize_openvino(
         model, dataset, subset_size=len(calibration_images),
         # validate=False: an ONNX node OpenVINO folded away has no op left to ignore.
         ignored_scope=nncf.IgnoredScope(names=list(ignored_names), validate=False),
+        advanced_parameters=advanced,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

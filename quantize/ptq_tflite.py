@@ -35,6 +35,8 @@ ONNX_OP_TYPE = {
     "SQUEEZE": "Squeeze", "BROADCAST_TO": "Expand",
 }
 SIGNATURE = "serving_default"
+# TFLite ops whose second input is a weight tensor.
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
 class TFLiteGraph:
@@ -62,6 +64,7 @@ class TFLiteGraph:
         self.nodes: list[ScopeNode] = []
         self.scopes: dict[str, str] = {}
         self.opcodes: dict[str, str] = {}
+        self.weights: dict[str, np.ndarray] = {}
         for i, op in enumerate(graph.operators):
             code = model.operatorCodes[op.opcodeIndex]
             opcode = code_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
@@ -71,6 +74,10 @@ class TFLiteGraph:
             self.nodes.append(ScopeNode(name, ONNX_OP_TYPE.get(opcode, opcode), inputs, outputs))
             self.scopes[name] = flatbuffer.get_op_scope(op, graph.tensors)
             self.opcodes[name] = opcode
+            if opcode in WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
+                data = flatbuffer.get_tensor_data(graph.tensors[op.inputs[1]], model.buffers)
+                if data is not None:
+                    self.weights[name] = np.asarray(data)
         self.constants = {f"t{i}" for i in range(len(graph.tensors)) if is_constant(i)}
         self.outputs = {f"t{i}" for i in graph.outputs}
         self.tensor_names = {f"t{i}": tensor_name(i) for i in range(len(graph.tensors))}
@@ -80,13 +87,64 @@ class TFLiteGraph:
         return find_kept_out(self.nodes, self.constants, self.outputs, keep_float)
 
 
+def _signature(weight: np.ndarray) -> tuple[int, float, float]:
+    """What identifies a weight tensor whatever its layout (OIHW, OHWI, 1HWC, transposed):
+    its size, sum of squares and sum of absolute values."""
+    values = np.asarray(weight, dtype=np.float64)
+    return values.size, float(np.square(values).sum()), float(np.abs(values).sum())
+
+
+def _same(a: tuple[int, float, float], b: tuple[int, float, float]) -> bool:
+    return a[0] == b[0] and all(abs(x - y) <= 1e-4 * max(abs(x), abs(y), 1e-12)
+                                for x, y in zip(a[1:], b[1:], strict=True))
+
+
+def tflite_ops_for(graph: TFLiteGraph, onnx_path: Path, layers: Sequence[str]) -> dict[str, str]:
+    """The TFLite op of each ONNX weight layer in ``layers``, matched by weights.
+
+    Both files come from the same PyTorch model (BatchNorm folded into the conv by both
+    converters), so a layer's weights hold the same numbers in another layout; layers that
+    share one weight tensor (a head applied to every pyramid level) match in graph order.
+
+    Raises:
+        ValueError: a layer with no matching TFLite op.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    initializers = {t.name: t for t in model.graph.initializer}
+    wanted = set(layers)
+    onnx_order = []
+    for node in model.graph.node:
+        constant = next((t for t in node.input[:2] if t in initializers), None)
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and constant:
+            onnx_order.append((node.name, _signature(numpy_helper.to_array(
+                initializers[constant]))))
+    candidates = [(name, _signature(weight)) for name, weight in graph.weights.items()]
+    used: set[str] = set()
+    found: dict[str, str] = {}
+    for name, signature in onnx_order:
+        match = next((op for op, other in candidates
+                      if op not in used and _same(signature, other)), None)
+        if match is not None:
+            used.add(match)
+            if name in wanted:
+                found[name] = match
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise ValueError(f"no TFLite op with the weights of ONNX layer(s) {missing}")
+    return found
+
+
 def scope_regex(scopes: Sequence[str]) -> str:
     """One regex matching exactly these op scopes and nothing else."""
     return "^(?:" + "|".join(re.escape(s) for s in sorted(set(scopes))) + ")$"
 
 
 def quantize_tflite(fp32_path: Path, out_path: Path, calibration: Sequence[np.ndarray],
-                    keep_float: Sequence[str]) -> tuple[Path, dict[str, list[str]]]:
+                    keep_float: Sequence[str], float_layers: Sequence[str] = (),
+                    onnx_path: Path | None = None) -> tuple[Path, dict[str, list[str]]]:
     """Write the INT8 version of ``fp32_path`` to ``out_path`` (atomically).
 
     Args:
@@ -94,6 +152,9 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration: Sequence[np.nd
         out_path: where the INT8 file goes.
         calibration: preprocessed images, each ``(1, 3, H, W)`` float32.
         keep_float: ``quantize.int8_scope.CATEGORIES`` to keep in float.
+        float_layers: ONNX weight layers accuracy control returned to float (found in this
+            file by their weights, ``tflite_ops_for``; needs ``onnx_path``).
+        onnx_path: the fp32 ONNX export of the same model.
 
     Returns:
         ``(out_path, {category: names of the TFLite ops kept float, "i:OPCODE"})``.
@@ -105,6 +166,12 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration: Sequence[np.nd
     graph = TFLiteGraph(fp32_path)
     kept = {category: names for category, names in graph.kept_out(keep_float).items()
             if names}
+    if float_layers:
+        if onnx_path is None:
+            raise ValueError("float_layers needs the ONNX export to find them in the file")
+        claimed = {n for names in kept.values() for n in names}
+        ops = tflite_ops_for(graph, onnx_path, float_layers)
+        kept["accuracy control"] = [op for op in ops.values() if op not in claimed]
     engine = quantizer.Quantizer(str(fp32_path))
     engine.load_quantization_recipe(recipe.static_wi8_ai8())
     for names in kept.values():

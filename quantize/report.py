@@ -22,6 +22,11 @@ from edgedet.draw import draw_detections, draw_text_panel
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PICTURE = "comparison.png"
+SENSITIVITY_PICTURE = "sensitivity.png"
+# Layers of the sensitivity ranking shown in report.md and drawn in the plot (all are in
+# report.json).
+TOP_LAYERS_SHOWN = 12
+PLOT_LAYERS = 24
 # Detections drawn in the picture: the ones a user of the default threshold would look at.
 PICTURE_SCORE_THRESHOLD = 0.3
 PICTURE_TILE_WIDTH = 320
@@ -65,6 +70,76 @@ def write_picture(path: str | os.PathLike[str], picture: np.ndarray) -> Path:
         raise RuntimeError(f"could not encode the comparison picture for {path}")
     write_bytes_atomic(path, encoded.tobytes())
     return Path(path)
+
+
+def sensitivity_picture(ranking: Sequence[Mapping[str, Any]], float_layers: Sequence[str],
+                        title: str) -> np.ndarray:
+    """A bar chart (BGR) of the most harmful layers: output SQNR in dB with only that layer
+    in INT8, lowest (most harmful) first; layers accuracy control returned to float in red.
+
+    Returns:
+        ``uint8 (h, 960, 3)``.
+    """
+    shown = list(ranking[:PLOT_LAYERS])
+    row, top, label_width, width = 22, 44, 470, 960
+    picture = np.full((top + row * max(1, len(shown)) + 10, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(picture, title, (10, 18), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(picture, "output SQNR (dB) with only this layer in INT8; red: returned to float",
+                (10, 36), font, 0.42, (80, 80, 80), 1, cv2.LINE_AA)
+    scale = (width - label_width - 70) / max([1.0, *(max(r["sqnr_db"], 0.0) for r in shown)])
+    floated = set(float_layers)
+    for i, entry in enumerate(shown):
+        y = top + i * row
+        name = entry["node"] if len(entry["node"]) <= 58 else "..." + entry["node"][-55:]
+        cv2.putText(picture, f"{i + 1:2d} {name}", (8, y + 15), font, 0.38, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        length = int(max(entry["sqnr_db"], 0.0) * scale)
+        colour = (40, 40, 220) if entry["node"] in floated else (190, 140, 60)
+        cv2.rectangle(picture, (label_width, y + 4), (label_width + length, y + row - 4),
+                      colour, -1)
+        cv2.putText(picture, f"{entry['sqnr_db']:.1f}", (label_width + length + 6, y + 15),
+                    font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return picture
+
+
+def _control_lines(controlled: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``report.md``'s accuracy-control section."""
+    if not controlled:
+        return []
+    lines = ["", "## Accuracy control", "",
+             "INT8 artifacts that miss `--max-drop` with plain PTQ get the target's other "
+             "calibration methods, then their most harmful weight layers (sensitivity "
+             "ranking: output SQNR with only that layer in INT8, `quantize/sensitivity.py`) "
+             "back in float a few at a time, each step rebuilt and checked on the eval "
+             "images (`quantize/accuracy_control.py`). The first step within `--max-drop` is "
+             "shipped."]
+    for name, entry in controlled.items():
+        lines += ["", f"### {name}", "",
+                  "| step | action | calibration | layers in float | ΔAP | AP | p50 ms | check |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for step in entry["steps"]:
+            lines.append(f"| {step['step']} | {step['action']} | {step['calibration'] or '-'} | "
+                         f"{step['float_layers']} | {step['delta_AP']:+.2f} | "
+                         f"{_number(step['AP'])} | {_number(step['latency_p50_ms'])} | "
+                         f"{'pass' if step['passed'] else 'miss'} |")
+        floated = entry.get("float_layers") or []
+        lines += ["", f"Shipped: calibration `{entry.get('calibration') or 'default'}`, "
+                      f"{len(floated)} weight layer(s) returned to float"
+                      + (": " + ", ".join(f"`{f['node']}` (rank {f['rank']}, "
+                                          f"{f['sqnr_db']:.1f} dB)" for f in floated)
+                         if floated else "") + "."]
+        ranking = entry.get("ranking") or []
+        if ranking:
+            lines += ["", f"Most harmful INT8 layers ({len(ranking)} ranked; all in "
+                          "`report.json`):", "",
+                      "| rank | layer | op | SQNR dB | cosine | worst output |",
+                      "|---|---|---|---|---|---|"]
+            for i, r in enumerate(ranking[:TOP_LAYERS_SHOWN]):
+                lines.append(f"| {i + 1} | `{r['node']}` | {r['op_type']} | "
+                             f"{r['sqnr_db']:.1f} | {r['cosine']:.4f} | {r['worst_output']} |")
+            lines += ["", f"![sensitivity]({SENSITIVITY_PICTURE})"]
+    return lines
 
 
 def _number(value: Any, digits: int = 2) -> str:
@@ -171,6 +246,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"- **{category}** ({len(entry['nodes'])} nodes): {entry['reason']}.")
         lines.append("")
         lines.append("The node names are in each INT8 manifest's `kept_out_of_int8`.")
+    lines += _control_lines(report.get("accuracy_control") or {})
     lines += [
         "",
         "## Reference vs deployed detections",
@@ -186,10 +262,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any],
                  picture: np.ndarray) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and ``comparison.png`` into ``out_dir``."""
+    """Write ``report.json``, ``report.md`` and ``comparison.png`` (and ``sensitivity.png``
+    when accuracy control ranked layers) into ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / REPORT_JSON, dict(report), indent=2)
     write_bytes_atomic(out_dir / REPORT_MD, render_markdown(report).encode("utf-8"))
     write_picture(out_dir / PICTURE, picture)
-    return [out_dir / REPORT_JSON, out_dir / REPORT_MD, out_dir / PICTURE]
+    written = [out_dir / REPORT_JSON, out_dir / REPORT_MD, out_dir / PICTURE]
+    ranked = {name: entry for name, entry in (report.get("accuracy_control") or {}).items()
+              if entry.get("ranking")}
+    if ranked:  # one plot: a run has at most one INT8 artifact
+        name, entry = next(iter(ranked.items()))
+        plot = sensitivity_picture(entry["ranking"], [f["node"] for f in entry["float_layers"]],
+                                   f"{name}: most harmful INT8 layers")
+        written.append(write_picture(out_dir / SENSITIVITY_PICTURE, plot))
+    return written

@@ -19,11 +19,13 @@ import shlex
 from edgedet._io import DirectoryBusyError
 from edgedet.data.errors import DatasetError
 from edgedet.models.checkpoint import CheckpointError
+from quantize.accuracy_control import DEFAULT_MAX_FLOAT_LAYERS, DEFAULT_STEP
 from quantize.calibration import CALIBRATION_SEED, EVAL_SEED, TRAIN_SEED
 from quantize.convert import ConversionReport, ConvertConfig, convert
 from quantize.export_onnx import ExportError
 from quantize.int8_scope import CATEGORIES
 from quantize.report import PICTURE, REPORT_JSON, REPORT_MD
+from quantize.sensitivity import DEFAULT_IMAGES
 from quantize.targets import TARGETS
 
 EPILOG = f"""
@@ -100,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-drop", type=float, default=1.0, metavar="AP",
                         help="largest allowed AP drop of an artifact below the reference, in "
                              "AP points (0-100; default 1.0)")
+    parser.add_argument("--max-float-layers", type=int, default=DEFAULT_MAX_FLOAT_LAYERS,
+                        metavar="N",
+                        help="accuracy control: when an INT8 artifact misses --max-drop, try "
+                             "the target's other calibration methods, then return the most "
+                             "harmful weight layers (sensitivity ranking) to float, --float-step "
+                             f"at a time, up to N (default {DEFAULT_MAX_FLOAT_LAYERS}; 0: plain "
+                             "PTQ, --max-drop only gates)")
+    parser.add_argument("--float-step", type=int, default=DEFAULT_STEP, metavar="K",
+                        help=f"weight layers returned to float per step (default {DEFAULT_STEP})")
+    parser.add_argument("--sensitivity-images", type=int, default=DEFAULT_IMAGES, metavar="N",
+                        help="calibration images the sensitivity ranking runs on (default "
+                             f"{DEFAULT_IMAGES})")
     parser.add_argument("--keep-float", default=None, metavar="LIST",
                         help="comma-separated categories kept out of INT8, or 'none' "
                              "(default: the target's, listed below)")
@@ -124,6 +138,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> ConvertConfig
         precisions=None if args.precision == "both" else (args.precision,),
         calib_data=args.calib_data, calib_size=args.calib_size, eval_data=args.eval_data,
         eval_size=args.eval_size, max_drop=args.max_drop,
+        max_float_layers=args.max_float_layers, float_step=args.float_step,
+        sensitivity_images=args.sensitivity_images,
         keep_float=_keep_float(args.keep_float), device=args.device,
         progress=not args.no_progress,
         command="python quantize/run.py " + shlex.join(argv))

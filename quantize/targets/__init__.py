@@ -35,6 +35,10 @@ class BuildRequest:
         keep_float: ONNX node names to keep out of INT8 (``quantize.int8_scope``).
         keep_float_categories: the ``quantize.int8_scope.CATEGORIES`` those names come from,
             for targets that find the same scope on a graph of their own (TFLite).
+        float_layers: weight layers (ONNX node names) accuracy control returned to float;
+            their units (``int8_scope.layer_units``) are already in ``keep_float``, for
+            targets that map them onto a graph of their own.
+        calibration_method: one of the target's ``calibration_methods`` (None: its default).
     """
 
     precision: str
@@ -45,6 +49,8 @@ class BuildRequest:
     calibration: Sequence[np.ndarray] | None
     keep_float: tuple[str, ...]
     keep_float_categories: tuple[str, ...] = ()
+    float_layers: tuple[str, ...] = ()
+    calibration_method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,11 @@ class Target:
         build: ``BuildRequest -> BuiltModel``.
         check_backend: the ``edgedet.backends`` entry the accuracy check runs the artifacts
             on when ``backend`` cannot run on this machine (None: ``backend`` itself).
+        calibration_methods: the activation range estimators its INT8 build accepts as
+            ``BuildRequest.calibration_method``, its default first; accuracy control tries
+            the others when plain PTQ misses ``--max-drop``.
+        rounds_outputs: its runtime also rounds a quantized op's output to INT8 (ONNX
+            Runtime's QDQ), which the sensitivity ranking then simulates too.
     """
 
     name: str
@@ -82,6 +93,8 @@ class Target:
     default_keep_float: tuple[str, ...]
     build: Callable[[BuildRequest], BuiltModel]
     check_backend: str | None = None
+    calibration_methods: tuple[str, ...] = ()
+    rounds_outputs: bool = False
 
     @property
     def accuracy_backend(self) -> str:

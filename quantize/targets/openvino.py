@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from edgedet.artifact import MODEL_STEM
 from quantize.int8_scope import DEFAULT_KEEP_FLOAT
+from quantize.ptq_openvino import RANGE_ESTIMATORS
 from quantize.targets import BuildRequest, BuiltModel, Target
 
 
@@ -26,7 +27,7 @@ def build(request: BuildRequest) -> BuiltModel:
     assert request.calibration is not None, "INT8 needs calibration images"
     ignored = openvino_names_for(ov.Core().read_model(str(xml)), request.keep_float)
     xml8, weights8 = quantize_openvino(xml, request.work_dir / "ov_int8", request.calibration,
-                                       ignored)
+                                       ignored, range_estimator=request.calibration_method)
     return BuiltModel({xml_name: xml8, bin_name: weights8}, ignored)
 
 
@@ -40,4 +41,5 @@ TARGET = Target(
     # quantized.
     default_keep_float=DEFAULT_KEEP_FLOAT,
     build=build,
+    calibration_methods=RANGE_ESTIMATORS,
 )

@@ -37,7 +37,8 @@ def build(request: BuildRequest) -> BuiltModel:
 
     assert request.calibration is not None, "INT8 needs calibration images"
     path, kept = quantize_tflite(fp32, request.work_dir / "tflite_int8" / MODEL_FILE,
-                                 request.calibration, request.keep_float_categories)
+                                 request.calibration, request.keep_float_categories,
+                                 request.float_layers, request.onnx_fp32)
     kept_names = [name for names in kept.values() for name in names]
     # Kept op names are "i:OPCODE" (quantize.ptq_tflite.TFLiteGraph).
     summary = "; ".join(

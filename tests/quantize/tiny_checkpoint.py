@@ -16,8 +16,21 @@ from train.checkpoint import save_checkpoint
 INPUT_SIZE = (128, 128)
 
 
-def write_tiny_checkpoint(stem: Path) -> Path:
-    """Write ``stem.safetensors`` + ``stem.json``; returns the ``.safetensors`` path."""
+# The fragile checkpoint's layer whose INPUT spans a huge range, and the one producing it.
+FRAGILE_LAYER = "/backbone/mobilenet/model.3/model.3.0/Conv"
+FRAGILE_PRODUCER = "/backbone/mobilenet/model.2/model.2.3/Conv"
+
+
+def write_tiny_checkpoint(stem: Path, fragile_scale: float | None = None) -> Path:
+    """Write ``stem.safetensors`` + ``stem.json``; returns the ``.safetensors`` path.
+
+    ``fragile_scale``: multiply channel 0 of MobileNet block 2's output (its last BN, before
+    the ReLU) by this and divide block 3's depthwise weights of that channel by it: the same
+    function (ReLU commutes with a positive scale, a depthwise conv reads one channel), but
+    the activation between them spans ``fragile_scale`` times the range of its other
+    channels, which per-tensor INT8 of that tensor (``FRAGILE_LAYER``'s input, and for ONNX
+    Runtime also ``FRAGILE_PRODUCER``'s output) rounds to nothing.
+    """
     generator = torch.Generator().manual_seed(11)
     model = passd_mobilenet(num_classes=len(SYNTHETIC_CLASSES), img_size=320, width_mult=0.25,
                             fpn_channels=32)
@@ -25,6 +38,13 @@ def write_tiny_checkpoint(stem: Path) -> Path:
     for module in (model.head.attend_cls, model.head.attend_box, model.head.propose_box):
         randomise(module, generator, std=0.05)
     model.eval()
+    if fragile_scale is not None:
+        with torch.no_grad():
+            block2_bn, block3_depthwise = (model.backbone.mobilenet.model[2][4],
+                                           model.backbone.mobilenet.model[3][0])
+            block2_bn.weight[0] *= fragile_scale
+            block2_bn.bias[0] = block2_bn.bias[0].abs() * fragile_scale
+            block3_depthwise.weight[0] /= fragile_scale
     config = {
         **model.config,
         "class_names": list(SYNTHETIC_CLASSES),

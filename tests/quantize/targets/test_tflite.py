@@ -75,3 +75,41 @@ def test_detector_auto_runs_the_tflite_artifact(converted):
     again = Detector(out / "tiny_passd_int8").detect(frame)  # "auto" picks the manifest's
     np.testing.assert_array_equal(first.xyxy, again.xyxy)
     np.testing.assert_array_equal(first.scores, again.scores)
+
+
+def test_accuracy_control_finds_each_onnx_layer_in_the_tflite_file(converted, tmp_path):
+    """Layers returned to float are named by ONNX node; the tflite target finds each one's op
+    by its weights and keeps exactly that op out of INT8."""
+    import onnx
+
+    from edgedet.models.checkpoint import build_from_checkpoint
+    from quantize.calibration import calibration_inputs, open_image_set
+    from quantize.export_onnx import export_onnx
+    from quantize.int8_scope import layer_units
+    from quantize.ptq_tflite import quantize_tflite, tflite_ops_for
+    from quantize.rewrites import rewrite_for_export
+    from tests.quantize.tiny_checkpoint import FRAGILE_LAYER, INPUT_SIZE
+
+    out, report = converted
+    model, config = build_from_checkpoint(report.checkpoint)
+    onnx_path = export_onnx(rewrite_for_export(model), tmp_path / "model.onnx", INPUT_SIZE)
+    fp32 = out / "tiny_passd_fp32" / "model.tflite"
+    graph = TFLiteGraph(fp32)
+    layers = list(layer_units(onnx.load(str(onnx_path))))
+    found = tflite_ops_for(graph, onnx_path, layers)
+    assert set(found) == set(layers) and len(set(found.values())) == len(layers)  # one-to-one
+    assert found[FRAGILE_LAYER].endswith(":DEPTHWISE_CONV_2D")
+
+    from edgedet.preprocess import PreprocessConfig
+
+    images = calibration_inputs(open_image_set("synthetic", 2, INPUT_SIZE, 2, False).samples,
+                                PreprocessConfig.from_dict(config["preprocess"]))
+    path, kept = quantize_tflite(fp32, tmp_path / "int8.tflite", images, ("sampling",),
+                                 [FRAGILE_LAYER], onnx_path)
+    assert kept["accuracy control"] == [found[FRAGILE_LAYER]]
+    # Op indices shift in the INT8 file (quantize ops are inserted): find it by its weights.
+    float_depthwise = [name for name, dtype in _tensor_types(path).items()
+                       if name.endswith(":DEPTHWISE_CONV_2D") and dtype == "float32"]
+    assert len(float_depthwise) == 1
+    np.testing.assert_array_equal(TFLiteGraph(path).weights[float_depthwise[0]],
+                                  graph.weights[found[FRAGILE_LAYER]])

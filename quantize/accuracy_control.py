@@ -1,0 +1,158 @@
+"""Accuracy-controlled INT8: ``--max-drop`` as a target, not only a gate.
+
+One algorithm for every target; the target only builds (``Target.build``) and the shared
+check measures (the artifact through ``edgedet.Detector`` on the eval images)::
+
+    1. plain PTQ: the target's default calibration and float scope     -> within max_drop? done
+    2. better calibration: each other range estimator of the target     -> keep the best ΔAP
+       (ONNX Runtime: min/max, percentile, entropy; NNCF: mean min/max, min/max,
+       mean quantile, histogram)                                         -> within? done
+    3. fallback: rank the layers still in INT8 by harm (``quantize.sensitivity``), return the
+       most harmful ``step`` layers to float, rebuild, check; repeat    -> within? done
+       until ``max_float_layers`` are in float
+
+The first artifact within ``max_drop`` wins, so no more layers stay in float than the check
+needs; when none passes, the one with the best ΔAP is reported (and rejected). Every step's
+ΔAP, AP and latency go into the report.
+
+Why not NNCF's ``quantize_with_accuracy_control``: it quantizes and validates with NNCF's own
+quantizer and model, so it would cover OpenVINO (and NNCF's ONNX flavour, not ONNX Runtime's
+QDQ that the cpu and jetson targets ship, nor LiteRT); one loop over ``Target.build`` keeps
+one algorithm, one report and the real deployed artifact in every check. Its ranking (the
+INT8 model with one layer restored, scored on the validation metric) is what the check does
+here for the layers the cheaper SQNR ranking puts first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantize.sensitivity import LayerSensitivity
+
+# Weight layers returned to float per fallback step, and the default budget.
+DEFAULT_STEP = 2
+DEFAULT_MAX_FLOAT_LAYERS = 10
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """How far accuracy control may go.
+
+    Attributes:
+        max_drop: the target, in AP points below the reference.
+        max_float_layers: most weight layers returned to float (0: plain PTQ only, the
+            check is a gate as before).
+        step: weight layers returned to float per step.
+    """
+
+    max_drop: float
+    max_float_layers: int = DEFAULT_MAX_FLOAT_LAYERS
+    step: int = DEFAULT_STEP
+
+    def __post_init__(self) -> None:
+        if self.max_float_layers < 0 or self.step < 1:
+            raise ValueError(f"max_float_layers must be >= 0 and step >= 1, got "
+                             f"{self.max_float_layers} and {self.step}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One INT8 build: the calibration method (None: the target's default) and the weight
+    layers (ONNX node names) returned to float on top of the target's float scope."""
+
+    calibration: str | None = None
+    float_layers: tuple[str, ...] = ()
+
+
+@dataclass
+class TrialResult:
+    """A built and checked trial: ``delta_AP``, ``AP``, ``latency_p50_ms`` and ``passed`` of
+    the accuracy check, plus whatever the caller needs to publish it (``payload``)."""
+
+    trial: Trial
+    delta_ap: float
+    ap: float
+    latency_p50_ms: float
+    passed: bool
+    payload: Any = None
+
+
+@dataclass
+class ControlOutcome:
+    """The chosen trial, every step taken, and the sensitivity ranking (empty when the
+    fallback was not needed)."""
+
+    chosen: TrialResult
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    ranking: list[LayerSensitivity] = field(default_factory=list)
+
+    @property
+    def float_layers(self) -> list[dict[str, Any]]:
+        """The layers the chosen artifact keeps in float, with their rank and figures."""
+        rank = {r.node: (i + 1, r) for i, r in enumerate(self.ranking)}
+        return [{"node": name, "rank": rank[name][0], "sqnr_db": rank[name][1].sqnr_db,
+                 "cosine": rank[name][1].cosine, "unit": list(rank[name][1].unit),
+                 "reason": f"returned to float by accuracy control: sensitivity rank "
+                           f"{rank[name][0]} (output SQNR {rank[name][1].sqnr_db:.1f} dB with "
+                           "only this layer in INT8)"}
+                for name in self.chosen.trial.float_layers]
+
+    def manifest_section(self) -> dict[str, Any]:
+        """The INT8 manifest's ``accuracy_control`` section."""
+        return {"calibration": self.chosen.trial.calibration,
+                "float_layers": self.float_layers,
+                "steps": self.steps}
+
+
+def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
+            calibration_methods: Sequence[str], rank: Callable[[], list[LayerSensitivity]],
+            say: Callable[[str], None] = lambda message: None) -> ControlOutcome:
+    """Run the loop of the module docstring.
+
+    Args:
+        evaluate: builds the INT8 artifact of a trial and checks it.
+        config: the target ΔAP and the float budget.
+        calibration_methods: the target's range estimators, its default first.
+        rank: the sensitivity ranking of the layers still in INT8, called once, only when
+            the fallback is needed.
+        say: progress messages.
+    """
+    steps: list[dict[str, Any]] = []
+
+    def run(trial: Trial, action: str) -> TrialResult:
+        result = evaluate(trial)
+        steps.append({"step": len(steps), "action": action,
+                      "calibration": trial.calibration or (calibration_methods or [None])[0],
+                      "float_layers": len(trial.float_layers),
+                      "delta_AP": result.delta_ap, "AP": result.ap,
+                      "latency_p50_ms": result.latency_p50_ms, "passed": result.passed})
+        say(f"accuracy control, step {len(steps) - 1} ({action}): ΔAP "
+            f"{result.delta_ap:+.2f} -> {'pass' if result.passed else 'miss'}")
+        return result
+
+    best = run(Trial(), "plain PTQ")
+    if best.passed or config.max_float_layers == 0:
+        return ControlOutcome(best, steps)
+    for method in calibration_methods[1:]:
+        result = run(Trial(calibration=method), f"calibration {method}")
+        if result.delta_ap > best.delta_ap:
+            best = result
+    if best.passed:
+        return ControlOutcome(best, steps)
+    ranking = rank()
+    calibration = best.trial.calibration
+    candidates = [r.node for r in ranking]
+    chosen: list[str] = []
+    while len(chosen) < min(config.max_float_layers, len(candidates)):
+        room = min(config.step, config.max_float_layers - len(chosen))
+        added = candidates[len(chosen):len(chosen) + room]
+        chosen += added
+        result = run(Trial(calibration, tuple(chosen)),
+                     f"+{len(added)} float: {', '.join(added)}")
+        if result.delta_ap > best.delta_ap or result.passed:
+            best = result
+        if result.passed:
+            break
+    return ControlOutcome(best, steps, ranking)
