@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-weights", default=None, metavar="FILE",
                    help="local .safetensors/.pth ImageNet weights for the backbone "
                    "(default: from scratch)")
+    g.add_argument("--init-checkpoint", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (same --model and --model-arg "
+                        "as it was trained with): fine-tuning, QAT")
+    g.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning from --init-checkpoint: every forward "
+                        "pass simulates INT8 (weights per channel, layer inputs per tensor); "
+                        "checkpoints stay plain fp32 weights that quantize/run.py converts "
+                        "(train/qat.py). Use a small lr, e.g. adamw 1e-4, and 1-2 epochs")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -203,6 +211,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load a checkpoint's weights into the freshly built ``model`` (CheckpointError when they
+    do not fit: another architecture or other --model-arg values)."""
+    from edgedet.models.checkpoint import load_checkpoint
+
+    tensors, _ = load_checkpoint(checkpoint)
+    own = model.state_dict()
+    wrong = sorted(set(own) ^ set(tensors)) + sorted(
+        k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if wrong:
+        raise CheckpointError(f"--init-checkpoint {checkpoint} does not fit this model "
+                              f"(pass the --model and --model-arg it was trained with): "
+                              f"{len(wrong)} mismatched tensors, e.g. {wrong[:3]}")
+    model.load_state_dict(tensors)
 
 
 def run(args: argparse.Namespace, info: DistInfo) -> dict:
@@ -226,6 +250,14 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         missing, unexpected = load_backbone_weights(backbone, args.backbone_weights)
         if info.is_main:
             print(f"backbone weights: {len(missing)} missing, {len(unexpected)} unexpected")
+    if args.init_checkpoint:
+        _load_initial_weights(model, args.init_checkpoint)
+    if args.qat:
+        from train.qat import enable_qat
+
+        layers = enable_qat(model)
+        if info.is_main:
+            print(f"QAT: INT8 simulated on {layers} weight layers and their inputs")
     preprocess_config = PreprocessConfig(
         input_size=img_size, resize=defaults.resize if args.resize == "auto" else args.resize)
     augmentation = build_augmentation(
@@ -293,7 +325,10 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.qat and not args.init_checkpoint:
+        parser.error("--qat fine-tunes a trained model: give it --init-checkpoint CKPT")
     info = init_distributed(args.device)
     if info.device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest kernels once.
