@@ -110,10 +110,12 @@ def _control_lines(controlled: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines = ["", "## Accuracy control", "",
              "INT8 artifacts that miss `--max-drop` with plain PTQ get the target's other "
              "calibration methods, then their most harmful weight layers (sensitivity "
-             "ranking: output SQNR with only that layer in INT8, `quantize/sensitivity.py`) "
-             "back in float a few at a time, each step rebuilt and checked on the eval "
-             "images (`quantize/accuracy_control.py`). The first step within `--max-drop` is "
-             "shipped."]
+             "ranking: SQNR of the decoded outputs, weighted per anchor by its score, with "
+             "only that layer in INT8, `quantize/sensitivity.py`) back in float a few at a "
+             "time, each step rebuilt and checked on the eval images "
+             "(`quantize/accuracy_control.py`). The first step within `--max-drop` is "
+             "shipped. p50 ms: one `detect()` during that step's check, so it carries the "
+             "machine's load at the time; compare artifacts with `benchmarks/backends.py`."]
     for name, entry in controlled.items():
         lines += ["", f"### {name}", "",
                   "| step | action | calibration | layers in float | ΔAP | AP | p50 ms | check |",
