@@ -405,8 +405,11 @@ def _controlled_int8(config: ConvertConfig, builder: _Builder, check: AccuracyCh
                            payload=(artifact, accuracy, run))
 
     control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
-    return control(evaluate, control_config, builder.target.calibration_methods, builder.rank,
-                   say=lambda message: _say(config, message))
+    outcome = control(evaluate, control_config, builder.target.calibration_methods,
+                      builder.rank, say=lambda message: _say(config, message))
+    if not outcome.ranking:  # passed without the fallback: rank anyway, for the report
+        outcome.ranking = builder.rank()
+    return outcome
 
 
 def _with_control_section(artifact: Artifact, outcome: ControlOutcome) -> Artifact:

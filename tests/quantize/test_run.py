@@ -67,6 +67,12 @@ def test_cpu_both_precisions_end_to_end(checkpoint, tmp_path):
     assert report["seeds"] == {"train": 0, "eval": 1, "calibration": 2}
     assert [a["name"] for a in report["artifacts"]] == ["tiny_passd_fp32", "tiny_passd_int8"]
     assert "sampling" in report["kept_out_of_int8"]
+    # Plain PTQ passed (step 0 only), and the layers are ranked for the report all the same.
+    control = report["accuracy_control"]["tiny_passd_int8"]
+    assert [s["action"] for s in control["steps"]] == ["plain PTQ"]
+    assert control["float_layers"] == [] and len(control["ranking"]) > 20
+    assert int8["accuracy_control"]["steps"][0]["passed"]
+    assert (out / "sensitivity.png").is_file()
     markdown = (out / "report.md").read_text()
     assert "Kept out of INT8" in markdown and "comparison.png" in markdown
     assert not list(out.glob(".work-*"))
