@@ -60,10 +60,13 @@ class ImageSet:
         return images_sha256(self.samples)
 
     def describe(self) -> dict:
-        """``{"data", "seed", "num_images", "sha256"}`` (JSON-ready), plus ``"stats"`` once
-        ``check_calibration`` measured them."""
+        """``{"data", "seed", "num_images", "sha256", "image_size"}`` (JSON-ready; image size
+        ``[width, height]`` when every image has the same, else None, so that a synthetic set
+        can be rendered again), plus ``"stats"`` once ``check_calibration`` measured them."""
+        sizes = {(s.image.shape[1], s.image.shape[0]) for s in self.samples}
         described = {"data": self.spec, "seed": self.seed, "num_images": len(self.samples),
-                     "sha256": self.sha256}
+                     "sha256": self.sha256,
+                     "image_size": list(sizes.pop()) if len(sizes) == 1 else None}
         if self.stats is not None:
             described["stats"] = self.stats
         return described
