@@ -338,7 +338,8 @@ class _Builder:
             precision=precision, onnx_fp32=self.onnx_fp32, model=self.rewritten,
             input_size=self.input_size, work_dir=self.work,
             calibration=self.calibration_arrays if precision == "int8" else None,
-            keep_float=(*self.keep_float, *extra_float),
+            # Two layers' tails can share a node (both feed one Add): name each node once.
+            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
             keep_float_categories=self.config.resolved_keep_float(),
             float_layers=trial.float_layers, calibration_method=trial.calibration))
         artifact_source = dict(self.source)
