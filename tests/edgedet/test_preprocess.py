@@ -32,6 +32,23 @@ def test_stretch_shapes_colour_and_normalisation() -> None:
     np.testing.assert_allclose(x_bgr[0, 0], 30.0)
 
 
+@pytest.mark.parametrize("color_order", ["rgb", "bgr"])
+def test_per_plane_normalisation_gives_the_broadcast_formulas_bits(color_order: str) -> None:
+    """``normalize_to_nchw`` runs channel plane by channel plane for speed; the values must be
+    bit for bit those of the plain ``(x - mean) / std`` over (H, W, 3) then a transpose."""
+    from edgedet.preprocess import normalize_to_nchw
+
+    image = _frame(37, 53)
+    cfg = PreprocessConfig((53, 37), color_order=color_order, mean=(123.675, 116.28, 103.53),
+                           std=(58.395, 57.12, 57.375))
+    ordered = image[..., ::-1] if color_order == "rgb" else image
+    expected = ((ordered.astype(np.float32) - np.asarray(cfg.mean, np.float32))
+                * (1.0 / np.asarray(cfg.std, np.float32))).transpose(2, 0, 1)[None]
+    got = normalize_to_nchw(image, cfg)
+    assert got.shape == (1, 3, 37, 53) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_letterbox_geometry_and_padding() -> None:
     frame = np.full((100, 200, 3), 255, np.uint8)
     cfg = PreprocessConfig((64, 64), resize="letterbox", mean=(0, 0, 0), std=(1, 1, 1),
