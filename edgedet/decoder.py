@@ -75,10 +75,11 @@ class HeadDecoder:
             ``Detections`` in frame pixels, best score first.
         """
         one_image = {name: outputs[name] for name in self.output_names}
+        options = self.options
         boxes_xyxy, scores = decode_head_outputs(
             self.head_family, one_image, self.priors_cxcywh,
-            self.box_coder_weights)  # type: ignore[arg-type]
-        options = self.options
+            self.box_coder_weights,  # type: ignore[arg-type]
+            min_score=options.score_threshold)
         xyxy, kept_scores, class_ids = select_detections(
             boxes_xyxy, scores, score_threshold=options.score_threshold,
             iou_threshold=options.iou_threshold, max_detections=options.max_detections,

@@ -82,3 +82,22 @@ def test_softmax_and_sigmoid_are_stable_for_extreme_logits():
         p = softmax(np.array([[1000.0, 0.0, -1000.0]]))
     np.testing.assert_allclose(s, [0.0, 0.5, 1.0], atol=1e-7)
     np.testing.assert_allclose(p, [[1.0, 0.0, 0.0]], atol=1e-7)
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.05, 0.4, 0.9])
+def test_foreground_softmax_skips_only_anchors_that_cannot_pass(threshold):
+    from edgedet.head_decoding import foreground_softmax, softmax
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 3.0, size=(5000, 13)).astype(np.float32)
+    logits[:, 0] += 10.0  # mostly background, as a frame's anchors are
+    # Rows sitting right at the bound: best foreground logit - background = logit(t).
+    logits[:50, 1] = logits[:50, 0] + np.float32(np.log(threshold / (1 - threshold)))
+    full = np.ascontiguousarray(softmax(logits)[:, 1:])
+    fast = foreground_softmax(logits, threshold)
+    computed = fast.any(axis=1)
+    assert computed.sum() < len(logits) / 2  # the point: most rows are skipped
+    np.testing.assert_array_equal(fast[computed], full[computed])  # the same bits
+    assert np.all(full[~computed] <= threshold)  # a skipped row has nothing to select
+    np.testing.assert_array_equal(foreground_softmax(logits, 0.0), full)
+    assert not foreground_softmax(logits, 1.0).any()
