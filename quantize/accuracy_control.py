@@ -5,7 +5,7 @@ check measures (the artifact through ``edgedet.Detector`` on the eval images)::
 
     1. plain PTQ: the target's default calibration and float scope     -> within max_drop? done
     2. better calibration: each other range estimator of the target     -> keep the best ΔAP
-       (ONNX Runtime: min/max, percentile, entropy; NNCF: mean min/max, min/max,
+       (ONNX Runtime: min/max, percentile; NNCF: mean min/max, min/max,
        mean quantile, histogram)                                         -> within? done
     3. fallback: rank the layers still in INT8 by harm (``quantize.sensitivity``), return the
        most harmful ``step`` layers to float, rebuild, check; repeat    -> within? done

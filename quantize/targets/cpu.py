@@ -34,6 +34,8 @@ TARGET = Target(
     # and the check single out go back to float.
     default_keep_float=DEFAULT_KEEP_FLOAT,
     build=build,
-    calibration_methods=("minmax", "percentile", "entropy"),
+    # No "entropy": ONNX Runtime 1.32's entropy calibrator returns the plain min/max ranges
+    # (checked on a small graph; on the zoo PASSD it gave min/max's ΔAP to the digit, 3 runs).
+    calibration_methods=("minmax", "percentile"),
     rounds_outputs=True,
 )

@@ -109,5 +109,6 @@ TARGET = Target(
     # TensorRT cannot run without an NVIDIA GPU: the check runs the same ONNX on ONNX Runtime.
     check_backend="onnxruntime",
     # quantize.ptq_onnx.TENSORRT's default first (percentile: measured best on the zoo model).
-    calibration_methods=("percentile", "minmax", "entropy"),
+    # No "entropy": see the cpu target.
+    calibration_methods=("percentile", "minmax"),
 )
