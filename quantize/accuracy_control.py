@@ -52,9 +52,11 @@ class ControlConfig:
     step: int = DEFAULT_STEP
 
     def __post_init__(self) -> None:
-        if self.max_float_layers < 0 or self.step < 1:
-            raise ValueError(f"max_float_layers must be >= 0 and step >= 1, got "
-                             f"{self.max_float_layers} and {self.step}")
+        if self.max_float_layers < 0:
+            raise ValueError(f"max_float_layers (--max-float-layers) must be >= 0, got "
+                             f"{self.max_float_layers}")
+        if self.step < 1:
+            raise ValueError(f"step (--float-step) must be >= 1, got {self.step}")
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ class ConvertConfig:
         target = target_named(self.target)
         ControlConfig(self.max_drop, self.max_float_layers, self.float_step)  # validates
         if self.sensitivity_images < 1:
-            raise ValueError(f"sensitivity_images must be >= 1, got {self.sensitivity_images}")
+            raise ValueError(f"sensitivity_images (--sensitivity-images) must be >= 1, got "
+                             f"{self.sensitivity_images}")
         if self.calib_size < 1 or self.eval_size < 1:
             raise ValueError(f"calib_size and eval_size must be >= 1, got {self.calib_size} "
                              f"and {self.eval_size}")

@@ -94,9 +94,16 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
     overlap = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
                          str(tmp_path / "o"), "--calib-data", "synthetic:1", *SMALL)
     assert overlap.returncode == 2 and "also in the eval set" in overlap.stderr
+    for flag, value, message in (("--max-float-layers", "-1", "--max-float-layers"),
+                                 ("--float-step", "0", "--float-step"),
+                                 ("--sensitivity-images", "0", "--sensitivity-images")):
+        bad = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
+                         str(tmp_path / "o"), flag, value, *SMALL)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     help_text = run_script("--help")
     assert help_text.returncode == 0
-    for flag in ("--precision", "--calib-data", "--eval-size", "--max-drop", "--keep-float"):
+    for flag in ("--precision", "--calib-data", "--eval-size", "--max-drop", "--keep-float",
+                 "--max-float-layers", "--float-step", "--sensitivity-images"):
         assert flag in help_text.stdout
 
 
