@@ -129,25 +129,28 @@ def rank_layers(onnx_path: str | Path, images: Sequence[np.ndarray],
     input_name = model.graph.input[0].name
     output_names = [o.name for o in model.graph.output]
     units = layer_units(model, kept_float)
-    float_tensors = _float_tensors(model)
-    watched = set()
-    for name, unit in units.items():
-        watched.update(_activation_inputs(model, name, float_tensors))
-        if quantize_outputs:
-            watched.update(_unit_outputs(model, unit, float_tensors))
+    nodes = {n.name: n for n in model.graph.node}
+    # Float activations only: constants (weights, Constant outputs) and index tensors never
+    # get an activation Q/DQ.
+    activations = _float_tensors(model) - _constants(model)
+    layer_inputs = {name: [t for t in nodes[name].input if t in activations] for name in units}
+    unit_outputs = {name: [t for n in unit for t in nodes[n].output if t in activations]
+                    if quantize_outputs else [] for name, unit in units.items()}
+    watched = {t for tensors in (*layer_inputs.values(), *unit_outputs.values())
+               for t in tensors}
     ranges, reference = _ranges_and_reference(model, sorted(watched), output_names, images,
                                               input_name)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     results = []
     for name, unit in tqdm(units.items(), desc="sensitivity", disable=not progress):
-        trial = _fake_quantized(model, name, unit, ranges, float_tensors, quantize_outputs)
+        trial = _fake_quantized(model, name, layer_inputs[name], unit_outputs[name], ranges)
         session = ort.InferenceSession(trial.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
         outputs = [session.run(output_names, {input_name: x}) for x in images]
         sqnr, cosine, worst = _compare(reference, outputs, output_names, weighting)
-        op_type = next(n.op_type for n in model.graph.node if n.name == name)
-        results.append(LayerSensitivity(name, op_type, tuple(unit), sqnr, cosine, worst))
+        results.append(LayerSensitivity(name, nodes[name].op_type, tuple(unit), sqnr, cosine,
+                                        worst))
     return sorted(results, key=lambda r: (r.sqnr_db, r.cosine))
 
 
@@ -162,20 +165,6 @@ def _constants(model: onnx.ModelProto) -> set[str]:
     names = {t.name for t in model.graph.initializer}
     names.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
     return names
-
-
-def _activation_inputs(model: onnx.ModelProto, node_name: str,
-                       float_tensors: set[str]) -> list[str]:
-    node = next(n for n in model.graph.node if n.name == node_name)
-    constants = _constants(model)
-    return [t for t in node.input if t and t not in constants and t in float_tensors]
-
-
-def _unit_outputs(model: onnx.ModelProto, unit: Sequence[str],
-                  float_tensors: set[str]) -> list[str]:
-    in_unit = set(unit)
-    return [o for n in model.graph.node if n.name in in_unit for o in n.output
-            if o in float_tensors]
 
 
 def _ranges_and_reference(model: onnx.ModelProto, watched: list[str], output_names: list[str],
@@ -224,39 +213,38 @@ def _uint8_qparams(low: float, high: float) -> tuple[float, int]:
     return scale, int(np.clip(round(-low / scale), 0, 255))
 
 
-def _fake_quantized(model: onnx.ModelProto, name: str, unit: Sequence[str],
-                    ranges: dict[str, tuple[float, float]], float_tensors: set[str],
-                    quantize_outputs: bool) -> onnx.ModelProto:
-    """A copy of ``model`` with only the layer ``name`` (and its unit's outputs) in INT8."""
+def _fake_quantized(model: onnx.ModelProto, name: str, inputs: Sequence[str],
+                    outputs: Sequence[str], ranges: dict[str, tuple[float, float]]
+                    ) -> onnx.ModelProto:
+    """A copy of ``model`` with only the layer ``name`` in INT8: its weights rounded, each of
+    its activation ``inputs`` and each of its unit's ``outputs`` through a Q/DQ pair (placed
+    right before the layer / right after the producing node, so the graph stays sorted)."""
     trial = copy.deepcopy(model)
     graph = trial.graph
-    node = next(n for n in graph.node if n.name == name)
     initializers = {t.name: t for t in graph.initializer}
-    for index, tensor in enumerate(node.input):
-        axis = _weight_axis(node, index)
-        if tensor in initializers and axis is not None:
-            weight = numpy_helper.to_array(initializers[tensor])
-            copy_name = f"{tensor}__int8_for_{index}_{name}"
-            graph.initializer.append(numpy_helper.from_array(
-                fake_quantize_weight(weight, axis), copy_name))
-            node.input[index] = copy_name  # a private copy: shared weights stay fp32 elsewhere
-    new_nodes: list[onnx.NodeProto] = []
-    for tensor in _activation_inputs(model, name, float_tensors):
-        quantized = _qdq(graph, new_nodes, tensor, ranges[tensor], f"in_{name}")
-        node.input[:] = [quantized if t == tensor else t for t in node.input]
-    if quantize_outputs:
-        in_unit = set(unit)
-        for unit_node in graph.node:
-            if unit_node.name not in in_unit:
-                continue
-            for index, tensor in enumerate(unit_node.output):
-                if tensor in float_tensors and tensor in ranges:
-                    raw = f"{tensor}__before_int8"
-                    unit_node.output[index] = raw
-                    _qdq(graph, new_nodes, raw, ranges[tensor], f"out_{tensor}",
-                         output_name=tensor)
-    graph.node.extend(new_nodes)
-    _topological_sort(graph)
+    rounded_outputs = set(outputs)
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        if node.name == name:
+            for index, tensor in enumerate(node.input):
+                axis = _weight_axis(node, index)
+                if tensor in initializers and axis is not None:
+                    copy_name = f"{tensor}__int8_for_{index}_{name}"
+                    graph.initializer.append(numpy_helper.from_array(
+                        fake_quantize_weight(numpy_helper.to_array(initializers[tensor]), axis),
+                        copy_name))
+                    node.input[index] = copy_name  # private: shared weights stay fp32 elsewhere
+            for tensor in inputs:
+                quantized = _qdq(graph, nodes, tensor, ranges[tensor], f"in_{name}")
+                node.input[:] = [quantized if t == tensor else t for t in node.input]
+        nodes.append(node)
+        for index, tensor in enumerate(node.output):
+            if tensor in rounded_outputs:
+                raw = f"{tensor}__before_int8"
+                node.output[index] = raw
+                _qdq(graph, nodes, raw, ranges[tensor], f"out_{tensor}", output_name=tensor)
+    del graph.node[:]
+    graph.node.extend(nodes)
     return trial
 
 
@@ -291,24 +279,6 @@ def _qdq(graph: onnx.GraphProto, new_nodes: list[onnx.NodeProto], tensor: str,
                                                            f"{prefix}_zero"], [out],
                                       name=f"{prefix}_DQ"))
     return out
-
-
-def _topological_sort(graph: onnx.GraphProto) -> None:
-    """Reorder ``graph.node`` so every node follows the producers of its inputs."""
-    available = {t.name for t in graph.initializer} | {i.name for i in graph.input} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        ready = [n for n in pending if all(t in available for t in n.input)]
-        if not ready:
-            raise ValueError("graph has a cycle or an input nothing produces")
-        ready_ids = {id(n) for n in ready}
-        for n in ready:
-            ordered.append(n)
-            available.update(n.output)
-        pending = [n for n in pending if id(n) not in ready_ids]
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def _compare(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]],
