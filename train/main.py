@@ -219,14 +219,13 @@ def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
     from edgedet.models.checkpoint import load_checkpoint
 
     tensors, _ = load_checkpoint(checkpoint)
-    own = model.state_dict()
-    wrong = sorted(set(own) ^ set(tensors)) + sorted(
-        k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
-    if wrong:
-        raise CheckpointError(f"--init-checkpoint {checkpoint} does not fit this model "
-                              f"(pass the --model and --model-arg it was trained with): "
-                              f"{len(wrong)} mismatched tensors, e.g. {wrong[:3]}")
-    model.load_state_dict(tensors)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:  # strict loading lists every missing / misshapen tensor
+        details = " ".join(str(error).split())  # one line, as every command-line error
+        raise CheckpointError(f"--init-checkpoint {checkpoint} does not fit this model (pass "
+                              f"the --model and --model-arg it was trained with): {details}") \
+            from error
 
 
 def run(args: argparse.Namespace, info: DistInfo) -> dict:
