@@ -71,6 +71,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                        "install it with: pip install 'edgedet[torch]'") from exc
     from tqdm import tqdm
 
+    if args.checkpoint:
+        from edgedet.models.summary import summarize_checkpoint
+
+        measured = summarize_checkpoint(args.checkpoint)
+        print(json.dumps(measured.to_dict()) if args.json else measured.format())
+        return 0
     configs = list(PAPER_CONFIGURATIONS)
     if args.names:
         known = {c.name: c for c in configs}
@@ -376,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "with keys name, params_m, gflops, num_boxes (and input_size, "
                          "paper_params_m)")
     summary.add_argument("--names", nargs="+", metavar="NAME", help="only these models")
+    summary.add_argument("--checkpoint", metavar="CKPT", help="measure a trained checkpoint "
+                         "instead; for a pruned one, list the layers its channel plan narrows")
     summary.add_argument("--no-flops", action="store_true",
                          help="skip FLOP counting (faster; gflops is null)")
     summary.set_defaults(func=_cmd_summary)

@@ -100,5 +100,7 @@ def build_manifest(
         class_names=config["class_names"], preprocess=config["preprocess"],
         anchor_spec=model.anchor_spec(input_size).to_dict(),  # type: ignore[arg-type]
         box_coder_weights=model.box_coder_weights, outputs=outputs, precision=precision,
-        backend=backend, postprocess=config.get("postprocess"), batch_size=batch_size,
+        backend=backend, batch_size=batch_size,
+        # The model's own NMS unless the checkpoint says otherwise.
+        postprocess={"nms_mode": model.default_nms_mode, **dict(config.get("postprocess") or {})},
         source=source, kept_out_of_int8=kept_out_of_int8)

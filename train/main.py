@@ -215,13 +215,19 @@ def seed_everything(seed: int) -> None:
 
 def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
     """Load a checkpoint's weights into the freshly built ``model`` (CheckpointError when they
-    do not fit: another architecture or other --model-arg values)."""
+    do not fit: another architecture or other --model-arg values). A pruned checkpoint's
+    channel plan narrows ``model`` first and stays in its config, so fine-tuning writes pruned
+    checkpoints again."""
+    from edgedet.models.channel_plan import ChannelPlanError, apply_channel_plan
     from edgedet.models.checkpoint import load_checkpoint
 
-    tensors, _ = load_checkpoint(checkpoint)
+    tensors, config = load_checkpoint(checkpoint)
     try:
+        if config.get("channel_plan"):
+            apply_channel_plan(model, config["channel_plan"])
+            model.config = {**model.config, "channel_plan": config["channel_plan"]}
         model.load_state_dict(tensors)
-    except RuntimeError as error:  # strict loading lists every missing / misshapen tensor
+    except (RuntimeError, ChannelPlanError) as error:  # strict loading lists every misfit
         details = " ".join(str(error).split())  # one line, as every command-line error
         raise CheckpointError(f"--init-checkpoint {checkpoint} does not fit this model (pass "
                               f"the --model and --model-arg it was trained with): {details}") \

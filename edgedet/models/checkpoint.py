@@ -15,6 +15,7 @@ from safetensors import safe_open
 from torch import nn
 
 from edgedet.models.builders import builder_of
+from edgedet.models.channel_plan import ChannelPlanError, apply_channel_plan
 
 CONFIG_KEY = "config"
 
@@ -51,12 +52,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
 
 
 def build_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict]:
-    """Rebuild the model of a checkpoint with its builder and load the weights (eval mode)."""
+    """Rebuild the model of a checkpoint with its builder and load the weights (eval mode).
+
+    A pruned checkpoint's ``channel_plan`` narrows the built network first
+    (``edgedet.models.channel_plan``); the model's ``config`` keeps the plan.
+    """
     state, config = load_checkpoint(path)
     model = builder_of(config["architecture"])(**config["kwargs"])
     try:
+        apply_channel_plan(model, config.get("channel_plan"))
+        if config.get("channel_plan"):
+            model.config = {**model.config, "channel_plan": config["channel_plan"]}
         model.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, ChannelPlanError) as error:
         raise CheckpointError(f"{checkpoint_weights_path(path)}: weights do not fit "
                               f"{config['architecture']} ({error})") from error
     return model.eval(), config

@@ -15,6 +15,7 @@ from torch import Tensor
 from edgedet.anchors import AnchorSpec
 from edgedet.head_decoding import HEAD_FAMILIES
 from edgedet.models.box_coder import BoxWeights
+from edgedet.postprocess import NMS_MODES
 
 
 @runtime_checkable
@@ -30,6 +31,9 @@ class DetectionModel(Protocol):
             (**config["kwargs"])`` rebuilds the network (JSON-serialisable).
         box_coder_weights: ``(wx, wy, ww, wh)`` scaling of the box offsets.
         export_output_names: names of the ``forward_export`` tensors, in order.
+        default_nms_mode: the ``edgedet.postprocess.NMS_MODES`` entry the paper tests with
+            (``"soft+voting"`` for HAR-Net, ``"hard"`` otherwise); checkpoints and artifact
+            manifests carry it as ``postprocess.nms_mode``. A class attribute.
 
     ``forward(images (N, 3, H, W))`` (training) returns ``{name: (N, A, k)}`` with at least
     the ``export_output_names`` keys (PASSD's P&A head adds ``adjusted_priors_cxcywh``);
@@ -42,6 +46,7 @@ class DetectionModel(Protocol):
     config: dict[str, Any]
     box_coder_weights: BoxWeights
     export_output_names: tuple[str, ...]
+    default_nms_mode: ClassVar[str]
 
     def forward(self, images: Tensor) -> dict[str, Tensor]: ...
 
@@ -68,6 +73,8 @@ def _value_problems(model: DetectionModel) -> list[str]:
     if not (isinstance(config, dict) and isinstance(config.get("architecture"), str)
             and isinstance(config.get("kwargs"), dict)):
         problems.append(f"config must be {{'architecture': str, 'kwargs': dict}}, got {config!r}")
+    if model.default_nms_mode not in NMS_MODES:
+        problems.append(f"default_nms_mode {model.default_nms_mode!r} is not one of {NMS_MODES}")
     names = model.export_output_names
     if not (isinstance(names, tuple) and names and all(isinstance(n, str) for n in names)):
         problems.append(f"export_output_names must be a non-empty tuple of str, got {names!r}")

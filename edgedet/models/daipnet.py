@@ -260,6 +260,7 @@ class DAIPNet(nn.Module):
 
     # SSD's softmax head with background at 0, decoded against the priors.
     head_family: ClassVar[str] = "ssd"
+    default_nms_mode: ClassVar[str] = "hard"
     export_output_names: tuple[str, ...] = ("cls_logits", "box_deltas")
 
     def __init__(

@@ -18,7 +18,7 @@ Every attention is a builder switch; with all off the model is RetinaNet. Increm
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -159,6 +159,8 @@ class HarNet(RetinaNet):
     """RetinaNet with HAR-Net's aligned attention and ``HarNetHead`` (see module docstring)."""
 
     head: HarNetHead
+    # Sec. III-E: Soft-NMS, then box voting over the candidates it suppressed.
+    default_nms_mode: ClassVar[str] = "soft+voting"
 
     def set_attention_enabled(self, spatial: bool | None = None, channel: bool | None = None
                               ) -> None:

@@ -205,6 +205,7 @@ class PASSD(nn.Module):
     # Both heads: the "passd" decoder falls back to SSD decoding when there are no
     # ``propose_deltas`` (the plain-head ablation), so the family is the meta-architecture's.
     head_family: ClassVar[str] = "passd"
+    default_nms_mode: ClassVar[str] = "hard"
 
     def __init__(
         self,

@@ -63,6 +63,7 @@ class RetinaNet(nn.Module):
     # HAR-Net (a subclass) and DSANet (instances) share RetinaNet's sigmoid head and anchors,
     # so one decoder and one training recipe cover the three.
     head_family: ClassVar[str] = "retinanet"
+    default_nms_mode: ClassVar[str] = "hard"
     # RetinaNet regresses (dx, dy, dw, dh) without variance scaling.
     box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 

@@ -7,13 +7,15 @@ printed parameter counts can be checked against the papers' tables.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from edgedet.models.builders import builder_of
+from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.daipnet import daipnet_vgg16
 from edgedet.models.dsanet import dsanet_resnet50, dsanet_resnet101
 from edgedet.models.harnet import (
@@ -124,3 +126,54 @@ def summarize(config: NamedConfiguration, with_flops: bool = True) -> ModelSumma
         input_size=input_size,
         paper_params_m=config.paper_params_m,
     )
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """A trained checkpoint measured; for a pruned one, the layers its channel plan narrows.
+
+    ``narrowed`` maps each conv / linear whose output width differs from the builder's to
+    ``(full width, pruned width)``.
+    """
+
+    architecture: str
+    params_m: float
+    full_params_m: float
+    gflops: float
+    full_gflops: float
+    input_size: tuple[int, int]
+    narrowed: dict[str, tuple[int, int]]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "input_size": list(self.input_size),
+                "narrowed": {k: list(v) for k, v in self.narrowed.items()}}
+
+    def format(self) -> str:
+        lines = [f"{self.architecture} at {self.input_size[0]}x{self.input_size[1]}: "
+                 f"{self.params_m:.2f} M parameters, {self.gflops:.2f} GFLOPs"]
+        if self.narrowed:
+            lines[0] += (f" (pruned from {self.full_params_m:.2f} M, {self.full_gflops:.2f} "
+                         f"GFLOPs: x{self.gflops / self.full_gflops:.2f})")
+            width = max(len(name) for name in self.narrowed)
+            lines.append(f"{'layer':<{width}}  {'full':>5}  {'kept':>5}")
+            lines += [f"{name:<{width}}  {full:>5}  {kept:>5}"
+                      for name, (full, kept) in self.narrowed.items()]
+        return "\n".join(lines)
+
+
+def summarize_checkpoint(path: str) -> CheckpointSummary:
+    """Measure the model of checkpoint ``path`` against its builder's unpruned network."""
+    model, config = build_from_checkpoint(path)
+    full = builder_of(config["architecture"])(**config["kwargs"])
+    size = config.get("preprocess", {}).get("input_size") or config["kwargs"]["img_size"]
+    input_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    full_widths = {name: module.weight.shape[0] for name, module in full.named_modules()
+                   if isinstance(module, nn.Conv2d | nn.Linear)}
+    narrowed = {name: (int(full_widths[name]), int(module.weight.shape[0]))
+                for name, module in model.named_modules()
+                if isinstance(module, nn.Conv2d | nn.Linear)
+                and module.weight.shape[0] != full_widths[name]}
+    return CheckpointSummary(
+        architecture=config["architecture"], params_m=count_parameters(model) / 1e6,
+        full_params_m=count_parameters(full) / 1e6, gflops=count_gflops(model, input_size),
+        full_gflops=count_gflops(full, input_size), input_size=input_size, narrowed=narrowed)

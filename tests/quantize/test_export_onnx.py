@@ -69,6 +69,7 @@ class _Tiny(nn.Module):
     head_family = "ssd"
     box_coder_weights = (1.0, 1.0, 1.0, 1.0)
     export_output_names = ("cls_logits", "box_deltas")
+    default_nms_mode = "hard"
 
     def __init__(self) -> None:
         super().__init__()

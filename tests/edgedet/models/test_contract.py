@@ -135,6 +135,7 @@ class _AlmostDetector:
     head_family = "ssd"
     box_coder_weights = (1.0, 1.0, 1.0, 1.0)
     export_output_names = ("cls_logits", "box_deltas")
+    default_nms_mode = "hard"
 
     def __init__(self) -> None:
         self.config = {"architecture": "almost", "kwargs": {}}
@@ -156,8 +157,8 @@ class _WrongValues(_AlmostDetector):
 
 def test_contract_members_are_the_protocol_definition() -> None:
     assert CONTRACT_MEMBERS == ("head_family", "config", "box_coder_weights",
-                                "export_output_names", "forward", "forward_export",
-                                "anchor_spec")
+                                "export_output_names", "default_nms_mode", "forward",
+                                "forward_export", "anchor_spec")
 
 
 def test_non_models_get_a_type_error_naming_what_is_missing() -> None:

@@ -1,0 +1,84 @@
+"""Structured pruning of a trained checkpoint: ``python quantize/prune.py --checkpoint CKPT``.
+
+Iterative prune -> fine-tune with torch-pruning's dependency graph (``quantize/pruning.py``,
+``quantize/prune_schedule.py``). The result, ``OUT/pruned.safetensors``, is an ordinary
+checkpoint whose config carries the channel plan: convert it with ``quantize/run.py
+--checkpoint OUT/pruned`` like any other.
+"""
+
+from __future__ import annotations
+
+from edgedet._repo import use_repo_root
+
+use_repo_root(__file__)
+
+import argparse
+import sys
+
+from quantize.prune_schedule import PruneConfig, format_log, run_schedule
+from quantize.pruning import CRITERIA
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantize/prune.py",
+        description="Prune whole channels of a trained detector (HAR-Net's attention couplings "
+                    "honoured) in steps, fine-tuning after each; resumable.",
+        epilog="Example: python quantize/prune.py --checkpoint checkpoints/harnet_r18/best "
+               "--out runs/harnet_pruned --target-flops 0.45 --steps 2 -- --optimizer adamw "
+               "--lr 1e-4 --amp bf16   (flags after -- go to train/main.py's fine-tuning)",
+    )
+    parser.add_argument("--checkpoint", required=True, help="trained checkpoint (X or "
+                        "X.safetensors)")
+    parser.add_argument("--out", required=True, help="output folder; rerun the same command "
+                        "to resume")
+    parser.add_argument("--target-flops", type=float, default=0.45, metavar="RATIO",
+                        help="final GFLOPs as a fraction of the checkpoint's (default 0.45)")
+    parser.add_argument("--steps", type=int, default=2, help="prune / fine-tune rounds "
+                        "(default 2)")
+    parser.add_argument("--criterion", choices=sorted(CRITERIA), default="l2",
+                        help="channel importance (default l2: group weight magnitude)")
+    parser.add_argument("--round-to", type=int, default=16, help="channel counts stay "
+                        "multiples of this (default 16)")
+    parser.add_argument("--finetune-epochs", type=int, default=1, help="epochs per step "
+                        "(default 1)")
+    parser.add_argument("--finetune-images", type=int, default=2000, help="synthetic images "
+                        "per fine-tuning epoch (default 2000)")
+    parser.add_argument("--data", default=None, help="fine-tuning data as train/main.py "
+                        "--data (default: the checkpoint's)")
+    parser.add_argument("--val-images", type=int, default=200, help="synthetic validation "
+                        "images (default 200)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip fine-tuning the "
+                        "unpruned model with the same budget (the comparison)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("train_args", nargs=argparse.REMAINDER,
+                        help="after --: extra train/main.py flags for fine-tuning")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0.0 < args.target_flops < 1.0:
+        parser.error(f"--target-flops must be between 0 and 1, got {args.target_flops}")
+    if min(args.steps, args.finetune_epochs, args.round_to) < 1:
+        parser.error("--steps, --finetune-epochs and --round-to must be at least 1")
+    train_args = [a for a in args.train_args if a != "--"]
+    config = PruneConfig(
+        checkpoint=args.checkpoint, out=args.out, target_flops_ratio=args.target_flops,
+        steps=args.steps, criterion=args.criterion, round_to=args.round_to,
+        finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
+        baseline=not args.no_baseline, train_args=tuple(train_args), data=args.data,
+        val_images=args.val_images, progress=not args.no_progress)
+    try:
+        log = run_schedule(config)
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_log(log))
+    print(f"pruned checkpoint: {args.out}/pruned.safetensors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Iterative prune -> fine-tune of a trained checkpoint, resumable, every step measured.
+
+``run_schedule(PruneConfig(...))`` takes a checkpoint to ``target_flops_ratio`` of its GFLOPs
+in ``steps`` steps, each shrinking the GFLOPs by the same factor (``pruning.prune_to_flops``),
+each followed by ``finetune_epochs`` epochs of ``train/main.py`` started from the pruned
+weights (``--init-checkpoint``: the channel plan travels in the checkpoint config). Per step
+it logs the channel ratio, GFLOPs, parameters and the validation AP right after pruning and
+after fine-tuning to ``OUT/prune_log.json`` (and prints a table).
+
+Layout of ``OUT``::
+
+    step1/pruned.safetensors, .json     the pruned weights before fine-tuning
+    step1/finetune/best.safetensors     train/main.py's output (metrics.jsonl, summary.json)
+    ...
+    baseline/                           the unpruned model fine-tuned with the same budget
+    pruned.safetensors, .json           the last step's fine-tuned checkpoint (the result)
+    prune_log.json
+
+A killed run resumes where it stopped: finished steps are read back from their files, a
+fine-tuning that was cut short resumes from its own training state.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from edgedet._io import write_json_atomic
+from edgedet.decoder import HeadDecoder
+from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
+from edgedet.models.summary import count_gflops, count_parameters
+from edgedet.preprocess import PreprocessConfig
+from quantize.pruning import geometric_targets, prune_to_flops, pruned_config
+from train.checkpoint import save_checkpoint
+from train.data import EvalDataset, collate_eval, open_splits
+from train.distributed import DistInfo
+from train.engine import STATE_FILE
+from train.evaluation import evaluate
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What ``run_schedule`` does; see the module docstring.
+
+    Attributes:
+        checkpoint: the trained full-precision checkpoint (``X``, ``X.safetensors``).
+        out: output folder (created; reused to resume).
+        target_flops_ratio: final GFLOPs as a fraction of the checkpoint's.
+        steps: prune / fine-tune rounds.
+        criterion: ``pruning.CRITERIA`` key.
+        round_to: channel counts stay multiples of this.
+        finetune_epochs, finetune_images: fine-tuning per step (synthetic data: images per
+            epoch; other data: its whole train split).
+        baseline: also fine-tune the unpruned model with the total fine-tuning budget, the
+            comparison the pruned model is judged against.
+        train_args: extra ``train/main.py`` flags for fine-tuning (optimizer, lr, --amp ...).
+        data: ``--data`` of the fine-tuning; default: the checkpoint's own.
+        val_images: validation images (synthetic data).
+    """
+
+    checkpoint: str
+    out: str
+    target_flops_ratio: float = 0.45
+    steps: int = 2
+    criterion: str = "l2"
+    round_to: int = 16
+    finetune_epochs: int = 1
+    finetune_images: int = 2000
+    baseline: bool = True
+    train_args: tuple[str, ...] = ()
+    data: str | None = None
+    val_images: int = 200
+    progress: bool = True
+
+
+@dataclass
+class StepRecord:
+    """One row of ``prune_log.json``."""
+
+    step: int
+    ratio: float
+    gflops: float
+    params_m: float
+    ap_pruned: float
+    ap_finetuned: float
+    finetune_seconds: float
+    channels: dict[str, int] = field(default_factory=dict)
+
+
+def _training_argv(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
+                   epochs: int) -> list[str]:
+    """``train/main.py`` flags that fine-tune ``init`` as the checkpoint was trained."""
+    kwargs = dict(ckpt_config["kwargs"])
+    width, height = (int(v) for v in ckpt_config["preprocess"]["input_size"])
+    data = config.data or ckpt_config.get("data") or "synthetic"
+    argv = ["--model", ckpt_config["architecture"], "--init-checkpoint", str(init),
+            "--img-size", f"{width}x{height}", "--data", data, "--epochs", str(epochs),
+            "--out", str(out), "--synthetic-train", str(config.finetune_images),
+            "--synthetic-val", str(config.val_images)]
+    if data == "synthetic" and ckpt_config.get("synthetic_size"):
+        argv += ["--synthetic-size", "x".join(str(v) for v in ckpt_config["synthetic_size"])]
+    for key, value in kwargs.items():
+        if key not in ("num_classes", "img_size"):
+            argv += ["--model-arg", f"{key}={json.dumps(value)}"]
+    if not config.progress:
+        argv.append("--no-progress")
+    argv += list(config.train_args)
+    if (out / STATE_FILE).is_file():
+        argv += ["--resume", str(out / STATE_FILE)]
+    return argv
+
+
+def _finetune(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
+              epochs: int) -> tuple[float, float]:
+    """Fine-tune ``init`` into ``out`` (resumed when cut short); ``(best AP, seconds)``."""
+    from train.main import main as train_main
+
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        start = time.perf_counter()
+        code = train_main(_training_argv(config, ckpt_config, init, out, epochs))
+        if code != 0:
+            raise RuntimeError(f"fine-tuning {init} failed (train/main.py exit {code})")
+        seconds = time.perf_counter() - start
+        summary = json.loads(summary_path.read_text())
+        summary["wall_seconds"] = seconds
+        write_json_atomic(summary_path, summary, indent=2)
+    summary = json.loads(summary_path.read_text())
+    return float(summary["best_AP"]), float(summary.get("wall_seconds", summary["seconds"]))
+
+
+def validation_ap(model: torch.nn.Module, ckpt_config: dict, config: PruneConfig) -> float:
+    """COCO AP (0-1, as training logs it) of ``model`` on the fine-tuning's validation split."""
+    preprocess = PreprocessConfig.from_dict(ckpt_config["preprocess"])
+    splits = open_splits(config.data or ckpt_config.get("data") or "synthetic",
+                         img_size=tuple(preprocess.input_size),
+                         synthetic_train=1, synthetic_val=config.val_images,
+                         synthetic_config=_synthetic_config(ckpt_config))
+    loader = DataLoader(EvalDataset(splits.val, preprocess), batch_size=8,
+                        collate_fn=collate_eval)
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    metrics = evaluate(model, loader, HeadDecoder.from_manifest(ckpt_config), info)
+    assert metrics is not None  # single process: always rank 0
+    return float(metrics["AP"])
+
+
+def _synthetic_config(ckpt_config: dict) -> Any:
+    from edgedet.data.synthetic import SyntheticConfig
+
+    size = ckpt_config.get("synthetic_size")
+    return SyntheticConfig(image_size=tuple(size)) if size else None
+
+
+def _channels(model: torch.nn.Module) -> dict[str, int]:
+    """Output channels of every conv (the table ``edgedet summary`` and the log print)."""
+    return {name: int(module.weight.shape[0]) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Conv2d)}
+
+
+def run_schedule(config: PruneConfig) -> dict[str, Any]:
+    """Run (or resume) the schedule; returns the log written to ``OUT/prune_log.json``."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, _ = build_from_checkpoint(config.checkpoint)
+    _, full_config = load_checkpoint(config.checkpoint)
+    input_size = tuple(int(v) for v in full_config["preprocess"]["input_size"])
+    gflops = count_gflops(model, input_size)  # type: ignore[arg-type]
+    log: dict[str, Any] = {
+        "config": asdict(config), "start": {
+            "gflops": gflops, "params_m": count_parameters(model) / 1e6,
+            "ap": float((full_config.get("metrics") or {}).get("AP", float("nan")))},
+        "steps": [],
+    }
+    targets = geometric_targets(gflops, config.target_flops_ratio, config.steps)
+    current = Path(config.checkpoint)
+    for step, target in enumerate(targets, start=1):
+        step_dir = out / f"step{step}"
+        pruned_path = step_dir / "pruned"
+        step_log = step_dir / "step.json"
+        if not step_log.is_file():
+            model, _ = build_from_checkpoint(current)
+            _, current_full = load_checkpoint(current)
+            pruned, result = prune_to_flops(model, input_size, target,  # type: ignore[arg-type]
+                                            config.criterion, config.round_to)
+            pruned.config = pruned_config(pruned)
+            new_config = {**current_full, **pruned.config, "pruning": {
+                "step": step, "criterion": config.criterion, "ratio": result.ratio,
+                "source": str(config.checkpoint)}}
+            ap_pruned = validation_ap(pruned, new_config, config)
+            step_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(pruned_path, pruned, new_config)
+            write_json_atomic(step_log, {
+                "ratio": result.ratio, "gflops": result.gflops_after,
+                "params_m": result.params_after / 1e6, "ap_pruned": ap_pruned}, indent=2)
+        record_base = json.loads(step_log.read_text())
+        _, pruned_full = load_checkpoint(pruned_path)
+        ap_ft, seconds = _finetune(config, pruned_full, pruned_path, step_dir / "finetune",
+                                   config.finetune_epochs)
+        current = step_dir / "finetune" / "best"
+        pruned_model, _ = build_from_checkpoint(current)
+        log["steps"].append(asdict(StepRecord(
+            step=step, ratio=record_base["ratio"], gflops=record_base["gflops"],
+            params_m=record_base["params_m"], ap_pruned=record_base["ap_pruned"],
+            ap_finetuned=ap_ft, finetune_seconds=seconds, channels=_channels(pruned_model))))
+        write_json_atomic(out / "prune_log.json", log, indent=2)
+    for suffix in (".safetensors", ".json"):
+        source = current.with_suffix(suffix)
+        if source.is_file():
+            shutil.copyfile(source, out / f"pruned{suffix}")
+    if config.baseline:
+        ap_base, seconds = _finetune(config, full_config, Path(config.checkpoint),
+                                     out / "baseline", config.finetune_epochs * config.steps)
+        log["baseline"] = {"ap": ap_base, "finetune_seconds": seconds,
+                           "gflops": gflops, "params_m": log["start"]["params_m"]}
+    write_json_atomic(out / "prune_log.json", log, indent=2)
+    return log
+
+
+def format_log(log: dict[str, Any]) -> str:
+    """The log as a small table (AP in points)."""
+    start = log["start"]
+    lines = [f"{'step':<9} {'ratio':>6} {'GFLOPs':>7} {'params M':>8} {'AP pruned':>9} "
+             f"{'AP tuned':>8}",
+             f"{'start':<9} {'':>6} {start['gflops']:>7.2f} {start['params_m']:>8.2f} "
+             f"{'':>9} {100 * start['ap']:>8.2f}"]
+    for s in log["steps"]:
+        lines.append(f"{'step ' + str(s['step']):<9} {s['ratio']:>6.3f} {s['gflops']:>7.2f} "
+                     f"{s['params_m']:>8.2f} {100 * s['ap_pruned']:>9.2f} "
+                     f"{100 * s['ap_finetuned']:>8.2f}")
+    if "baseline" in log:
+        b = log["baseline"]
+        lines.append(f"{'baseline':<9} {'':>6} {b['gflops']:>7.2f} {b['params_m']:>8.2f} "
+                     f"{'':>9} {100 * b['ap']:>8.2f}")
+    return "\n".join(lines)
+
+
+__all__ = ["PruneConfig", "StepRecord", "format_log", "run_schedule", "validation_ap"]

@@ -1,0 +1,225 @@
+"""Structured pruning of HAR-Net: shapes, couplings, checkpoint round trip and export parity."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from edgedet.data.synthetic import SYNTHETIC_CLASSES
+from edgedet.models.attention import CrossLevelGroupNorm
+from edgedet.models.channel_plan import ChannelPlanError, apply_channel_plan
+from edgedet.models.checkpoint import build_from_checkpoint
+from edgedet.models.harnet import harnet_resnet18_small
+from edgedet.models.summary import count_gflops, summarize_checkpoint
+from edgedet.preprocess import PreprocessConfig
+from quantize.export_onnx import export_onnx
+from quantize.pruning import prune_channels, prune_to_flops, pruned_config
+from tests.quantize.conftest import he_normal, randomise
+from train.checkpoint import save_checkpoint
+
+INPUT_SIZE = (160, 128)
+
+
+def tiny_harnet() -> nn.Module:
+    generator = torch.Generator().manual_seed(21)
+    model = harnet_resnet18_small(num_classes=len(SYNTHETIC_CLASSES), img_size=INPUT_SIZE)
+    he_normal(model, generator)
+    for attention in model.aligned_attention.values():
+        randomise(attention.offset, generator, std=0.05)
+    for module in model.modules():  # CLGN affine: varied, so magnitudes rank channels
+        if isinstance(module, CrossLevelGroupNorm):
+            randomise(module, generator, std=1.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pruned_pair() -> tuple[nn.Module, nn.Module]:
+    model = tiny_harnet()
+    # Tag every CLGN channel with its index in the bias (the criterion reads weights only),
+    # so the test can tell which channels survived.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, CrossLevelGroupNorm):
+                module.bias.copy_(torch.arange(module.bias.numel(), dtype=torch.float32))
+        # CLSE: fc2's bias tags its output channels, fc1's first row its input positions.
+        for task in ("cls", "box"):
+            se = model.head.branches[task].channel_attention
+            se.fc2.bias.copy_(torch.arange(se.fc2.out_features, dtype=torch.float32))
+            se.fc1.weight[0] = torch.arange(se.fc1.in_features, dtype=torch.float32) * 1e-3
+    pruned = prune_channels(copy.deepcopy(model), INPUT_SIZE, ratio=0.3)
+    return model, pruned
+
+
+def _images(seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, 3, INPUT_SIZE[1], INPUT_SIZE[0], generator=torch.Generator()
+                       .manual_seed(seed))
+
+
+def test_pruning_keeps_output_shapes_and_shrinks_the_network(pruned_pair):
+    model, pruned = pruned_pair
+    images = _images()
+    with torch.no_grad():
+        before, after = model.forward_export(images), pruned.forward_export(images)
+    assert [t.shape for t in after] == [t.shape for t in before]
+    assert all(torch.isfinite(t).all() for t in after)
+    assert count_gflops(pruned, INPUT_SIZE) < 0.7 * count_gflops(model, INPUT_SIZE)
+
+
+def test_every_coupling_stays_consistent(pruned_pair):
+    _, pruned = pruned_pair
+    head, fpn = pruned.head, pruned.fpn
+    fpn_channels = fpn.p7.weight.shape[0]
+    assert fpn_channels < 128 and fpn_channels % 16 == 0
+    assert all(c.weight.shape[0] == fpn_channels for c in
+               [*fpn.lateral_convs, *fpn.output_convs, fpn.p6, fpn.p7])
+    for task in ("cls", "box"):
+        branch = head.branches[task]
+        assert branch.convs[0].weight.shape[1] == fpn_channels
+        for conv, norm, nxt in zip(branch.convs, branch.norms,
+                                   [*branch.convs[1:], branch.extra_conv], strict=True):
+            width = conv.weight.shape[0]
+            assert width < 128 and width % norm.num_groups == 0  # CLGN groups stay 16
+            assert norm.weight.shape == norm.bias.shape == (width,)
+            assert nxt.weight.shape[1] == width
+            kept = norm.bias.detach().round().long()  # the original channel indices
+            per_group = torch.bincount(kept // (128 // norm.num_groups),
+                                       minlength=norm.num_groups)
+            assert (per_group == width // norm.num_groups).all(), "groups pruned unequally"
+        extra = branch.extra_conv.weight.shape[0]
+        se = branch.channel_attention
+        assert se.fc1.in_features == 5 * extra and se.fc2.out_features == extra
+        assert se.fc1.out_features == 5 * 128 // 16  # CLSE's hidden width is the design's
+        kept = se.fc2.bias.detach().round().long()
+        columns = (se.fc1.weight[0].detach() / 1e-3).round().long()
+        # Level l's max-pooled vector sits at l * C in the concatenation: the same channels
+        # go from every level's slice.
+        assert columns.tolist() == [level * 128 + int(i) for level in range(5) for i in kept]
+    predictor_in = {head.cls_logits.weight.shape[1], head.box_deltas.weight.shape[1]}
+    assert predictor_in == {head.branches["cls"].extra_conv.weight.shape[0]} | {
+        head.branches["box"].extra_conv.weight.shape[0]}
+    assert head.cls_logits.weight.shape[0] == 9 * len(SYNTHETIC_CLASSES)
+    assert head.box_deltas.weight.shape[0] == 9 * 4
+    spatial = [m for m in head.spatial_attention.layers if isinstance(m, nn.Conv2d)]
+    assert spatial[0].weight.shape[:2] == (16, fpn_channels)
+    assert [m.weight.shape[0] for m in spatial] == [16, 16, 16, 16, 1]
+    backbone = pruned.backbone
+    for level, stage in (("c4", backbone.layer3), ("c5", backbone.layer4)):
+        attention = pruned.aligned_attention[level]
+        trunk = stage[-1].conv2.weight.shape[0]
+        hidden = attention.reduce.weight.shape[0]
+        assert attention.reduce.weight.shape[1] == trunk == attention.expand.weight.shape[0]
+        assert attention.offset.weight.shape[:2] == (18, hidden)
+        assert attention.deform.in_channels == attention.deform.weight.shape[1] == hidden
+        assert attention.expand.weight.shape[1] == attention.deform.out_channels
+        assert trunk % 16 == 0
+    for conv in (backbone.conv1, backbone.layer1[0].conv1, backbone.layer2[0].conv1):
+        assert conv.weight.shape[0] % 16 == 0
+
+
+def test_pruned_checkpoint_rebuilds_exactly_and_exports_with_parity(pruned_pair, tmp_path):
+    _, pruned = pruned_pair
+    pruned.config = pruned_config(pruned)
+    plan = pruned.config["channel_plan"]
+    assert "fpn.p7.weight" in plan and "head.cls_logits.bias" not in plan
+    config = {**pruned.config, "class_names": list(SYNTHETIC_CLASSES),
+              "preprocess": PreprocessConfig(input_size=INPUT_SIZE).to_dict()}
+    save_checkpoint(tmp_path / "pruned", pruned, config)
+    rebuilt, rebuilt_config = build_from_checkpoint(tmp_path / "pruned")
+    assert rebuilt_config["channel_plan"] == plan
+    assert rebuilt.config["channel_plan"] == plan
+    images = _images(1)
+    with torch.no_grad():
+        expected = pruned.forward_export(images)
+        got = rebuilt.forward_export(images)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    measured = summarize_checkpoint(str(tmp_path / "pruned"))
+    assert measured.narrowed["fpn.p7"] == (128, pruned.fpn.p7.weight.shape[0])
+    assert "head.cls_logits" not in measured.narrowed
+    assert measured.gflops < 0.7 * measured.full_gflops
+    onnx_path = export_onnx(rebuilt, tmp_path / "pruned.onnx", INPUT_SIZE)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    for a, b in zip(expected, outputs, strict=True):
+        np.testing.assert_allclose(b, a.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_prune_to_flops_reaches_the_target_with_the_smallest_ratio():
+    model = tiny_harnet()
+    full = count_gflops(model, INPUT_SIZE)
+    pruned, result = prune_to_flops(model, INPUT_SIZE, 0.6 * full)
+    assert result.gflops_after == pytest.approx(count_gflops(pruned, INPUT_SIZE))
+    assert result.gflops_after <= 0.6 * full
+    assert result.params_after < result.params_before
+    assert count_gflops(model, INPUT_SIZE) == full  # the input model is left alone
+    # A noticeably smaller ratio misses the target (the bisection did not overshoot).
+    less = prune_channels(copy.deepcopy(model), INPUT_SIZE, max(result.ratio - 0.05, 0.0))
+    assert count_gflops(less, INPUT_SIZE) > 0.6 * full
+    with pytest.raises(ValueError, match="already within"):
+        prune_to_flops(model, INPUT_SIZE, 2 * full)
+
+
+def test_channel_plan_errors_name_the_problem():
+    model = tiny_harnet()
+    with pytest.raises(ChannelPlanError, match="not a tensor"):
+        apply_channel_plan(model, {"head.no_such_layer.weight": [3]})
+    with pytest.raises(ChannelPlanError, match="groups"):
+        apply_channel_plan(tiny_harnet(), {"head.branches.cls.norms.0.weight": [100]})
+    grouped = nn.Sequential(nn.Conv2d(8, 8, 3, groups=2))
+    with pytest.raises(ChannelPlanError, match="grouped"):
+        apply_channel_plan(grouped, {"0.weight": [4, 4, 3, 3]})
+
+
+def _tiny_checkpoint(stem) -> None:
+    model = tiny_harnet()
+    config = {**model.config, "class_names": list(SYNTHETIC_CLASSES),
+              "input_size": list(INPUT_SIZE),
+              "preprocess": PreprocessConfig(input_size=INPUT_SIZE, resize="letterbox").to_dict(),
+              "anchor_spec": model.anchor_spec(INPUT_SIZE).to_dict(),
+              "box_coder_weights": list(model.box_coder_weights), "head_family": "retinanet",
+              "output_names": list(model.export_output_names),
+              "postprocess": {"score_threshold": 0.05, "iou_threshold": 0.5,
+                              "pre_nms_top_k": 100, "max_detections": 100},
+              "data": "synthetic", "synthetic_size": list(INPUT_SIZE),
+              "metrics": {"AP": 0.0}}
+    save_checkpoint(stem, model, config)
+
+
+def test_prune_cli_prunes_fine_tunes_and_resumes(tmp_path, capsys):
+    from quantize.prune import main
+
+    _tiny_checkpoint(tmp_path / "full")
+    argv = ["--checkpoint", str(tmp_path / "full"), "--out", str(tmp_path / "out"),
+            "--steps", "1", "--target-flops", "0.6", "--finetune-images", "4",
+            "--val-images", "4", "--no-baseline", "--no-progress",
+            "--", "--batch-size", "4", "--workers", "0", "--optimizer", "adamw"]
+    assert main(argv) == 0
+    log = json.loads((tmp_path / "out" / "prune_log.json").read_text())
+    (step,) = log["steps"]
+    assert step["gflops"] <= 0.6 * log["start"]["gflops"]
+    assert (tmp_path / "out" / "pruned.safetensors").is_file()
+    # Fine-tuning kept the plan: the result rebuilds at the pruned widths.
+    model, config = build_from_checkpoint(tmp_path / "out" / "pruned")
+    assert config["channel_plan"] and config["postprocess"]["nms_mode"] == "soft+voting"
+    assert count_gflops(model, INPUT_SIZE) == pytest.approx(step["gflops"])
+    # A second run reads the finished step back instead of pruning and training again.
+    mtime = (tmp_path / "out" / "step1" / "finetune" / "best.safetensors").stat().st_mtime
+    assert main(argv) == 0
+    assert (tmp_path / "out" / "step1" / "finetune" / "best.safetensors").stat().st_mtime == mtime
+    assert "step 1" in capsys.readouterr().out
+
+
+def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
+    from quantize.prune import main
+
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "x", "--out", str(tmp_path), "--target-flops", "1.5"])
+    assert "--target-flops" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
