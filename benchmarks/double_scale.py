@@ -1,0 +1,97 @@
+"""HAR-Net's double-scale testing measured: ``python benchmarks/double_scale.py --checkpoint CKPT``
+
+Exports the checkpoint's fp32 ONNX at its input size and at twice it, runs both in ONNX
+Runtime on the synthetic eval split (the accuracy check's images: seed 1, 200 images), and
+prints AP / AP50 / APs / APl and the p50 latency of single-scale testing next to double-scale
+testing (``edgedet.double_scale``: the 2x run's maps averaged with the 1x run's at shared
+resolutions, its finest level added). Both decode through the SDK's ``HeadDecoder`` with the
+checkpoint's post-processing, so the only difference is the second scale.
+"""
+
+from __future__ import annotations
+
+from edgedet._repo import use_repo_root
+
+use_repo_root(__file__)
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edgedet.artifact import INPUT_NAME
+from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
+from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+from edgedet.decoder import HeadDecoder
+from edgedet.double_scale import DoubleScaleLayout
+from edgedet.models.checkpoint import build_from_checkpoint
+from edgedet.options import DetectorOptions
+from edgedet.preprocess import PreprocessConfig, preprocess
+from quantize.export_onnx import export_onnx
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a RetinaNet-family checkpoint")
+    parser.add_argument("--images", type=int, default=200, help="eval images (seed 1)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    model, config = build_from_checkpoint(args.checkpoint)
+    preprocess_1x = PreprocessConfig.from_dict(config["preprocess"])
+    width, height = preprocess_1x.input_size
+    preprocess_2x = PreprocessConfig.from_dict(
+        {**config["preprocess"], "input_size": [2 * width, 2 * height]})
+    layout = DoubleScaleLayout.of(model.anchor_spec((width, height)),
+                                  model.anchor_spec((2 * width, 2 * height)))
+    options = DetectorOptions.from_manifest(config, settings="evaluation")
+    single = HeadDecoder.from_manifest(config, options)
+    double = HeadDecoder(config["head_family"], layout.priors_cxcywh,
+                         config["box_coder_weights"], single.output_names,
+                         config["class_names"], options)
+    size = tuple(config.get("synthetic_size") or (width, height))
+    samples = list(SyntheticScenes(args.images, seed=1, config=SyntheticConfig(image_size=size)))
+    with tempfile.TemporaryDirectory() as tmp:
+        session_1x = _session(export_onnx(model, Path(tmp) / "1x.onnx", (width, height)),
+                              args.threads)
+        session_2x = _session(export_onnx(model, Path(tmp) / "2x.onnx",
+                                          (2 * width, 2 * height)), args.threads)
+        names = [o.name for o in session_1x.get_outputs()]
+        results: dict[str, list] = {"single": [], "double": []}
+        times: dict[str, list[float]] = {"single": [], "double": []}
+        for sample in samples:
+            start = time.perf_counter()
+            tensor, transform = preprocess(sample.image, preprocess_1x)
+            out_1x = dict(zip(names, session_1x.run(None, {INPUT_NAME: tensor}), strict=True))
+            found = single(out_1x, transform)
+            times["single"].append(time.perf_counter() - start)
+            results["single"] += detections_to_coco_results(
+                sample.image_id, found.xyxy, found.scores, found.class_ids)
+            tensor_2x, _ = preprocess(sample.image, preprocess_2x)
+            out_2x = dict(zip(names, session_2x.run(None, {INPUT_NAME: tensor_2x}), strict=True))
+            found = double(layout.merge_outputs(out_1x, out_2x), transform)
+            times["double"].append(time.perf_counter() - start)
+            results["double"] += detections_to_coco_results(
+                sample.image_id, found.xyxy, found.scores, found.class_ids)
+    ground_truth = samples_to_coco_gt(samples, config["class_names"])
+    print(f"{config['architecture']} at {width}x{height} (+ {2 * width}x{2 * height}), "
+          f"{len(samples)} images, ONNX Runtime fp32, {args.threads} threads, "
+          f"NMS {options.nms_mode}")
+    print(f"{'testing':<8} {'AP':>6} {'AP50':>6} {'APs':>6} {'APl':>6} {'p50 ms':>7}")
+    for mode in ("single", "double"):
+        m = evaluate_coco(ground_truth, results[mode])
+        print(f"{mode:<8} {100 * m.AP:>6.2f} {100 * m.AP50:>6.2f} {100 * m.APs:>6.2f} "
+              f"{100 * m.APl:>6.2f} {1000 * statistics.median(times[mode]):>7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

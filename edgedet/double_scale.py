@@ -1,0 +1,107 @@
+"""HAR-Net's double-scale testing (paper sec. III-E), as numpy bookkeeping over flat outputs.
+
+The image is run twice: at the model's input size (1x) and at twice it (2x). With RetinaNet's
+anchors (side 4 x stride at every level), level ``P_{l+1}`` of the 2x run has the same grid
+and, in 1x pixels, the same anchors as ``P_l`` of the 1x run, so those maps are averaged; the
+2x run's finest level (``P3`` at 2x: anchors of half the 1x ``P3`` size) adds the smallest
+objects and the 1x run's coarsest level (``P7``) keeps the largest. The raw head outputs
+(logits and box deltas) are what is averaged, the paper's "output maps", so the decoding after
+the merge is the SDK's ordinary one with the merged priors::
+
+    2x: [P3' | P4' .. P7']          1x: [P3 .. P6 | P7]
+    merged: [P3' | (P3 + P4')/2 .. (P6 + P7')/2 | P7]      priors: [P3' / 2 | 1x priors]
+
+Flat outputs are ``(A, k)`` arrays, levels concatenated in order, each level
+``feature_h * feature_w * anchors_per_cell`` rows (``edgedet.anchors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgedet.anchors import GridAnchorSpec
+
+
+class DoubleScaleError(ValueError):
+    """Two anchor layouts that do not pair up as a 1x and a 2x run of one detector."""
+
+
+def _level_slices(spec: GridAnchorSpec) -> list[slice]:
+    slices, start = [], 0
+    for height, width in spec.feature_sizes:
+        count = height * width * spec.anchors_per_cell
+        slices.append(slice(start, start + count))
+        start += count
+    return slices
+
+
+@dataclass(frozen=True)
+class DoubleScaleLayout:
+    """Where each merged row comes from; build with ``DoubleScaleLayout.of``."""
+
+    slices_1x: tuple[slice, ...]
+    slices_2x: tuple[slice, ...]
+    priors_cxcywh: np.ndarray  # (A_merged, 4) in 1x input pixels
+
+    @classmethod
+    def of(cls, spec_1x: GridAnchorSpec, spec_2x: GridAnchorSpec) -> DoubleScaleLayout:
+        """The layout for a model's anchors at its input size and at twice that size.
+
+        Raises ``DoubleScaleError`` unless every 2x level from the second on has the grid,
+        stride and anchor size (in 1x pixels) of the 1x level below it.
+        """
+        if not isinstance(spec_1x, GridAnchorSpec) or not isinstance(spec_2x, GridAnchorSpec):
+            raise DoubleScaleError("double-scale testing needs grid anchors (RetinaNet family)")
+        if tuple(2 * v for v in spec_1x.image_size) != tuple(spec_2x.image_size):
+            raise DoubleScaleError(f"the second input {spec_2x.image_size} is not twice "
+                                   f"{spec_1x.image_size}")
+        levels = len(spec_1x.feature_sizes)
+        if len(spec_2x.feature_sizes) != levels or levels < 2:
+            raise DoubleScaleError("both runs need the same number (>= 2) of pyramid levels")
+        if (spec_1x.scales, spec_1x.aspect_ratios) != (spec_2x.scales, spec_2x.aspect_ratios):
+            raise DoubleScaleError("both runs need the same anchor scales and aspect ratios")
+        for level in range(levels - 1):
+            shared_1x = (tuple(spec_1x.feature_sizes[level]), spec_1x.strides[level],
+                         spec_1x.base_sizes[level])
+            shared_2x = (tuple(spec_2x.feature_sizes[level + 1]),
+                         spec_2x.strides[level + 1] / 2, spec_2x.base_sizes[level + 1] / 2)
+            if shared_1x != shared_2x:
+                raise DoubleScaleError(
+                    f"1x level {level} (grid, stride, anchor) {shared_1x} does not match 2x "
+                    f"level {level + 1} {shared_2x} in 1x pixels")
+        priors_1x, priors_2x = spec_1x.generate(), spec_2x.generate()
+        slices_1x, slices_2x = _level_slices(spec_1x), _level_slices(spec_2x)
+        finest_2x = priors_2x[slices_2x[0]] / 2.0  # (cx, cy, w, h) all scale with the image
+        priors = np.concatenate([finest_2x, priors_1x], axis=0).astype(np.float32)
+        return cls(tuple(slices_1x), tuple(slices_2x), priors)
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.priors_cxcywh)
+
+    def merge(self, outputs_1x: np.ndarray, outputs_2x: np.ndarray) -> np.ndarray:
+        """``(A_1x, k)`` and ``(A_2x, k)`` raw outputs (or ``(1, A, k)``) -> ``(A_merged, k)``."""
+        one = np.asarray(outputs_1x)
+        two = np.asarray(outputs_2x)
+        one = one[0] if one.ndim == 3 else one
+        two = two[0] if two.ndim == 3 else two
+        expected = (self.slices_1x[-1].stop, self.slices_2x[-1].stop)
+        if (len(one), len(two)) != expected:
+            raise DoubleScaleError(f"outputs have {len(one)} and {len(two)} anchors, the "
+                                   f"layout {expected[0]} and {expected[1]}")
+        parts = [two[self.slices_2x[0]]]
+        for level in range(len(self.slices_1x) - 1):
+            parts.append(0.5 * (one[self.slices_1x[level]] + two[self.slices_2x[level + 1]]))
+        parts.append(one[self.slices_1x[-1]])
+        return np.concatenate(parts, axis=0)
+
+    def merge_outputs(self, outputs_1x: Mapping[str, np.ndarray],
+                      outputs_2x: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``merge`` applied to every named output the two runs share."""
+        return {name: self.merge(outputs_1x[name], outputs_2x[name]) for name in outputs_1x}
+
+
+__all__ = ["DoubleScaleError", "DoubleScaleLayout"]
