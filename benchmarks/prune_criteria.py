@@ -1,4 +1,4 @@
-"""Which channel criterion keeps the most AP? ``python benchmarks/prune_criteria.py --checkpoint CKPT``
+"""Which channel criterion keeps the most AP? ``benchmarks/prune_criteria.py --checkpoint CKPT``
 
 Prunes the checkpoint once per criterion of ``quantize.pruning.CRITERIA`` to the same GFLOPs
 target (no fine-tuning) and prints the validation AP each leaves, next to the unpruned AP.
