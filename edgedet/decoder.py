@@ -53,7 +53,9 @@ class HeadDecoder:
                       ) -> HeadDecoder:
         """The decoder of an artifact manifest (or a checkpoint config with the same keys:
         ``head_family``, ``anchor_spec``, ``box_coder_weights``, ``class_names`` and
-        ``outputs`` or ``output_names``); options default to its ``postprocess`` section."""
+        ``outputs`` or ``output_names``); options default to its ``postprocess`` section as
+        it is (the evaluation settings, which training-time evaluation scores with), not the
+        application threshold ``Detector.detect`` adds by default."""
         if "outputs" in manifest:
             output_names = [o["name"] for o in manifest["outputs"]]
         else:
@@ -61,7 +63,7 @@ class HeadDecoder:
         return cls(str(manifest["head_family"]),
                    anchor_spec_from_dict(manifest["anchor_spec"]).generate(),
                    manifest["box_coder_weights"], output_names, manifest["class_names"],
-                   options or DetectorOptions.from_manifest(manifest))
+                   options or DetectorOptions.from_manifest(manifest, settings="evaluation"))
 
     def __call__(self, outputs: Mapping[str, np.ndarray], transform: FrameTransform
                  ) -> Detections:
