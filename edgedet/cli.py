@@ -304,12 +304,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
               "Detector(PATH) or --model PATH")
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{width}}  {'architecture':<16} {'precision':<9} {'backend':<11} "
+    arch = max(len("architecture"), *(len(r["architecture"] or "-") for r in rows))
+    print(f"{'name':<{width}}  {'architecture':<{arch}} {'precision':<9} {'backend':<11} "
           f"{'input':>9} {'classes':>7} {'MB':>6} {'AP':>6}")
     for r in rows:
         size = "x".join(str(v) for v in r["input_size"] or []) or "-"
         ap = f"{r['AP']:.3f}" if r["AP"] is not None else "-"
-        print(f"{r['name']:<{width}}  {r['architecture'] or '-':<16} {r['precision']:<9} "
+        print(f"{r['name']:<{width}}  {r['architecture'] or '-':<{arch}} {r['precision']:<9} "
               f"{r['backend']:<11} {size:>9} {r['num_classes']:>7} {r['size_mb']:>6.1f} "
               f"{ap:>6}")
     return 0
