@@ -43,7 +43,12 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from edgedet.models.attention import CrossLevelGroupNorm, SpatialAttention
+from edgedet.models.attention import (
+    AlignedAttention,
+    CrossLevelGroupNorm,
+    CrossLevelSE,
+    SpatialAttention,
+)
 from edgedet.models.builders import builder_of
 from edgedet.models.channel_plan import channel_plan_of
 from edgedet.models.deform_conv import DeformConv2d
@@ -172,10 +177,9 @@ def fixed_width_layers(model: nn.Module) -> list[nn.Module]:
     for module in model.modules():
         if isinstance(module, SpatialAttention):
             fixed.extend(m for m in module.modules() if isinstance(m, nn.Conv2d))
-        elif hasattr(module, "offset") and isinstance(getattr(module, "deform", None),
-                                                       DeformConv2d):
+        elif isinstance(module, AlignedAttention):
             fixed.append(module.offset)
-        elif hasattr(module, "fc1") and hasattr(module, "fc2"):
+        elif isinstance(module, CrossLevelSE):
             fixed.append(module.fc1)
     return fixed
 
