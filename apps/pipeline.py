@@ -56,7 +56,7 @@ class FpsMeter:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both apps take: --source, --model, --backend, --device, --allow-unchecked,
-    --score-threshold, --track and --max-frames."""
+    --score-threshold, --double-scale, --track and --max-frames."""
     parser.add_argument("--source", default=None, help=SOURCE_HELP)
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="zoo model name or artifact directory (default: %(default)s)")
@@ -72,6 +72,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="minimum score to draw (default: the manifest's application "
                         f"threshold, {APPLICATION_SCORE_THRESHOLD} for every zoo model; the "
                         "low one AP was measured with is its evaluation setting)")
+    parser.add_argument("--double-scale", action="store_true",
+                        help="HAR-Net's double-scale testing: each frame also runs at 2x input "
+                        "and the outputs are merged (better on small objects, ~3x slower; "
+                        "artifacts converted with quantize/run.py --double-scale)")
     parser.add_argument("--track", action="store_true",
                         help="give each object an id that follows it from frame to frame "
                         "(ByteTrack; needs pip install 'edgedet[track]'); only tracked objects "
@@ -94,7 +98,10 @@ def load_detector(args: argparse.Namespace) -> Detector:
         ValueError, RuntimeError, OSError: a bad model, artifact or backend (one-line
             messages, for the app to print).
     """
-    overrides = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
+    overrides: dict[str, object] = (
+        {} if args.score_threshold is None else {"score_threshold": args.score_threshold})
+    if getattr(args, "double_scale", False):
+        overrides["double_scale"] = True
     return Detector(args.model, backend=args.backend, device=args.device,
                     allow_unchecked=args.allow_unchecked, **overrides)
 

@@ -10,7 +10,17 @@ An artifact directory::
                       sha256 of every model file, where the model came from and the result of
                       its accuracy check
     model.onnx        the model file(s) (``model.xml`` + ``model.bin`` for OpenVINO IR, ...)
+    model_2x.onnx     optional: the same model at twice the input size, for HAR-Net's
+                      double-scale testing (``manifest["double_scale"]``, below)
     report.*          optional: the conversion report (not hashed, not needed to load)
+
+The optional ``double_scale`` section describes the second model of double-scale testing
+(``quantize/run.py --double-scale``; ``DetectorOptions(double_scale=True)`` uses it)::
+
+    {"input_size": [2W, 2H], "anchor_spec": the 2x model's anchors (2x input pixels),
+     "files": names of its model files (also in ``files``, so hashed like the others),
+     "accuracy": the check of double-scale testing against the PyTorch reference's own
+                 double-scale testing (an ``accuracy_section``), or null before it ran}
 
 ``edgedet.artifact_writer.write_artifact`` assembles the directory beside its final place with
 ``manifest.json`` written last and complete, then swaps it into place, so a directory holding
@@ -43,6 +53,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 # Model files are named MODEL_STEM + the format's suffix: model.onnx, model.xml + model.bin.
 MODEL_STEM = "model"
 INPUT_NAME = "images"
+# The 2x model of double-scale testing: DOUBLE_SCALE_STEM + the format's suffix.
+DOUBLE_SCALE_STEM = "model_2x"
 DEFAULT_NMS_MODE = "hard"
 
 # Keys the runtime needs; the rest are provenance: source (checkpoint, calibration), accuracy,
@@ -78,6 +90,18 @@ def check_summary(manifest: Mapping[str, Any]) -> str:
     verdict = "passed" if accuracy["passed"] else "FAILED"
     return (f"{verdict}: AP {accuracy['AP']:.2f} vs reference {accuracy['reference_AP']:.2f}, "
             f"ΔAP {accuracy['delta_AP']:+.2f} (max drop {accuracy['max_drop']})")
+
+
+def double_scale_files(manifest: Mapping[str, Any]) -> list[str]:
+    """Names of the 2x model's files (``manifest["double_scale"]["files"]``; [] without)."""
+    section = manifest.get("double_scale")
+    return list(section["files"]) if section else []
+
+
+def main_model_files(manifest: Mapping[str, Any]) -> list[str]:
+    """Names of the model files of the artifact's own (1x) model."""
+    second = set(double_scale_files(manifest))
+    return [name for name in manifest["files"] if name not in second]
 
 
 def require_passed_check(manifest: Mapping[str, Any], where: str) -> None:
@@ -332,6 +356,8 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
         raise fail("application must be an object whose score_threshold is in [0, 1]")
     _validate_accuracy(manifest.get("accuracy"), fail)
+    _validate_double_scale(manifest.get("double_scale"), preprocess.input_size,
+                           manifest["files"], fail)
 
 
 def verify_artifact_files(artifact_dir: str | os.PathLike[str], manifest: Mapping) -> None:
@@ -427,3 +453,31 @@ def _validate_accuracy(accuracy: object, fail: Any) -> None:
         raise fail(f"accuracy section lacks {missing}")
     if not isinstance(accuracy["passed"], bool):
         raise fail(f"accuracy.passed must be true or false, got {accuracy['passed']!r}")
+
+
+def _validate_double_scale(section: object, input_size: tuple[int, int], files: object,
+                           fail: Any) -> None:
+    """``double_scale`` is absent / None or names a 2x model whose files are listed."""
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise fail("double_scale must be null or an object")
+    missing = [key for key in ("input_size", "anchor_spec", "files") if key not in section]
+    if missing:
+        raise fail(f"double_scale lacks {missing}")
+    width, height = input_size
+    if list(section["input_size"]) != [2 * width, 2 * height]:
+        raise fail(f"double_scale.input_size {section['input_size']} is not twice the input "
+                   f"size {[width, height]}")
+    try:
+        anchor_spec_from_dict(section["anchor_spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise fail(f"bad double_scale.anchor_spec: {exc!r}") from exc
+    names = section["files"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise fail("double_scale.files must be a non-empty list of file names")
+    unlisted = [n for n in names if isinstance(files, dict) and files and n not in files]
+    if unlisted:
+        raise fail(f"double_scale.files {unlisted} are not in files (every model file is "
+                   "hashed there)")
+    _validate_accuracy(section.get("accuracy"), fail)

@@ -109,7 +109,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def _option_overrides(args: argparse.Namespace) -> dict:
     """Detector options given on the command line (unset ones come from the manifest)."""
     names = ("score_threshold", "iou_threshold", "max_detections", "nms_mode", "threads",
-             "device")
+             "device", "double_scale")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -468,6 +468,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-unchecked", action="store_true",
                         help="load an artifact whose accuracy check failed or never ran "
                         "(refused by default)")
+    parser.add_argument("--double-scale", action="store_const", const=True, default=None,
+                        help="HAR-Net's double-scale testing: also run the artifact's 2x model "
+                        "and merge (artifacts converted with quantize/run.py --double-scale)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,9 @@ One call of ``detect(frame)`` is::
     HeadDecoder        → decode against the anchors, threshold, top-k, NMS, boxes in frame
                          pixels → Detections
 
+With ``double_scale=True`` (HAR-Net's double-scale testing) the frame also runs through the
+artifact's 2x model and the raw outputs are merged (``edgedet.double_scale``) before decoding.
+
 Only the model itself runs in the inference runtime; decoding and NMS are numpy, identical for
 every backend and precision. The backend is any ``InferenceBackend``: one of the table in
 ``edgedet.backends`` by name, or an instance (the conversion pipeline passes its PyTorch
@@ -23,7 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgedet.artifact import Artifact, ManifestError, check_summary, require_passed_check
+from edgedet.artifact import (
+    Artifact,
+    ManifestError,
+    check_summary,
+    double_scale_files,
+    main_model_files,
+    require_passed_check,
+)
 from edgedet.backends import (
     BACKENDS,
     BackendError,
@@ -36,6 +46,7 @@ from edgedet.backends import (
 )
 from edgedet.decoder import HeadDecoder
 from edgedet.detections import Detections
+from edgedet.double_scale import SecondScale
 from edgedet.options import DetectorOptions
 from edgedet.preprocess import (
     FrameError,
@@ -70,8 +81,10 @@ class Detector:
             (score threshold 0.01, for AP).
         allow_unchecked: load an artifact whose accuracy check failed or never ran (refused by
             default: ``UncheckedArtifactError``, a ``ManifestError``).
-        **overrides: individual ``DetectorOptions`` fields, e.g. ``score_threshold=0.3`` or
-            ``device="GPU"``.
+        double_scale_backend: with a loaded ``backend`` and ``double_scale=True``, the loaded
+            2x model (with a backend name, the artifact's 2x model file is loaded by it).
+        **overrides: individual ``DetectorOptions`` fields, e.g. ``score_threshold=0.3``,
+            ``device="GPU"`` or ``double_scale=True``.
 
     ``detect`` and ``detect_batch`` may be called from several threads at once.
 
@@ -83,7 +96,8 @@ class Detector:
     Raises:
         ValueError: unknown model name / directory; ``ManifestError`` (a ``ValueError``) for a
             bad manifest, a missing, corrupt or truncated model file, or an accuracy check that
-            failed or never ran.
+            failed or never ran; ``DoubleScaleError`` (a ``ValueError``) for
+            ``double_scale=True`` on an artifact without a 2x model.
         TypeError: an unknown option.
         BackendError: the backend is not installed (``BackendUnavailableError``) or cannot
             load the model file or use the device.
@@ -92,7 +106,9 @@ class Detector:
     def __init__(self, name_or_path: str | os.PathLike[str] | Artifact,
                  backend: str | InferenceBackend = "auto",
                  options: DetectorOptions | None = None, allow_unchecked: bool = False,
-                 settings: str = "application", **overrides: object) -> None:
+                 settings: str = "application",
+                 double_scale_backend: InferenceBackend | None = None,
+                 **overrides: object) -> None:
         if isinstance(name_or_path, Artifact):
             artifact = name_or_path
             artifact.verify_files()
@@ -115,10 +131,15 @@ class Detector:
             device = self.options.device
             if self.fallback_reason is not None and device is None:
                 device = "auto"  # the fallback's best devices, as the native runtime's GPU
-            model_file = model_file_for(self.backend_name, list(self._manifest["files"]))
+            model_file = model_file_for(self.backend_name, main_model_files(self._manifest))
             self._backend: InferenceBackend = create_backend(
                 self.backend_name, self.artifact_dir / model_file,
                 threads=self.options.threads, device=device)
+            if self.options.double_scale and self._manifest.get("double_scale"):
+                double_scale_backend = create_backend(
+                    self.backend_name, self.artifact_dir / model_file_for(
+                        self.backend_name, double_scale_files(self._manifest)),
+                    threads=self.options.threads, device=device)
         else:
             self.backend_name = backend.name
             self._backend = backend
@@ -126,6 +147,26 @@ class Detector:
         self.preprocess_config = PreprocessConfig.from_dict(self._manifest["preprocess"])
         self.decoder = HeadDecoder.from_manifest(self._manifest, self.options)
         self._check_model_matches_manifest()
+        self._second_scale: SecondScale | None = None
+        if self.options.double_scale:
+            self._second_scale = self._load_second_scale(double_scale_backend, allow_unchecked)
+
+    def _load_second_scale(self, backend_2x: InferenceBackend | None,
+                           allow_unchecked: bool) -> SecondScale:
+        """The 2x half of double-scale testing; the decoder then decodes the merged outputs
+        against the merged anchors."""
+        if backend_2x is None and self._manifest.get("double_scale"):
+            raise TypeError("double_scale=True with a loaded backend needs "
+                            "double_scale_backend=, the loaded 2x model")
+        second = SecondScale.from_manifest(self._manifest, backend_2x)  # type: ignore[arg-type]
+        if not allow_unchecked:
+            require_passed_check({"name": f"{self.name} (double-scale testing)",
+                                  "accuracy": self._manifest["double_scale"].get("accuracy")},
+                                 str(self.artifact_dir))
+        self.decoder = HeadDecoder(self.decoder.head_family, second.layout.priors_cxcywh,
+                                   self.decoder.box_coder_weights, self.decoder.output_names,
+                                   self.class_names, self.options)
+        return second
 
     def _check_model_matches_manifest(self) -> None:
         """Stop at load time, naming the file, if the model disagrees with its manifest."""
@@ -168,8 +209,9 @@ class Detector:
             providers = getattr(self._backend, "providers", None)
             on = f"; providers {', '.join(providers)}" if providers else ""
             backend += f" (fallback: {self.fallback_reason}{on})"
+        scales = " + 2x (double-scale testing)" if self._second_scale is not None else ""
         return (f"Detector({self.name!r}, backend={backend}, "
-                f"precision={self._manifest['precision']!r}, input={self.input_size}, "
+                f"precision={self._manifest['precision']!r}, input={self.input_size}{scales}, "
                 f"check={self.check!r})")
 
     @property
@@ -205,7 +247,10 @@ class Detector:
             FrameError: the frame is not an image (wrong type, shape, dtype, values).
         """
         images, transform = self.preprocess(frame)
-        return self.decoder(self._backend.run(images), transform)
+        outputs = self._backend.run(images)
+        if self._second_scale is not None:
+            outputs = self._second_scale.merge(frame, outputs)
+        return self.decoder(outputs, transform)
 
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """``detect`` for several frames (any sizes) in one model call where the model allows.
@@ -223,6 +268,8 @@ class Detector:
             transforms.append(transform)
         if not inputs:
             return []
+        if self._second_scale is not None:  # two runs per frame: no batching gain
+            return [self.detect(frame) for frame in frames]
         outputs = self.run_model(np.concatenate(inputs, axis=0))
         return self.decoder.decode_batch(outputs, transforms)
 
@@ -253,7 +300,7 @@ def _choose_backend(requested: str, manifest: Mapping) -> tuple[str, str | None]
 
 def _can_read(backend: str, manifest: Mapping) -> bool:
     try:
-        model_file_for(backend, list(manifest["files"]))
+        model_file_for(backend, main_model_files(manifest))
     except BackendError:
         return False
     return True

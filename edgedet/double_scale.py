@@ -13,6 +13,10 @@ the merge is the SDK's ordinary one with the merged priors::
 
 Flat outputs are ``(A, k)`` arrays, levels concatenated in order, each level
 ``feature_h * feature_w * anchors_per_cell`` rows (``edgedet.anchors``).
+
+In the SDK, ``DetectorOptions(double_scale=True)`` runs it on every backend: the artifact then
+holds the model a second time at 2x input (``quantize/run.py --double-scale``, the manifest's
+``double_scale`` section) and ``SecondScale`` is the 2x half of each ``detect`` call.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgedet.anchors import GridAnchorSpec
+from edgedet.anchors import GridAnchorSpec, anchor_spec_from_dict
+from edgedet.backends import InferenceBackend
+from edgedet.preprocess import PreprocessConfig, preprocess
 
 
 class DoubleScaleError(ValueError):
@@ -104,4 +110,52 @@ class DoubleScaleLayout:
         return {name: self.merge(outputs_1x[name], outputs_2x[name]) for name in outputs_1x}
 
 
-__all__ = ["DoubleScaleError", "DoubleScaleLayout"]
+class SecondScale:
+    """The 2x run of double-scale testing: the frame pre-processed at twice the model's input
+    size, run through the 2x model, merged with the 1x run's raw outputs.
+
+    Args:
+        backend: the 2x model (input ``(1, 3, 2H, 2W)``).
+        preprocess_config: the artifact's pre-processing with the 2x input size.
+        layout: ``DoubleScaleLayout.of(1x anchors, 2x anchors)``.
+    """
+
+    def __init__(self, backend: InferenceBackend, preprocess_config: PreprocessConfig,
+                 layout: DoubleScaleLayout) -> None:
+        self.backend = backend
+        self.preprocess_config = preprocess_config
+        self.layout = layout
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping, backend: InferenceBackend) -> SecondScale:
+        """The second scale of an artifact manifest whose ``double_scale`` section names the
+        2x model that ``backend`` has loaded.
+
+        Raises:
+            DoubleScaleError: the artifact has no 2x model, its anchors do not pair with the
+                1x model's, or ``backend`` does not take the 2x input.
+        """
+        section = manifest.get("double_scale")
+        if not section:
+            raise DoubleScaleError(
+                f"artifact {manifest.get('name')!r} has no 2x model for double-scale testing; "
+                "convert it with quantize/run.py --double-scale")
+        width, height = (int(v) for v in section["input_size"])
+        layout = DoubleScaleLayout.of(anchor_spec_from_dict(manifest["anchor_spec"]),
+                                      anchor_spec_from_dict(section["anchor_spec"]))
+        shape = tuple(backend.input_shape)
+        if len(shape) != 4 or shape[2] not in (height, None) or shape[3] not in (width, None):
+            raise DoubleScaleError(f"{backend.model_path} takes input {list(shape)}, not the "
+                                   f"2x input (N, 3, {height}, {width})")
+        config = PreprocessConfig.from_dict({**manifest["preprocess"],
+                                             "input_size": [width, height]})
+        return cls(backend, config, layout)
+
+    def merge(self, frame: np.ndarray, outputs_1x: Mapping[str, np.ndarray]
+              ) -> dict[str, np.ndarray]:
+        """Run ``frame`` (BGR uint8) at 2x and merge with its 1x ``(1, A, k)`` outputs."""
+        images, _ = preprocess(frame, self.preprocess_config)
+        return self.layout.merge_outputs(outputs_1x, self.backend.run(images))
+
+
+__all__ = ["DoubleScaleError", "DoubleScaleLayout", "SecondScale"]

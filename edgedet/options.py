@@ -40,6 +40,10 @@ class DetectorOptions:
         device: where the runtime runs the model (None = its CPU): an OpenVINO device
             (``"GPU"``, ``"NPU"``, ``"AUTO"``) or ONNX Runtime execution providers
             (``"cuda"``, ``"tensorrt,cuda"``); see ``edgedet.backends.BACKENDS``.
+        double_scale: HAR-Net's double-scale testing (``edgedet.double_scale``): each frame
+            also runs through the artifact's 2x model and the two runs' outputs are merged
+            before decoding. Needs an artifact converted with ``quantize/run.py
+            --double-scale``; slower (the 2x run has 4x the pixels), better on small objects.
     """
 
     score_threshold: float = 0.05
@@ -49,6 +53,7 @@ class DetectorOptions:
     pre_nms_top_k: int = 1000
     threads: int | None = None
     device: str | None = None
+    double_scale: bool = False
 
     def __post_init__(self) -> None:
         if not _is_real(self.score_threshold) or not 0.0 <= self.score_threshold <= 1.0:
@@ -67,6 +72,8 @@ class DetectorOptions:
             raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise ValueError(f"device must be None or a non-empty string, got {self.device!r}")
+        if not isinstance(self.double_scale, bool | np.bool_):
+            raise ValueError(f"double_scale must be True or False, got {self.double_scale!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

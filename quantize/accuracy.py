@@ -35,18 +35,25 @@ AGREEMENT_SCORE_THRESHOLD = 0.3
 AGREEMENT_IOU_THRESHOLD = 0.5
 
 
-def reference_detector(model: nn.Module, artifact: Artifact, device: str | None = None
-                       ) -> Detector:
+def reference_detector(model: nn.Module, artifact: Artifact, device: str | None = None,
+                       double_scale: bool = False) -> Detector:
     """The full-precision reference: ``model`` (training form, not rewritten) behind the
     SDK's pre- and post-processing of ``artifact``, i.e. ``Detector`` with a ``TorchBackend``.
 
     Args:
         device: torch device; default CUDA when available, else CPU.
+        double_scale: the reference of double-scale testing (``model`` at the artifact's
+            input size and at its ``double_scale`` section's 2x size, merged by the SDK).
     """
     input_size = tuple(artifact.manifest["preprocess"]["input_size"])
     backend = TorchBackend(model, input_size, device)  # type: ignore[arg-type]
+    second = None
+    if double_scale:
+        size_2x = tuple(artifact.manifest["double_scale"]["input_size"])
+        second = TorchBackend(model, size_2x, device)  # type: ignore[arg-type]
     # allow_unchecked: this is the check.
-    return Detector(artifact, backend=backend, allow_unchecked=True, settings="evaluation")
+    return Detector(artifact, backend=backend, allow_unchecked=True, settings="evaluation",
+                    double_scale=double_scale, double_scale_backend=second)
 
 
 @dataclass
@@ -182,32 +189,40 @@ class AccuracyCheck:
         self.backend = backend
         self.device = device
         self.progress = progress
-        self._reference: tuple[DetectorRun, dict[str, float], str] | None = None
+        # Keyed by double_scale: single-scale and double-scale testing each have their own.
+        self._references: dict[bool, tuple[DetectorRun, dict[str, float], str]] = {}
 
-    def reference(self, artifact: Artifact) -> tuple[DetectorRun, dict[str, float], str]:
+    def reference(self, artifact: Artifact, double_scale: bool = False
+                  ) -> tuple[DetectorRun, dict[str, float], str]:
         """``(run, metrics, torch device)`` of the reference, run on first use with the
-        pre- and post-processing settings of ``artifact``'s manifest."""
-        if self._reference is None:
-            detector = reference_detector(self.model, artifact, self.device)
-            run = run_detector(detector.detect, self.samples, self.progress, "reference")
+        pre- and post-processing settings of ``artifact``'s manifest (and with double-scale
+        testing when ``double_scale``)."""
+        if double_scale not in self._references:
+            detector = reference_detector(self.model, artifact, self.device, double_scale)
+            what = "reference, double-scale" if double_scale else "reference"
+            run = run_detector(detector.detect, self.samples, self.progress, what)
             class_names = tuple(artifact.manifest["class_names"])
-            self._reference = (run, coco_metrics(self.samples, run.detections, class_names),
-                               str(detector.backend.device))  # type: ignore[attr-defined]
-        return self._reference
+            self._references[double_scale] = (
+                run, coco_metrics(self.samples, run.detections, class_names),
+                str(detector.backend.device))  # type: ignore[attr-defined]
+        return self._references[double_scale]
 
-    def reference_summary(self) -> dict[str, object]:
+    def reference_summary(self, double_scale: bool = False) -> dict[str, object]:
         """The reference's metrics, latency and device (after a first ``check``)."""
-        assert self._reference is not None, "no artifact checked yet"
-        run, metrics, device = self._reference
+        assert double_scale in self._references, "no artifact checked yet"
+        run, metrics, device = self._references[double_scale]
         return {**metrics, **latency_summary(run.latencies_ms), "device": device}
 
-    def check(self, artifact: Artifact) -> tuple[dict[str, object], DetectorRun]:
+    def check(self, artifact: Artifact, double_scale: bool = False
+              ) -> tuple[dict[str, object], DetectorRun]:
         """The manifest ``accuracy`` section of ``artifact`` (through ``Detector``, as a user
-        runs it) and its run."""
-        reference_run, reference_metrics, _ = self.reference(artifact)
+        runs it) and its run; with ``double_scale``, of its double-scale testing against the
+        reference's (the ``accuracy`` of its ``double_scale`` section)."""
+        reference_run, reference_metrics, _ = self.reference(artifact, double_scale)
         detector = Detector(artifact, backend=self.backend, allow_unchecked=True,  # the check
-                            settings="evaluation")
-        run = run_detector(detector.detect, self.samples, self.progress, artifact.name)
+                            settings="evaluation", double_scale=double_scale)
+        what = f"{artifact.name}, double-scale" if double_scale else artifact.name
+        run = run_detector(detector.detect, self.samples, self.progress, what)
         metrics = compare_to_reference(self.samples, tuple(artifact.manifest["class_names"]),
                                        reference_run, reference_metrics, run)
         return accuracy_section(metrics, self.max_drop, self.eval_data), run

@@ -7,6 +7,12 @@ One run, for one target (``quantize.targets``)::
         ─► report ─► each artifact written once, complete, with its accuracy section:
            passed → OUT/NAME_<precision> (swapped in atomically), failed → OUT/rejected/
 
+With ``double_scale`` (HAR-Net's double-scale testing), every checked artifact also gets the
+model at twice the input size, built the same way (same precision, INT8 calibration method and
+float layers, calibrated on the calibration images at 2x), as ``model_2x.*`` and the
+manifest's ``double_scale`` section, whose accuracy is double-scale testing checked against
+the PyTorch reference's own double-scale testing.
+
 ``python quantize/run.py`` is a thin command line over it. The scratch work happens in a
 ``.work-*`` folder inside ``out``; the run holds ``out``'s lock, and first clears what a killed
 run left there, so nothing unchecked or half-written ever stands at an artifact's name.
@@ -24,8 +30,9 @@ import numpy as np
 import onnx
 
 from edgedet._io import exclusive_lock
-from edgedet.artifact import Artifact, sha256_file
+from edgedet.artifact import DOUBLE_SCALE_STEM, MODEL_STEM, Artifact, sha256_file
 from edgedet.artifact_writer import clean_leftovers, write_artifact
+from edgedet.double_scale import DoubleScaleLayout
 from edgedet.models.checkpoint import build_from_checkpoint, checkpoint_weights_path
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import AGREEMENT_IOU_THRESHOLD, AGREEMENT_SCORE_THRESHOLD, AccuracyCheck
@@ -92,6 +99,8 @@ class ConvertConfig:
         keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 (default: the
             target's ``default_keep_float``).
         device: torch device of the reference (default CUDA when available).
+        double_scale: also build and check each artifact's 2x model for HAR-Net's
+            double-scale testing (grid anchors only: HAR-Net, DSANet, PASSD).
         progress: progress bars and step messages.
         command: how the run was started, for the report (default: this config).
     """
@@ -111,6 +120,7 @@ class ConvertConfig:
     sensitivity_images: int = DEFAULT_IMAGES
     keep_float: tuple[str, ...] | None = None
     device: str | None = None
+    double_scale: bool = False
     progress: bool = True
     command: str | None = None
 
@@ -157,6 +167,8 @@ class ArtifactReport:
     accuracy: dict[str, Any]
     checked_on: str = ""
     notes: list[str] = field(default_factory=list)
+    # Double-scale testing's accuracy section (None: the artifact has no 2x model).
+    double_scale: dict[str, Any] | None = None
 
 
 @dataclass
@@ -209,6 +221,10 @@ def convert(config: ConvertConfig) -> ConversionReport:
     name = (config.name or checkpoint_config.get("model_name")
             or checkpoint_config["architecture"])
     preprocess_config = PreprocessConfig.from_dict(checkpoint_config["preprocess"])
+    if config.double_scale:  # a model whose levels do not pair is refused before any work
+        width, height = preprocess_config.input_size
+        DoubleScaleLayout.of(model.anchor_spec((width, height)),
+                             model.anchor_spec((2 * width, 2 * height)))
     class_names = tuple(checkpoint_config["class_names"])
     # Synthetic frames at the size training validated on (older checkpoints: the input size).
     synthetic_size = tuple(checkpoint_config.get("synthetic_size") or preprocess_config.input_size)
@@ -325,6 +341,20 @@ class _Builder:
         self.calibration_arrays = (
             calibration_inputs(calibration.samples, preprocess_config)
             if calibration is not None else None)
+        self.size_2x: tuple[int, int] | None = None
+        if config.double_scale:
+            width, height = self.input_size
+            self.size_2x = (2 * width, 2 * height)
+            _say(config, f"exporting the 2x model for double-scale testing, input "
+                         f"{2 * width}x{2 * height}")
+            (work / "x2").mkdir()
+            self.onnx_fp32_2x = export_onnx(self.rewritten, work / "x2" / "model.onnx",
+                                            self.size_2x)
+            preprocess_2x = PreprocessConfig.from_dict(
+                {**preprocess_config.to_dict(), "input_size": list(self.size_2x)})
+            self.calibration_arrays_2x = (
+                calibration_inputs(calibration.samples, preprocess_2x)
+                if calibration is not None else None)
         self.notes: dict[str, list[str]] = {}
         self._trials = 0
 
@@ -354,6 +384,33 @@ class _Builder:
         return Artifact.stage(self.work / "staged" / str(self._trials) / artifact_name,
                               built.files, {**manifest, **built.manifest_extra})
 
+    def add_second_scale(self, artifact: Artifact, trial: Trial | None = None) -> Artifact:
+        """``artifact`` plus its 2x model for double-scale testing, built like it (same
+        precision; for INT8 the same calibration method and float layers), staged anew with
+        the manifest's ``double_scale`` section (accuracy None until checked)."""
+        assert self.size_2x is not None, "the run was not configured for double-scale testing"
+        trial = trial or Trial()
+        precision = str(artifact.manifest["precision"])
+        _say(self.config, f"building the 2x model of {artifact.name}")
+        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
+        built = self.target.build(BuildRequest(
+            precision=precision, onnx_fp32=self.onnx_fp32_2x, model=self.rewritten,
+            input_size=self.size_2x, work_dir=self.work / "x2",
+            calibration=self.calibration_arrays_2x if precision == "int8" else None,
+            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
+            keep_float_categories=self.config.resolved_keep_float(),
+            float_layers=trial.float_layers, calibration_method=trial.calibration))
+        files_2x = {DOUBLE_SCALE_STEM + name.removeprefix(MODEL_STEM)
+                    if name.startswith(MODEL_STEM + ".") else f"{DOUBLE_SCALE_STEM}_{name}": path
+                    for name, path in built.files.items()}
+        section = {"input_size": list(self.size_2x),
+                   "anchor_spec": self.model.anchor_spec(self.size_2x).to_dict(),
+                   "files": list(files_2x), "accuracy": None}
+        self._trials += 1
+        return Artifact.stage(self.work / "staged" / str(self._trials) / artifact.name,
+                              {**artifact.files, **files_2x},
+                              {**artifact.manifest, "double_scale": section})
+
     def rank(self) -> list[LayerSensitivity]:
         """The sensitivity ranking of the weight layers the target puts in INT8."""
         _say(self.config, f"ranking {len(self.units)} INT8 layers by sensitivity")
@@ -375,15 +432,25 @@ def _build_and_check(config: ConvertConfig, builder: _Builder, check: AccuracyCh
     """
     staged, reports, columns, controlled = [], [], {}, {}
     for precision in config.resolved_precisions():
+        trial = None
         if precision == "int8":
             outcome = _controlled_int8(config, builder, check)
             artifact, accuracy, run = outcome.chosen.payload
             controlled[artifact.name] = {**outcome.manifest_section(),
                                          "ranking": [r.to_dict() for r in outcome.ranking]}
             artifact = _with_control_section(artifact, outcome)
+            trial = outcome.chosen.trial
         else:
             artifact = builder.stage(precision)
             accuracy, run = check.check(artifact)
+        double_scale = None
+        if config.double_scale:
+            artifact = builder.add_second_scale(artifact, trial)
+            double_scale, _ = check.check(artifact, double_scale=True)
+            manifest = {**artifact.manifest,
+                        "double_scale": {**artifact.manifest["double_scale"],
+                                         "accuracy": double_scale}}
+            artifact = Artifact(artifact.directory, manifest)
         passed = bool(accuracy["passed"])
         reports.append(ArtifactReport(
             name=artifact.name,
@@ -391,7 +458,7 @@ def _build_and_check(config: ConvertConfig, builder: _Builder, check: AccuracyCh
             backend=builder.target.backend, precision=str(artifact.manifest["precision"]),
             size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
             passed=passed, accuracy=accuracy, checked_on=check.backend,
-            notes=builder.notes.get(artifact.name, [])))
+            notes=builder.notes.get(artifact.name, []), double_scale=double_scale))
         staged.append(artifact)
         columns[f"{artifact.name} ({check.backend})"] = run.detections
     return staged, reports, columns, controlled

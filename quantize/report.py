@@ -226,6 +226,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{acc['agreement']:.3f} | {acc['mean_iou']:.3f} | "
             f"{_number(acc['latency_p50_ms'])} | {_mib(art['size_bytes'])} | "
             f"{'pass' if art['passed'] else 'FAIL'} |")
+        two = art.get("double_scale")
+        if two:  # HAR-Net's double-scale testing, against the reference's own
+            lines.append(
+                f"| {art['name']}, double-scale (ref. AP {_number(two['reference_AP'])}) | "
+                f"{art['backend']} | {art['precision']} | {_number(two['AP'])} | "
+                f"{_number(two['AP50'])} | {_number(two['AP75'])} | {_number(two['APs'])} | "
+                f"{_number(two['APm'])} | {_number(two['APl'])} | {two['delta_AP']:+.2f} | "
+                f"{two['agreement']:.3f} | {two['mean_iou']:.3f} | "
+                f"{_number(two['latency_p50_ms'])} | (both models) | "
+                f"{'pass' if two['passed'] else 'FAIL'} |")
     notes = [(art["name"], art.get("checked_on"), art.get("notes") or [])
              for art in report["artifacts"]]
     if any(n or (c and c != a["backend"]) for (_, c, n), a in zip(notes, report["artifacts"],

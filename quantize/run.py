@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: the target's, listed below)")
     parser.add_argument("--device", default=None,
                         help="torch device of the reference (default cuda when available)")
+    parser.add_argument("--double-scale", action="store_true",
+                        help="also build each artifact's model at twice the input size and "
+                        "check HAR-Net's double-scale testing (Detector(..., "
+                        "double_scale=True)) against the PyTorch reference's; models with grid "
+                        "anchors (HAR-Net, DSANet, PASSD; not DAIPNet's SSD priors); the "
+                        "artifact grows by the 2x model")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -141,7 +147,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> ConvertConfig
         max_float_layers=args.max_float_layers, float_step=args.float_step,
         sensitivity_images=args.sensitivity_images,
         keep_float=_keep_float(args.keep_float), device=args.device,
-        progress=not args.no_progress,
+        double_scale=args.double_scale, progress=not args.no_progress,
         command="python quantize/run.py " + shlex.join(argv))
 
 
@@ -154,6 +160,12 @@ def _print_summary(report: ConversionReport, out: str) -> None:
               f"{acc['delta_AP']:+.2f}), agreement {acc['agreement']:.3f}, p50 "
               f"{acc['latency_p50_ms']:.1f} ms, {art.size_bytes / 2**20:.2f} MiB -> "
               f"{'pass' if art.passed else 'FAIL'}: {art.directory}")
+        if art.double_scale is not None:
+            two = art.double_scale
+            print(f"  double-scale testing: AP {two['AP']:.2f} (reference "
+                  f"{two['reference_AP']:.2f}, ΔAP {two['delta_AP']:+.2f}), p50 "
+                  f"{two['latency_p50_ms']:.1f} ms -> {'pass' if two['passed'] else 'FAIL'}"
+                  + ("" if two["passed"] else ": Detector(double_scale=True) refuses it"))
     print(f"report: {out}/{REPORT_MD} ({REPORT_JSON}, {PICTURE})")
 
 
