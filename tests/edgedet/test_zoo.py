@@ -77,15 +77,31 @@ def test_the_packaged_zoo_folder_is_inside_the_package() -> None:
         assert load_manifest(zoo.ZOO_DIR / name)["name"] == name
 
 
+def _double_scale_models() -> list[str]:
+    return [name for name in zoo.list_models()
+            if load_manifest(zoo.ZOO_DIR / name, verify_files=False).get("double_scale")]
+
+
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_each_zoo_model_reproduces_its_checked_ap(name: str) -> None:
     """The shipped artifact still gives the AP its conversion measured, on the same images
     (a refactor of loading, decoding or NMS that changed detections would show here)."""
+    _reproduces_checked_ap(name, double_scale=False)
+
+
+@pytest.mark.parametrize("name", _double_scale_models())
+def test_each_double_scale_zoo_model_reproduces_its_checked_ap(name: str) -> None:
+    """The same for double-scale testing (the 2x model, the merge and the merged anchors)."""
+    _reproduces_checked_ap(name, double_scale=True)
+
+
+def _reproduces_checked_ap(name: str, double_scale: bool) -> None:
     from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
     from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 
-    detector = edgedet.Detector(name, threads=1, settings="evaluation")  # as the check ran
-    accuracy = detector.info["accuracy"]
+    detector = edgedet.Detector(name, threads=1, settings="evaluation",  # as the check ran
+                                double_scale=double_scale)
+    accuracy = (detector.info["double_scale"] if double_scale else detector.info)["accuracy"]
     eval_data = accuracy["eval_data"]
     assert eval_data["data"] == f"synthetic:{eval_data['seed']}"
     # Rendered at the size the check used (recorded since 2026-12-02; before, the input size).
