@@ -6,9 +6,10 @@
 ``edgedet bench`` times one model; comparing models with separate runs on a shared, noisy
 machine compares the machine's load as much as the models. Here every model runs a few calls
 in turn, round after round, so each sees the same load and CPU clocks. A model may be given as
-``PATH`` or ``PATH@BACKEND`` (e.g. an ONNX artifact on ``openvino``). Prints, per model, p50
-runtime-only and end-to-end ``detect()`` latency over all rounds and the ratio to the first
-model's runtime-only p50; ``--json`` prints the same as one JSON object.
+``PATH`` or ``PATH@BACKEND`` (e.g. an ONNX artifact on ``openvino``), with ``+2x`` appended for
+HAR-Net's double-scale testing (``harnet_pruned_int8+2x``; runtime-only is then the 1x model).
+Prints, per model, p50 runtime-only and end-to-end ``detect()`` latency over all rounds and the
+ratio to the first model's runtime-only p50; ``--json`` prints the same as one JSON object.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 
 
 def _load(spec: str, threads: int | None) -> Detector:
-    path, _, backend = spec.partition("@")
-    return Detector(path, backend=backend or "auto", threads=threads)
+    double_scale = spec.endswith("+2x")
+    path, _, backend = spec.removesuffix("+2x").partition("@")
+    return Detector(path, backend=backend or "auto", threads=threads,
+                    double_scale=double_scale)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="artifact directory or zoo name, "
-                        "optionally @BACKEND (onnxruntime, openvino, tflite, tensorrt)")
+                        "optionally @BACKEND (onnxruntime, openvino, tflite, tensorrt), then "
+                        "+2x for double-scale testing")
     parser.add_argument("--threads", type=int, default=None,
                         help="inference threads for every model (default: each runtime's)")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")

@@ -13,6 +13,7 @@ Variants (``--variants``):
   fp32           the default: contract-first attend, float32, contiguous (NCHW) tensors
   channels_last  model and input in channels-last memory format
   bf16           CPU/CUDA autocast to bfloat16
+  bf16_channels_last  both (what ``train/main.py --amp bf16`` runs by default)
   compile        torch.compile of the model's forward (minutes of warm-up on a CPU)
 """
 
@@ -61,6 +62,9 @@ VARIANTS: dict[str, Variant] = {
     "fp32": Variant("contract-first attend, fp32, NCHW (default)"),
     "channels_last": Variant("channels-last memory format", channels_last=True),
     "bf16": Variant("autocast bfloat16", amp=torch.bfloat16),
+    # What train/main.py --amp bf16 runs (channels-last is its default memory format).
+    "bf16_channels_last": Variant("autocast bfloat16, channels-last", channels_last=True,
+                                  amp=torch.bfloat16),
     "compile": Variant("torch.compile", compile=True),
 }
 
