@@ -364,15 +364,9 @@ class _Builder:
         trial = trial or Trial()
         artifact_name = f"{self.name}_{precision}"
         _say(self.config, f"building {artifact_name} for {self.target.backend}")
-        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
-        built = self.target.build(BuildRequest(
-            precision=precision, onnx_fp32=self.onnx_fp32, model=self.rewritten,
-            input_size=self.input_size, work_dir=self.work,
-            calibration=self.calibration_arrays if precision == "int8" else None,
-            # Two layers' tails can share a node (both feed one Add): name each node once.
-            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
-            keep_float_categories=self.config.resolved_keep_float(),
-            float_layers=trial.float_layers, calibration_method=trial.calibration))
+        built = self.target.build(self._request(precision, trial, self.onnx_fp32,
+                                                self.input_size, self.work,
+                                                self.calibration_arrays))
         artifact_source = dict(self.source)
         if precision == "int8" and self.calibration is not None:
             artifact_source["calibration"] = self.calibration.describe()
@@ -384,6 +378,20 @@ class _Builder:
         return Artifact.stage(self.work / "staged" / str(self._trials) / artifact_name,
                               built.files, {**manifest, **built.manifest_extra})
 
+    def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
+                 input_size: tuple[int, int], work_dir: Path,
+                 calibration: Any) -> BuildRequest:
+        """The target's build request for ``precision`` and ``trial`` at one input size."""
+        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
+        return BuildRequest(
+            precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
+            input_size=input_size, work_dir=work_dir,
+            calibration=calibration if precision == "int8" else None,
+            # Two layers' tails can share a node (both feed one Add): name each node once.
+            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
+            keep_float_categories=self.config.resolved_keep_float(),
+            float_layers=trial.float_layers, calibration_method=trial.calibration)
+
     def add_second_scale(self, artifact: Artifact, trial: Trial | None = None) -> Artifact:
         """``artifact`` plus its 2x model for double-scale testing, built like it (same
         precision; for INT8 the same calibration method and float layers), staged anew with
@@ -392,14 +400,9 @@ class _Builder:
         trial = trial or Trial()
         precision = str(artifact.manifest["precision"])
         _say(self.config, f"building the 2x model of {artifact.name}")
-        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
-        built = self.target.build(BuildRequest(
-            precision=precision, onnx_fp32=self.onnx_fp32_2x, model=self.rewritten,
-            input_size=self.size_2x, work_dir=self.work / "x2",
-            calibration=self.calibration_arrays_2x if precision == "int8" else None,
-            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
-            keep_float_categories=self.config.resolved_keep_float(),
-            float_layers=trial.float_layers, calibration_method=trial.calibration))
+        built = self.target.build(self._request(precision, trial, self.onnx_fp32_2x,
+                                                self.size_2x, self.work / "x2",
+                                                self.calibration_arrays_2x))
         files_2x = {DOUBLE_SCALE_STEM + name.removeprefix(MODEL_STEM)
                     if name.startswith(MODEL_STEM + ".") else f"{DOUBLE_SCALE_STEM}_{name}": path
                     for name, path in built.files.items()}
