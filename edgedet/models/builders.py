@@ -12,7 +12,12 @@ from collections.abc import Callable
 from torch import nn
 
 from edgedet.models.daipnet import daipnet_vgg16
-from edgedet.models.dsanet import dsanet_resnet18, dsanet_resnet50, dsanet_resnet101
+from edgedet.models.dsanet import (
+    dsanet_resnet18,
+    dsanet_resnet18_small,
+    dsanet_resnet50,
+    dsanet_resnet101,
+)
 from edgedet.models.harnet import (
     harnet_resnet18_small,
     harnet_resnet50,
@@ -28,7 +33,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
         passd_vgg16, passd_resnet101, passd_mobilenet,
         daipnet_vgg16,
         harnet_resnet50, harnet_resnet101, harnet_se_resnet50, harnet_resnet18_small,
-        dsanet_resnet18, dsanet_resnet50, dsanet_resnet101,
+        dsanet_resnet18, dsanet_resnet18_small, dsanet_resnet50, dsanet_resnet101,
         retinanet_resnet18, retinanet_resnet50, retinanet_resnet101,
     )
 }

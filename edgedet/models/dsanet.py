@@ -32,11 +32,15 @@ def _dsanet(
     use_dsa: bool,
     shared_attention: bool,
     with_confidence: bool,
+    channels: int = 256,
+    head_convs: int = 4,
 ) -> RetinaNet:
     backbone = BACKBONE_BUILDERS[backbone_name]()
-    fpn = RetinaFPN(backbone.out_channels[1:], 256)
-    dsa = DecoupledSelfAttention(256, DSA_LEVELS, shared=shared_attention) if use_dsa else None
-    head = RetinaNetHead(256, num_classes, with_confidence=with_confidence)
+    fpn = RetinaFPN(backbone.out_channels[1:], channels)
+    dsa = (DecoupledSelfAttention(channels, DSA_LEVELS, shared=shared_attention)
+           if use_dsa else None)
+    head = RetinaNetHead(channels, num_classes, feat_channels=channels, num_convs=head_convs,
+                         with_confidence=with_confidence)
     config = model_config(architecture, {
         "num_classes": num_classes, "img_size": image_size_pair(img_size), "use_dsa": use_dsa,
         "shared_attention": shared_attention, "with_confidence": with_confidence,
@@ -54,6 +58,24 @@ def dsanet_resnet18(
     """DSANet with a ResNet-18 trunk (small variant, not in the paper)."""
     return _dsanet("dsanet_resnet18", "resnet18", num_classes, img_size, use_dsa,
                    shared_attention, with_confidence)
+
+
+def dsanet_resnet18_small(
+    num_classes: int = 80,
+    img_size: int | tuple[int, int] = (640, 384),
+    use_dsa: bool = True,
+    shared_attention: bool = False,
+    with_confidence: bool = False,
+) -> RetinaNet:
+    """Edge configuration (not in the paper): ResNet-18, 128-channel FPN/head, 2 head convs.
+
+    Cut like ``harnet_resnet18_small`` so the two RetinaNet-family edge models compare: the
+    paper's 256-channel, 4-conv towers on five levels cost more than the ResNet-18 trunk at
+    edge resolutions. The decoupled self-attention is unchanged (P4-P7, Q/K reduced 8x:
+    16-dimensional queries and keys at 128 channels).
+    """
+    return _dsanet("dsanet_resnet18_small", "resnet18", num_classes, img_size, use_dsa,
+                   shared_attention, with_confidence, channels=128, head_convs=2)
 
 
 def dsanet_resnet50(

@@ -7,7 +7,12 @@ import torch
 
 from edgedet.models import dsanet
 from edgedet.models.attention import SelfAttention2d
-from edgedet.models.dsanet import dsanet_resnet18, dsanet_resnet50, dsanet_resnet101
+from edgedet.models.dsanet import (
+    dsanet_resnet18,
+    dsanet_resnet18_small,
+    dsanet_resnet50,
+    dsanet_resnet101,
+)
 from edgedet.models.retinanet import retinanet_resnet50
 
 
@@ -133,3 +138,19 @@ def test_resnet50_at_paper_size() -> None:
     assert cls_logits.shape == (1, num_anchors, 80)
     assert box_deltas.shape == (1, num_anchors, 4)
     assert conf_logits.shape == (1, num_anchors, 1)
+
+
+def test_edge_configuration_narrows_fpn_head_and_attention_together() -> None:
+    model = dsanet_resnet18_small(num_classes=12, img_size=(320, 256)).eval()
+    assert model.config["architecture"] == "dsanet_resnet18_small"
+    convs = [m for m in model.head.cls_tower.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 and all(c.out_channels == 128 for c in convs)
+    attention = model.pyramid_attention.cls_attention["1"]
+    assert attention.query.out_channels == 128 // 8 and attention.value.out_channels == 128
+    # ResNet-18 trunk 11.18 M + 128-channel FPN, DSA and 2-conv towers.
+    assert 13.3e6 < _params(model) < 13.5e6
+    images = torch.randn(1, 3, 256, 320)
+    with torch.no_grad():
+        out = model(images)
+    num_anchors = model.anchor_spec((320, 256)).num_anchors
+    assert out["cls_logits"].shape == (1, num_anchors, 12)
