@@ -8,8 +8,8 @@ Every variant computes the attend-stage class conv of one pyramid level from the
 in the graph, as in the exported detector), in fp32, and is compared with the training module
 (``BoxOffsetConv2d`` fed by ``box_sampling_points``). A plain 3x3 conv with the same weights
 is the speed floor. Prints one table: variant, ORT ms, OpenVINO ms, max |diff| vs the training
-module (ONNX Runtime's output). The default rewrite (``quantize.rewrites.pa_head``) is the
-"project, then Gather" variant.
+module (ONNX Runtime's output). The rewrite (``quantize.rewrites.pa_head``) has two samplers,
+"project, then Gather" and "project, then GridSample"; each target picks one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet._repo import use_repo_root
@@ -96,34 +95,21 @@ class GatherThenMatmul(nn.Module):
 
 
 class ProjectThenGridSample(nn.Module):
-    """1x1 projection to A*T*O channels, then grid_sample of each tap's O-channel map."""
+    """The ``grid_sample`` sampler of the rewrite: 1x1 conv to A*T*O channels, one GridSample
+    of each tap's O-channel map, sum over taps. Output ``(N, H*W*A, O)`` like the default."""
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
         super().__init__()
-        a, o, c = conv.num_anchors, conv.out_channels_per_anchor, conv.in_channels
-        t = conv.kernel_size**2
-        weight = conv.weight.detach().reshape(a, o, c, t).permute(0, 3, 1, 2)  # (A, T, O, C)
-        self.projection = nn.Conv2d(c, a * t * o, 1, bias=False)
-        self.projection.weight.data = weight.reshape(a * t * o, c, 1, 1).clone()
-        self.bias = nn.Parameter(conv.bias.detach().reshape(1, a, o, 1).clone())
+        self.packed = PackedBoxOffsetConv([conv], sampler="grid_sample")
         self.stride = stride
-        self.shape = (a, t, o)
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
-        n, _, h, w = features.shape
-        a, t, o = self.shape
-        maps = self.projection(features).reshape(n * a * t, o, h, w)
-        points = box_sampling_points(boxes_cxcywh, self.stride)  # (N, A, T, H, W, 2)
-        size = torch.tensor([w, h], dtype=points.dtype)
-        grid = ((2 * points + 1) / size - 1).reshape(n * a * t, h * w, 1, 2)
-        samples = F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False)  # (N*A*T, O, H*W, 1)
-        out = samples.reshape(n, a, t, o, h * w).sum(dim=2) + self.bias
-        return out.reshape(n, a * o, h, w)
+        return self.packed(features, box_sampling_points(boxes_cxcywh, self.stride))[0]
 
 
 class ProjectThenGather(nn.Module):
-    """The default rewrite: projection (MatMul, channels-last), then Gather of 4 corners/tap.
+    """The ``gather`` sampler of the rewrite: projection (MatMul, channels-last), then Gather of
+    4 corners/tap.
 
     Output ``(N, H*W*A, O)`` (the head's flattened layout, which this variant produces
     directly); compared with the reference after the same flattening.
@@ -189,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "training module (grid_sample C ch, einsum)": TrainingModule(conv, stride),
         "grid_sample C ch, then MatMul": SampleThenMatmul(conv, stride),
         "Gather C ch, then MatMul": GatherThenMatmul(conv, stride),
-        "project, then grid_sample": ProjectThenGridSample(conv, stride),
-        "project, then Gather (default)": ProjectThenGather(conv, stride),
+        "project, then GridSample (sampler grid_sample)": ProjectThenGridSample(conv, stride),
+        "project, then Gather (sampler gather)": ProjectThenGather(conv, stride),
         "plain 3x3 conv (floor, not equal)": PlainConv(conv),
     }
     with torch.no_grad():  # float64: the reference's own rounding stays far below fp32's
@@ -247,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.size}x{args.size} map, fp32, {args.threads} threads, median of {args.runs} "
           f"interleaved rounds; onnxruntime {ort.__version__}, openvino {ov.__version__}; "
           f"diff vs the training module in float64")
-    print(f"| {'variant':<44} | {'ORT ms':>7} | {'OV ms':>7} | {'max abs diff':>12} |")
-    print(f"|{'-' * 46}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
+    print(f"| {'variant':<48} | {'ORT ms':>7} | {'OV ms':>7} | {'max abs diff':>12} |")
+    print(f"|{'-' * 50}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
     for name in runners:
         ort_ms, ov_ms = (statistics.median(t) * 1000 for t in times[name])
-        print(f"| {name:<44} | {ort_ms:7.2f} | {ov_ms:7.2f} | {diffs[name]:12.2e} |")
+        print(f"| {name:<48} | {ort_ms:7.2f} | {ov_ms:7.2f} | {diffs[name]:12.2e} |")
     return 0
 
 

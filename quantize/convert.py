@@ -325,8 +325,9 @@ class _Builder:
         self.input_size = preprocess_config.input_size
         self.calibration = calibration
         _say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
-                     f"{self.input_size[0]}x{self.input_size[1]}")
-        self.rewritten = rewrite_for_export(model)
+                     f"{self.input_size[0]}x{self.input_size[1]}, {self.target.sampler} "
+                     f"sampling")
+        self.rewritten = rewrite_for_export(model, self.target.sampler)
         self.onnx_fp32 = export_onnx(self.rewritten, work / "model.onnx", self.input_size)
         self.keep_float: tuple[str, ...] = ()
         self.kept_report: dict[str, dict[str, Any]] = {}

@@ -5,9 +5,10 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
 
 ``sampling``   the sampling-point math of the P&A and deformable-conv rewrites: everything
                that computes the ``Gather`` row indices and the bilinear weights (offsets,
-               box decoding, floor, corner masks), the ``Gather`` itself and the weighted
-               tap sum, up to the next weight layer or graph output. INT8 steps of a box
-               coordinate or a bilinear weight (1/255 of the range) move every sample; these
+               box decoding, floor, corner masks) or the ``GridSample`` grid, the read
+               itself and the weighted tap sum, up to the next weight layer or graph
+               output. INT8 steps of a box coordinate or a bilinear weight (1/255 of the
+               range) move every sample; these
                nodes are cheap element-wise math, so float costs little.
 ``attention``  DSA self-attention: ``Softmax`` and the ``MatMul`` s between two activations
                (query-key and attention-value products). The attention map spans H*W
@@ -135,12 +136,14 @@ class _Graph:
 
 def _sampling_nodes(graph: _Graph) -> set[str]:
     # A Gather with computed indices is a sampling read (embedding-style Gathers of constant
-    # tables or shape Gathers with constant indices are not).
+    # tables or shape Gathers with constant indices are not); so is every GridSample (the
+    # rewrites' other sampler), whose grid input carries the sampling points.
     gathers = [n for n in graph.nodes
                if n.op_type == "Gather" and not graph.is_constant(n.inputs[1])
                and not graph.is_constant(n.inputs[0])]
-    seeds = {n.name for n in gathers}
-    tensors: list[str] = [t for n in gathers for t in n.inputs]
+    grid_samples = [n for n in graph.nodes if n.op_type == "GridSample"]
+    seeds = {n.name for n in gathers + grid_samples}
+    tensors: list[str] = [t for n in gathers + grid_samples for t in n.inputs]
     # The tap sum: an activation x activation MatMul reading the gathered samples; its other
     # operand holds the bilinear weights.
     gathered = set()

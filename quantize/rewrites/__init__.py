@@ -3,10 +3,10 @@
 ``rewrite_for_export(model)`` returns an eval-mode deep copy in which
 
 * PASSD's ``ProposeAttendHead`` (attend stage with P&A offset convs) becomes
-  ``ExportProposeAttendHead`` (projection + Gather, sampling points from the propose outputs
-  computed in the graph);
+  ``ExportProposeAttendHead`` (projection + Gather or GridSample sampling, sampling points
+  from the propose outputs computed in the graph);
 * every ``DeformConv2d`` (HAR-Net's aligned attention) becomes ``ExportDeformConv2d``
-  (projection + Gather; no ONNX ``DeformConv``, which OpenVINO cannot import);
+  (projection + the same sampling; no ONNX ``DeformConv``, which OpenVINO cannot import);
 * every ``SelfAttention2d`` (DSANet) becomes ``ExportSelfAttention2d`` (fused QKV conv,
   MatMul / Softmax with static shapes).
 
@@ -26,34 +26,38 @@ from edgedet.models.deform_conv import DeformConv2d
 from edgedet.models.pa_head import ProposeAttendHead
 from quantize.rewrites.deform_conv import ExportDeformConv2d
 from quantize.rewrites.pa_head import ExportProposeAttendHead, PackedBoxOffsetConv
-from quantize.rewrites.sampling import bilinear_tap_sum
+from quantize.rewrites.sampling import SAMPLERS, bilinear_tap_sum, grid_sample_tap_sum
 from quantize.rewrites.self_attention import ExportSelfAttention2d
 
 
-def _replacement(module: nn.Module) -> nn.Module | None:
+def _replacement(module: nn.Module, sampler: str) -> nn.Module | None:
     """The export module standing in for ``module``, or None when it needs no rewrite."""
     if isinstance(module, ProposeAttendHead) and module.use_attend:
-        return ExportProposeAttendHead(module)
+        return ExportProposeAttendHead(module, sampler)
     if isinstance(module, DeformConv2d):
-        return ExportDeformConv2d(module)
+        return ExportDeformConv2d(module, sampler)
     if isinstance(module, SelfAttention2d):
         return ExportSelfAttention2d(module)
     return None
 
 
-def _swap_children(module: nn.Module, counts: dict[str, int]) -> None:
+def _swap_children(module: nn.Module, counts: dict[str, int], sampler: str) -> None:
     for name, child in module.named_children():
-        replacement = _replacement(child)
+        replacement = _replacement(child, sampler)
         if replacement is None:
-            _swap_children(child, counts)
+            _swap_children(child, counts, sampler)
             continue
         setattr(module, name, replacement)
         key = type(child).__name__
         counts[key] = counts.get(key, 0) + 1
 
 
-def rewrite_for_export(model: nn.Module) -> nn.Module:
+def rewrite_for_export(model: nn.Module, sampler: str = "gather") -> nn.Module:
     """An eval-mode deep copy of ``model`` with every exportable-layer rewrite applied.
+
+    ``sampler`` (``quantize.rewrites.sampling.SAMPLERS``) is how the P&A and deformable
+    rewrites read their bilinear samples: ``"gather"`` exports everywhere, ``"grid_sample"``
+    is faster where the runtime has a good ``GridSample`` (each target says which).
 
     The copy's attribute ``export_rewrites`` maps the replaced module types to how many were
     replaced (e.g. ``{"DeformConv2d": 2}``); an empty dict means the model needed none
@@ -61,21 +65,25 @@ def rewrite_for_export(model: nn.Module) -> nn.Module:
     """
     rewritten = copy.deepcopy(model).eval()
     counts: dict[str, int] = {}
-    root_replacement = _replacement(rewritten)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    root_replacement = _replacement(rewritten, sampler)
     if root_replacement is not None:
         rewritten = root_replacement.eval()
         counts[type(model).__name__] = 1
     else:
-        _swap_children(rewritten, counts)
+        _swap_children(rewritten, counts, sampler)
     rewritten.export_rewrites = counts
     return rewritten
 
 
 __all__ = [
+    "SAMPLERS",
     "ExportDeformConv2d",
     "ExportProposeAttendHead",
     "ExportSelfAttention2d",
     "PackedBoxOffsetConv",
     "bilinear_tap_sum",
+    "grid_sample_tap_sum",
     "rewrite_for_export",
 ]

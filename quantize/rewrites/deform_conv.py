@@ -1,10 +1,11 @@
-"""Export rewrite of ``DeformConv2d``: projection + Gather instead of DeformConv / grid_sample.
+"""Export rewrite of ``DeformConv2d``: projection + sampling instead of DeformConv.
 
 OpenVINO's ONNX reader does not import ``DeformConv`` and TFLite has no such op; the training
 module's ``grid_sample`` + einsum form exports, but samples every input channel at every tap.
 As for the P&A conv (``quantize.rewrites.pa_head``), the weights are applied first: a matrix
 product projects each input cell to ``taps x C_out`` values, then each output cell reads 4
-corners per tap of its tap's projection (``quantize.rewrites.sampling``), weighted by the
+corners per tap of its tap's projection (``quantize.rewrites.sampling``: ``Gather`` or
+``GridSample``, the target's ``sampler``), weighted by the
 bilinear weights and the optional modulation mask. Sampling points follow
 ``edgedet.models.deform_conv``: ``y = ho*stride - pad + i*dilation + dy``, likewise for x.
 """
@@ -12,10 +13,11 @@ bilinear weights and the optional modulation mask. Sampling points follow
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet.models.deform_conv import DeformConv2d
-from quantize.rewrites.sampling import bilinear_tap_sum
+from quantize.rewrites.sampling import SAMPLERS, bilinear_tap_sum, grid_sample_tap_sum
 
 
 class ExportDeformConv2d(nn.Module):
@@ -23,11 +25,15 @@ class ExportDeformConv2d(nn.Module):
 
     Grouped convs are stored as one dense weight ``(C_out, C_in, kh*kw)`` with zeros outside
     each group's block, so any number of conv groups and offset groups is handled by the same
-    projection.
+    projection. ``sampler`` (``quantize.rewrites.sampling.SAMPLERS``) says how the samples are
+    read.
     """
 
-    def __init__(self, conv: DeformConv2d) -> None:
+    def __init__(self, conv: DeformConv2d, sampler: str = "gather") -> None:
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+        self.sampler = sampler
         self.kernel_size = conv.kernel_size
         self.stride = conv.stride
         self.padding = conv.padding
@@ -56,13 +62,18 @@ class ExportDeformConv2d(nn.Module):
         # ordered (tap, output); folded to constants when exported.
         projection = self.weight.reshape(c_out, groups, c_in // groups, taps)
         projection = projection.permute(1, 2, 3, 0).reshape(groups, c_in // groups, -1)
-        rows = input.reshape(n, groups, c_in // groups, h * w).transpose(2, 3)
-        if groups == 1:
-            # A 2-D constant: INT8 MatMul kernels take its scales per output column (ONNX
-            # Runtime's MatMulIntegerToFloat rejects per-column scales of a 3-D one).
-            projection = projection[0]
-        table = torch.matmul(rows, projection)  # (N, G, H*W, K*C_out)
-        table = table.reshape(n, groups, h * w, taps, c_out).transpose(1, 2)  # (N, HW, G, K, O)
+        if self.sampler == "grid_sample":
+            # A grouped 1x1 conv: channels-first maps (N, G*K*C_out, H, W) for GridSample.
+            weight = projection.transpose(1, 2).reshape(-1, c_in // groups, 1, 1)
+            maps = F.conv2d(input, weight, groups=groups).reshape(n, groups, taps, c_out, h, w)
+        else:
+            rows = input.reshape(n, groups, c_in // groups, h * w).transpose(2, 3)
+            if groups == 1:
+                # A 2-D constant: INT8 MatMul kernels take its scales per output column (ONNX
+                # Runtime's MatMulIntegerToFloat rejects per-column scales of a 3-D one).
+                projection = projection[0]
+            table = torch.matmul(rows, projection)  # (N, G, H*W, K*C_out)
+            table = table.reshape(n, groups, h * w, taps, c_out).transpose(1, 2)  # (N,HW,G,K,O)
 
         kh, kw = self.kernel_size
         dtype, device = input.dtype, input.device
@@ -75,12 +86,19 @@ class ExportDeformConv2d(nn.Module):
         y = out_y.reshape(h_out, 1) + tap_y.reshape(taps, 1, 1) + offset[:, :, :, 0]
         x = out_x.reshape(1, w_out) + tap_x.reshape(taps, 1, 1) + offset[:, :, :, 1]
         points = torch.stack([x, y], dim=-1)  # (N, G, K, H_out, W_out, 2)
-        points = points.permute(0, 3, 4, 1, 2, 5).reshape(n, h_out * w_out, groups, taps, 2)
-        tap_weights = None
-        if mask is not None:
-            tap_weights = mask.reshape(n, groups, taps, h_out * w_out).permute(0, 3, 1, 2)
-        out = bilinear_tap_sum(table, points, h, w, tap_weights).sum(dim=2)  # (N, P, C_out)
-        out = out.transpose(1, 2).reshape(n, c_out, h_out, w_out)
+        if self.sampler == "grid_sample":
+            tap_weights = (None if mask is None
+                           else mask.reshape(n, groups, taps, h_out * w_out))
+            out = grid_sample_tap_sum(maps, points.reshape(n, groups, taps, -1, 2),
+                                      tap_weights).sum(dim=1)  # (N, C_out, P)
+            out = out.reshape(n, c_out, h_out, w_out)
+        else:
+            points = points.permute(0, 3, 4, 1, 2, 5).reshape(n, h_out * w_out, groups, taps, 2)
+            tap_weights = None
+            if mask is not None:
+                tap_weights = mask.reshape(n, groups, taps, h_out * w_out).permute(0, 3, 1, 2)
+            out = bilinear_tap_sum(table, points, h, w, tap_weights).sum(dim=2)  # (N, P, C_out)
+            out = out.transpose(1, 2).reshape(n, c_out, h_out, w_out)
         if self.bias is not None:
             out = out + self.bias.reshape(1, c_out, 1, 1)
         return out

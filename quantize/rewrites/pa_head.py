@@ -5,7 +5,8 @@ pyramid map at the 9 taps of each of the A adjusted boxes (``grid_sample``) and 
 ``A x 9 x 256`` samples with the weights. The rewrite contracts first: one matrix product
 projects every cell to ``A x 9 x (K+1+4)`` values (the class and box offset convs packed
 together, since they share the sampling grid), then each output reads 4 corners per tap from
-its own tap's projection by ``Gather`` (``quantize.rewrites.sampling``). The sampling points
+its own tap's projection (``quantize.rewrites.sampling``: ``Gather`` or ``GridSample``, the
+target's ``sampler``). The sampling points
 are computed in the graph from the propose outputs exactly as in training
 (``box_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the other
 variants.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet.models.box_coder import decode_cxcywh
@@ -25,7 +27,7 @@ from edgedet.models.pa_head import (
     box_sampling_points,
     flatten_head_output,
 )
-from quantize.rewrites.sampling import bilinear_tap_sum
+from quantize.rewrites.sampling import SAMPLERS, bilinear_tap_sum, grid_sample_tap_sum
 
 
 class PackedBoxOffsetConv(nn.Module):
@@ -33,11 +35,15 @@ class PackedBoxOffsetConv(nn.Module):
 
     Built from ``BoxOffsetConv2d`` modules with the same input channels, anchors and kernel;
     ``forward(features, points_xy)`` returns, for each of them, its output already flattened
-    like a head output: ``(N, H*W*A, out_i)`` in the y -> x -> anchor order.
+    like a head output: ``(N, H*W*A, out_i)`` in the y -> x -> anchor order. ``sampler``
+    (``quantize.rewrites.sampling.SAMPLERS``) says how the samples are read.
     """
 
-    def __init__(self, convs: Sequence[BoxOffsetConv2d]) -> None:
+    def __init__(self, convs: Sequence[BoxOffsetConv2d], sampler: str = "gather") -> None:
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+        self.sampler = sampler
         if not convs:
             raise ValueError("PackedBoxOffsetConv needs at least one BoxOffsetConv2d")
         first = convs[0]
@@ -56,7 +62,11 @@ class PackedBoxOffsetConv(nn.Module):
             [conv.weight.detach().reshape(a, conv.out_channels_per_anchor, c, k)
              for conv in convs], dim=1)  # (A, O, C, T)
         # Columns ordered (anchor, tap, output) so the product reshapes to (.., A, T, O).
-        self.projection = nn.Parameter(weights.permute(2, 0, 3, 1).reshape(c, -1).clone())
+        projection = weights.permute(2, 0, 3, 1).reshape(c, -1)  # (C, A*T*O)
+        if sampler == "grid_sample":
+            # A 1x1 conv weight (A*T*O, C, 1, 1): GridSample reads channels-first maps.
+            projection = projection.t().reshape(-1, c, 1, 1)
+        self.projection = nn.Parameter(projection.clone())
         self.bias = nn.Parameter(torch.cat(
             [conv.bias.detach().reshape(a, conv.out_channels_per_anchor) for conv in convs],
             dim=1).clone())  # (A, O)
@@ -66,10 +76,16 @@ class PackedBoxOffsetConv(nn.Module):
         -> ``[(N, H*W*A, out_i)]``."""
         n, c, h, w = features.shape
         a, t = self.num_anchors, self.num_taps
-        table = torch.matmul(features.reshape(n, c, h * w).transpose(1, 2), self.projection)
-        table = table.reshape(n, h * w, a, t, -1)
-        points = points_xy.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w, a, t, 2)
-        out = bilinear_tap_sum(table, points, h, w) + self.bias  # (N, H*W, A, O)
+        if self.sampler == "grid_sample":
+            maps = F.conv2d(features, self.projection).reshape(n, a, t, -1, h, w)
+            points = points_xy.reshape(n, a, t, h * w, 2)
+            out = grid_sample_tap_sum(maps, points).permute(0, 3, 1, 2)  # (N, H*W, A, O)
+        else:
+            table = torch.matmul(features.reshape(n, c, h * w).transpose(1, 2),
+                                 self.projection).reshape(n, h * w, a, t, -1)
+            points = points_xy.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w, a, t, 2)
+            out = bilinear_tap_sum(table, points, h, w)  # (N, H*W, A, O)
+        out = out + self.bias
         return [part.reshape(n, h * w * a, size)
                 for part, size in zip(out.split(self.split_sizes, dim=-1), self.split_sizes,
                                       strict=True)]
@@ -82,7 +98,7 @@ class ExportProposeAttendHead(nn.Module):
     ``ProposeAttendHead.forward``); the propose convs are copies of the training ones.
     """
 
-    def __init__(self, head: ProposeAttendHead) -> None:
+    def __init__(self, head: ProposeAttendHead, sampler: str = "gather") -> None:
         super().__init__()
         if not head.use_attend:
             raise ValueError("ExportProposeAttendHead replaces the attend stage; this head was "
@@ -93,7 +109,7 @@ class ExportProposeAttendHead(nn.Module):
         self.clip_propose_offsets = head.clip_propose_offsets
         self.propose_objectness = head.propose_objectness
         self.propose_box = head.propose_box
-        self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box])
+        self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler)
 
     def forward(self, features: Sequence[Tensor], priors_cxcywh: Sequence[Tensor],
                 strides: Sequence[int]) -> dict[str, Tensor]:

@@ -11,12 +11,26 @@ fetched by a single ONNX ``Gather`` with corner indices and weights computed in 
 Boundary rule (deformable conv / ``grid_sample(padding_mode="zeros", align_corners=False)``):
 each of the 4 corners that lies outside the map reads 0, so a point at ``x <= -1`` or ``x >= W``
 reads exactly 0.
+
+Two ways to read the samples, the same function (``SAMPLERS``); targets pick the faster one
+for their runtime (``quantize.targets``):
+
+``gather``       ``bilinear_tap_sum``: corner indices and weights computed in the graph, one
+                 ``Gather`` of 4 rows per tap, a small MatMul per output position. Every
+                 runtime and converter takes it (TFLite, TensorRT).
+``grid_sample``  ``grid_sample_tap_sum``: one ONNX ``GridSample`` (opset 16) per level over
+                 the projected maps laid out channels-first, then a sum over taps. Measured
+                 faster in ONNX Runtime and OpenVINO (``benchmarks/pa_attend_conv.py``): no
+                 4x gathered intermediate and no per-position MatMul.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+SAMPLERS = ("gather", "grid_sample")
 
 
 def bilinear_tap_sum(
@@ -47,15 +61,17 @@ def bilinear_tap_sum(
     # finite for any input (an exp() of a large box delta can reach inf).
     x = points_xy[..., 0].clamp(-2.0, width + 1.0)
     y = points_xy[..., 1].clamp(-2.0, height + 1.0)
-    x0 = torch.floor(x)
-    y0 = torch.floor(y)
-    fx = x - x0
-    fy = y - y0
-    # Corners on a new last axis, (N, P, G, T, 4): top-left, top-right, bottom-left, bottom-right.
-    corner_x = torch.stack([x0, x0 + 1, x0, x0 + 1], dim=-1)
-    corner_y = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
-    weight_x = torch.stack([1 - fx, fx, 1 - fx, fx], dim=-1)
-    weight_y = torch.stack([1 - fy, 1 - fy, fy, fy], dim=-1)
+    # Corners on a new last axis, (N, P, G, T, 4): top-left, top-right, bottom-left,
+    # bottom-right, as broadcast adds of constant steps rather than stacks (a stack exports as
+    # Concat, which OpenVINO runs in a slow reference kernel). The bilinear weight of a corner
+    # at distance d <= 1 along an axis is 1 - d.
+    step_x = x.new_tensor([0.0, 1.0, 0.0, 1.0])
+    step_y = y.new_tensor([0.0, 0.0, 1.0, 1.0])
+    x, y = x.unsqueeze(-1), y.unsqueeze(-1)
+    corner_x = torch.floor(x) + step_x
+    corner_y = torch.floor(y) + step_y
+    weight_x = 1 - (x - corner_x).abs()
+    weight_y = 1 - (y - corner_y).abs()
     inside = (corner_x >= 0) & (corner_x <= width - 1) & (corner_y >= 0) & (corner_y <= height - 1)
     weights = weight_x * weight_y * inside.to(table.dtype)
     if tap_weights is not None:
@@ -67,3 +83,36 @@ def bilinear_tap_sum(
     rows = batch_rows + source * (g * t) + group_tap_rows
     samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g, t * 4)]  # (N, P, G, 4T, O)
     return torch.matmul(weights.reshape(n, p, g, 1, t * 4), samples).reshape(n, p, g, o)
+
+
+def grid_sample_tap_sum(
+    maps: Tensor,
+    points_xy: Tensor,
+    tap_weights: Tensor | None = None,
+) -> Tensor:
+    """``bilinear_tap_sum`` with the samples read by ``grid_sample`` (channels-first maps).
+
+    Args:
+        maps: ``(N, G, T, O, H, W)``: for group ``g`` and tap ``t`` the ``O``-channel
+            projected map that tap reads.
+        points_xy: ``(N, G, T, P, 2)`` sampling points ``(x, y)`` in source-map coordinates,
+            one per output position ``p``.
+        tap_weights: optional ``(N, G, T, P)`` multipliers of each tap's sample.
+
+    Returns:
+        ``(N, G, O, P)``: ``sum_t bilinear(maps[n, g, t], points_xy[n, g, t, p])``.
+    """
+    n, g, t, o, h, w = maps.shape
+    p = points_xy.shape[3]
+    # Clamped as in bilinear_tap_sum: beyond one cell outside, every corner reads 0 anyway,
+    # and grid_sample is then never handed an inf (exp() of a large box delta).
+    x = points_xy[..., 0].clamp(-2.0, w + 1.0)
+    y = points_xy[..., 1].clamp(-2.0, h + 1.0)
+    # align_corners=False: pixel centre i sits at (2i + 1) / size - 1 in [-1, 1].
+    grid = torch.stack([(2 * x + 1) / w - 1, (2 * y + 1) / h - 1], dim=-1)
+    samples = F.grid_sample(maps.reshape(n * g * t, o, h, w), grid.reshape(n * g * t, p, 1, 2),
+                            mode="bilinear", padding_mode="zeros", align_corners=False)
+    samples = samples.reshape(n, g, t, o, p)
+    if tap_weights is not None:
+        samples = samples * tap_weights.unsqueeze(3)
+    return samples.sum(dim=2)

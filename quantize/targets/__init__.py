@@ -84,6 +84,9 @@ class Target:
             the others when plain PTQ misses ``--max-drop``.
         rounds_outputs: its runtime also rounds a quantized op's output to INT8 (ONNX
             Runtime's QDQ), which the sensitivity ranking then simulates too.
+        sampler: how the P&A and deformable-conv rewrites read bilinear samples
+            (``quantize.rewrites.sampling.SAMPLERS``): the form measured fastest on the
+            target's runtime among those it takes.
     """
 
     name: str
@@ -95,6 +98,7 @@ class Target:
     check_backend: str | None = None
     calibration_methods: tuple[str, ...] = ()
     rounds_outputs: bool = False
+    sampler: str = "gather"
 
     @property
     def accuracy_backend(self) -> str:

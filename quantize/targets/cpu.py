@@ -38,4 +38,8 @@ TARGET = Target(
     # (checked on a small graph; on the zoo PASSD it gave min/max's ΔAP to the digit, 3 runs).
     calibration_methods=("minmax", "percentile"),
     rounds_outputs=True,
+    # ONNX Runtime's GridSample reads the projected maps far faster than the Gather form:
+    # benchmarks/pa_attend_conv.py (paper-width attend conv, 40x40, fp32, 2 threads, one
+    # interleaved run) 23.2 ms vs 40.5 ms, against 18.2 ms for a plain 3x3 conv there.
+    sampler="grid_sample",
 )

@@ -53,3 +53,19 @@ def test_detectors_keep_their_sensitive_ops(exported, name, category, op_types):
 def test_unknown_category():
     with pytest.raises(ValueError, match="unknown keep-float"):
         find_kept_out_nodes(onnx.ModelProto(), ["everything"])
+
+
+def test_grid_sample_sampler_keeps_its_sampling_in_float(tmp_path):
+    from edgedet.models.passd import passd_mobilenet
+    from quantize.export_onnx import export_onnx
+    from quantize.rewrites import rewrite_for_export
+
+    model = rewrite_for_export(passd_mobilenet(num_classes=3, width_mult=0.25, fpn_channels=32),
+                               sampler="grid_sample")
+    model = onnx.load(str(export_onnx(model, tmp_path / "m.onnx", (320, 320))))
+    kept = find_kept_out_nodes(model)
+    sampling_ops = ops_of(model, kept["sampling"])
+    assert {"GridSample", "Tanh", "Exp"} <= sampling_ops
+    # The projection (now a 1x1 Conv) is still INT8's: no weight layer is kept out.
+    weight_layers = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    assert not weight_layers & set(flatten(kept))

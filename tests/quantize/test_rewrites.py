@@ -24,8 +24,10 @@ from quantize.rewrites import (
     ExportSelfAttention2d,
     PackedBoxOffsetConv,
     bilinear_tap_sum,
+    grid_sample_tap_sum,
     rewrite_for_export,
 )
+from quantize.rewrites.sampling import SAMPLERS
 
 ATOL = 1e-5
 RTOL = 1e-4
@@ -81,19 +83,39 @@ class TestBilinearTapSum:
         _close(bilinear_tap_sum(table, points, 2, 2), torch.zeros(1, 2, 1, 1))
 
 
+class TestGridSampleTapSum:
+    def test_hand_computed_values_match_the_gather_form(self) -> None:
+        # The same 2x3 map and points as TestBilinearTapSum, channels-first.
+        maps = torch.tensor([[1.0, 2.0, 3.0], [11.0, 12.0, 13.0]]).reshape(1, 1, 1, 1, 2, 3)
+        points = torch.tensor([[0.5, 0.5], [-0.5, 0.0], [-1.0, 1.0], [2.25, 1.0], [2.0, 1.0],
+                               [1.0, -0.25]]).reshape(1, 1, 1, 6, 2)
+        out = grid_sample_tap_sum(maps, points)
+        _close(out, torch.tensor([6.5, 0.5, 0.0, 9.75, 13.0, 1.5]).reshape(1, 1, 1, 6))
+
+    def test_sums_taps_with_tap_weights_and_non_finite_points_read_zero(self) -> None:
+        maps = torch.arange(8.0).reshape(1, 1, 2, 1, 2, 2)  # tap 0: 0..3, tap 1: 4..7
+        points = torch.tensor([[[0.0, 0.0], [float("inf"), 0.0]],
+                               [[1.0, 1.0], [0.0, -float("inf")]]]).reshape(1, 1, 2, 2, 2)
+        tap_weights = torch.tensor([[2.0, 2.0], [0.5, 0.5]]).reshape(1, 1, 2, 2)
+        out = grid_sample_tap_sum(maps, points, tap_weights)
+        # position 0: 2 * 0 + 0.5 * 7; position 1: both taps off the map.
+        _close(out, torch.tensor([3.5, 0.0]).reshape(1, 1, 1, 2))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 class TestPaHead:
-    def test_packed_offset_conv_matches_box_offset_conv(self) -> None:
+    def test_packed_offset_conv_matches_box_offset_conv(self, sampler: str) -> None:
         generator = torch.Generator().manual_seed(0)
         conv = BoxOffsetConv2d(16, 5, 3)
         _randomise(conv, generator)
         features = torch.randn(2, 16, 7, 9, generator=generator)
         points = box_sampling_points(_boxes(2, 7, 9, 3, 8.0, generator), 8.0)
         expected = flatten_head_output(conv(features, points), 5)
-        (actual,) = PackedBoxOffsetConv([conv])(features, points)
+        (actual,) = PackedBoxOffsetConv([conv], sampler)(features, points)
         _close(actual, expected)
 
     @pytest.mark.parametrize("clip", [True, False])
-    def test_head_matches_training_head(self, clip: bool) -> None:
+    def test_head_matches_training_head(self, clip: bool, sampler: str) -> None:
         generator = torch.Generator().manual_seed(1)
         head = ProposeAttendHead(16, num_classes=4, num_anchors=3,
                                  box_coder_weights=(10.0, 10.0, 5.0, 5.0),
@@ -105,18 +127,19 @@ class TestPaHead:
         priors = [_boxes(1, f.shape[2], f.shape[3], 3, s, generator)[0]
                   for f, s in zip(features, strides, strict=True)]
         expected = head(features, priors, strides)
-        actual = ExportProposeAttendHead(head)(features, priors, strides)
+        actual = ExportProposeAttendHead(head, sampler)(features, priors, strides)
         assert actual.keys() == expected.keys()
         for key in expected:
             _close(actual[key], expected[key])
 
-    def test_refuses_plain_attend_head(self) -> None:
+    def test_refuses_plain_attend_head(self, sampler: str) -> None:
         head = ProposeAttendHead(8, 2, 3, (10.0, 10.0, 5.0, 5.0), use_attend=False)
         with pytest.raises(ValueError, match="use_attend=False"):
-            ExportProposeAttendHead(head)
+            ExportProposeAttendHead(head, sampler)
 
 
 class TestDeformConv:
+    @pytest.mark.parametrize("sampler", SAMPLERS)
     @pytest.mark.parametrize(("stride", "padding", "dilation", "groups", "offset_groups",
                               "with_mask"), [
         (1, 1, 1, 1, 1, False),
@@ -124,7 +147,8 @@ class TestDeformConv:
         (1, 0, 1, 1, 4, True),
     ])
     def test_matches_training_module(self, stride: int, padding: int, dilation: int,
-                                     groups: int, offset_groups: int, with_mask: bool) -> None:
+                                     groups: int, offset_groups: int, with_mask: bool,
+                                     sampler: str) -> None:
         generator = torch.Generator().manual_seed(2)
         conv = DeformConv2d(8, 6, 3, stride=stride, padding=padding, dilation=dilation,
                             groups=groups)
@@ -136,7 +160,7 @@ class TestDeformConv:
         offset = torch.randn(2, 2 * offset_groups * 9, h_out, w_out, generator=generator) * 2
         mask = (torch.rand(2, offset_groups * 9, h_out, w_out, generator=generator)
                 if with_mask else None)
-        _close(ExportDeformConv2d(conv)(x, offset, mask), conv(x, offset, mask))
+        _close(ExportDeformConv2d(conv, sampler)(x, offset, mask), conv(x, offset, mask))
 
 
 def test_self_attention_matches_training_module() -> None:
@@ -155,11 +179,11 @@ def test_self_attention_matches_training_module() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_detector(model: nn.Module, image_hw: tuple[int, int], expected_rewrites: dict
-                    ) -> None:
+def _check_detector(model: nn.Module, image_hw: tuple[int, int], expected_rewrites: dict,
+                    sampler: str = "gather") -> None:
     model = model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rewritten = rewrite_for_export(model)
+    rewritten = rewrite_for_export(model, sampler)
     assert rewritten.export_rewrites == expected_rewrites
     images = torch.randn(1, 3, *image_hw, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -177,13 +201,14 @@ def _check_detector(model: nn.Module, image_hw: tuple[int, int], expected_rewrit
         assert torch.equal(value, before[key]), key
 
 
-def test_passd_mobilenet() -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_passd_mobilenet(sampler: str) -> None:
     generator = torch.Generator().manual_seed(5)
     model = passd_mobilenet(num_classes=3, img_size=320)
     _randomise(model.head.attend_cls, generator, std=0.05)
     _randomise(model.head.attend_box, generator, std=0.05)
     _randomise(model.head.propose_box, generator, std=0.05)
-    _check_detector(model, (320, 320), {"ProposeAttendHead": 1})
+    _check_detector(model, (320, 320), {"ProposeAttendHead": 1}, sampler)
     assert isinstance(model.head, ProposeAttendHead)
 
 
@@ -192,13 +217,14 @@ def test_passd_without_attend_needs_no_rewrite() -> None:
     _check_detector(model, (128, 128), {})
 
 
-def test_harnet_resnet18_small() -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_harnet_resnet18_small(sampler: str) -> None:
     generator = torch.Generator().manual_seed(6)
     model = harnet_resnet18_small(num_classes=3, img_size=(160, 128))
     for attention in model.aligned_attention.values():
         _randomise(attention.offset, generator, std=0.05)
         _randomise(attention.deform, generator, std=0.05)
-    _check_detector(model, (128, 160), {"DeformConv2d": 2})
+    _check_detector(model, (128, 160), {"DeformConv2d": 2}, sampler)
 
 
 def test_dsanet_resnet18() -> None:
@@ -214,3 +240,8 @@ def test_dsanet_resnet18() -> None:
 
 def test_daipnet_vgg16_needs_no_rewrite() -> None:
     _check_detector(daipnet_vgg16(num_classes=3, img_size=300), (300, 300), {})
+
+
+def test_unknown_sampler_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown sampler"):
+        rewrite_for_export(passd_mobilenet(num_classes=2, width_mult=0.25), sampler="bicubic")
