@@ -8,8 +8,8 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
                box decoding, floor, corner masks) or the ``GridSample`` grid, the read
                itself and the weighted tap sum, up to the next weight layer or graph
                output. INT8 steps of a box coordinate or a bilinear weight (1/255 of the
-               range) move every sample; these
-               nodes are cheap element-wise math, so float costs little.
+               range) move every sample; these nodes are cheap element-wise math, so
+               float costs little.
 ``attention``  DSA self-attention: ``Softmax`` and the ``MatMul`` s between two activations
                (query-key and attention-value products). The attention map spans H*W
                positions whose weights are mostly tiny; 8 bits of it is mostly zeros.
