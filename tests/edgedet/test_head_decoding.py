@@ -101,3 +101,39 @@ def test_foreground_softmax_skips_only_anchors_that_cannot_pass(threshold):
     assert np.all(full[~computed] <= threshold)  # a skipped row has nothing to select
     np.testing.assert_array_equal(foreground_softmax(logits, 0.0), full)
     assert not foreground_softmax(logits, 1.0).any()
+
+
+@pytest.mark.parametrize("family", ["ssd", "passd", "retinanet"])
+@pytest.mark.parametrize("threshold", [0.05, 0.4, 0.999])
+def test_decoding_only_the_anchors_that_can_pass_selects_the_same_detections(family,
+                                                                             threshold):
+    from edgedet.postprocess import select_detections
+
+    rng = np.random.default_rng(3)
+    num_anchors, num_classes = 400, 5
+    priors = np.concatenate([rng.uniform(20, 300, (num_anchors, 2)),
+                             rng.uniform(8, 80, (num_anchors, 2))], axis=1).astype(np.float32)
+    width = num_classes if family == "retinanet" else num_classes + 1
+    outputs = {
+        "cls_logits": rng.normal(-3.0, 2.5, (num_anchors, width)).astype(np.float32),
+        "box_deltas": rng.normal(0, 0.5, (num_anchors, 4)).astype(np.float32),
+        "propose_deltas": rng.normal(0, 0.5, (num_anchors, 4)).astype(np.float32),
+        "conf_logits": rng.normal(0, 1, (num_anchors, 1)).astype(np.float32),
+    }
+    if family != "passd":
+        del outputs["propose_deltas"]
+    if family != "retinanet":
+        del outputs["conf_logits"]
+    full_boxes, full_scores = decode_head_outputs(family, outputs, priors, SSD_WEIGHTS)
+    boxes, scores = decode_head_outputs(family, outputs, priors, SSD_WEIGHTS, min_score=threshold)
+    passing = (full_scores > threshold).any(axis=1)
+    # Every anchor that can pass is decoded exactly as before; the rest may come back as 0.
+    np.testing.assert_array_equal(boxes[passing], full_boxes[passing])
+    np.testing.assert_array_equal(scores[passing], full_scores[passing])
+    assert not (scores[~passing] > threshold).any()
+    for mode in ("hard", "soft+voting"):
+        expected = select_detections(full_boxes, full_scores, score_threshold=threshold,
+                                     nms_mode=mode)
+        actual = select_detections(boxes, scores, score_threshold=threshold, nms_mode=mode)
+        for a, b in zip(actual, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
