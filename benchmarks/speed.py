@@ -209,16 +209,13 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
     return items, notes
 
 
-def paper_width_items(work_dir: Path, threads: int) -> list[Timed]:
-    """Build the paper-width PASSD-MobileNet's fp32 and INT8 models (ONNX Runtime, OpenVINO)
-    in ``work_dir`` and return their timed calls."""
-    torch.manual_seed(0)
-    model = passd_mobilenet(num_classes=PAPER_CLASSES, img_size=PAPER_SIZE).eval()
-    size = (PAPER_SIZE, PAPER_SIZE)
-    gflops = count_gflops(model, size)
-    rng = np.random.default_rng(0)
-    calibration = [rng.standard_normal((1, 3, PAPER_SIZE, PAPER_SIZE), dtype=np.float32)
-                   for _ in range(CALIBRATION_INPUTS)]
+def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
+                      calibration: Sequence[np.ndarray], label: str,
+                      precisions: Sequence[str] = ("fp32", "int8"),
+                      ) -> dict[tuple[str, str], Path]:
+    """``model`` built as the ``cpu`` and ``openvino`` targets build it (their sampler, the
+    default keep-float scope, ``Target.build``) for each precision, in ``work_dir``:
+    ``{(target, precision): model file}``. INT8 ranges come from ``calibration``."""
     built: dict[tuple[str, str], Path] = {}
     for target_name in ("cpu", "openvino"):
         target = target_named(target_name)
@@ -227,13 +224,32 @@ def paper_width_items(work_dir: Path, threads: int) -> list[Timed]:
         onnx_fp32 = export_onnx(rewritten, target_dir / "fp32.onnx", size)
         keep_float = tuple(flatten(find_kept_out_nodes(onnx.load(str(onnx_fp32)),
                                                        target.default_keep_float)))
-        for precision in ("fp32", "int8"):
-            _progress(f"building the paper-width model: {target_name} {precision}")
+        for precision in precisions:
+            _progress(f"building {label}: {target_name} {precision}")
             request = BuildRequest(precision, onnx_fp32, rewritten, size, target_dir,
                                    calibration if precision == "int8" else None, keep_float)
             files = target.build(request).files
             built[target_name, precision] = next(path for name, path in files.items()
                                                  if name.endswith((".onnx", ".xml")))
+    return built
+
+
+def random_inputs(size: tuple[int, int], count: int) -> list[np.ndarray]:
+    """``count`` random-normal ``(1, 3, H, W)`` inputs (speed runs: values do not matter)."""
+    rng = np.random.default_rng(0)
+    width, height = size
+    return [rng.standard_normal((1, 3, height, width), dtype=np.float32) for _ in range(count)]
+
+
+def paper_width_items(work_dir: Path, threads: int) -> list[Timed]:
+    """Build the paper-width PASSD-MobileNet's fp32 and INT8 models (ONNX Runtime, OpenVINO)
+    in ``work_dir`` and return their timed calls."""
+    torch.manual_seed(0)
+    model = passd_mobilenet(num_classes=PAPER_CLASSES, img_size=PAPER_SIZE).eval()
+    size = (PAPER_SIZE, PAPER_SIZE)
+    gflops = count_gflops(model, size)
+    calibration = random_inputs(size, CALIBRATION_INPUTS)
+    built = build_for_targets(model, size, work_dir, calibration, "the paper-width model")
     feed = {"images": calibration[0]}
     items = [Timed("paper", f"onnxruntime {precision}", "onnxruntime", precision,
                    ort_runner(built["cpu", precision], feed, threads), gflops=gflops)

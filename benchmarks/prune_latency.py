@@ -1,0 +1,96 @@
+"""Runtime latency of a pruned HAR-Net against the unpruned architecture, INT8, one run.
+
+    python benchmarks/prune_latency.py [--checkpoint checkpoints/harnet_pruned_ft/best]
+        [--threads 2] [--rounds 20] [--calls 3]
+
+Latency does not depend on the weights' values, so the unpruned side is the pruned
+checkpoint's architecture rebuilt without its channel plan (random weights): the unpruned
+model that would be trained with the same budget runs exactly these kernels. Both are built
+as the ``cpu`` and ``openvino`` targets build INT8 artifacts (``benchmarks/speed.py``'s
+``build_for_targets``: the target's sampler, the default keep-float scope, 8 random
+calibration inputs), then timed interleaved, the model alone (no pre- or post-processing).
+Prints GFLOPs, ms and pruned / unpruned per runtime and precision; issue 14's target is
+<= 0.55x for INT8 on ONNX Runtime and OpenVINO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from edgedet._repo import use_repo_root
+
+use_repo_root(__file__)
+
+from benchmarks.speed import (
+    Timed,
+    build_for_targets,
+    openvino_runner,
+    ort_runner,
+    random_inputs,
+    time_interleaved,
+)
+from edgedet.models.builders import builder_of
+from edgedet.models.checkpoint import build_from_checkpoint
+from edgedet.models.summary import count_gflops
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="checkpoints/harnet_pruned_ft/best",
+                        help="a pruned checkpoint (its config holds the channel plan)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--precisions", default="int8", help="comma-separated: fp32,int8")
+    args = parser.parse_args(argv)
+
+    pruned, config = build_from_checkpoint(args.checkpoint)
+    if not config.get("channel_plan"):
+        parser.error(f"{args.checkpoint} has no channel plan: not a pruned checkpoint")
+    torch.manual_seed(0)
+    unpruned = builder_of(config["architecture"])(**config["kwargs"]).eval()
+    width, height = config["input_size"]
+    size = (int(width), int(height))
+    calibration = random_inputs(size, 8)
+    feed = {"images": calibration[0]}
+    precisions = tuple(args.precisions.split(","))
+    items: dict[tuple[str, str, str], Timed] = {}
+    with tempfile.TemporaryDirectory(prefix="edgedet-prune-latency-") as tmp:
+        for label, model in (("unpruned", unpruned), ("pruned", pruned)):
+            gflops = count_gflops(model, size)
+            built = build_for_targets(model, size, Path(tmp) / label, calibration,
+                                      f"the {label} model", precisions)
+            for precision in precisions:
+                items[label, "onnxruntime", precision] = Timed(
+                    "prune", label, "onnxruntime", precision,
+                    ort_runner(built["cpu", precision], feed, args.threads), gflops=gflops)
+                run, _ = openvino_runner(built["openvino", precision], feed, args.threads,
+                                         "f32")
+                items[label, "openvino", precision] = Timed(
+                    "prune", label, "openvino", precision, run, gflops=gflops)
+        time_interleaved(list(items.values()), args.rounds, args.calls, warmup=3)
+
+    print(f"{config['architecture']} at {size[0]}x{size[1]}, {args.checkpoint}: model alone, "
+          f"{args.threads} threads, p50 of {args.rounds} interleaved rounds x {args.calls}")
+    print("| runtime | precision | unpruned ms | pruned ms | pruned / unpruned |")
+    print("|---|---|---|---|---|")
+    for runtime in ("onnxruntime", "openvino"):
+        for precision in precisions:
+            base, small = items["unpruned", runtime, precision], items["pruned", runtime,
+                                                                       precision]
+            print(f"| {runtime} | {precision} | {base.p50:.1f} | {small.p50:.1f} | "
+                  f"{small.p50 / base.p50:.2f}x |")
+    base_gflops = items["unpruned", "onnxruntime", precisions[0]].gflops
+    small_gflops = items["pruned", "onnxruntime", precisions[0]].gflops
+    assert base_gflops and small_gflops
+    print(f"GFLOPs: unpruned {base_gflops:.2f}, pruned {small_gflops:.2f} "
+          f"({small_gflops / base_gflops:.3f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
