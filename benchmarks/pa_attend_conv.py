@@ -149,6 +149,41 @@ def _random_boxes(size: int, stride: int, anchors: int, generator: torch.Generat
     return torch.stack([cx + shift[0], cy + shift[1], wh[0], wh[1]], dim=-1)
 
 
+PLAIN_CONV = "plain 3x3 conv (floor, not equal)"
+
+
+def random_attend_conv(channels: int, outputs: int, anchors: int) -> BoxOffsetConv2d:
+    """An attend conv with seeded random weights (speed and equivalence, not accuracy)."""
+    torch.manual_seed(0)
+    conv = BoxOffsetConv2d(channels, outputs, anchors)
+    nn.init.normal_(conv.weight, std=0.05)
+    nn.init.normal_(conv.bias, std=0.1)
+    return conv
+
+
+def attend_variants(conv: BoxOffsetConv2d, stride: float) -> dict[str, nn.Module]:
+    """Every export variant of ``conv`` by name, the plain-conv floor (``PLAIN_CONV``) last."""
+    return {
+        "training module (grid_sample C ch, einsum)": TrainingModule(conv, stride),
+        "grid_sample C ch, then MatMul": SampleThenMatmul(conv, stride),
+        "Gather C ch, then MatMul": GatherThenMatmul(conv, stride),
+        "project, then GridSample (sampler grid_sample)": ProjectThenGridSample(conv, stride),
+        "project, then Gather (sampler gather)": ProjectThenGather(conv, stride),
+        PLAIN_CONV: PlainConv(conv),
+    }
+
+
+def export_variant(module: nn.Module, features: Tensor, boxes: Tensor, path: Path) -> Path:
+    """``module`` as an fp32 ONNX file with inputs ``features`` and ``boxes`` (a variant that
+    ignores the boxes has no ``boxes`` input) and output ``out``."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's shape warnings: shapes are static
+        torch.onnx.export(module.eval(), (features, boxes), str(path), dynamo=False,
+                          opset_version=17, input_names=["features", "boxes"],
+                          output_names=["out"])
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=int, default=256)
@@ -163,22 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import openvino as ov
 
-    torch.manual_seed(0)
+    conv = random_attend_conv(args.channels, args.outputs, args.anchors)
     generator = torch.Generator().manual_seed(0)
-    conv = BoxOffsetConv2d(args.channels, args.outputs, args.anchors)
-    nn.init.normal_(conv.weight, std=0.05)
-    nn.init.normal_(conv.bias, std=0.1)
     features = torch.randn(1, args.channels, args.size, args.size, generator=generator)
     boxes = _random_boxes(args.size, args.stride, args.anchors, generator)
     stride = float(args.stride)
-    variants: dict[str, nn.Module] = {
-        "training module (grid_sample C ch, einsum)": TrainingModule(conv, stride),
-        "grid_sample C ch, then MatMul": SampleThenMatmul(conv, stride),
-        "Gather C ch, then MatMul": GatherThenMatmul(conv, stride),
-        "project, then GridSample (sampler grid_sample)": ProjectThenGridSample(conv, stride),
-        "project, then Gather (sampler gather)": ProjectThenGather(conv, stride),
-        "plain 3x3 conv (floor, not equal)": PlainConv(conv),
-    }
+    variants = attend_variants(conv, stride)
     with torch.no_grad():  # float64: the reference's own rounding stays far below fp32's
         reference = TrainingModule(copy.deepcopy(conv).double(), stride)(features.double(),
                                                                         boxes.double())
@@ -193,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     diffs: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for index, (name, module) in enumerate(variants.items()):
-            path = Path(tmp) / f"variant{index}.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module.eval(), (features, boxes), str(path), dynamo=False,
-                                  opset_version=17, input_names=["features", "boxes"],
-                                  output_names=["out"])
+            path = export_variant(module, features, boxes, Path(tmp) / f"variant{index}.onnx")
             session = ort.InferenceSession(str(path), ort_options,
                                            providers=["CPUExecutionProvider"])
             # A variant that ignores the boxes (the plain conv) has no "boxes" input.

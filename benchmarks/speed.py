@@ -50,7 +50,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +69,6 @@ from edgedet.artifact import MANIFEST_NAME, main_model_files, sha256_file
 from edgedet.backends import BackendError, available_backends, model_file_for
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.models.checkpoint import build_from_checkpoint
-from edgedet.models.pa_head import BoxOffsetConv2d
 from edgedet.models.passd import passd_mobilenet
 from edgedet.models.summary import count_gflops
 from edgedet.zoo import list_models, zoo_model_dir
@@ -84,7 +82,6 @@ LIBRARIES = ("torch", "onnx", "onnxruntime", "openvino", "nncf", "numpy")
 FRAME_SIZE = (640, 480)
 PAPER_SIZE, PAPER_CLASSES, CALIBRATION_INPUTS = 320, 80, 8
 ATTEND_OUTPUTS, ATTEND_ANCHORS, ATTEND_STRIDE = 81, 3, 8
-PLAIN_CONV = "plain 3x3 conv (floor, not equal)"
 
 
 @dataclass
@@ -262,39 +259,17 @@ def paper_width_items(work_dir: Path, threads: int) -> list[Timed]:
     return items
 
 
-def attend_variants(channels: int) -> dict[str, nn.Module]:
-    """``benchmarks/pa_attend_conv.py``'s export variants of one attend conv (random init)."""
-    torch.manual_seed(0)
-    conv = BoxOffsetConv2d(channels, ATTEND_OUTPUTS, ATTEND_ANCHORS)
-    nn.init.normal_(conv.weight, std=0.05)
-    nn.init.normal_(conv.bias, std=0.1)
-    stride = float(ATTEND_STRIDE)
-    variants: dict[str, nn.Module] = {
-        "training module (grid_sample C ch, einsum)": pa.TrainingModule(conv, stride),
-        "grid_sample C ch, then MatMul": pa.SampleThenMatmul(conv, stride),
-        "Gather C ch, then MatMul": pa.GatherThenMatmul(conv, stride),
-        "project, then GridSample (sampler grid_sample)": pa.ProjectThenGridSample(conv, stride),
-        "project, then Gather (sampler gather)": pa.ProjectThenGather(conv, stride),
-        PLAIN_CONV: pa.PlainConv(conv),
-    }
-    return variants
-
-
 def attend_items(work_dir: Path, threads: int, channels: int, size: int) -> list[Timed]:
     """Export each attend-conv variant to ONNX and time it on ONNX Runtime and OpenVINO."""
-    variants = attend_variants(channels)
+    variants = pa.attend_variants(
+        pa.random_attend_conv(channels, ATTEND_OUTPUTS, ATTEND_ANCHORS), float(ATTEND_STRIDE))
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(1, channels, size, size, generator=generator)
     boxes = pa._random_boxes(size, ATTEND_STRIDE, ATTEND_ANCHORS, generator)
     feed = {"features": features.numpy(), "boxes": boxes.numpy()}
     items: list[Timed] = []
     for index, (name, module) in enumerate(variants.items()):
-        path = work_dir / f"attend{index}.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the tracer's shape warnings: shapes are static
-            torch.onnx.export(module.eval(), (features, boxes), str(path), dynamo=False,
-                              opset_version=17, input_names=["features", "boxes"],
-                              output_names=["out"])
+        path = pa.export_variant(module, features, boxes, work_dir / f"attend{index}.onnx")
         items.append(Timed("attend", name, "onnxruntime", "fp32",
                            ort_runner(path, feed, threads)))
         run, computes = openvino_runner(path, feed, threads, "f32")
@@ -322,8 +297,8 @@ def results(items: Sequence[Timed]) -> dict[str, list[dict]]:
     attend = []
     for i in (i for i in items if i.section == "attend" and i.runtime == "onnxruntime"):
         ov = by_key["attend", i.key, "openvino"]
-        ort_plain = by_key["attend", PLAIN_CONV, "onnxruntime"]
-        ov_plain = by_key["attend", PLAIN_CONV, "openvino"]
+        ort_plain = by_key["attend", pa.PLAIN_CONV, "onnxruntime"]
+        ov_plain = by_key["attend", pa.PLAIN_CONV, "openvino"]
         attend.append({"variant": i.key, "onnxruntime_ms": i.p50, "openvino_ms": ov.p50,
                        "onnxruntime_vs_plain": i.p50 / ort_plain.p50,
                        "openvino_vs_plain": ov.p50 / ov_plain.p50})
