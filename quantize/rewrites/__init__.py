@@ -26,7 +26,12 @@ from edgedet.models.deform_conv import DeformConv2d
 from edgedet.models.pa_head import ProposeAttendHead
 from quantize.rewrites.deform_conv import ExportDeformConv2d
 from quantize.rewrites.pa_head import ExportProposeAttendHead, PackedBoxOffsetConv
-from quantize.rewrites.sampling import SAMPLERS, bilinear_tap_sum, grid_sample_tap_sum
+from quantize.rewrites.sampling import (
+    SAMPLERS,
+    bilinear_tap_sum,
+    check_sampler,
+    grid_sample_tap_sum,
+)
 from quantize.rewrites.self_attention import ExportSelfAttention2d
 
 
@@ -63,10 +68,9 @@ def rewrite_for_export(model: nn.Module, sampler: str = "gather") -> nn.Module:
     replaced (e.g. ``{"DeformConv2d": 2}``); an empty dict means the model needed none
     (DAIPNet, RetinaNet, PASSD without the attend stage).
     """
+    check_sampler(sampler)  # before the deep copy: a bad name costs nothing
     rewritten = copy.deepcopy(model).eval()
     counts: dict[str, int] = {}
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     root_replacement = _replacement(rewritten, sampler)
     if root_replacement is not None:
         rewritten = root_replacement.eval()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedet.models.deform_conv import DeformConv2d
-from quantize.rewrites.sampling import SAMPLERS, bilinear_tap_sum, grid_sample_tap_sum
+from quantize.rewrites.sampling import bilinear_tap_sum, check_sampler, grid_sample_tap_sum
 
 
 class ExportDeformConv2d(nn.Module):
@@ -31,9 +31,7 @@ class ExportDeformConv2d(nn.Module):
 
     def __init__(self, conv: DeformConv2d, sampler: str = "gather") -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-        self.sampler = sampler
+        self.sampler = check_sampler(sampler)
         self.kernel_size = conv.kernel_size
         self.stride = conv.stride
         self.padding = conv.padding

@@ -27,7 +27,7 @@ from edgedet.models.pa_head import (
     box_sampling_points,
     flatten_head_output,
 )
-from quantize.rewrites.sampling import SAMPLERS, bilinear_tap_sum, grid_sample_tap_sum
+from quantize.rewrites.sampling import bilinear_tap_sum, check_sampler, grid_sample_tap_sum
 
 
 class PackedBoxOffsetConv(nn.Module):
@@ -41,9 +41,7 @@ class PackedBoxOffsetConv(nn.Module):
 
     def __init__(self, convs: Sequence[BoxOffsetConv2d], sampler: str = "gather") -> None:
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-        self.sampler = sampler
+        self.sampler = check_sampler(sampler)
         if not convs:
             raise ValueError("PackedBoxOffsetConv needs at least one BoxOffsetConv2d")
         first = convs[0]

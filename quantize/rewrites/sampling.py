@@ -19,9 +19,10 @@ for their runtime (``quantize.targets``):
                  ``Gather`` of 4 rows per tap, a small MatMul per output position. Every
                  runtime and converter takes it (TFLite, TensorRT).
 ``grid_sample``  ``grid_sample_tap_sum``: one ONNX ``GridSample`` (opset 16) per level over
-                 the projected maps laid out channels-first, then a sum over taps. Measured
-                 faster in ONNX Runtime and OpenVINO (``benchmarks/pa_attend_conv.py``): no
-                 4x gathered intermediate and no per-position MatMul.
+                 the projected maps laid out channels-first, then a sum over taps: no 4x
+                 gathered intermediate and no per-position MatMul. Measured faster in ONNX
+                 Runtime; in OpenVINO the two forms are within noise
+                 (``benchmarks/pa_attend_conv.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SAMPLERS = ("gather", "grid_sample")
+
+
+def check_sampler(sampler: str) -> str:
+    """``sampler`` if it is one of ``SAMPLERS``; ValueError naming them otherwise."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    return sampler
 
 
 def bilinear_tap_sum(
