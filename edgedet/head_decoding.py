@@ -65,15 +65,36 @@ def _logit_bound(min_score: float) -> float:
     return float(np.log(min_score / (1.0 - min_score))) - _BOUND_MARGIN
 
 
+def _rows_reaching(margins: np.ndarray, min_score: float) -> np.ndarray:
+    """The anchors whose logit margin ``(A,)`` can give a score above ``min_score`` (> 0)."""
+    if min_score >= 1.0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(margins >= _logit_bound(min_score))
+
+
 def _decode_rows(box_deltas: np.ndarray, priors_cxcywh: np.ndarray,
-                 box_coder_weights: BoxWeights, rows: np.ndarray | None) -> np.ndarray:
-    """``decode`` of ``rows`` only (None: all); the other rows' boxes are left 0."""
+                 box_coder_weights: BoxWeights, rows: np.ndarray | None,
+                 propose_deltas: np.ndarray | None = None) -> np.ndarray:
+    """``(A, 4)`` float32 boxes of ``rows`` only (None: all); the other rows' boxes are left
+    0. With ``propose_deltas`` the priors are first moved by them (PASSD's two stages)."""
+    picked = slice(None) if rows is None else rows
+    priors = priors_cxcywh[picked]
+    if propose_deltas is not None:
+        priors = xyxy_to_cxcywh(decode(propose_deltas[picked], priors, box_coder_weights))
+    decoded = decode(box_deltas[picked], priors, box_coder_weights).astype(np.float32)
     if rows is None:
-        return decode(box_deltas, priors_cxcywh, box_coder_weights).astype(np.float32)
+        return decoded
     boxes_xyxy = np.zeros((len(box_deltas), 4), dtype=np.float32)
-    if len(rows):
-        boxes_xyxy[rows] = decode(box_deltas[rows], priors_cxcywh[rows], box_coder_weights)
+    boxes_xyxy[rows] = decoded
     return boxes_xyxy
+
+
+def _softmax_logits(cls_logits: np.ndarray, num_anchors: int) -> np.ndarray:
+    """``cls_logits`` as ``(A, K+1)`` float32 rows, background first (K >= 1)."""
+    cls_logits = _as_rows("cls_logits", cls_logits, num_anchors, None)
+    if cls_logits.shape[1] < 2:
+        raise ValueError(f"softmax cls_logits need K+1 >= 2 columns, got {cls_logits.shape}")
+    return cls_logits
 
 
 def foreground_softmax(cls_logits: np.ndarray, min_score: float = 0.0) -> np.ndarray:
@@ -103,10 +124,7 @@ def _foreground_softmax_rows(cls_logits: np.ndarray, min_score: float
     if min_score <= 0.0:
         return np.ascontiguousarray(softmax(cls_logits)[:, 1:]), None
     scores = np.zeros((cls_logits.shape[0], cls_logits.shape[1] - 1), dtype=np.float32)
-    if min_score >= 1.0:
-        return scores, np.zeros(0, dtype=np.int64)
-    possible = np.flatnonzero(_row_max(cls_logits[:, 1:]) - cls_logits[:, 0]
-                              >= _logit_bound(min_score))
+    possible = _rows_reaching(_row_max(cls_logits[:, 1:]) - cls_logits[:, 0], min_score)
     if len(possible):
         scores[possible] = softmax(cls_logits[possible])[:, 1:]
     return scores, possible
@@ -159,10 +177,8 @@ def decode_ssd(
     """
     priors_cxcywh = np.asarray(priors_cxcywh, dtype=np.float32)
     num_anchors = len(priors_cxcywh)
-    cls_logits = _as_rows("cls_logits", cls_logits, num_anchors, None)
+    cls_logits = _softmax_logits(cls_logits, num_anchors)
     box_deltas = _as_rows("box_deltas", box_deltas, num_anchors, 4)
-    if cls_logits.shape[1] < 2:
-        raise ValueError(f"softmax cls_logits need K+1 >= 2 columns, got {cls_logits.shape}")
     scores, rows = _foreground_softmax_rows(cls_logits, min_score)
     return _decode_rows(box_deltas, priors_cxcywh, box_coder_weights, rows), scores
 
@@ -192,22 +208,12 @@ def decode_passd(
     priors_cxcywh = np.asarray(priors_cxcywh, dtype=np.float32)
     num_anchors = len(priors_cxcywh)
     propose_deltas = _as_rows("propose_deltas", propose_deltas, num_anchors, 4)
-    cls_logits = _as_rows("cls_logits", cls_logits, num_anchors, None)
+    cls_logits = _softmax_logits(cls_logits, num_anchors)
     box_deltas = _as_rows("box_deltas", box_deltas, num_anchors, 4)
-    if cls_logits.shape[1] < 2:
-        raise ValueError(f"softmax cls_logits need K+1 >= 2 columns, got {cls_logits.shape}")
     scores, rows = _foreground_softmax_rows(cls_logits, min_score)
-    if rows is None:
-        adjusted_cxcywh = xyxy_to_cxcywh(decode(propose_deltas, priors_cxcywh,
-                                                box_coder_weights))
-        return _decode_rows(box_deltas, adjusted_cxcywh, box_coder_weights, None), scores
     # Both stages only for the anchors that can pass (the others' boxes stay 0).
-    boxes_xyxy = np.zeros((num_anchors, 4), dtype=np.float32)
-    if len(rows):
-        adjusted_cxcywh = xyxy_to_cxcywh(decode(propose_deltas[rows], priors_cxcywh[rows],
-                                                box_coder_weights))
-        boxes_xyxy[rows] = decode(box_deltas[rows], adjusted_cxcywh, box_coder_weights)
-    return boxes_xyxy, scores
+    return _decode_rows(box_deltas, priors_cxcywh, box_coder_weights, rows,
+                        propose_deltas), scores
 
 
 def decode_retinanet(
@@ -241,8 +247,7 @@ def decode_retinanet(
         conf_logits = _as_rows("conf_logits", conf_logits, num_anchors, 1)
     rows = None
     if min_score > 0.0:
-        rows = (np.zeros(0, dtype=np.int64) if min_score >= 1.0 else
-                np.flatnonzero(_row_max(cls_logits) >= _logit_bound(min_score)))
+        rows = _rows_reaching(_row_max(cls_logits), min_score)
         scores = np.zeros(cls_logits.shape, dtype=np.float32)
         if len(rows):
             scores[rows] = sigmoid(cls_logits[rows])
