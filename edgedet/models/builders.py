@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from edgedet.models.daipnet import daipnet_vgg16
+from edgedet.models.daipnet import daipnet_vgg16, daipnet_vgg16_small
 from edgedet.models.dsanet import (
     dsanet_resnet18,
     dsanet_resnet18_small,
@@ -31,7 +31,7 @@ MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     builder.__name__: builder
     for builder in (
         passd_vgg16, passd_resnet101, passd_mobilenet,
-        daipnet_vgg16,
+        daipnet_vgg16, daipnet_vgg16_small,
         harnet_resnet50, harnet_resnet101, harnet_se_resnet50, harnet_resnet18_small,
         dsanet_resnet18, dsanet_resnet18_small, dsanet_resnet50, dsanet_resnet101,
         retinanet_resnet18, retinanet_resnet50, retinanet_resnet101,

@@ -37,6 +37,7 @@ The paper gives no parameter counts (Tables 1-3 report accuracy and time only).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import ClassVar
 
 import torch
@@ -212,10 +213,11 @@ class PafmLevel(nn.Module):
 class ProgressiveAttentionFusion(nn.Module):
     """PAFM: ``forward([X_1 .. X_n]) -> [G_1 .. G_{n-1}, X_n]`` (shapes unchanged)."""
 
-    def __init__(self, channels: Sequence[int]) -> None:
+    def __init__(self, channels: Sequence[int],
+                 projection_channels: int = PAFM_PROJECTION_CHANNELS) -> None:
         super().__init__()
         n = len(channels)
-        c = PAFM_PROJECTION_CHANNELS
+        c = projection_channels
         self.projections = nn.ModuleList(conv_bn_relu(ch, c) for ch in channels[1:])
         self.levels = nn.ModuleList(PafmLevel(channels[i], c * (n - 1 - i)) for i in range(n - 1))
 
@@ -352,12 +354,48 @@ def daipnet_vgg16(
         use_affm: adaptive feature fusion; off, the IPN maps are added to the SSD maps.
         use_pafm: progressive attention fusion; off, the heads read the fused maps directly.
     """
+    return _build_daipnet("daipnet_vgg16", num_classes, img_size, use_ipn, use_affm, use_pafm)
+
+
+def daipnet_vgg16_small(
+    num_classes: int = 80,
+    img_size: int = 300,
+    use_ipn: bool = True,
+    use_affm: bool = True,
+    use_pafm: bool = True,
+) -> DAIPNet:
+    """Edge configuration (not in the paper): every channel of VGG-16, SSD's extras and
+    PAFM's projection divided by 4, BN after every trunk and extra conv. Args as
+    ``daipnet_vgg16``.
+
+    Layers, dilations, priors, IPN/AFFM/PAFM and the head are the paper's. Quarter width cuts
+    the multiply-adds about 16x, so it trains from scratch on a 2-core CPU; VGG without BN
+    does not train from scratch (ScratchDet), and the paper's VGG starts from ImageNet weights,
+    which this project cannot download.
+    """
+    return _build_daipnet("daipnet_vgg16_small", num_classes, img_size, use_ipn, use_affm,
+                          use_pafm, width_divisor=4, batch_norm=True)
+
+
+def _build_daipnet(
+    architecture: str,
+    num_classes: int,
+    img_size: int,
+    use_ipn: bool,
+    use_affm: bool,
+    use_pafm: bool,
+    width_divisor: int = 1,
+    batch_norm: bool = False,
+) -> DAIPNet:
     if img_size not in _PRIORS:
         raise ValueError(f"DAIPNet img_size must be 300 or 512, got {img_size}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 (object classes), got {num_classes}")
-    vgg = VGG16SSD()
-    extras = SsdExtraLayers(1024, _EXTRAS[img_size])
+    vgg = VGG16SSD(width_divisor, batch_norm)
+    extra_specs = [replace(spec, mid_channels=spec.mid_channels // width_divisor,
+                           out_channels=spec.out_channels // width_divisor)
+                   for spec in _EXTRAS[img_size]]
+    extras = SsdExtraLayers(vgg.out_channels[1], extra_specs, batch_norm)
     channels = (*vgg.out_channels, *extras.out_channels)
     fused_channels = channels[:NUM_FUSED_LEVELS]
     ipn = ImagePyramidNetwork(fused_channels) if use_ipn else None
@@ -369,7 +407,9 @@ def daipnet_vgg16(
                                   use_aux=use_ipn)
             for i, c in enumerate(fused_channels)
         )
-    pafm = ProgressiveAttentionFusion(fused_channels) if use_pafm else None
+    pafm = (ProgressiveAttentionFusion(fused_channels,
+                                       PAFM_PROJECTION_CHANNELS // width_divisor)
+            if use_pafm else None)
     prior_config = _PRIORS[img_size]
     anchors_per_cell = [2 + 2 * len(r) for r in prior_config["aspect_ratios"]]
     head = SsdMultiboxHead(channels, anchors_per_cell, num_classes)
@@ -377,11 +417,10 @@ def daipnet_vgg16(
         for m in module.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)  # ssd.pytorch's initialisation
-                nn.init.zeros_(m.bias)
-    config = model_config("daipnet_vgg16", {
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    config = model_config(architecture, {
         "num_classes": num_classes, "img_size": img_size, "use_ipn": use_ipn,
         "use_affm": use_affm, "use_pafm": use_pafm,
     })
     return DAIPNet(vgg, extras, ipn, affm, pafm, head, prior_config, config)
-
-

@@ -28,8 +28,6 @@ _VGG16_STAGES: tuple[tuple[int, ...], ...] = (
     (512, 512, 512),
     (512, 512, 512),
 )
-# Index in ``features`` of the ReLU after conv4_3: the SSD source layer at stride 8.
-CONV4_3_RELU_INDEX = 22
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0,
@@ -49,43 +47,58 @@ class VGG16SSD(nn.Module):
     Exact sizes come from ``feature_sizes``.
 
     Attributes:
-        out_channels: ``(512, 1024)``.
+        out_channels: ``(512, 1024)`` divided by ``width_divisor``.
+        conv4_3_end: index in ``features`` just past conv4_3's ReLU (23 without BN).
         strides: ``(8, 16)``.
     """
 
-    out_channels: tuple[int, int] = (512, 1024)
     strides: tuple[int, int] = (8, 16)
 
-    def __init__(self) -> None:
+    def __init__(self, width_divisor: int = 1, batch_norm: bool = False) -> None:
+        """``width_divisor`` divides every channel count (1 = the paper's VGG-16);
+        ``batch_norm`` puts a BN after every conv, which training from scratch needs
+        (ScratchDet, Zhu et al. 2019) but which moves the ``features`` indices, so such a
+        trunk no longer loads the ImageNet state dicts named above."""
         super().__init__()
+        if width_divisor < 1 or 64 % width_divisor:
+            raise ValueError(f"width_divisor must divide 64, got {width_divisor}")
         layers: list[nn.Module] = []
         in_channels = 3
+
+        def conv(out_channels: int, kernel: int, padding: int = 0, dilation: int = 1) -> None:
+            nonlocal in_channels
+            layers.append(nn.Conv2d(in_channels, out_channels, kernel, padding=padding,
+                                    dilation=dilation, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+            in_channels = out_channels
+
         for stage_index, stage in enumerate(_VGG16_STAGES):
             for out_channels in stage:
-                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                           nn.ReLU(inplace=True)]
-                in_channels = out_channels
-            if stage_index < 4:
+                conv(out_channels // width_divisor, 3, padding=1)
+            if stage_index < 3:
                 # ceil_mode on pool3 only, as in ssd.pytorch ('C'): 75 -> 38 for a 300 input.
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=stage_index == 2))
-        layers += [
-            nn.MaxPool2d(3, stride=1, padding=1),  # pool5
-            nn.Conv2d(512, 1024, 3, padding=6, dilation=6),  # fc6
-            nn.ReLU(inplace=True),
-            nn.Conv2d(1024, 1024, 1),  # fc7
-            nn.ReLU(inplace=True),
-        ]
+            elif stage_index == 3:
+                self.conv4_3_end = len(layers)  # conv4_3's ReLU is the last layer so far
+                layers.append(nn.MaxPool2d(2, 2))  # pool4
+        layers.append(nn.MaxPool2d(3, stride=1, padding=1))  # pool5
+        conv(1024 // width_divisor, 3, padding=6, dilation=6)  # fc6
+        conv(1024 // width_divisor, 1)  # fc7
         self.features = nn.Sequential(*layers)
-        self.l2norm = L2Norm(512, initial_scale=20.0)
+        self.out_channels: tuple[int, int] = (512 // width_divisor, 1024 // width_divisor)
+        self.l2norm = L2Norm(self.out_channels[0], initial_scale=20.0)
         for module in self.features:
             if isinstance(module, nn.Conv2d):
                 # Used when training from scratch; ImageNet weights overwrite it by name.
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        conv4_3 = self.features[: CONV4_3_RELU_INDEX + 1](x)
-        fc7 = self.features[CONV4_3_RELU_INDEX + 1:](conv4_3)
+        conv4_3 = self.features[: self.conv4_3_end](x)
+        fc7 = self.features[self.conv4_3_end:](conv4_3)
         return [self.l2norm(conv4_3), fc7]
 
     @staticmethod
@@ -134,24 +147,29 @@ class SsdExtraLayers(nn.Module):
 
     ``forward(x) -> [output of block 0, block 1, ...]``; block ``i`` is
     ``blocks.i = Sequential(conv1x1, ReLU, conv kxk, ReLU)`` (ssd.pytorch applies the same
-    ReLUs, outside the modules).
+    ReLUs, outside the modules), with a BN before each ReLU when ``batch_norm``.
 
     Attributes:
         out_channels: output channels of each block.
     """
 
-    def __init__(self, in_channels: int, specs: Sequence[ExtraBlockSpec]) -> None:
+    def __init__(self, in_channels: int, specs: Sequence[ExtraBlockSpec],
+                 batch_norm: bool = False) -> None:
+        """``batch_norm`` adds a BN after each conv (for trunks trained from scratch)."""
         super().__init__()
         self.specs = tuple(specs)
         blocks = []
         for spec in self.specs:
-            blocks.append(nn.Sequential(
-                nn.Conv2d(in_channels, spec.mid_channels, 1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(spec.mid_channels, spec.out_channels, spec.kernel,
-                          stride=spec.stride, padding=spec.padding),
-                nn.ReLU(inplace=True),
-            ))
+            layers: list[nn.Module] = []
+            for conv in (nn.Conv2d(in_channels, spec.mid_channels, 1, bias=not batch_norm),
+                         nn.Conv2d(spec.mid_channels, spec.out_channels, spec.kernel,
+                                   stride=spec.stride, padding=spec.padding,
+                                   bias=not batch_norm)):
+                layers.append(conv)
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(conv.out_channels))
+                layers.append(nn.ReLU(inplace=True))
+            blocks.append(nn.Sequential(*layers))
             in_channels = spec.out_channels
         self.blocks = nn.ModuleList(blocks)
         self.out_channels: tuple[int, ...] = tuple(s.out_channels for s in self.specs)

@@ -7,6 +7,7 @@ from edgedet.models.daipnet import (
     AdaptiveFeatureFusion,
     ProgressiveAttentionFusion,
     daipnet_vgg16,
+    daipnet_vgg16_small,
 )
 
 SWITCHES = [{}, {"use_ipn": False}, {"use_affm": False}, {"use_pafm": False}]
@@ -143,3 +144,19 @@ def test_config_round_trip():
     assert _count(rebuilt) == _count(model)
     with pytest.raises(ValueError, match="300 or 512"):
         daipnet_vgg16(img_size=320)
+
+
+def test_small_edge_configuration():
+    with torch.device("meta"):
+        model = daipnet_vgg16_small(num_classes=12).eval()
+        full = daipnet_vgg16(num_classes=12)
+        out = model(torch.empty(1, 3, 300, 300))
+    assert model.config["architecture"] == "daipnet_vgg16_small"
+    # Quarter width: about 1/16 of the parameters (3.2M against 50M), same priors and outputs.
+    assert _count(model) == pytest.approx(3.206e6, rel=0.01)
+    assert _count(model) < _count(full) / 10
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "cls_logits": (1, 8732, 13), "box_deltas": (1, 8732, 4)}
+    assert model.anchor_spec((300, 300)) == full.anchor_spec((300, 300))
+    assert model.extras.out_channels == (128, 64, 64, 64)
+    assert model.pafm.projections[0][0].out_channels == 32  # PAFM's C = 128 / 4

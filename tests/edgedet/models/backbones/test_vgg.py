@@ -60,3 +60,31 @@ def test_ssd_extra_sizes():
     assert [tuple(o.shape[1:]) for o in outputs] == [
         (512, 16, 16), (256, 8, 8), (256, 4, 4), (256, 2, 2), (256, 1, 1)]
     assert extras300.out_channels == (512, 256, 256, 256)
+
+
+def test_narrow_batch_norm_trunk():
+    torch.manual_seed(0)
+    vgg = VGG16SSD(width_divisor=4, batch_norm=True).train()
+    convs = [m for m in vgg.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in vgg.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128,
+                                               128, 128, 128, 256, 256]
+    assert len(norms) == 15 and all(c.bias is None for c in convs)
+    assert convs[13].dilation == (6, 6)  # fc6 keeps SSD's dilation
+    assert vgg.out_channels == (128, 256) and vgg.l2norm.weight.shape == (128,)
+    # conv4_3's split is after its ReLU whatever the BNs do to the indices.
+    assert isinstance(vgg.features[vgg.conv4_3_end - 1], torch.nn.ReLU)
+    assert isinstance(vgg.features[vgg.conv4_3_end], torch.nn.MaxPool2d)
+    assert VGG16SSD().conv4_3_end == 23  # ssd.pytorch's layer 22 is conv4_3's ReLU
+    conv4_3, fc7 = vgg(torch.randn(2, 3, 300, 300))
+    assert conv4_3.shape == (2, 128, 38, 38) and fc7.shape == (2, 256, 19, 19)
+    with pytest.raises(ValueError, match="width_divisor"):
+        VGG16SSD(width_divisor=3)
+
+
+def test_extra_layers_with_batch_norm():
+    with torch.device("meta"):
+        extras = SsdExtraLayers(256, SSD300_EXTRAS, batch_norm=True)
+    block = extras.blocks[0]
+    assert [type(m).__name__ for m in block] == ["Conv2d", "BatchNorm2d", "ReLU"] * 2
+    assert block[0].bias is None and block[3].bias is None
