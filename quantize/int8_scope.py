@@ -16,7 +16,9 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
 ``masks``      sigmoid masks (HAR-Net spatial attention, CLSE channel weights): ``Sigmoid``
                and the ``Mul`` that applies it; a mask in [0, 1] multiplies whole feature maps.
 ``head``       (off by default) the last weight layers before each graph output, i.e. the
-               convs producing the raw logits and box deltas.
+               convs producing the raw logits and box deltas, and the layout ops
+               (Reshape, Transpose, Concat) between them and the outputs: kept float, the
+               convs alone would hand their output straight back to an INT8 Reshape.
 
 A weight layer (``Conv``, ``ConvTranspose``, ``Gemm``, a ``MatMul`` with a constant operand)
 ends every search: it is the part INT8 speeds up, and the 1x1 projection of the rewrites is
@@ -39,9 +41,10 @@ CATEGORIES: dict[str, str] = {
                  "round to zero",
     "masks": "sigmoid masks (spatial attention, channel weights) and the Mul that applies "
              "them: a mask in [0, 1] scales whole feature maps",
-    "head": "the final head convs producing the raw logits and box deltas: ONNX Runtime "
-            "would round their outputs to INT8 per tensor, including the box offsets that "
-            "place P&A's sampling points",
+    "head": "the final head convs producing the raw logits and box deltas, and the layout "
+            "ops carrying them to the outputs: one INT8 scale per tensor over raw logits that "
+            "span hundreds leaves a few steps where the scores are decided, and rounds the "
+            "box offsets that place P&A's sampling points",
 }
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "attention", "masks")
 # Each target (quantize/targets/) starts from these and says why it adds any.
@@ -175,16 +178,20 @@ def _mask_nodes(graph: _Graph) -> set[str]:
 
 
 def _head_nodes(graph: _Graph) -> set[str]:
-    """The weight layers whose output reaches a graph output without another weight layer."""
+    """The weight layers whose output reaches a graph output without another weight layer,
+    and the nodes on those paths (the Reshape / Transpose / Concat that flatten the levels)."""
+    by_name = {n.name: n for n in graph.nodes}
+
+    def reaches_output(names: set[str]) -> bool:
+        return any(o in graph.outputs for name in names for o in by_name[name].outputs)
+
     found: set[str] = set()
     for node in graph.nodes:
-        if not graph.is_weight_layer(node):
-            continue
-        reach = graph.forward([node.name])
-        outputs = {o for name in reach | {node.name}
-                   for n in graph.nodes if n.name == name for o in n.outputs}
-        if outputs & graph.outputs:
-            found.add(node.name)
+        if graph.is_weight_layer(node):
+            reach = graph.forward([node.name])
+            if reaches_output(reach | {node.name}):
+                found.add(node.name)
+                found |= {n for n in reach if reaches_output(graph.forward([n]) | {n})}
     return found
 
 

@@ -15,24 +15,26 @@ def ops_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
 
 
 def test_toy_graph_masks_attention_and_head():
-    # x -> Conv(c1) -> Sigmoid -> Mul(x) -> Conv(c2) -> y ; x -> MatMul(x, x^T) -> Softmax
+    # x -> Conv(c1) -> Sigmoid -> Mul(x) -> Conv(c2) -> Flatten -> y ;
+    # x -> MatMul(x, x^T) -> Softmax
     weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 1, 1], [1, 0, 0, 1])
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["a"], name="c1"),
         helper.make_node("Sigmoid", ["a"], ["m"], name="sig"),
         helper.make_node("Mul", ["x", "m"], ["xm"], name="apply"),
-        helper.make_node("Conv", ["xm", "w"], ["y"], name="c2"),
+        helper.make_node("Conv", ["xm", "w"], ["y0"], name="c2"),
+        helper.make_node("Flatten", ["y0"], ["y"], name="flat"),
         helper.make_node("Transpose", ["x"], ["xt"], name="t", perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["x", "xt"], ["s"], name="qk"),
         helper.make_node("Softmax", ["s"], ["z"], name="soft"),
     ]
     graph = helper.make_graph(
         nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2]),
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8]),
          helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
     kept = find_kept_out_nodes(helper.make_model(graph), list(CATEGORIES))
     assert kept == {"sampling": [], "attention": ["qk", "soft"], "masks": ["apply", "sig"],
-                    "head": ["c2"]}
+                    "head": ["c2", "flat"]}  # the head conv and its layout tail
 
 
 @pytest.mark.parametrize("name, category, op_types", [
