@@ -92,7 +92,7 @@ def _layout(shape: tuple[int, ...], path: Path) -> str:
 
 
 def _quantization(details: dict[str, Any]) -> tuple[float, int]:
-    """Per-tensor ``(scale, zero_point)`` of an int8 / uint8 tensor."""
+    """Per-tensor ``(scale, zero_point)`` of an int8 / uint8 / int16 tensor."""
     params = details.get("quantization_parameters") or {}
     scales = np.asarray(params.get("scales", ()), dtype=np.float64).ravel()
     zero_points = np.asarray(params.get("zero_points", ()), dtype=np.int64).ravel()
@@ -106,12 +106,17 @@ def _quantization(details: dict[str, Any]) -> tuple[float, int]:
                        "or per-tensor quantized tensors")
 
 
+# Integer tensor types carrying a per-tensor scale and zero point (int16: LiteRT's 16-bit
+# activation mode, int16 activations with int8 weights).
+_QUANTIZED = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))
+
+
 def _to_model_type(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
-    """Float32 ``values`` as the input tensor's type (quantized for int8 / uint8)."""
+    """Float32 ``values`` as the input tensor's type (quantized for int8 / uint8 / int16)."""
     dtype = np.dtype(details["dtype"])
     if dtype == np.float32:
         return values
-    if dtype in (np.int8, np.uint8):
+    if dtype in _QUANTIZED:
         scale, zero_point = _quantization(details)
         info = np.iinfo(dtype)
         quantized = np.round(values / scale) + zero_point
@@ -119,13 +124,13 @@ def _to_model_type(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return values.astype(dtype)
     raise BackendError(f"input tensor {details.get('name')!r} is {dtype.name}; the tflite "
-                       "backend feeds float32, float16, int8 or uint8 inputs")
+                       "backend feeds float32, float16, int8, uint8 or int16 inputs")
 
 
 def _to_float(values: np.ndarray, details: dict[str, Any]) -> np.ndarray:
-    """An output as float32 (dequantized for int8 / uint8)."""
+    """An output as float32 (dequantized for int8 / uint8 / int16)."""
     dtype = np.dtype(details["dtype"])
-    if dtype in (np.int8, np.uint8):
+    if dtype in _QUANTIZED:
         scale, zero_point = _quantization(details)
         return ((values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale))
     if np.issubdtype(dtype, np.floating):

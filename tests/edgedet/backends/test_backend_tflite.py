@@ -416,3 +416,18 @@ def test_tflite_runtime_is_the_fallback_interpreter(models: dict[str, Path],
     monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
     with pytest.raises(BackendUnavailableError, match=r"pip install ai-edge-litert"):
         tflite.interpreter_class()
+
+
+def test_int16_tensors_are_quantized_and_dequantized() -> None:
+    # LiteRT's 16-bit activation mode: int16 tensors, symmetric, scale per tensor.
+    from edgedet.backends.tflite import _to_float, _to_model_type
+
+    details = {"name": "images", "dtype": np.int16, "quantization": (0.5, 0)}
+    values = np.array([-1.0, 0.26, 1.74, 20000.0], dtype=np.float32)
+    quantized = _to_model_type(values, details)
+    assert quantized.dtype == np.int16
+    assert quantized.tolist() == [-2, 1, 3, 32767]  # rounded to the grid, clipped to int16
+    np.testing.assert_array_equal(_to_float(quantized, details),
+                                  np.array([-1.0, 0.5, 1.5, 16383.5], dtype=np.float32))
+    with pytest.raises(BackendError, match="int16"):
+        _to_model_type(values, {"name": "x", "dtype": np.int32, "quantization": (1.0, 0)})
