@@ -16,8 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from edgedet.models.builders import builder_of
 from edgedet.models.checkpoint import build_from_checkpoint
-from edgedet.models.daipnet import daipnet_vgg16
-from edgedet.models.dsanet import dsanet_resnet50, dsanet_resnet101
+from edgedet.models.daipnet import daipnet_vgg16, daipnet_vgg16_small
+from edgedet.models.dsanet import dsanet_resnet18_small, dsanet_resnet50, dsanet_resnet101
 from edgedet.models.harnet import (
     harnet_resnet18_small,
     harnet_resnet50,
@@ -65,8 +65,12 @@ PAPER_CONFIGURATIONS: tuple[NamedConfiguration, ...] = (
     NamedConfiguration("dsanet_r50_conf_coco", partial(dsanet_resnet50, 80,
                                                        with_confidence=True)),
     NamedConfiguration("dsanet_r101_coco", partial(dsanet_resnet101, 80)),
+    NamedConfiguration("dsanet_r18_small_coco", partial(dsanet_resnet18_small, 80),
+                       note="edge configuration (not in the paper)"),
     NamedConfiguration("daipnet_vgg16_300_coco", partial(daipnet_vgg16, 80, 300)),
     NamedConfiguration("daipnet_vgg16_512_coco", partial(daipnet_vgg16, 80, 512)),
+    NamedConfiguration("daipnet_vgg16_small_300_coco", partial(daipnet_vgg16_small, 80, 300),
+                       note="edge configuration (not in the paper)"),
 )
 
 
