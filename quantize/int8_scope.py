@@ -180,19 +180,11 @@ def _mask_nodes(graph: _Graph) -> set[str]:
 def _head_nodes(graph: _Graph) -> set[str]:
     """The weight layers whose output reaches a graph output without another weight layer,
     and the nodes on those paths (the Reshape / Transpose / Concat that flatten the levels)."""
-    by_name = {n.name: n for n in graph.nodes}
-
-    def reaches_output(names: set[str]) -> bool:
-        return any(o in graph.outputs for name in names for o in by_name[name].outputs)
-
-    found: set[str] = set()
-    for node in graph.nodes:
-        if graph.is_weight_layer(node):
-            reach = graph.forward([node.name])
-            if reaches_output(reach | {node.name}):
-                found.add(node.name)
-                found |= {n for n in reach if reaches_output(graph.forward([n]) | {n})}
-    return found
+    tail = graph.backward(graph.outputs)  # what computes the outputs, back to weight layers
+    heads = {n.name for n in graph.nodes if graph.is_weight_layer(n) and (
+        set(n.outputs) & graph.outputs
+        or any(c.name in tail for o in n.outputs for c in graph.consumers.get(o, [])))}
+    return heads | (tail & graph.forward(heads)) if heads else set()
 
 
 def find_kept_out_nodes(model: onnx.ModelProto,
