@@ -19,6 +19,10 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
                convs producing the raw logits and box deltas, and the layout ops
                (Reshape, Transpose, Concat) between them and the outputs: kept float, the
                convs alone would hand their output straight back to an INT8 Reshape.
+``outputs``    (off by default; on for TFLite) only that layout tail: the Reshape /
+               Transpose / Concat that flatten every pyramid level into one output tensor.
+               TFLite's INT8 Concat gives all its inputs the output's single scale, so one
+               level's extreme logits (a P7 map of -500) coarsen every level's scores.
 
 A weight layer (``Conv``, ``ConvTranspose``, ``Gemm``, a ``MatMul`` with a constant operand)
 ends every search: it is the part INT8 speeds up, and the 1x1 projection of the rewrites is
@@ -45,6 +49,9 @@ CATEGORIES: dict[str, str] = {
             "ops carrying them to the outputs: one INT8 scale per tensor over raw logits that "
             "span hundreds leaves a few steps where the scores are decided, and rounds the "
             "box offsets that place P&A's sampling points",
+    "outputs": "only the layout ops (Reshape, Transpose, Concat) that flatten the head's "
+               "levels into the outputs, and the outputs themselves: an INT8 Concat puts every "
+               "pyramid level on one scale, so one level's extreme logits coarsen all scores",
 }
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "attention", "masks")
 # Each target (quantize/targets/) starts from these and says why it adds any.
@@ -177,14 +184,15 @@ def _mask_nodes(graph: _Graph) -> set[str]:
     return found
 
 
-def _head_nodes(graph: _Graph) -> set[str]:
-    """The weight layers whose output reaches a graph output without another weight layer,
-    and the nodes on those paths (the Reshape / Transpose / Concat that flatten the levels)."""
+def _head_nodes(graph: _Graph) -> tuple[set[str], set[str]]:
+    """``(head layers, output tail)``: the weight layers whose output reaches a graph output
+    without another weight layer, and the nodes on those paths after them (the Reshape /
+    Transpose / Concat that flatten the levels)."""
     tail = graph.backward(graph.outputs)  # what computes the outputs, back to weight layers
     heads = {n.name for n in graph.nodes if graph.is_weight_layer(n) and (
         set(n.outputs) & graph.outputs
         or any(c.name in tail for o in n.outputs for c in graph.consumers.get(o, [])))}
-    return heads | (tail & graph.forward(heads)) if heads else set()
+    return (heads, (tail & graph.forward(heads)) - heads) if heads else (set(), set())
 
 
 def find_kept_out_nodes(model: onnx.ModelProto,
@@ -219,11 +227,13 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
                          f"{', '.join(CATEGORIES)}")
     graph = _Graph(nodes, constants, outputs)
     sampling = _sampling_nodes(graph)
+    heads, output_tail = _head_nodes(graph)
     found = {
         "sampling": sampling,
         "attention": _attention_nodes(graph, exclude=sampling),
         "masks": _mask_nodes(graph),
-        "head": _head_nodes(graph),
+        "head": heads | output_tail,
+        "outputs": output_tail,
     }
     result: dict[str, list[str]] = {}
     claimed: set[str] = set()

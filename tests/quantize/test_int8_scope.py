@@ -34,7 +34,10 @@ def test_toy_graph_masks_attention_and_head():
          helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
     kept = find_kept_out_nodes(helper.make_model(graph), list(CATEGORIES))
     assert kept == {"sampling": [], "attention": ["qk", "soft"], "masks": ["apply", "sig"],
-                    "head": ["c2", "flat"]}  # the head conv and its layout tail
+                    "head": ["c2", "flat"],  # the head conv and its layout tail
+                    "outputs": []}  # the tail, already claimed by "head"
+    # Alone, "outputs" is only the layout tail: the head conv stays INT8.
+    assert find_kept_out_nodes(helper.make_model(graph), ["outputs"]) == {"outputs": ["flat"]}
 
 
 @pytest.mark.parametrize("name, category, op_types", [

@@ -67,6 +67,20 @@ def test_int8_file_keeps_the_sampling_float_and_the_convs_int8(converted):
     assert backend.input_shape[1] == 3  # NCHW, int8 quantized inside the backend
 
 
+def test_int8_file_joins_the_levels_in_float(converted):
+    """The default ``outputs`` category: the Concat joining every level's logits and the
+    outputs stay float (one INT8 scale over all levels coarsened the scores)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    out, report = converted
+    path = out / "tiny_passd_int8" / "model.tflite"
+    outputs = Interpreter(model_path=str(path)).get_output_details()
+    assert outputs and {np.dtype(d["dtype"]).name for d in outputs} == {"float32"}
+    concats = [t for name, t in _tensor_types(path).items() if name.endswith(":CONCATENATION")]
+    assert concats and set(concats) == {"float32"}
+    assert any("ranges: minmax" in note for note in report.artifacts[1].notes)
+
+
 def test_detector_auto_runs_the_tflite_artifact(converted):
     out, _ = converted
     detector = Detector(out / "tiny_passd_int8", backend="tflite")
