@@ -1,0 +1,140 @@
+"""What the camera demo finds on its built-in video: ``python benchmarks/demo_video.py``
+
+Runs zoo models (or artifact folders) on frames of the demo video that ``apps/webcam.py`` plays
+when no camera is there (a panning, slowly relit synthetic scene with COCO ground truth per
+frame next to it) and prints, per model:
+
+- GT/frame: ground-truth objects per frame (those the video marks ``iscrowd``, mostly hidden,
+  are not counted);
+- found/frame and recall: detections per frame at the application threshold (what the demo
+  draws) and the share of ground-truth objects one of them covers (same class, IoU >= 0.5);
+- AP / AP50 / APs on the same frames with the evaluation settings (threshold 0.01), the figure
+  to compare with the accuracy check's synthetic eval split.
+"""
+
+from __future__ import annotations
+
+from edgedet._repo import use_repo_root
+
+use_repo_root(__file__)
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgedet.boxes import box_iou
+from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
+from edgedet.detections import Detections
+from edgedet.detector import Detector
+from edgedet.zoo import list_models
+
+
+def demo_video() -> Path:
+    """The video ``apps/webcam.py`` plays without a camera (rendered on first use)."""
+    # The apps import their siblings as top-level modules, as when run as scripts.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps"))
+    import sources
+
+    return sources.demo_video()
+
+
+def read_frames(video: Path, every: int, limit: int) -> list[tuple[int, np.ndarray]]:
+    """``[(frame index, BGR frame)]``: every ``every``-th frame, at most ``limit``."""
+    capture = cv2.VideoCapture(str(video))
+    frames: list[tuple[int, np.ndarray]] = []
+    index = 0
+    try:
+        while len(frames) < limit:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                frames.append((index, frame))
+            index += 1
+    finally:
+        capture.release()
+    if not frames:
+        raise SystemExit(f"error: no frame could be read from {video}")
+    return frames
+
+
+def ground_truth_of(coco: dict, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes_xyxy (N, 4), 0-based class ids (N,))`` of one frame, crowd objects left out."""
+    entries = [a for a in coco["annotations"]
+               if a["image_id"] == image_id and not a.get("iscrowd", 0)]
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in entries)],
+                     dtype=np.float64).reshape(-1, 4)
+    return boxes, np.array([a["category_id"] - 1 for a in entries], dtype=np.int64)
+
+
+def covered(found: Detections, gt_xyxy: np.ndarray, gt_classes: np.ndarray) -> int:
+    """Ground-truth objects that a same-class detection overlaps at IoU >= 0.5."""
+    if len(found) == 0 or len(gt_xyxy) == 0:
+        return 0
+    iou = box_iou(gt_xyxy, found.xyxy.astype(np.float64))
+    same_class = gt_classes[:, None] == found.class_ids[None, :]
+    return int(((iou >= 0.5) & same_class).any(axis=1).sum())
+
+
+def measure(model: str, frames: Sequence[tuple[int, np.ndarray]], coco: dict) -> dict:
+    application = Detector(model)
+    evaluation = Detector(model, settings="evaluation")
+    image_ids = [index + 1 for index, _ in frames]
+    found_total = covered_total = gt_total = 0
+    results: list[dict] = []
+    for (_, frame), image_id in zip(frames, image_ids, strict=True):
+        gt_xyxy, gt_classes = ground_truth_of(coco, image_id)
+        found = application.detect(frame)
+        found_total += len(found)
+        covered_total += covered(found, gt_xyxy, gt_classes)
+        gt_total += len(gt_xyxy)
+        scored = evaluation.detect(frame)
+        results.extend(detections_to_coco_results(image_id, scored.xyxy, scored.scores,
+                                                  scored.class_ids))
+    subset = {**coco, "images": [i for i in coco["images"] if i["id"] in set(image_ids)],
+              "annotations": [a for a in coco["annotations"] if a["image_id"] in set(image_ids)]}
+    metrics = evaluate_coco(subset, results).to_dict()
+    return {"model": model, "threshold": application.options.score_threshold,
+            "gt_per_frame": gt_total / len(frames), "found_per_frame": found_total / len(frames),
+            "recall": covered_total / max(gt_total, 1),
+            **{key: metrics[key] * 100 for key in ("AP", "AP50", "APs")}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/demo_video.py",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=None,
+                        help="comma-separated zoo names or artifact folders (default: every "
+                             "zoo model)")
+    parser.add_argument("--every", type=int, default=15, help="use every N-th frame (15)")
+    parser.add_argument("--frames", type=int, default=20, help="frames to use (20)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line per model")
+    args = parser.parse_args(argv)
+    if args.every < 1 or args.frames < 1:
+        parser.error("--every and --frames must be >= 1")
+    models = args.models.split(",") if args.models else list_models()
+    video = demo_video()
+    coco = json.loads(video.with_suffix(".json").read_text())
+    frames = read_frames(video, args.every, args.frames)
+    print(f"demo video {video.name}: {len(frames)} frames, one every {args.every}")
+    if not args.json:
+        print(f"{'model':<24} {'thr':>4} {'GT/frame':>8} {'found/frame':>11} {'recall':>6} "
+              f"{'AP':>5} {'AP50':>5} {'APs':>5}")
+    for model in models:
+        row = measure(model, frames, coco)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['model']:<24} {row['threshold']:>4.2f} {row['gt_per_frame']:>8.1f} "
+                  f"{row['found_per_frame']:>11.1f} {row['recall']:>6.2f} {row['AP']:>5.1f} "
+                  f"{row['AP50']:>5.1f} {row['APs']:>5.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
