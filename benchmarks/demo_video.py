@@ -113,15 +113,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "zoo model)")
     parser.add_argument("--every", type=int, default=15, help="use every N-th frame (15)")
     parser.add_argument("--frames", type=int, default=20, help="frames to use (20)")
+    parser.add_argument("--video", type=Path, default=None,
+                        help="another video with its COCO ground truth next to it as "
+                             "<stem>.json, e.g. from edgedet.data.synthetic_video (default: "
+                             "the demo video)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per model")
     args = parser.parse_args(argv)
     if args.every < 1 or args.frames < 1:
         parser.error("--every and --frames must be >= 1")
     models = args.models.split(",") if args.models else list_models()
-    video = demo_video()
-    coco = json.loads(video.with_suffix(".json").read_text())
+    video = args.video or demo_video()
+    truth = video.with_suffix(".json")
+    if not video.is_file() or not truth.is_file():
+        parser.error(f"--video: needs {video} and its ground truth {truth}")
+    coco = json.loads(truth.read_text())
     frames = read_frames(video, args.every, args.frames)
-    print(f"demo video {video.name}: {len(frames)} frames, one every {args.every}")
+    if not args.json:
+        print(f"video {video.name}: {len(frames)} frames, one every {args.every}")
     if not args.json:
         print(f"{'model':<24} {'thr':>4} {'GT/frame':>8} {'found/frame':>11} {'recall':>6} "
               f"{'AP':>5} {'AP50':>5} {'APs':>5}")
