@@ -78,7 +78,7 @@ def test_int8_file_joins_the_levels_in_float(converted):
     assert outputs and {np.dtype(d["dtype"]).name for d in outputs} == {"float32"}
     concats = [t for name, t in _tensor_types(path).items() if name.endswith(":CONCATENATION")]
     assert concats and set(concats) == {"float32"}
-    assert any("ranges: minmax" in note for note in report.artifacts[1].notes)
+    assert any("ranges: moving-average" in note for note in report.artifacts[1].notes)
 
 
 def test_detector_auto_runs_the_tflite_artifact(converted):
