@@ -44,6 +44,7 @@ from train.matching import BACKGROUND, IGNORE, aligned_box_iou, match_retinanet,
 Target = dict[str, Tensor]
 
 NEG_POS_RATIO = 3  # SSD sec. 2.2 and PASSD sec. 6.1: "at most 1:3"
+MIN_ADJUSTED_SIZE = 1.0  # pixels; PASSD attend-stage anchors (PassdLoss)
 SSD_SMOOTH_L1_BETA = 1.0  # Fast R-CNN's Smooth-L1, as SSD and PASSD ([7]) use it
 DETECTRON_SMOOTH_L1_BETA = 1.0 / 9.0  # RetinaNet in Detectron (HAR-Net's Caffe2 lineage)
 
@@ -308,6 +309,12 @@ class PassdLoss(nn.Module):
             self.box_coder_weights, self.neg_pos_ratio, self.smooth_l1_beta)
 
         adjusted = adjusted.detach().float()
+        # A background anchor's proposal is never trained and can shrink until exp() of its
+        # size delta underflows to 0; encoding a target against a zero-size box divides by
+        # zero (NaN gradients stopped a paper-width run at epoch 4). Such a box cannot be a
+        # detection, so as an anchor it is floored at MIN_ADJUSTED_SIZE pixels.
+        adjusted = torch.cat([adjusted[..., :2], adjusted[..., 2:].clamp(min=MIN_ADJUSTED_SIZE)],
+                             dim=-1)
         matched, boxes, labels = assign_ssd_targets(adjusted, gts, self.iou_threshold)
         attend_cls, attend_box = mined_softmax_loss(
             cls_logits, box_deltas, adjusted, matched, boxes, labels,

@@ -283,6 +283,18 @@ def test_passd_attend_targets_are_encoded_against_adjusted_boxes():
     assert PassdLoss(SSD_WEIGHTS)(outputs, priors, targets)["attend_box"].item() == 0.0
 
 
+def test_passd_zero_size_adjusted_boxes_give_finite_gradients():
+    # Proposals of background anchors can shrink to zero size (exp underflow); the object's
+    # forced match then falls on such a box, whose encoding divided by zero before.
+    priors, outputs, targets = passd_attend_case()
+    outputs["adjusted_priors_cxcywh"][..., 2:] = 0.0
+    outputs["box_deltas"].requires_grad_(True)
+    losses = PassdLoss(SSD_WEIGHTS)(outputs, priors, targets)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["attend_box"]) and losses["attend_box"].item() > 0
+    assert torch.isfinite(outputs["box_deltas"].grad).all()
+
+
 def test_passd_attend_stage_matches_against_adjusted_boxes():
     priors = torch.tensor([[200.0, 200, 20, 20], [10, 10, 20, 20], [400, 400, 20, 20]])
     adjusted = priors.clone()
