@@ -96,8 +96,9 @@ def measure(model: str, frames: Sequence[tuple[int, np.ndarray]], coco: dict) ->
         scored = evaluation.detect(frame)
         results.extend(detections_to_coco_results(image_id, scored.xyxy, scored.scores,
                                                   scored.class_ids))
-    subset = {**coco, "images": [i for i in coco["images"] if i["id"] in set(image_ids)],
-              "annotations": [a for a in coco["annotations"] if a["image_id"] in set(image_ids)]}
+    used = set(image_ids)
+    subset = {**coco, "images": [i for i in coco["images"] if i["id"] in used],
+              "annotations": [a for a in coco["annotations"] if a["image_id"] in used]}
     metrics = evaluate_coco(subset, results).to_dict()
     return {"model": model, "threshold": application.options.score_threshold,
             "gt_per_frame": gt_total / len(frames), "found_per_frame": found_total / len(frames),

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from quantize.export_tflite import export_tflite
 from quantize.int8_scope import DEFAULT_KEEP_FLOAT
-from quantize.ptq_tflite import CALIBRATION_METHODS
+from quantize.ptq_tflite import CALIBRATION_METHODS, quantize_tflite
 from quantize.targets import BuildRequest, BuiltModel, Target
 
 MODEL_FILE = "model.tflite"
@@ -22,8 +23,6 @@ LAYOUT_NOTE = ("input NCHW (1, 3, H, W) float32, as every target; litert-torch r
 
 def _fp32_file(request: BuildRequest) -> Path:
     """The fp32 conversion, made once per run and shared by both precisions."""
-    from quantize.export_tflite import export_tflite
-
     path = request.work_dir / "tflite_fp32" / MODEL_FILE
     if not path.is_file():
         export_tflite(request.model, path, request.input_size)
@@ -34,8 +33,6 @@ def build(request: BuildRequest) -> BuiltModel:
     fp32 = _fp32_file(request)
     if request.precision == "fp32":
         return BuiltModel({MODEL_FILE: fp32}, [], notes=(LAYOUT_NOTE,))
-    from quantize.ptq_tflite import quantize_tflite
-
     assert request.calibration is not None, "INT8 needs calibration images"
     method = request.calibration_method or CALIBRATION_METHODS[0]
     path, kept = quantize_tflite(fp32, request.work_dir / "tflite_int8" / MODEL_FILE,
