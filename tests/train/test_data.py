@@ -104,3 +104,14 @@ def test_open_splits_synthetic_and_coco(tmp_path):
         open_splits(f"coco:{tmp_path / 'train'}", img_size=(64, 64))
     with pytest.raises(DatasetError, match="expected synthetic"):
         open_splits("pascal:/x", img_size=(64, 64))
+
+
+def test_open_splits_synthetic_cache(tmp_path):
+    plain = open_splits("synthetic", img_size=(64, 48), synthetic_train=2, synthetic_val=1)
+    cached = open_splits("synthetic", img_size=(64, 48), synthetic_train=2, synthetic_val=1,
+                         synthetic_cache=str(tmp_path / "cache"))
+    assert cached.train.directory != cached.val.directory  # seeds 0 and 1
+    for rendered, stored in ((plain.train[1], cached.train[1]), (plain.val[0], cached.val[0])):
+        np.testing.assert_array_equal(rendered.image, stored.image)
+        np.testing.assert_array_equal(rendered.boxes_xyxy, stored.boxes_xyxy)
+    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 2
