@@ -35,6 +35,7 @@ from train.checkpoint import (
     save_training_state,
     unwrap,
 )
+from train.curves import write_curves
 from train.data import (
     EvalDataset,
     TrainingDataset,
@@ -414,6 +415,15 @@ class Trainer:
         decoder = HeadDecoder.from_manifest(self.checkpoint_config())
         return evaluate(self.model, self.val_loader, decoder, self.info, self.config.amp)
 
+    def _draw_curves(self) -> None:
+        """Redraw ``curves.png`` (``train.curves``); a failure only warns: the picture is a
+        convenience, the run's state and log are what matter."""
+        try:
+            write_curves(self.out_dir)
+        except Exception as exc:  # never stop a run for a picture
+            warnings.warn(f"could not draw {self.out_dir}/curves.png: {exc}", RuntimeWarning,
+                          stacklevel=2)
+
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``config.epochs``; return the final summary (rank 0)."""
         cfg, info = self.config, self.info
@@ -443,6 +453,8 @@ class Trainer:
                         tqdm.write("val: " + ", ".join(f"{k} {v:.4f}"
                                                        for k, v in metrics.items()))
                 self.save(is_best)
+                if info.is_main and (due or self.epoch == cfg.epochs):
+                    self._draw_curves()
                 barrier(info)
         finally:
             self.log.close()

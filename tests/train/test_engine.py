@@ -1,6 +1,7 @@
 import math
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -202,6 +203,8 @@ def test_resume_after_an_interruption_mid_epoch_logs_every_step_once(tmp_path):
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 5]
     assert [r["epoch"] for r in read_metrics(tmp_path, "epoch")] == [0, 1, 2]
     assert [r["epoch"] for r in read_metrics(tmp_path, "eval")] == [0, 1, 2]
+    # the curves were redrawn after each evaluation, from the whole (resumed) log
+    assert cv2.imread(str(tmp_path / "curves.png")).shape == (428, 1280, 3)
 
 
 def test_a_mid_epoch_resume_state_continues_the_epoch_exactly(tmp_path):
