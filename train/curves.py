@@ -55,19 +55,22 @@ def window_means(iterations: Sequence[int], values: Sequence[float], windows: in
     return xs, ys
 
 
-def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering ``low..high``."""
+def _nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -> list[float]:
+    """About ``count`` round tick values covering ``low..high`` (whole numbers only with
+    ``integer``)."""
     span = max(high - low, 1e-12)
     raw = span / count
     step = 10 ** math.floor(math.log10(raw))
     step *= next(m for m in (1, 2, 5, 10) if raw <= m * step)
+    if integer:
+        step = max(step, 1)
     first = math.ceil(low / step) * step
     return [first + k * step for k in range(int((high - first) / step + 1e-9) + 1)]
 
 
 def draw_panel(title: str, x_label: str, series: Sequence[Series],
                y_range: tuple[float, float] | None = None, markers: bool = False,
-               vertical_lines: Sequence[float] = ()) -> np.ndarray:
+               vertical_lines: Sequence[float] = (), integer_x: bool = False) -> np.ndarray:
     """One line chart (BGR ``uint8 (H, W, 3)``, ``PANEL_SIZE``) of ``series``, with a legend."""
     width, height = PANEL_SIZE
     left, right, top, bottom = 62, 14, 34, 46
@@ -97,7 +100,7 @@ def draw_panel(title: str, x_label: str, series: Sequence[Series],
         _, py = to_pixel(x_low, value)
         cv2.line(panel, (left, py), (width - right, py), (230, 230, 230), 1)
         cv2.putText(panel, f"{value:g}", (4, py + 4), _FONT, 0.38, (60, 60, 60), 1, cv2.LINE_AA)
-    for value in _nice_ticks(x_low, x_high):
+    for value in _nice_ticks(x_low, x_high, integer=integer_x):
         px, _ = to_pixel(value, y_low)
         cv2.putText(panel, f"{value:g}", (px - 12, height - bottom + 16), _FONT, 0.38,
                     (60, 60, 60), 1, cv2.LINE_AA)
@@ -138,7 +141,7 @@ def curves_picture(train_records: Sequence[dict[str, Any]],
                  for name in ("AP", "AP50", "APs") if all(name in r for r in eval_records)]
     loss_panel = draw_panel("training loss (window means)", "iteration", loss_series,
                             vertical_lines=epoch_ends)
-    ap_panel = draw_panel("validation (points)", "epoch", ap_series, markers=True,
+    ap_panel = draw_panel("validation (points)", "epoch", ap_series, markers=True, integer_x=True,
                           y_range=(0.0, max([10.0, *(max(s[2]) for s in ap_series if s[2])])
                                    * 1.1) if ap_series else None)
     header = np.full((28, 2 * PANEL_SIZE[0], 3), 255, np.uint8)

@@ -18,6 +18,7 @@ def test_window_means_by_hand() -> None:
 def test_ticks_are_round_and_cover_the_range() -> None:
     assert _nice_ticks(0.0, 10.0) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
     assert _nice_ticks(3.2, 4.9) == pytest.approx([3.5, 4.0, 4.5])
+    assert _nice_ticks(1.0, 3.0, integer=True) == [1.0, 2.0, 3.0]  # epochs: no 1.5
 
 
 def _write_log(run_dir, steps=200, epochs=4, with_eval=True) -> None:
