@@ -50,6 +50,17 @@ def test_zoom_out_shifts_boxes_with_the_image():
         np.testing.assert_allclose(out[:, 2:] - out[:, :2], boxes[:, 2:] - boxes[:, :2])
 
 
+def test_zoom_out_canvas_is_the_fill_colour_around_the_image():
+    image, boxes, _ = _scene()
+    for seed in range(5):
+        canvas, out = zoom_out(image, boxes, np.random.default_rng(seed), (10, 120.4, 250.6))
+        left, top = (int(v) for v in out[0, :2] - boxes[0, :2])
+        expected = np.empty_like(canvas)
+        expected[:] = (10, 120, 251)  # rounded to uint8
+        expected[top:top + image.shape[0], left:left + image.shape[1]] = image
+        np.testing.assert_array_equal(canvas, expected)
+
+
 def test_crop_keeps_boxes_on_their_objects():
     image, boxes, labels = _scene()
     changed = 0
