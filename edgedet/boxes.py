@@ -57,6 +57,28 @@ def _check_boxes_scores(boxes_xyxy: np.ndarray, scores: np.ndarray) -> tuple[np.
     return boxes, scores
 
 
+def _iou_matrix(boxes: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """``(N, N)`` IoU of ``(N, 4)`` boxes with each other: row ``i`` is bit for bit
+    ``_iou_one_to_many(boxes[i], areas[i], boxes, areas)`` (the same float32 operations in
+    the same order, broadcast)."""
+    with np.errstate(invalid="ignore"):  # inf boxes: NaN here as in the one-to-many form
+        w = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+                    - np.maximum(boxes[:, None, 0], boxes[None, :, 0]), 0, None)
+        h = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+                    - np.maximum(boxes[:, None, 1], boxes[None, :, 1]), 0, None)
+        inter = w * h
+        union = areas[:, None] + areas[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+# Up to this many boxes of a class, Soft-NMS reads a precomputed IoU matrix (N^2 float32: 4 MiB
+# at the limit) instead of computing an IoU row per iteration: it keeps every box above its
+# tiny score floor, so it iterates about once per box, and those rows were most of its time
+# (1.6-2x faster on the zoo models' candidates, same results). Above it, rows as needed.
+IOU_MATRIX_LIMIT = 1024
+
+
 def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy hard NMS. Returns ``(K,) int64`` indices of kept boxes, highest score first.
 
@@ -66,6 +88,8 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
     boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
     order = np.argsort(-scores, kind="stable")
     areas = box_area(boxes)
+    # (One IoU row per kept box: suppressed boxes leave the loop at once, so at the 100-250
+    # candidates of a camera frame this beats precomputing the IoU matrix, unlike Soft-NMS.)
     keep: list[int] = []
     while order.size:
         i = order[0]
@@ -133,6 +157,7 @@ def soft_nms(
     remaining = np.flatnonzero(scores >= score_threshold)
     current = scores.astype(np.float64)
     areas = box_area(boxes)
+    matrix = _iou_matrix(boxes, areas) if len(boxes) <= IOU_MATRIX_LIMIT else None
     keep: list[int] = []
     kept_scores: list[float] = []
     while remaining.size:
@@ -143,7 +168,8 @@ def soft_nms(
         remaining = np.delete(remaining, pos)
         if not remaining.size:
             break
-        iou = _iou_one_to_many(boxes[i], areas[i], boxes[remaining], areas[remaining])
+        iou = (matrix[i, remaining] if matrix is not None else
+               _iou_one_to_many(boxes[i], areas[i], boxes[remaining], areas[remaining]))
         if method == "linear":
             decay = np.where(iou >= iou_threshold, 1.0 - iou, 1.0)
         else:

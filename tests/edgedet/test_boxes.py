@@ -2,6 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
+import edgedet.boxes as boxes_module
 from edgedet.boxes import (
     batched_nms,
     batched_soft_nms,
@@ -128,6 +129,35 @@ def test_soft_nms_matches_opencv(method: str) -> None:
     np.testing.assert_array_equal(keep, cv_keep)
     np.testing.assert_allclose(new_scores, np.asarray(cv_scores).ravel()[: len(keep)],
                                rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_soft_nms_iou_matrix_gives_the_same_bits_as_rows(method: str, monkeypatch) -> None:
+    # Ties, duplicates, zero-area and non-finite boxes included: the matrix path must not
+    # change a single kept index or score.
+    rng = np.random.default_rng(4)
+    boxes = _random_boxes(rng, 300)
+    boxes[10] = boxes[11]
+    boxes[20, 2:] = boxes[20, :2]
+    boxes[30] = [0, 0, np.inf, np.inf]
+    scores = rng.uniform(0.0, 1.0, size=300).astype(np.float32)
+    scores[40:45] = scores[39]
+    by_matrix = soft_nms(boxes, scores, iou_threshold=0.3, method=method)
+    monkeypatch.setattr(boxes_module, "IOU_MATRIX_LIMIT", 0)
+    with np.errstate(invalid="ignore"):
+        by_rows = soft_nms(boxes, scores, iou_threshold=0.3, method=method)
+    np.testing.assert_array_equal(by_matrix[0], by_rows[0])
+    np.testing.assert_array_equal(by_matrix[1], by_rows[1])
+    assert len(by_matrix[0]) > 100
+
+
+def test_iou_matrix_rows_are_the_one_to_many_rows() -> None:
+    boxes = _random_boxes(np.random.default_rng(5), 40)
+    areas = boxes_module.box_area(boxes)
+    matrix = boxes_module._iou_matrix(boxes, areas)
+    for i in range(40):
+        np.testing.assert_array_equal(
+            matrix[i], boxes_module._iou_one_to_many(boxes[i], areas[i], boxes, areas))
 
 
 def test_batched_soft_nms_is_per_class() -> None:
