@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgedet.data.errors import DatasetError
 from edgedet.data.sample import Sample
 from edgedet.data.synthetic import IMAGE_EXT, SyntheticScenes
 
@@ -52,6 +53,9 @@ class CachedScenes(collections.abc.Sequence[Sample]):
 
     Samples live in ``cache_root/<seed>-<W>x<H>-<hash>/<index>.npz``; any number of processes
     (data-loader workers, runs) may share one cache.
+
+    Raises:
+        DatasetError: the cache folder cannot be created.
     """
 
     def __init__(self, scenes: SyntheticScenes, cache_root: str | os.PathLike[str]) -> None:
@@ -66,8 +70,8 @@ class CachedScenes(collections.abc.Sequence[Sample]):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OSError(f"cannot create the synthetic-scene cache {self.directory}: "
-                          f"{exc}") from exc
+            raise DatasetError(f"cannot create the synthetic-scene cache {self.directory}: "
+                               f"{exc}") from exc
         self._warned = False
 
     def __len__(self) -> int:

@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgedet.data.errors import DatasetError
 from edgedet.data.scene_cache import CachedScenes
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 
@@ -79,3 +80,10 @@ def test_index_checks(tmp_path: Path) -> None:
         cached[2]
     with pytest.raises(TypeError):
         cached["0"]  # type: ignore[index]
+
+
+def test_a_cache_folder_that_cannot_be_made_is_a_dataset_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DatasetError, match="cannot create the synthetic-scene cache"):
+        CachedScenes(SyntheticScenes(1, config=SMALL), blocker)
