@@ -95,19 +95,22 @@ class CachedScenes(collections.abc.Sequence[Sample]):
 
     def _load(self, path: Path, index: int) -> Sample | None:
         """The sample stored at ``path``, or None (with a warning) if it is not one."""
+        width, height = self.scenes.config.image_size
         try:
             with np.load(path) as stored:
-                image, boxes = stored["image"], stored["boxes_xyxy"]
-                class_ids, iscrowd = stored["class_ids"], stored["iscrowd"]
+                image = stored["image"]
+                # Sample checks that boxes, class ids and crowd flags pair up (ValueError).
+                sample = Sample(image=image, boxes_xyxy=stored["boxes_xyxy"],
+                                class_ids=stored["class_ids"], image_id=index + 1,
+                                file_name=f"{index:06d}{IMAGE_EXT}", iscrowd=stored["iscrowd"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             problem = f"unreadable ({exc.__class__.__name__}: {exc})"
         else:
-            width, height = self.scenes.config.image_size
-            if image.dtype == np.uint8 and image.shape == (height, width, 3):
-                return Sample(image=image, boxes_xyxy=boxes, class_ids=class_ids,
-                              image_id=index + 1, file_name=f"{index:06d}{IMAGE_EXT}",
-                              iscrowd=iscrowd)
-            problem = f"holds a {image.dtype} {image.shape} image, not uint8 {(height, width, 3)}"
+            if image.dtype == np.uint8 and image.shape == (height, width, 3) and len(
+                    sample.iscrowd) == len(sample.class_ids):
+                return sample
+            problem = (f"not a sample of this cache (a {image.dtype} {image.shape} image, "
+                       f"want uint8 {(height, width, 3)})")
         if not self._warned:
             warnings.warn(f"synthetic-scene cache file {path} is {problem}; rendering it "
                           "again (further bad files in this cache are replaced silently)",

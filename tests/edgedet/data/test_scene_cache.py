@@ -53,7 +53,7 @@ def test_seed_config_and_generator_pick_the_folder(tmp_path: Path) -> None:
     assert more_images == base  # a scene depends on (seed, index, config) only
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not a zip", "wrong size"])
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "wrong size", "unpaired boxes"])
 def test_a_bad_cache_file_is_rendered_again_and_replaced(tmp_path: Path, damage: str) -> None:
     reference = SyntheticScenes(1, seed=3, config=SMALL)[0]
     cached = CachedScenes(SyntheticScenes(1, seed=3, config=SMALL), tmp_path)
@@ -63,9 +63,12 @@ def test_a_bad_cache_file_is_rendered_again_and_replaced(tmp_path: Path, damage:
         path.write_bytes(path.read_bytes()[:1000])
     elif damage == "not a zip":
         path.write_bytes(b"\x00" * 64)
-    else:
+    elif damage == "wrong size":
         np.savez(path, image=np.zeros((10, 10, 3), np.uint8), boxes_xyxy=np.zeros((0, 4)),
                  class_ids=np.zeros(0, np.int64), iscrowd=np.zeros(0, bool))
+    else:
+        np.savez(path, image=reference.image, boxes_xyxy=np.zeros((2, 4)),
+                 class_ids=np.zeros(3, np.int64), iscrowd=np.zeros(3, bool))
     fresh = CachedScenes(SyntheticScenes(1, seed=3, config=SMALL), tmp_path)
     with pytest.warns(RuntimeWarning, match="000000.npz"):
         _assert_same(fresh[0], reference)
