@@ -7,7 +7,8 @@ frame next to it) and prints, per model:
 - GT/frame: ground-truth objects per frame (those the video marks ``iscrowd``, mostly hidden,
   are not counted);
 - found/frame and recall: detections per frame at the application threshold (what the demo
-  draws) and the share of ground-truth objects one of them covers (same class, IoU >= 0.5);
+  draws) and the share of ground-truth objects one of them covers (same class, IoU >= 0.5),
+  overall and for COCO's small / medium / large objects (area < 32^2, < 96^2, larger);
 - AP / AP50 / APs on the same frames with the evaluation settings (threshold 0.01), the figure
   to compare with the accuracy check's synthetic eval split.
 """
@@ -72,27 +73,40 @@ def ground_truth_of(coco: dict, image_id: int) -> tuple[np.ndarray, np.ndarray]:
     return boxes, np.array([a["category_id"] - 1 for a in entries], dtype=np.int64)
 
 
-def covered(found: Detections, gt_xyxy: np.ndarray, gt_classes: np.ndarray) -> int:
-    """Ground-truth objects that a same-class detection overlaps at IoU >= 0.5."""
+def covered_mask(found: Detections, gt_xyxy: np.ndarray, gt_classes: np.ndarray
+                 ) -> np.ndarray:
+    """``(N,) bool``: which ground-truth objects a same-class detection overlaps at
+    IoU >= 0.5."""
     if len(found) == 0 or len(gt_xyxy) == 0:
-        return 0
+        return np.zeros(len(gt_xyxy), dtype=bool)
     iou = box_iou(gt_xyxy, found.xyxy.astype(np.float64))
     same_class = gt_classes[:, None] == found.class_ids[None, :]
-    return int(((iou >= 0.5) & same_class).any(axis=1).sum())
+    return ((iou >= 0.5) & same_class).any(axis=1)
+
+
+def covered(found: Detections, gt_xyxy: np.ndarray, gt_classes: np.ndarray) -> int:
+    """Ground-truth objects that a same-class detection overlaps at IoU >= 0.5."""
+    return int(covered_mask(found, gt_xyxy, gt_classes).sum())
+
+
+# COCO's area buckets (pixels of the frame): small < 32^2 <= medium < 96^2 <= large.
+SIZE_BUCKETS = (("S", 0.0, 32.0**2), ("M", 32.0**2, 96.0**2), ("L", 96.0**2, np.inf))
 
 
 def measure(model: str, frames: Sequence[tuple[int, np.ndarray]], coco: dict) -> dict:
     application = Detector(model)
     evaluation = Detector(model, settings="evaluation")
     image_ids = [index + 1 for index, _ in frames]
-    found_total = covered_total = gt_total = 0
+    found_total = 0
+    hits: list[np.ndarray] = []
+    areas: list[np.ndarray] = []
     results: list[dict] = []
     for (_, frame), image_id in zip(frames, image_ids, strict=True):
         gt_xyxy, gt_classes = ground_truth_of(coco, image_id)
         found = application.detect(frame)
         found_total += len(found)
-        covered_total += covered(found, gt_xyxy, gt_classes)
-        gt_total += len(gt_xyxy)
+        hits.append(covered_mask(found, gt_xyxy, gt_classes))
+        areas.append((gt_xyxy[:, 2] - gt_xyxy[:, 0]) * (gt_xyxy[:, 3] - gt_xyxy[:, 1]))
         scored = evaluation.detect(frame)
         results.extend(detections_to_coco_results(image_id, scored.xyxy, scored.scores,
                                                   scored.class_ids))
@@ -100,9 +114,15 @@ def measure(model: str, frames: Sequence[tuple[int, np.ndarray]], coco: dict) ->
     subset = {**coco, "images": [i for i in coco["images"] if i["id"] in used],
               "annotations": [a for a in coco["annotations"] if a["image_id"] in used]}
     metrics = evaluate_coco(subset, results).to_dict()
+    hit, area = np.concatenate(hits), np.concatenate(areas)
+    by_size = {}
+    for bucket, low, high in SIZE_BUCKETS:
+        in_bucket = (area >= low) & (area < high)
+        by_size[f"recall_{bucket}"] = (float(hit[in_bucket].mean()) if in_bucket.any()
+                                       else float("nan"))
     return {"model": model, "threshold": application.options.score_threshold,
-            "gt_per_frame": gt_total / len(frames), "found_per_frame": found_total / len(frames),
-            "recall": covered_total / max(gt_total, 1),
+            "gt_per_frame": len(hit) / len(frames), "found_per_frame": found_total / len(frames),
+            "recall": float(hit.mean()) if len(hit) else 0.0, **by_size,
             **{key: metrics[key] * 100 for key in ("AP", "AP50", "APs")}}
 
 
@@ -133,15 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"video {video.name}: {len(frames)} frames, one every {args.every}")
     if not args.json:
         print(f"{'model':<24} {'thr':>4} {'GT/frame':>8} {'found/frame':>11} {'recall':>6} "
-              f"{'AP':>5} {'AP50':>5} {'APs':>5}")
+              f"{'S / M / L':>16} {'AP':>5} {'AP50':>5} {'APs':>5}")
     for model in models:
         row = measure(model, frames, coco)
         if args.json:
             print(json.dumps(row))
         else:
+            sizes = " / ".join(f"{row[f'recall_{b}']:.2f}" for b, _, _ in SIZE_BUCKETS)
             print(f"{row['model']:<24} {row['threshold']:>4.2f} {row['gt_per_frame']:>8.1f} "
-                  f"{row['found_per_frame']:>11.1f} {row['recall']:>6.2f} {row['AP']:>5.1f} "
-                  f"{row['AP50']:>5.1f} {row['APs']:>5.1f}")
+                  f"{row['found_per_frame']:>11.1f} {row['recall']:>6.2f} {sizes:>16} "
+                  f"{row['AP']:>5.1f} {row['AP50']:>5.1f} {row['APs']:>5.1f}")
     return 0
 
 

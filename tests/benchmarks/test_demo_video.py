@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.demo_video import covered, ground_truth_of, main
+from benchmarks.demo_video import covered, covered_mask, ground_truth_of, main
 from edgedet.detections import Detections
 
 pytest.importorskip("onnxruntime")
@@ -19,6 +19,7 @@ def test_covered_counts_same_class_overlaps_once_per_object():
     # Object 0: two hits (IoU 0.83 and 0.9), counted once; object 1: hit; object 2: the
     # only overlap has the wrong class.
     assert covered(found, gt_xyxy, gt_classes) == 2
+    assert covered_mask(found, gt_xyxy, gt_classes).tolist() == [True, True, False]
     assert covered(Detections.empty(("a", "b")), gt_xyxy, gt_classes) == 0
 
 
@@ -40,4 +41,7 @@ def test_one_zoo_model_on_a_short_video(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)
     assert row["model"] == "passd_mobilenet" and row["gt_per_frame"] > 0
     assert 0.0 <= row["recall"] <= 1.0 and row["found_per_frame"] >= 0
+    by_size = [row[f"recall_{size}"] for size in "SML"]
+    assert all(np.isnan(r) or 0.0 <= r <= 1.0 for r in by_size)
+    assert not all(np.isnan(r) for r in by_size)
     assert row["threshold"] == pytest.approx(0.4)  # the application default of the manifest
