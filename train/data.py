@@ -28,6 +28,7 @@ from edgedet.data.scene_cache import CachedScenes
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.preprocess import PreprocessConfig, preprocess
 from train.augment import RetinaAugmentation, SsdAugmentation, drop_small_boxes
+from train.graceful_stop import ignore_stop_signals
 
 Augmentation = SsdAugmentation | RetinaAugmentation
 
@@ -250,6 +251,7 @@ def worker_init_fn(worker_id: int) -> None:
     """
     import cv2
 
+    ignore_stop_signals()  # the main process saves and stops (train.graceful_stop)
     cv2.setNumThreads(0)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import signal
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,7 @@ from train.data import (
 )
 from train.distributed import DistInfo, all_true, barrier, mean_over_ranks
 from train.evaluation import _autocast, evaluate
+from train.graceful_stop import StopRequest, TrainingStopped
 from train.metrics_log import MetricsLog
 from train.models import family_defaults, is_harnet
 from train.schedule import LrSchedule, build_optimizer, set_lr
@@ -206,6 +208,8 @@ class Trainer:
                                    config.lr_gamma)
         self.scaler = torch.amp.GradScaler(info.device.type) if config.amp == "fp16" else None
         self.log = MetricsLog(self.out_dir, info.is_main)
+        # SIGINT / SIGTERM during fit(): finish the step, save the resume state, stop.
+        self.stop_request = StopRequest()
         self.epoch = 0
         self.iteration = 0
         self.best_ap = -1.0
@@ -387,6 +391,9 @@ class Trainer:
             if self._mid_epoch_save_due(last_save):
                 self.save_resume_state()
                 last_save = time.perf_counter()
+            if self._stop_agreed():
+                self.save_resume_state()
+                raise self._stopped()
         bar.close()
         means = {k: v / max(steps, 1) for k, v in sums.items()}
         elapsed = time.perf_counter() - start
@@ -402,6 +409,17 @@ class Trainer:
         minutes = self.config.save_every_minutes
         due = minutes > 0 and time.perf_counter() - last_save >= 60 * minutes
         return all_true(due if self.info.is_main else True, self.info)
+
+    def _stop_agreed(self) -> bool:
+        """Whether a rank got a stop signal (every rank stops at the same step)."""
+        return not all_true(not self.stop_request.requested, self.info)
+
+    def _stopped(self) -> TrainingStopped:
+        number = self.stop_request.signal_number or signal.SIGTERM
+        return TrainingStopped(
+            f"stopped by {signal.Signals(number).name} after iteration {self.iteration - 1}: "
+            f"the resume state is in {self.out_dir / STATE_FILE}; run the same command with "
+            "--resume to continue exactly", number)
 
     def save_resume_state(self) -> None:
         """Rank 0: the resume state alone, mid-epoch (``last``/``best`` stay epoch-end)."""
@@ -429,6 +447,7 @@ class Trainer:
         cfg, info = self.config, self.info
         start = time.perf_counter()
         first_epoch = self.epoch
+        self.stop_request.install()
         try:
             while self.epoch < cfg.epochs:
                 epoch_means = self.train_epoch()
@@ -457,6 +476,7 @@ class Trainer:
                     self._draw_curves()
                 barrier(info)
         finally:
+            self.stop_request.restore()
             self.log.close()
         summary = {
             "epochs_run": self.epoch - first_epoch, "epochs": self.epoch,

@@ -29,6 +29,7 @@ from train.checkpoint import CheckpointError
 from train.data import build_augmentation, open_splits
 from train.distributed import DistInfo, cleanup, init_distributed
 from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError
+from train.graceful_stop import TrainingStopped
 from train.losses import build_criterion
 from train.models import (
     MODEL_BUILDERS,
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         # A bad --backbone-weights FILE is a bad argument: exit 2, like argparse's errors.
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stopped:
+        print(str(stopped), file=sys.stderr)
+        return 128 + stopped.signal_number  # the shell's code for a signal's end
     except (TrainingDivergedError, CheckpointError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
