@@ -20,6 +20,27 @@ SCENES = SyntheticConfig(image_size=(64, 64), min_objects=1, max_objects=2,
                          min_object_size=12.0, min_distractors=0, max_distractors=1)
 
 
+class _SignalledError(Exception):
+    pass
+
+
+def _raise_signalled(number, frame):
+    raise _SignalledError(signal.Signals(number).name)
+
+
+@pytest.fixture(autouse=True)
+def known_handlers():
+    """SIGINT raises KeyboardInterrupt and SIGTERM raises _SignalledError around each test, whatever
+    the test runner installed (an xdist worker dies of a plain SIGINT / SIGTERM): a signal that
+    escapes a StopRequest then fails the test instead of killing the process running it."""
+    saved = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_signalled)
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
+
+
 def test_first_signal_is_recorded_second_acts_and_handlers_come_back() -> None:
     before = signal.getsignal(signal.SIGINT)
     with StopRequest() as stop:
