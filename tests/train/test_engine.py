@@ -169,20 +169,25 @@ def test_small_model_overfits_a_handful_of_images(tmp_path):
 OVERFIT_EPOCHS = 300  # one step each (4 images, batch 4)
 
 
+def tiny_trainer(out_dir, epochs: int) -> Trainer:
+    """4 tiny synthetic images, 2 steps per epoch, evaluation every epoch (resume tests)."""
+    torch.manual_seed(0)
+    samples = SyntheticScenes(4, seed=0, config=SCENES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model("passd_mobilenet", len(samples.class_names), (64, 64))
+    cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.01, warmup_iters=0, eval_every=1,
+                      progress_bar=False)
+    return Trainer(model, build_criterion(model), samples, samples, samples.class_names,
+                   PreprocessConfig(input_size=(64, 64)), None, cfg, out_dir, CPU)
+
+
 def test_resume_after_an_interruption_mid_epoch_logs_every_step_once(tmp_path):
     """2 steps per epoch, evaluation every epoch; the run is stopped after the first step of
     its second epoch (already logged) and resumed from the state of the first epoch."""
 
     def build(epochs: int) -> Trainer:
-        torch.manual_seed(0)
-        samples = SyntheticScenes(4, seed=0, config=SCENES)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = build_model("passd_mobilenet", len(samples.class_names), (64, 64))
-        cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.01, warmup_iters=0, eval_every=1,
-                          progress_bar=False)
-        return Trainer(model, build_criterion(model), samples, samples, samples.class_names,
-                       PreprocessConfig(input_size=(64, 64)), None, cfg, tmp_path, CPU)
+        return tiny_trainer(tmp_path, epochs)
 
     first = build(epochs=3)
     original = first._train_step

@@ -1,23 +1,13 @@
 import os
 import signal
-import warnings
 
 import pytest
-import torch
 
-from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
-from edgedet.preprocess import PreprocessConfig
+from tests.train.test_engine import tiny_trainer
 from train import main as train_main
-from train.distributed import DistInfo
-from train.engine import STATE_FILE, TrainConfig, Trainer
+from train.engine import STATE_FILE
 from train.graceful_stop import StopRequest, TrainingStopped
-from train.losses import build_criterion
 from train.metrics_log import read_metrics
-from train.models import build_model
-
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-SCENES = SyntheticConfig(image_size=(64, 64), min_objects=1, max_objects=2,
-                         min_object_size=12.0, min_distractors=0, max_distractors=1)
 
 
 class _SignalledError(Exception):
@@ -52,21 +42,9 @@ def test_first_signal_is_recorded_second_acts_and_handlers_come_back() -> None:
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def _build(tmp_path, epochs: int) -> Trainer:
-    torch.manual_seed(0)
-    samples = SyntheticScenes(4, seed=0, config=SCENES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model("passd_mobilenet", len(samples.class_names), (64, 64))
-    cfg = TrainConfig(epochs=epochs, batch_size=2, lr=0.01, warmup_iters=0, eval_every=1,
-                      progress_bar=False)
-    return Trainer(model, build_criterion(model), samples, samples, samples.class_names,
-                   PreprocessConfig(input_size=(64, 64)), None, cfg, tmp_path, CPU)
-
-
 def test_a_stop_signal_mid_epoch_saves_the_state_and_the_run_resumes(tmp_path) -> None:
     """2 steps per epoch; SIGTERM arrives during step 2 (the first of the second epoch)."""
-    first = _build(tmp_path, epochs=3)
+    first = tiny_trainer(tmp_path, epochs=3)
     original = first._train_step
 
     def step(images, targets):
@@ -82,7 +60,7 @@ def test_a_stop_signal_mid_epoch_saves_the_state_and_the_run_resumes(tmp_path) -
     assert signal.getsignal(signal.SIGTERM) is before
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [0, 1, 2]  # the step finished
 
-    resumed = _build(tmp_path, epochs=3)
+    resumed = tiny_trainer(tmp_path, epochs=3)
     resumed.resume(tmp_path / STATE_FILE)
     assert resumed.batches_done == 1  # mid-epoch: one batch of the second epoch done
     resumed.fit()
