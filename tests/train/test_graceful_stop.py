@@ -1,7 +1,14 @@
+"""Signals are sent only to child processes here, never to the pytest worker itself: an
+xdist worker that receives SIGINT / SIGTERM can go down (CI lost one this way even with known
+handlers installed around the test), and a crashed worker fails the whole run."""
+
+import json
 import os
 import signal
-
-import pytest
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 from tests.train.test_engine import tiny_trainer
 from train import main as train_main
@@ -9,55 +16,82 @@ from train.engine import STATE_FILE
 from train.graceful_stop import StopRequest, TrainingStopped
 from train.metrics_log import read_metrics
 
-
-class _SignalledError(Exception):
-    pass
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _raise_signalled(number, frame):
-    raise _SignalledError(signal.Signals(number).name)
-
-
-@pytest.fixture(autouse=True)
-def known_handlers():
-    """SIGINT raises KeyboardInterrupt and SIGTERM raises _SignalledError around each test, whatever
-    the test runner installed (an xdist worker dies of a plain SIGINT / SIGTERM): a signal that
-    escapes a StopRequest then fails the test instead of killing the process running it."""
-    saved = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_signalled)
-    yield
-    for number, handler in saved.items():
-        signal.signal(number, handler)
+def _run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_first_signal_is_recorded_second_acts_and_handlers_come_back() -> None:
-    before = signal.getsignal(signal.SIGINT)
-    with StopRequest() as stop:
-        assert not stop.requested
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.signal_number == signal.SIGINT  # recorded, nothing raised
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # the second one interrupts as usual
-    assert signal.getsignal(signal.SIGINT) is before
+    result = _run_python("""
+        import os, signal
+        from train.graceful_stop import StopRequest
+        before = signal.getsignal(signal.SIGINT)
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            print("recorded", stop.signal_number == signal.SIGINT, flush=True)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                print("not interrupted", flush=True)
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+        print("restored", signal.getsignal(signal.SIGINT) is before, flush=True)
+        with StopRequest():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # the second one ends the process
+            print("survived", flush=True)
+    """)
+    assert result.stdout.splitlines() == ["recorded True", "interrupted", "restored True"]
+    assert result.returncode == -signal.SIGTERM, result.stderr
+
+
+def test_a_stop_request_outside_the_main_thread_records_nothing() -> None:
+    import threading
+
+    seen: list[bool] = []
+
+    def body() -> None:
+        request = StopRequest()
+        with request:
+            seen.append(request._previous == {})
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [True]
 
 
 def test_a_stop_signal_mid_epoch_saves_the_state_and_the_run_resumes(tmp_path) -> None:
-    """2 steps per epoch; SIGTERM arrives during step 2 (the first of the second epoch)."""
-    first = tiny_trainer(tmp_path, epochs=3)
-    original = first._train_step
+    """2 steps per epoch; SIGTERM arrives during step 2 (the first of the second epoch), in a
+    child process; this process then resumes from what the child saved."""
+    result = _run_python("""
+        import json, os, signal, sys
+        from pathlib import Path
+        from tests.train.test_engine import tiny_trainer
+        from train.graceful_stop import TrainingStopped
+        first = tiny_trainer(Path(sys.argv[1]), epochs=3)
+        original = first._train_step
 
-    def step(images, targets):
-        if first.iteration == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(images, targets)
+        def step(images, targets):
+            if first.iteration == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return original(images, targets)
 
-    first._train_step = step
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(TrainingStopped, match="SIGTERM after iteration 2") as stopped:
-        first.fit()
-    assert stopped.value.signal_number == signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is before
+        first._train_step = step
+        before = signal.getsignal(signal.SIGTERM)
+        try:
+            first.fit()
+        except TrainingStopped as stopped:
+            print(json.dumps({"message": str(stopped), "signal": stopped.signal_number,
+                              "restored": signal.getsignal(signal.SIGTERM) is before}))
+    """, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    stopped = json.loads(result.stdout.splitlines()[-1])
+    assert "SIGTERM after iteration 2" in stopped["message"]
+    assert stopped["signal"] == signal.SIGTERM and stopped["restored"]
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [0, 1, 2]  # the step finished
 
     resumed = tiny_trainer(tmp_path, epochs=3)
