@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
+from quantize import ptq_onnx
 from quantize.calibration import CALIBRATION_SEED, EVAL_SEED
 from quantize.int8_scope import find_kept_out_nodes, flatten
-from quantize.ptq_onnx import quantize_onnx, quantized_tensor_names
+from quantize.ptq_onnx import (
+    ONNXRUNTIME_CPU,
+    TENSORRT,
+    activation_bytes_per_image,
+    calibration_chunking,
+    quantize_onnx,
+    quantized_tensor_names,
+)
 from tests.quantize.ptq_helpers import cosine, synthetic_inputs
 
 
@@ -72,3 +81,61 @@ def test_quantizer_advice_is_silenced_but_other_warnings_pass(exported, tmp_path
     messages = [record.getMessage() for record in caplog.records]
     assert not any("pre-processing" in m for m in messages), messages
     assert "an unrelated warning" in messages
+
+
+def _tiny_conv_model(path) -> None:
+    """(1, 3, 32, 32) -> Conv 3->8 -> Relu -> Conv 8->4: 32768 + 32768 + 16384 float bytes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), name)
+               for name, s in (("w1", (8, 3, 3, 3)), ("w2", (4, 8, 1, 1)))]
+    nodes = [helper.make_node("Conv", ["images", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["out"], name="conv2")]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 32, 32])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _activation_scales(path) -> dict[str, float]:
+    model = onnx.load(str(path))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {n.input[0]: float(consts[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and consts[n.input[1]].ndim == 0}
+
+
+def test_activation_bytes_per_image_counts_every_float_tensor(tmp_path):
+    _tiny_conv_model(tmp_path / "tiny.onnx")
+    assert activation_bytes_per_image(onnx.load(str(tmp_path / "tiny.onnx"))) == 81920
+
+
+@pytest.mark.parametrize(("budget", "expected"), [
+    (1200, {}),  # 12 x 100 fits
+    (500, {"CalibStridedMinMax": 4}),  # 5 fit; 4 divides 12
+    (50, {"CalibStridedMinMax": 1}),  # not even one image fits
+])
+def test_calibration_chunking_picks_the_largest_dividing_chunk_that_fits(budget, expected):
+    assert calibration_chunking(100, 12, budget_bytes=budget) == expected
+
+
+@pytest.mark.parametrize("scheme", [ONNXRUNTIME_CPU, TENSORRT], ids=["minmax", "percentile"])
+def test_chunked_calibration_matches_one_pass(tmp_path, monkeypatch, caplog, scheme):
+    """MinMax in chunks gives the one-pass ranges exactly; the percentile histogram in chunks
+    (bins set by the first chunk) stays within a few percent of them."""
+    _tiny_conv_model(tmp_path / "tiny.onnx")
+    images = synthetic_inputs((32, 32), 6, CALIBRATION_SEED)
+    one_pass = quantize_onnx(tmp_path / "tiny.onnx", tmp_path / "one.onnx", images, scheme=scheme)
+    monkeypatch.setattr(ptq_onnx, "CALIBRATION_ACTIVATION_BUDGET_BYTES", 2 * 81920)
+    with caplog.at_level(logging.INFO, logger="quantize.ptq_onnx"):
+        chunked = quantize_onnx(tmp_path / "tiny.onnx", tmp_path / "chunked.onnx", images,
+                                scheme=scheme)
+    assert "chunks of 2 images" in caplog.text
+    expected, got = _activation_scales(one_pass), _activation_scales(chunked)
+    assert expected.keys() == got.keys() and expected
+    for name, scale in expected.items():
+        if scheme is ONNXRUNTIME_CPU:
+            assert got[name] == scale, name
+        else:
+            assert got[name] == pytest.approx(scale, rel=0.05), name
