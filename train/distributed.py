@@ -71,11 +71,17 @@ def barrier(info: DistInfo) -> None:
 
 def all_true(flag: bool, info: DistInfo) -> bool:
     """True only when ``flag`` is true on every rank (so every rank takes the same branch)."""
+    return all_true_each([flag], info)[0]
+
+
+def all_true_each(flags: list[bool], info: DistInfo) -> list[bool]:
+    """``all_true`` of several flags in one collective (one round trip per step, not one per
+    flag)."""
     if not info.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=info.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item() > 0.5)
+        return list(flags)
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=info.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return [value > 0.5 for value in values.tolist()]
 
 
 def mean_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float]:

@@ -44,7 +44,7 @@ from train.data import (
     collate_training,
     worker_init_fn,
 )
-from train.distributed import DistInfo, all_true, barrier, mean_over_ranks
+from train.distributed import DistInfo, all_true, all_true_each, barrier, mean_over_ranks
 from train.evaluation import _autocast, evaluate
 from train.graceful_stop import StopRequest, TrainingStopped
 from train.metrics_log import MetricsLog
@@ -388,11 +388,11 @@ class Trainer:
                                 "images_per_s": images_per_s})
                 bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()},
                                  "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"})
-            if self._mid_epoch_save_due(last_save):
+            save_due, stop = self._save_and_stop_agreed(last_save)
+            if save_due or stop:
                 self.save_resume_state()
                 last_save = time.perf_counter()
-            if self._stop_agreed():
-                self.save_resume_state()
+            if stop:
                 raise self._stopped()
         bar.close()
         means = {k: v / max(steps, 1) for k, v in sums.items()}
@@ -404,15 +404,14 @@ class Trainer:
         self.epoch_sampler.start = 0
         return means
 
-    def _mid_epoch_save_due(self, last_save: float) -> bool:
-        """Rank 0 decides by its clock; every rank follows (they must save together)."""
+    def _save_and_stop_agreed(self, last_save: float) -> tuple[bool, bool]:
+        """(a mid-epoch save is due, a rank got a stop signal), the same on every rank: rank 0
+        decides the save by its clock, any rank's signal stops all of them at this step."""
         minutes = self.config.save_every_minutes
         due = minutes > 0 and time.perf_counter() - last_save >= 60 * minutes
-        return all_true(due if self.info.is_main else True, self.info)
-
-    def _stop_agreed(self) -> bool:
-        """Whether a rank got a stop signal (every rank stops at the same step)."""
-        return not all_true(not self.stop_request.requested, self.info)
+        save_due, go_on = all_true_each([due if self.info.is_main else True,
+                                         not self.stop_request.requested], self.info)
+        return save_due, not go_on
 
     def _stopped(self) -> TrainingStopped:
         number = self.stop_request.signal_number or signal.SIGTERM
