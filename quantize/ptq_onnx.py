@@ -145,8 +145,11 @@ class _ImagesReader(CalibrationDataReader):
 # ONNX Runtime's calibrators keep every calibration image's intermediate tensors in memory
 # until the ranges are computed: for the 2x model of double-scale testing (4x the activations)
 # 128 images of the pruned HAR-Net took more than 17.9 GB. Above this estimate, calibration
-# goes in chunks of images (``calibration_chunking``).
-CALIBRATION_ACTIVATION_BUDGET_BYTES = 6 * 2**30
+# goes in chunks of images (``calibration_chunking``). The estimate counts every float tensor;
+# the calibrators hold only the quantized ops' tensors, about half of it as measured on the
+# pruned HAR-Net for jetson (estimate 8.2 GiB for 128 images at 1x, one pass peaked at ~4.5
+# GB), so the budget keeps that 1x calibration in one pass, as published.
+CALIBRATION_ACTIVATION_BUDGET_BYTES = 10 * 2**30
 
 
 def activation_bytes_per_image(model: onnx.ModelProto) -> int:
