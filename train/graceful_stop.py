@@ -49,10 +49,16 @@ class StopRequest:
         return self.signal_number is not None
 
     def install(self) -> None:
-        """Record SIGINT / SIGTERM from now on (main thread only)."""
+        """Record SIGINT / SIGTERM from now on (main thread only).
+
+        A signal the process was started ignoring stays ignored: a shell starts a background
+        job (``cmd &`` in a script, ``nohup``) with SIGINT ignored so that Ctrl-C meant for
+        the foreground does not reach it, and a run must not start stopping on it.
+        """
         if threading.current_thread() is threading.main_thread():
             for number in STOP_SIGNALS:
-                self._previous[number] = signal.signal(number, self._record)
+                if signal.getsignal(number) is not signal.SIG_IGN:
+                    self._previous[number] = signal.signal(number, self._record)
 
     def restore(self) -> None:
         """Give the signals back their previous handlers."""

@@ -29,6 +29,10 @@ def test_first_signal_is_recorded_second_acts_and_handlers_come_back() -> None:
     result = _run_python("""
         import os, signal
         from train.graceful_stop import StopRequest
+        # Python's own dispositions, whatever this child inherited (an xdist worker ignores
+        # SIGINT, and a child started from it would too).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         before = signal.getsignal(signal.SIGINT)
         with StopRequest() as stop:
             os.kill(os.getpid(), signal.SIGINT)
@@ -46,6 +50,25 @@ def test_first_signal_is_recorded_second_acts_and_handlers_come_back() -> None:
     """)
     assert result.stdout.splitlines() == ["recorded True", "interrupted", "restored True"]
     assert result.returncode == -signal.SIGTERM, result.stderr
+
+
+def test_a_signal_the_process_ignores_stays_ignored() -> None:
+    """A background job started by a shell ignores SIGINT; a StopRequest must not take it over."""
+    result = _run_python("""
+        import os, signal
+        from train.graceful_stop import StopRequest
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            print("requested", stop.requested, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)  # not ignored: recorded
+            print("requested", stop.requested, flush=True)
+        print("still ignored", signal.getsignal(signal.SIGINT) is signal.SIG_IGN, flush=True)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["requested False", "requested True",
+                                          "still ignored True"]
 
 
 def test_a_stop_request_outside_the_main_thread_records_nothing() -> None:
