@@ -168,8 +168,7 @@ def activation_bytes_per_image(model: onnx.ModelProto) -> int:
     return total
 
 
-def calibration_chunking(per_image_bytes: int, n_images: int,
-                         budget_bytes: int = CALIBRATION_ACTIVATION_BUDGET_BYTES) -> dict:
+def calibration_chunking(per_image_bytes: int, n_images: int, budget_bytes: int) -> dict:
     """``quantize_static`` extra options that keep calibration's held activations near
     ``budget_bytes`` (an empty dict when all images fit).
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from tests.train.test_engine import tiny_trainer
@@ -72,8 +73,6 @@ def test_a_signal_the_process_ignores_stays_ignored() -> None:
 
 
 def test_a_stop_request_outside_the_main_thread_records_nothing() -> None:
-    import threading
-
     seen: list[bool] = []
 
     def body() -> None:
