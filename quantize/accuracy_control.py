@@ -15,6 +15,11 @@ The first artifact within ``max_drop`` wins, so no more layers stay in float tha
 needs; when none passes, the one with the best ΔAP is reported (and rejected). Every step's
 ΔAP, AP and latency go into the report.
 
+The 2x model of double-scale testing (``--double-scale``) is a second model file checked on
+its own (double-scale testing against the reference's), so it gets the same loop, started
+from the trial chosen for its 1x model rather than from plain PTQ: the same calibration and
+float layers first, which is all most 2x models need.
+
 Why not NNCF's ``quantize_with_accuracy_control``: it quantizes and validates with NNCF's own
 quantizer and model, so it would cover OpenVINO (and NNCF's ONNX flavour, not ONNX Runtime's
 QDQ that the cpu and jetson targets ship, nor LiteRT); one loop over ``Target.build`` keeps
@@ -110,16 +115,22 @@ class ControlOutcome:
 
 def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
             calibration_methods: Sequence[str], rank: Callable[[], list[LayerSensitivity]],
-            say: Callable[[str], None] = lambda message: None) -> ControlOutcome:
+            say: Callable[[str], None] = lambda message: None,
+            start: Trial = Trial(), start_action: str = "plain PTQ") -> ControlOutcome:
     """Run the loop of the module docstring.
 
     Args:
         evaluate: builds the INT8 artifact of a trial and checks it.
-        config: the target ΔAP and the float budget.
+        config: the target ΔAP and the float budget (``max_float_layers`` counts ``start``'s
+            float layers too).
         calibration_methods: the target's range estimators, its default first.
-        rank: the sensitivity ranking of the layers still in INT8, called once, only when
-            the fallback is needed.
+        rank: the sensitivity ranking of the layers the target puts in INT8, called once,
+            only when the fallback is needed.
         say: progress messages.
+        start: the first trial (default: plain PTQ). The 2x model of double-scale testing
+            starts from its 1x model's chosen trial: the other calibrations then keep that
+            trial's float layers, and the fallback adds layers on top of them.
+        start_action: how the steps list names the first trial.
     """
     steps: list[dict[str, Any]] = []
 
@@ -134,22 +145,26 @@ def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
             f"{result.delta_ap:+.2f} -> {'pass' if result.passed else 'miss'}")
         return result
 
-    best = run(Trial(), "plain PTQ")
+    best = run(start, start_action)
     if best.passed or config.max_float_layers == 0:
         return ControlOutcome(best, steps)
-    for method in calibration_methods[1:]:
-        result = run(Trial(calibration=method), f"calibration {method}")
-        if result.delta_ap > best.delta_ap:
-            best = result
+    started_with = start.calibration or (calibration_methods or [None])[0]
+    for method in calibration_methods:
+        if method != started_with:
+            result = run(Trial(method, start.float_layers), f"calibration {method}")
+            if result.delta_ap > best.delta_ap:
+                best = result
     if best.passed:
         return ControlOutcome(best, steps)
     ranking = rank()
     calibration = best.trial.calibration
-    candidates = [r.node for r in ranking]
-    chosen: list[str] = []
-    while len(chosen) < min(config.max_float_layers, len(candidates)):
+    candidates = [r.node for r in ranking if r.node not in start.float_layers]
+    chosen = list(start.float_layers)
+    taken = 0
+    while taken < len(candidates) and len(chosen) < config.max_float_layers:
         room = min(config.step, config.max_float_layers - len(chosen))
-        added = candidates[len(chosen):len(chosen) + room]
+        added = candidates[taken:taken + room]
+        taken += len(added)
         chosen += added
         result = run(Trial(calibration, tuple(chosen)),
                      f"+{len(added)} float: {', '.join(added)}")

@@ -8,10 +8,11 @@ One run, for one target (``quantize.targets``)::
            passed → OUT/NAME_<precision> (swapped in atomically), failed → OUT/rejected/
 
 With ``double_scale`` (HAR-Net's double-scale testing), every checked artifact also gets the
-model at twice the input size, built the same way (same precision, INT8 calibration method and
-float layers, calibrated on the calibration images at 2x), as ``model_2x.*`` and the
-manifest's ``double_scale`` section, whose accuracy is double-scale testing checked against
-the PyTorch reference's own double-scale testing.
+model at twice the input size, as ``model_2x.*`` and the manifest's ``double_scale`` section,
+whose accuracy is double-scale testing checked against the PyTorch reference's own. It is
+built the same way (same precision; INT8 calibrated on the calibration images at 2x, starting
+from the 1x model's calibration method and float layers, under accuracy control of its own).
+The building and checking is ``quantize.build_check``.
 
 ``python quantize/run.py`` is a thin command line over it. The scratch work happens in a
 ``.work-*`` folder inside ``out``; the run holds ``out``'s lock, and first clears what a killed
@@ -27,51 +28,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from edgedet._io import exclusive_lock
-from edgedet.artifact import DOUBLE_SCALE_STEM, MODEL_STEM, Artifact, sha256_file
+from edgedet.artifact import Artifact, sha256_file
 from edgedet.artifact_writer import clean_leftovers, write_artifact
 from edgedet.double_scale import DoubleScaleLayout
 from edgedet.models.checkpoint import build_from_checkpoint, checkpoint_weights_path
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import AGREEMENT_IOU_THRESHOLD, AGREEMENT_SCORE_THRESHOLD, AccuracyCheck
-from quantize.accuracy_control import (
-    DEFAULT_MAX_FLOAT_LAYERS,
-    DEFAULT_STEP,
-    ControlConfig,
-    ControlOutcome,
-    Trial,
-    TrialResult,
-    control,
-)
+from quantize.accuracy_control import DEFAULT_MAX_FLOAT_LAYERS, DEFAULT_STEP, ControlConfig
+from quantize.build_check import REJECTED_DIR, ArtifactReport, Builder, build_and_check, say
 from quantize.calibration import (
     CALIBRATION_SEED,
     EVAL_SEED,
     TRAIN_SEED,
     ImageSet,
-    calibration_inputs,
     check_calibration,
     check_disjoint,
     open_image_set,
 )
-from quantize.export_onnx import export_onnx
-from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten, layer_units
-from quantize.manifest import build_manifest
+from quantize.int8_scope import CATEGORIES
 from quantize.report import comparison_picture, write_report
-from quantize.rewrites import rewrite_for_export
-from quantize.sensitivity import (
-    DEFAULT_IMAGES,
-    LayerSensitivity,
-    detection_weighting,
-    rank_layers,
-)
-from quantize.targets import BuildRequest, Target, target_named
+from quantize.sensitivity import DEFAULT_IMAGES
+from quantize.targets import Target, target_named
 
 # Eval images drawn in the report's comparison picture.
 PICTURE_IMAGES = 3
-# Artifacts that fail the check are written under OUT/rejected/, never over a good one.
-REJECTED_DIR = "rejected"
 # Scratch folder of a run inside OUT (removed at the end; a killed run's at the next run).
 WORK_PREFIX = ".work-"
 
@@ -155,23 +137,6 @@ class ConvertConfig:
 
 
 @dataclass
-class ArtifactReport:
-    """One written artifact and its accuracy-check result (the manifest's ``accuracy``)."""
-
-    name: str
-    directory: str
-    backend: str
-    precision: str
-    size_bytes: int
-    passed: bool
-    accuracy: dict[str, Any]
-    checked_on: str = ""
-    notes: list[str] = field(default_factory=list)
-    # Double-scale testing's accuracy section (None: the artifact has no 2x model).
-    double_scale: dict[str, Any] | None = None
-
-
-@dataclass
 class ConversionReport:
     """The result of ``convert``; ``to_dict()`` is ``report.json``."""
 
@@ -236,17 +201,17 @@ def convert(config: ConvertConfig) -> ConversionReport:
               "checkpoint_sha256": sha256_file(checkpoint_path), "calibration": None}
     with exclusive_lock(out, "quantize/run.py"):
         for note in clean_output_folder(out):
-            _say(config, f"cleaned up after an interrupted run: {note}")
+            say(config, f"cleaned up after an interrupted run: {note}")
         with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=out) as tmp:
             work = Path(tmp)
-            builder = _Builder(config, model, checkpoint_config, name, source, work,
+            builder = Builder(config, model, checkpoint_config, name, source, work,
                                preprocess_config, calibration)
             check = AccuracyCheck(model, evaluation.samples, evaluation.describe(),
                                   config.max_drop, target.accuracy_backend, config.device,
                                   config.progress)
-            _say(config, f"accuracy check on {len(evaluation.samples)} images of "
+            say(config, f"accuracy check on {len(evaluation.samples)} images of "
                          f"{evaluation.spec}")
-            staged, artifact_reports, columns, controlled = _build_and_check(
+            staged, artifact_reports, columns, controlled = build_and_check(
                 config, builder, check)
             reference = check.reference_summary()
             columns = {"reference (PyTorch fp32)": check.reference(staged[0])[0].detections,
@@ -310,188 +275,3 @@ def _load_data(config: ConvertConfig, synthetic_size: tuple[int, int],
     check_disjoint(calibration, evaluation)
     check_calibration(calibration, input_size)
     return evaluation, calibration
-
-
-class _Builder:
-    """Builds and stages one artifact per precision (and per accuracy-control trial) from
-    the single fp32 export of the run."""
-
-    def __init__(self, config: ConvertConfig, model: Any, checkpoint_config: dict,
-                 name: str, source: dict, work: Path, preprocess_config: PreprocessConfig,
-                 calibration: ImageSet | None) -> None:
-        self.config, self.target = config, config.target_entry
-        self.model, self.checkpoint_config = model, checkpoint_config
-        self.name, self.source, self.work = name, source, work
-        self.input_size = preprocess_config.input_size
-        self.calibration = calibration
-        _say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
-                     f"{self.input_size[0]}x{self.input_size[1]}, {self.target.sampler} "
-                     f"sampling")
-        self.rewritten = rewrite_for_export(model, self.target.sampler)
-        self.onnx_fp32 = export_onnx(self.rewritten, work / "model.onnx", self.input_size)
-        self.keep_float: tuple[str, ...] = ()
-        self.kept_report: dict[str, dict[str, Any]] = {}
-        self.units: dict[str, list[str]] = {}
-        if "int8" in config.resolved_precisions():
-            graph = onnx.load(str(self.onnx_fp32))
-            kept = find_kept_out_nodes(graph, config.resolved_keep_float())
-            self.keep_float = tuple(flatten(kept))
-            self.kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
-                                for c, nodes in kept.items() if nodes}
-            self.units = layer_units(graph, self.keep_float)
-        self.calibration_arrays = (
-            calibration_inputs(calibration.samples, preprocess_config)
-            if calibration is not None else None)
-        self.size_2x: tuple[int, int] | None = None
-        if config.double_scale:
-            width, height = self.input_size
-            self.size_2x = (2 * width, 2 * height)
-            _say(config, f"exporting the 2x model for double-scale testing, input "
-                         f"{2 * width}x{2 * height}")
-            (work / "x2").mkdir()
-            self.onnx_fp32_2x = export_onnx(self.rewritten, work / "x2" / "model.onnx",
-                                            self.size_2x)
-            preprocess_2x = PreprocessConfig.from_dict(
-                {**preprocess_config.to_dict(), "input_size": list(self.size_2x)})
-            self.calibration_arrays_2x = (
-                calibration_inputs(calibration.samples, preprocess_2x)
-                if calibration is not None else None)
-        self.notes: dict[str, list[str]] = {}
-        self._trials = 0
-
-    def stage(self, precision: str, trial: Trial | None = None) -> Artifact:
-        """Build ``precision`` (for INT8: with ``trial``'s calibration and float layers) and
-        stage it under the work folder."""
-        trial = trial or Trial()
-        artifact_name = f"{self.name}_{precision}"
-        _say(self.config, f"building {artifact_name} for {self.target.backend}")
-        built = self.target.build(self._request(precision, trial, self.onnx_fp32,
-                                                self.input_size, self.work,
-                                                self.calibration_arrays))
-        artifact_source = dict(self.source)
-        if precision == "int8" and self.calibration is not None:
-            artifact_source["calibration"] = self.calibration.describe()
-        manifest = build_manifest(self.model, self.checkpoint_config, artifact_name, precision,
-                                  self.target.backend, source=artifact_source,
-                                  kept_out_of_int8=built.kept_out_of_int8)
-        self._trials += 1
-        self.notes[artifact_name] = list(built.notes)
-        return Artifact.stage(self.work / "staged" / str(self._trials) / artifact_name,
-                              built.files, {**manifest, **built.manifest_extra})
-
-    def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
-                 input_size: tuple[int, int], work_dir: Path,
-                 calibration: Any) -> BuildRequest:
-        """The target's build request for ``precision`` and ``trial`` at one input size."""
-        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
-        return BuildRequest(
-            precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
-            input_size=input_size, work_dir=work_dir,
-            calibration=calibration if precision == "int8" else None,
-            # Two layers' tails can share a node (both feed one Add): name each node once.
-            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
-            keep_float_categories=self.config.resolved_keep_float(),
-            float_layers=trial.float_layers, calibration_method=trial.calibration)
-
-    def add_second_scale(self, artifact: Artifact, trial: Trial | None = None) -> Artifact:
-        """``artifact`` plus its 2x model for double-scale testing, built like it (same
-        precision; for INT8 the same calibration method and float layers), staged anew with
-        the manifest's ``double_scale`` section (accuracy None until checked)."""
-        assert self.size_2x is not None, "the run was not configured for double-scale testing"
-        trial = trial or Trial()
-        precision = str(artifact.manifest["precision"])
-        _say(self.config, f"building the 2x model of {artifact.name}")
-        built = self.target.build(self._request(precision, trial, self.onnx_fp32_2x,
-                                                self.size_2x, self.work / "x2",
-                                                self.calibration_arrays_2x))
-        files_2x = {DOUBLE_SCALE_STEM + name.removeprefix(MODEL_STEM)
-                    if name.startswith(MODEL_STEM + ".") else f"{DOUBLE_SCALE_STEM}_{name}": path
-                    for name, path in built.files.items()}
-        section = {"input_size": list(self.size_2x),
-                   "anchor_spec": self.model.anchor_spec(self.size_2x).to_dict(),
-                   "files": list(files_2x), "accuracy": None}
-        self._trials += 1
-        return Artifact.stage(self.work / "staged" / str(self._trials) / artifact.name,
-                              {**artifact.files, **files_2x},
-                              {**artifact.manifest, "double_scale": section})
-
-    def rank(self) -> list[LayerSensitivity]:
-        """The sensitivity ranking of the weight layers the target puts in INT8."""
-        _say(self.config, f"ranking {len(self.units)} INT8 layers by sensitivity")
-        assert self.calibration_arrays is not None
-        return rank_layers(self.onnx_fp32, self.calibration_arrays, self.keep_float,
-                           quantize_outputs=self.target.rounds_outputs,
-                           max_images=self.config.sensitivity_images,
-                           progress=self.config.progress,
-                           weighting=detection_weighting(self.checkpoint_config))
-
-
-def _build_and_check(config: ConvertConfig, builder: _Builder, check: AccuracyCheck
-                     ) -> tuple[list[Artifact], list[ArtifactReport], dict[str, list],
-                                dict[str, dict[str, Any]]]:
-    """Every precision built, staged and checked; INT8 under accuracy control.
-
-    Returns ``(staged artifacts, their reports, detections per picture column, accuracy
-    control per INT8 artifact)``.
-    """
-    staged, reports, columns, controlled = [], [], {}, {}
-    for precision in config.resolved_precisions():
-        trial = None
-        if precision == "int8":
-            outcome = _controlled_int8(config, builder, check)
-            artifact, accuracy, run = outcome.chosen.payload
-            controlled[artifact.name] = {**outcome.manifest_section(),
-                                         "ranking": [r.to_dict() for r in outcome.ranking]}
-            artifact = _with_control_section(artifact, outcome)
-            trial = outcome.chosen.trial
-        else:
-            artifact = builder.stage(precision)
-            accuracy, run = check.check(artifact)
-        double_scale = None
-        if config.double_scale:
-            artifact = builder.add_second_scale(artifact, trial)
-            double_scale, _ = check.check(artifact, double_scale=True)
-            manifest = {**artifact.manifest,
-                        "double_scale": {**artifact.manifest["double_scale"],
-                                         "accuracy": double_scale}}
-            artifact = Artifact(artifact.directory, manifest)
-        passed = bool(accuracy["passed"])
-        reports.append(ArtifactReport(
-            name=artifact.name,
-            directory=str(Path(config.out) / ("" if passed else REJECTED_DIR) / artifact.name),
-            backend=builder.target.backend, precision=str(artifact.manifest["precision"]),
-            size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
-            passed=passed, accuracy=accuracy, checked_on=check.backend,
-            notes=builder.notes.get(artifact.name, []), double_scale=double_scale))
-        staged.append(artifact)
-        columns[f"{artifact.name} ({check.backend})"] = run.detections
-    return staged, reports, columns, controlled
-
-
-def _controlled_int8(config: ConvertConfig, builder: _Builder, check: AccuracyCheck
-                     ) -> ControlOutcome:
-    def evaluate(trial: Trial) -> TrialResult:
-        artifact = builder.stage("int8", trial)
-        accuracy, run = check.check(artifact)
-        return TrialResult(trial, float(accuracy["delta_AP"]), float(accuracy["AP"]),
-                           float(accuracy["latency_p50_ms"]), bool(accuracy["passed"]),
-                           payload=(artifact, accuracy, run))
-
-    control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
-    outcome = control(evaluate, control_config, builder.target.calibration_methods,
-                      builder.rank, say=lambda message: _say(config, message))
-    if not outcome.ranking:  # passed without the fallback: rank anyway, for the report
-        outcome.ranking = builder.rank()
-    return outcome
-
-
-def _with_control_section(artifact: Artifact, outcome: ControlOutcome) -> Artifact:
-    """``artifact`` with the manifest's ``accuracy_control`` section (the float layers it
-    keeps and why, the steps taken)."""
-    manifest = {**artifact.manifest, "accuracy_control": outcome.manifest_section()}
-    return Artifact(artifact.directory, manifest)
-
-
-def _say(config: ConvertConfig, message: str) -> None:
-    if config.progress:
-        print(message, flush=True)

@@ -101,6 +101,32 @@ def test_zero_budget_is_plain_ptq_only():
         ControlConfig(1.0, max_float_layers=-1)
 
 
+def test_a_start_trial_that_passes_is_the_only_step():
+    """The 2x model of double-scale testing starts from its 1x model's chosen trial."""
+    script = Scripted({"entropy": -3.0}, {"a": 2.5})
+    start = Trial("entropy", ("a",))
+    outcome = control(script.evaluate, ControlConfig(1.0), ("minmax", "entropy"), script.rank,
+                      start=start, start_action="the 1x model's INT8 settings")
+    assert script.trials == [start] and script.ranked == 0
+    assert outcome.steps[0]["action"] == "the 1x model's INT8 settings"
+    assert outcome.steps[0]["calibration"] == "entropy" and outcome.steps[0]["float_layers"] == 1
+
+
+def test_from_a_start_trial_the_other_calibrations_keep_its_layers_and_the_fallback_adds_more():
+    script = Scripted({"minmax": -4.0, "percentile": -3.0, "entropy": -3.5},
+                      {"b": 0.5, "d": 1.0, "e": 1.0})
+    start = Trial("percentile", ("b",))  # -2.5
+    outcome = control(script.evaluate, ControlConfig(1.0, max_float_layers=4, step=2),
+                      ("minmax", "percentile", "entropy"), script.rank, start=start)
+    # start -2.5; minmax with b -3.5; entropy with b -3.0: percentile stays best.
+    # Fallback on top of b, in rank order without b: + a, c (-2.5), + d (budget 4: -1.5).
+    assert script.trials == [start, Trial("minmax", ("b",)), Trial("entropy", ("b",)),
+                             Trial("percentile", ("b", "a", "c")),
+                             Trial("percentile", ("b", "a", "c", "d"))]
+    assert not outcome.chosen.passed and outcome.chosen.delta_ap == pytest.approx(-1.5)
+    assert [f["rank"] for f in outcome.manifest_section()["float_layers"]] == [2, 1, 3, 4]
+
+
 # --- end to end: a fragile model --------------------------------------------------------
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
@@ -159,7 +185,9 @@ def test_a_fragile_layer_fails_plain_ptq_and_passes_with_accuracy_control(tmp_pa
 
     # The random-weight model's other layers lose a little too (its scores sit close
     # together), so the loop may return a few more than the two fragile ones.
-    controlled = run_script(*int8, "--out", str(tmp_path / "ac"), "--max-float-layers", "16")
+    # With double-scale testing: the 2x model is under accuracy control too.
+    controlled = run_script(*int8, "--out", str(tmp_path / "ac"), "--max-float-layers", "16",
+                            "--double-scale")
     assert controlled.returncode == 0, controlled.stderr
     manifest = load_manifest(tmp_path / "ac" / "tiny_passd_int8")
     assert manifest["accuracy"]["passed"] and manifest["accuracy"]["delta_AP"] >= -0.5
@@ -172,6 +200,15 @@ def test_a_fragile_layer_fails_plain_ptq_and_passes_with_accuracy_control(tmp_pa
     assert "sensitivity rank" in section["float_layers"][0]["reason"]
     steps = section["steps"]
     assert steps[0]["action"] == "plain PTQ" and not steps[0]["passed"] and steps[-1]["passed"]
+    # The 2x model starts from the 1x model's settings, fragile layers in float included.
+    second = manifest["double_scale"]["accuracy_control"]
+    assert second["steps"][0]["action"] == "the 1x model's INT8 settings"
+    assert second["steps"][0]["float_layers"] == len(floated)
+    assert second["steps"][0]["calibration"] == steps[-1]["calibration"]
+    assert {FRAGILE_LAYER, FRAGILE_PRODUCER} <= {f["node"] for f in second["float_layers"]}
+    assert manifest["double_scale"]["accuracy"]["passed"] and second["steps"][-1]["passed"]
+    assert Detector(tmp_path / "ac" / "tiny_passd_int8", double_scale=True).detect(
+        np.zeros((INPUT_SIZE[1], INPUT_SIZE[0], 3), np.uint8)) is not None
     report = (tmp_path / "ac" / "report.md").read_text()
     assert "## Accuracy control" in report and FRAGILE_LAYER in report
     assert (tmp_path / "ac" / "sensitivity.png").is_file()

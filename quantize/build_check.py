@@ -1,0 +1,268 @@
+"""Build every precision of one conversion run, stage each artifact and check it.
+
+``Builder`` holds what one run shares (the rewritten model, its fp32 ONNX export at the input
+size and, for double-scale testing, at 2x, the calibration inputs, the INT8 float scope) and
+stages one artifact per precision and accuracy-control trial. ``build_and_check`` is the
+pipeline's middle: fp32 built once and checked; INT8 under accuracy control
+(``quantize.accuracy_control``); with double-scale testing each artifact's 2x model too, an
+INT8 one under accuracy control of its own started from its 1x model's trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from edgedet.artifact import DOUBLE_SCALE_STEM, MODEL_STEM, Artifact
+from edgedet.preprocess import PreprocessConfig
+from quantize.accuracy import AccuracyCheck
+from quantize.accuracy_control import ControlConfig, ControlOutcome, Trial, TrialResult, control
+from quantize.calibration import ImageSet, calibration_inputs
+from quantize.export_onnx import export_onnx
+from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten, layer_units
+from quantize.manifest import build_manifest
+from quantize.rewrites import rewrite_for_export
+from quantize.sensitivity import LayerSensitivity, detection_weighting, rank_layers
+from quantize.targets import BuildRequest
+
+if TYPE_CHECKING:
+    from quantize.convert import ConvertConfig
+
+# Artifacts that fail the check are written under OUT/rejected/, never over a good one.
+REJECTED_DIR = "rejected"
+
+
+@dataclass
+class ArtifactReport:
+    """One written artifact and its accuracy-check result (the manifest's ``accuracy``)."""
+
+    name: str
+    directory: str
+    backend: str
+    precision: str
+    size_bytes: int
+    passed: bool
+    accuracy: dict[str, Any]
+    checked_on: str = ""
+    notes: list[str] = field(default_factory=list)
+    # Double-scale testing's accuracy section (None: the artifact has no 2x model).
+    double_scale: dict[str, Any] | None = None
+
+
+class Builder:
+    """Builds and stages one artifact per precision (and per accuracy-control trial) from
+    the single fp32 export of the run."""
+
+    def __init__(self, config: ConvertConfig, model: Any, checkpoint_config: dict,
+                 name: str, source: dict, work: Path, preprocess_config: PreprocessConfig,
+                 calibration: ImageSet | None) -> None:
+        self.config, self.target = config, config.target_entry
+        self.model, self.checkpoint_config = model, checkpoint_config
+        self.name, self.source, self.work = name, source, work
+        self.input_size = preprocess_config.input_size
+        self.calibration = calibration
+        say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
+                     f"{self.input_size[0]}x{self.input_size[1]}, {self.target.sampler} "
+                     f"sampling")
+        self.rewritten = rewrite_for_export(model, self.target.sampler)
+        self.onnx_fp32 = export_onnx(self.rewritten, work / "model.onnx", self.input_size)
+        self.keep_float: tuple[str, ...] = ()
+        self.kept_report: dict[str, dict[str, Any]] = {}
+        self.units: dict[str, list[str]] = {}
+        if "int8" in config.resolved_precisions():
+            graph = onnx.load(str(self.onnx_fp32))
+            kept = find_kept_out_nodes(graph, config.resolved_keep_float())
+            self.keep_float = tuple(flatten(kept))
+            self.kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
+                                for c, nodes in kept.items() if nodes}
+            self.units = layer_units(graph, self.keep_float)
+        self.calibration_arrays = (
+            calibration_inputs(calibration.samples, preprocess_config)
+            if calibration is not None else None)
+        self.size_2x: tuple[int, int] | None = None
+        if config.double_scale:
+            width, height = self.input_size
+            self.size_2x = (2 * width, 2 * height)
+            say(config, f"exporting the 2x model for double-scale testing, input "
+                         f"{2 * width}x{2 * height}")
+            (work / "x2").mkdir()
+            self.onnx_fp32_2x = export_onnx(self.rewritten, work / "x2" / "model.onnx",
+                                            self.size_2x)
+            preprocess_2x = PreprocessConfig.from_dict(
+                {**preprocess_config.to_dict(), "input_size": list(self.size_2x)})
+            self.calibration_arrays_2x = (
+                calibration_inputs(calibration.samples, preprocess_2x)
+                if calibration is not None else None)
+        self.notes: dict[str, list[str]] = {}
+        self._trials = 0
+
+    def stage(self, precision: str, trial: Trial | None = None) -> Artifact:
+        """Build ``precision`` (for INT8: with ``trial``'s calibration and float layers) and
+        stage it under the work folder."""
+        trial = trial or Trial()
+        artifact_name = f"{self.name}_{precision}"
+        say(self.config, f"building {artifact_name} for {self.target.backend}")
+        built = self.target.build(self._request(precision, trial, self.onnx_fp32,
+                                                self.input_size, self.work,
+                                                self.calibration_arrays))
+        artifact_source = dict(self.source)
+        if precision == "int8" and self.calibration is not None:
+            artifact_source["calibration"] = self.calibration.describe()
+        manifest = build_manifest(self.model, self.checkpoint_config, artifact_name, precision,
+                                  self.target.backend, source=artifact_source,
+                                  kept_out_of_int8=built.kept_out_of_int8)
+        self._trials += 1
+        self.notes[artifact_name] = list(built.notes)
+        return Artifact.stage(self.work / "staged" / str(self._trials) / artifact_name,
+                              built.files, {**manifest, **built.manifest_extra})
+
+    def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
+                 input_size: tuple[int, int], work_dir: Path,
+                 calibration: Any) -> BuildRequest:
+        """The target's build request for ``precision`` and ``trial`` at one input size."""
+        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
+        return BuildRequest(
+            precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
+            input_size=input_size, work_dir=work_dir,
+            calibration=calibration if precision == "int8" else None,
+            # Two layers' tails can share a node (both feed one Add): name each node once.
+            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
+            keep_float_categories=self.config.resolved_keep_float(),
+            float_layers=trial.float_layers, calibration_method=trial.calibration)
+
+    def add_second_scale(self, artifact: Artifact, trial: Trial | None = None) -> Artifact:
+        """``artifact`` plus its 2x model for double-scale testing, built like it (same
+        precision; for INT8 the same calibration method and float layers), staged anew with
+        the manifest's ``double_scale`` section (accuracy None until checked)."""
+        assert self.size_2x is not None, "the run was not configured for double-scale testing"
+        trial = trial or Trial()
+        precision = str(artifact.manifest["precision"])
+        say(self.config, f"building the 2x model of {artifact.name}")
+        built = self.target.build(self._request(precision, trial, self.onnx_fp32_2x,
+                                                self.size_2x, self.work / "x2",
+                                                self.calibration_arrays_2x))
+        files_2x = {DOUBLE_SCALE_STEM + name.removeprefix(MODEL_STEM)
+                    if name.startswith(MODEL_STEM + ".") else f"{DOUBLE_SCALE_STEM}_{name}": path
+                    for name, path in built.files.items()}
+        section = {"input_size": list(self.size_2x),
+                   "anchor_spec": self.model.anchor_spec(self.size_2x).to_dict(),
+                   "files": list(files_2x), "accuracy": None}
+        self._trials += 1
+        return Artifact.stage(self.work / "staged" / str(self._trials) / artifact.name,
+                              {**artifact.files, **files_2x},
+                              {**artifact.manifest, "double_scale": section})
+
+    def rank(self) -> list[LayerSensitivity]:
+        """The sensitivity ranking of the weight layers the target puts in INT8."""
+        say(self.config, f"ranking {len(self.units)} INT8 layers by sensitivity")
+        assert self.calibration_arrays is not None
+        return rank_layers(self.onnx_fp32, self.calibration_arrays, self.keep_float,
+                           quantize_outputs=self.target.rounds_outputs,
+                           max_images=self.config.sensitivity_images,
+                           progress=self.config.progress,
+                           weighting=detection_weighting(self.checkpoint_config))
+
+
+def build_and_check(config: ConvertConfig, builder: Builder, check: AccuracyCheck
+                     ) -> tuple[list[Artifact], list[ArtifactReport], dict[str, list],
+                                dict[str, dict[str, Any]]]:
+    """Every precision built, staged and checked; INT8 under accuracy control.
+
+    Returns ``(staged artifacts, their reports, detections per picture column, accuracy
+    control per INT8 artifact)``.
+    """
+    staged, reports, columns, controlled = [], [], {}, {}
+    for precision in config.resolved_precisions():
+        outcome = None
+        if precision == "int8":
+            outcome = _controlled_int8(config, builder, check)
+            artifact, accuracy, run = outcome.chosen.payload
+            controlled[artifact.name] = {**outcome.manifest_section(),
+                                         "ranking": [r.to_dict() for r in outcome.ranking]}
+            artifact = _with_control_section(artifact, outcome)
+        else:
+            artifact = builder.stage(precision)
+            accuracy, run = check.check(artifact)
+        double_scale = None
+        if config.double_scale:
+            artifact, double_scale = _with_second_scale(config, builder, check, artifact,
+                                                        outcome)
+        passed = bool(accuracy["passed"])
+        reports.append(ArtifactReport(
+            name=artifact.name,
+            directory=str(Path(config.out) / ("" if passed else REJECTED_DIR) / artifact.name),
+            backend=builder.target.backend, precision=str(artifact.manifest["precision"]),
+            size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
+            passed=passed, accuracy=accuracy, checked_on=check.backend,
+            notes=builder.notes.get(artifact.name, []), double_scale=double_scale))
+        staged.append(artifact)
+        columns[f"{artifact.name} ({check.backend})"] = run.detections
+    return staged, reports, columns, controlled
+
+
+def _controlled_int8(config: ConvertConfig, builder: Builder, check: AccuracyCheck
+                     ) -> ControlOutcome:
+    def evaluate(trial: Trial) -> TrialResult:
+        artifact = builder.stage("int8", trial)
+        accuracy, run = check.check(artifact)
+        return TrialResult(trial, float(accuracy["delta_AP"]), float(accuracy["AP"]),
+                           float(accuracy["latency_p50_ms"]), bool(accuracy["passed"]),
+                           payload=(artifact, accuracy, run))
+
+    control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
+    outcome = control(evaluate, control_config, builder.target.calibration_methods,
+                      builder.rank, say=lambda message: say(config, message))
+    if not outcome.ranking:  # passed without the fallback: rank anyway, for the report
+        outcome.ranking = builder.rank()
+    return outcome
+
+
+def _with_second_scale(config: ConvertConfig, builder: Builder, check: AccuracyCheck,
+                       artifact: Artifact, outcome: ControlOutcome | None
+                       ) -> tuple[Artifact, dict[str, Any]]:
+    """``artifact`` with its checked 2x model and ``double_scale`` section, and that
+    section's accuracy.
+
+    An fp32 2x model is built once. An INT8 one goes through accuracy control of its own,
+    started from the trial chosen for the 1x model (``outcome``); the steps go into the
+    section's ``accuracy_control``.
+    """
+    if outcome is None:
+        staged = builder.add_second_scale(artifact)
+        accuracy, _ = check.check(staged, double_scale=True)
+        section = {**staged.manifest["double_scale"], "accuracy": accuracy}
+        return Artifact(staged.directory, {**staged.manifest, "double_scale": section}), accuracy
+
+    def evaluate(trial: Trial) -> TrialResult:
+        staged = builder.add_second_scale(artifact, trial)
+        accuracy, _ = check.check(staged, double_scale=True)
+        return TrialResult(trial, float(accuracy["delta_AP"]), float(accuracy["AP"]),
+                           float(accuracy["latency_p50_ms"]), bool(accuracy["passed"]),
+                           payload=(staged, accuracy))
+
+    ranking = outcome.ranking  # the 1x model's: both sizes have the same layers
+    control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
+    second = control(evaluate, control_config, builder.target.calibration_methods,
+                     lambda: ranking, say=lambda message: say(config, f"2x model: {message}"),
+                     start=outcome.chosen.trial, start_action="the 1x model's INT8 settings")
+    second.ranking = ranking
+    staged, accuracy = second.chosen.payload
+    section = {**staged.manifest["double_scale"], "accuracy": accuracy,
+               "accuracy_control": second.manifest_section()}
+    return Artifact(staged.directory, {**staged.manifest, "double_scale": section}), accuracy
+
+
+def _with_control_section(artifact: Artifact, outcome: ControlOutcome) -> Artifact:
+    """``artifact`` with the manifest's ``accuracy_control`` section (the float layers it
+    keeps and why, the steps taken)."""
+    manifest = {**artifact.manifest, "accuracy_control": outcome.manifest_section()}
+    return Artifact(artifact.directory, manifest)
+
+
+def say(config: ConvertConfig, message: str) -> None:
+    """A progress line, unless the run is quiet."""
+    if config.progress:
+        print(message, flush=True)
