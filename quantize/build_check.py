@@ -190,6 +190,9 @@ def build_and_check(config: ConvertConfig, builder: Builder, check: AccuracyChec
         if config.double_scale:
             artifact, double_scale = _with_second_scale(config, builder, check, artifact,
                                                         outcome)
+            if outcome is not None:  # the report shows the 2x model's steps too
+                controlled[f"{artifact.name}, 2x model (double-scale testing)"] = (
+                    artifact.manifest["double_scale"]["accuracy_control"])
         passed = bool(accuracy["passed"])
         reports.append(ArtifactReport(
             name=artifact.name,

@@ -211,5 +211,6 @@ def test_a_fragile_layer_fails_plain_ptq_and_passes_with_accuracy_control(tmp_pa
         np.zeros((INPUT_SIZE[1], INPUT_SIZE[0], 3), np.uint8)) is not None
     report = (tmp_path / "ac" / "report.md").read_text()
     assert "## Accuracy control" in report and FRAGILE_LAYER in report
+    assert "### tiny_passd_int8, 2x model (double-scale testing)" in report
     assert (tmp_path / "ac" / "sensitivity.png").is_file()
     assert (tmp_path / "ac" / "tiny_passd_int8" / "sensitivity.png").is_file()
