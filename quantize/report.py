@@ -126,7 +126,9 @@ def _control_lines(controlled: Mapping[str, Mapping[str, Any]]) -> list[str]:
                          f"{_number(step['AP'])} | {_number(step['latency_p50_ms'])} | "
                          f"{'pass' if step['passed'] else 'miss'} |")
         floated = entry.get("float_layers") or []
-        lines += ["", f"Shipped: calibration `{entry.get('calibration') or 'default'}`, "
+        passed = any(step["passed"] for step in entry["steps"])
+        chosen = "Shipped" if passed else "Best step (outside `--max-drop`: rejected)"
+        lines += ["", f"{chosen}: calibration `{entry.get('calibration') or 'default'}`, "
                       f"{len(floated)} weight layer(s) returned to float"
                       + (": " + ", ".join(f"`{f['node']}` (rank {f['rank']}, "
                                           f"{f['sqnr_db']:.1f} dB)" for f in floated)

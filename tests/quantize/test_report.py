@@ -1,0 +1,26 @@
+"""report.md's accuracy-control section: a step table per artifact, and what was chosen."""
+
+from quantize.report import _control_lines
+
+
+def step(index: int, passed: bool, delta: float) -> dict:
+    return {"step": index, "action": "plain PTQ" if index == 0 else "+2 float: a, b",
+            "calibration": "minmax", "float_layers": 2 * index, "delta_AP": delta,
+            "AP": 30.0 + delta, "latency_p50_ms": 10.0, "passed": passed}
+
+
+def test_a_passing_artifact_is_shipped_and_a_failing_one_is_called_rejected():
+    floated = [{"node": "a", "rank": 1, "sqnr_db": 20.0}, {"node": "b", "rank": 2,
+                                                          "sqnr_db": 25.0}]
+    text = "\n".join(_control_lines({
+        "m_int8": {"steps": [step(0, False, -1.5), step(1, True, -0.5)],
+                   "calibration": None, "float_layers": floated},
+        "m_int8, 2x model (double-scale testing)": {
+            "steps": [step(0, False, -1.5), step(1, False, -1.2)], "calibration": None,
+            "float_layers": floated}}))
+    first, second = text.split("### m_int8, 2x model")
+    assert "| 1 | +2 float: a, b | minmax | 2 | -0.50 | 29.50 | 10.00 | pass |" in first
+    assert "Shipped: calibration `default`, 2 weight layer(s)" in first
+    assert "Shipped" not in second
+    assert "Best step (outside `--max-drop`: rejected)" in second and "| miss |" in second
+    assert _control_lines({}) == []
