@@ -12,15 +12,19 @@ previous model, which pays for cold caches. Figures are medians (p50) over all r
 Ratios are always ``ms / reference ms``: below 1 is faster than the reference. Three
 markdown tables:
 
-1. Zoo models: each ``edgedet.zoo`` model on each installed backend that reads its model file
-   (an ONNX artifact runs on ``onnxruntime`` and ``openvino``), loaded with ``Detector``.
+1. Zoo models: each ``edgedet.zoo`` model (or artifact folder given to ``--zoo``) on each
+   installed backend that reads its model file (an ONNX artifact runs on ``onnxruntime``
+   and ``openvino``), loaded with ``Detector``.
    *runtime* is ``Detector.run_model`` on a preprocessed input (the model alone), *detect*
    is ``Detector.detect`` on a 640x480 synthetic frame (preprocessing, model, decoding and
    NMS); *detect/runtime* is what the SDK adds around the model. *GFLOPs* of one forward at
    the model's input size (``edgedet.models.summary.count_gflops``: multiply-adds count 2,
    convolutions and matrix products only) of the model rebuilt from its source checkpoint,
    '-' where that checkpoint is missing or differs from the one the manifest names; *GOPS* =
-   GFLOPs / runtime seconds, the arithmetic rate the runtime achieves.
+   GFLOPs / runtime seconds, the arithmetic rate the runtime achieves. An fp32 model on
+   OpenVINO is also timed at the CPU plugin's default precision (*openvino default*: bf16
+   convolutions where the CPU has AVX-512 BF16; runtime only), and each INT8 zoo model is
+   compared with the fp32 zoo model of the same source checkpoint on each runtime.
 2. Paper-width PASSD-MobileNet (80 classes, 320x320, RANDOM weights: speed only), built
    here as the ``cpu`` and ``openvino`` targets build it (``rewrite_for_export`` with the
    target's sampler, ``export_onnx``, ``Target.build``: QDQ INT8 by ``quantize_onnx`` for
@@ -95,6 +99,7 @@ class Timed:
     run: Callable[[], object]
     detect: Callable[[], object] | None = None
     gflops: float | None = None
+    checkpoint: str | None = None  # zoo models: the source checkpoint (pairs INT8 with fp32)
     runtime_ms: list[float] = field(default_factory=list)
     detect_ms: list[float] = field(default_factory=list)
 
@@ -184,7 +189,7 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
     notes: list[str] = []
     gflops_by_checkpoint: dict[str, float | None] = {}
     for name in names:
-        directory = zoo_model_dir(name)
+        directory = Path(name) if Path(name).is_dir() else zoo_model_dir(name)
         manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
         checkpoint = str((manifest.get("source") or {}).get("checkpoint"))
         if checkpoint not in gflops_by_checkpoint:
@@ -202,7 +207,17 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
                 "zoo", name, backend, str(manifest["precision"]),
                 run=lambda d=detector, x=images: d.run_model(x),
                 detect=lambda d=detector: d.detect(frame),
-                gflops=gflops_by_checkpoint[checkpoint]))
+                gflops=gflops_by_checkpoint[checkpoint], checkpoint=checkpoint))
+            if backend == "openvino" and manifest["precision"] == "fp32":
+                # What a user gets from OpenVINO with no settings: its CPU plugin's default
+                # precision (bf16 convolutions on CPUs that have AVX-512 BF16); runtime only,
+                # the yardstick the INT8 entries are measured against.
+                model_file = directory / model_file_for(backend, main_model_files(manifest))
+                run, computes = openvino_runner(model_file, {manifest["input"]["name"]: images},
+                                                threads, None)
+                items.append(Timed("zoo", name, "openvino default", computes, run,
+                                   gflops=gflops_by_checkpoint[checkpoint],
+                                   checkpoint=checkpoint))
     return items, notes
 
 
@@ -285,8 +300,10 @@ def results(items: Sequence[Timed]) -> dict[str, list[dict]]:
     """The figures of every section as JSON-ready rows."""
     by_key = {(i.section, i.key, i.runtime): i for i in items}
     zoo = [{"model": i.key, "backend": i.runtime, "precision": i.precision,
-            "runtime_p50_ms": i.p50, "detect_p50_ms": statistics.median(i.detect_ms),
-            "detect_over_runtime": statistics.median(i.detect_ms) / i.p50,
+            "runtime_p50_ms": i.p50,
+            "detect_p50_ms": statistics.median(i.detect_ms) if i.detect_ms else None,
+            "detect_over_runtime": statistics.median(i.detect_ms) / i.p50 if i.detect_ms
+            else None,
             "gflops": i.gflops, "gops": _gops(i)} for i in items if i.section == "zoo"]
     paper = []
     for i in (i for i in items if i.section == "paper"):
@@ -302,7 +319,26 @@ def results(items: Sequence[Timed]) -> dict[str, list[dict]]:
         attend.append({"variant": i.key, "onnxruntime_ms": i.p50, "openvino_ms": ov.p50,
                        "onnxruntime_vs_plain": i.p50 / ort_plain.p50,
                        "openvino_vs_plain": ov.p50 / ov_plain.p50})
-    return {"zoo": zoo, "paper_width": paper, "attend": attend}
+    return {"zoo": zoo, "int8_vs_fp32": int8_vs_fp32(items), "paper_width": paper,
+            "attend": attend}
+
+
+def int8_vs_fp32(items: Sequence[Timed]) -> list[dict]:
+    """Each INT8 zoo model's runtime against the fp32 zoo model built from the same source
+    checkpoint, on the same runtime (and on OpenVINO also against its default precision)."""
+    zoo = [i for i in items if i.section == "zoo" and i.checkpoint is not None]
+    fp32 = {(i.checkpoint, i.runtime): i for i in zoo if i.precision != "int8"}
+    rows = []
+    for item in (i for i in zoo if i.precision == "int8"):
+        for runtime in (item.runtime, "openvino default") if item.runtime == "openvino" \
+                else (item.runtime,):
+            reference = fp32.get((item.checkpoint, runtime))
+            if reference is not None:
+                rows.append({"int8": item.key, "runtime": item.runtime, "int8_ms": item.p50,
+                             "fp32": reference.key, "fp32_runtime": runtime,
+                             "fp32_computes": reference.precision, "fp32_ms": reference.p50,
+                             "speedup": reference.p50 / item.p50})
+    return rows
 
 
 def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -335,6 +371,15 @@ def print_tables(report: dict) -> None:
           _num(r["gops"])] for r in report["zoo"]]))
     for note in report["notes"]:
         print(f"\nnot timed: {note}")
+    if report["int8_vs_fp32"]:
+        print("\nINT8 zoo models against the fp32 zoo model of the same checkpoint (runtime "
+              "only; speed-up = fp32 ms / INT8 ms):\n")
+        print(_markdown(
+            ["INT8 model", "runtime", "INT8 ms", "fp32 on", "fp32 computes", "fp32 ms",
+             "speed-up"],
+            [[r["int8"], r["runtime"], _num(r["int8_ms"], 2), r["fp32_runtime"],
+              r["fp32_computes"], _num(r["fp32_ms"], 2), _num(r["speedup"], 2)]
+             for r in report["int8_vs_fp32"]]))
     if report["paper_width"]:
         print(f"\n## Paper-width PASSD-MobileNet, {PAPER_CLASSES} classes, {PAPER_SIZE}x"
               f"{PAPER_SIZE} (random weights: speed only, no accuracy)\n")
@@ -373,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-paper-width", action="store_true",
                         help="leave out section 2 (its INT8 builds take minutes)")
     parser.add_argument("--zoo", nargs="*", metavar="NAME",
-                        help="zoo models to time (default: all; none with an empty list)")
+                        help="zoo models (or artifact folders, e.g. a quantize/run.py "
+                             "output) to time (default: every zoo model; none with an empty "
+                             "list)")
     parser.add_argument("--attend-channels", type=int, default=256,
                         help="attend stage input channels (default: the paper's 256)")
     parser.add_argument("--attend-size", type=int, default=40,

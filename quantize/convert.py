@@ -83,6 +83,9 @@ class ConvertConfig:
         device: torch device of the reference (default CUDA when available).
         double_scale: also build and check each artifact's 2x model for HAR-Net's
             double-scale testing (grid anchors only: HAR-Net, DSANet, PASSD).
+        float_precision: what the float ops of INT8 artifacts compute in, one of the
+            target's ``float_precisions`` (default f32; ``bf16`` on openvino keeps only the
+            sampling coordinates f32: ``quantize.openvino_precision``).
         progress: progress bars and step messages.
         command: how the run was started, for the report (default: this config).
     """
@@ -103,6 +106,7 @@ class ConvertConfig:
     keep_float: tuple[str, ...] | None = None
     device: str | None = None
     double_scale: bool = False
+    float_precision: str = "f32"
     progress: bool = True
     command: str | None = None
 
@@ -119,6 +123,10 @@ class ConvertConfig:
         if unknown or self.precisions == ():
             raise ValueError(f"target {target.name!r} builds {', '.join(target.precisions)}; "
                              f"got precisions {self.precisions}")
+        if self.float_precision not in target.float_precisions:
+            raise ValueError(f"target {target.name!r} runs the float ops of INT8 artifacts in "
+                             f"{' or '.join(target.float_precisions)}; got float precision "
+                             f"{self.float_precision!r}")
         bad = [c for c in self.keep_float or () if c not in CATEGORIES]
         if bad:
             raise ValueError(f"keep_float: unknown categories {bad}; choose from "

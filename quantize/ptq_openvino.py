@@ -18,6 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from quantize.openvino_precision import (
+    FLOAT_PRECISIONS,
+    coordinate_ops,
+    mark_precise,
+    set_runtime_precision,
+)
+
 # NNCF's activation range estimators (``RangeEstimatorParametersSet``), its default first:
 # mean over the images of each image's min / max.
 RANGE_ESTIMATORS: tuple[str, ...] = ("mean_minmax", "minmax", "mean_quantile", "histogram")
@@ -58,6 +65,7 @@ def quantize_openvino(
     ignored_names: Sequence[str] = (),
     name: str = "model",
     range_estimator: str | None = None,
+    float_precision: str = "f32",
 ) -> tuple[Path, Path]:
     """Write the INT8 IR ``out_dir/{name}.xml`` + ``.bin`` quantized from ``fp32_xml``.
 
@@ -70,12 +78,14 @@ def quantize_openvino(
         name: file stem of the IR.
         range_estimator: one of ``RANGE_ESTIMATORS`` for the activations (None: NNCF's
             default, ``mean_minmax``).
+        float_precision: ``f32``, or ``bf16``: the ops left in float run in bf16 except the
+            sampling coordinates (``quantize.openvino_precision``).
 
     Returns:
         ``(xml_path, bin_path)``.
 
     Raises:
-        ValueError: no calibration images, or an unknown range estimator.
+        ValueError: no calibration images, an unknown range estimator or float precision.
     """
     import nncf
     import openvino as ov
@@ -84,6 +94,9 @@ def quantize_openvino(
 
     if not calibration_images:
         raise ValueError("INT8 calibration needs at least one image")
+    if float_precision not in FLOAT_PRECISIONS:
+        raise ValueError(f"unknown float precision {float_precision!r}; choose from "
+                         f"{', '.join(FLOAT_PRECISIONS)}")
     if range_estimator is not None and range_estimator not in RANGE_ESTIMATORS:
         raise ValueError(f"unknown range estimator {range_estimator!r}; choose from "
                          f"{', '.join(RANGE_ESTIMATORS)}")
@@ -102,12 +115,18 @@ def quantize_openvino(
         ignored_scope=nncf.IgnoredScope(names=list(ignored_names), validate=False),
         advanced_parameters=advanced,
     )
+    precise_ops: list[str] = []
+    if float_precision != "f32":
+        set_runtime_precision(quantized, float_precision)
+        precise_ops = coordinate_ops(quantized)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     xml_path, bin_path = out_dir / f"{name}.xml", out_dir / f"{name}.bin"
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
         tmp_xml = Path(tmp) / f"{name}.xml"
         ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
+        if precise_ops:
+            mark_precise(tmp_xml, precise_ops)
         os.replace(tmp_xml.with_suffix(".bin"), bin_path)
         os.replace(tmp_xml, xml_path)
     return xml_path, bin_path

@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "double_scale=True)) against the PyTorch reference's; models with grid "
                         "anchors (HAR-Net, DSANet, PASSD; not DAIPNet's SSD priors); the "
                         "artifact grows by the 2x model")
+    parser.add_argument("--float-precision", default="f32",
+                        choices=sorted({p for t in TARGETS.values() for p in t.float_precisions}),
+                        help="what the ops INT8 artifacts keep in float compute in (default "
+                             "f32); openvino also takes bf16: every float op but the P&A / "
+                             "deformable sampling coordinates runs in bf16 where the CPU has "
+                             "it, and the accuracy check measures it so")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -147,7 +153,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> ConvertConfig
         max_float_layers=args.max_float_layers, float_step=args.float_step,
         sensitivity_images=args.sensitivity_images,
         keep_float=_keep_float(args.keep_float), device=args.device,
-        double_scale=args.double_scale, progress=not args.no_progress,
+        double_scale=args.double_scale, float_precision=args.float_precision,
+        progress=not args.no_progress,
         command="python quantize/run.py " + shlex.join(argv))
 
 

@@ -10,6 +10,17 @@ import openvino as ov
 
 from edgedet.backends import BackendError
 
+# Where an IR records the ``INFERENCE_PRECISION_HINT`` its accuracy check ran with (model
+# rt_info, OpenVINO's "runtime_options"); written by ``quantize.openvino_precision``.
+RUNTIME_PRECISION_OPTION = ("runtime_options", "INFERENCE_PRECISION_HINT")
+
+
+def recorded_precision(model: ov.Model) -> str | None:
+    """The ``INFERENCE_PRECISION_HINT`` recorded in ``model``'s rt_info, or None."""
+    if not model.has_rt_info(list(RUNTIME_PRECISION_OPTION)):
+        return None
+    return str(model.get_rt_info(list(RUNTIME_PRECISION_OPTION)).astype(str))
+
 
 class OpenVinoBackend:
     """One compiled model; one ``InferRequest`` per calling thread.
@@ -26,23 +37,29 @@ class OpenVinoBackend:
         self.model_path = Path(model_path)
         device = device or "CPU"
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        # OpenVINO's CPU plugin runs float ops in bf16 where the CPU supports it. Keep them f32:
-        # in fp32 artifacts bf16 moves boxes and scores away from the exported reference, and
-        # in INT8 artifacts the ops kept out of INT8 (P&A sampling coordinates and bilinear
-        # weights, attention, masks) are exactly the ones too sensitive for 8 bits — bf16's
-        # 8-bit mantissa puts a sampling point at x ~ 40 on a 0.25-pixel grid. Measured on
-        # the zoo's passd_mobilenet INT8 IR: ΔAP -8.0 with bf16 float ops, +0.1 with f32.
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.model_path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise BackendError(f"openvino cannot load {self.model_path}: {exc}") from exc
+        # OpenVINO's CPU plugin runs float ops in bf16 where the CPU supports it. Keep them f32
+        # unless the IR asks otherwise: in fp32 artifacts bf16 moves boxes and scores away
+        # from the exported reference, and in INT8 artifacts the ops kept out of INT8 (P&A
+        # sampling coordinates and bilinear weights, attention, masks) are exactly the ones
+        # too sensitive for 8 bits — bf16's 8-bit mantissa puts a sampling point at x ~ 40 on
+        # a 0.25-pixel grid (the zoo PASSD's NNCF INT8 IR: ΔAP -14.4 with its float ops in
+        # bf16). An INT8 IR built with ``--float-precision bf16`` keeps its coordinates f32
+        # op by op and records the hint it was checked with (``quantize.openvino_precision``).
+        config["INFERENCE_PRECISION_HINT"] = recorded_precision(model) or "f32"
         self.device = device
         if threads is not None and device == "CPU":  # a CPU-plugin setting only
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        core = ov.Core()
         known = [*core.available_devices, "AUTO", "MULTI", "HETERO", "BATCH"]
         if device.split(":")[0].split(".")[0] not in known:
             raise BackendError(f"openvino has no device {device!r} here; available: "
                                f"{', '.join(core.available_devices)} (or AUTO)")
         try:
-            self._compiled = core.compile_model(str(self.model_path), device, config)
+            self._compiled = core.compile_model(model, device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise BackendError(f"openvino cannot load {self.model_path}: {exc}") from exc
         model_input = self._compiled.inputs[0]

@@ -39,6 +39,8 @@ class BuildRequest:
             their units (``int8_scope.layer_units``) are already in ``keep_float``, for
             targets that map them onto a graph of their own.
         calibration_method: one of the target's ``calibration_methods`` (None: its default).
+        float_precision: one of the target's ``float_precisions``: what an INT8 artifact's
+            ops left in float compute in (``f32``, or e.g. ``bf16`` on OpenVINO).
     """
 
     precision: str
@@ -51,6 +53,7 @@ class BuildRequest:
     keep_float_categories: tuple[str, ...] = ()
     float_layers: tuple[str, ...] = ()
     calibration_method: str | None = None
+    float_precision: str = "f32"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class Target:
         sampler: how the P&A and deformable-conv rewrites read bilinear samples
             (``quantize.rewrites.sampling.SAMPLERS``): the form measured fastest on the
             target's runtime among those it takes.
+        float_precisions: what the float ops of its INT8 artifacts can compute in
+            (``--float-precision``), the default first.
     """
 
     name: str
@@ -99,6 +104,7 @@ class Target:
     calibration_methods: tuple[str, ...] = ()
     rounds_outputs: bool = False
     sampler: str = "gather"
+    float_precisions: tuple[str, ...] = ("f32",)
 
     @property
     def accuracy_backend(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from edgedet.artifact import MODEL_STEM
 from quantize.int8_scope import DEFAULT_KEEP_FLOAT
+from quantize.openvino_precision import FLOAT_PRECISIONS
 from quantize.ptq_openvino import RANGE_ESTIMATORS
 from quantize.targets import BuildRequest, BuiltModel, Target
 
@@ -27,8 +28,13 @@ def build(request: BuildRequest) -> BuiltModel:
     assert request.calibration is not None, "INT8 needs calibration images"
     ignored = openvino_names_for(ov.Core().read_model(str(xml)), request.keep_float)
     xml8, weights8 = quantize_openvino(xml, request.work_dir / "ov_int8", request.calibration,
-                                       ignored, range_estimator=request.calibration_method)
-    return BuiltModel({xml_name: xml8, bin_name: weights8}, ignored)
+                                       ignored, range_estimator=request.calibration_method,
+                                       float_precision=request.float_precision)
+    notes = () if request.float_precision == "f32" else (
+        f"the ops kept out of INT8 compute in {request.float_precision} except the sampling "
+        "coordinates, which stay f32 (`--float-precision`, `quantize/openvino_precision.py`)",)
+    return BuiltModel({xml_name: xml8, bin_name: weights8}, ignored,
+                      manifest_extra={"float_precision": request.float_precision}, notes=notes)
 
 
 TARGET = Target(
@@ -42,4 +48,7 @@ TARGET = Target(
     default_keep_float=DEFAULT_KEEP_FLOAT,
     build=build,
     calibration_methods=RANGE_ESTIMATORS,
+    # bf16 float ops with f32 sampling coordinates (quantize.openvino_precision): measured on
+    # the zoo PASSD's INT8 IR, 7.5% faster than f32 at ΔAP -0.6 against it.
+    float_precisions=FLOAT_PRECISIONS,
 )

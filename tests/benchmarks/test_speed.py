@@ -9,22 +9,32 @@ pytest.importorskip("openvino")
 
 
 def test_speed_json_has_every_figure_of_the_timed_sections(capsys):
-    """One tiny run (a zoo model, a shrunk attend stage): structure only, no speed."""
+    """One tiny run (the zoo PASSD pair, a shrunk attend stage): structure only, no speed."""
     assert main(["--rounds", "1", "--calls", "1", "--warmup", "0", "--skip-paper-width",
-                 "--zoo", "passd_mobilenet", "--attend-channels", "8", "--attend-size", "6",
-                 "--json"]) == 0
+                 "--zoo", "passd_mobilenet", "passd_mobilenet_int8", "--attend-channels", "8",
+                 "--attend-size", "6", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
 
     assert report["settings"]["rounds"] == 1 and report["versions"]["onnxruntime"]
     assert report["paper_width"] == [] and "openvino_int8_vs_default" not in report
     assert {row["backend"] for row in report["zoo"]} >= {"onnxruntime"}
     for row in report["zoo"]:
-        assert row["model"] == "passd_mobilenet"
-        for key in ("runtime_p50_ms", "detect_p50_ms", "detect_over_runtime"):
+        assert row["model"] in ("passd_mobilenet", "passd_mobilenet_int8")
+        assert row["runtime_p50_ms"] > 0
+        if row["backend"] == "openvino default":  # runtime only, the fp32 model
+            assert row["model"] == "passd_mobilenet" and row["detect_p50_ms"] is None
+            continue
+        for key in ("detect_p50_ms", "detect_over_runtime"):
             assert row[key] > 0, key
         # None ('-') only where the source checkpoint changed since the zoo model was built.
         assert (row["gflops"] is None) == (row["gops"] is None)
         assert row["gflops"] is None or (row["gflops"] > 0 and row["gops"] > 0)
+    # Both zoo PASSD entries come from one checkpoint: INT8 is compared on every runtime.
+    pairs = {(r["runtime"], r["fp32_runtime"]) for r in report["int8_vs_fp32"]}
+    assert pairs == {("onnxruntime", "onnxruntime"), ("openvino", "openvino"),
+                     ("openvino", "openvino default")}
+    for row in report["int8_vs_fp32"]:
+        assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["int8_ms"])
     variants = [row["variant"] for row in report["attend"]]
     assert len(variants) == 6 and variants[-1].startswith("plain 3x3 conv")
     for row in report["attend"]:

@@ -1,5 +1,6 @@
 """INT8 OpenVINO IR from ``quantize.ptq_openvino`` (NNCF): FakeQuantize present, the kept-out
-ops left alone, outputs close to the fp32 IR."""
+ops left alone, outputs close to the fp32 IR; with ``float_precision="bf16"`` the sampling
+coordinates marked to stay f32 and the hint recorded for the backend."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from quantize.calibration import CALIBRATION_SEED, EVAL_SEED
 from quantize.export_openvino import export_openvino
 from quantize.int8_scope import find_kept_out_nodes, flatten
+from quantize.openvino_precision import PRECISE_ATTRIBUTE
 from quantize.ptq_openvino import fake_quantize_count, openvino_names_for, quantize_openvino
 from tests.quantize.ptq_helpers import cosine, synthetic_inputs
 
@@ -64,3 +66,62 @@ def test_names_map_by_exact_name_or_suffix(passd_ir):
     assert "/head/attend/Gather_9" in names
     assert any(n.startswith("/head/propose_box/Conv/") for n in names)
     assert openvino_names_for(model, ["/no/such/node"]) == []
+
+
+def _marked_layers(xml_path) -> dict[str, str]:
+    """``{layer name: type}`` of the IR layers carrying the ``precise`` rt_info attribute."""
+    import xml.etree.ElementTree as ET
+
+    return {layer.get("name"): layer.get("type")
+            for layer in ET.parse(xml_path).getroot().iter("layer")
+            if any(a.attrib == PRECISE_ATTRIBUTE for a in layer.iter("attribute"))}
+
+
+def test_bf16_float_ops_keep_the_sampling_coordinates_f32(passd_ir, tmp_path):
+    from edgedet.backends.openvino import OpenVinoBackend
+
+    xml, xml8, ignored, input_size = passd_ir
+    calibration = synthetic_inputs(input_size, 8, CALIBRATION_SEED)
+    xml_bf16, _ = quantize_openvino(xml, tmp_path, calibration, ignored, float_precision="bf16")
+    marked = _marked_layers(xml_bf16)
+    assert not _marked_layers(xml8)
+    # The index math of the P&A gathers (floor, clamp, row arithmetic) is marked; the layers
+    # whose work bf16 is meant to speed up are not.
+    assert {"Floor", "Multiply", "Add"} <= set(marked.values())
+    assert not {"Convolution", "FakeQuantize", "MatMul"} & set(marked.values())
+    model = ov.Core().read_model(str(xml_bf16))
+    gathers = [op for op in model.get_ops() if op.get_type_name() == "Gather"
+               and op.get_friendly_name().startswith("/head/")]
+    assert gathers and all(op.input_value(1).get_node().get_friendly_name() in marked
+                           or op.input_value(1).get_node().get_type_name() == "Constant"
+                           for op in gathers)
+    # The bilinear reads of the feature maps themselves stay unmarked (bf16).
+    assert any(op.get_friendly_name() not in marked for op in gathers)
+
+    backend = OpenVinoBackend(xml_bf16)
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert backend.inference_precision == ("bf16" if "BF16" in capabilities else "f32")
+    assert OpenVinoBackend(xml8).inference_precision == "f32"  # nothing recorded: f32
+    if "BF16" in capabilities:
+        # What the plugin compiled: no compute op made only of marked layers runs in bf16,
+        # others do. (Layout ops are exempt: the plugin rewrites some, e.g. an Unsqueeze into
+        # its own Reshape, and the rewrite drops the mark; documented in openvino_precision.)
+        precisions = {}
+        for op in backend._compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            originals = tuple(info["originalLayersNames"].astype(str).split(","))
+            precisions[originals] = (info["layerType"].astype(str),
+                                     info["runtimePrecision"].astype(str))
+        assert "bf16" in {precision for _, precision in precisions.values()}
+        checked = 0
+        for originals, (layer_type, precision) in precisions.items():
+            if all(name in marked for name in originals) and layer_type not in (
+                    "Reshape", "Gather"):
+                assert precision != "bf16", (originals, layer_type)
+                checked += 1
+        assert checked >= 4
+    reference = OpenVinoBackend(xml8)
+    for images in synthetic_inputs(input_size, 2, EVAL_SEED):
+        a, b = reference.run(images), backend.run(images)
+        for name in reference.output_names:
+            assert cosine(a[name], b[name]) > 0.98, name

@@ -96,14 +96,17 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
     assert overlap.returncode == 2 and "also in the eval set" in overlap.stderr
     for flag, value, message in (("--max-float-layers", "-1", "--max-float-layers"),
                                  ("--float-step", "0", "--float-step"),
-                                 ("--sensitivity-images", "0", "--sensitivity-images")):
+                                 ("--sensitivity-images", "0", "--sensitivity-images"),
+                                 # only openvino lets float ops run in bf16
+                                 ("--float-precision", "bf16", "float precision 'bf16'")):
         bad = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
                          str(tmp_path / "o"), flag, value, *SMALL)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     help_text = run_script("--help")
     assert help_text.returncode == 0
     for flag in ("--precision", "--calib-data", "--eval-size", "--max-drop", "--keep-float",
-                 "--max-float-layers", "--float-step", "--sensitivity-images"):
+                 "--max-float-layers", "--float-step", "--sensitivity-images",
+                 "--float-precision"):
         assert flag in help_text.stdout
 
 
