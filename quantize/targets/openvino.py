@@ -49,6 +49,6 @@ TARGET = Target(
     build=build,
     calibration_methods=RANGE_ESTIMATORS,
     # bf16 float ops with f32 sampling coordinates (quantize.openvino_precision): measured on
-    # the zoo PASSD's INT8 IR, 7.5% faster than f32 at ΔAP -0.6 against it.
+    # the zoo PASSD's INT8 IR, 7.5-11% faster than with f32 float ops, at ΔAP -0.6.
     float_precisions=FLOAT_PRECISIONS,
 )
