@@ -60,7 +60,9 @@ DEFAULT_NMS_MODE = "hard"
 # Keys the runtime needs; the rest are provenance: source (checkpoint, calibration), accuracy,
 # kept_out_of_int8 (op names left in float), accuracy_control (INT8 under --max-drop as a
 # target: calibration method, each layer returned to float with its sensitivity rank and why,
-# every step's ΔAP and latency; quantize/accuracy_control.py), tensorrt (engine build).
+# every step's ΔAP and latency; quantize/accuracy_control.py), tensorrt (engine build),
+# float_precision (OpenVINO INT8: what its float ops compute in; the IR itself carries the
+# hint the backend applies, quantize/openvino_precision.py).
 REQUIRED_KEYS: tuple[str, ...] = (
     "format_version", "name", "head_family", "class_names", "preprocess", "anchor_spec",
     "box_coder_weights", "outputs", "input", "precision", "backend", "files",
