@@ -62,7 +62,9 @@ DEFAULT_NMS_MODE = "hard"
 # target: calibration method, each layer returned to float with its sensitivity rank and why,
 # every step's ΔAP and latency; quantize/accuracy_control.py), tensorrt (engine build),
 # float_precision (OpenVINO INT8: what its float ops compute in; the IR itself carries the
-# hint the backend applies, quantize/openvino_precision.py).
+# hint the backend applies, quantize/openvino_precision.py), weight_storage (float16: the
+# model file stores its float weights as float16 behind casts to float32;
+# quantize/weight_storage.py).
 REQUIRED_KEYS: tuple[str, ...] = (
     "format_version", "name", "head_family", "class_names", "preprocess", "anchor_spec",
     "box_coder_weights", "outputs", "input", "precision", "backend", "files",

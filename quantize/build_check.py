@@ -132,7 +132,8 @@ class Builder:
             keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
             keep_float_categories=self.config.resolved_keep_float(),
             float_layers=trial.float_layers, calibration_method=trial.calibration,
-            float_precision=self.config.float_precision)
+            float_precision=self.config.float_precision,
+            weight_storage=self.config.weight_storage)
 
     def add_second_scale(self, artifact: Artifact, trial: Trial | None = None) -> Artifact:
         """``artifact`` plus its 2x model for double-scale testing, built like it (same

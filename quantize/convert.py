@@ -86,6 +86,9 @@ class ConvertConfig:
         float_precision: what the float ops of INT8 artifacts compute in, one of the
             target's ``float_precisions`` (default f32; ``bf16`` on openvino keeps only the
             sampling coordinates f32: ``quantize.openvino_precision``).
+        weight_storage: the dtype the artifacts' model files store float weights in, one of
+            the target's ``weight_storages`` (default float32; ``float16`` on cpu halves a
+            float model's file, compute stays float32: ``quantize.weight_storage``).
         progress: progress bars and step messages.
         command: how the run was started, for the report (default: this config).
     """
@@ -107,6 +110,7 @@ class ConvertConfig:
     device: str | None = None
     double_scale: bool = False
     float_precision: str = "f32"
+    weight_storage: str = "float32"
     progress: bool = True
     command: str | None = None
 
@@ -127,6 +131,10 @@ class ConvertConfig:
             raise ValueError(f"target {target.name!r} runs the float ops of INT8 artifacts in "
                              f"{' or '.join(target.float_precisions)}; got float precision "
                              f"{self.float_precision!r}")
+        if self.weight_storage not in target.weight_storages:
+            raise ValueError(f"target {target.name!r} stores float weights as "
+                             f"{' or '.join(target.weight_storages)}; got weight storage "
+                             f"{self.weight_storage!r}")
         bad = [c for c in self.keep_float or () if c not in CATEGORIES]
         if bad:
             raise ValueError(f"keep_float: unknown categories {bad}; choose from "

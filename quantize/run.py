@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "f32); openvino also takes bf16: every float op but the P&A / "
                              "deformable sampling coordinates runs in bf16 where the CPU has "
                              "it, and the accuracy check measures it so")
+    parser.add_argument("--weight-storage", default="float32",
+                        choices=sorted({w for t in TARGETS.values() for w in t.weight_storages}),
+                        help="the dtype model files store float weights in (default float32); "
+                             "cpu also takes float16: large float weights stored as float16 "
+                             "and cast to float32 when the model loads (about half the file of "
+                             "a float model, compute unchanged), and the accuracy check "
+                             "measures the stored file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -154,6 +161,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> ConvertConfig
         sensitivity_images=args.sensitivity_images,
         keep_float=_keep_float(args.keep_float), device=args.device,
         double_scale=args.double_scale, float_precision=args.float_precision,
+        weight_storage=args.weight_storage,
         progress=not args.no_progress,
         command="python quantize/run.py " + shlex.join(argv))
 

@@ -54,6 +54,7 @@ class BuildRequest:
     float_layers: tuple[str, ...] = ()
     calibration_method: str | None = None
     float_precision: str = "f32"
+    weight_storage: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ class Target:
             target's runtime among those it takes.
         float_precisions: what the float ops of its INT8 artifacts can compute in
             (``--float-precision``), the default first.
+        weight_storages: the dtypes its model files can store float weights in
+            (``--weight-storage``), the default first.
     """
 
     name: str
@@ -105,6 +108,7 @@ class Target:
     rounds_outputs: bool = False
     sampler: str = "gather"
     float_precisions: tuple[str, ...] = ("f32",)
+    weight_storages: tuple[str, ...] = ("float32",)
 
     @property
     def accuracy_backend(self) -> str:

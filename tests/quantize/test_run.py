@@ -98,16 +98,35 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
                                  ("--float-step", "0", "--float-step"),
                                  ("--sensitivity-images", "0", "--sensitivity-images"),
                                  # only openvino lets float ops run in bf16
-                                 ("--float-precision", "bf16", "float precision 'bf16'")):
-        bad = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
+                                 ("--float-precision", "bf16", "float precision 'bf16'"),
+                                 # only cpu stores float weights as float16
+                                 ("--weight-storage", "float16", "weight storage 'float16'")):
+        target = "openvino" if flag == "--weight-storage" else "cpu"
+        bad = run_script("--checkpoint", str(checkpoint), "--target", target, "--out",
                          str(tmp_path / "o"), flag, value, *SMALL)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     help_text = run_script("--help")
     assert help_text.returncode == 0
     for flag in ("--precision", "--calib-data", "--eval-size", "--max-drop", "--keep-float",
                  "--max-float-layers", "--float-step", "--sensitivity-images",
-                 "--float-precision"):
+                 "--float-precision", "--weight-storage"):
         assert flag in help_text.stdout
+
+
+def test_cpu_float16_weight_storage_is_checked_and_recorded(checkpoint, tmp_path):
+    out = tmp_path / "half"
+    result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
+                        "--precision", "fp32", "--weight-storage", "float16", *SMALL)
+    assert result.returncode == 0, result.stderr
+    manifest = check_artifact(out / "tiny_passd_fp32", "fp32", "onnxruntime")
+    assert manifest["weight_storage"] == "float16"
+    import onnx
+
+    model = onnx.load(str(out / "tiny_passd_fp32" / "model.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    # float16 weights move the detections only by their rounding: the check measured it.
+    assert abs(manifest["accuracy"]["delta_AP"]) <= 1.0
+    assert "float16" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
