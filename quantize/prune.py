@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "images (default 200)")
     parser.add_argument("--no-baseline", action="store_true", help="skip fine-tuning the "
                         "unpruned model with the same budget (the comparison)")
+    parser.add_argument("--distill", action="store_true", help="fine-tune the pruned steps "
+                        "with output distillation from --checkpoint, the model being pruned "
+                        "(train/main.py --distill-from; the baseline trains without it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after --: extra train/main.py flags for fine-tuning")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps, criterion=args.criterion, round_to=args.round_to,
         finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
         baseline=not args.no_baseline, train_args=tuple(train_args), data=args.data,
-        val_images=args.val_images, progress=not args.no_progress)
+        val_images=args.val_images, progress=not args.no_progress, distill=args.distill)
     try:
         log = run_schedule(config)
     except (ValueError, RuntimeError) as error:

@@ -63,6 +63,9 @@ class PruneConfig:
         train_args: extra ``train/main.py`` flags for fine-tuning (optimizer, lr, --amp ...).
         data: ``--data`` of the fine-tuning; default: the checkpoint's own.
         val_images: validation images (synthetic data).
+        distill: fine-tune each pruned step with output distillation from ``checkpoint``
+            (``train.distill``: the model being pruned is the teacher, so no training is
+            added beyond its forward passes); the baseline trains without it.
     """
 
     checkpoint: str
@@ -78,6 +81,7 @@ class PruneConfig:
     data: str | None = None
     val_images: int = 200
     progress: bool = True
+    distill: bool = False
 
 
 @dataclass
@@ -95,8 +99,9 @@ class StepRecord:
 
 
 def _training_argv(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
-                   epochs: int) -> list[str]:
-    """``train/main.py`` flags that fine-tune ``init`` as the checkpoint was trained."""
+                   epochs: int, teacher: str | None = None) -> list[str]:
+    """``train/main.py`` flags that fine-tune ``init`` as the checkpoint was trained (with
+    output distillation from ``teacher`` when given)."""
     kwargs = dict(ckpt_config["kwargs"])
     width, height = (int(v) for v in ckpt_config["preprocess"]["input_size"])
     data = config.data or ckpt_config.get("data") or "synthetic"
@@ -112,20 +117,22 @@ def _training_argv(config: PruneConfig, ckpt_config: dict, init: Path, out: Path
     if not config.progress:
         argv.append("--no-progress")
     argv += list(config.train_args)
+    if teacher is not None:
+        argv += ["--distill-from", teacher]
     if (out / STATE_FILE).is_file():
         argv += ["--resume", str(out / STATE_FILE)]
     return argv
 
 
 def _finetune(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
-              epochs: int) -> tuple[float, float]:
+              epochs: int, teacher: str | None = None) -> tuple[float, float]:
     """Fine-tune ``init`` into ``out`` (resumed when cut short); ``(best AP, seconds)``."""
     from train.main import main as train_main
 
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         start = time.perf_counter()
-        code = train_main(_training_argv(config, ckpt_config, init, out, epochs))
+        code = train_main(_training_argv(config, ckpt_config, init, out, epochs, teacher))
         if code != 0:
             raise RuntimeError(f"fine-tuning {init} failed (train/main.py exit {code})")
         seconds = time.perf_counter() - start
@@ -202,7 +209,8 @@ def run_schedule(config: PruneConfig) -> dict[str, Any]:
         record_base = json.loads(step_log.read_text())
         _, pruned_full = load_checkpoint(pruned_path)
         ap_ft, seconds = _finetune(config, pruned_full, pruned_path, step_dir / "finetune",
-                                   config.finetune_epochs)
+                                   config.finetune_epochs,
+                                   str(config.checkpoint) if config.distill else None)
         current = step_dir / "finetune" / "best"
         pruned_model, _ = build_from_checkpoint(current)
         log["steps"].append(asdict(StepRecord(

@@ -44,6 +44,7 @@ from train.data import (
     collate_training,
     worker_init_fn,
 )
+from train.distill import OutputDistillation
 from train.distributed import DistInfo, all_true, all_true_each, barrier, mean_over_ranks
 from train.evaluation import _autocast, evaluate
 from train.graceful_stop import StopRequest, TrainingStopped
@@ -131,6 +132,8 @@ class Trainer:
         config: hyper-parameters.
         out_dir: run directory (checkpoints, metrics).
         info: this process's rank and device.
+        distillation: a frozen teacher whose predictions add soft targets to the loss
+            (``train.distill``), or None.
     """
 
     def __init__(
@@ -145,8 +148,10 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | Path,
         info: DistInfo,
+        distillation: OutputDistillation | None = None,
     ) -> None:
         self.config = config
+        self.distillation = distillation
         self.info = info
         self.out_dir = Path(out_dir)
         if info.is_main:
@@ -304,8 +309,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with _autocast(info.device, cfg.amp):
             outputs = self.model(images)
-        losses = self.criterion({k: v.float() for k, v in outputs.items()}, self.priors,
-                                targets)
+            teacher = (self.distillation.teacher_outputs(images)
+                       if self.distillation is not None else None)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        losses = self.criterion(outputs, self.priors, targets)
+        if self.distillation is not None and teacher is not None:
+            losses = self.distillation.add_terms(losses, outputs, teacher)
         loss = losses["loss"]
         finite = all_true(bool(torch.isfinite(loss.detach()).item()), info)
         # Every rank runs backward even for a bad loss so DDP's gradient exchange stays in

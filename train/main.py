@@ -208,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "pass simulates INT8 (weights per channel, layer inputs per tensor); "
                         "checkpoints stay plain fp32 weights that quantize/run.py converts "
                         "(train/qat.py). Use a small lr, e.g. adamw 1e-4, and 1-2 epochs")
+    g.add_argument("--distill-from", default=None, metavar="CKPT",
+                   help="also learn from this frozen teacher's predictions over the same "
+                        "anchors (RetinaNet family: HAR-Net, DSANet), e.g. the model a pruned "
+                        "student was pruned from: quantize/prune.py --distill (train/distill.py)")
+    g.add_argument("--distill-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the distillation terms in the loss (default 1.0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -280,6 +286,13 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
             warnings.warn("--sync-bn needs CUDA; keeping per-process BatchNorm", stacklevel=1)
     model = model.to(info.device)
     criterion = build_criterion(model)
+    distillation = None
+    if args.distill_from:
+        from train.distill import load_distillation
+
+        distillation = load_distillation(args.distill_from, model, img_size, info.device,
+                                         args.distill_weight,
+                                         args.memory_format == "channels_last")
     if args.optimizer == "adamw":
         lr = args.lr if args.lr is not None else 1e-3
         weight_decay = args.weight_decay if args.weight_decay is not None else 0.05
@@ -307,7 +320,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
     )
     out_dir = Path(args.out)
     trainer = Trainer(model, criterion, splits.train, splits.val, splits.class_names,
-                      preprocess_config, augmentation, config, out_dir, info)
+                      preprocess_config, augmentation, config, out_dir, info, distillation)
     warmup = trainer.schedule.warmup_iters
     if args.resume is not None:
         state = Path(args.resume) if args.resume else out_dir / STATE_FILE
