@@ -14,8 +14,10 @@ For the RetinaNet family (sigmoid classification: HAR-Net, DSANet), per anchor `
   anchors per image do not drown the few that matter;
 * ``kd_box = sum_a w_a * |d_student - d_teacher|_1 / sum_a w_a`` with ``w_a = max_k t``: the
   teacher's box offsets, trusted as much as the teacher trusts its own score there;
-* ``Z = max(1, sum_a max_k t)``: the teacher's soft count of objects, as the detection loss
-  divides by its number of positives.
+* ``Z = max(1, #{a : max_k t >= 0.5})``: the anchors the teacher calls objects, as the focal
+  loss divides by its number of positives. (The soft count ``sum_a max_k t`` was the first
+  choice; measured on the same-budget HAR-Net it is 4-8x the confident anchors, 240-490 per
+  image, which left ``kd_cls`` about 40x below the focal loss and its effect nil.)
 
 ``loss += weight * (kd_cls + kd_box)``. The choice of these forms over feature imitation is
 ours (the HAR-Net paper does not prune); see ``docs/architecture.md``.
@@ -34,6 +36,8 @@ from edgedet.models.contract import as_detection_model
 
 DEFAULT_WEIGHT = 1.0
 FOCUS_GAMMA = 2.0
+# A teacher's top class probability at or above this counts the anchor in kd_cls's normaliser.
+CONFIDENT = 0.5
 
 
 class OutputDistillation(nn.Module):
@@ -81,7 +85,8 @@ class OutputDistillation(nn.Module):
         focus = (torch.sigmoid(s_logits) - t_prob).abs().pow(FOCUS_GAMMA)
         bce = F.binary_cross_entropy_with_logits(s_logits, t_prob, reduction="none")
         confidence = t_prob.max(dim=-1).values  # (N, A)
-        kd_cls = (bce * focus).sum() / confidence.sum().clamp(min=1.0)
+        confident = (confidence >= CONFIDENT).sum().clamp(min=1)
+        kd_cls = (bce * focus).sum() / confident
         box_l1 = (s_deltas - t_deltas).abs().sum(dim=-1)
         kd_box = (box_l1 * confidence).sum() / confidence.sum().clamp(min=1e-6)
         return {"kd_cls": kd_cls, "kd_box": kd_box}

@@ -37,12 +37,23 @@ def _outputs(cls: list[float], box: list[float]) -> dict[str, torch.Tensor]:
 def test_terms_match_hand_computed_values():
     distill = OutputDistillation(_harnet())
     # Teacher probability sigmoid(ln 3) = 0.75, student 0.5: BCE = ln 2 (the soft target's
-    # two log-terms both read log 0.5), focus (0.25)^2, soft count max(1, 0.75) = 1.
+    # two log-terms both read log 0.5), focus (0.25)^2, one confident anchor.
     terms = distill.terms(_outputs([0.0], [1.0, 0.0, 0.0, -2.0]),
                           _outputs([math.log(3.0)], [0.0, 0.0, 0.0, 0.0]))
     assert terms["kd_cls"].item() == pytest.approx(math.log(2.0) * 0.0625, rel=1e-6)
     # |1| + |-2| = 3, weighted by the teacher's confidence 0.75 over 0.75.
     assert terms["kd_box"].item() == pytest.approx(3.0, rel=1e-6)
+
+
+def test_kd_cls_divides_by_the_anchors_the_teacher_is_confident_about():
+    distill = OutputDistillation(_harnet())
+    logit_09 = math.log(9.0)  # sigmoid = 0.9
+    student = {"cls_logits": torch.zeros(1, 3, 1), "box_deltas": torch.zeros(1, 3, 4)}
+    teacher = {"cls_logits": torch.tensor([[[logit_09], [logit_09], [-logit_09]]]),
+               "box_deltas": torch.zeros(1, 3, 4)}
+    # Per anchor: BCE(0.5, t) = ln 2 whatever t, focus (0.4)^2; two anchors at 0.9 count.
+    expected = 3 * math.log(2.0) * 0.16 / 2
+    assert distill.terms(student, teacher)["kd_cls"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_identical_predictions_add_nothing_and_the_loss_keeps_its_terms():
