@@ -223,3 +223,22 @@ def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     assert "--target-flops" in capsys.readouterr().err
     assert main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a second prune + fine-tune + baseline (about 40 s alone on 2 cores)
+def test_prune_cli_distills_the_steps_from_the_model_being_pruned_not_the_baseline(tmp_path):
+    from quantize.prune import main
+    from train.metrics_log import read_metrics
+
+    _tiny_checkpoint(tmp_path / "full")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(tmp_path / "full"), "--out", str(out), "--steps", "1",
+                 "--target-flops", "0.6", "--finetune-images", "4", "--val-images", "4",
+                 "--distill", "--no-progress", "--", "--batch-size", "4", "--workers", "0",
+                 "--optimizer", "adamw"]) == 0
+    step_args = json.loads((out / "step1" / "finetune" / "args.json").read_text())
+    baseline_args = json.loads((out / "baseline" / "args.json").read_text())
+    assert step_args["distill_from"] == str(tmp_path / "full")
+    assert baseline_args["distill_from"] is None
+    step_rows = [r for r in read_metrics(out / "step1" / "finetune") if r["type"] == "train"]
+    assert step_rows and all(r["kd_cls"] >= 0 and r["kd_box"] >= 0 for r in step_rows)
