@@ -5,7 +5,8 @@ The single definition of the SDK's decoding and selection, built from an artifac
 the conversion pipeline's accuracy check scores its PyTorch reference through a ``Detector``
 that uses it, and training-time evaluation uses it too, so the three report one number::
 
-    outputs {name: (A, k)} ── decode_head_outputs ──► boxes_xyxy (A, 4), scores (A, K)
+    outputs {name: (A, k)} ── decode_head_candidates ──► boxes_xyxy (n, 4), scores (n, K)
+        of the n anchors that can pass the score threshold
         ── select_detections (threshold, top-k, NMS) ──► boxes_to_frame ──► Detections
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from edgedet.anchors import anchor_spec_from_dict
 from edgedet.detections import Detections
-from edgedet.head_decoding import HEAD_FAMILIES, decode_head_outputs
+from edgedet.head_decoding import HEAD_FAMILIES, decode_head_candidates
 from edgedet.options import DetectorOptions
 from edgedet.postprocess import select_detections
 from edgedet.preprocess import FrameTransform
@@ -78,7 +79,7 @@ class HeadDecoder:
         """
         one_image = {name: outputs[name] for name in self.output_names}
         options = self.options
-        boxes_xyxy, scores = decode_head_outputs(
+        _, boxes_xyxy, scores = decode_head_candidates(
             self.head_family, one_image, self.priors_cxcywh,
             self.box_coder_weights,  # type: ignore[arg-type]
             min_score=options.score_threshold)

@@ -65,7 +65,7 @@ def select_detections(
     prune_threshold = score_threshold if 0 < score_threshold < 0.001 else 0.001
     keep, new_scores = batched_soft_nms(
         cand_boxes, cand_scores, class_ids, iou_threshold=iou_threshold,
-        sigma=soft_nms_sigma, score_threshold=prune_threshold,
+        sigma=soft_nms_sigma, score_threshold=prune_threshold, stop_at=score_threshold,
     )
     selected = new_scores > score_threshold
     keep, new_scores = keep[selected][:max_detections], new_scores[selected][:max_detections]

@@ -173,19 +173,22 @@ def normalize_to_nchw(image_bgr: np.ndarray, config: PreprocessConfig) -> np.nda
     """A resized BGR ``uint8 (H, W, 3)`` image → ``(1, 3, H, W) float32``, in the config's
     colour order, ``(x - mean) / std`` per channel.
 
-    One channel plane at a time: broadcasting a 3-vector over ``(H, W, 3)`` runs numpy's
-    inner loop 3 elements long, and took 1.5 ms of a 320x320 input against 0.2 ms this way
-    (the same float32 operations, so the same bits).
+    One contiguous plane at a time (``cv2.split``), converted by ``copyto`` and normalised in
+    place: broadcasting a 3-vector over ``(H, W, 3)`` runs numpy's inner loop 3 elements
+    long (1.5 ms on a 320x320 input), a uint8 → float32 subtract straight from the strided
+    planes 0.19 ms, this 0.11 ms (the same float32 operations, so the same bits).
     """
     mean = np.asarray(config.mean, dtype=np.float32)
     inv_std = 1.0 / np.asarray(config.std, dtype=np.float32)
     height, width = image_bgr.shape[:2]
     out = np.empty((1, 3, height, width), dtype=np.float32)
-    planes = image_bgr.transpose(2, 0, 1)
+    planes = cv2.split(np.ascontiguousarray(image_bgr))
     sources = (2, 1, 0) if config.color_order == "rgb" else (0, 1, 2)
     for channel, source in enumerate(sources):
-        np.subtract(planes[source], mean[channel], out=out[0, channel], dtype=np.float32)
-        np.multiply(out[0, channel], inv_std[channel], out=out[0, channel])
+        plane = out[0, channel]
+        np.copyto(plane, planes[source], casting="unsafe")
+        plane -= mean[channel]
+        plane *= inv_std[channel]
     return out
 
 

@@ -172,6 +172,92 @@ def test_batched_soft_nms_is_per_class() -> None:
     assert np.all(np.diff(new_scores) <= 0)
 
 
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+@pytest.mark.parametrize("stop_at", [0.05, 0.4, 0.9, 1.0])
+def test_soft_nms_stop_at_returns_the_prefix_above_it(method: str, stop_at: float) -> None:
+    # Clustered duplicates (as a detector's candidates are) and tied scores.
+    rng = np.random.default_rng(7)
+    centres = _random_boxes(rng, 12)
+    boxes = (np.repeat(centres, 15, axis=0)
+             + rng.normal(0, 3, (180, 4)).astype(np.float32))
+    scores = rng.uniform(0.0, 1.0, 180).astype(np.float32)
+    scores[50:55] = scores[49]
+    classes = rng.integers(0, 3, 180)
+    full = soft_nms(boxes, scores, iou_threshold=0.3, method=method)
+    early = soft_nms(boxes, scores, iou_threshold=0.3, method=method, stop_at=stop_at)
+    above = full[1] > stop_at
+    np.testing.assert_array_equal(early[0], full[0][above])
+    np.testing.assert_array_equal(early[1], full[1][above])
+    full = batched_soft_nms(boxes, scores, classes, iou_threshold=0.3, method=method)
+    early = batched_soft_nms(boxes, scores, classes, iou_threshold=0.3, method=method,
+                             stop_at=stop_at)
+    above = full[1] > stop_at
+    np.testing.assert_array_equal(early[0], full[0][above])
+    np.testing.assert_array_equal(early[1], full[1][above])
+
+
+def _clustered_candidates(seed: int, n: int = 200) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """A camera frame's candidates: duplicates around a few objects, tied scores, a
+    zero-area and a non-finite box, several classes."""
+    rng = np.random.default_rng(seed)
+    boxes = (np.repeat(_random_boxes(rng, n // 10), 10, axis=0)
+             + rng.normal(0, 3, (n, 4)).astype(np.float32))
+    boxes[5, 2:] = boxes[5, :2]
+    boxes[6] = [0, 0, np.inf, np.inf]
+    boxes[7] = [1, 1, np.inf, np.inf]  # infinite overlap with box 6
+    scores = rng.uniform(0.0, 0.9, n).astype(np.float32)
+    scores[20:24] = scores[19]
+    classes = rng.integers(0, 4, n)
+    classes[7] = classes[6]
+    # Two top boxes tied across classes, the lower index in the higher class.
+    scores[[0, n - 1]], classes[[0, n - 1]] = 0.95, [3, 0]
+    return boxes, scores, classes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_joint_class_aware_nms_equals_the_per_class_loops(seed: int, monkeypatch) -> None:
+    boxes, scores, classes = _clustered_candidates(seed)
+    with np.errstate(invalid="ignore"):
+        joint_nms = batched_nms(boxes, scores, classes, 0.5)
+        joint_soft = [batched_soft_nms(boxes, scores, classes, 0.5, method=method,
+                                       stop_at=stop_at)
+                      for method in ("linear", "gaussian") for stop_at in (None, 0.4)]
+        monkeypatch.setattr(boxes_module, "JOINT_LIMIT", 0)
+        np.testing.assert_array_equal(joint_nms, batched_nms(boxes, scores, classes, 0.5))
+        per_class_soft = [batched_soft_nms(boxes, scores, classes, 0.5, method=method,
+                                           stop_at=stop_at)
+                          for method in ("linear", "gaussian") for stop_at in (None, 0.4)]
+    assert 10 < len(joint_nms) < len(boxes)
+    for joint, per_class in zip(joint_soft, per_class_soft, strict=True):
+        np.testing.assert_array_equal(joint[0], per_class[0])
+        np.testing.assert_array_equal(joint[1], per_class[1])
+
+
+def test_box_voting_equals_a_loop_over_kept_boxes() -> None:
+    rng = np.random.default_rng(8)
+    candidates = np.repeat(_random_boxes(rng, 10), 8, axis=0) + rng.normal(
+        0, 2, (80, 4)).astype(np.float32)
+    scores = rng.uniform(0.05, 1.0, 80).astype(np.float32)
+    classes = rng.integers(0, 4, 80)
+    kept = np.append(batched_nms(candidates, scores, classes, 0.5), 0)  # rows may repeat
+    kept_boxes = np.append(candidates[kept], [[900, 900, 910, 910]], axis=0)  # no voters
+    kept_classes = np.append(classes[kept], 1)
+    voted, voted_scores = box_voting(kept_boxes, kept_classes, candidates, scores, classes,
+                                     0.5)
+    for row, (box, cls) in enumerate(zip(kept_boxes, kept_classes, strict=True)):
+        iou = box_iou(box[None], candidates)[0]
+        voters = np.flatnonzero((iou >= 0.5) & (classes == cls))
+        if not voters.size:
+            np.testing.assert_array_equal(voted[row], box)
+            assert voted_scores[row] == 0
+            continue
+        weights = scores[voters].astype(np.float64)
+        expected = (weights[:, None] * candidates[voters]).sum(axis=0) / weights.sum()
+        np.testing.assert_allclose(voted[row], expected, rtol=1e-6, atol=1e-4)
+        assert voted_scores[row] == scores[voters].max()
+
+
 def test_box_voting_hand_values() -> None:
     kept = np.array([[0, 0, 10, 10]], np.float32)
     candidates = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32)

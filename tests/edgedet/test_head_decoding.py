@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from edgedet.head_decoding import (
+    decode_head_candidates,
     decode_head_outputs,
     decode_passd,
     decode_retinanet,
@@ -131,9 +132,29 @@ def test_decoding_only_the_anchors_that_can_pass_selects_the_same_detections(fam
     np.testing.assert_array_equal(boxes[passing], full_boxes[passing])
     np.testing.assert_array_equal(scores[passing], full_scores[passing])
     assert not (scores[~passing] > threshold).any()
+    rows, row_boxes, row_scores = decode_head_candidates(family, outputs, priors, SSD_WEIGHTS,
+                                                         min_score=threshold)
+    # The candidates are ascending anchor rows, a superset of the passing ones, same values.
+    assert np.all(np.diff(rows) > 0) and set(np.flatnonzero(passing)) <= set(rows.tolist())
+    np.testing.assert_array_equal(row_boxes, full_boxes[rows])
+    np.testing.assert_array_equal(row_scores, full_scores[rows])
     for mode in ("hard", "soft+voting"):
         expected = select_detections(full_boxes, full_scores, score_threshold=threshold,
-                                     nms_mode=mode)
-        actual = select_detections(boxes, scores, score_threshold=threshold, nms_mode=mode)
-        for a, b in zip(actual, expected, strict=True):
-            np.testing.assert_array_equal(a, b)
+                                     nms_mode=mode, pre_nms_top_k=30)
+        for candidate_boxes, candidate_scores in ((boxes, scores), (row_boxes, row_scores)):
+            actual = select_detections(candidate_boxes, candidate_scores,
+                                       score_threshold=threshold, nms_mode=mode,
+                                       pre_nms_top_k=30)
+            for a, b in zip(actual, expected, strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_candidates_without_a_threshold_are_every_anchor() -> None:
+    rows, boxes, scores = decode_head_candidates(
+        "ssd", {"cls_logits": np.zeros((1, 3)), "box_deltas": np.zeros((1, 4))}, PRIORS,
+        SSD_WEIGHTS)
+    assert rows is None and boxes.shape == (1, 4) and scores.shape == (1, 2)
+    rows, boxes, scores = decode_head_candidates(
+        "retinanet", {"cls_logits": np.full((1, 2), -20.0), "box_deltas": np.zeros((1, 4))},
+        PRIORS, SSD_WEIGHTS, min_score=0.5)
+    assert rows.shape == (0,) and boxes.shape == (0, 4) and scores.shape == (0, 2)
