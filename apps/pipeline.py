@@ -27,7 +27,7 @@ import numpy as np
 from edgedet import Detections, Detector
 from edgedet.backends import BACKENDS
 from edgedet.draw import draw_detections, draw_text_panel
-from edgedet.options import APPLICATION_SCORE_THRESHOLD
+from edgedet.options import APPLICATION_SCORE_THRESHOLD, MAX_TILES
 from edgedet.track import TrackedDetections, Tracker, TrackerOptions
 
 # isort: split
@@ -56,7 +56,7 @@ class FpsMeter:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both apps take: --source, --model, --backend, --device, --allow-unchecked,
-    --score-threshold, --double-scale, --track and --max-frames."""
+    --score-threshold, --double-scale, --tiles, --track and --max-frames."""
     parser.add_argument("--source", default=None, help=SOURCE_HELP)
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="zoo model name or artifact directory (default: %(default)s)")
@@ -76,6 +76,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HAR-Net's double-scale testing: each frame also runs at 2x input "
                         "and the outputs are merged (better on small objects, ~3x slower; "
                         "artifacts converted with quantize/run.py --double-scale)")
+    parser.add_argument("--tiles", type=int, default=1, metavar="N",
+                        help="tiled inference for small objects: each frame also runs as an "
+                        "N x N grid of overlapping crops (N*N+1 model runs per frame; 2 finds "
+                        "about twice the objects of the demo video; default: 1, off)")
     parser.add_argument("--track", action="store_true",
                         help="give each object an id that follows it from frame to frame "
                         "(ByteTrack; needs pip install 'edgedet[track]'); only tracked objects "
@@ -89,6 +93,8 @@ def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--max-frames must be >= 1")
     if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
         parser.error(f"--score-threshold must be from 0 to 1, got {args.score_threshold}")
+    if not 1 <= args.tiles <= MAX_TILES:
+        parser.error(f"--tiles must be from 1 to {MAX_TILES}, got {args.tiles}")
 
 
 def load_detector(args: argparse.Namespace) -> Detector:
@@ -102,6 +108,8 @@ def load_detector(args: argparse.Namespace) -> Detector:
         {} if args.score_threshold is None else {"score_threshold": args.score_threshold})
     if getattr(args, "double_scale", False):
         overrides["double_scale"] = True
+    if getattr(args, "tiles", 1) > 1:
+        overrides["tiles"] = args.tiles
     return Detector(args.model, backend=args.backend, device=args.device,
                     allow_unchecked=args.allow_unchecked, **overrides)
 

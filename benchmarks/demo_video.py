@@ -10,7 +10,11 @@ frame next to it) and prints, per model:
   draws) and the share of ground-truth objects one of them covers (same class, IoU >= 0.5),
   overall and for COCO's small / medium / large objects (area < 32^2, < 96^2, larger);
 - AP / AP50 / APs on the same frames with the evaluation settings (threshold 0.01), the figure
-  to compare with the accuracy check's synthetic eval split.
+  to compare with the accuracy check's synthetic eval split;
+- ms/frame: ``detect()`` p50 at the application settings.
+
+``--tiles 2 3`` measures each model once per tiling setting (``DetectorOptions.tiles``, tiled
+inference: 1 is off), so the gain on small objects and its cost are in one table.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ use_repo_root(__file__)
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +38,7 @@ from edgedet.boxes import box_iou
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
 from edgedet.detections import Detections
 from edgedet.detector import Detector
+from edgedet.options import MAX_TILES
 from edgedet.zoo import list_models
 
 
@@ -93,17 +100,21 @@ def covered(found: Detections, gt_xyxy: np.ndarray, gt_classes: np.ndarray) -> i
 SIZE_BUCKETS = (("S", 0.0, 32.0**2), ("M", 32.0**2, 96.0**2), ("L", 96.0**2, np.inf))
 
 
-def measure(model: str, frames: Sequence[tuple[int, np.ndarray]], coco: dict) -> dict:
-    application = Detector(model)
-    evaluation = Detector(model, settings="evaluation")
+def measure(model: str, frames: Sequence[tuple[int, np.ndarray]], coco: dict,
+            tiles: int = 1) -> dict:
+    application = Detector(model, tiles=tiles)
+    evaluation = Detector(model, settings="evaluation", tiles=tiles)
     image_ids = [index + 1 for index, _ in frames]
     found_total = 0
     hits: list[np.ndarray] = []
     areas: list[np.ndarray] = []
     results: list[dict] = []
+    latencies: list[float] = []
     for (_, frame), image_id in zip(frames, image_ids, strict=True):
         gt_xyxy, gt_classes = ground_truth_of(coco, image_id)
+        start = time.perf_counter()
         found = application.detect(frame)
+        latencies.append((time.perf_counter() - start) * 1000.0)
         found_total += len(found)
         hits.append(covered_mask(found, gt_xyxy, gt_classes))
         areas.append((gt_xyxy[:, 2] - gt_xyxy[:, 0]) * (gt_xyxy[:, 3] - gt_xyxy[:, 1]))
@@ -120,10 +131,11 @@ def measure(model: str, frames: Sequence[tuple[int, np.ndarray]], coco: dict) ->
         in_bucket = (area >= low) & (area < high)
         by_size[f"recall_{bucket}"] = (float(hit[in_bucket].mean()) if in_bucket.any()
                                        else float("nan"))
-    return {"model": model, "threshold": application.options.score_threshold,
+    return {"model": model, "tiles": tiles, "threshold": application.options.score_threshold,
             "gt_per_frame": len(hit) / len(frames), "found_per_frame": found_total / len(frames),
             "recall": float(hit.mean()) if len(hit) else 0.0, **by_size,
-            **{key: metrics[key] * 100 for key in ("AP", "AP50", "APs")}}
+            **{key: metrics[key] * 100 for key in ("AP", "AP50", "APs")},
+            "ms_per_frame": statistics.median(latencies)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,10 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="another video with its COCO ground truth next to it as "
                              "<stem>.json, e.g. from edgedet.data.synthetic_video (default: "
                              "the demo video)")
+    parser.add_argument("--tiles", type=int, nargs="+", default=[1], metavar="N",
+                        help="tiled inference settings to measure, e.g. 1 2 3 (default: 1, off)")
     parser.add_argument("--json", action="store_true", help="print one JSON line per model")
     args = parser.parse_args(argv)
     if args.every < 1 or args.frames < 1:
         parser.error("--every and --frames must be >= 1")
+    if any(not 1 <= n <= MAX_TILES for n in args.tiles):
+        parser.error(f"--tiles: each from 1 to {MAX_TILES}")
     models = args.models.split(",") if args.models else list_models()
     video = args.video or demo_video()
     truth = video.with_suffix(".json")
@@ -152,17 +168,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.json:
         print(f"video {video.name}: {len(frames)} frames, one every {args.every}")
     if not args.json:
-        print(f"{'model':<24} {'thr':>4} {'GT/frame':>8} {'found/frame':>11} {'recall':>6} "
-              f"{'S / M / L':>16} {'AP':>5} {'AP50':>5} {'APs':>5}")
+        print(f"{'model':<24} {'tiles':>5} {'thr':>4} {'GT/frame':>8} {'found/frame':>11} "
+              f"{'recall':>6} {'S / M / L':>16} {'AP':>5} {'AP50':>5} {'APs':>5} "
+              f"{'ms/frame':>8}")
     for model in models:
-        row = measure(model, frames, coco)
-        if args.json:
-            print(json.dumps(row))
-        else:
+        for tiles in args.tiles:
+            row = measure(model, frames, coco, tiles)
+            if args.json:
+                print(json.dumps(row))
+                continue
             sizes = " / ".join(f"{row[f'recall_{b}']:.2f}" for b, _, _ in SIZE_BUCKETS)
-            print(f"{row['model']:<24} {row['threshold']:>4.2f} {row['gt_per_frame']:>8.1f} "
-                  f"{row['found_per_frame']:>11.1f} {row['recall']:>6.2f} {sizes:>16} "
-                  f"{row['AP']:>5.1f} {row['AP50']:>5.1f} {row['APs']:>5.1f}")
+            print(f"{row['model']:<24} {tiles:>5} {row['threshold']:>4.2f} "
+                  f"{row['gt_per_frame']:>8.1f} {row['found_per_frame']:>11.1f} "
+                  f"{row['recall']:>6.2f} {sizes:>16} {row['AP']:>5.1f} {row['AP50']:>5.1f} "
+                  f"{row['APs']:>5.1f} {row['ms_per_frame']:>8.1f}", flush=True)
     return 0
 
 

@@ -9,6 +9,8 @@ One call of ``detect(frame)`` is::
 
 With ``double_scale=True`` (HAR-Net's double-scale testing) the frame also runs through the
 artifact's 2x model and the raw outputs are merged (``edgedet.double_scale``) before decoding.
+With ``tiles=n`` (tiled inference, for small objects) the frame also runs as an ``n x n`` grid
+of overlapping crops, each as above, and the detections are merged (``edgedet.tiling``).
 
 Only the model itself runs in the inference runtime; decoding and NMS are numpy, identical for
 every backend and precision. The backend is any ``InferenceBackend``: one of the table in
@@ -53,7 +55,9 @@ from edgedet.preprocess import (
     FrameTransform,
     PreprocessConfig,
     preprocess,
+    validate_frame,
 )
+from edgedet.tiling import merge_tiles, tile_grid
 from edgedet.zoo import resolve_model
 
 
@@ -210,6 +214,8 @@ class Detector:
             on = f"; providers {', '.join(providers)}" if providers else ""
             backend += f" (fallback: {self.fallback_reason}{on})"
         scales = " + 2x (double-scale testing)" if self._second_scale is not None else ""
+        if self.options.tiles > 1:
+            scales += f", tiled {self.options.tiles}x{self.options.tiles}"
         return (f"Detector({self.name!r}, backend={backend}, "
                 f"precision={self._manifest['precision']!r}, input={self.input_size}{scales}, "
                 f"check={self.check!r})")
@@ -246,6 +252,25 @@ class Detector:
         Raises:
             FrameError: the frame is not an image (wrong type, shape, dtype, values).
         """
+        if self.options.tiles > 1:
+            return self._detect_tiled(frame)
+        return self._detect_once(frame)
+
+    def _detect_tiled(self, frame: np.ndarray) -> Detections:
+        """``detect`` with tiled inference: the frame, then each crop, merged."""
+        frame = validate_frame(frame)
+        height, width = frame.shape[:2]
+        options = self.options
+        try:
+            tiles = tile_grid((width, height), options.tiles, options.tile_overlap)
+        except ValueError as exc:  # a frame of a few pixels
+            raise FrameError(str(exc)) from exc
+        parts = [(tile, self._detect_once(tile.crop(frame))) for tile in tiles]
+        return merge_tiles(self._detect_once(frame), parts, (width, height),
+                           options.iou_threshold, options.max_detections)
+
+    def _detect_once(self, frame: np.ndarray) -> Detections:
+        """``detect`` of the frame as it is (no tiling)."""
         images, transform = self.preprocess(frame)
         outputs = self._backend.run(images)
         if self._second_scale is not None:
@@ -268,8 +293,8 @@ class Detector:
             transforms.append(transform)
         if not inputs:
             return []
-        if self._second_scale is not None:  # two runs per frame: no batching gain
-            return [self.detect(frame) for frame in frames]
+        if self._second_scale is not None or self.options.tiles > 1:
+            return [self.detect(frame) for frame in frames]  # several runs per frame
         outputs = self.run_model(np.concatenate(inputs, axis=0))
         return self.decoder.decode_batch(outputs, transforms)
 

@@ -17,6 +17,9 @@ from edgedet.postprocess import NMS_MODES, NmsMode
 # ``application`` section; older manifests without one get it from here.
 APPLICATION_SCORE_THRESHOLD = 0.4
 SETTINGS = ("application", "evaluation")
+# Tiled inference runs tiles**2 + 1 models per frame; beyond 8x8 a crop of a camera frame is
+# smaller than the model's input.
+MAX_TILES = 8
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,12 @@ class DetectorOptions:
             also runs through the artifact's 2x model and the two runs' outputs are merged
             before decoding. Needs an artifact converted with ``quantize/run.py
             --double-scale``; slower (the 2x run has 4x the pixels), better on small objects.
+        tiles: tiled inference (``edgedet.tiling``): with ``n > 1`` each frame also runs as
+            an ``n x n`` grid of overlapping crops and the detections are merged; objects
+            reach the model about ``n`` times larger, at ``n * n + 1`` model runs per frame.
+            1 (the default) runs the frame once.
+        tile_overlap: how much neighbouring crops overlap, as a fraction of a crop's side
+            (an object smaller than the overlap lies wholly inside some crop).
     """
 
     score_threshold: float = 0.05
@@ -54,6 +63,8 @@ class DetectorOptions:
     threads: int | None = None
     device: str | None = None
     double_scale: bool = False
+    tiles: int = 1
+    tile_overlap: float = 0.25
 
     def __post_init__(self) -> None:
         if not _is_real(self.score_threshold) or not 0.0 <= self.score_threshold <= 1.0:
@@ -74,6 +85,11 @@ class DetectorOptions:
             raise ValueError(f"device must be None or a non-empty string, got {self.device!r}")
         if not isinstance(self.double_scale, bool | np.bool_):
             raise ValueError(f"double_scale must be True or False, got {self.double_scale!r}")
+        if not _is_int(self.tiles) or not 1 <= self.tiles <= MAX_TILES:
+            raise ValueError(f"tiles must be an integer from 1 to {MAX_TILES}, got "
+                             f"{self.tiles!r}")
+        if not _is_real(self.tile_overlap) or not 0.0 <= self.tile_overlap <= 0.75:
+            raise ValueError(f"tile_overlap must be from 0 to 0.75, got {self.tile_overlap!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

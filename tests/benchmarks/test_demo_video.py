@@ -36,10 +36,12 @@ def test_one_zoo_model_on_a_short_video(tmp_path, capsys):
     from edgedet.data.synthetic_video import render_synthetic_video
 
     video = render_synthetic_video(tmp_path / "v.mp4", num_frames=6, seed=3, progress=False)
-    assert main(["--video", str(video), "--models", "passd_mobilenet", "--every", "2",
-                 "--json"]) == 0
-    row = json.loads(capsys.readouterr().out)
-    assert row["model"] == "passd_mobilenet" and row["gt_per_frame"] > 0
+    assert main(["--video", str(video), "--models", "passd_mobilenet_int8", "--every", "2",
+                 "--tiles", "1", "2", "--json"]) == 0
+    row, tiled = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (row["tiles"], tiled["tiles"]) == (1, 2) and tiled["ms_per_frame"] > 0
+    assert row["gt_per_frame"] == tiled["gt_per_frame"]
+    assert row["model"] == "passd_mobilenet_int8" and row["gt_per_frame"] > 0
     assert 0.0 <= row["recall"] <= 1.0 and row["found_per_frame"] >= 0
     by_size = [row[f"recall_{size}"] for size in "SML"]
     assert all(np.isnan(r) or 0.0 <= r <= 1.0 for r in by_size)
