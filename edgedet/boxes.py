@@ -89,6 +89,13 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
     (torchvision's convention). Equal scores keep the lower index first.
     """
     boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
+    return _greedy_nms(boxes, scores, iou_threshold)
+
+
+def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
+                class_ids: np.ndarray | None = None) -> np.ndarray:
+    """``nms``'s loop; with ``class_ids``, of every class at once (a box suppresses only its
+    own class), kept indices in selection order."""
     order = np.argsort(-scores, kind="stable")
     areas = box_area(boxes)
     # (One IoU row per kept box: suppressed boxes leave the loop at once, so at the 100-250
@@ -98,8 +105,10 @@ def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.
         i = order[0]
         keep.append(int(i))
         rest = order[1:]
-        iou = _iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest])
-        order = rest[iou <= iou_threshold]
+        survives = _iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest]) <= iou_threshold
+        if class_ids is not None:
+            survives |= class_ids[rest] != class_ids[i]
+        order = rest[survives]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -122,7 +131,9 @@ def batched_nms(
     if np.asarray(class_ids).shape != scores.shape:
         raise ValueError("class_ids must have the same shape as scores")
     if 0 < len(boxes) <= JOINT_LIMIT:
-        return _nms_joint(boxes, scores, np.asarray(class_ids, np.int64), iou_threshold)
+        class_ids = np.asarray(class_ids, dtype=np.int64)
+        keep = _greedy_nms(boxes, scores, iou_threshold, class_ids)
+        return keep[_class_order(keep, class_ids, scores[keep])]
     kept = [group[nms(boxes[group], scores[group], iou_threshold)]
             for group in _per_class(class_ids)]
     if not kept:
@@ -144,57 +155,6 @@ def _class_order(keep: np.ndarray, class_ids: np.ndarray, scores: np.ndarray) ->
     """The order the per-class paths return ``keep`` in: decreasing score, ties by class,
     then by selection order within the class."""
     return np.lexsort((np.arange(len(keep)), class_ids[keep], -scores))
-
-
-def _nms_joint(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-               iou_threshold: float) -> np.ndarray:
-    """``batched_nms`` of a few hundred boxes in one greedy loop over every class."""
-    order = np.argsort(-scores, kind="stable")
-    areas = box_area(boxes)
-    kept: list[int] = []
-    while order.size:
-        i = order[0]
-        kept.append(int(i))
-        rest = order[1:]
-        iou = _iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest])
-        order = rest[(iou <= iou_threshold) | (class_ids[rest] != class_ids[i])]
-    keep = np.asarray(kept, dtype=np.int64)
-    return keep[_class_order(keep, class_ids, scores[keep])]
-
-
-def _soft_nms_joint(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
-                    iou_threshold: float, sigma: float, score_threshold: float,
-                    method: SoftNmsMethod, stop_at: float | None) -> tuple[np.ndarray,
-                                                                          np.ndarray]:
-    """``batched_soft_nms`` of a few hundred boxes in one loop over every class (the first
-    maximum of all classes is the lowest index among its class's maxima too)."""
-    areas = box_area(boxes)
-    remaining = np.flatnonzero(scores >= score_threshold)
-    current = scores.astype(np.float64)
-    keep: list[int] = []
-    kept_scores: list[float] = []
-    while remaining.size:
-        pos = int(np.argmax(current[remaining]))
-        i = remaining[pos]
-        if stop_at is not None and current[i] <= stop_at:
-            break
-        keep.append(int(i))
-        kept_scores.append(float(current[i]))
-        remaining = np.delete(remaining, pos)
-        rivals = remaining[class_ids[remaining] == class_ids[i]]
-        if not rivals.size:
-            continue
-        iou = _iou_one_to_many(boxes[i], areas[i], boxes[rivals], areas[rivals])
-        if method == "linear":
-            decay = np.where(iou >= iou_threshold, 1.0 - iou, 1.0)
-        else:
-            decay = np.exp(-(iou * iou) / sigma)
-        current[rivals] *= decay
-        remaining = remaining[current[remaining] >= score_threshold]
-    keep_array = np.asarray(keep, dtype=np.int64)
-    new_scores = np.asarray(kept_scores, dtype=np.float32)
-    order = _class_order(keep_array, class_ids, new_scores)
-    return keep_array[order], new_scores[order]
 
 
 def soft_nms(
@@ -228,16 +188,31 @@ def soft_nms(
         which is also non-increasing decayed score, and their decayed scores.
     """
     boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
+    _check_soft_nms_settings(method, sigma)
+    return _soft_nms_loop(boxes, scores, None, iou_threshold, sigma, score_threshold, method,
+                          stop_at)
+
+
+def _check_soft_nms_settings(method: str, sigma: float) -> None:
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}")
     if sigma <= 0:
         raise ValueError(f"soft_nms sigma must be > 0, got {sigma}")
+
+
+def _soft_nms_loop(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray | None,
+                   iou_threshold: float, sigma: float, score_threshold: float,
+                   method: SoftNmsMethod, stop_at: float | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``soft_nms``'s loop; with ``class_ids``, of every class at once (a box decays only its
+    own class; the first maximum over all classes is also the lowest index among its own
+    class's maxima, so each class's picks are the same)."""
     remaining = np.flatnonzero(scores >= score_threshold)
     current = scores.astype(np.float64)
     areas = box_area(boxes)
-    # The matrix pays when the loop visits most boxes, i.e. when it runs to the end.
-    matrix = (_iou_matrix(boxes, areas)
-              if len(boxes) <= IOU_MATRIX_LIMIT and stop_at is None else None)
+    # The matrix pays when the loop visits most boxes of one class: no early stop.
+    matrix = (_iou_matrix(boxes, areas) if class_ids is None and stop_at is None
+              and len(boxes) <= IOU_MATRIX_LIMIT else None)
     keep: list[int] = []
     kept_scores: list[float] = []
     while remaining.size:
@@ -248,15 +223,17 @@ def soft_nms(
         keep.append(int(i))
         kept_scores.append(float(current[i]))
         remaining = np.delete(remaining, pos)
-        if not remaining.size:
-            break
-        iou = (matrix[i, remaining] if matrix is not None else
-               _iou_one_to_many(boxes[i], areas[i], boxes[remaining], areas[remaining]))
+        rivals = (remaining if class_ids is None
+                  else remaining[class_ids[remaining] == class_ids[i]])
+        if not rivals.size:
+            continue
+        iou = (matrix[i, rivals] if matrix is not None else
+               _iou_one_to_many(boxes[i], areas[i], boxes[rivals], areas[rivals]))
         if method == "linear":
             decay = np.where(iou >= iou_threshold, 1.0 - iou, 1.0)
         else:
             decay = np.exp(-(iou * iou) / sigma)
-        current[remaining] *= decay
+        current[rivals] *= decay
         remaining = remaining[current[remaining] >= score_threshold]
     return np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float32)
 
@@ -274,17 +251,16 @@ def batched_soft_nms(
     """Class-aware Soft-NMS (``soft_nms`` per class). Returns ``(keep, new_scores)`` sorted by
     decreasing new score."""
     boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
-    if method not in ("linear", "gaussian"):
-        raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}")
-    if sigma <= 0:
-        raise ValueError(f"soft_nms sigma must be > 0, got {sigma}")
+    _check_soft_nms_settings(method, sigma)
+    settings = (iou_threshold, sigma, score_threshold, method, stop_at)
     if 0 < len(boxes) <= JOINT_LIMIT:
-        return _soft_nms_joint(boxes, scores, np.asarray(class_ids, np.int64).reshape(-1),
-                               iou_threshold, sigma, score_threshold, method, stop_at)
+        class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        keep, new = _soft_nms_loop(boxes, scores, class_ids, *settings)
+        order = _class_order(keep, class_ids, new)
+        return keep[order], new[order]
     keeps, new_scores = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for group in _per_class(class_ids):
-        k, s = soft_nms(boxes[group], scores[group], iou_threshold, sigma, score_threshold,
-                        method, stop_at)
+        k, s = _soft_nms_loop(boxes[group], scores[group], None, *settings)
         keeps.append(group[k])
         new_scores.append(s)
     keep, new = np.concatenate(keeps), np.concatenate(new_scores)
