@@ -109,7 +109,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def _option_overrides(args: argparse.Namespace) -> dict:
     """Detector options given on the command line (unset ones come from the manifest)."""
     names = ("score_threshold", "iou_threshold", "max_detections", "nms_mode", "threads",
-             "device", "double_scale")
+             "device", "double_scale", "tiles")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -471,6 +471,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--double-scale", action="store_const", const=True, default=None,
                         help="HAR-Net's double-scale testing: also run the artifact's 2x model "
                         "and merge (artifacts converted with quantize/run.py --double-scale)")
+    parser.add_argument("--tiles", type=int, default=None, metavar="N",
+                        help="tiled inference for small objects: also run an N x N grid of "
+                        "overlapping crops and merge (N*N+1 model runs per image; default 1)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,20 @@ def test_detect_an_image_prints_the_box_and_saves_a_drawing(
     assert np.abs(drawn[85].astype(int) - 90).mean() < 5
 
 
+def test_detect_with_tiles_adds_the_crops_detections(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The planted model finds its object in the whole frame and in each of the 4 crops
+    # (tests/edgedet/test_tiling.py computes the boxes).
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.full((96, 128, 3), 90, np.uint8))
+    assert main(["detect", "--model", str(models["planted"]), str(image), "--tiles", "2",
+                 "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["detections"]) == 5
+    assert main(["detect", "--model", str(models["planted"]), str(image), "--tiles", "0"]) != 0
+    assert "tiles" in capsys.readouterr().err
+
+
 def test_detect_a_folder_as_json_lines(models: dict[str, Path], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "images"
