@@ -283,18 +283,22 @@ class Detector:
         Raises:
             FrameError: naming the index of the first bad frame.
         """
-        inputs, transforms = [], []
+        several_runs = self._second_scale is not None or self.options.tiles > 1
+        inputs, transforms, checked = [], [], []
         for index, frame in enumerate(frames):
             try:
+                if several_runs:  # each frame is detect()-ed on its own: only check it here
+                    checked.append(validate_frame(frame))
+                    continue
                 images, transform = self.preprocess(frame)
             except FrameError as exc:
                 raise FrameError(f"frame {index}: {exc}") from exc
             inputs.append(images)
             transforms.append(transform)
+        if several_runs:
+            return [self.detect(frame) for frame in checked]
         if not inputs:
             return []
-        if self._second_scale is not None or self.options.tiles > 1:
-            return [self.detect(frame) for frame in frames]  # several runs per frame
         outputs = self.run_model(np.concatenate(inputs, axis=0))
         return self.decoder.decode_batch(outputs, transforms)
 
