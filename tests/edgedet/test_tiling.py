@@ -94,7 +94,7 @@ def test_tiled_detect_rejects_bad_frames_and_options(planted: Path) -> None:
     with pytest.raises(FrameError, match="frame 1"):
         Detector(planted, tiles=2).detect_batch([np.zeros((96, 128, 3), np.uint8), "frame"])
     with pytest.raises(FrameError, match="too small"):
-        Detector(planted, tiles=8).detect(np.zeros((8, 8, 3), np.uint8))
+        Detector(planted, tiles=8).detect(np.zeros((3, 3, 3), np.uint8))
     for bad in (dict(tiles=0), dict(tiles=9), dict(tiles=2.0), dict(tile_overlap=0.9)):
         with pytest.raises(ValueError):
             Detector(planted, **bad)
