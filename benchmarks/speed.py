@@ -29,10 +29,12 @@ markdown tables:
    here as the ``cpu`` and ``openvino`` targets build it (``rewrite_for_export`` with the
    target's sampler, ``export_onnx``, ``Target.build``: QDQ INT8 by ``quantize_onnx`` for
    ONNX Runtime, NNCF INT8 IR by ``quantize_openvino``, both with the default keep-float
-   scope and 8 random calibration inputs). OpenVINO runs as the SDK runs it
-   (``INFERENCE_PRECISION_HINT`` f32), plus once at the CPU plugin's default precision (bf16
-   on CPUs that have it). *computes* is the precision OpenVINO reports it computes float ops
-   in; *vs fp32* compares with the same runtime's fp32 model.
+   scope and 8 random calibration inputs; the IR a second time with its float ops in bf16
+   except the sampling coordinates, ``--float-precision bf16``). OpenVINO runs as the SDK
+   runs it (``INFERENCE_PRECISION_HINT`` f32, or bf16 for that second IR), plus once at the
+   CPU plugin's default precision (bf16 on CPUs that have it). *computes* is the precision
+   OpenVINO reports it computes float ops in; *vs fp32* compares with the same runtime's fp32
+   model.
 3. Attend stage: the export variants of PASSD's P&A attend conv (the classes of
    ``benchmarks/pa_attend_conv.py``) at the paper's largest level (256 channels, 3 anchors x
    81 outputs, 40x40 map), fp32, against a plain 3x3 conv of the same size.
@@ -224,10 +226,13 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
 def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
                       calibration: Sequence[np.ndarray], label: str,
                       precisions: Sequence[str] = ("fp32", "int8"),
+                      float_precisions: Sequence[str] = ("f32",),
                       ) -> dict[tuple[str, str], Path]:
     """``model`` built as the ``cpu`` and ``openvino`` targets build it (their sampler, the
     default keep-float scope, ``Target.build``) for each precision, in ``work_dir``:
-    ``{(target, precision): model file}``. INT8 ranges come from ``calibration``."""
+    ``{(target, precision): model file}``. INT8 ranges come from ``calibration``. INT8 is
+    built once per float precision of ``float_precisions`` the target offers, keyed ``int8``
+    (f32) and e.g. ``int8 bf16``."""
     built: dict[tuple[str, str], Path] = {}
     for target_name in ("cpu", "openvino"):
         target = target_named(target_name)
@@ -237,12 +242,17 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
         keep_float = tuple(flatten(find_kept_out_nodes(onnx.load(str(onnx_fp32)),
                                                        target.default_keep_float)))
         for precision in precisions:
-            _progress(f"building {label}: {target_name} {precision}")
-            request = BuildRequest(precision, onnx_fp32, rewritten, size, target_dir,
-                                   calibration if precision == "int8" else None, keep_float)
-            files = target.build(request).files
-            built[target_name, precision] = next(path for name, path in files.items()
-                                                 if name.endswith((".onnx", ".xml")))
+            wanted = [f for f in float_precisions if f in target.float_precisions]
+            for float_precision in wanted if precision == "int8" else ["f32"]:
+                key = precision if float_precision == "f32" else f"{precision} {float_precision}"
+                _progress(f"building {label}: {target_name} {key}")
+                request = BuildRequest(precision, onnx_fp32, rewritten, size,
+                                       target_dir / key.replace(" ", "_"),
+                                       calibration if precision == "int8" else None,
+                                       keep_float, float_precision=float_precision)
+                files = target.build(request).files
+                built[target_name, key] = next(path for name, path in files.items()
+                                               if name.endswith((".onnx", ".xml")))
     return built
 
 
@@ -261,14 +271,16 @@ def paper_width_items(work_dir: Path, threads: int) -> list[Timed]:
     size = (PAPER_SIZE, PAPER_SIZE)
     gflops = count_gflops(model, size)
     calibration = random_inputs(size, CALIBRATION_INPUTS)
-    built = build_for_targets(model, size, work_dir, calibration, "the paper-width model")
+    built = build_for_targets(model, size, work_dir, calibration, "the paper-width model",
+                              float_precisions=("f32", "bf16"))
     feed = {"images": calibration[0]}
     items = [Timed("paper", f"onnxruntime {precision}", "onnxruntime", precision,
                    ort_runner(built["cpu", precision], feed, threads), gflops=gflops)
              for precision in ("fp32", "int8")]
     for key, precision, hint in (("openvino fp32", "fp32", "f32"),
                                  ("openvino fp32, default precision", "fp32", None),
-                                 ("openvino int8", "int8", "f32")):
+                                 ("openvino int8", "int8", "f32"),
+                                 ("openvino int8, float ops bf16", "int8 bf16", "bf16")):
         run, computes = openvino_runner(built["openvino", precision], feed, threads, hint)
         items.append(Timed("paper", key, "openvino", computes, run, gflops=gflops))
     return items
@@ -387,8 +399,9 @@ def print_tables(report: dict) -> None:
             ["model", "computes", "ms", "vs fp32", "GFLOPs", "GOPS"],
             [[r["model"], r["computes"], _num(r["p50_ms"], 2), _num(r["vs_fp32"], 2),
               _num(r["gflops"], 2), _num(r["gops"])] for r in report["paper_width"]]))
-        print(f"\nopenvino int8 (float ops f32, as the SDK runs it) vs openvino fp32 at the "
-              f"default precision: {report['openvino_int8_vs_default']:.2f}")
+        print(f"\nopenvino int8 vs openvino fp32 at the default precision (ms / ms): float "
+              f"ops f32 {report['openvino_int8_vs_default']:.2f}, float ops bf16 "
+              f"{report['openvino_int8_bf16_vs_default']:.2f}")
     a = report["settings"]["attend"]
     print(f"\n## Attend stage: {a['channels']} ch -> {ATTEND_ANCHORS}x{ATTEND_OUTPUTS}, "
           f"{a['size']}x{a['size']} map, fp32 (vs plain: ms / plain 3x3 conv ms)\n")
@@ -455,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if report["paper_width"]:
         ov = {r["model"]: r["p50_ms"] for r in report["paper_width"]}
-        report["openvino_int8_vs_default"] = \
-            ov["openvino int8"] / ov["openvino fp32, default precision"]
+        default = ov["openvino fp32, default precision"]
+        report["openvino_int8_vs_default"] = ov["openvino int8"] / default
+        report["openvino_int8_bf16_vs_default"] = ov["openvino int8, float ops bf16"] / default
     if args.json:
         print(json.dumps(report))
     else:
