@@ -9,8 +9,10 @@ model that would be trained with the same budget runs exactly these kernels. Bot
 as the ``cpu`` and ``openvino`` targets build INT8 artifacts (``benchmarks/speed.py``'s
 ``build_for_targets``: the target's sampler, the default keep-float scope, 8 random
 calibration inputs), then timed interleaved, the model alone (no pre- or post-processing).
-Prints GFLOPs, ms and pruned / unpruned per runtime and precision; issue 14's target is
-<= 0.55x for INT8 on ONNX Runtime and OpenVINO.
+Prints GFLOPs, ms and pruned / unpruned per runtime and precision (OpenVINO INT8 also as
+``int8 bf16``: the IR with its float ops in bf16 but the sampling coordinates, as
+``quantize/run.py --float-precision bf16`` builds it); issue 14's target is <= 0.55x for
+INT8 on ONNX Runtime and OpenVINO.
 """
 
 from __future__ import annotations
@@ -63,25 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         for label, model in (("unpruned", unpruned), ("pruned", pruned)):
             gflops = count_gflops(model, size)
             built = build_for_targets(model, size, Path(tmp) / label, calibration,
-                                      f"the {label} model", precisions)
+                                      f"the {label} model", precisions,
+                                      float_precisions=("f32", "bf16"))
             for precision in precisions:
                 items[label, "onnxruntime", precision] = Timed(
                     "prune", label, "onnxruntime", precision,
                     ort_runner(built["cpu", precision], feed, args.threads), gflops=gflops)
-                run, _ = openvino_runner(built["openvino", precision], feed, args.threads,
-                                         "f32")
-                items[label, "openvino", precision] = Timed(
-                    "prune", label, "openvino", precision, run, gflops=gflops)
+                # OpenVINO as the SDK runs each IR: f32 float ops, and for INT8 also the IR
+                # with its float ops in bf16 but the sampling coordinates (--float-precision).
+                for key, hint in ((precision, "f32"), (f"{precision} bf16", "bf16")):
+                    if ("openvino", key) in built:
+                        run, _ = openvino_runner(built["openvino", key], feed, args.threads,
+                                                 hint)
+                        items[label, "openvino", key] = Timed(
+                            "prune", label, "openvino", key, run, gflops=gflops)
         time_interleaved(list(items.values()), args.rounds, args.calls, warmup=3)
 
     print(f"{config['architecture']} at {size[0]}x{size[1]}, {args.checkpoint}: model alone, "
           f"{args.threads} threads, p50 of {args.rounds} interleaved rounds x {args.calls}")
     print("| runtime | precision | unpruned ms | pruned ms | pruned / unpruned |")
     print("|---|---|---|---|---|")
-    for runtime in ("onnxruntime", "openvino"):
-        for precision in precisions:
-            base, small = items["unpruned", runtime, precision], items["pruned", runtime,
-                                                                       precision]
+    for label, runtime, precision in items:
+        if label == "unpruned":
+            base, small = items[label, runtime, precision], items["pruned", runtime, precision]
             print(f"| {runtime} | {precision} | {base.p50:.1f} | {small.p50:.1f} | "
                   f"{small.p50 / base.p50:.2f}x |")
     base_gflops = items["unpruned", "onnxruntime", precisions[0]].gflops
