@@ -6,10 +6,10 @@ pyramid map at the 9 taps of each of the A adjusted boxes (``grid_sample``) and 
 projects every cell to ``A x 9 x (K+1+4)`` values (the class and box offset convs packed
 together, since they share the sampling grid), then each output reads 4 corners per tap from
 its own tap's projection (``quantize.rewrites.sampling``: ``Gather`` or ``GridSample``, the
-target's ``sampler``). The sampling points
-are computed in the graph from the propose outputs exactly as in training
-(``box_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the other
-variants.
+target's ``sampler``). The sampling points are computed in the graph from the propose
+outputs exactly as in training (``box_sampling_points``; for ONNX Runtime as one matrix
+product, ``matmul_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the
+other variants.
 """
 
 from __future__ import annotations
@@ -28,6 +28,35 @@ from edgedet.models.pa_head import (
     flatten_head_output,
 )
 from quantize.rewrites.sampling import bilinear_tap_sum, check_sampler, grid_sample_tap_sum
+
+
+def matmul_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3) -> Tensor:
+    """``edgedet.models.pa_head.box_sampling_points`` as one matrix product, for ONNX Runtime.
+
+    The training form adds a ``(k*k, 2)`` tap table to every box by broadcasting, which ONNX
+    Runtime runs through its slow path for short inner dimensions (1.1 + 0.6 ms of the zoo
+    PASSD's INT8 model at P3, 9% of it with the other levels; 0.25 ms in all as this
+    product). Here each box's ``[centre_x, centre_y, tap_w, tap_h]`` multiplies a constant
+    ``(4, 2*k*k)`` matrix of 0s, 1s and the tap offsets: for ``k = 3`` the offsets are -1, 0
+    and 1, so every product is exact and each point is ``centre + offset * size`` rounded
+    once, as in training (the tests compare the two bit for bit). It exports as ``Einsum``,
+    not ``MatMul``: a MatMul with a constant operand is a weight layer to the INT8 scope
+    (``quantize.int8_scope``), and an INT8 coordinate cost 1.7 AP.
+
+    Args/returns: as ``box_sampling_points``.
+    """
+    half = (kernel_size - 1) / 2
+    offsets = [i - half for i in range(kernel_size)]
+    taps = [(rx, ry) for ry in offsets for rx in offsets]  # row-major, (x, y)
+    basis = torch.tensor([[1.0, 0.0] * len(taps), [0.0, 1.0] * len(taps),
+                          [v for rx, _ in taps for v in (rx, 0.0)],
+                          [v for _, ry in taps for v in (0.0, ry)]],
+                         dtype=boxes_cxcywh.dtype, device=boxes_cxcywh.device)  # (4, 2*k*k)
+    centres = boxes_cxcywh[..., :2] / stride - 0.5
+    sizes = boxes_cxcywh[..., 2:] / (stride * kernel_size)
+    points = torch.einsum("...k,kn->...n", torch.cat([centres, sizes], dim=-1), basis)
+    n, h, w, a = boxes_cxcywh.shape[:4]
+    return points.reshape(n, h, w, a, len(taps), 2).permute(0, 3, 4, 1, 2, 5)
 
 
 class PackedBoxOffsetConv(nn.Module):
@@ -108,6 +137,11 @@ class ExportProposeAttendHead(nn.Module):
         self.propose_objectness = head.propose_objectness
         self.propose_box = head.propose_box
         self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler)
+        # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the product
+        # form of the points; OpenVINO ran both forms alike, and the other targets' converters
+        # (TFLite) get the training form they were checked with.
+        self.sampling_points = (matmul_sampling_points if sampler == "grid_sample"
+                                else box_sampling_points)
 
     def forward(self, features: Sequence[Tensor], priors_cxcywh: Sequence[Tensor],
                 strides: Sequence[int]) -> dict[str, Tensor]:
@@ -122,7 +156,7 @@ class ExportProposeAttendHead(nn.Module):
                                                                         self.num_anchors, 4)
             deltas = self._clip(raw, priors, stride)
             adjusted = decode_cxcywh(deltas, priors, self.box_coder_weights)
-            cls, box = self.attend(feature, box_sampling_points(adjusted, float(stride)))
+            cls, box = self.attend(feature, self.sampling_points(adjusted, float(stride)))
             outputs["objectness_logits"].append(
                 flatten_head_output(self.propose_objectness(feature), 2))
             outputs["propose_deltas"].append(deltas.reshape(n, -1, 4))
