@@ -9,7 +9,7 @@ synthetic frames:
 
 * *read* the frame (a sum over its bytes: how long merely touching a frame that is not in
   the CPU caches takes, the floor under any pre-processing),
-* *resize* (``cv2.resize`` as ``edgedet.preprocess`` does it, letterbox canvas included),
+* *resize* (``edgedet.preprocess.resize_to_input``: the resize, letterbox included),
 * *normalise* (``normalize_to_nchw``),
 * *runtime* (the backend's ``run``),
 * *decode* (``decode_head_candidates``: scores and boxes of the anchors that can pass the
@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edgedet._repo import use_repo_root
@@ -44,28 +43,10 @@ from edgedet.backends import BackendError, available_backends
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.head_decoding import decode_head_candidates
 from edgedet.postprocess import select_detections
-from edgedet.preprocess import compute_transform, normalize_to_nchw, validate_frame
+from edgedet.preprocess import normalize_to_nchw, resize_to_input
 from edgedet.zoo import list_models
 
 STAGES = ("read", "resize", "normalise", "runtime", "decode", "select")
-
-
-def _resize(frame: np.ndarray, detector: Detector) -> np.ndarray:
-    """``edgedet.preprocess.preprocess``'s resize and letterbox (the same calls)."""
-    config = detector.preprocess_config
-    frame = validate_frame(frame)
-    fh, fw = frame.shape[:2]
-    transform = compute_transform((fw, fh), config)
-    nw, nh = round(fw * transform.scale_x), round(fh * transform.scale_y)
-    interp = cv2.INTER_AREA if nw < fw and nh < fh else cv2.INTER_LINEAR
-    resized = cv2.resize(frame, (nw, nh), interpolation=interp)
-    iw, ih = config.input_size
-    if (nw, nh) != (iw, ih):
-        canvas = np.full((ih, iw, 3), config.pad_value, dtype=np.uint8)
-        px, py = int(transform.pad_x), int(transform.pad_y)
-        canvas[py:py + nh, px:px + nw] = resized
-        resized = canvas
-    return resized
 
 
 def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[float]]) -> None:
@@ -83,7 +64,7 @@ def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[flo
     lap("read")
     detector.backend.run(images)
     clock.append(time.perf_counter())
-    resized = _resize(frame, detector)
+    resized = resize_to_input(frame, detector.preprocess_config)[0]
     lap("resize")
     images = normalize_to_nchw(resized, detector.preprocess_config)
     lap("normalise")

@@ -128,7 +128,11 @@ def foreground_softmax(cls_logits: np.ndarray, min_score: float = 0.0) -> np.nda
         ``(A, K)`` float32 scores.
     """
     rows, scores = _foreground_softmax_rows(cls_logits, min_score)
-    return _expand((rows, np.zeros((len(scores), 4), np.float32), scores), len(cls_logits))[1]
+    if rows is None:
+        return scores
+    full = np.zeros((len(cls_logits), scores.shape[1]), dtype=np.float32)
+    full[rows] = scores
+    return full
 
 
 def _foreground_softmax_rows(cls_logits: np.ndarray, min_score: float

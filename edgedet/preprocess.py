@@ -153,6 +153,14 @@ def compute_transform(frame_size: tuple[int, int], config: PreprocessConfig) -> 
 
 def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, FrameTransform]:
     """One frame → ``(input (1, 3, H, W) float32, transform)``."""
+    resized, transform = resize_to_input(frame, config)
+    return normalize_to_nchw(resized, config), transform
+
+
+def resize_to_input(frame: np.ndarray, config: PreprocessConfig
+                    ) -> tuple[np.ndarray, FrameTransform]:
+    """``preprocess`` up to normalisation: the checked frame resized (and letterboxed) to the
+    input size, ``(BGR uint8 (H, W, 3), transform)``."""
     frame = validate_frame(frame)
     fh, fw = frame.shape[:2]
     transform = compute_transform((fw, fh), config)
@@ -166,7 +174,7 @@ def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray,
         px, py = int(transform.pad_x), int(transform.pad_y)
         canvas[py:py + nh, px:px + nw] = resized
         resized = canvas
-    return normalize_to_nchw(resized, config), transform
+    return resized, transform
 
 
 def normalize_to_nchw(image_bgr: np.ndarray, config: PreprocessConfig) -> np.ndarray:
