@@ -22,6 +22,7 @@ fine-tuning that was cut short resumes from its own training state.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -143,16 +144,37 @@ def _finetune(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
     return float(summary["best_AP"]), float(summary.get("wall_seconds", summary["seconds"]))
 
 
+def _train_flag(config: PruneConfig, flag: str) -> str | None:
+    """The value of ``flag`` among the fine-tuning's ``train/main.py`` flags, if given."""
+    args = list(config.train_args)
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def validation_ap(model: torch.nn.Module, ckpt_config: dict, config: PruneConfig) -> float:
-    """COCO AP (0-1, as training logs it) of ``model`` on the fine-tuning's validation split."""
+    """COCO AP (0-1, as training logs it) of ``model`` on the fine-tuning's validation split.
+
+    Runs where the fine-tuning runs (a CUDA device when there is one, on a copy so that
+    ``model`` stays where it is) and reads the fine-tuning's ``--synthetic-cache`` if given.
+    """
     preprocess = PreprocessConfig.from_dict(ckpt_config["preprocess"])
     splits = open_splits(config.data or ckpt_config.get("data") or "synthetic",
                          img_size=tuple(preprocess.input_size),
                          synthetic_train=1, synthetic_val=config.val_images,
-                         synthetic_config=_synthetic_config(ckpt_config))
+                         synthetic_config=_synthetic_config(ckpt_config),
+                         synthetic_cache=_train_flag(config, "--synthetic-cache"))
     loader = DataLoader(EvalDataset(splits.val, preprocess), batch_size=8,
                         collate_fn=collate_eval)
-    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    wanted = _train_flag(config, "--device") or "auto"
+    use_cuda = wanted != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:
+        model = copy.deepcopy(model).to(device)
+    info = DistInfo(0, 1, 0, device)
     metrics = evaluate(model, loader, HeadDecoder.from_manifest(ckpt_config), info)
     assert metrics is not None  # single process: always rank 0
     return float(metrics["AP"])

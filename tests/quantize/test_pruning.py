@@ -242,3 +242,22 @@ def test_prune_cli_distills_the_steps_from_the_model_being_pruned_not_the_baseli
     assert baseline_args["distill_from"] is None
     step_rows = [r for r in read_metrics(out / "step1" / "finetune") if r["type"] == "train"]
     assert step_rows and all(r["kd_cls"] >= 0 and r["kd_box"] >= 0 for r in step_rows)
+
+
+def test_validation_ap_reads_the_fine_tunings_scene_cache_and_device(tmp_path):
+    from quantize.prune_schedule import PruneConfig, _train_flag, validation_ap
+
+    _tiny_checkpoint(tmp_path / "full")
+    model, ckpt_config = build_from_checkpoint(tmp_path / "full")
+    config = PruneConfig(checkpoint=str(tmp_path / "full"), out=str(tmp_path / "out"),
+                         val_images=3, train_args=("--lr", "1e-4", "--synthetic-cache",
+                                                   str(tmp_path / "cache"), "--device=cpu"))
+    assert _train_flag(config, "--synthetic-cache") == str(tmp_path / "cache")
+    assert _train_flag(config, "--device") == "cpu"
+    assert _train_flag(config, "--amp") is None
+    ap = validation_ap(model, ckpt_config, config)
+    assert 0.0 <= ap <= 1.0
+    # The validation scenes (seed 1) were rendered into the cache, once each.
+    (folder,) = (tmp_path / "cache").glob("seed1-*")
+    assert len(list(folder.glob("*.npz"))) == 3
+    assert next(model.parameters()).device.type == "cpu"
