@@ -6,9 +6,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 
-from edgedet.backends import BackendError
+from edgedet.vendor_telemetry import quiet_vendor_telemetry
+
+quiet_vendor_telemetry()  # before the import, which reports itself otherwise
+
+import openvino as ov  # noqa: E402
+
+from edgedet.backends import BackendError  # noqa: E402
 
 # Where an IR records the ``INFERENCE_PRECISION_HINT`` its accuracy check ran with (model
 # rt_info, OpenVINO's "runtime_options"); written by ``quantize.openvino_precision``.
