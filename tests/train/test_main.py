@@ -153,3 +153,21 @@ def test_bad_backbone_weights_are_a_one_line_error(tmp_path, capsys, problem, me
     assert err.endswith("\n") and err.count("\n") == 1, err
     assert err.startswith("error: ") and message in err and str(path) in err
     assert "Traceback" not in err and "weights_only" not in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_training_resumes_and_saves_a_cpu_loadable_checkpoint(tmp_path):
+    """The path a GPU run takes (CUDA, bf16 autocast, pinned loader workers, resume), which a
+    whole HAR-Net training and pruning run on an H200 exercised on 2026-12-04."""
+    cuda = [*TINY, "--device", "cuda", "--amp", "bf16", "--workers", "2"]
+    assert _run([*cuda, "--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert _run([*cuda, "--epochs", "2", "--out", str(tmp_path), "--resume"]) == 0
+    state, config = load_checkpoint(tmp_path / "last")
+    assert config["epoch"] == 2
+    assert all(t.device.type == "cpu" and torch.isfinite(t).all() for t in state.values()
+               if t.is_floating_point())
+    from edgedet.models.checkpoint import build_from_checkpoint
+
+    model, _ = build_from_checkpoint(tmp_path / "last")
+    assert next(model.parameters()).device.type == "cpu"
