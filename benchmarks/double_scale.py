@@ -23,6 +23,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edgedet.artifact import INPUT_NAME
+from edgedet.backends.onnxruntime import session_options
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.decoder import HeadDecoder
@@ -34,9 +35,10 @@ from quantize.export_onnx import export_onnx
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # The SDK's options: the two scales' sessions take turns, and a session left spinning
+    # after its run would slow the other's.
+    return ort.InferenceSession(str(path), session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def main(argv: list[str] | None = None) -> int:

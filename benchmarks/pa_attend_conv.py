@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +39,7 @@ from edgedet.models.pa_head import (
     box_sampling_points,
     sample_box_taps,
 )
+from quantize.openvino_precision import coordinate_ops, mark_precise
 from quantize.rewrites.pa_head import PackedBoxOffsetConv, matmul_sampling_points
 from quantize.rewrites.sampling import bilinear_tap_sum
 
@@ -151,6 +156,8 @@ def _random_boxes(size: int, stride: int, anchors: int, generator: torch.Generat
 
 
 PLAIN_CONV = "plain 3x3 conv (floor, not equal)"
+# Calls per variant per round; the first of them is not timed (see main).
+CALLS_PER_TURN = 3
 
 
 def random_attend_conv(channels: int, outputs: int, anchors: int) -> BoxOffsetConv2d:
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=40, help="feature map side")
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=30, help="rounds")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -211,55 +218,103 @@ def main(argv: list[str] | None = None) -> int:
     reference_flat = reference.permute(0, 2, 3, 1).reshape(1, -1, args.outputs)
 
     core = ov.Core()
-    ort_options = ort.SessionOptions()
-    ort_options.intra_op_num_threads = args.threads
-    ort_options.inter_op_num_threads = 1
     inputs = {"features": features.numpy(), "boxes": boxes.numpy()}
-    runners: dict[str, list] = {}
     diffs: dict[str, float] = {}
+    medians: dict[str, list[float]] = {name: [] for name in variants}
+    # One phase per runtime, each runtime's sessions made just before its phase and dropped
+    # after it. Within a phase, rounds over all variants, so a change in machine load hits
+    # every variant alike. Each turn calls the variant ``CALLS_PER_TURN`` times and times all
+    # but the first (the warm latency of a running detector). ONNX Runtime sessions stop
+    # their threads' spin at the end of each run, as the SDK's do
+    # (``edgedet.backends.onnxruntime.SESSION_CONFIG``): before, a session's spinning threads
+    # slowed the next variant's calls up to 2.4x, which flattered every ratio to the conv.
+    phases: list[tuple[str, Callable[[Path], Callable[[dict], object]]]] = [
+        ("onnxruntime", lambda path: _ort_runner(ort, path, args.threads)),
+        ("openvino f32", lambda path: _openvino_runner(core, path, "f32", args.threads)),
+        ("openvino bf16", lambda path: _openvino_runner(core, path, "bf16", args.threads)),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        for index, (name, module) in enumerate(variants.items()):
-            path = export_variant(module, features, boxes, Path(tmp) / f"variant{index}.onnx")
-            session = ort.InferenceSession(str(path), ort_options,
-                                           providers=["CPUExecutionProvider"])
-            # A variant that ignores the boxes (the plain conv) has no "boxes" input.
-            feed = {i.name: inputs[i.name] for i in session.get_inputs()}
-            compiled = core.compile_model(str(path), "CPU", {
-                "INFERENCE_PRECISION_HINT": "f32",
-                "INFERENCE_NUM_THREADS": args.threads,
-                "PERFORMANCE_HINT": "LATENCY",
-            })
-            request = compiled.create_infer_request()
-            out = torch.from_numpy(np.asarray(session.run(None, feed)[0])).double()
-            if out.dim() == 4:
-                out = out.permute(0, 2, 3, 1).reshape(1, -1, args.outputs)
-            diffs[name] = float((out - reference_flat).abs().max())
-            runners[name] = [
-                lambda session=session, feed=feed: session.run(None, feed),
-                lambda request=request, feed=feed: request.infer(feed),
-            ]
-    # Rounds over all variants, so a change in machine load hits every variant alike.
-    times: dict[str, list[list[float]]] = {name: [[], []] for name in runners}
-    for ort_run, ov_run in runners.values():
-        for _ in range(3):
-            ort_run()
-            ov_run()
-    for _ in range(args.runs):
-        for name, pair in runners.items():
-            for which, run in enumerate(pair):
-                start = time.perf_counter()
-                run()
-                times[name][which].append(time.perf_counter() - start)
+        paths = {name: export_variant(module, features, boxes, Path(tmp) / f"variant{i}.onnx")
+                 for i, (name, module) in enumerate(variants.items())}
+        # A variant that ignores the boxes (the plain conv) has no "boxes" input.
+        feeds = {name: {i.name: inputs[i.name] for i in onnx.load(str(path)).graph.input}
+                 for name, path in paths.items()}
+        for runtime, make in phases:
+            runners = {name: make(path) for name, path in paths.items()}
+            if runtime == "onnxruntime":
+                for name, run in runners.items():
+                    out = torch.from_numpy(np.asarray(run(feeds[name])[0])).double()
+                    if out.dim() == 4:
+                        out = out.permute(0, 2, 3, 1).reshape(1, -1, args.outputs)
+                    diffs[name] = float((out - reference_flat).abs().max())
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for name, run in runners.items():
+                for _ in range(3):
+                    run(feeds[name])
+            for _ in range(args.runs):
+                for name, run in runners.items():
+                    run(feeds[name])  # the switch-first call, untimed
+                    for _ in range(CALLS_PER_TURN - 1):
+                        start = time.perf_counter()
+                        run(feeds[name])
+                        times[name].append(time.perf_counter() - start)
+            for name in runners:
+                medians[name].append(statistics.median(times[name]) * 1000)
+            del runners
+            gc.collect()
     print(f"P&A attend conv: {args.channels} -> {args.anchors}x{args.outputs} channels, "
           f"{args.size}x{args.size} map, fp32, {args.threads} threads, median of {args.runs} "
-          f"interleaved rounds; onnxruntime {ort.__version__}, openvino {ov.__version__}; "
-          f"diff vs the training module in float64")
-    print(f"| {'variant':<48} | {'ORT ms':>7} | {'OV ms':>7} | {'max abs diff':>12} |")
-    print(f"|{'-' * 50}|{'-' * 9}|{'-' * 9}|{'-' * 14}|")
-    for name in runners:
-        ort_ms, ov_ms = (statistics.median(t) * 1000 for t in times[name])
-        print(f"| {name:<48} | {ort_ms:7.2f} | {ov_ms:7.2f} | {diffs[name]:12.2e} |")
+          f"interleaved rounds per runtime; onnxruntime {ort.__version__}, "
+          f"openvino {ov.__version__}; "
+          f"diff vs the training module in float64 (ORT); OV bf16: bf16 inference with the "
+          f"sampling coordinates kept f32, as --float-precision bf16 builds the OpenVINO IR")
+    print(f"| {'variant':<48} | {'ORT ms':>7} | {'OV ms':>7} | {'OV bf16 ms':>10} | "
+          f"{'max abs diff':>12} |")
+    print(f"|{'-' * 50}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 14}|")
+    for name in variants:
+        ort_ms, ov_ms, bf16_ms = medians[name]
+        print(f"| {name:<48} | {ort_ms:7.2f} | {ov_ms:7.2f} | {bf16_ms:10.2f} | "
+              f"{diffs[name]:12.2e} |")
+    floor = medians[PLAIN_CONV]
+    print("attend / plain conv (ORT, OV, OV bf16):")
+    for name in variants:
+        if name != PLAIN_CONV:
+            ratios = ", ".join(f"{m / f:.2f}x" for m, f in zip(medians[name], floor, strict=True))
+            print(f"  {name}: {ratios}")
     return 0
+
+
+def _ort_runner(ort: Any, path: Path, threads: int) -> Callable[[dict], object]:
+    """An ONNX Runtime session of ``path`` with the SDK backend's options, as a call on a
+    feed."""
+    from edgedet.backends.onnxruntime import session_options
+
+    session = ort.InferenceSession(str(path), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    return lambda feed: session.run(None, feed)
+
+
+def _openvino_runner(core: Any, path: Path, precision: str,
+                     threads: int) -> Callable[[dict], object]:
+    """``path`` compiled by OpenVINO at ``precision``: ``f32``, or ``bf16`` with the sampling
+    coordinates marked ``precise`` (f32), as the openvino target's ``--float-precision bf16``
+    builds an IR (``quantize.openvino_precision``)."""
+    import openvino as ov
+
+    source = str(path)
+    if precision == "bf16":
+        xml = path.with_suffix(".xml")
+        ov.save_model(ov.convert_model(source), str(xml), compress_to_fp16=False)
+        precise = coordinate_ops(core.read_model(str(xml)))
+        if precise:
+            mark_precise(xml, precise)
+        source = str(xml)
+    request = core.compile_model(source, "CPU", {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+    }).create_infer_request()
+    return lambda feed: request.infer(feed)
 
 
 if __name__ == "__main__":

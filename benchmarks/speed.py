@@ -146,10 +146,10 @@ def ort_runner(path: Path, feed: dict[str, np.ndarray], threads: int) -> Callabl
     """A call of an ONNX Runtime CPU session with the SDK backend's thread settings."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from edgedet.backends.onnxruntime import session_options
+
+    session = ort.InferenceSession(str(path), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
     feed = {i.name: feed[i.name] for i in session.get_inputs()}  # a variant may skip one
     return lambda: session.run(None, feed)
 

@@ -54,6 +54,29 @@ def providers_for(device: str | None) -> list[str]:
     return providers
 
 
+# ONNX Runtime's worker threads spin on for tens of milliseconds after a run by default.
+# Measured on the 2-core CPU (2026-12-04): a session run right after another one ran 2x slower
+# for at least three calls (8.5 -> 16.4 ms), an OpenVINO model 2.2x, so the second model of
+# double-scale testing and any other detector in the process paid for the first one's spin
+# (double-scale detect(): 89-93 -> 52-63 ms with the spin stopped), and the spin takes the
+# core from detect()'s own decoding. Stopping it at the end of each run costs a single
+# session nothing measurable (detect() 11.8-12.0 ms either way for harnet_pruned_int8), and
+# threads still spin within a run, between its ops.
+SESSION_CONFIG: dict[str, str] = {"session.force_spinning_stop": "1"}
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The SDK's ``SessionOptions``: ``SESSION_CONFIG``, and ``threads`` intra-op threads
+    with one inter-op thread when given (benchmarks build their sessions with it too)."""
+    options = ort.SessionOptions()
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
+
+
 class OnnxRuntimeBackend:
     """One ``InferenceSession`` on the execution providers of ``device`` (CPU by default).
 
@@ -65,10 +88,7 @@ class OnnxRuntimeBackend:
     def __init__(self, model_path: Path, threads: int | None = None,
                  device: str | None = None) -> None:
         self.model_path = Path(model_path)
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
+        options = session_options(threads)
         providers = providers_for(device)
         try:
             self._session = ort.InferenceSession(str(self.model_path), options,

@@ -31,6 +31,17 @@ def test_outputs_match_torch_by_name(tiny_onnx: tuple[Path, TinyHead]) -> None:
     assert outputs["cls_logits"].shape == (2, 120, 4)
 
 
+def test_sessions_stop_their_threads_spinning_after_each_run(
+        tiny_onnx: tuple[Path, TinyHead]) -> None:
+    # Left spinning, a session's threads slow the next session's (or OpenVINO's) run 2x.
+    for threads in (None, 2):
+        backend = OnnxRuntimeBackend(tiny_onnx[0], threads=threads)
+        options = backend._session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        if threads is not None:
+            assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+
+
 def test_create_backend_returns_onnxruntime(tiny_onnx: tuple[Path, TinyHead]) -> None:
     backend = create_backend("onnxruntime", tiny_onnx[0])
     assert isinstance(backend, OnnxRuntimeBackend) and backend.name == "onnxruntime"
