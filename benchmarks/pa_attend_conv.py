@@ -1,15 +1,18 @@
 """Speed of the export variants of PASSD's P&A attend conv in ONNX Runtime and OpenVINO.
 
     python benchmarks/pa_attend_conv.py [--channels 256] [--outputs 81] [--anchors 3]
-        [--size 40] [--stride 8] [--threads 2] [--runs 50]
+        [--size 40] [--stride 8] [--threads 2] [--runs 30]
 
 Every variant computes the attend-stage class conv of one pyramid level from the feature map
 ``(1, C, S, S)`` and the adjusted boxes ``(1, S, S, A, 4)`` (the sampling points are computed
 in the graph, as in the exported detector), in fp32, and is compared with the training module
 (``BoxOffsetConv2d`` fed by ``box_sampling_points``). A plain 3x3 conv with the same weights
-is the speed floor. Prints one table: variant, ORT ms, OpenVINO ms, max |diff| vs the training
-module (ONNX Runtime's output). The rewrite (``quantize.rewrites.pa_head``) has two samplers,
-"project, then Gather" and "project, then GridSample"; each target picks one.
+is the speed floor. Prints one table: variant, ORT ms, OpenVINO ms (f32), OpenVINO bf16 ms
+(bf16 inference with the sampling coordinates kept f32, as ``--float-precision bf16`` builds
+an IR), max |diff| vs the training module (ONNX Runtime's output); then each variant's ratio
+to the plain conv per runtime. Each runtime is timed in its own phase (see ``main``). The
+rewrite (``quantize.rewrites.pa_head``) has two samplers, "project, then Gather" and
+"project, then GridSample"; each target picks one.
 """
 
 from __future__ import annotations
