@@ -97,7 +97,9 @@ class CachedScenes(collections.abc.Sequence[Sample]):
         """The sample stored at ``path``, or None (with a warning) if it is not one."""
         width, height = self.scenes.config.image_size
         try:
-            with np.load(path) as stored:
+            # Our own handle: np.load leaves the file it opened unclosed when the archive is
+            # truncated (a ResourceWarning per bad file).
+            with open(path, "rb") as handle, np.load(handle) as stored:
                 image = stored["image"]
                 # Sample checks that boxes, class ids and crowd flags pair up (ValueError).
                 sample = Sample(image=image, boxes_xyxy=stored["boxes_xyxy"],
