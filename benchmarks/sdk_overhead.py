@@ -12,9 +12,10 @@ synthetic frames:
 * *resize* (``edgedet.preprocess.resize_to_input``: the resize, letterbox included),
 * *normalise* (``normalize_to_nchw``),
 * *runtime* (the backend's ``run``),
-* *decode* (``decode_head_candidates``: scores and boxes of the anchors that can pass the
-  score threshold) and *select* (threshold, top-k, NMS / Soft-NMS + voting), with the
-  ``detect()`` defaults (the manifest's application threshold).
+* *decode* (``HeadDecoder.candidates``: scores and boxes of the anchors that can pass the
+  score threshold) and *select* (``HeadDecoder.select``: threshold, top-k, NMS / Soft-NMS +
+  voting), the two steps of ``detect()``'s decoder with its options (the manifest's
+  application threshold).
 
 Every stage runs right after an inference, as in ``detect()`` itself, so the caches are as
 a camera loop leaves them (which makes each stage 1.5-3x slower than in a loop of its own on
@@ -41,8 +42,6 @@ use_repo_root(__file__)
 from edgedet import Detector
 from edgedet.backends import BackendError, available_backends
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
-from edgedet.head_decoding import decode_head_candidates
-from edgedet.postprocess import select_detections
 from edgedet.preprocess import normalize_to_nchw, resize_to_input
 from edgedet.zoo import list_models
 
@@ -51,7 +50,7 @@ STAGES = ("read", "resize", "normalise", "runtime", "decode", "select")
 
 def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[float]]) -> None:
     """One ``detect()`` of ``frame``, stage by stage, appending ms to ``times``."""
-    options, decoder = detector.options, detector.decoder
+    decoder = detector.decoder
     images = detector.preprocess(frame)[0]
     detector.backend.run(images)  # the caches as an inference leaves them
     clock = [time.perf_counter()]
@@ -70,15 +69,9 @@ def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[flo
     lap("normalise")
     outputs = detector.backend.run(images)
     lap("runtime")
-    _, boxes_xyxy, scores = decode_head_candidates(
-        decoder.head_family, outputs, decoder.priors_cxcywh,
-        decoder.box_coder_weights,  # type: ignore[arg-type]
-        min_score=options.score_threshold)
+    boxes_xyxy, scores = decoder.candidates(outputs)
     lap("decode")
-    select_detections(boxes_xyxy, scores, score_threshold=options.score_threshold,
-                      iou_threshold=options.iou_threshold,
-                      max_detections=options.max_detections,
-                      pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
+    decoder.select(boxes_xyxy, scores)
     lap("select")
 
 

@@ -77,21 +77,32 @@ class HeadDecoder:
         Returns:
             ``Detections`` in frame pixels, best score first.
         """
-        one_image = {name: outputs[name] for name in self.output_names}
-        options = self.options
-        _, boxes_xyxy, scores = decode_head_candidates(
-            self.head_family, one_image, self.priors_cxcywh,
-            self.box_coder_weights,  # type: ignore[arg-type]
-            min_score=options.score_threshold)
-        xyxy, kept_scores, class_ids = select_detections(
-            boxes_xyxy, scores, score_threshold=options.score_threshold,
-            iou_threshold=options.iou_threshold, max_detections=options.max_detections,
-            pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
+        xyxy, kept_scores, class_ids = self.select(*self.candidates(outputs))
         frame_xyxy = transform.boxes_to_frame(xyxy)
         # A box lying wholly in letterbox padding or off the frame clips to zero area.
         visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
         return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
                           self.class_names)
+
+    def candidates(self, outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The first step of a call: ``(boxes_xyxy (n, 4), scores (n, K))`` in input pixels,
+        of the anchors that can pass the score threshold."""
+        one_image = {name: outputs[name] for name in self.output_names}
+        _, boxes_xyxy, scores = decode_head_candidates(
+            self.head_family, one_image, self.priors_cxcywh,
+            self.box_coder_weights,  # type: ignore[arg-type]
+            min_score=self.options.score_threshold)
+        return boxes_xyxy, scores
+
+    def select(self, boxes_xyxy: np.ndarray, scores: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The second step: ``select_detections`` (threshold, top-k, NMS) with the options;
+        ``(boxes_xyxy (D, 4), scores (D,), class_ids (D,))`` in input pixels."""
+        options = self.options
+        return select_detections(
+            boxes_xyxy, scores, score_threshold=options.score_threshold,
+            iou_threshold=options.iou_threshold, max_detections=options.max_detections,
+            pre_nms_top_k=options.pre_nms_top_k, nms_mode=options.nms_mode)
 
     def decode_batch(self, outputs: Mapping[str, np.ndarray],
                      transforms: Sequence[FrameTransform]) -> list[Detections]:

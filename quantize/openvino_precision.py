@@ -30,9 +30,9 @@ difference drowns in this machine's noise. Rewriting the dropped ops into marked
 ``Reshape`` s beforehand left AP at 42.78, so the rest of the loss is bf16 in the reads and
 tap sums themselves. Hence an option, not the default of ``quantize/run.py``. Where speed
 matters more than those 0.6 AP it pays: the zoo's OpenVINO build of the PASSD
-(``passd_mobilenet_int8_openvino``) uses it, and in three interleaved ``benchmarks/speed.py``
-runs (2026-12-04) it ran at 1.48-1.58x OpenVINO's bf16 default of the fp32 model against
-1.36-1.45x for the f32 IR.
+(``passd_mobilenet_int8_openvino``) uses it: in three interleaved ``benchmarks/speed.py``
+runs (2026-12-04, evening) it ran at 1.46-1.56x OpenVINO's bf16 default of the fp32 model and
+2.39-2.68x its f32 model.
 """
 
 from __future__ import annotations
