@@ -10,8 +10,9 @@ synthetic frames:
 * *read* the frame (a sum over its bytes: how long merely touching a frame that is not in
   the CPU caches takes, the floor under any pre-processing),
 * *resize* (``edgedet.preprocess.resize_to_input``: the resize, letterbox included),
-* *normalise* (``normalize_to_nchw``),
-* *runtime* (the backend's ``run``),
+* *normalise* (``normalize_to_nchw``; 0 where the runtime normalises, OpenVINO),
+* *runtime* (the backend's ``run``, or ``Detector.run_frames`` on the resized uint8 frame
+  where the runtime normalises),
 * *decode* (``HeadDecoder.candidates``: scores and boxes of the anchors that can pass the
   score threshold) and *select* (``HeadDecoder.select``: threshold, top-k, NMS / Soft-NMS +
   voting), the two steps of ``detect()``'s decoder with its options (the manifest's
@@ -51,8 +52,16 @@ STAGES = ("read", "resize", "normalise", "runtime", "decode", "select")
 def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[float]]) -> None:
     """One ``detect()`` of ``frame``, stage by stage, appending ms to ``times``."""
     decoder = detector.decoder
-    images = detector.preprocess(frame)[0]
-    detector.backend.run(images)  # the caches as an inference leaves them
+    resized = resize_to_input(frame, detector.preprocess_config)[0]
+    images = normalize_to_nchw(resized, detector.preprocess_config)
+
+    def infer() -> None:  # the caches as an inference leaves them
+        if detector.normalizes_in_runtime:
+            detector.run_frames(resized[None])
+        else:
+            detector.backend.run(images)
+
+    infer()
     clock = [time.perf_counter()]
 
     def lap(stage: str) -> None:
@@ -61,13 +70,17 @@ def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[flo
 
     int(frame.sum(dtype=np.uint32))
     lap("read")
-    detector.backend.run(images)
+    infer()
     clock.append(time.perf_counter())
     resized = resize_to_input(frame, detector.preprocess_config)[0]
     lap("resize")
-    images = normalize_to_nchw(resized, detector.preprocess_config)
-    lap("normalise")
-    outputs = detector.backend.run(images)
+    if detector.normalizes_in_runtime:  # OpenVINO: the runtime normalises (0 ms here)
+        lap("normalise")
+        outputs = detector.run_frames(resized[None])
+    else:
+        images = normalize_to_nchw(resized, detector.preprocess_config)
+        lap("normalise")
+        outputs = detector.backend.run(images)
     lap("runtime")
     boxes_xyxy, scores = decoder.candidates(outputs)
     lap("decode")

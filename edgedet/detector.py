@@ -2,7 +2,10 @@
 
 One call of ``detect(frame)`` is::
 
-    preprocess(frame)  → images (1, 3, H, W) float32 + the frame → input transform
+    resize_to_input    → the frame resized to the input, BGR uint8 (1, H, W, 3) + the frame →
+                         input transform
+    normalize_to_nchw  → images (1, 3, H, W) float32, unless the backend normalises inside
+                         its runtime (``FrameInputBackend``: OpenVINO's PrePostProcessor)
     backend.run        → raw head outputs by name (e.g. cls_logits (1, A, K+1))
     HeadDecoder        → decode against the anchors, threshold, top-k, NMS, boxes in frame
                          pixels → Detections
@@ -40,6 +43,8 @@ from edgedet.backends import (
     BACKENDS,
     BackendError,
     BackendUnavailableError,
+    FrameInputBackend,
+    FrameRunner,
     InferenceBackend,
     create_backend,
     is_available,
@@ -54,7 +59,9 @@ from edgedet.preprocess import (
     FrameError,
     FrameTransform,
     PreprocessConfig,
+    normalize_to_nchw,
     preprocess,
+    resize_to_input,
     validate_frame,
 )
 from edgedet.tiling import merge_tiles, tile_grid
@@ -151,6 +158,10 @@ class Detector:
         self.preprocess_config = PreprocessConfig.from_dict(self._manifest["preprocess"])
         self.decoder = HeadDecoder.from_manifest(self._manifest, self.options)
         self._check_model_matches_manifest()
+        # Compiled here, so that a backend that cannot do it fails at load time, not mid-stream.
+        self._frame_runner: FrameRunner | None = (
+            self._backend.frame_runner(self.preprocess_config)
+            if isinstance(self._backend, FrameInputBackend) else None)
         self._second_scale: SecondScale | None = None
         if self.options.double_scale:
             self._second_scale = self._load_second_scale(double_scale_backend, allow_unchecked)
@@ -235,12 +246,37 @@ class Detector:
         What ``detect`` does between pre- and post-processing; for benchmarks and for
         comparing a deployed model's raw outputs with its reference.
         """
-        images = np.asarray(images, dtype=np.float32)
+        return self._in_model_batches(self._backend.run, np.asarray(images, dtype=np.float32))
+
+    @property
+    def normalizes_in_runtime(self) -> bool:
+        """Whether ``detect`` hands the backend resized uint8 frames and the runtime
+        normalises them (``FrameInputBackend``), instead of ``normalize_to_nchw``."""
+        return self._frame_runner is not None
+
+    def run_frames(self, frames_bgr: np.ndarray) -> dict[str, np.ndarray]:
+        """The model on resized frames, as ``detect`` runs it.
+
+        Args:
+            frames_bgr: ``(N, H, W, 3)`` BGR uint8 at the input size (``resize_to_input``'s
+                output, stacked).
+
+        Returns:
+            The raw outputs by name, as ``run_model(normalize_to_nchw(...))`` gives them.
+        """
+        if self._frame_runner is not None:
+            return self._in_model_batches(self._frame_runner, frames_bgr)
+        images = np.concatenate([normalize_to_nchw(f, self.preprocess_config)
+                                 for f in frames_bgr])
+        return self.run_model(images)
+
+    def _in_model_batches(self, run: FrameRunner, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """``run(inputs)``, in chunks of the model's batch where it was exported with a fixed
+        one (usually 1)."""
         limit = self._backend.input_shape[0]
-        if limit is None or limit == len(images):
-            return self._backend.run(images)
-        # A model exported with a fixed batch (usually 1) runs in chunks of that size.
-        chunks = [self._backend.run(images[i:i + limit]) for i in range(0, len(images), limit)]
+        if limit is None or limit == len(inputs):
+            return run(inputs)
+        chunks = [run(inputs[i:i + limit]) for i in range(0, len(inputs), limit)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
     def detect(self, frame: np.ndarray) -> Detections:
@@ -271,8 +307,8 @@ class Detector:
 
     def _detect_once(self, frame: np.ndarray) -> Detections:
         """``detect`` of the frame as it is (no tiling)."""
-        images, transform = self.preprocess(frame)
-        outputs = self._backend.run(images)
+        resized, transform = resize_to_input(frame, self.preprocess_config)
+        outputs = self.run_frames(resized[None])
         if self._second_scale is not None:
             outputs = self._second_scale.merge(frame, outputs)
         return self.decoder(outputs, transform)
@@ -290,16 +326,16 @@ class Detector:
                 if several_runs:  # each frame is detect()-ed on its own: only check it here
                     checked.append(validate_frame(frame))
                     continue
-                images, transform = self.preprocess(frame)
+                resized, transform = resize_to_input(frame, self.preprocess_config)
             except FrameError as exc:
                 raise FrameError(f"frame {index}: {exc}") from exc
-            inputs.append(images)
+            inputs.append(resized)
             transforms.append(transform)
         if several_runs:
             return [self.detect(frame) for frame in checked]
         if not inputs:
             return []
-        outputs = self.run_model(np.concatenate(inputs, axis=0))
+        outputs = self.run_frames(np.stack(inputs))
         return self.decoder.decode_batch(outputs, transforms)
 
 

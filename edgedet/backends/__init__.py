@@ -2,7 +2,9 @@
 
 A backend loads one model file and runs it: ``run(images (N, 3, H, W) float32)`` returns the
 model's outputs by name. Everything before (pre-processing) and after (decoding, NMS) is the
-``Detector``'s, shared by all backends.
+``Detector``'s, shared by all backends. A backend may also offer ``frame_runner``
+(``FrameInputBackend``): a run on the resized uint8 frames that normalises inside the runtime,
+which ``detect()`` then uses instead of numpy's normalisation (OpenVINO's PrePostProcessor).
 
 Adding a backend is one file in this folder (a class meeting ``InferenceBackend`` whose
 constructor takes ``(model_path, threads=None, device=None)``) plus one ``BackendSpec`` in
@@ -19,9 +21,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgedet.preprocess import PreprocessConfig
 
 
 class BackendError(RuntimeError):
@@ -44,6 +49,22 @@ class InferenceBackend(Protocol):
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``images (N, 3, H, W) float32`` → ``{output name: array (N, ...)}``."""
+        ...
+
+
+FrameRunner = Callable[[np.ndarray], dict[str, np.ndarray]]
+"""``frames_bgr (N, H, W, 3) uint8`` (``resize_to_input``'s output) → the model's outputs."""
+
+
+@runtime_checkable
+class FrameInputBackend(Protocol):
+    """A backend that can also normalise inside its runtime (optional; OpenVINO does).
+
+    ``Detector`` then hands it the resized uint8 frames and skips ``normalize_to_nchw``.
+    """
+
+    def frame_runner(self, config: PreprocessConfig) -> FrameRunner:
+        """A runner giving what ``run(normalize_to_nchw(frames, config))`` gives."""
         ...
 
 

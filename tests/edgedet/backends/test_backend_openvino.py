@@ -1,3 +1,4 @@
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 
 from edgedet import Detector
 from edgedet.backends import BackendError
+from edgedet.preprocess import PreprocessConfig, normalize_to_nchw, resize_to_input
 from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 
 ov = pytest.importorskip("openvino")
@@ -71,8 +73,8 @@ def test_each_thread_gets_its_own_infer_request(artifacts: dict[str, Path]) -> N
     requests = []
 
     def grab() -> None:
-        requests.append(backend._request())
-        requests.append(backend._request())
+        requests.append(backend._compiled._request())
+        requests.append(backend._compiled._request())
 
     threads = [threading.Thread(target=grab) for _ in range(3)]
     for t in threads:
@@ -112,3 +114,43 @@ def test_device_reaches_openvino(artifacts: dict[str, Path]) -> None:
     # A device this machine lacks is named with the ones it has.
     with pytest.raises(BackendError, match=r"no device 'NOSUCH' here; available: "):
         Detector(artifacts["ir"], device="NOSUCH")
+
+
+@pytest.mark.parametrize("color_order", ["rgb", "bgr"])
+def test_frame_runner_normalises_as_numpy_does(artifacts: dict[str, Path],
+                                               color_order: str) -> None:
+    # OpenVINO's PrePostProcessor takes over normalize_to_nchw: the same outputs from the
+    # resized uint8 frame as from the normalised float input, in either channel order.
+    backend = OpenVinoBackend(artifacts["ir"] / "model.xml")
+    config = PreprocessConfig((64, 48), resize="letterbox", color_order=color_order,
+                              mean=(10.0, 120.0, 200.0), std=(30.0, 60.0, 90.0))
+    run_frames = backend.frame_runner(config)
+    for frame in _frames():
+        resized = resize_to_input(frame, config)[0]
+        expected = backend.run(normalize_to_nchw(resized, config))
+        outputs = run_frames(resized[None])
+        assert set(outputs) == set(expected)
+        for name in expected:
+            np.testing.assert_allclose(outputs[name], expected[name], atol=1e-4)
+    # The channel order matters for this frame, so the test would see a swap gone wrong.
+    swapped = dataclasses.replace(config, color_order="bgr" if color_order == "rgb" else "rgb")
+    resized = resize_to_input(_frames()[0], config)[0]
+    moved = backend.run(normalize_to_nchw(resized, swapped))["cls_logits"]
+    assert np.abs(moved - run_frames(resized[None])["cls_logits"]).max() > 1e-3
+
+
+def test_detector_hands_openvino_resized_frames(artifacts: dict[str, Path]) -> None:
+    on_ir = Detector(artifacts["ir"])
+    assert on_ir.normalizes_in_runtime
+    assert not Detector(artifacts["onnx"], backend="onnxruntime").normalizes_in_runtime
+    frames = _frames()
+    resized = resize_to_input(frames[0], on_ir.preprocess_config)[0]
+    by_frame = on_ir.run_frames(resized[None])
+    by_images = on_ir.run_model(normalize_to_nchw(resized, on_ir.preprocess_config))
+    for name in by_images:
+        np.testing.assert_allclose(by_frame[name], by_images[name], atol=1e-4)
+    # detect_batch stacks the resized frames (the IR's batch is 1: run in chunks).
+    for single, batched in zip([on_ir.detect(f) for f in frames], on_ir.detect_batch(frames),
+                               strict=True):
+        np.testing.assert_array_equal(single.xyxy, batched.xyxy)
+        np.testing.assert_array_equal(single.scores, batched.scores)
