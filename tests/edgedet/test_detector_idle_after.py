@@ -1,0 +1,64 @@
+"""After ``detect()`` returns, no thread of the SDK's keeps a core busy.
+
+A runtime thread left spinning (ONNX Runtime's default after a run; OpenBLAS after a
+multi-threaded numpy matmul, tens of milliseconds each) takes a core from whatever the process
+runs next: the next model, the camera app's drawing. Measured on the 2-core CPU: a model run
+right after a numpy matmul of a few million multiply-adds took 2.1x its time. This checks CPU
+time, not speed: over a sleep right after ``detect()``, the process's CPU time is what its own
+threads burn, however loaded the machine is (a spinning thread burns about the whole sleep).
+"""
+
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedet import Detector
+from edgedet.backends import is_available
+from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
+
+SLEEP_S = 0.05
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_artifact(tmp_path_factory.mktemp("idle") / "a", TinyHead("passd", seed=3),
+                          "passd", postprocess={"nms_mode": "soft+voting"})
+
+
+def cpu_burnt_while_sleeping(after: object) -> float:
+    """Median seconds of process CPU time over ``SLEEP_S`` of sleep right after ``after()``."""
+    burnt = []
+    for _ in range(5):
+        after()  # type: ignore[operator]
+        start = time.process_time()
+        time.sleep(SLEEP_S)
+        burnt.append(time.process_time() - start)
+    return statistics.median(burnt)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_no_thread_keeps_spinning_after_detect(artifact: Path, backend: str) -> None:
+    if not is_available(backend):
+        pytest.skip(f"{backend} is not installed")
+    detector = Detector(artifact, backend=backend, threads=2, score_threshold=0.0)
+    frame = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    for _ in range(3):
+        detector.detect(frame)
+    # One spinning thread would burn about SLEEP_S; OpenVINO's threads park within ~1 ms.
+    assert cpu_burnt_while_sleeping(lambda: detector.detect(frame)) < SLEEP_S / 5
+
+
+def test_the_check_sees_a_spinning_thread() -> None:
+    """The control: a thread that busy-waits through the sleep is seen."""
+    def spin_in_background() -> None:
+        def spin() -> None:
+            end = time.perf_counter() + 2 * SLEEP_S
+            while time.perf_counter() < end:
+                pass
+        threading.Thread(target=spin, daemon=True).start()
+
+    assert cpu_burnt_while_sleeping(spin_in_background) > SLEEP_S / 2
