@@ -263,7 +263,16 @@ class Detector:
 
         Returns:
             The raw outputs by name, as ``run_model(normalize_to_nchw(...))`` gives them.
+
+        Raises:
+            FrameError: not uint8 frames of the input size.
         """
+        frames_bgr = np.asarray(frames_bgr)
+        width, height = self.input_size
+        if frames_bgr.dtype != np.uint8 or frames_bgr.shape[1:] != (height, width, 3):
+            raise FrameError(f"run_frames takes resized frames (N, {height}, {width}, 3) uint8 "
+                             f"(resize_to_input's output), got {frames_bgr.shape} "
+                             f"{frames_bgr.dtype}")
         if self._frame_runner is not None:
             return self._in_model_batches(self._frame_runner, frames_bgr)
         images = np.concatenate([normalize_to_nchw(f, self.preprocess_config)

@@ -7,7 +7,12 @@ import pytest
 
 from edgedet import Detector
 from edgedet.backends import BackendError
-from edgedet.preprocess import PreprocessConfig, normalize_to_nchw, resize_to_input
+from edgedet.preprocess import (
+    FrameError,
+    PreprocessConfig,
+    normalize_to_nchw,
+    resize_to_input,
+)
 from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 
 ov = pytest.importorskip("openvino")
@@ -154,3 +159,10 @@ def test_detector_hands_openvino_resized_frames(artifacts: dict[str, Path]) -> N
                                strict=True):
         np.testing.assert_array_equal(single.xyxy, batched.xyxy)
         np.testing.assert_array_equal(single.scores, batched.scores)
+    # Frames that are not resize_to_input's output are named, not silently cast.
+    for detector in (on_ir, Detector(artifacts["onnx"], backend="onnxruntime")):
+        with pytest.raises(FrameError, match=r"resized frames \(N, 48, 64, 3\) uint8"):
+            detector.run_frames(resized[None].astype(np.float32))
+        with pytest.raises(FrameError, match="got \\(1, 48, 63, 3\\)"):
+            detector.run_frames(resized[None, :, :63])
+
