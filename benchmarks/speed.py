@@ -15,9 +15,9 @@ markdown tables:
 1. Zoo models: each ``edgedet.zoo`` model (or artifact folder given to ``--zoo``) on each
    installed backend that reads its model file (an ONNX artifact runs on ``onnxruntime``
    and ``openvino``), loaded with ``Detector``.
-   *runtime* is the model alone as ``detect()`` runs it (``Detector.run_frames`` on the
-   resized frame where the runtime normalises it, OpenVINO; else ``Detector.run_model`` on
-   the normalised input), *detect*
+   *runtime* is the model alone as ``detect()`` feeds it (``Detector.runtime_call``: the
+   resized uint8 frame where the runtime normalises it, OpenVINO; else the normalised
+   input), *detect*
    is ``Detector.detect`` on a 640x480 synthetic frame (preprocessing, model, decoding and
    NMS); *detect/runtime* is what the SDK adds around the model. *GFLOPs* of one forward at
    the model's input size (``edgedet.models.summary.count_gflops``: multiply-adds count 2,
@@ -79,7 +79,6 @@ from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.passd import passd_mobilenet
 from edgedet.models.summary import count_gflops
-from edgedet.preprocess import resize_to_input
 from edgedet.zoo import list_models, zoo_model_dir
 from quantize.export_onnx import export_onnx
 from quantize.int8_scope import find_kept_out_nodes, flatten
@@ -208,14 +207,9 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
                     notes.append(f"{name} on {backend}: {error}")
                 continue
             images = detector.preprocess(frame)[0]
-            resized = resize_to_input(frame, detector.preprocess_config)[0][None]
-            # The model as detect() runs it: on the resized uint8 frame where the runtime
-            # normalises it (OpenVINO), on the normalised input elsewhere.
-            run = ((lambda d=detector, x=resized: d.run_frames(x))
-                   if detector.normalizes_in_runtime
-                   else (lambda d=detector, x=images: d.run_model(x)))
             items.append(Timed(
-                "zoo", name, backend, str(manifest["precision"]), run=run,
+                "zoo", name, backend, str(manifest["precision"]),
+                run=detector.runtime_call(frame),
                 detect=lambda d=detector: d.detect(frame),
                 gflops=gflops_by_checkpoint[checkpoint], checkpoint=checkpoint))
             if backend == "openvino" and manifest["precision"] == "fp32":

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -278,6 +278,16 @@ class Detector:
         images = np.concatenate([normalize_to_nchw(f, self.preprocess_config)
                                  for f in frames_bgr])
         return self.run_model(images)
+
+    def runtime_call(self, frame: np.ndarray) -> Callable[[], dict[str, np.ndarray]]:
+        """The model alone on ``frame``, fed exactly as ``detect`` feeds it (the resized uint8
+        frame where the runtime normalises, the normalised float input elsewhere), as a call
+        to time: what the benchmarks and ``edgedet bench`` call runtime-only."""
+        resized = resize_to_input(frame, self.preprocess_config)[0][None]
+        if self._frame_runner is not None:
+            return lambda: self.run_frames(resized)
+        images = normalize_to_nchw(resized[0], self.preprocess_config)
+        return lambda: self.run_model(images)
 
     def _in_model_batches(self, run: FrameRunner, inputs: np.ndarray) -> dict[str, np.ndarray]:
         """``run(inputs)``, in chunks of the model's batch where it was exported with a fixed

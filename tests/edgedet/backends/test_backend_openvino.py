@@ -159,8 +159,14 @@ def test_detector_hands_openvino_resized_frames(artifacts: dict[str, Path]) -> N
                                strict=True):
         np.testing.assert_array_equal(single.xyxy, batched.xyxy)
         np.testing.assert_array_equal(single.scores, batched.scores)
+    # runtime_call: the model alone, fed as detect() feeds it (the frame on OpenVINO).
+    on_ort = Detector(artifacts["onnx"], backend="onnxruntime")
+    for detector in (on_ir, on_ort):
+        expected = detector.run_model(detector.preprocess(frames[0])[0])
+        for name, value in detector.runtime_call(frames[0])().items():
+            np.testing.assert_allclose(value, expected[name], atol=1e-4)
     # Frames that are not resize_to_input's output are named, not silently cast.
-    for detector in (on_ir, Detector(artifacts["onnx"], backend="onnxruntime")):
+    for detector in (on_ir, on_ort):
         with pytest.raises(FrameError, match=r"resized frames \(N, 48, 64, 3\) uint8"):
             detector.run_frames(resized[None].astype(np.float32))
         with pytest.raises(FrameError, match="got \\(1, 48, 63, 3\\)"):
