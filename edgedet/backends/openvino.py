@@ -61,7 +61,10 @@ class _Compiled:
 
 
 class OpenVinoBackend:
-    """One compiled model (and, once asked for, a second one that takes resized frames)."""
+    """An OpenVINO model, compiled for the input it is given: normalised float images
+    (``run``, compiled at its first call) or resized uint8 frames (``frame_runner``, which
+    ``Detector`` compiles at load time). Each compile costs about as long as reading the
+    model, so a detector that only runs frames does not pay for the float one."""
 
     name = "openvino"
 
@@ -71,7 +74,7 @@ class OpenVinoBackend:
         device = device or "CPU"
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         self._core = ov.Core()
-        model = self._read_model()
+        self._model = model = self._read_model()
         # OpenVINO's CPU plugin runs float ops in bf16 where the CPU supports it. Keep them f32
         # unless the IR asks otherwise: in fp32 artifacts bf16 moves boxes and scores away
         # from the exported reference, and in INT8 artifacts the ops kept out of INT8 (P&A
@@ -89,13 +92,14 @@ class OpenVinoBackend:
             raise BackendError(f"openvino has no device {device!r} here; available: "
                                f"{', '.join(self._core.available_devices)} (or AUTO)")
         self._config = config
-        self._compiled = self._compile(model)
-        model_input = self._compiled.model.inputs[0]
+        model_input = model.inputs[0]
         self.input_name: str = model_input.get_any_name()
         self.input_shape: tuple[int | None, ...] = tuple(
             d.get_length() if d.is_static else None for d in model_input.get_partial_shape()
         )
-        self.output_names: tuple[str, ...] = self._compiled.output_names
+        self.output_names: tuple[str, ...] = tuple(o.get_any_name() for o in model.outputs)
+        self._float: _Compiled | None = None
+        self._float_lock = threading.Lock()
 
     def _read_model(self) -> ov.Model:
         try:
@@ -109,14 +113,22 @@ class OpenVinoBackend:
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise BackendError(f"openvino cannot load {self.model_path}: {exc}") from exc
 
+    def _float_model(self) -> _Compiled:
+        """The model compiled for normalised float input, on first use."""
+        with self._float_lock:
+            if self._float is None:
+                self._float = self._compile(self._model)
+            return self._float
+
     @property
     def inference_precision(self) -> str:
         """The precision the CPU plugin actually computes in (e.g. ``f32``, ``bf16``)."""
-        return self._compiled.model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        compiled = self._float_model().model
+        return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``images (N, 3, H, W) float32`` → ``{output name: array}`` (copies, not views)."""
-        return self._compiled(np.ascontiguousarray(images, dtype=np.float32))
+        return self._float_model()(np.ascontiguousarray(images, dtype=np.float32))
 
     def frame_runner(self, config: PreprocessConfig) -> FrameRunner:
         """``run`` for frames as ``resize_to_input`` makes them: ``(N, H, W, 3)`` BGR uint8.
@@ -126,11 +138,9 @@ class OpenVinoBackend:
         NCHW transpose. The CPU plugin folds it into the model's first layer, so the model
         takes about as long as with a float input (passd_mobilenet_int8_openvino: 12.67
         against 12.69 ms, the same outputs to the bit) and ``detect()`` drops the numpy step:
-        0.0-0.3 ms per frame over the zoo, measured interleaved. The float ``run`` keeps its
-        own compiled model.
+        0.0-0.3 ms per frame over the zoo, measured interleaved. ``run`` compiles its own.
         """
-        model = self._read_model()
-        ppp = PrePostProcessor(model)
+        ppp = PrePostProcessor(self._model.clone())
         ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(
             ov.Layout("NHWC")).set_color_format(ColorFormat.BGR)
         ppp.input().model().set_layout(ov.Layout("NCHW"))

@@ -107,7 +107,7 @@ def test_bf16_float_ops_keep_the_sampling_coordinates_f32(passd_ir, tmp_path):
         # others do. (Layout ops are exempt: the plugin rewrites some, e.g. an Unsqueeze into
         # its own Reshape, and the rewrite drops the mark; documented in openvino_precision.)
         precisions = {}
-        for op in backend._compiled.model.get_runtime_model().get_ops():
+        for op in backend._float_model().model.get_runtime_model().get_ops():
             info = op.get_rt_info()
             originals = tuple(info["originalLayersNames"].astype(str).split(","))
             precisions[originals] = (info["layerType"].astype(str),

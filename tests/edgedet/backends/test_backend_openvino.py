@@ -78,8 +78,8 @@ def test_each_thread_gets_its_own_infer_request(artifacts: dict[str, Path]) -> N
     requests = []
 
     def grab() -> None:
-        requests.append(backend._compiled._request())
-        requests.append(backend._compiled._request())
+        requests.append(backend._float_model()._request())
+        requests.append(backend._float_model()._request())
 
     threads = [threading.Thread(target=grab) for _ in range(3)]
     for t in threads:
