@@ -265,19 +265,20 @@ class Detector:
             The raw outputs by name, as ``run_model(normalize_to_nchw(...))`` gives them.
 
         Raises:
-            FrameError: not uint8 frames of the input size.
+            FrameError: not one or more uint8 frames of the input size.
         """
         frames_bgr = np.asarray(frames_bgr)
         width, height = self.input_size
-        if frames_bgr.dtype != np.uint8 or frames_bgr.shape[1:] != (height, width, 3):
+        if (frames_bgr.dtype != np.uint8 or frames_bgr.shape[1:] != (height, width, 3)
+                or len(frames_bgr) == 0):
             raise FrameError(f"run_frames takes resized frames (N, {height}, {width}, 3) uint8 "
                              f"(resize_to_input's output), got {frames_bgr.shape} "
                              f"{frames_bgr.dtype}")
         if self._frame_runner is not None:
             return self._in_model_batches(self._frame_runner, frames_bgr)
-        images = np.concatenate([normalize_to_nchw(f, self.preprocess_config)
-                                 for f in frames_bgr])
-        return self.run_model(images)
+        parts = [normalize_to_nchw(f, self.preprocess_config) for f in frames_bgr]
+        # One frame (detect()) goes as it is: a concatenation would copy it once more.
+        return self.run_model(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def runtime_call(self, frame: np.ndarray) -> Callable[[], dict[str, np.ndarray]]:
         """The model alone on ``frame``, fed exactly as ``detect`` feeds it (the resized uint8

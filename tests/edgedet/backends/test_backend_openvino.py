@@ -171,4 +171,6 @@ def test_detector_hands_openvino_resized_frames(artifacts: dict[str, Path]) -> N
             detector.run_frames(resized[None].astype(np.float32))
         with pytest.raises(FrameError, match="got \\(1, 48, 63, 3\\)"):
             detector.run_frames(resized[None, :, :63])
+        with pytest.raises(FrameError, match="got \\(0, 48, 64, 3\\)"):
+            detector.run_frames(resized[None][:0])
 
