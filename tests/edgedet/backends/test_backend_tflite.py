@@ -431,3 +431,49 @@ def test_int16_tensors_are_quantized_and_dequantized() -> None:
                                   np.array([-1.0, 0.5, 1.5, 16383.5], dtype=np.float32))
     with pytest.raises(BackendError, match="int16"):
         _to_model_type(values, {"name": "x", "dtype": np.int32, "quantization": (1.0, 0)})
+
+
+@pytest.mark.parametrize("color_order", ["rgb", "bgr"])
+def test_frame_runner_feeds_the_model_what_run_does_to_the_bit(models: dict[str, Path],
+                                                                color_order: str) -> None:
+    """The lookup table holds normalize_to_nchw's and the quantization's own results for
+    each of a channel's 256 values, in the model's layout, for float and int8 inputs."""
+    from edgedet.backends import FrameInputBackend
+    from edgedet.backends.tflite import TFLiteBackend
+    from edgedet.preprocess import PreprocessConfig, normalize_to_nchw
+
+    config = PreprocessConfig((WIDTH, HEIGHT), color_order=color_order,
+                              mean=(120.0, 110.0, 100.0), std=(60.0, 55.0, 70.0))
+    frames = np.random.default_rng(3).integers(0, 256, (2, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    for key in ("nhwc", "nchw", "int8_io", "unsigned"):
+        backend = TFLiteBackend(models[key], threads=1)
+        assert isinstance(backend, FrameInputBackend)
+        run_frames = backend.frame_runner(config)
+        for frame in frames:
+            expected = backend.run(normalize_to_nchw(frame, config))
+            outputs = run_frames(frame[None])
+            for name in OUTPUTS:
+                np.testing.assert_array_equal(outputs[name], expected[name], err_msg=key)
+
+
+def test_per_thread_sessions_run_frames_each_on_their_own(models: dict[str, Path]) -> None:
+    from edgedet.backends import FrameInputBackend
+    from edgedet.preprocess import PreprocessConfig, normalize_to_nchw
+
+    backend = create_backend("tflite", models["nhwc"], threads=1)  # one session per thread
+    assert isinstance(backend, FrameInputBackend)
+    config = PreprocessConfig((WIDTH, HEIGHT))
+    run_frames = backend.frame_runner(config)  # type: ignore[attr-defined]
+    frame = np.random.default_rng(4).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    expected = backend.run(normalize_to_nchw(frame, config))
+    results: list[dict[str, np.ndarray]] = []
+    threads = [threading.Thread(target=lambda: results.append(run_frames(frame[None])))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3
+    for outputs in results:
+        for name in OUTPUTS:
+            np.testing.assert_array_equal(outputs[name], expected[name])
