@@ -217,30 +217,9 @@ class _PerThread:
         self.input_name: str = first.input_name
         self.output_names: tuple[str, ...] = first.output_names
         self.input_shape: tuple[int | None, ...] = first.input_shape
-        # A FrameInputBackend only where its sessions are (an instance attribute is what the
-        # runtime-checkable protocol looks for).
-        if isinstance(first, FrameInputBackend):
-            self.frame_runner = self._frame_runner
 
-    def _session(self) -> InferenceBackend:
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self._load()
-        return session
-
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return self._session().run(images)
-
-    def _frame_runner(self, config: PreprocessConfig) -> FrameRunner:
-        """Each thread's session's own ``frame_runner``, made on its first call there (this
-        thread's now, so that errors surface at load time)."""
-        runners = threading.local()
-        runners.run = self._session().frame_runner(config)  # type: ignore[attr-defined]
-
-        def run_frames(frames_bgr: np.ndarray) -> dict[str, np.ndarray]:
-            run = getattr(runners, "run", None)
-            if run is None:
-                run = runners.run = self._session().frame_runner(config)  # type: ignore[attr-defined]
-            return run(frames_bgr)
-
-        return run_frames
+        return session.run(images)

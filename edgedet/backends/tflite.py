@@ -31,9 +31,6 @@ writes):
   static recipe both make the image input and every output int8): inputs are quantized here
   (``round(x / scale) + zero_point``, clipped), outputs dequantized to float32
   (``(q - zero_point) * scale``). Float16 ones are cast.
-* **Frames.** ``frame_runner`` (what ``detect()`` uses) feeds the resized uint8 frames through
-  a per-channel lookup table of the normalised, quantized input values, in the model's
-  layout: the same input as ``run`` gets, to the bit, at an eighth of the cost.
 * **Batch.** A fixed batch (usually 1; ``Detector.run_model`` runs larger batches in chunks
   of it) or a dynamic one (``-1`` in the input's shape signature; the input is resized per
   call).
@@ -49,11 +46,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from edgedet.backends import BACKENDS, BackendError, BackendUnavailableError, FrameRunner
-from edgedet.preprocess import PreprocessConfig, normalize_to_nchw
+from edgedet.backends import BACKENDS, BackendError, BackendUnavailableError
 
 
 def interpreter_class() -> tuple[type, str]:
@@ -226,37 +221,7 @@ class TFLiteBackend:
                                f"got {list(images.shape)}")
         if self.layout == "nhwc":
             images = images.transpose(0, 2, 3, 1)
-        return self._run_feed(np.ascontiguousarray(_to_model_type(images, self._input)))
-
-    def frame_runner(self, config: PreprocessConfig) -> FrameRunner:
-        """``run`` for frames as ``resize_to_input`` makes them: ``(N, H, W, 3)`` BGR uint8,
-        through a lookup table.
-
-        A channel of a uint8 pixel has 256 values, so the value the model is fed for each
-        (``normalize_to_nchw``'s float32 arithmetic, then this backend's quantization) is
-        computed once per channel here, by those same functions, and a frame costs one
-        ``cv2.LUT`` in the model's layout: the same input to the bit, without the float32
-        image, the NHWC transpose and the quantization passes (320x320, int8 input: 0.27
-        against 2.1 ms on the 2-core CPU).
-        """
-        values = np.ascontiguousarray(np.broadcast_to(
-            np.arange(256, dtype=np.uint8)[None, :, None], (1, 256, 3)))
-        table = _to_model_type(normalize_to_nchw(values, config), self._input)  # (1, 3, 1, 256)
-        lut = np.ascontiguousarray(table[0, :, 0, :].T[None])  # (1, 256, 3), model order
-        swap = config.color_order == "rgb"
-
-        def run_frames(frames_bgr: np.ndarray) -> dict[str, np.ndarray]:
-            looked_up = np.stack([
-                cv2.LUT(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if swap else frame, lut)
-                for frame in frames_bgr])  # (N, H, W, 3)
-            if self.layout == "nchw":
-                looked_up = looked_up.transpose(0, 3, 1, 2)
-            return self._run_feed(np.ascontiguousarray(looked_up))
-
-        return run_frames
-
-    def _run_feed(self, feed: np.ndarray) -> dict[str, np.ndarray]:
-        """The model on ``feed``, already in its layout and type; outputs as float32."""
+        feed = np.ascontiguousarray(_to_model_type(images, self._input))
         if self._runner is not None:
             raw = self._runner(**{self.input_name: feed})
         else:
