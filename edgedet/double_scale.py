@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgedet.anchors import GridAnchorSpec, anchor_spec_from_dict
-from edgedet.backends import FrameInputBackend, FrameRunner, InferenceBackend
-from edgedet.preprocess import PreprocessConfig, normalize_to_nchw, resize_to_input
+from edgedet.backends import InferenceBackend
+from edgedet.preprocess import PreprocessConfig, preprocess
 
 
 class DoubleScaleError(ValueError):
@@ -125,16 +125,6 @@ class SecondScale:
         self.backend = backend
         self.preprocess_config = preprocess_config
         self.layout = layout
-        # Where the runtime normalises (OpenVINO), the 2x model takes the resized frame too,
-        # as the 1x model does in Detector.
-        self._run_frames: FrameRunner | None = (
-            backend.frame_runner(preprocess_config)
-            if isinstance(backend, FrameInputBackend) else None)
-
-    @property
-    def normalizes_in_runtime(self) -> bool:
-        """Whether the 2x model takes the resized uint8 frame (``FrameInputBackend``)."""
-        return self._run_frames is not None
 
     @classmethod
     def from_manifest(cls, manifest: Mapping, backend: InferenceBackend) -> SecondScale:
@@ -164,10 +154,8 @@ class SecondScale:
     def merge(self, frame: np.ndarray, outputs_1x: Mapping[str, np.ndarray]
               ) -> dict[str, np.ndarray]:
         """Run ``frame`` (BGR uint8) at 2x and merge with its 1x ``(1, A, k)`` outputs."""
-        resized = resize_to_input(frame, self.preprocess_config)[0]
-        outputs_2x = (self._run_frames(resized[None]) if self._run_frames is not None
-                      else self.backend.run(normalize_to_nchw(resized, self.preprocess_config)))
-        return self.layout.merge_outputs(outputs_1x, outputs_2x)
+        images, _ = preprocess(frame, self.preprocess_config)
+        return self.layout.merge_outputs(outputs_1x, self.backend.run(images))
 
 
 __all__ = ["DoubleScaleError", "DoubleScaleLayout", "SecondScale"]
