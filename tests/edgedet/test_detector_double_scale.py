@@ -19,6 +19,7 @@ from torch import nn
 from edgedet._io import write_json_atomic
 from edgedet.anchors import GridAnchorSpec
 from edgedet.artifact import ManifestError, UncheckedArtifactError, load_manifest, sha256_file
+from edgedet.backends import is_available
 from edgedet.box_coding import cxcywh_to_xyxy
 from edgedet.detector import Detector
 from edgedet.double_scale import DoubleScaleError
@@ -100,8 +101,11 @@ def _frame() -> np.ndarray:  # the input size: the frame -> input transform is t
     return np.full((64, 64, 3), 100, dtype=np.uint8)
 
 
-def test_double_scale_decodes_the_merged_outputs_by_hand(artifact):
-    found = Detector(artifact, double_scale=True).detect(_frame())
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_double_scale_decodes_the_merged_outputs_by_hand(artifact, backend):
+    if not is_available(backend):
+        pytest.skip(f"{backend} is not installed")
+    found = Detector(artifact, backend=backend, double_scale=True).detect(_frame())
     # The 2x model's extra level: its anchor halved into 1x pixels, score sigmoid(10).
     extra = SPEC_2X.generate()[EXTRA_ROW] / 2.0
     # The shared level: the 1x anchor, score sigmoid of the two logits' mean.
