@@ -52,15 +52,7 @@ STAGES = ("read", "resize", "normalise", "runtime", "decode", "select")
 def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[float]]) -> None:
     """One ``detect()`` of ``frame``, stage by stage, appending ms to ``times``."""
     decoder = detector.decoder
-    resized = resize_to_input(frame, detector.preprocess_config)[0]
-    images = normalize_to_nchw(resized, detector.preprocess_config)
-
-    def infer() -> None:  # the caches as an inference leaves them
-        if detector.normalizes_in_runtime:
-            detector.run_frames(resized[None])
-        else:
-            detector.backend.run(images)
-
+    infer = detector.runtime_call(frame)  # the caches as an inference leaves them
     infer()
     clock = [time.perf_counter()]
 

@@ -290,7 +290,8 @@ class Detector:
         images = normalize_to_nchw(resized[0], self.preprocess_config)
         return lambda: self.run_model(images)
 
-    def _in_model_batches(self, run: FrameRunner, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    def _in_model_batches(self, run: Callable[[np.ndarray], dict[str, np.ndarray]],
+                          inputs: np.ndarray) -> dict[str, np.ndarray]:
         """``run(inputs)``, in chunks of the model's batch where it was exported with a fixed
         one (usually 1)."""
         limit = self._backend.input_shape[0]
