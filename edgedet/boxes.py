@@ -35,7 +35,9 @@ def box_iou(boxes_a_xyxy: np.ndarray, boxes_b_xyxy: np.ndarray) -> np.ndarray:
 
 def _iou_one_to_many(box: np.ndarray, area: float, boxes: np.ndarray, areas: np.ndarray
                      ) -> np.ndarray:
-    """IoU of one box ``(4,)`` with ``(M, 4)`` boxes: the inner step of the greedy loops.
+    """IoU of one box ``(4,)`` with ``(M, 4)`` boxes: the inner step of the greedy loops,
+    which call it inside ``np.errstate(divide="ignore", invalid="ignore")`` (entered once per
+    loop: per call it cost as much as the IoU arithmetic at a camera frame's few boxes).
 
     (``np.maximum(x, 0)`` rather than ``np.clip``: the same values, at a third of the call
     overhead, which is what a loop over a few hundred boxes pays.)"""
@@ -43,8 +45,7 @@ def _iou_one_to_many(box: np.ndarray, area: float, boxes: np.ndarray, areas: np.
     h = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0.0)
     inter = w * h
     union = area + areas - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
+    return np.where(union > 0, inter / union, 0.0)
 
 
 def _check_boxes_scores(boxes_xyxy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
@@ -101,14 +102,16 @@ def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
     # (One IoU row per kept box: suppressed boxes leave the loop at once, so at the 100-250
     # candidates of a camera frame this beats precomputing the IoU matrix, unlike Soft-NMS.)
     keep: list[int] = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        survives = _iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest]) <= iou_threshold
-        if class_ids is not None:
-            survives |= class_ids[rest] != class_ids[i]
-        order = rest[survives]
+    with np.errstate(divide="ignore", invalid="ignore"):  # for _iou_one_to_many
+        while order.size:
+            i = order[0]
+            keep.append(int(i))
+            rest = order[1:]
+            survives = (_iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest])
+                        <= iou_threshold)
+            if class_ids is not None:
+                survives |= class_ids[rest] != class_ids[i]
+            order = rest[survives]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -215,26 +218,27 @@ def _soft_nms_loop(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray 
               and len(boxes) <= IOU_MATRIX_LIMIT else None)
     keep: list[int] = []
     kept_scores: list[float] = []
-    while remaining.size:
-        pos = int(np.argmax(current[remaining]))  # first maximum: lower index wins ties
-        i = remaining[pos]
-        if stop_at is not None and current[i] <= stop_at:
-            break
-        keep.append(int(i))
-        kept_scores.append(float(current[i]))
-        remaining = np.delete(remaining, pos)
-        rivals = (remaining if class_ids is None
-                  else remaining[class_ids[remaining] == class_ids[i]])
-        if not rivals.size:
-            continue
-        iou = (matrix[i, rivals] if matrix is not None else
-               _iou_one_to_many(boxes[i], areas[i], boxes[rivals], areas[rivals]))
-        if method == "linear":
-            decay = np.where(iou >= iou_threshold, 1.0 - iou, 1.0)
-        else:
-            decay = np.exp(-(iou * iou) / sigma)
-        current[rivals] *= decay
-        remaining = remaining[current[remaining] >= score_threshold]
+    with np.errstate(divide="ignore", invalid="ignore"):  # for _iou_one_to_many
+        while remaining.size:
+            pos = int(np.argmax(current[remaining]))  # first maximum: lower index wins ties
+            i = remaining[pos]
+            if stop_at is not None and current[i] <= stop_at:
+                break
+            keep.append(int(i))
+            kept_scores.append(float(current[i]))
+            remaining = np.delete(remaining, pos)
+            rivals = (remaining if class_ids is None
+                      else remaining[class_ids[remaining] == class_ids[i]])
+            if not rivals.size:
+                continue
+            iou = (matrix[i, rivals] if matrix is not None else
+                   _iou_one_to_many(boxes[i], areas[i], boxes[rivals], areas[rivals]))
+            if method == "linear":
+                decay = np.where(iou >= iou_threshold, 1.0 - iou, 1.0)
+            else:
+                decay = np.exp(-(iou * iou) / sigma)
+            current[rivals] *= decay
+            remaining = remaining[current[remaining] >= score_threshold]
     return np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float32)
 
 
