@@ -226,7 +226,9 @@ def _soft_nms_loop(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray 
                 break
             keep.append(int(i))
             kept_scores.append(float(current[i]))
-            remaining = np.delete(remaining, pos)
+            # (A concatenation: np.delete's argument handling cost 4 us a call, more than
+            # the copy at a frame's few hundred candidates.)
+            remaining = np.concatenate((remaining[:pos], remaining[pos + 1:]))
             rivals = (remaining if class_ids is None
                       else remaining[class_ids[remaining] == class_ids[i]])
             if not rivals.size:
