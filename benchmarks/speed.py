@@ -229,20 +229,22 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
                       calibration: Sequence[np.ndarray], label: str,
                       precisions: Sequence[str] = ("fp32", "int8"),
                       float_precisions: Sequence[str] = ("f32",),
+                      targets: Sequence[str] = ("cpu", "openvino"),
+                      keep_float: Sequence[str] | None = None,
                       ) -> dict[tuple[str, str], Path]:
-    """``model`` built as the ``cpu`` and ``openvino`` targets build it (their sampler, the
-    default keep-float scope, ``Target.build``) for each precision, in ``work_dir``:
-    ``{(target, precision): model file}``. INT8 ranges come from ``calibration``. INT8 is
-    built once per float precision of ``float_precisions`` the target offers, keyed ``int8``
-    (f32) and e.g. ``int8 bf16``."""
+    """``model`` built as the ``cpu`` and ``openvino`` targets (or ``targets``) build it
+    (their sampler, their default keep-float scope or the ``keep_float`` categories,
+    ``Target.build``) for each precision, in ``work_dir``: ``{(target, precision): model
+    file}``. INT8 ranges come from ``calibration``. INT8 is built once per float precision of
+    ``float_precisions`` the target offers, keyed ``int8`` (f32) and e.g. ``int8 bf16``."""
     built: dict[tuple[str, str], Path] = {}
-    for target_name in ("cpu", "openvino"):
+    for target_name in targets:
         target = target_named(target_name)
         rewritten = rewrite_for_export(model, target.sampler)
         target_dir = work_dir / target_name
         onnx_fp32 = export_onnx(rewritten, target_dir / "fp32.onnx", size)
-        keep_float = tuple(flatten(find_kept_out_nodes(onnx.load(str(onnx_fp32)),
-                                                       target.default_keep_float)))
+        scope = target.default_keep_float if keep_float is None else tuple(keep_float)
+        keep_float_nodes = tuple(flatten(find_kept_out_nodes(onnx.load(str(onnx_fp32)), scope)))
         for precision in precisions:
             wanted = [f for f in float_precisions if f in target.float_precisions]
             for float_precision in wanted if precision == "int8" else ["f32"]:
@@ -251,7 +253,7 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
                 request = BuildRequest(precision, onnx_fp32, rewritten, size,
                                        target_dir / key.replace(" ", "_"),
                                        calibration if precision == "int8" else None,
-                                       keep_float, float_precision=float_precision)
+                                       keep_float_nodes, float_precision=float_precision)
                 files = target.build(request).files
                 built[target_name, key] = next(path for name, path in files.items()
                                                if name.endswith((".onnx", ".xml")))

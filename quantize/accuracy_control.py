@@ -4,6 +4,9 @@ One algorithm for every target; the target only builds (``Target.build``) and th
 check measures (the artifact through ``edgedet.Detector`` on the eval images)::
 
     1. plain PTQ: the target's default calibration and float scope     -> within max_drop? done
+    1b. the float scope back to the common default: the categories the target lets into
+       INT8 beyond ``int8_scope.DEFAULT_KEEP_FLOAT`` (OpenVINO: the sampling reads) in
+       float again                                                      -> within? done
     2. better calibration: each other range estimator of the target     -> keep the best ΔAP
        (ONNX Runtime: min/max, percentile; NNCF: mean min/max, min/max,
        mean quantile, histogram)                                         -> within? done
@@ -31,7 +34,7 @@ here for the layers the cheaper SQNR ranking puts first.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quantize.sensitivity import LayerSensitivity
@@ -66,11 +69,13 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class Trial:
-    """One INT8 build: the calibration method (None: the target's default) and the weight
-    layers (ONNX node names) returned to float on top of the target's float scope."""
+    """One INT8 build: the calibration method (None: the target's default), the weight
+    layers (ONNX node names) returned to float on top of the target's float scope, and the
+    scope categories (``quantize.int8_scope.CATEGORIES``) added to that scope."""
 
     calibration: str | None = None
     float_layers: tuple[str, ...] = ()
+    float_categories: tuple[str, ...] = ()
 
 
 @dataclass
@@ -109,6 +114,7 @@ class ControlOutcome:
     def manifest_section(self) -> dict[str, Any]:
         """The INT8 manifest's ``accuracy_control`` section."""
         return {"calibration": self.chosen.trial.calibration,
+                "float_categories": list(self.chosen.trial.float_categories),
                 "float_layers": self.float_layers,
                 "steps": self.steps}
 
@@ -116,7 +122,8 @@ class ControlOutcome:
 def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
             calibration_methods: Sequence[str], rank: Callable[[], list[LayerSensitivity]],
             say: Callable[[str], None] = lambda message: None,
-            start: Trial = Trial(), start_action: str = "plain PTQ") -> ControlOutcome:
+            start: Trial = Trial(), start_action: str = "plain PTQ",
+            scope_fallback: Sequence[str] = ()) -> ControlOutcome:
     """Run the loop of the module docstring.
 
     Args:
@@ -131,6 +138,8 @@ def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
             starts from its 1x model's chosen trial: the other calibrations then keep that
             trial's float layers, and the fallback adds layers on top of them.
         start_action: how the steps list names the first trial.
+        scope_fallback: scope categories the target's default lets into INT8 and the common
+            default keeps in float (step 1b); a missed check tries them in float first.
     """
     steps: list[dict[str, Any]] = []
 
@@ -138,6 +147,7 @@ def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
         result = evaluate(trial)
         steps.append({"step": len(steps), "action": action,
                       "calibration": trial.calibration or (calibration_methods or [None])[0],
+                      "float_categories": list(trial.float_categories),
                       "float_layers": len(trial.float_layers),
                       "delta_AP": result.delta_ap, "AP": result.ap,
                       "latency_p50_ms": result.latency_p50_ms, "passed": result.passed})
@@ -148,10 +158,19 @@ def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
     best = run(start, start_action)
     if best.passed or config.max_float_layers == 0:
         return ControlOutcome(best, steps)
+    restorable = tuple(c for c in scope_fallback if c not in start.float_categories)
+    if restorable:
+        result = run(replace(start, float_categories=(*start.float_categories, *restorable)),
+                     f"{', '.join(restorable)} back in float")
+        if result.delta_ap > best.delta_ap or result.passed:
+            best = result
+        if best.passed:
+            return ControlOutcome(best, steps)
+    categories = best.trial.float_categories  # every later trial keeps the better scope
     started_with = start.calibration or (calibration_methods or [None])[0]
     for method in calibration_methods:
         if method != started_with:
-            result = run(Trial(method, start.float_layers), f"calibration {method}")
+            result = run(Trial(method, start.float_layers, categories), f"calibration {method}")
             if result.delta_ap > best.delta_ap:
                 best = result
     if best.passed:
@@ -166,7 +185,7 @@ def control(evaluate: Callable[[Trial], TrialResult], config: ControlConfig,
         added = candidates[taken:taken + room]
         taken += len(added)
         chosen += added
-        result = run(Trial(calibration, tuple(chosen)),
+        result = run(Trial(calibration, tuple(chosen), categories),
                      f"+{len(added)} float: {', '.join(added)}")
         if result.delta_ap > best.delta_ap or result.passed:
             best = result

@@ -22,7 +22,13 @@ from quantize.accuracy import AccuracyCheck
 from quantize.accuracy_control import ControlConfig, ControlOutcome, Trial, TrialResult, control
 from quantize.calibration import ImageSet, calibration_inputs
 from quantize.export_onnx import export_onnx
-from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten, layer_units
+from quantize.int8_scope import (
+    CATEGORIES,
+    DEFAULT_KEEP_FLOAT,
+    find_kept_out_nodes,
+    flatten,
+    layer_units,
+)
 from quantize.manifest import build_manifest
 from quantize.rewrites import rewrite_for_export
 from quantize.sensitivity import LayerSensitivity, detection_weighting, rank_layers
@@ -72,8 +78,9 @@ class Builder:
         self.keep_float: tuple[str, ...] = ()
         self.kept_report: dict[str, dict[str, Any]] = {}
         self.units: dict[str, list[str]] = {}
+        self._graph: onnx.ModelProto | None = None
         if "int8" in config.resolved_precisions():
-            graph = onnx.load(str(self.onnx_fp32))
+            graph = self._graph = onnx.load(str(self.onnx_fp32))
             kept = find_kept_out_nodes(graph, config.resolved_keep_float())
             self.keep_float = tuple(flatten(kept))
             self.kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
@@ -124,13 +131,19 @@ class Builder:
                  calibration: Any) -> BuildRequest:
         """The target's build request for ``precision`` and ``trial`` at one input size."""
         extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
+        categories = tuple(dict.fromkeys((*self.config.resolved_keep_float(),
+                                          *trial.float_categories)))
+        scope = self.keep_float
+        if trial.float_categories:  # accuracy control widened the scope
+            assert self._graph is not None
+            scope = tuple(flatten(find_kept_out_nodes(self._graph, categories)))
         return BuildRequest(
             precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
             input_size=input_size, work_dir=work_dir,
             calibration=calibration if precision == "int8" else None,
             # Two layers' tails can share a node (both feed one Add): name each node once.
-            keep_float=tuple(dict.fromkeys((*self.keep_float, *extra_float))),
-            keep_float_categories=self.config.resolved_keep_float(),
+            keep_float=tuple(dict.fromkeys((*scope, *extra_float))),
+            keep_float_categories=categories,
             float_layers=trial.float_layers, calibration_method=trial.calibration,
             float_precision=self.config.float_precision,
             weight_storage=self.config.weight_storage)
@@ -219,10 +232,17 @@ def _controlled_int8(config: ConvertConfig, builder: Builder, check: AccuracyChe
 
     control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
     outcome = control(evaluate, control_config, builder.target.calibration_methods,
-                      builder.rank, say=lambda message: say(config, message))
+                      builder.rank, say=lambda message: say(config, message),
+                      scope_fallback=scope_fallback(config))
     if not outcome.ranking:  # passed without the fallback: rank anyway, for the report
         outcome.ranking = builder.rank()
     return outcome
+
+
+def scope_fallback(config: ConvertConfig) -> tuple[str, ...]:
+    """The scope categories this run lets into INT8 that ``DEFAULT_KEEP_FLOAT`` keeps float
+    (the openvino target's sampling reads): accuracy control's first way back."""
+    return tuple(c for c in DEFAULT_KEEP_FLOAT if c not in config.resolved_keep_float())
 
 
 def _with_second_scale(config: ConvertConfig, builder: Builder, check: AccuracyCheck,
@@ -252,7 +272,8 @@ def _with_second_scale(config: ConvertConfig, builder: Builder, check: AccuracyC
     control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
     second = control(evaluate, control_config, builder.target.calibration_methods,
                      lambda: ranking, say=lambda message: say(config, f"2x model: {message}"),
-                     start=outcome.chosen.trial, start_action="the 1x model's INT8 settings")
+                     start=outcome.chosen.trial, start_action="the 1x model's INT8 settings",
+                     scope_fallback=scope_fallback(config))
     second.ranking = ranking
     staged, accuracy = second.chosen.payload
     section = {**staged.manifest["double_scale"], "accuracy": accuracy,

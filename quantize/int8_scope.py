@@ -5,11 +5,17 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
 
 ``sampling``   the sampling-point math of the P&A and deformable-conv rewrites: everything
                that computes the ``Gather`` row indices and the bilinear weights (offsets,
-               box decoding, floor, corner masks) or the ``GridSample`` grid, the read
-               itself and the weighted tap sum, up to the next weight layer or graph
-               output. INT8 steps of a box coordinate or a bilinear weight (1/255 of the
-               range) move every sample; these nodes are cheap element-wise math, so
-               float costs little.
+               box decoding, floor, corner masks) or the ``GridSample`` grid, and what
+               follows the tap sum up to the next weight layer or graph output. An INT8
+               step of a box coordinate (1/255 of its range) moves every sample; these
+               nodes are cheap element-wise math, so float costs little.
+``sampling_reads``  what the sampling reads and sums: the projected table on its way (layout
+               ops only) from the projection to the ``Gather`` or ``GridSample``, the read
+               itself, and the tap-sum ``MatMul`` of the ``gather`` form (samples x bilinear
+               weights). In INT8 the table values are rounded per tensor and the tap sum
+               takes its bilinear weights in steps of 1/255, while the coordinates stay in
+               float. Worth it where the runtime then reads and sums in INT8: OpenVINO
+               (``quantize.targets.openvino``).
 ``attention``  DSA self-attention: ``Softmax`` and the ``MatMul`` s between two activations
                (query-key and attention-value products). The attention map spans H*W
                positions whose weights are mostly tiny; 8 bits of it is mostly zeros.
@@ -38,8 +44,12 @@ import onnx
 
 CATEGORIES: dict[str, str] = {
     "sampling": "P&A / deformable sampling math (sampling points, Gather indices, bilinear "
-                "weights, tap sum): an INT8 step of a coordinate or bilinear weight moves "
-                "every sample, and this element-wise math is cheap in float",
+                "weights): an INT8 step of a coordinate moves every sample, and this "
+                "element-wise math is cheap in float",
+    "sampling_reads": "the values the P&A / deformable sampling reads (the projected tables, "
+                      "the Gather / GridSample) and the tap sum over them: float unless the "
+                      "runtime reads and sums them in INT8 (OpenVINO does), where the table "
+                      "values round per tensor and the bilinear weights to steps of 1/255",
     "attention": "self-attention Softmax and activation-activation MatMuls (DSA): the "
                  "attention map over H*W positions is mostly tiny weights that 8 bits "
                  "round to zero",
@@ -53,7 +63,7 @@ CATEGORIES: dict[str, str] = {
                "levels into the outputs, and the outputs themselves: an INT8 Concat puts every "
                "pyramid level on one scale, so one level's extreme logits coarsen all scores",
 }
-DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "attention", "masks")
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "sampling_reads", "attention", "masks")
 # Each target (quantize/targets/) starts from these and says why it adds any.
 
 _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -170,6 +180,33 @@ def _sampling_nodes(graph: _Graph) -> set[str]:
     return seeds | upstream | graph.forward(seeds | upstream)
 
 
+def _sampling_read_nodes(graph: _Graph) -> set[str]:
+    """The reads of the sampling: each ``Gather`` with computed indices and each
+    ``GridSample``, the layout ops that carry the table (projected map) to its data input,
+    and for a ``Gather`` the layout ops from it to the tap-sum ``MatMul`` and that ``MatMul``
+    (whose other operand, the bilinear weights, is computed by "sampling" nodes)."""
+    reads: set[str] = set()
+    for node in graph.nodes:
+        gather = node.op_type == "Gather" and not (
+            graph.is_constant(node.inputs[1]) or graph.is_constant(node.inputs[0]))
+        if not (gather or node.op_type == "GridSample"):
+            continue
+        reads.add(node.name)
+        source = graph.producer.get(node.inputs[0])
+        while source is not None and source.op_type in _LAYOUT_OPS:
+            reads.add(source.name)
+            source = graph.producer.get(source.inputs[0])
+        pending = [node] if gather else []
+        while pending:
+            for consumer in graph.consumers.get(pending.pop().outputs[0], []):
+                if consumer.op_type in _LAYOUT_OPS:
+                    reads.add(consumer.name)
+                    pending.append(consumer)
+                elif consumer.op_type == "MatMul" and not graph.is_weight_layer(consumer):
+                    reads.add(consumer.name)
+    return reads
+
+
 def _attention_nodes(graph: _Graph, exclude: set[str]) -> set[str]:
     found = {n.name for n in graph.nodes if n.op_type == "Softmax"}
     found |= {n.name for n in graph.nodes
@@ -227,9 +264,11 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
                          f"{', '.join(CATEGORIES)}")
     graph = _Graph(nodes, constants, outputs)
     sampling = _sampling_nodes(graph)
+    reads = _sampling_read_nodes(graph)
     heads, output_tail = _head_nodes(graph)
     found = {
-        "sampling": sampling,
+        "sampling": sampling - reads,
+        "sampling_reads": reads,
         "attention": _attention_nodes(graph, exclude=sampling),
         "masks": _mask_nodes(graph),
         "head": heads | output_tail,

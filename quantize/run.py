@@ -50,7 +50,7 @@ data (SPEC: synthetic | synthetic:SEED | coco:PATH | voc:PATH | yolo:PATH):
   calibration images that also appear in the eval set (same image bytes) are refused.
 
 kept out of INT8 (--keep-float, categories found on the graph by structure):
-{chr(10).join(f"  {name:9s}  {reason}" for name, reason in CATEGORIES.items())}
+{chr(10).join(f"  {name:14s}  {reason}" for name, reason in CATEGORIES.items())}
 
 jetson: the INT8 model is QDQ ONNX that follows TensorRT's explicit-quantization rules (signed
   symmetric INT8, per-channel weights, Q/DQ only on the inputs of weighted layers and residual
@@ -104,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "AP points (0-100; default 1.0)")
     parser.add_argument("--max-float-layers", type=int, default=DEFAULT_MAX_FLOAT_LAYERS,
                         metavar="N",
-                        help="accuracy control: when an INT8 artifact misses --max-drop, try "
-                             "the target's other calibration methods, then return the most "
+                        help="accuracy control: when an INT8 artifact misses --max-drop, put "
+                             "back in float what the target lets into INT8 beyond the common "
+                             "scope (openvino: sampling_reads), try the target's other "
+                             "calibration methods, then return the most "
                              "harmful weight layers (sensitivity ranking) to float, --float-step "
                              f"at a time, up to N (default {DEFAULT_MAX_FLOAT_LAYERS}; 0: plain "
                              "PTQ, --max-drop only gates)")

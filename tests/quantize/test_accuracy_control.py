@@ -37,14 +37,15 @@ class Scripted:
     """ΔAP of a trial: ``base[calibration]`` plus ``gain`` per float layer in ``helpful``."""
 
     def __init__(self, base: dict, helpful: dict[str, float], max_drop: float = 1.0) -> None:
+        # helpful: weight layers and scope categories, each worth its gain in float.
         self.base, self.helpful, self.max_drop = base, helpful, max_drop
         self.trials: list[Trial] = []
         self.ranked = 0
 
     def evaluate(self, trial: Trial) -> TrialResult:
         self.trials.append(trial)
-        delta = self.base[trial.calibration] + sum(self.helpful.get(n, 0.0)
-                                                   for n in trial.float_layers)
+        delta = self.base[trial.calibration] + sum(
+            self.helpful.get(n, 0.0) for n in (*trial.float_layers, *trial.float_categories))
         return TrialResult(trial, delta, 30 + delta, 10.0 + len(trial.float_layers),
                            -delta <= self.max_drop)
 
@@ -125,6 +126,41 @@ def test_from_a_start_trial_the_other_calibrations_keep_its_layers_and_the_fallb
                              Trial("percentile", ("b", "a", "c", "d"))]
     assert not outcome.chosen.passed and outcome.chosen.delta_ap == pytest.approx(-1.5)
     assert [f["rank"] for f in outcome.manifest_section()["float_layers"]] == [2, 1, 3, 4]
+
+
+def test_a_miss_first_puts_the_scope_the_target_widened_back_in_float():
+    # OpenVINO lets the sampling reads into INT8: when that misses, they go back first.
+    script = Scripted({None: -1.3, "entropy": -2.0}, {"sampling_reads": 0.5, "a": 5.0})
+    outcome = control(script.evaluate, ControlConfig(1.0), ("minmax", "entropy"), script.rank,
+                      scope_fallback=("sampling_reads",))
+    assert script.trials == [Trial(), Trial(float_categories=("sampling_reads",))]
+    assert outcome.chosen.passed and script.ranked == 0
+    assert outcome.steps[1]["action"] == "sampling_reads back in float"
+    assert outcome.manifest_section()["float_categories"] == ["sampling_reads"]
+
+
+def test_a_scope_that_helps_but_does_not_pass_is_kept_by_the_later_steps():
+    script = Scripted({None: -3.0, "entropy": -3.2}, {"sampling_reads": 0.4, "a": 1.0})
+    outcome = control(script.evaluate, ControlConfig(1.0, step=1), ("minmax", "entropy"),
+                      script.rank, scope_fallback=("sampling_reads",))
+    reads = ("sampling_reads",)
+    # -3.0 -> reads float -2.6 -> entropy -2.8 -> + a -1.6 -> + b -1.6 ... budget of 10.
+    assert script.trials[:4] == [Trial(), Trial(float_categories=reads),
+                                 Trial("entropy", (), reads), Trial(None, ("a",), reads)]
+    assert all(t.float_categories == reads for t in script.trials[1:])
+    assert not outcome.chosen.passed
+
+
+def test_a_scope_that_does_not_help_is_dropped_and_zero_budget_skips_it():
+    script = Scripted({None: -1.5}, {"sampling_reads": -0.2, "a": 1.0})
+    outcome = control(script.evaluate, ControlConfig(1.0), (), script.rank,
+                      scope_fallback=("sampling_reads",))
+    assert script.trials[2] == Trial(None, ("a", "b"))  # back to the default scope
+    assert outcome.chosen.passed and outcome.chosen.trial.float_categories == ()
+    script = Scripted({None: -1.5}, {"sampling_reads": 1.0})
+    control(script.evaluate, ControlConfig(1.0, max_float_layers=0), (), script.rank,
+            scope_fallback=("sampling_reads",))
+    assert script.trials == [Trial()]
 
 
 # --- end to end: a fragile model --------------------------------------------------------

@@ -25,7 +25,7 @@ from tests.quantize.conftest import SMALL_DETECTORS
 
 pytest.importorskip("litert_torch", reason="needs edgedet[tflite-export]")
 
-ALL = ("sampling", "attention", "masks", "head")
+ALL = ("sampling", "sampling_reads", "attention", "masks", "head")
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,11 @@ def test_float_scope_on_tflite_matches_the_onnx_one(converted, exported, name):
     tflite_reads = [n for n in graph.nodes if n.op_type == "Gather"
                     and not {n.inputs[0], n.inputs[1]} & graph.constants]
     assert len(tflite_reads) == len(onnx_reads)
-    assert {n.name for n in tflite_reads} <= set(kept["sampling"])
+    assert {n.name for n in tflite_reads} <= set(kept["sampling_reads"])
+    assert by_op["sampling_reads"]["GATHER_ND"] == onnx_kept["sampling_reads"]["Gather"]
     # Weight layers are never in the sampling, attention or mask scope; the head is made of
     # weight layers and the layout ops that flatten and join their outputs.
-    for category in ("sampling", "attention", "masks"):
+    for category in ("sampling", "sampling_reads", "attention", "masks"):
         assert not {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} & set(by_op[category])
     assert "CONV_2D" in by_op["head"]
     assert set(by_op["head"]) <= {"CONV_2D", "FULLY_CONNECTED", "RESHAPE", "TRANSPOSE",

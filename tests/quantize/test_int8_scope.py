@@ -33,7 +33,8 @@ def test_toy_graph_masks_attention_and_head():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8]),
          helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
     kept = find_kept_out_nodes(helper.make_model(graph), list(CATEGORIES))
-    assert kept == {"sampling": [], "attention": ["qk", "soft"], "masks": ["apply", "sig"],
+    assert kept == {"sampling": [], "sampling_reads": [], "attention": ["qk", "soft"],
+                    "masks": ["apply", "sig"],
                     "head": ["c2", "flat"],  # the head conv and its layout tail
                     "outputs": []}  # the tail, already claimed by "head"
     # Alone, "outputs" is only the layout tail: the head conv stays INT8.
@@ -41,8 +42,10 @@ def test_toy_graph_masks_attention_and_head():
 
 
 @pytest.mark.parametrize("name, category, op_types", [
-    ("passd_mobilenet", "sampling", {"Gather", "Floor", "MatMul", "Tanh", "Exp"}),
-    ("harnet_resnet18_small", "sampling", {"Gather", "Floor", "MatMul"}),
+    ("passd_mobilenet", "sampling", {"Floor", "Tanh", "Exp"}),
+    ("passd_mobilenet", "sampling_reads", {"Gather", "MatMul"}),
+    ("harnet_resnet18_small", "sampling", {"Floor"}),
+    ("harnet_resnet18_small", "sampling_reads", {"Gather", "MatMul"}),
     ("harnet_resnet18_small", "masks", {"Sigmoid", "Mul"}),
     ("dsanet_resnet18", "attention", {"Softmax", "MatMul"}),
 ])
@@ -69,8 +72,47 @@ def test_grid_sample_sampler_keeps_its_sampling_in_float(tmp_path):
                                sampler="grid_sample")
     model = onnx.load(str(export_onnx(model, tmp_path / "m.onnx", (320, 320))))
     kept = find_kept_out_nodes(model)
-    sampling_ops = ops_of(model, kept["sampling"])
-    assert {"GridSample", "Tanh", "Exp"} <= sampling_ops
+    assert {"Tanh", "Exp"} <= ops_of(model, kept["sampling"])
+    assert "GridSample" in ops_of(model, kept["sampling_reads"])
     # The projection (now a 1x1 Conv) is still INT8's: no weight layer is kept out.
     weight_layers = {n.name for n in model.graph.node if n.op_type == "Conv"}
     assert not weight_layers & set(flatten(kept))
+
+
+def test_sampling_reads_are_the_table_the_read_and_the_tap_sum():
+    # table = x @ P (the projection); rows = Floor(pts) -> Cast; samples = Gather(table, rows);
+    # out = MatMul(bilinear weights, samples) + bias. The reads are the table's layout op, the
+    # Gather, the layout op after it and the tap sum; the coordinate math is "sampling".
+    projection = helper.make_tensor("P", TensorProto.FLOAT, [2, 6], [0.5] * 12)
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [3], [0.0] * 3)
+    shape = helper.make_tensor("s", TensorProto.INT64, [2], [-1, 3])
+    nodes = [
+        helper.make_node("MatMul", ["x", "P"], ["proj"], name="projection"),
+        helper.make_node("Reshape", ["proj", "s"], ["table"], name="table_rows"),
+        helper.make_node("Floor", ["pts"], ["fl"], name="floor"),
+        helper.make_node("Cast", ["fl"], ["rows"], name="rows", to=TensorProto.INT64),
+        helper.make_node("Sub", ["pts", "fl"], ["w"], name="weights"),
+        helper.make_node("Gather", ["table", "rows"], ["g"], name="read"),
+        helper.make_node("Unsqueeze", ["g", "ax"], ["g4"], name="samples"),
+        helper.make_node("MatMul", ["w", "g4"], ["tap"], name="tap_sum"),
+        helper.make_node("Add", ["tap", "b"], ["y"], name="bias"),
+    ]
+    axis = helper.make_tensor("ax", TensorProto.INT64, [1], [0])
+    graph = helper.make_graph(
+        nodes, "reads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2]),
+         helper.make_tensor_value_info("pts", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [projection, bias, shape, axis])
+    kept = find_kept_out_nodes(helper.make_model(graph), ["sampling", "sampling_reads"])
+    assert kept["sampling_reads"] == ["read", "samples", "table_rows", "tap_sum"]
+    assert kept["sampling"] == ["bias", "floor", "rows", "weights"]
+
+
+def test_openvino_lets_the_sampling_reads_into_int8_and_the_others_keep_them():
+    from quantize.targets import target_named
+
+    assert "sampling_reads" not in target_named("openvino").default_keep_float
+    assert "sampling" in target_named("openvino").default_keep_float
+    for name in ("cpu", "tflite", "jetson"):
+        assert {"sampling", "sampling_reads"} <= set(target_named(name).default_keep_float)

@@ -125,3 +125,69 @@ def test_bf16_float_ops_keep_the_sampling_coordinates_f32(passd_ir, tmp_path):
         a, b = reference.run(images), backend.run(images)
         for name in reference.output_names:
             assert cosine(a[name], b[name]) > 0.98, name
+
+
+def _through_layout(value) -> object:
+    """The node producing ``value``, skipping layout-only ops."""
+    node = value.get_node()
+    while node.get_type_name() in ("Reshape", "Transpose", "Squeeze", "Unsqueeze"):
+        node = node.input_value(0).get_node()
+    return node
+
+
+def test_openvino_scope_reads_and_sums_the_samples_in_int8(exported, tmp_path):
+    # The openvino target lets "sampling_reads" into INT8: NNCF quantizes each table (the
+    # Gather's data) and both operands of each tap sum, and nothing feeding a Gather's row
+    # indices (the coordinates stay float).
+    from quantize.targets import target_named
+
+    _, input_size, onnx_path = exported("passd_mobilenet")
+    xml, _ = export_openvino(onnx_path, tmp_path / "fp32")
+    scope = target_named("openvino").default_keep_float
+    kept_onnx = flatten(find_kept_out_nodes(onnx.load(str(onnx_path)), scope))
+    ignored = openvino_names_for(ov.Core().read_model(str(xml)), kept_onnx)
+    calibration = synthetic_inputs(input_size, 8, CALIBRATION_SEED)
+    xml8, _ = quantize_openvino(xml, tmp_path / "int8", calibration, ignored)
+    model = ov.Core().read_model(str(xml8))
+    tap_sums = [op for op in model.get_ops() if op.get_type_name() == "MatMul"
+                and _through_layout(op.input_value(1)).get_type_name() in ("Gather",
+                                                                          "FakeQuantize")]
+    assert tap_sums
+    for tap_sum in tap_sums:
+        assert tap_sum.input_value(0).get_node().get_type_name() == "FakeQuantize"
+        samples = _through_layout(tap_sum.input_value(1))
+        if samples.get_type_name() == "FakeQuantize":  # NNCF may also quantize after the read
+            samples = _through_layout(samples.input_value(0))
+        assert samples.get_type_name() == "Gather"
+        assert _through_layout(samples.input_value(0)).get_type_name() == "FakeQuantize"
+        assert "FakeQuantize" not in _producer_types(samples.input_value(1).get_node())
+    core, config = ov.Core(), {"INFERENCE_PRECISION_HINT": "f32"}
+    # The CPU plugin then runs the tap sums as INT8 MatMuls (the point of the scope).
+    request = core.compile_model(str(xml8), "CPU", {**config, "PERF_COUNT": True}
+                                 ).create_infer_request()
+    request.infer(calibration[0])
+    names = {op.get_friendly_name() for op in tap_sums}
+    kernels = {info.exec_type for info in request.profiling_info
+               if info.node_name in names and info.real_time.total_seconds() > 0}
+    assert kernels and all("i8" in kernel.lower() for kernel in kernels), kernels
+    fp32, int8 = (core.compile_model(str(p), "CPU", config) for p in (xml, xml8))
+    for images in synthetic_inputs(input_size, 2, EVAL_SEED):
+        a, b = fp32(images), int8(images)
+        for port_a, port_b in zip(fp32.outputs, int8.outputs, strict=True):
+            assert cosine(np.asarray(a[port_a]), np.asarray(b[port_b])) > 0.98
+
+
+def _producer_types(node, depth: int = 40) -> set[str]:
+    """Op types found walking back from ``node`` (the row-index math is a short chain)."""
+    seen, pending, types = set(), [node], set()
+    while pending and len(seen) < depth * 10:
+        current = pending.pop()
+        if id(current) in seen or current.get_type_name() in ("Parameter", "Constant"):
+            continue
+        seen.add(id(current))
+        types.add(current.get_type_name())
+        if current.get_type_name() in ("Convolution", "MatMul", "GroupConvolution"):
+            continue  # the coordinates start at the propose conv's output
+        pending.extend(current.input_value(i).get_node()
+                       for i in range(current.get_input_size()))
+    return types
