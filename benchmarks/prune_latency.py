@@ -40,11 +40,15 @@ from edgedet.models.builders import builder_of
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.summary import count_gflops
 
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints/harnet_pruned_ft/best"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="checkpoints/harnet_pruned_ft/best",
-                        help="a pruned checkpoint (its config holds the channel plan)")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                        help="a pruned checkpoint (its config holds the channel plan; default: "
+                             "the repository's checkpoints/harnet_pruned_ft/best, from any "
+                             "working directory)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=3)
