@@ -64,7 +64,8 @@ CATEGORIES: dict[str, str] = {
                "pyramid level on one scale, so one level's extreme logits coarsen all scores",
 }
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "sampling_reads", "attention", "masks")
-# Each target (quantize/targets/) starts from these and says why it adds any.
+# Each target (quantize/targets/) starts from these and says why it adds or drops any
+# (openvino drops sampling_reads; accuracy control can put a dropped one back).
 
 _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
 # Ops that only move or reshape data: a mask reaching its Mul through them is still a mask.
