@@ -108,7 +108,9 @@ def _control_lines(controlled: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if not controlled:
         return []
     lines = ["", "## Accuracy control", "",
-             "INT8 artifacts that miss `--max-drop` with plain PTQ get the target's other "
+             "INT8 artifacts that miss `--max-drop` with plain PTQ first get back in float "
+             "what their target lets into INT8 beyond the common scope (OpenVINO: the "
+             "sampling reads), then the target's other "
              "calibration methods, then their most harmful weight layers (sensitivity "
              "ranking: SQNR of the decoded outputs, weighted per anchor by its score, with "
              "only that layer in INT8, `quantize/sensitivity.py`) back in float a few at a "
@@ -126,10 +128,14 @@ def _control_lines(controlled: Mapping[str, Mapping[str, Any]]) -> list[str]:
                          f"{_number(step['AP'])} | {_number(step['latency_p50_ms'])} | "
                          f"{'pass' if step['passed'] else 'miss'} |")
         floated = entry.get("float_layers") or []
+        categories = entry.get("float_categories") or []
         passed = any(step["passed"] for step in entry["steps"])
         chosen = "Shipped" if passed else "Best step (outside `--max-drop`: rejected)"
         lines += ["", f"{chosen}: calibration `{entry.get('calibration') or 'default'}`, "
-                      f"{len(floated)} weight layer(s) returned to float"
+                      + (f"{', '.join(f'`{c}`' for c in categories)} back in float "
+                         "(on top of the scope under \"Kept out of INT8\"), "
+                         if categories else "")
+                      + f"{len(floated)} weight layer(s) returned to float"
                       + (": " + ", ".join(f"`{f['node']}` (rank {f['rank']}, "
                                           f"{f['sqnr_db']:.1f} dB)" for f in floated)
                          if floated else "") + "."]

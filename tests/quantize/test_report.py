@@ -24,3 +24,12 @@ def test_a_passing_artifact_is_shipped_and_a_failing_one_is_called_rejected():
     assert "Shipped" not in second
     assert "Best step (outside `--max-drop`: rejected)" in second and "| miss |" in second
     assert _control_lines({}) == []
+
+
+def test_a_scope_put_back_in_float_is_named_with_the_shipped_step():
+    text = "\n".join(_control_lines({
+        "m_int8": {"steps": [step(0, False, -1.5), step(1, True, -0.5)],
+                   "calibration": None, "float_categories": ["sampling_reads"],
+                   "float_layers": []}}))
+    assert ("Shipped: calibration `default`, `sampling_reads` back in float (on top of the "
+            'scope under "Kept out of INT8"), 0 weight layer(s) returned to float.') in text
