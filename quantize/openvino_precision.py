@@ -28,7 +28,11 @@ Timed against the f32 IR alone (the two compiled side by side, 30 interleaved ro
 7.5% and 11% faster in two runs; among the other models of ``benchmarks/speed.py`` the
 difference drowns in this machine's noise. Rewriting the dropped ops into marked
 ``Reshape`` s beforehand left AP at 42.78, so the rest of the loss is bf16 in the reads and
-tap sums themselves. Hence an option, not the default of ``quantize/run.py``. Where speed
+tap sums themselves (marking the bilinear-weight math too, 2026-12-04, left AP where it was).
+Since the openvino target lets its sampling reads into INT8 (``quantize.int8_scope``), the
+tables and tap sums run in INT8 under either hint, and with them the paper-width INT8 IR runs
+as fast with f32 float ops as with bf16. Hence an option, not the default of
+``quantize/run.py``. Where speed
 matters more than those 0.6 AP it pays: the zoo's OpenVINO build of the PASSD
 (``passd_mobilenet_int8_openvino``) uses it: in three interleaved ``benchmarks/speed.py``
 runs (2026-12-04, evening) it ran at 1.46-1.56x OpenVINO's bf16 default of the fp32 model and
