@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                                  ("reads float", float_reads)):
                 built = build_for_targets(
                     model, size, work_dir / f"{classes}_{'float' if scope else 'int8'}",
-                    calibration, f"{classes} classes, {label}", precisions=("fp32", "int8"),
+                    calibration, f"{classes} classes, {label}",
+                    precisions=("fp32", "int8") if scope is None else ("int8",),
                     float_precisions=("bf16",), targets=("openvino",), keep_float=scope)
                 cases = [(f"{classes} classes: INT8, {label}", built["openvino", "int8 bf16"],
                           "bf16")]
