@@ -155,57 +155,49 @@ class _Graph:
         return node is not None and node.op_type == op_type
 
 
-def _sampling_nodes(graph: _Graph) -> set[str]:
-    # A Gather with computed indices is a sampling read (embedding-style Gathers of constant
-    # tables or shape Gathers with constant indices are not); so is every GridSample (the
-    # rewrites' other sampler), whose grid input carries the sampling points.
-    gathers = [n for n in graph.nodes
-               if n.op_type == "Gather" and not graph.is_constant(n.inputs[1])
-               and not graph.is_constant(n.inputs[0])]
-    grid_samples = [n for n in graph.nodes if n.op_type == "GridSample"]
-    seeds = {n.name for n in gathers + grid_samples}
-    tensors: list[str] = [t for n in gathers + grid_samples for t in n.inputs]
-    # The tap sum: an activation x activation MatMul reading the gathered samples; its other
-    # operand holds the bilinear weights.
-    gathered = set()
-    for gather in gathers:
-        gathered |= {gather.outputs[0]} | {
-            c.outputs[0] for c in graph.consumers.get(gather.outputs[0], [])
-            if c.op_type in _LAYOUT_OPS}
-    for node in graph.nodes:
-        if node.op_type == "MatMul" and not graph.is_weight_layer(node) and (
-                set(node.inputs) & gathered):
-            seeds.add(node.name)
-            tensors.extend(node.inputs)
-    upstream = graph.backward(tensors)
-    return seeds | upstream | graph.forward(seeds | upstream)
+def _sampling_reads(graph: _Graph) -> tuple[list[ScopeNode], list[ScopeNode], set[str]]:
+    """``(reads, tap sums, the "sampling_reads" node names)``.
 
-
-def _sampling_read_nodes(graph: _Graph) -> set[str]:
-    """The reads of the sampling: each ``Gather`` with computed indices and each
-    ``GridSample``, the layout ops that carry the table (projected map) to its data input,
-    and for a ``Gather`` the layout ops from it to the tap-sum ``MatMul`` and that ``MatMul``
-    (whose other operand, the bilinear weights, is computed by "sampling" nodes)."""
-    reads: set[str] = set()
+    A read is a ``Gather`` with computed indices and data (embedding-style Gathers of constant
+    tables or shape Gathers with constant indices are not) or a ``GridSample`` (the rewrites'
+    other sampler, whose grid input carries the sampling points). A tap sum is the
+    activation x activation ``MatMul`` a Gather's samples reach through layout ops; its
+    other operand holds the bilinear weights. The category is the reads, the tap sums, and
+    the layout ops carrying the table (projected map) to a read and a Gather's samples to
+    their tap sum."""
+    reads, tap_sums, names = [], [], set()
     for node in graph.nodes:
         gather = node.op_type == "Gather" and not (
             graph.is_constant(node.inputs[1]) or graph.is_constant(node.inputs[0]))
         if not (gather or node.op_type == "GridSample"):
             continue
-        reads.add(node.name)
+        reads.append(node)
+        names.add(node.name)
         source = graph.producer.get(node.inputs[0])
         while source is not None and source.op_type in _LAYOUT_OPS:
-            reads.add(source.name)
+            names.add(source.name)
             source = graph.producer.get(source.inputs[0])
         pending = [node] if gather else []
         while pending:
             for consumer in graph.consumers.get(pending.pop().outputs[0], []):
                 if consumer.op_type in _LAYOUT_OPS:
-                    reads.add(consumer.name)
+                    names.add(consumer.name)
                     pending.append(consumer)
-                elif consumer.op_type == "MatMul" and not graph.is_weight_layer(consumer):
-                    reads.add(consumer.name)
-    return reads
+                elif (consumer.op_type == "MatMul" and not graph.is_weight_layer(consumer)
+                      and consumer.name not in names):
+                    tap_sums.append(consumer)
+                    names.add(consumer.name)
+    return reads, tap_sums, names
+
+
+def _sampling_nodes(graph: _Graph, reads: list[ScopeNode], tap_sums: list[ScopeNode]
+                    ) -> set[str]:
+    """The reads and tap sums, everything computing their inputs back to the weight layers
+    (the coordinates, row indices and bilinear weights; the tables' layout ops too), and what
+    follows them up to the next weight layer."""
+    seeds = {n.name for n in reads + tap_sums}
+    upstream = graph.backward([t for n in reads + tap_sums for t in n.inputs])
+    return seeds | upstream | graph.forward(seeds | upstream)
 
 
 def _attention_nodes(graph: _Graph, exclude: set[str]) -> set[str]:
@@ -264,8 +256,8 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
         raise ValueError(f"unknown keep-float categories {unknown}; choose from "
                          f"{', '.join(CATEGORIES)}")
     graph = _Graph(nodes, constants, outputs)
-    sampling = _sampling_nodes(graph)
-    reads = _sampling_read_nodes(graph)
+    sampling_reads, tap_sums, reads = _sampling_reads(graph)
+    sampling = _sampling_nodes(graph, sampling_reads, tap_sums)
     heads, output_tail = _head_nodes(graph)
     found = {
         "sampling": sampling - reads,
