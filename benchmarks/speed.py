@@ -206,7 +206,6 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
                 if "reads" not in str(error):  # a file it cannot read is no failure
                     notes.append(f"{name} on {backend}: {error}")
                 continue
-            images = detector.preprocess(frame)[0]
             items.append(Timed(
                 "zoo", name, backend, str(manifest["precision"]),
                 run=detector.runtime_call(frame),
@@ -217,6 +216,7 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
                 # precision (bf16 convolutions on CPUs that have AVX-512 BF16); runtime only,
                 # the yardstick the INT8 entries are measured against.
                 model_file = directory / model_file_for(backend, main_model_files(manifest))
+                images = detector.preprocess(frame)[0]
                 run, computes = openvino_runner(model_file, {manifest["input"]["name"]: images},
                                                 threads, None)
                 items.append(Timed("zoo", name, "openvino default", computes, run,
