@@ -177,10 +177,10 @@ def test_openvino_scope_reads_and_sums_the_samples_in_int8(exported, tmp_path):
             assert cosine(np.asarray(a[port_a]), np.asarray(b[port_b])) > 0.98
 
 
-def _producer_types(node, depth: int = 40) -> set[str]:
-    """Op types found walking back from ``node`` (the row-index math is a short chain)."""
+def _producer_types(node) -> set[str]:
+    """Op types found walking back from ``node`` to the weight layers and graph inputs."""
     seen, pending, types = set(), [node], set()
-    while pending and len(seen) < depth * 10:
+    while pending:
         current = pending.pop()
         if id(current) in seen or current.get_type_name() in ("Parameter", "Constant"):
             continue
