@@ -10,6 +10,7 @@ INT8 one under accuracy control of its own started from its 1x model's trial.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,6 +127,17 @@ class Builder:
         return Artifact.stage(self.work / "staged" / str(self._trials) / artifact_name,
                               built.files, {**manifest, **built.manifest_extra})
 
+    def report_float_categories(self, categories: Sequence[str]) -> None:
+        """Add to ``kept_report`` the scope categories accuracy control put back in float for
+        the shipped INT8 artifact, so that the report lists what that artifact keeps float."""
+        added = [c for c in categories if c not in self.kept_report]
+        if not added:
+            return
+        assert self._graph is not None  # categories come back only in INT8 runs
+        kept = find_kept_out_nodes(self._graph, (*self.config.resolved_keep_float(), *added))
+        self.kept_report.update({c: {"nodes": kept[c], "reason": CATEGORIES[c]}
+                                 for c in added if kept[c]})
+
     def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
                  input_size: tuple[int, int], work_dir: Path,
                  calibration: Any) -> BuildRequest:
@@ -195,6 +207,7 @@ def build_and_check(config: ConvertConfig, builder: Builder, check: AccuracyChec
         if precision == "int8":
             outcome = _controlled_int8(config, builder, check)
             artifact, accuracy, run = outcome.chosen.payload
+            builder.report_float_categories(outcome.chosen.trial.float_categories)
             controlled[artifact.name] = {**outcome.manifest_section(),
                                          "ranking": [r.to_dict() for r in outcome.ranking]}
             artifact = _with_control_section(artifact, outcome)
