@@ -18,6 +18,7 @@ import pytest
 
 from edgedet import Detector
 from edgedet.backends import is_available
+from edgedet.preprocess import area_split_row, resize_area
 from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 
 SLEEP_S = 0.05
@@ -50,6 +51,14 @@ def test_no_thread_keeps_spinning_after_detect(artifact: Path, backend: str) -> 
         detector.detect(frame)
     # One spinning thread would burn about SLEEP_S; OpenVINO's threads park within ~1 ms.
     assert cpu_burnt_while_sleeping(lambda: detector.detect(frame)) < SLEEP_S / 5
+
+
+def test_the_resize_thread_parks_after_the_resize() -> None:
+    """``resize_area``'s second thread (DAIPNet's 640x480 -> 300x300 takes that path) waits
+    on a queue, not in a loop."""
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    assert area_split_row(480, 300) is not None
+    assert cpu_burnt_while_sleeping(lambda: resize_area(frame, (300, 300))) < SLEEP_S / 5
 
 
 def test_the_check_sees_a_spinning_thread() -> None:
