@@ -7,15 +7,14 @@ scale. Anything else is rejected with an error that names the problem.
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import cv2
 import numpy as np
+
+from edgedet.area_resize import resize_area
 
 ResizePolicy = Literal["stretch", "letterbox"]
 ColorOrder = Literal["bgr", "rgb"]
@@ -181,60 +180,6 @@ def resize_to_input(frame: np.ndarray, config: PreprocessConfig
         canvas[py:py + nh, px:px + nw] = resized
         resized = canvas
     return resized, transform
-
-
-# OpenCV's general (non-integer factor) area resize splits its output rows into
-# round(pixels / 2**16) parallel stripes, so it runs single-threaded below 1.5 * 2**16 output
-# pixels: DAIPNet's 640x480 -> 300x300 takes 1.5 ms on one core, against 0.5 ms for PASSD's
-# 320x320, which OpenCV splits. ``resize_area`` splits such outputs itself.
-_CV2_AREA_STRIPE_PIXELS = 1 << 16
-_stripe_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process that made it, pool)
-
-
-def _second_thread() -> ThreadPoolExecutor:
-    """A one-thread pool of this process. A forked child (a DataLoader worker) inherits the
-    parent's pool without its thread, and work sent there would never run: it gets its own."""
-    global _stripe_pool
-    if _stripe_pool is None or _stripe_pool[0] != os.getpid():
-        _stripe_pool = (os.getpid(), ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="edgedet-resize"))
-    return _stripe_pool[1]
-
-
-def area_split_row(frame_height: int, out_height: int) -> tuple[int, int] | None:
-    """Where an area resize of ``frame_height`` rows to ``out_height`` rows can be cut in
-    two exact halves: ``(output row k, input row k * frame_height / out_height)``, the output
-    row nearest the middle whose first input row is a whole row, or None.
-
-    Above the cut each half is an area resize of its own rows with the same factor, so OpenCV
-    computes the same weights (its factor is out / in, the same double for both halves) and
-    each output row sums the same input rows: the halves together are the whole to the bit
-    (the tests check it over hundreds of sizes).
-    """
-    step = out_height // math.gcd(frame_height, out_height)
-    k = round(out_height / 2 / step) * step
-    if not out_height / 3 <= k <= 2 * out_height / 3:
-        return None
-    return k, k * frame_height // out_height
-
-
-def resize_area(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``cv2.resize(frame, size, interpolation=cv2.INTER_AREA)`` for a downscale, the same
-    bits, with the output cut in two halves resized on two threads where OpenCV itself would
-    use one (a general factor and fewer than 1.5 of its stripes of pixels)."""
-    nw, nh = size
-    fh, fw = frame.shape[:2]
-    integer_factors = fw % nw == 0 and fh % nh == 0  # OpenCV's fast path, already quick
-    split = area_split_row(fh, nh)
-    if integer_factors or nw * nh >= 1.5 * _CV2_AREA_STRIPE_PIXELS or split is None:
-        return cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
-    k, row = split
-    out = np.empty((nh, nw, *frame.shape[2:]), dtype=frame.dtype)
-    top = _second_thread().submit(cv2.resize, frame[:row], (nw, k), dst=out[:k],
-                                  interpolation=cv2.INTER_AREA)
-    cv2.resize(frame[row:], (nw, nh - k), dst=out[k:], interpolation=cv2.INTER_AREA)
-    top.result()
-    return out
 
 
 def normalize_to_nchw(image_bgr: np.ndarray, config: PreprocessConfig) -> np.ndarray:

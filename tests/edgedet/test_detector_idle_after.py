@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edgedet import Detector
+from edgedet.area_resize import area_split_row, resize_area
 from edgedet.backends import is_available
-from edgedet.preprocess import area_split_row, resize_area
 from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 
 SLEEP_S = 0.05
@@ -54,7 +54,7 @@ def test_no_thread_keeps_spinning_after_detect(artifact: Path, backend: str) -> 
 
 
 def test_the_resize_thread_parks_after_the_resize() -> None:
-    """``resize_area``'s second thread (DAIPNet's 640x480 -> 300x300 takes that path) waits
+    """``resize_area``'s helper threads (DAIPNet's 640x480 -> 300x300 takes that path) wait
     on a queue, not in a loop."""
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     assert area_split_row(480, 300) is not None

@@ -1,21 +1,12 @@
-import math
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import cv2
 import numpy as np
 import pytest
 
 from edgedet.preprocess import (
     FrameError,
     PreprocessConfig,
-    area_split_row,
     compute_transform,
     preprocess,
     preprocess_batch,
-    resize_area,
     validate_frame,
 )
 
@@ -127,51 +118,3 @@ def test_config_round_trip_and_validation() -> None:
         PreprocessConfig((32, 32), resize="crop")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="std"):
         PreprocessConfig((32, 32), std=(1, 0, 1))
-
-
-def test_area_split_row_hand_values() -> None:
-    # 480 -> 300 rows: factor 1.6, output row 150 starts at input row 240.
-    assert area_split_row(480, 300) == (150, 240)
-    # 480 -> 225: only every 15th output row starts on a whole input row (15 * 32 / 15).
-    assert area_split_row(480, 225) == (120, 256)
-    # 479 and 300 share no factor: no output row but the first starts on a whole row.
-    assert area_split_row(479, 300) is None
-
-
-@pytest.mark.parametrize("frame_size", [(640, 480), (1280, 720), (641, 479), (777, 333)])
-def test_resize_area_is_opencvs_area_resize_to_the_bit(frame_size: tuple[int, int]) -> None:
-    fw, fh = frame_size
-    rng = np.random.default_rng(fw)
-    frame = rng.integers(0, 256, (fh, fw, 3), dtype=np.uint8)
-    strided = np.concatenate([frame, frame], axis=1)[:, ::2]  # a view, not contiguous
-    halves_used = 0
-    for nh in range(40, fh, 7):
-        for nw in (300, 256, 97):
-            halves_used += area_split_row(fh, nh) is not None and nw * nh < 1.5 * 2**16
-            for source in (frame, strided):
-                expected = cv2.resize(source, (nw, nh), interpolation=cv2.INTER_AREA)
-                np.testing.assert_array_equal(resize_area(source, (nw, nh)), expected,
-                                              err_msg=f"{frame_size} -> {(nw, nh)}")
-    if math.gcd(fw, fh) > 1:
-        assert halves_used > 20  # the two-thread path is the one checked
-
-
-_FORKED_CHILD_SCRIPT = """
-import multiprocessing
-import numpy as np
-from edgedet.preprocess import resize_area
-frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-expected = resize_area(frame, (300, 300))  # the parent's pool now has its thread
-with multiprocessing.get_context("fork").Pool(1) as pool:
-    result = pool.apply_async(resize_area, (frame, (300, 300))).get(timeout=60)
-assert np.array_equal(result, expected)
-"""
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_resize_area_works_in_a_forked_child_after_the_parent_used_it() -> None:
-    # A fresh interpreter: forking the test process itself would fork whatever other tests
-    # started in it (JAX's threads, which warn).
-    result = subprocess.run([sys.executable, "-c", _FORKED_CHILD_SCRIPT], capture_output=True,
-                            text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
-    assert result.returncode == 0, result.stderr
