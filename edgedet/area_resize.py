@@ -7,7 +7,7 @@ thread: DAIPNet's 640x480 -> 300x300 takes 1.5 ms on one core, against 0.5 ms fo
 input row is whole and resizes the two halves on two helper threads, each pinned to its own
 CPU. Left to the scheduler, a helper woken right after the process had slept (a camera loop
 waiting for its next frame) often landed on the caller's CPU, and the halves took turns:
-1.6-1.7 ms, slower than one thread. Pinned, 0.93-0.97 ms whether the process had slept or
+1.6-1.7 ms, slower than one thread. Pinned, 0.90-0.98 ms whether the process had slept or
 not (measured on the 2-core CPU). Only the two helpers are pinned; the caller's threads and
 the runtimes' are left alone.
 """
@@ -71,10 +71,10 @@ def resize_area(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     nw, nh = size
     fh, fw = frame.shape[:2]
     integer_factors = fw % nw == 0 and fh % nh == 0  # OpenCV's fast path, already quick
-    split = area_split_row(fh, nh)
+    split = (area_split_row(fh, nh)
+             if not integer_factors and nw * nh < 1.5 * _CV2_AREA_STRIPE_PIXELS else None)
     helpers = _pinned_helpers()
-    if (integer_factors or nw * nh >= 1.5 * _CV2_AREA_STRIPE_PIXELS or split is None
-            or not helpers):
+    if split is None or not helpers:
         return cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
     k, row = split
     out = np.empty((nh, nw, *frame.shape[2:]), dtype=frame.dtype)
