@@ -80,9 +80,10 @@ class Builder:
         self.kept_report: dict[str, dict[str, Any]] = {}
         self.units: dict[str, list[str]] = {}
         self._graph: onnx.ModelProto | None = None
+        self._kept_by_scope: dict[tuple[str, ...], dict[str, list[str]]] = {}
         if "int8" in config.resolved_precisions():
             graph = self._graph = onnx.load(str(self.onnx_fp32))
-            kept = find_kept_out_nodes(graph, config.resolved_keep_float())
+            kept = self._kept_out(())
             self.keep_float = tuple(flatten(kept))
             self.kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
                                 for c, nodes in kept.items() if nodes}
@@ -127,35 +128,43 @@ class Builder:
         return Artifact.stage(self.work / "staged" / str(self._trials) / artifact_name,
                               built.files, {**manifest, **built.manifest_extra})
 
+    def _scope(self, float_categories: Sequence[str]) -> tuple[str, ...]:
+        """The run's keep-float categories plus ``float_categories`` (accuracy control's)."""
+        return tuple(dict.fromkeys((*self.config.resolved_keep_float(), *float_categories)))
+
+    def _kept_out(self, float_categories: Sequence[str]) -> dict[str, list[str]]:
+        """``find_kept_out_nodes`` of the fp32 graph for ``_scope(float_categories)``, found
+        once per scope (every accuracy-control step of a widened trial asks again)."""
+        scope = self._scope(float_categories)
+        if scope not in self._kept_by_scope:
+            assert self._graph is not None  # scopes are asked for only in INT8 runs
+            self._kept_by_scope[scope] = find_kept_out_nodes(self._graph, scope)
+        return self._kept_by_scope[scope]
+
     def report_float_categories(self, categories: Sequence[str]) -> None:
         """Add to ``kept_report`` the scope categories accuracy control put back in float for
         the shipped INT8 artifact, so that the report lists what that artifact keeps float."""
-        added = [c for c in categories if c not in self.kept_report]
-        if not added:
+        if not categories:
             return
-        assert self._graph is not None  # categories come back only in INT8 runs
-        kept = find_kept_out_nodes(self._graph, (*self.config.resolved_keep_float(), *added))
+        kept = self._kept_out(categories)
         self.kept_report.update({c: {"nodes": kept[c], "reason": CATEGORIES[c]}
-                                 for c in added if kept[c]})
+                                 for c in categories if c not in self.kept_report and kept[c]})
 
     def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
                  input_size: tuple[int, int], work_dir: Path,
                  calibration: Any) -> BuildRequest:
         """The target's build request for ``precision`` and ``trial`` at one input size."""
         extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
-        categories = tuple(dict.fromkeys((*self.config.resolved_keep_float(),
-                                          *trial.float_categories)))
         scope = self.keep_float
         if trial.float_categories:  # accuracy control widened the scope
-            assert self._graph is not None
-            scope = tuple(flatten(find_kept_out_nodes(self._graph, categories)))
+            scope = tuple(flatten(self._kept_out(trial.float_categories)))
         return BuildRequest(
             precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
             input_size=input_size, work_dir=work_dir,
             calibration=calibration if precision == "int8" else None,
             # Two layers' tails can share a node (both feed one Add): name each node once.
             keep_float=tuple(dict.fromkeys((*scope, *extra_float))),
-            keep_float_categories=categories,
+            keep_float_categories=self._scope(trial.float_categories),
             float_layers=trial.float_layers, calibration_method=trial.calibration,
             float_precision=self.config.float_precision,
             weight_storage=self.config.weight_storage)
