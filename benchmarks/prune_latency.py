@@ -28,14 +28,9 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
-from benchmarks.speed import (
-    Timed,
-    build_for_targets,
-    openvino_runner,
-    ort_runner,
-    random_inputs,
-    time_interleaved,
-)
+from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
+from benchmarks.speed import build_for_targets, random_inputs
+from benchmarks.timing import Timed, openvino_runner, ort_runner, time_interleaved
 from edgedet.models.builders import builder_of
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.summary import count_gflops
@@ -54,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--precisions", default="int8", help="comma-separated: fp32,int8")
     args = parser.parse_args(argv)
+    with CoreLatencyProbe() as probe:  # it forks its helper: before any runtime's threads
+        return _measure(args, parser, probe)
 
+
+def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
+             probe: CoreLatencyProbe) -> int:
     pruned, config = build_from_checkpoint(args.checkpoint)
     if not config.get("channel_plan"):
         parser.error(f"{args.checkpoint} has no channel plan: not a pruned checkpoint")
@@ -90,17 +90,32 @@ def main(argv: list[str] | None = None) -> int:
                                                  hint)
                         items[label, "openvino", key] = Timed(
                             "prune", label, "openvino", key, run, gflops=gflops)
-        time_interleaved(list(items.values()), args.rounds, args.calls, warmup=3)
+        readings = time_interleaved(list(items.values()), args.rounds, args.calls, warmup=3,
+                                    probe=probe if probe.available else None)
 
     print(f"{config['architecture']} at {size[0]}x{size[1]}, {args.checkpoint}: model alone, "
           f"{args.threads} threads, p50 of {args.rounds} interleaved rounds x {args.calls}")
-    print("| runtime | precision | unpruned ms | pruned ms | pruned / unpruned |")
-    print("|---|---|---|---|---|")
+    # The two CPUs' placement (benchmarks/core_latency.py) changes within minutes and
+    # slows short INT8 ops most: each ratio also over the calls of each placement alone.
+    wheres = (None, "near", "far") if readings else (None,)
+    print("| runtime | precision | unpruned ms | pruned ms | pruned / unpruned |"
+          + ("".join(f" {w} cores: ms / ms, ratio |" for w in wheres[1:])))
+    print("|---|---|---|---|---|" + "---|" * (len(wheres) - 1))
     for label, runtime, precision in items:
         if label == "unpruned":
             base, small = items[label, runtime, precision], items["pruned", runtime, precision]
-            print(f"| {runtime} | {precision} | {base.p50:.1f} | {small.p50:.1f} | "
-                  f"{small.p50 / base.p50:.2f}x |")
+            cells = []
+            for where in wheres:
+                b, p = base.p50(where), small.p50(where)
+                both = b is not None and p is not None
+                cells.append(f"{b:.1f} | {p:.1f} | {p / b:.2f}x" if where is None else
+                             f"{b:.1f} / {p:.1f}, {p / b:.2f}x" if both else "-")
+            print(f"| {runtime} | {precision} | " + " | ".join(cells) + " |")
+    if readings:
+        far = sum(r >= FAR_NS for r in readings)
+        print(f"CPU round trip read {len(readings)} times: {len(readings) - far} near "
+              f"(< {FAR_NS:.0f} ns), {far} far; calls between disagreeing readings count in "
+              f"the overall column only")
     base_gflops = items["unpruned", "onnxruntime", precisions[0]].gflops
     small_gflops = items["pruned", "onnxruntime", precisions[0]].gflops
     assert base_gflops and small_gflops

@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py [--threads 2] [--rounds 20] [--calls 3] [--warmup 3]
         [--skip-paper-width] [--zoo NAME ...] [--attend-channels 256] [--attend-size 40]
-        [--json]
+        [--no-probe] [--json]
 
 Everything is built or loaded first; then each round calls every timed thing ``--calls``
 times in turn, so a change in the machine's load or clocks hits all of them alike (as in
@@ -41,6 +41,13 @@ markdown tables:
    ``benchmarks/pa_attend_conv.py``) at the paper's largest level (256 channels, 3 anchors x
    81 outputs, 40x40 map), fp32, against a plain 3x3 conv of the same size.
 
+Last, the headline figures (issue 15's targets) over all calls and apart for the calls made
+while the two CPUs were near each other and while they were far apart: the round trip
+between them (``benchmarks/core_latency.py``) is read before the first item and after each
+item of each round, and an item's calls count for a placement where the readings on both
+sides of them agree. On the 2-core cloud machine the placement changes within minutes and
+two-thread INT8 is much slower on distant CPUs, which is most of the spread between runs.
+
 ONNX Runtime sessions and OpenVINO compiled models use the SDK backends' settings
 (``--threads`` intra-op threads, one inter-op thread; OpenVINO ``LATENCY`` hint).
 ``--json`` prints one JSON object instead of the tables; progress goes to stderr.
@@ -50,16 +57,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import importlib.metadata
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +75,9 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 from benchmarks import pa_attend_conv as pa
+from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
+from benchmarks.speed_report import headline, print_tables, results
+from benchmarks.timing import Timed, openvino_runner, ort_runner, time_interleaved
 from edgedet import Detector
 from edgedet.artifact import MANIFEST_NAME, main_model_files, sha256_file
 from edgedet.backends import BackendError, available_backends, model_file_for
@@ -92,83 +98,8 @@ PAPER_SIZE, PAPER_CLASSES, CALIBRATION_INPUTS = 320, 80, 8
 ATTEND_OUTPUTS, ATTEND_ANCHORS, ATTEND_STRIDE = 81, 3, 8
 
 
-@dataclass
-class Timed:
-    """One timed thing on one runtime, and its timings."""
-
-    section: str
-    key: str
-    runtime: str
-    precision: str
-    run: Callable[[], object]
-    detect: Callable[[], object] | None = None
-    gflops: float | None = None
-    checkpoint: str | None = None  # zoo models: the source checkpoint (pairs INT8 with fp32)
-    runtime_ms: list[float] = field(default_factory=list)
-    detect_ms: list[float] = field(default_factory=list)
-
-    @property
-    def p50(self) -> float:
-        return statistics.median(self.runtime_ms)
-
-
-def time_interleaved(items: Sequence[Timed], rounds: int, calls: int, warmup: int) -> None:
-    """Warm every item up, then ``rounds`` rounds, each calling every item ``calls`` times."""
-    for item in items:
-        for _ in range(warmup):
-            item.run()
-            if item.detect is not None:
-                item.detect()
-    for round_index in range(rounds):
-        for item in items:
-            # The first call after switching items pays for cold caches: runtime-only and
-            # detect() take turns at being first.
-            steps = [(item.run, item.runtime_ms)]
-            if item.detect is not None:
-                steps.insert(round_index % 2, (item.detect, item.detect_ms))
-            for _ in range(calls):
-                for call, times in steps:
-                    start = time.perf_counter()
-                    call()
-                    times.append((time.perf_counter() - start) * 1000.0)
-
-
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@functools.cache
-def _openvino_core() -> object:
-    import openvino as ov
-
-    return ov.Core()
-
-
-def ort_runner(path: Path, feed: dict[str, np.ndarray], threads: int) -> Callable[[], object]:
-    """A call of an ONNX Runtime CPU session with the SDK backend's thread settings."""
-    import onnxruntime as ort
-
-    from edgedet.backends.onnxruntime import session_options
-
-    session = ort.InferenceSession(str(path), session_options(threads),
-                                   providers=["CPUExecutionProvider"])
-    feed = {i.name: feed[i.name] for i in session.get_inputs()}  # a variant may skip one
-    return lambda: session.run(None, feed)
-
-
-def openvino_runner(path: Path, feed: dict[str, np.ndarray], threads: int,
-                    hint: str | None) -> tuple[Callable[[], object], str]:
-    """``(call, precision computed)`` of an OpenVINO CPU model compiled with the SDK backend's
-    settings; ``hint`` None leaves ``INFERENCE_PRECISION_HINT`` at the plugin's default."""
-    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
-    if hint is not None:
-        config["INFERENCE_PRECISION_HINT"] = hint
-    compiled = _openvino_core().compile_model(str(path), "CPU", config)  # type: ignore[attr-defined]
-    request = compiled.create_infer_request()
-    names = {name for port in compiled.inputs for name in port.get_names()}
-    feed = {name: value for name, value in feed.items() if name in names}
-    precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    return (lambda: request.infer(feed, share_outputs=False)), precision
 
 
 def checkpoint_gflops(manifest: dict) -> float | None:
@@ -308,114 +239,6 @@ def attend_items(work_dir: Path, threads: int, channels: int, size: int) -> list
     return items
 
 
-def _gops(item: Timed) -> float | None:
-    return None if item.gflops is None else item.gflops / (item.p50 / 1000.0)
-
-
-def results(items: Sequence[Timed]) -> dict[str, list[dict]]:
-    """The figures of every section as JSON-ready rows."""
-    by_key = {(i.section, i.key, i.runtime): i for i in items}
-    zoo = [{"model": i.key, "backend": i.runtime, "precision": i.precision,
-            "runtime_p50_ms": i.p50,
-            "detect_p50_ms": statistics.median(i.detect_ms) if i.detect_ms else None,
-            "detect_over_runtime": statistics.median(i.detect_ms) / i.p50 if i.detect_ms
-            else None,
-            "gflops": i.gflops, "gops": _gops(i)} for i in items if i.section == "zoo"]
-    paper = []
-    for i in (i for i in items if i.section == "paper"):
-        fp32 = by_key["paper", f"{i.runtime} fp32", i.runtime]
-        paper.append({"model": i.key, "runtime": i.runtime, "computes": i.precision,
-                      "p50_ms": i.p50, "vs_fp32": i.p50 / fp32.p50, "gflops": i.gflops,
-                      "gops": _gops(i)})
-    attend = []
-    for i in (i for i in items if i.section == "attend" and i.runtime == "onnxruntime"):
-        ov = by_key["attend", i.key, "openvino"]
-        ort_plain = by_key["attend", pa.PLAIN_CONV, "onnxruntime"]
-        ov_plain = by_key["attend", pa.PLAIN_CONV, "openvino"]
-        attend.append({"variant": i.key, "onnxruntime_ms": i.p50, "openvino_ms": ov.p50,
-                       "onnxruntime_vs_plain": i.p50 / ort_plain.p50,
-                       "openvino_vs_plain": ov.p50 / ov_plain.p50})
-    return {"zoo": zoo, "int8_vs_fp32": int8_vs_fp32(items), "paper_width": paper,
-            "attend": attend}
-
-
-def int8_vs_fp32(items: Sequence[Timed]) -> list[dict]:
-    """Each INT8 zoo model's runtime against the fp32 zoo model built from the same source
-    checkpoint, on the same runtime (and on OpenVINO also against its default precision)."""
-    zoo = [i for i in items if i.section == "zoo" and i.checkpoint is not None]
-    fp32 = {(i.checkpoint, i.runtime): i for i in zoo if i.precision != "int8"}
-    rows = []
-    for item in (i for i in zoo if i.precision == "int8"):
-        for runtime in (item.runtime, "openvino default") if item.runtime == "openvino" \
-                else (item.runtime,):
-            reference = fp32.get((item.checkpoint, runtime))
-            if reference is not None:
-                rows.append({"int8": item.key, "runtime": item.runtime, "int8_ms": item.p50,
-                             "fp32": reference.key, "fp32_runtime": runtime,
-                             "fp32_computes": reference.precision, "fp32_ms": reference.p50,
-                             "speedup": reference.p50 / item.p50})
-    return rows
-
-
-def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(
-            cell.ljust(width) if c == 0 else cell.rjust(width)
-            for c, (cell, width) in enumerate(zip(cells, widths, strict=True))) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
-
-
-def _num(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def print_tables(report: dict) -> None:
-    settings = report["settings"]
-    print(f"edgedet speed: {settings['rounds']} interleaved rounds x {settings['calls']} calls "
-          f"(after {settings['warmup']} warm-up calls), {settings['threads']} threads, p50")
-    print(", ".join(f"{k} {v}" for k, v in report["versions"].items()))
-    print(f"\n## Zoo models ({FRAME_SIZE[0]}x{FRAME_SIZE[1]} synthetic frame)\n")
-    print(_markdown(
-        ["model", "backend", "precision", "runtime ms", "detect ms", "detect/runtime",
-         "GFLOPs", "GOPS"],
-        [[r["model"], r["backend"], r["precision"], _num(r["runtime_p50_ms"], 2),
-          _num(r["detect_p50_ms"], 2), _num(r["detect_over_runtime"], 2), _num(r["gflops"], 2),
-          _num(r["gops"])] for r in report["zoo"]]))
-    for note in report["notes"]:
-        print(f"\nnot timed: {note}")
-    if report["int8_vs_fp32"]:
-        print("\nINT8 zoo models against the fp32 zoo model of the same checkpoint (runtime "
-              "only; speed-up = fp32 ms / INT8 ms):\n")
-        print(_markdown(
-            ["INT8 model", "runtime", "INT8 ms", "fp32 on", "fp32 computes", "fp32 ms",
-             "speed-up"],
-            [[r["int8"], r["runtime"], _num(r["int8_ms"], 2), r["fp32_runtime"],
-              r["fp32_computes"], _num(r["fp32_ms"], 2), _num(r["speedup"], 2)]
-             for r in report["int8_vs_fp32"]]))
-    if report["paper_width"]:
-        print(f"\n## Paper-width PASSD-MobileNet, {PAPER_CLASSES} classes, {PAPER_SIZE}x"
-              f"{PAPER_SIZE} (random weights: speed only, no accuracy)\n")
-        print(_markdown(
-            ["model", "computes", "ms", "vs fp32", "GFLOPs", "GOPS"],
-            [[r["model"], r["computes"], _num(r["p50_ms"], 2), _num(r["vs_fp32"], 2),
-              _num(r["gflops"], 2), _num(r["gops"])] for r in report["paper_width"]]))
-        print(f"\nopenvino int8 vs openvino fp32 at the default precision (ms / ms): float "
-              f"ops f32 {report['openvino_int8_vs_default']:.2f}, float ops bf16 "
-              f"{report['openvino_int8_bf16_vs_default']:.2f}")
-    a = report["settings"]["attend"]
-    print(f"\n## Attend stage: {a['channels']} ch -> {ATTEND_ANCHORS}x{ATTEND_OUTPUTS}, "
-          f"{a['size']}x{a['size']} map, fp32 (vs plain: ms / plain 3x3 conv ms)\n")
-    print(_markdown(
-        ["variant", "ORT ms", "ORT vs plain", "OV ms", "OV vs plain"],
-        [[r["variant"], _num(r["onnxruntime_ms"], 2), _num(r["onnxruntime_vs_plain"], 2),
-          _num(r["openvino_ms"], 2), _num(r["openvino_vs_plain"], 2)]
-         for r in report["attend"]]))
-
-
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
@@ -442,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="attend stage input channels (default: the paper's 256)")
     parser.add_argument("--attend-size", type=int, default=40,
                         help="attend stage map side (default: 40, PASSD's P3 at 320)")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="do not read the round trip between the CPUs between items "
+                             "(benchmarks/core_latency.py; about 1 ms each)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if min(args.threads, args.rounds, args.calls, args.attend_channels, args.attend_size) < 1 \
@@ -450,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                      "--warmup >= 0")
     names = list_models() if args.zoo is None else args.zoo
 
-    with tempfile.TemporaryDirectory(prefix="edgedet-speed-") as tmp, \
+    # The probe forks its helper, so it starts before any runtime's threads exist.
+    with CoreLatencyProbe() as probe, \
+            tempfile.TemporaryDirectory(prefix="edgedet-speed-") as tmp, \
             contextlib.redirect_stdout(sys.stderr):  # the builders' progress bars
         work_dir = Path(tmp)
         _progress(f"loading {len(names)} zoo models")
@@ -460,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         _progress("exporting the attend-stage variants")
         items += attend_items(work_dir, args.threads, args.attend_channels, args.attend_size)
         _progress(f"timing {len(items)} items: {args.rounds} rounds x {args.calls} calls")
-        time_interleaved(items, args.rounds, args.calls, args.warmup)
+        readings = time_interleaved(items, args.rounds, args.calls, args.warmup,
+                                    probe if probe.available and not args.no_probe else None)
 
     report: dict = {
         "settings": {"threads": args.threads, "rounds": args.rounds, "calls": args.calls,
@@ -470,15 +299,21 @@ def main(argv: list[str] | None = None) -> int:
         **results(items),
         "notes": notes,
     }
-    if report["paper_width"]:
-        ov = {r["model"]: r["p50_ms"] for r in report["paper_width"]}
-        default = ov["openvino fp32, default precision"]
-        report["openvino_int8_vs_default"] = ov["openvino int8"] / default
-        report["openvino_int8_bf16_vs_default"] = ov["openvino int8, float ops bf16"] / default
+    report["headline"] = headline(report)
+    if readings:
+        labels = [label for item in items for label in item.runtime_where]
+        report["placement"] = {
+            "readings_ns": readings, "far_from_ns": FAR_NS,
+            "share_of_calls": {where: labels.count(where) / len(labels)
+                               for where in ("near", "far")},
+            **{where: {**results(items, where)} for where in ("near", "far")}}
+        for where in ("near", "far"):
+            report["placement"][where]["headline"] = headline(report["placement"][where])
     if args.json:
         print(json.dumps(report))
     else:
-        print_tables(report)
+        print_tables(report, FRAME_SIZE, (PAPER_CLASSES, PAPER_SIZE),
+                     (ATTEND_ANCHORS, ATTEND_OUTPUTS))
     return 0
 
 

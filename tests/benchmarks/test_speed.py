@@ -16,7 +16,7 @@ def test_speed_json_has_every_figure_of_the_timed_sections(capsys):
     report = json.loads(capsys.readouterr().out)
 
     assert report["settings"]["rounds"] == 1 and report["versions"]["onnxruntime"]
-    assert report["paper_width"] == [] and "openvino_int8_vs_default" not in report
+    assert report["paper_width"] == []
     assert {row["backend"] for row in report["zoo"]} >= {"onnxruntime"}
     for row in report["zoo"]:
         assert row["model"] in ("passd_mobilenet", "passd_mobilenet_int8")
@@ -41,3 +41,20 @@ def test_speed_json_has_every_figure_of_the_timed_sections(capsys):
         for key in ("onnxruntime_ms", "openvino_ms", "onnxruntime_vs_plain", "openvino_vs_plain"):
             assert row[key] > 0, key
     assert report["attend"][-1]["onnxruntime_vs_plain"] == 1.0
+    # The headline figures: every INT8 pair, the shipped attend forms, detect() per backend.
+    names = [name for name, _ in report["headline"]]
+    assert sum(name.startswith("zoo passd_mobilenet_int8 on ") for name in names) == 3
+    assert any("GridSample (sampler grid_sample)" in name for name in names)
+    assert any("Gather (sampler gather)" in name for name in names)
+    assert "zoo detect() / runtime on onnxruntime, worst model" in names
+    assert not any(name.startswith("paper-width") for name in names)
+    # One round: the probe is read before it and after each item, and each placement's
+    # figures have the same rows as the overall ones (None: too few calls there).
+    placement = report.get("placement")
+    if placement is not None:  # two CPUs available
+        items = len(report["zoo"]) + 2 * len(report["attend"])
+        assert len(placement["readings_ns"]) == items + 1
+        assert sum(placement["share_of_calls"].values()) <= 1.0
+        for where in ("near", "far"):
+            assert [n for n, _ in placement[where]["headline"]] == names
+            assert len(placement[where]["zoo"]) == len(report["zoo"])

@@ -1,0 +1,171 @@
+"""How far apart the two CPUs the benchmarks run on are: a cache line's round trip between them.
+
+    python benchmarks/core_latency.py [--samples 10] [--interval 5] [--trips 5000]
+
+Why: on this project's 2-core cloud machine the two virtual CPUs are sometimes placed on
+cores that share a cache and sometimes on distant ones, and the placement changes within
+minutes. Measured on 2026-12-05 with the same OpenVINO models, one thread's latency did not
+change with it, but two threads' did, and INT8 far more than bf16 (zoo MobileNet-PASSD):
+
+| round trip (C / this Python probe) | INT8, 2 threads vs 1 | INT8 ms | bf16 default ms |
+|---|---|---|---|
+| 60-90 ns / 220 ns | 1.70-1.86x | 10.7-11.8 | 17.1-17.6 |
+| 340-400 ns / 380-470 ns | 1.17-1.44x | 14.2-17.4 | 18.1-22.8 |
+
+An INT8 model's ops are short, so the data its two threads hand each other between ops
+weighs more. The benchmarks probe the round trip before and after each interleaved round
+and report the rounds of each placement apart (``benchmarks/speed.py``).
+
+The probe: a helper process pinned to the second CPU answers flips of one shared byte that
+the caller's thread, pinned to the first CPU for the duration, makes. Pure Python, so the
+interpreter adds about 160 ns to each round trip, but the two placements stay apart.
+Between probes the helper blocks on a pipe and uses no CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import statistics
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+
+# Rounds whose probe reads at least this are on distant cores: the Python probe measured
+# 220 ns on near cores and 380-470 ns on distant ones.
+FAR_NS = 300.0
+_WARMUP_TRIPS = 200
+BATCH_TRIPS = 1000
+_SPIN_LIMIT = 50_000_000  # spins of one wait (seconds) before the partner counts as gone
+
+
+def _wait_for(flag: memoryview, value: int) -> None:
+    spins = 0
+    while flag[0] != value:
+        spins += 1
+        if spins > _SPIN_LIMIT:
+            raise RuntimeError("core latency probe: the other side stopped answering")
+
+
+def _respond(name: str, cpu: int, requests: Connection) -> None:
+    """The helper: answer each of the requested number of flips, pinned to ``cpu``."""
+    os.sched_setaffinity(0, {cpu})
+    memory = SharedMemory(name=name)
+    flag = memory.buf
+    try:
+        while (trips := requests.recv()) is not None:
+            for _ in range(trips):
+                _wait_for(flag, 1)
+                flag[0] = 0
+    finally:
+        del flag
+        memory.close()
+
+
+class CoreLatencyProbe:
+    """Round trips of a cache line between the first two CPUs this process may use.
+
+    ``with CoreLatencyProbe() as probe: probe.measure()`` -> mean ns per round trip. Start it
+    before loading models (it forks its helper); on a machine with one CPU available, or
+    without thread affinity, ``available`` is False and ``measure`` returns None.
+    """
+
+    def __init__(self, trips: int = 5000) -> None:
+        self.trips = trips
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.available = len(cpus) >= 2
+        if not self.available:
+            return
+        self._cpu = cpus[0]
+        self._memory = SharedMemory(create=True, size=64)
+        self._memory.buf[0] = 0
+        self._requests, helper_end = multiprocessing.Pipe()
+        context = multiprocessing.get_context("fork")
+        self._helper = context.Process(target=_respond, daemon=True,
+                                       args=(self._memory.name, cpus[1], helper_end))
+        self._helper.start()
+
+    def measure(self) -> float | None:
+        """Round trip in ns: the median over batches of ``BATCH_TRIPS`` flips (after a few
+        untimed ones), so that one preemption of either side does not count."""
+        if not self.available:
+            return None
+        flag = self._memory.buf
+        batches = max(1, self.trips // BATCH_TRIPS)
+        affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {self._cpu})  # this thread only: the runtimes' pools stay
+        try:
+            self._requests.send(_WARMUP_TRIPS + batches * BATCH_TRIPS)
+            for _ in range(_WARMUP_TRIPS):
+                flag[0] = 1
+                _wait_for(flag, 0)
+            means = []
+            for _ in range(batches):
+                start = time.perf_counter()
+                for _ in range(BATCH_TRIPS):
+                    flag[0] = 1
+                    _wait_for(flag, 0)
+                means.append((time.perf_counter() - start) / BATCH_TRIPS * 1e9)
+            return statistics.median(means)
+        finally:
+            os.sched_setaffinity(0, affinity)
+            del flag
+
+    def close(self) -> None:
+        if not self.available:
+            return
+        with contextlib.suppress(OSError):  # a helper that died has closed its end
+            self._requests.send(None)
+        self._helper.join(timeout=5)
+        if self._helper.is_alive():
+            self._helper.kill()
+        self._memory.close()
+        self._memory.unlink()
+        self.available = False
+
+    def __enter__(self) -> CoreLatencyProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def placement(before_ns: float | None, after_ns: float | None, far_ns: float = FAR_NS
+              ) -> str | None:
+    """``"near"`` or ``"far"`` where the probes on both sides of a round agree, else None."""
+    if before_ns is None or after_ns is None:
+        return None
+    near = (before_ns < far_ns, after_ns < far_ns)
+    return "near" if all(near) else "far" if not any(near) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=10, help="probes to print (default 10)")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="seconds between probes (default 5)")
+    parser.add_argument("--trips", type=int, default=5000,
+                        help="round trips per probe (default 5000)")
+    args = parser.parse_args(argv)
+    if args.samples < 1 or args.trips < 1 or args.interval < 0:
+        parser.error("--samples and --trips must be >= 1, --interval >= 0")
+    with CoreLatencyProbe(args.trips) as probe:
+        if not probe.available:
+            print("fewer than two CPUs available to this process: nothing to measure")
+            return 1
+        readings = []
+        for index in range(args.samples):
+            if index:
+                time.sleep(args.interval)
+            readings.append(probe.measure())
+            kind = "far" if readings[-1] >= FAR_NS else "near"
+            print(f"{time.strftime('%H:%M:%S')} round trip {readings[-1]:.0f} ns ({kind})",
+                  flush=True)
+        print(f"median {statistics.median(readings):.0f} ns; 'far' from {FAR_NS:.0f} ns")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
