@@ -38,15 +38,20 @@ from multiprocessing.shared_memory import SharedMemory
 FAR_NS = 300.0
 _WARMUP_TRIPS = 200
 BATCH_TRIPS = 1000
-_SPIN_LIMIT = 50_000_000  # spins of one wait (seconds) before the partner counts as gone
+_SPINS_PER_CLOCK_CHECK = 1_000_000  # the clock is read this rarely: the loop stays tight
+_PATIENCE_S = 30.0  # a partner silent this long has died (or the machine has stalled)
 
 
 def _wait_for(flag: memoryview, value: int) -> None:
-    spins = 0
+    spins, deadline = 0, None
     while flag[0] != value:
         spins += 1
-        if spins > _SPIN_LIMIT:
-            raise RuntimeError("core latency probe: the other side stopped answering")
+        if spins > _SPINS_PER_CLOCK_CHECK:
+            spins, now = 0, time.monotonic()
+            if deadline is None:
+                deadline = now + _PATIENCE_S
+            elif now > deadline:
+                raise RuntimeError("core latency probe: the other side stopped answering")
 
 
 def _respond(name: str, cpu: int, requests: Connection) -> None:
