@@ -73,8 +73,7 @@ def resize_area(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     integer_factors = fw % nw == 0 and fh % nh == 0  # OpenCV's fast path, already quick
     split = (area_split_row(fh, nh)
              if not integer_factors and nw * nh < 1.5 * _CV2_AREA_STRIPE_PIXELS else None)
-    helpers = _pinned_helpers()
-    if split is None or not helpers:
+    if split is None or not (helpers := _pinned_helpers()):
         return cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
     k, row = split
     out = np.empty((nh, nw, *frame.shape[2:]), dtype=frame.dtype)
