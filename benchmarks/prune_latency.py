@@ -12,8 +12,9 @@ as the ``cpu`` and ``openvino`` targets build INT8 artifacts (``benchmarks/speed
 calibration inputs), then timed interleaved, the model alone (no pre- or post-processing).
 Prints GFLOPs, ms and pruned / unpruned per runtime and precision (OpenVINO INT8 also as
 ``int8 bf16``: the IR with its float ops in bf16 but the sampling coordinates, as
-``quantize/run.py --float-precision bf16`` builds it); issue 14's target is <= 0.55x for
-INT8 on ONNX Runtime and OpenVINO.
+``quantize/run.py --float-precision bf16`` builds it), over all calls and over the calls made
+on near and on far CPUs (``benchmarks/core_latency.py``; needs two CPUs); issue 14's target
+is <= 0.55x for INT8 on ONNX Runtime and OpenVINO.
 """
 
 from __future__ import annotations
@@ -107,9 +108,12 @@ def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
             cells = []
             for where in wheres:
                 b, p = base.p50(where), small.p50(where)
-                both = b is not None and p is not None
-                cells.append(f"{b:.1f} | {p:.1f} | {p / b:.2f}x" if where is None else
-                             f"{b:.1f} / {p:.1f}, {p / b:.2f}x" if both else "-")
+                if b is None or p is None:  # too few calls in that placement
+                    cells.append("-")
+                elif where is None:
+                    cells.append(f"{b:.1f} | {p:.1f} | {p / b:.2f}x")
+                else:
+                    cells.append(f"{b:.1f} / {p:.1f}, {p / b:.2f}x")
             print(f"| {runtime} | {precision} | " + " | ".join(cells) + " |")
     if readings:
         far = sum(r >= FAR_NS for r in readings)

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list_models() if args.zoo is None else args.zoo
 
     # The probe forks its helper, so it starts before any runtime's threads exist.
-    with CoreLatencyProbe() as probe, \
+    with (contextlib.nullcontext() if args.no_probe else CoreLatencyProbe()) as probe, \
             tempfile.TemporaryDirectory(prefix="edgedet-speed-") as tmp, \
             contextlib.redirect_stdout(sys.stderr):  # the builders' progress bars
         work_dir = Path(tmp)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         items += attend_items(work_dir, args.threads, args.attend_channels, args.attend_size)
         _progress(f"timing {len(items)} items: {args.rounds} rounds x {args.calls} calls")
         readings = time_interleaved(items, args.rounds, args.calls, args.warmup,
-                                    probe if probe.available and not args.no_probe else None)
+                                    probe if probe is not None and probe.available else None)
 
     report: dict = {
         "settings": {"threads": args.threads, "rounds": args.rounds, "calls": args.calls,
@@ -302,13 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     report["headline"] = headline(report)
     if readings:
         labels = [label for item in items for label in item.runtime_where]
+        by_placement = {where: results(items, where) for where in ("near", "far")}
+        for figures in by_placement.values():
+            figures["headline"] = headline(figures)
         report["placement"] = {
             "readings_ns": readings, "far_from_ns": FAR_NS,
-            "share_of_calls": {where: labels.count(where) / len(labels)
-                               for where in ("near", "far")},
-            **{where: {**results(items, where)} for where in ("near", "far")}}
-        for where in ("near", "far"):
-            report["placement"][where]["headline"] = headline(report["placement"][where])
+            "share_of_calls": {where: labels.count(where) / len(labels) for where in by_placement},
+            **by_placement}
     if args.json:
         print(json.dumps(report))
     else:
