@@ -8,8 +8,11 @@ machine compares the machine's load as much as the models. Here every model runs
 in turn, round after round, so each sees the same load and CPU clocks. A model may be given as
 ``PATH`` or ``PATH@BACKEND`` (e.g. an ONNX artifact on ``openvino``), with ``+2x`` appended for
 HAR-Net's double-scale testing (``harnet_pruned_int8+2x``; runtime-only is then the 1x model).
-Prints, per model, p50 runtime-only and end-to-end ``detect()`` latency over all rounds and the
-ratio to the first model's runtime-only p50; ``--json`` prints the same as one JSON object.
+Runtime-only is the model alone as ``detect()`` feeds it (``Detector.runtime_call``). Prints,
+per model, p50 runtime-only and end-to-end ``detect()`` latency and the ratio to the first
+model's runtime-only p50, over all calls and over the calls made on near and on far CPUs
+(``benchmarks/core_latency.py``: where the two CPUs sit changes these figures); ``--json``
+prints the same as one JSON object.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ use_repo_root(__file__)
 
 import argparse
 import json
-import statistics
-import time
 
+from benchmarks.core_latency import CoreLatencyProbe
+from benchmarks.timing import Timed, time_interleaved
 from edgedet import Detector
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
+
+PLACEMENTS = (None, "near", "far")
 
 
 def _load(spec: str, threads: int | None) -> Detector:
@@ -32,6 +37,24 @@ def _load(spec: str, threads: int | None) -> Detector:
     path, _, backend = spec.removesuffix("+2x").partition("@")
     return Detector(path, backend=backend or "auto", threads=threads,
                     double_scale=double_scale)
+
+
+def _row(spec: str, detector: Detector, item: Timed, reference: Timed) -> dict:
+    """One model's figures over all calls (``*_p50_ms``) and per CPU placement."""
+    row: dict = {"model": spec, "name": detector.name, "backend": detector.backend_name,
+                 "precision": detector.info["precision"]}
+    for where in PLACEMENTS:
+        suffix = "" if where is None else f"_{where}"
+        runtime, first = item.p50(where), reference.p50(where)
+        row[f"runtime_p50_ms{suffix}"] = runtime
+        row[f"end_to_end_p50_ms{suffix}"] = item.detect_p50(where)
+        row[f"speedup_vs_first{suffix}"] = (None if runtime is None or first is None
+                                            else first / runtime)
+    return row
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,51 +74,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.calls < 1 or args.warmup < 0:
         parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
 
-    detectors = [_load(spec, args.threads) for spec in args.models]
-    width, height = args.frame_size
-    frame = SyntheticScenes(1, seed=0, config=SyntheticConfig(image_size=(width, height)))[0].image
-    inputs = [detector.preprocess(frame)[0] for detector in detectors]
-    for detector, images in zip(detectors, inputs, strict=True):
-        for _ in range(args.warmup):
-            detector.run_model(images)
-            detector.detect(frame)
+    with CoreLatencyProbe() as probe:  # it forks its helper: before any runtime's threads
+        detectors = [_load(spec, args.threads) for spec in args.models]
+        width, height = args.frame_size
+        frame = SyntheticScenes(1, seed=0,
+                                config=SyntheticConfig(image_size=(width, height)))[0].image
+        items = [Timed("backends", spec, detector.backend_name, str(detector.info["precision"]),
+                       run=detector.runtime_call(frame),
+                       detect=lambda d=detector: d.detect(frame))
+                 for spec, detector in zip(args.models, detectors, strict=True)]
+        readings = time_interleaved(items, args.rounds, args.calls, args.warmup,
+                                    probe if probe.available else None)
 
-    runtime_ms: list[list[float]] = [[] for _ in detectors]
-    end_to_end_ms: list[list[float]] = [[] for _ in detectors]
-    for _ in range(args.rounds):
-        for index, (detector, images) in enumerate(zip(detectors, inputs, strict=True)):
-            for _ in range(args.calls):
-                start = time.perf_counter()
-                detector.run_model(images)
-                middle = time.perf_counter()
-                detector.detect(frame)
-                runtime_ms[index].append((middle - start) * 1000.0)
-                end_to_end_ms[index].append((time.perf_counter() - middle) * 1000.0)
-
-    rows = []
-    for spec, detector, runtime, end_to_end in zip(args.models, detectors, runtime_ms,
-                                                    end_to_end_ms, strict=True):
-        rows.append({
-            "model": spec, "name": detector.name, "backend": detector.backend_name,
-            "precision": detector.info["precision"],
-            "runtime_p50_ms": statistics.median(runtime),
-            "end_to_end_p50_ms": statistics.median(end_to_end),
-        })
-    reference = rows[0]["runtime_p50_ms"]
-    for row in rows:
-        row["speedup_vs_first"] = reference / row["runtime_p50_ms"]
+    rows = [_row(spec, detector, item, items[0])
+            for spec, detector, item in zip(args.models, detectors, items, strict=True)]
     if args.json:
         print(json.dumps({"threads": args.threads, "rounds": args.rounds, "calls": args.calls,
-                          "frame_size": [width, height], "models": rows}))
+                          "frame_size": [width, height], "core_round_trips_ns": readings,
+                          "models": rows}))
         return 0
     print(f"{args.rounds} interleaved rounds x {args.calls} calls, frame {width}x{height}, "
-          f"threads {args.threads or 'runtime default'}")
-    print(f"{'model':<48}{'backend':>12}{'precision':>10}{'runtime p50':>13}"
-          f"{'detect p50':>12}{'speed-up':>10}")
+          f"threads {args.threads or 'runtime default'}; runtime / detect() p50 ms, speed-up "
+          "= the first model's runtime / this one's; near / far: the calls made on near / far "
+          "CPUs (benchmarks/core_latency.py)")
+    print("| model | backend | precision | all calls | speed-up | near | speed-up | far | "
+          "speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"{row['model'][-48:]:<48}{row['backend']:>12}{row['precision']:>10}"
-              f"{row['runtime_p50_ms']:>10.1f} ms{row['end_to_end_p50_ms']:>9.1f} ms"
-              f"{row['speedup_vs_first']:>9.2f}x")
+        cells = []
+        for suffix in ("", "_near", "_far"):
+            speedup = row[f"speedup_vs_first{suffix}"]
+            cells += [f"{_ms(row[f'runtime_p50_ms{suffix}'])} / "
+                      f"{_ms(row[f'end_to_end_p50_ms{suffix}'])}",
+                      "-" if speedup is None else f"{speedup:.2f}x"]
+        print(f"| {row['model']} | {row['backend']} | {row['precision']} | "
+              + " | ".join(cells) + " |")
     return 0
 
 
