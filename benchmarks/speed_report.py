@@ -101,7 +101,7 @@ def headline(report: dict) -> list[tuple[str, float | None]]:
 
 
 def _markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[c]) for r in rows)]) for c, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(
@@ -124,13 +124,14 @@ def print_tables(report: dict, frame_size: tuple[int, int], paper: tuple[int, in
     print(f"edgedet speed: {settings['rounds']} interleaved rounds x {settings['calls']} calls "
           f"(after {settings['warmup']} warm-up calls), {settings['threads']} threads, p50")
     print(", ".join(f"{k} {v}" for k, v in report["versions"].items()))
-    print(f"\n## Zoo models ({frame_size[0]}x{frame_size[1]} synthetic frame)\n")
-    print(_markdown(
-        ["model", "backend", "precision", "runtime ms", "detect ms", "detect/runtime",
-         "GFLOPs", "GOPS"],
-        [[r["model"], r["backend"], r["precision"], _num(r["runtime_p50_ms"], 2),
-          _num(r["detect_p50_ms"], 2), _num(r["detect_over_runtime"], 2), _num(r["gflops"], 2),
-          _num(r["gops"])] for r in report["zoo"]]))
+    if report["zoo"]:
+        print(f"\n## Zoo models ({frame_size[0]}x{frame_size[1]} synthetic frame)\n")
+        print(_markdown(
+            ["model", "backend", "precision", "runtime ms", "detect ms", "detect/runtime",
+             "GFLOPs", "GOPS"],
+            [[r["model"], r["backend"], r["precision"], _num(r["runtime_p50_ms"], 2),
+              _num(r["detect_p50_ms"], 2), _num(r["detect_over_runtime"], 2),
+              _num(r["gflops"], 2), _num(r["gops"])] for r in report["zoo"]]))
     for note in report["notes"]:
         print(f"\nnot timed: {note}")
     if report["int8_vs_fp32"]:

@@ -58,3 +58,12 @@ def test_speed_json_has_every_figure_of_the_timed_sections(capsys):
         for where in ("near", "far"):
             assert [n for n, _ in placement[where]["headline"]] == names
             assert len(placement[where]["zoo"]) == len(report["zoo"])
+
+
+def test_speed_tables_print_without_zoo_models_or_probe(capsys):
+    """The markdown path with nothing but the (shrunk) attend stage: no empty tables."""
+    assert main(["--rounds", "1", "--calls", "1", "--warmup", "0", "--skip-paper-width",
+                 "--zoo", "--attend-channels", "8", "--attend-size", "6", "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    assert "## Zoo models" not in out and "## Attend stage" in out
+    assert "## Headline figures\n" in out and "by CPU placement" not in out
