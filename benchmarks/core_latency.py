@@ -4,17 +4,19 @@
 
 Why: on this project's 2-core cloud machine the two virtual CPUs are sometimes placed on
 cores that share a cache and sometimes on distant ones, and the placement changes within
-minutes. Measured on 2026-12-05 with the same OpenVINO models, one thread's latency did not
-change with it, but two threads' did, and INT8 far more than bf16 (zoo MobileNet-PASSD):
+seconds to minutes. Measured on 2026-12-05 with the same OpenVINO models, one thread's
+latency did not change with it, but two threads' did, and INT8 more than bf16 (zoo
+MobileNet-PASSD):
 
 | round trip (C / this Python probe) | INT8, 2 threads vs 1 | INT8 ms | bf16 default ms |
 |---|---|---|---|
-| 60-90 ns / 220 ns | 1.70-1.86x | 10.7-11.8 | 17.1-17.6 |
-| 340-400 ns / 380-470 ns | 1.17-1.44x | 14.2-17.4 | 18.1-22.8 |
+| 55-90 ns / 200-280 ns | 1.70-1.86x | 10.7-11.8 | 17.1-17.6 |
+| 330-400 ns / 320-500 ns | 1.17-1.44x | 14.2-17.4 | 18.1-22.8 |
 
-An INT8 model's ops are short, so the data its two threads hand each other between ops
-weighs more. The benchmarks probe the round trip before and after each interleaved round
-and report the rounds of each placement apart (``benchmarks/speed.py``).
+On distant CPUs each parallel op pays a fixed cost (OpenVINO's profile: about 14 us between
+nodes), which weighs more in an INT8 model's shorter ops. The benchmarks read the round trip
+between the items they time and report the calls of each placement apart
+(``benchmarks/timing.py``, ``benchmarks/speed.py``).
 
 The probe: a helper process pinned to the second CPU answers flips of one shared byte that
 the caller's thread, pinned to the first CPU for the duration, makes. Pure Python, so the
@@ -33,8 +35,8 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 
-# Rounds whose probe reads at least this are on distant cores: the Python probe measured
-# 220 ns on near cores and 380-470 ns on distant ones.
+# Calls between readings of at least this ran on distant CPUs: the Python probe read
+# 200-280 ns on near CPUs and 320-500 ns on distant ones.
 FAR_NS = 300.0
 _WARMUP_TRIPS = 200
 BATCH_TRIPS = 1000
