@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.calls < 1 or args.warmup < 0:
         parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
 
-    with CoreLatencyProbe() as probe:  # it forks its helper: before any runtime's threads
+    with CoreLatencyProbe() as probe:
         detectors = [_load(spec, args.threads) for spec in args.models]
         width, height = args.frame_size
         frame = SyntheticScenes(1, seed=0,

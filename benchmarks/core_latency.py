@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
+import mmap
 import os
 import statistics
+import subprocess
+import sys
 import time
-from multiprocessing.connection import Connection
-from multiprocessing.shared_memory import SharedMemory
+from typing import IO
 
 # Calls between readings of at least this ran on distant CPUs: the Python probe read
 # 200-280 ns on near CPUs and 320-500 ns on distant ones.
@@ -44,7 +45,7 @@ _SPINS_PER_CLOCK_CHECK = 1_000_000  # the clock is read this rarely: the loop st
 _PATIENCE_S = 30.0  # a partner silent this long has died (or the machine has stalled)
 
 
-def _wait_for(flag: memoryview, value: int) -> None:
+def _wait_for(flag: mmap.mmap, value: int) -> None:
     spins, deadline = 0, None
     while flag[0] != value:
         spins += 1
@@ -56,55 +57,56 @@ def _wait_for(flag: memoryview, value: int) -> None:
                 raise RuntimeError("core latency probe: the other side stopped answering")
 
 
-def _respond(name: str, cpu: int, requests: Connection) -> None:
-    """The helper: answer each of the requested number of flips, pinned to ``cpu``."""
+def _respond(fd: int, cpu: int, requests: IO[str]) -> None:
+    """The helper (``--respond FD CPU``, its own interpreter): pinned to ``cpu``, answer the
+    number of flips each line of ``requests`` asks for, until the line stream ends."""
     os.sched_setaffinity(0, {cpu})
-    memory = SharedMemory(name=name)
-    flag = memory.buf
-    try:
-        while (trips := requests.recv()) is not None:
-            for _ in range(trips):
+    with mmap.mmap(fd, mmap.PAGESIZE) as flag:
+        for line in requests:
+            for _ in range(int(line)):
                 _wait_for(flag, 1)
                 flag[0] = 0
-    finally:
-        del flag
-        memory.close()
 
 
 class CoreLatencyProbe:
     """Round trips of a cache line between the first two CPUs this process may use.
 
-    ``with CoreLatencyProbe() as probe: probe.measure()`` -> mean ns per round trip. Start it
-    before loading models (it forks its helper); on a machine with one CPU available, or
-    without thread affinity, ``available`` is False and ``measure`` returns None.
+    ``with CoreLatencyProbe() as probe: probe.measure()`` -> ns per round trip. The helper is
+    a second Python interpreter started by ``subprocess`` (never a fork of this process,
+    which may hold the runtimes' threads), sharing one page of anonymous memory (memfd). On
+    a machine with one CPU available, or without thread affinity, ``available`` is False and
+    ``measure`` returns None.
     """
 
     def __init__(self, trips: int = 5000) -> None:
         self.trips = trips
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        linux = hasattr(os, "sched_getaffinity") and hasattr(os, "memfd_create")
+        cpus = sorted(os.sched_getaffinity(0)) if linux else []
         self.available = len(cpus) >= 2
         if not self.available:
             return
         self._cpu = cpus[0]
-        self._memory = SharedMemory(create=True, size=64)
-        self._memory.buf[0] = 0
-        self._requests, helper_end = multiprocessing.Pipe()
-        context = multiprocessing.get_context("fork")
-        self._helper = context.Process(target=_respond, daemon=True,
-                                       args=(self._memory.name, cpus[1], helper_end))
-        self._helper.start()
+        self._fd = fd = os.memfd_create("edgedet-core-latency")
+        os.ftruncate(fd, mmap.PAGESIZE)
+        self._flag = mmap.mmap(fd, mmap.PAGESIZE)
+        self._helper = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--respond", str(fd), str(cpus[1])],
+            stdin=subprocess.PIPE, text=True, pass_fds=(fd,))
+        assert self._helper.stdin is not None
+        self._requests: IO[str] = self._helper.stdin
 
     def measure(self) -> float | None:
         """Round trip in ns: the median over batches of ``BATCH_TRIPS`` flips (after a few
         untimed ones), so that one preemption of either side does not count."""
         if not self.available:
             return None
-        flag = self._memory.buf
+        flag = self._flag
         batches = max(1, self.trips // BATCH_TRIPS)
         affinity = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {self._cpu})  # this thread only: the runtimes' pools stay
         try:
-            self._requests.send(_WARMUP_TRIPS + batches * BATCH_TRIPS)
+            self._requests.write(f"{_WARMUP_TRIPS + batches * BATCH_TRIPS}\n")
+            self._requests.flush()
             for _ in range(_WARMUP_TRIPS):
                 flag[0] = 1
                 _wait_for(flag, 0)
@@ -118,18 +120,19 @@ class CoreLatencyProbe:
             return statistics.median(means)
         finally:
             os.sched_setaffinity(0, affinity)
-            del flag
 
     def close(self) -> None:
         if not self.available:
             return
         with contextlib.suppress(OSError):  # a helper that died has closed its end
-            self._requests.send(None)
-        self._helper.join(timeout=5)
-        if self._helper.is_alive():
+            self._requests.close()
+        try:
+            self._helper.wait(timeout=5)
+        except subprocess.TimeoutExpired:
             self._helper.kill()
-        self._memory.close()
-        self._memory.unlink()
+            self._helper.wait()
+        self._flag.close()
+        os.close(self._fd)
         self.available = False
 
     def __enter__(self) -> CoreLatencyProbe:
@@ -153,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10, help="probes to print (default 10)")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="seconds between probes (default 5)")
+    parser.add_argument("--respond", nargs=2, metavar=("FD", "CPU"), help=argparse.SUPPRESS)
     parser.add_argument("--trips", type=int, default=5000,
                         help="round trips per probe (default 5000)")
     args = parser.parse_args(argv)
+    if args.respond:  # the probe's helper, started by CoreLatencyProbe
+        _respond(int(args.respond[0]), int(args.respond[1]), sys.stdin)
+        return 0
     if args.samples < 1 or args.trips < 1 or args.interval < 0:
         parser.error("--samples and --trips must be >= 1, --interval >= 0")
     with CoreLatencyProbe(args.trips) as probe:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--precisions", default="int8", help="comma-separated: fp32,int8")
     args = parser.parse_args(argv)
-    with CoreLatencyProbe() as probe:  # it forks its helper: before any runtime's threads
+    with CoreLatencyProbe() as probe:
         return _measure(args, parser, probe)
 
 

@@ -276,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
                      "--warmup >= 0")
     names = list_models() if args.zoo is None else args.zoo
 
-    # The probe forks its helper, so it starts before any runtime's threads exist.
     with (contextlib.nullcontext() if args.no_probe else CoreLatencyProbe()) as probe, \
             tempfile.TemporaryDirectory(prefix="edgedet-speed-") as tmp, \
             contextlib.redirect_stdout(sys.stderr):  # the builders' progress bars
