@@ -68,8 +68,11 @@ def test_loader_batches_are_the_same_with_and_without_workers():
     dataset = TrainingDataset(_samples(), config, build_augmentation("ssd", config), seed=1)
 
     def batches(workers: int) -> list:
+        # forkserver: workers start from a clean process, not from this one, which may hold
+        # threads of libraries other tests imported (JAX warns that a fork may deadlock).
         loader = DataLoader(dataset, batch_size=2, num_workers=workers,
-                            collate_fn=collate_training, worker_init_fn=worker_init_fn)
+                            collate_fn=collate_training, worker_init_fn=worker_init_fn,
+                            multiprocessing_context="forkserver" if workers else None)
         return list(loader)
 
     serial, parallel = batches(0), batches(2)
