@@ -144,7 +144,8 @@ class CoreLatencyProbe:
 
 def placement(before_ns: float | None, after_ns: float | None, far_ns: float = FAR_NS
               ) -> str | None:
-    """``"near"`` or ``"far"`` where the probes on both sides of a round agree, else None."""
+    """``"near"`` or ``"far"`` where the readings before and after an item's calls agree,
+    else None (the placement changed while they ran, or there was no probe)."""
     if before_ns is None or after_ns is None:
         return None
     near = (before_ns < far_ns, after_ns < far_ns)
