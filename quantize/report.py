@@ -133,7 +133,8 @@ def _control_lines(controlled: Mapping[str, Mapping[str, Any]]) -> list[str]:
         chosen = "Shipped" if passed else "Best step (outside `--max-drop`: rejected)"
         lines += ["", f"{chosen}: calibration `{entry.get('calibration') or 'default'}`, "
                       + (f"{', '.join(f'`{c}`' for c in categories)} back in float "
-                         "(on top of the scope under \"Kept out of INT8\"), "
+                         "(beyond the target's own scope; \"Kept out of INT8\" lists "
+                         "them too), "
                          if categories else "")
                       + f"{len(floated)} weight layer(s) returned to float"
                       + (": " + ", ".join(f"`{f['node']}` (rank {f['rank']}, "

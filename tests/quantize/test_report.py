@@ -31,5 +31,6 @@ def test_a_scope_put_back_in_float_is_named_with_the_shipped_step():
         "m_int8": {"steps": [step(0, False, -1.5), step(1, True, -0.5)],
                    "calibration": None, "float_categories": ["sampling_reads"],
                    "float_layers": []}}))
-    assert ("Shipped: calibration `default`, `sampling_reads` back in float (on top of the "
-            'scope under "Kept out of INT8"), 0 weight layer(s) returned to float.') in text
+    assert ("Shipped: calibration `default`, `sampling_reads` back in float (beyond the "
+            "target's own scope; \"Kept out of INT8\" lists them too), 0 weight layer(s) "
+            "returned to float.") in text
