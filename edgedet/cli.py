@@ -72,9 +72,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     if args.checkpoint:
+        from edgedet.models.checkpoint import CheckpointError
         from edgedet.models.summary import summarize_checkpoint
 
-        measured = summarize_checkpoint(args.checkpoint)
+        try:
+            measured = summarize_checkpoint(args.checkpoint)
+        except CheckpointError as exc:  # a missing or unreadable file: named, no traceback
+            raise CliError(str(exc)) from exc
         print(json.dumps(measured.to_dict()) if args.json else measured.format())
         return 0
     configs = list(PAPER_CONFIGURATIONS)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,14 @@ def test_summary_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert row["name"] == "passd_mobilenet_320_coco" and row["num_boxes"] == 6375
     assert 1.0 < row["gflops"] < 50.0
     assert main(["summary", "--names", "no_such_model"]) == 2
+
+
+def test_summary_of_a_missing_or_corrupt_checkpoint_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", "--checkpoint", str(tmp_path / "nothing")]) == 2
+    assert "checkpoint not found: " in capsys.readouterr().err
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["summary", "--checkpoint", str(tmp_path / "broken")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.safetensors: not a readable safetensors file" in err
+    assert "Traceback" not in err
