@@ -85,7 +85,7 @@ from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.passd import passd_mobilenet
 from edgedet.models.summary import count_gflops
-from edgedet.zoo import list_models, zoo_model_dir
+from edgedet.zoo import list_models, resolve_model, zoo_model_dir
 from quantize.export_onnx import export_onnx
 from quantize.int8_scope import find_kept_out_nodes, flatten
 from quantize.rewrites import rewrite_for_export
@@ -275,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads, --rounds, --calls and the attend sizes must be >= 1, "
                      "--warmup >= 0")
     names = list_models() if args.zoo is None else args.zoo
+    for name in names:  # a typo is a usage error before minutes of building
+        try:
+            resolve_model(name)
+        except ValueError as error:
+            parser.error(str(error))
 
     with (contextlib.nullcontext() if args.no_probe else CoreLatencyProbe()) as probe, \
             tempfile.TemporaryDirectory(prefix="edgedet-speed-") as tmp, \

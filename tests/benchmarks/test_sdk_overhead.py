@@ -37,3 +37,9 @@ def test_sdk_overhead_json_has_every_stage(capsys):
 def test_sdk_overhead_rejects_zero_rounds():
     with pytest.raises(SystemExit):
         main(["--rounds", "0"])
+
+
+def test_sdk_overhead_names_an_unknown_model_before_timing(capsys):
+    with pytest.raises(SystemExit):
+        main(["--zoo", "no_such_model"])
+    assert "'no_such_model' is neither an artifact directory" in capsys.readouterr().err

@@ -67,3 +67,9 @@ def test_speed_tables_print_without_zoo_models_or_probe(capsys):
     out = capsys.readouterr().out
     assert "## Zoo models" not in out and "## Attend stage" in out
     assert "## Headline figures\n" in out and "by CPU placement" not in out
+
+
+def test_speed_names_an_unknown_model_before_building(capsys):
+    with pytest.raises(SystemExit):
+        main(["--zoo", "no_such_model", "--no-probe"])
+    assert "'no_such_model' is neither an artifact directory" in capsys.readouterr().err
