@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 1 or args.rounds < 1:
         parser.error("--frames and --rounds must be at least 1")
     names = list_models() if args.zoo is None else args.zoo
-    for name in names:  # a typo is a usage error before minutes of building
+    for name in names:  # a typo is a usage error before any model loads
         try:
             resolve_model(name)
         except ValueError as error:
