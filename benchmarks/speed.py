@@ -85,7 +85,7 @@ from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.passd import passd_mobilenet
 from edgedet.models.summary import count_gflops
-from edgedet.zoo import list_models, resolve_model, zoo_model_dir
+from edgedet.zoo import list_models, resolve_model
 from quantize.export_onnx import export_onnx
 from quantize.int8_scope import find_kept_out_nodes, flatten
 from quantize.rewrites import rewrite_for_export
@@ -124,7 +124,7 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
     notes: list[str] = []
     gflops_by_checkpoint: dict[str, float | None] = {}
     for name in names:
-        directory = Path(name) if Path(name).is_dir() else zoo_model_dir(name)
+        directory = resolve_model(name)
         manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
         checkpoint = str((manifest.get("source") or {}).get("checkpoint"))
         if checkpoint not in gflops_by_checkpoint:

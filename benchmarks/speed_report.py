@@ -178,7 +178,8 @@ def print_placements(report: dict) -> None:
           f"disagree count in 'all' only.\n")
     share = placements["share_of_calls"]
     columns = ["all", "near", "far"]
-    values = {c: dict(headline(report if c == "all" else placements[c])) for c in columns}
+    values = {c: dict((report if c == "all" else placements[c])["headline"])
+              for c in columns}
     headers = ["figure", "all calls", *(f"{c} ({share[c]:.0%} of calls)" for c in columns[1:])]
     print(_markdown(headers, [[name, *(_num(values[c].get(name), 2) for c in columns)]
                               for name in values["all"]]))
