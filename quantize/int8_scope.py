@@ -21,6 +21,13 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
                positions whose weights are mostly tiny; 8 bits of it is mostly zeros.
 ``masks``      sigmoid masks (HAR-Net spatial attention, CLSE channel weights): ``Sigmoid``
                and the ``Mul`` that applies it; a mask in [0, 1] multiplies whole feature maps.
+``norms``      (off by default; on for ONNX Runtime) normalisations whose statistics are
+               computed at run time (HAR-Net's cross-level group norm: an
+               ``InstanceNormalization`` over the joined levels) with the ops that join the
+               levels before them (Reshape, Concat) and split them after, including the
+               per-channel affine (``Mul`` / ``Add`` by a constant). In INT8 ONNX Runtime
+               re-quantizes the joined map between each of these data moves; in float they
+               cost less, and the statistics are exact.
 ``head``       (off by default) the last weight layers before each graph output, i.e. the
                convs producing the raw logits and box deltas, and the layout ops
                (Reshape, Transpose, Concat) between them and the outputs: kept float, the
@@ -55,6 +62,9 @@ CATEGORIES: dict[str, str] = {
                  "round to zero",
     "masks": "sigmoid masks (spatial attention, channel weights) and the Mul that applies "
              "them: a mask in [0, 1] scales whole feature maps",
+    "norms": "run-time normalisations (HAR-Net's cross-level group norm) and the ops that "
+             "join the pyramid levels for them, split them after and apply the per-channel "
+             "affine: in INT8 each of these data moves is another quantize / dequantize",
     "head": "the final head convs producing the raw logits and box deltas, and the layout "
             "ops carrying them to the outputs: one INT8 scale per tensor over raw logits that "
             "span hundreds leaves a few steps where the scores are decided, and rounds the "
@@ -70,6 +80,10 @@ DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "sampling_reads", "attention"
 _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
 # Ops that only move or reshape data: a mask reaching its Mul through them is still a mask.
 _LAYOUT_OPS = ("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Identity")
+_NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
+# What carries several levels into one normalisation and back out: layout ops, and the joins
+# and splits between the levels.
+_JOIN_OPS = (*_LAYOUT_OPS, "Concat", "Slice", "Split")
 
 
 @dataclass(frozen=True)
@@ -214,6 +228,30 @@ def _mask_nodes(graph: _Graph) -> set[str]:
     return found
 
 
+def _norm_nodes(graph: _Graph) -> set[str]:
+    """Each normalisation, the joins / layout ops feeding it back to the first other op, and
+    after it the splits, layout ops and per-channel affine (``Mul`` / ``Add`` with a constant
+    operand) up to the first other op (the activation that follows)."""
+    norms = [n for n in graph.nodes if n.op_type in _NORM_OPS]
+    found = {n.name for n in norms}
+    stack = [t for n in norms for t in graph.activation_inputs(n)]
+    while stack:
+        node = graph.producer.get(stack.pop())
+        if node is not None and node.op_type in _JOIN_OPS and node.name not in found:
+            found.add(node.name)
+            stack.extend(graph.activation_inputs(node))
+    pending = list(norms)
+    while pending:
+        for output in pending.pop().outputs:
+            for consumer in graph.consumers.get(output, []):
+                affine = (consumer.op_type in ("Mul", "Add")
+                          and len(graph.activation_inputs(consumer)) == 1)
+                if consumer.name not in found and (consumer.op_type in _JOIN_OPS or affine):
+                    found.add(consumer.name)
+                    pending.append(consumer)
+    return found
+
+
 def _head_nodes(graph: _Graph) -> tuple[set[str], set[str]]:
     """``(head layers, output tail)``: the weight layers whose output reaches a graph output
     without another weight layer, and the nodes on those paths after them (the Reshape /
@@ -264,6 +302,7 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
         "sampling_reads": reads,
         "attention": _attention_nodes(graph, exclude=sampling),
         "masks": _mask_nodes(graph),
+        "norms": _norm_nodes(graph),
         "head": heads | output_tail,
         "outputs": output_tail,
     }

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from quantize.int8_scope import CATEGORIES, find_kept_out_nodes, flatten
+from quantize.int8_scope import CATEGORIES, DEFAULT_KEEP_FLOAT, find_kept_out_nodes, flatten
 
 
 def ops_of(model: onnx.ModelProto, names: list[str]) -> set[str]:
@@ -34,7 +34,7 @@ def test_toy_graph_masks_attention_and_head():
          helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
     kept = find_kept_out_nodes(helper.make_model(graph), list(CATEGORIES))
     assert kept == {"sampling": [], "sampling_reads": [], "attention": ["qk", "soft"],
-                    "masks": ["apply", "sig"],
+                    "masks": ["apply", "sig"], "norms": [],
                     "head": ["c2", "flat"],  # the head conv and its layout tail
                     "outputs": []}  # the tail, already claimed by "head"
     # Alone, "outputs" is only the layout tail: the head conv stays INT8.
@@ -48,14 +48,67 @@ def test_toy_graph_masks_attention_and_head():
     ("harnet_resnet18_small", "sampling_reads", {"Gather", "MatMul"}),
     ("harnet_resnet18_small", "masks", {"Sigmoid", "Mul"}),
     ("dsanet_resnet18", "attention", {"Softmax", "MatMul"}),
+    ("harnet_resnet18_small", "norms", {"InstanceNormalization", "Concat", "Slice"}),
 ])
 def test_detectors_keep_their_sensitive_ops(exported, name, category, op_types):
     model = onnx.load(str(exported(name)[2]))
-    kept = find_kept_out_nodes(model)
+    kept = find_kept_out_nodes(model, tuple(dict.fromkeys((*DEFAULT_KEEP_FLOAT, category))))
     assert op_types <= ops_of(model, kept[category])
-    # No weight layer is kept out by default: the convs are what INT8 speeds up.
+    # No weight layer is kept out by these categories: the convs are what INT8 speeds up.
     weight_layers = {n.name for n in model.graph.node if n.op_type == "Conv"}
     assert not weight_layers & set(flatten(kept))
+
+
+def test_norms_are_the_joined_levels_their_normalisation_and_affine():
+    # Two levels: conv -> Reshape -> Concat -> Reshape -> InstanceNormalization -> Reshape ->
+    # Mul(gamma) -> Add(beta) -> Split -> Reshape -> Relu -> conv. Everything between the
+    # convs but the activation is "norms".
+    def const(name, dims, values, dtype=TensorProto.FLOAT):
+        return helper.make_tensor(name, dtype, dims, values)
+
+    initializers = [
+        const("w", [2, 2, 1, 1], [1, 0, 0, 1]), const("gamma", [1, 2, 1], [2, 3]),
+        const("beta", [1, 2, 1], [1, 1]), const("one", [1], [1.0]), const("zero", [1], [0.0]),
+        const("flat", [3], [1, 2, -1], TensorProto.INT64),
+        const("groups", [3], [1, 1, -1], TensorProto.INT64),
+        const("back", [3], [1, 2, -1], TensorProto.INT64),
+        const("lengths", [2], [4, 1], TensorProto.INT64),
+        const("s0", [4], [1, 2, 2, 2], TensorProto.INT64),
+        const("s1", [4], [1, 2, 1, 1], TensorProto.INT64),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x0", "w"], ["c0"], name="conv0"),
+        helper.make_node("Conv", ["x1", "w"], ["c1"], name="conv1"),
+        helper.make_node("Reshape", ["c0", "flat"], ["f0"], name="flat0"),
+        helper.make_node("Reshape", ["c1", "flat"], ["f1"], name="flat1"),
+        helper.make_node("Concat", ["f0", "f1"], ["joined"], name="join", axis=2),
+        helper.make_node("Reshape", ["joined", "groups"], ["g"], name="to_groups"),
+        helper.make_node("InstanceNormalization", ["g", "one", "zero"], ["n"], name="norm"),
+        helper.make_node("Reshape", ["n", "back"], ["nb"], name="to_channels"),
+        helper.make_node("Mul", ["nb", "gamma"], ["scaled"], name="scale"),
+        helper.make_node("Add", ["scaled", "beta"], ["shifted"], name="shift"),
+        helper.make_node("Split", ["shifted", "lengths"], ["p0", "p1"], name="split", axis=2),
+        helper.make_node("Reshape", ["p0", "s0"], ["l0"], name="level0"),
+        helper.make_node("Reshape", ["p1", "s1"], ["l1"], name="level1"),
+        helper.make_node("Relu", ["l0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w"], ["y0"], name="next0"),
+        helper.make_node("Relu", ["l1"], ["y1"], name="relu1"),
+    ]
+    graph = helper.make_graph(
+        nodes, "clgn",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 2, 2, 2]),
+         helper.make_tensor_value_info("x1", TensorProto.FLOAT, [1, 2, 1, 1])],
+        [helper.make_tensor_value_info("y0", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("y1", TensorProto.FLOAT, None)], initializers)
+    kept = find_kept_out_nodes(helper.make_model(graph), ["norms"])
+    assert kept == {"norms": ["flat0", "flat1", "join", "level0", "level1", "norm", "scale",
+                              "shift", "split", "to_channels", "to_groups"]}
+
+
+@pytest.mark.parametrize("name", ["passd_mobilenet", "dsanet_resnet18", "daipnet_vgg16"])
+def test_only_harnet_has_run_time_norms(exported, name):
+    # BatchNorm is folded into the convs at export; CLGN is the only normalisation left.
+    assert find_kept_out_nodes(onnx.load(str(exported(name)[2])), ["norms"]) == {"norms": []}
 
 
 def test_unknown_category():
@@ -116,3 +169,6 @@ def test_openvino_lets_the_sampling_reads_into_int8_and_the_others_keep_them():
     assert "sampling" in target_named("openvino").default_keep_float
     for name in ("cpu", "tflite", "jetson"):
         assert {"sampling", "sampling_reads"} <= set(target_named(name).default_keep_float)
+    # The cross-level group norm stays float where that was measured faster (ONNX Runtime).
+    assert "norms" in target_named("cpu").default_keep_float
+    assert "norms" not in target_named("openvino").default_keep_float
