@@ -28,6 +28,10 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
                per-channel affine (``Mul`` / ``Add`` by a constant). In INT8 ONNX Runtime
                re-quantizes the joined map between each of these data moves; in float they
                cost less, and the statistics are exact.
+``input_pools``  (off by default; on for ONNX Runtime) max pools of the input image itself
+               (DAIPNet's image pyramid): a max commutes with INT8's rounding, so pooling in
+               float changes no value, and ONNX Runtime runs a uint8 ``MaxPool`` on the
+               channels-first input without its fast kernel (1.1 of DAIPNet's 12.4 ms).
 ``head``       (off by default) the last weight layers before each graph output, i.e. the
                convs producing the raw logits and box deltas, and the layout ops
                (Reshape, Transpose, Concat) between them and the outputs: kept float, the
@@ -65,6 +69,9 @@ CATEGORIES: dict[str, str] = {
     "norms": "run-time normalisations (HAR-Net's cross-level group norm) and the ops that "
              "join the pyramid levels for them, split them after and apply the per-channel "
              "affine: in INT8 each of these data moves is another quantize / dequantize",
+    "input_pools": "max pools of the input image (DAIPNet's image pyramid): a max commutes "
+                   "with INT8 rounding, so float pooling changes no value, and ONNX Runtime "
+                   "pools uint8 channels-first maps slowly",
     "head": "the final head convs producing the raw logits and box deltas, and the layout "
             "ops carrying them to the outputs: one INT8 scale per tensor over raw logits that "
             "span hundreds leaves a few steps where the scores are decided, and rounds the "
@@ -252,6 +259,25 @@ def _norm_nodes(graph: _Graph) -> set[str]:
     return found
 
 
+def _input_pool_nodes(graph: _Graph) -> set[str]:
+    """``MaxPool`` s whose input comes from a graph input through other ``MaxPool`` s and
+    layout ops only (not from a constant, not through any other op)."""
+    found: set[str] = set()
+    for node in graph.nodes:
+        if node.op_type != "MaxPool":
+            continue
+        chain, tensor = [node], node.inputs[0]
+        source = graph.producer.get(tensor)
+        while source is not None and (source.op_type in _LAYOUT_OPS
+                                      or source.op_type == "MaxPool"):
+            chain.append(source)
+            tensor = source.inputs[0]
+            source = graph.producer.get(tensor)
+        if source is None and not graph.is_constant(tensor):
+            found |= {n.name for n in chain if n.op_type == "MaxPool"}
+    return found
+
+
 def _head_nodes(graph: _Graph) -> tuple[set[str], set[str]]:
     """``(head layers, output tail)``: the weight layers whose output reaches a graph output
     without another weight layer, and the nodes on those paths after them (the Reshape /
@@ -303,6 +329,7 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
         "attention": _attention_nodes(graph, exclude=sampling),
         "masks": _mask_nodes(graph),
         "norms": _norm_nodes(graph),
+        "input_pools": _input_pool_nodes(graph),
         "head": heads | output_tail,
         "outputs": output_tail,
     }

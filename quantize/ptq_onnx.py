@@ -253,9 +253,12 @@ def quantize_onnx(
         quantized = onnx.load(str(tmp_path))
     if scheme.residual_add_only:
         _float_weighted_add_inputs(quantized)
+    rewired = scheme.residual_add_only or scheme.float_readers_read_float
     if scheme.float_readers_read_float:
         _float_readers_read_float(quantized, set(scheme.op_types or ()), set(nodes_to_exclude))
-    if scheme.residual_add_only or scheme.float_readers_read_float:
+    else:
+        rewired = _excluded_pools_read_float(quantized, set(nodes_to_exclude)) or rewired
+    if rewired:
         _drop_unread_qdq(quantized)
     onnx.checker.check_model(quantized)
     write_bytes_atomic(out_path, quantized.SerializeToString())
@@ -342,6 +345,31 @@ def _float_readers_read_float(model: onnx.ModelProto, quantized_ops: set[str],
                 source = _float_behind_qdq(producer, tensor, constants)
                 if source is not None:
                     node.input[index] = source
+
+
+def _excluded_pools_read_float(model: onnx.ModelProto, excluded: set[str]) -> bool:
+    """Give each excluded ``MaxPool`` that reads ``DQ(Q(x))`` the float ``x`` itself, where
+    ``x`` is a graph input or the output of another excluded node (so it exists in float).
+
+    ONNX Runtime runs ``DQ -> MaxPool -> Q`` as one uint8 MaxPool whatever
+    ``nodes_to_exclude`` says, so without this an excluded pool whose output is quantized for
+    the conv after it still pools uint8 (``int8_scope``'s ``input_pools``). A max commutes
+    with the rounding: the values do not change, only the kernel that computes them.
+    Returns whether any pool was rewired."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    constants = {t.name for t in graph.initializer}
+    inputs = {i.name for i in graph.input}
+    rewired = False
+    for node in graph.node:
+        if node.op_type != "MaxPool" or node.name not in excluded:
+            continue
+        source = _float_behind_qdq(producer, node.input[0], constants)
+        if source is not None and (source in inputs
+                                   or getattr(producer.get(source), "name", None) in excluded):
+            node.input[0] = source
+            rewired = True
+    return rewired
 
 
 def _drop_unread_qdq(model: onnx.ModelProto) -> None:

@@ -34,7 +34,7 @@ def test_toy_graph_masks_attention_and_head():
          helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 2, 2])], [weight])
     kept = find_kept_out_nodes(helper.make_model(graph), list(CATEGORIES))
     assert kept == {"sampling": [], "sampling_reads": [], "attention": ["qk", "soft"],
-                    "masks": ["apply", "sig"], "norms": [],
+                    "masks": ["apply", "sig"], "norms": [], "input_pools": [],
                     "head": ["c2", "flat"],  # the head conv and its layout tail
                     "outputs": []}  # the tail, already claimed by "head"
     # Alone, "outputs" is only the layout tail: the head conv stays INT8.
@@ -49,6 +49,7 @@ def test_toy_graph_masks_attention_and_head():
     ("harnet_resnet18_small", "masks", {"Sigmoid", "Mul"}),
     ("dsanet_resnet18", "attention", {"Softmax", "MatMul"}),
     ("harnet_resnet18_small", "norms", {"InstanceNormalization", "Concat", "Slice"}),
+    ("daipnet_vgg16", "input_pools", {"MaxPool"}),
 ])
 def test_detectors_keep_their_sensitive_ops(exported, name, category, op_types):
     model = onnx.load(str(exported(name)[2]))
@@ -111,6 +112,28 @@ def test_only_harnet_has_run_time_norms(exported, name):
     assert find_kept_out_nodes(onnx.load(str(exported(name)[2])), ["norms"]) == {"norms": []}
 
 
+def test_input_pools_are_the_max_pools_of_the_input_alone():
+    # x -> MaxPool -> Reshape -> MaxPool -> Conv -> MaxPool ; x -> Conv. Only the two pools
+    # that see nothing but the input (through pools and layout ops) are "input_pools".
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, 3, 1, 1], [1.0] * 9)
+    shape = helper.make_tensor("s", TensorProto.INT64, [4], [1, 3, 4, 4])
+    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    nodes = [
+        helper.make_node("MaxPool", ["x"], ["p0"], name="pool0", **pool),
+        helper.make_node("Reshape", ["p0", "s"], ["p0r"], name="same_shape"),
+        helper.make_node("MaxPool", ["p0r"], ["p1"], name="pool1", **pool),
+        helper.make_node("Conv", ["p1", "w"], ["c"], name="conv"),
+        helper.make_node("MaxPool", ["c"], ["y"], name="pool_of_a_conv", **pool),
+        helper.make_node("Conv", ["x", "w"], ["z"], name="stem"),
+    ]
+    graph = helper.make_graph(
+        nodes, "pyramid", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], [weight, shape])
+    kept = find_kept_out_nodes(helper.make_model(graph), ["input_pools"])
+    assert kept == {"input_pools": ["pool0", "pool1"]}
+
+
 def test_unknown_category():
     with pytest.raises(ValueError, match="unknown keep-float"):
         find_kept_out_nodes(onnx.ModelProto(), ["everything"])
@@ -170,5 +193,5 @@ def test_openvino_lets_the_sampling_reads_into_int8_and_the_others_keep_them():
     for name in ("cpu", "tflite", "jetson"):
         assert {"sampling", "sampling_reads"} <= set(target_named(name).default_keep_float)
     # The cross-level group norm stays float where that was measured faster (ONNX Runtime).
-    assert "norms" in target_named("cpu").default_keep_float
-    assert "norms" not in target_named("openvino").default_keep_float
+    assert {"norms", "input_pools"} <= set(target_named("cpu").default_keep_float)
+    assert not {"norms", "input_pools"} & set(target_named("openvino").default_keep_float)

@@ -139,3 +139,48 @@ def test_chunked_calibration_matches_one_pass(tmp_path, monkeypatch, caplog, sch
             assert got[name] == scale, name
         else:
             assert got[name] == pytest.approx(scale, rel=0.05), name
+
+
+def test_excluded_input_pools_pool_the_float_input(tmp_path):
+    """An image pyramid: images -> MaxPool -> MaxPool -> Conv, and images -> Conv. With the
+    pools excluded they read float tensors (no DequantizeLinear before a MaxPool, which ONNX
+    Runtime would otherwise fuse into a uint8 pool); the convs stay INT8 and the outputs stay
+    close to fp32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")]
+    pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    nodes = [helper.make_node("Conv", ["images", "w"], ["full"], name="conv_full", pads=[1] * 4),
+             helper.make_node("MaxPool", ["images"], ["half"], name="pool0", **pool),
+             helper.make_node("MaxPool", ["half"], ["quarter"], name="pool1", **pool),
+             helper.make_node("Conv", ["half", "w"], ["c_half"], name="conv_half", pads=[1] * 4),
+             helper.make_node("Conv", ["quarter", "w"], ["c_quarter"], name="conv_quarter",
+                              pads=[1] * 4)]
+    graph = helper.make_graph(
+        nodes, "pyramid",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+         for n in ("full", "c_half", "c_quarter")], weights)
+    fp32_path = tmp_path / "pyramid.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(fp32_path))
+    kept = flatten(find_kept_out_nodes(onnx.load(str(fp32_path)), ["input_pools"]))
+    assert kept == ["pool0", "pool1"]
+    images = synthetic_inputs((32, 32), 4, CALIBRATION_SEED)
+    int8_path = quantize_onnx(fp32_path, tmp_path / "int8.onnx", images, kept)
+    model = onnx.load(str(int8_path))
+    by_output = {o: n for n in model.graph.node for o in n.output}
+    pools = {n.name: n for n in model.graph.node if n.op_type == "MaxPool"}
+    assert pools["pool0"].input[0] == "images"
+    assert pools["pool1"].input[0] == "half"
+    assert all(by_output.get(p.input[0]) is None or by_output[p.input[0]].op_type == "MaxPool"
+               for p in pools.values())
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 3  # each conv's input is still quantized
+    fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    for x in synthetic_inputs((32, 32), 2, EVAL_SEED):
+        for a, b in zip(fp32.run(None, {"images": x}), int8.run(None, {"images": x}),
+                        strict=True):
+            assert cosine(a, b) > 0.99
