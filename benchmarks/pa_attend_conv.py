@@ -43,7 +43,7 @@ from edgedet.models.pa_head import (
     sample_box_taps,
 )
 from quantize.openvino_precision import coordinate_ops, mark_precise
-from quantize.rewrites.pa_head import PackedBoxOffsetConv, matmul_sampling_points
+from quantize.rewrites.pa_head import PackedBoxOffsetConv, planar_sampling_points
 from quantize.rewrites.sampling import bilinear_tap_sum
 
 
@@ -104,8 +104,8 @@ class GatherThenMatmul(nn.Module):
 
 class ProjectThenGridSample(nn.Module):
     """The ``grid_sample`` sampler of the rewrite: 1x1 conv to A*T*O channels, one GridSample
-    of each tap's O-channel map, sum over taps, with the sampling points as one product
-    (``matmul_sampling_points``), as the cpu target exports it. Output ``(N, H*W*A, O)``."""
+    of each tap's O-channel map, sum over taps, with the sampling points computed on planes
+    (``planar_sampling_points``), as the cpu target exports it. Output ``(N, H*W*A, O)``."""
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
         super().__init__()
@@ -113,7 +113,7 @@ class ProjectThenGridSample(nn.Module):
         self.stride = stride
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
-        return self.packed(features, matmul_sampling_points(boxes_cxcywh, self.stride))[0]
+        return self.packed(features, planar_sampling_points(boxes_cxcywh, self.stride))[0]
 
 
 class ProjectThenGather(nn.Module):

@@ -7,8 +7,8 @@ projects every cell to ``A x 9 x (K+1+4)`` values (the class and box offset conv
 together, since they share the sampling grid), then each output reads 4 corners per tap from
 its own tap's projection (``quantize.rewrites.sampling``: ``Gather`` or ``GridSample``, the
 target's ``sampler``). The sampling points are computed in the graph from the propose
-outputs exactly as in training (``box_sampling_points``; for ONNX Runtime as one matrix
-product, ``matmul_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the
+outputs exactly as in training (``box_sampling_points``; for ONNX Runtime on planes,
+``planar_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the
 other variants.
 """
 
@@ -30,33 +30,34 @@ from edgedet.models.pa_head import (
 from quantize.rewrites.sampling import bilinear_tap_sum, check_sampler, grid_sample_tap_sum
 
 
-def matmul_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3) -> Tensor:
-    """``edgedet.models.pa_head.box_sampling_points`` as one matrix product, for ONNX Runtime.
+def planar_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3) -> Tensor:
+    """``edgedet.models.pa_head.box_sampling_points`` computed on planes, for ONNX Runtime.
 
-    The training form adds a ``(k*k, 2)`` tap table to every box by broadcasting, which ONNX
-    Runtime runs through its slow path for short inner dimensions (1.1 + 0.6 ms of the zoo
-    PASSD's INT8 model at P3, 9% of it with the other levels; 0.25 ms in all as this
-    product). Here each box's ``[centre_x, centre_y, tap_w, tap_h]`` multiplies a constant
-    ``(4, 2*k*k)`` matrix of 0s, 1s and the tap offsets: for ``k = 3`` the offsets are -1, 0
-    and 1, so every product is exact and each point is ``centre + offset * size`` rounded
-    once, as in training (the tests compare the two bit for bit). It exports as ``Einsum``,
-    not ``MatMul``: a MatMul with a constant operand is a weight layer to the INT8 scope
-    (``quantize.int8_scope``), and an INT8 coordinate cost 1.7 AP.
+    The training form adds a ``(k*k, 2)`` tap table to every box by broadcasting over short
+    inner axes, then permutes the ``(N, H, W, A, k*k, 2)`` points to the tap-major layout the
+    samplers read; ONNX Runtime runs that as a slow broadcast and a 6-D transpose of all the
+    points (0.3-0.7 ms at P3 of the zoo PASSD). Here the boxes, a quarter as many values, are
+    transposed to ``(N, A, 4, H*W)`` first; each tap's x and y are then one multiply-add over
+    all positions (``centre + offset * size``, the same operations as in training, so the
+    same points bit for bit; the tests compare them), and the pairs are interleaved last.
+    Zoo PASSD INT8 on ONNX Runtime 18.07 -> 17.26 ms against the previous form (a product
+    with a constant tap matrix, then the transpose; one interleaved run).
 
     Args/returns: as ``box_sampling_points``.
     """
     half = (kernel_size - 1) / 2
     offsets = [i - half for i in range(kernel_size)]
     taps = [(rx, ry) for ry in offsets for rx in offsets]  # row-major, (x, y)
-    basis = torch.tensor([[1.0, 0.0] * len(taps), [0.0, 1.0] * len(taps),
-                          [v for rx, _ in taps for v in (rx, 0.0)],
-                          [v for _, ry in taps for v in (0.0, ry)]],
-                         dtype=boxes_cxcywh.dtype, device=boxes_cxcywh.device)  # (4, 2*k*k)
-    centres = boxes_cxcywh[..., :2] / stride - 0.5
-    sizes = boxes_cxcywh[..., 2:] / (stride * kernel_size)
-    points = torch.einsum("...k,kn->...n", torch.cat([centres, sizes], dim=-1), basis)
     n, h, w, a = boxes_cxcywh.shape[:4]
-    return points.reshape(n, h, w, a, len(taps), 2).permute(0, 3, 4, 1, 2, 5)
+    planes = boxes_cxcywh.permute(0, 3, 4, 1, 2).reshape(n, a, 4, 1, h * w)
+    centre_x = planes[:, :, 0] / stride - 0.5  # (N, A, 1, H*W)
+    centre_y = planes[:, :, 1] / stride - 0.5
+    size_x = planes[:, :, 2] / (stride * kernel_size)
+    size_y = planes[:, :, 3] / (stride * kernel_size)
+    offset_x = planes.new_tensor([rx for rx, _ in taps]).reshape(-1, 1)  # (k*k, 1)
+    offset_y = planes.new_tensor([ry for _, ry in taps]).reshape(-1, 1)
+    points = torch.stack([centre_x + offset_x * size_x, centre_y + offset_y * size_y], dim=-1)
+    return points.reshape(n, a, len(taps), h, w, 2)
 
 
 class PackedBoxOffsetConv(nn.Module):
@@ -137,10 +138,10 @@ class ExportProposeAttendHead(nn.Module):
         self.propose_objectness = head.propose_objectness
         self.propose_box = head.propose_box
         self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler)
-        # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the product
+        # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the planar
         # form of the points; OpenVINO ran both forms alike, and the other targets' converters
         # (TFLite) get the training form they were checked with.
-        self.sampling_points = (matmul_sampling_points if sampler == "grid_sample"
+        self.sampling_points = (planar_sampling_points if sampler == "grid_sample"
                                 else box_sampling_points)
 
     def forward(self, features: Sequence[Tensor], priors_cxcywh: Sequence[Tensor],

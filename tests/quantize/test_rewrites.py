@@ -27,7 +27,7 @@ from quantize.rewrites import (
     grid_sample_tap_sum,
     rewrite_for_export,
 )
-from quantize.rewrites.pa_head import matmul_sampling_points
+from quantize.rewrites.pa_head import planar_sampling_points
 from quantize.rewrites.sampling import SAMPLERS
 
 ATOL = 1e-5
@@ -104,11 +104,11 @@ class TestGridSampleTapSum:
 
 
 @pytest.mark.parametrize("stride", [8.0, 16.0, 128.0])
-def test_matmul_sampling_points_are_training_points_bit_for_bit(stride: float) -> None:
+def test_planar_sampling_points_are_training_points_bit_for_bit(stride: float) -> None:
     generator = torch.Generator().manual_seed(2)
     boxes = _boxes(2, 5, 6, 3, stride, generator)
     boxes[0, 0, 0, 0] = torch.tensor([1e6, -3.0, 0.0, 7e5])  # far off the map, zero width
-    torch.testing.assert_close(matmul_sampling_points(boxes, stride),
+    torch.testing.assert_close(planar_sampling_points(boxes, stride),
                                box_sampling_points(boxes, stride), rtol=0, atol=0)
 
 
