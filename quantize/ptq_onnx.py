@@ -253,7 +253,8 @@ def quantize_onnx(
         quantized = onnx.load(str(tmp_path))
     if scheme.residual_add_only:
         _float_weighted_add_inputs(quantized)
-    rewired = scheme.residual_add_only or scheme.float_readers_read_float
+    rewired = _excluded_nodes_read_float_constants(quantized, model, set(nodes_to_exclude))
+    rewired = rewired or scheme.residual_add_only or scheme.float_readers_read_float
     if scheme.float_readers_read_float:
         _float_readers_read_float(quantized, set(scheme.op_types or ()), set(nodes_to_exclude))
     else:
@@ -345,6 +346,43 @@ def _float_readers_read_float(model: onnx.ModelProto, quantized_ops: set[str],
                 source = _float_behind_qdq(producer, tensor, constants)
                 if source is not None:
                     node.input[index] = source
+
+
+def _excluded_nodes_read_float_constants(model: onnx.ModelProto, fp32: onnx.ModelProto,
+                                         excluded: set[str]) -> bool:
+    """Give each excluded node that reads a dequantized constant (``DQ`` of an INT8 / INT32
+    initializer) the fp32 model's float constant instead.
+
+    The quantizer rounds a weight once for all its readers, so a conv that accuracy control
+    returned to float while other levels share its weight (a RetinaNet head's convs) computed
+    with the INT8-rounded weight, dequantized on every run, and ONNX Runtime's NCHWc kernels
+    skip a conv whose weight is not a constant. Returns whether any input was rewired."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    constants = {t.name for t in graph.initializer}
+    fp32_inputs = {n.name: list(n.input) for n in fp32.graph.node}
+    fp32_constants = {t.name: t for t in fp32.graph.initializer}
+    rewired = False
+    for node in graph.node:
+        if node.name not in excluded or node.name not in fp32_inputs:
+            continue
+        for index, tensor in enumerate(node.input):
+            dq = producer.get(tensor)
+            original = fp32_inputs[node.name][index] if index < len(fp32_inputs[node.name]) else ""
+            if (dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in constants
+                    or original not in fp32_constants):
+                continue
+            # The quantizer may have given the dequantized tensor the original's name.
+            name = original if original not in producer else f"{original}_float"
+            if name not in constants:
+                value = onnx.TensorProto()
+                value.CopyFrom(fp32_constants[original])
+                value.name = name
+                graph.initializer.append(value)
+                constants.add(name)
+            node.input[index] = name
+            rewired = True
+    return rewired
 
 
 def _excluded_pools_read_float(model: onnx.ModelProto, excluded: set[str]) -> bool:

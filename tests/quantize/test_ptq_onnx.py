@@ -184,3 +184,43 @@ def test_excluded_input_pools_pool_the_float_input(tmp_path):
         for a, b in zip(fp32.run(None, {"images": x}), int8.run(None, {"images": x}),
                         strict=True):
             assert cosine(a, b) > 0.99
+
+
+def test_a_float_layer_sharing_its_weight_with_int8_layers_reads_the_float_weight(tmp_path):
+    """Two convs share one weight (like a RetinaNet head's levels); one is kept in float. The
+    quantizer rounds the shared weight once for both; the float conv must get the fp32 model's
+    weight and bias back, not the dequantized INT8 ones."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    bias = rng.normal(size=(4,)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["y_int8"], name="conv_int8",
+                              pads=[1] * 4),
+             helper.make_node("Conv", ["images", "w", "b"], ["y_float"], name="conv_float",
+                              pads=[1] * 4)]
+    graph = helper.make_graph(
+        nodes, "shared",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y_int8", "y_float")],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    fp32_path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(fp32_path))
+    int8_path = quantize_onnx(fp32_path, tmp_path / "int8.onnx",
+                              synthetic_inputs((32, 32), 4, CALIBRATION_SEED), ["conv_float"])
+    model = onnx.load(str(int8_path))
+    nodes_by_name = {n.name: n for n in model.graph.node}
+    constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    float_conv, int8_conv = nodes_by_name["conv_float"], nodes_by_name["conv_int8"]
+    np.testing.assert_array_equal(constants[float_conv.input[1]], weight)
+    np.testing.assert_array_equal(constants[float_conv.input[2]], bias)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers.get(int8_conv.input[1]) == "DequantizeLinear"  # still INT8
+    fp32 = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    x = synthetic_inputs((32, 32), 1, EVAL_SEED)[0]
+    (_, float_out), (_, kept_out) = fp32.run(None, {"images": x}), int8.run(None, {"images": x})
+    # The float conv reads the INT8-rounded image (the other conv quantizes it) but computes
+    # with the exact weights: far closer than a rounded weight would leave it.
+    assert cosine(float_out, kept_out) > 0.9999
