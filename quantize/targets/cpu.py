@@ -47,10 +47,11 @@ TARGET = Target(
     # HAR-Net's cross-level group norm stays float ("norms"): in INT8 ONNX Runtime puts a
     # QLinearConcat and a quantize / dequantize between each of its joins, reshapes and
     # splits. Float is faster (pruned HAR-Net INT8 10.70 -> 10.16 ms, unpruned 18.43 ->
-    # 17.93; one interleaved run, 2 threads). OpenVINO gained nothing from it (openvino.py).
+    # 17.93; one interleaved run, 2 threads). On OpenVINO the same change gained nothing
+    # (pruned 8.43 -> 8.44 ms), so the openvino target keeps it INT8.
     # DAIPNet's image pyramid pools the input image: ONNX Runtime runs those uint8 MaxPools
     # on the channels-first input without its fast (NHWC) kernel; in float they change no
-    # value and DAIPNet's INT8 model runs 12.44 -> 11.37 ms ("input_pools").
+    # value and DAIPNet's INT8 model runs 12.56 -> 11.61 ms ("input_pools").
     default_keep_float=(*DEFAULT_KEEP_FLOAT, "norms", "input_pools"),
     build=build,
     # No "entropy": ONNX Runtime 1.32's entropy calibrator returns the plain min/max ranges
