@@ -253,13 +253,14 @@ def quantize_onnx(
         quantized = onnx.load(str(tmp_path))
     if scheme.residual_add_only:
         _float_weighted_add_inputs(quantized)
-    rewired = _excluded_nodes_read_float_constants(quantized, model, set(nodes_to_exclude))
-    rewired = rewired or scheme.residual_add_only or scheme.float_readers_read_float
+    excluded = set(nodes_to_exclude)
+    rewired = _excluded_nodes_read_float_constants(quantized, model, excluded)
     if scheme.float_readers_read_float:
-        _float_readers_read_float(quantized, set(scheme.op_types or ()), set(nodes_to_exclude))
+        _float_readers_read_float(quantized, set(scheme.op_types or ()), excluded)
+        rewired = True
     else:
-        rewired = _excluded_pools_read_float(quantized, set(nodes_to_exclude)) or rewired
-    if rewired:
+        rewired |= _excluded_pools_read_float(quantized, excluded)
+    if rewired or scheme.residual_add_only:
         _drop_unread_qdq(quantized)
     onnx.checker.check_model(quantized)
     write_bytes_atomic(out_path, quantized.SerializeToString())
@@ -404,7 +405,7 @@ def _excluded_pools_read_float(model: onnx.ModelProto, excluded: set[str]) -> bo
             continue
         source = _float_behind_qdq(producer, node.input[0], constants)
         if source is not None and (source in inputs
-                                   or getattr(producer.get(source), "name", None) in excluded):
+                                   or (source in producer and producer[source].name in excluded)):
             node.input[0] = source
             rewired = True
     return rewired
