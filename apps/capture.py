@@ -36,6 +36,7 @@ import numpy as np
 # sources.demo_video calls it through this module (capture.render_synthetic_video), like all of
 # capture's names, so that a test or app replaces it here.
 from edgedet.data.synthetic_video import render_synthetic_video as render_synthetic_video
+from edgedet.image_io import ImageReadError, read_image
 
 # isort: split
 # A sibling module, not a package (see above). It uses this module's names when called, never
@@ -381,10 +382,10 @@ class ImageFolderSource:
         while self._next < len(self._paths) and not stop.is_set():
             path = self._paths[self._next]
             self._next += 1
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is not None:
-                return frame
-            log(f"skipping unreadable image {path}")
+            try:  # the SDK's reader: also refuses truncated files, naming the problem
+                return read_image(path)
+            except ImageReadError as exc:
+                log(f"skipping unreadable image: {exc}")
         return None
 
     def close(self) -> None:

@@ -204,6 +204,9 @@ def interruptible(app: Callable[[], int]) -> int:
 def run_as_script(main: Callable[[], int]) -> NoReturn:
     """An app's ``if __name__ == "__main__"``: exit with ``main()``'s status."""
     # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored:
-    # `kill -INT` from a supervisor would be lost. SIGINT always means "stop (and save)".
+    # `kill -INT` from a supervisor would be lost. SIGINT always means "stop (and save)", and
+    # so does SIGTERM (`kill`, `timeout`, a service manager): by default it would end the
+    # process at once and leave the recording as a hidden temporary file.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(main())

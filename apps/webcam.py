@@ -110,6 +110,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     check_common_arguments(parser, args)
     if args.save is not None and args.save.suffix.lower() not in VIDEO_CODECS:
         parser.error(f"--save needs a {' or '.join(VIDEO_CODECS)} file, got {args.save}")
+    if args.save is not None and args.save.is_dir():
+        parser.error(f"--save {args.save} is a folder; give the video file to write")
+    if args.save is not None and args.source and Path(args.source).exists() \
+            and Path(args.source).resolve() == args.save.resolve():
+        parser.error(f"--save {args.save} is the source: the annotated video would replace it")
     return args
 
 
@@ -168,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
     # What was recorded before a quit, Ctrl-C or a lost source is a complete video: keep it.
     saved = writer.finish() if writer is not None else None
     elapsed = time.perf_counter() - started
+    if not latencies_s and status == 0:  # e.g. a folder of unreadable images
+        log(f"error: no frame could be read from {source.description}")
+        status = 1
     if latencies_s:
         log(f"{len(latencies_s)} frames in {elapsed:.1f} s ({len(latencies_s) / elapsed:.1f} FPS),"
             f" detect p50 {np.percentile(latencies_s, 50) * 1000:.1f} ms"

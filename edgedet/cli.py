@@ -5,22 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from edgedet import cli_engine
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from edgedet.detections import Detections
-    from edgedet.detector import Detector
-
-
-class CliError(Exception):
-    """An error to report to the user as one line, without a traceback."""
+from edgedet import cli_detect, cli_engine
+from edgedet.cli_common import CliError, load_detector
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -107,133 +98,6 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _option_overrides(args: argparse.Namespace) -> dict:
-    """Detector options given on the command line (unset ones come from the manifest)."""
-    names = ("score_threshold", "iou_threshold", "max_detections", "nms_mode", "threads",
-             "device", "double_scale", "tiles")
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def _load_detector(args: argparse.Namespace) -> Detector:
-    from edgedet.backends import BackendError
-    from edgedet.detector import Detector
-
-    try:
-        return Detector(args.model, backend=args.backend,
-                        allow_unchecked=getattr(args, "allow_unchecked", False),
-                        **_option_overrides(args))
-    except BackendError as exc:
-        raise CliError(str(exc)) from exc
-
-
-def _describe(name: str, detections: Detections) -> str:
-    boxes = ", ".join(f"{label} {score:.2f} [{' '.join(f'{v:.0f}' for v in box)}]"
-                      for (box, score, _), label in zip(detections, detections.labels,
-                                                         strict=True))
-    return f"{name}: {len(detections)} objects" + (f": {boxes}" if boxes else "")
-
-
-def _detections_json(name: str, detections: Detections) -> str:
-    return json.dumps({"source": name, "detections": [
-        {"label": label, "class_id": class_id, "score": round(score, 5),
-         "xyxy": [round(float(v), 2) for v in box]}
-        for (box, score, class_id), label in zip(detections, detections.labels, strict=True)]})
-
-
-def _cmd_detect(args: argparse.Namespace) -> int:
-    import cv2
-
-    from edgedet._io import write_bytes_atomic
-    from edgedet.draw import draw_detections
-    from edgedet.image_io import ImageReadError, read_image
-
-    source = Path(args.source)
-    if not source.exists():
-        raise CliError(f"source not found: {source} (give an image, a folder of images or a "
-                       "video file)")
-    detector = _load_detector(args)
-
-    def report(name: str, detections: Detections) -> None:
-        print(_detections_json(name, detections) if args.json else _describe(name, detections))
-
-    if source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES:
-        images = (sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                  if source.is_dir() else [source])
-        if not images:
-            raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source}")
-        unreadable = []
-        for path in images:
-            try:
-                frame = read_image(path)
-            except ImageReadError as exc:
-                if not source.is_dir():
-                    raise CliError(str(exc)) from exc
-                # One bad file must not cost the rest of the folder: report it, go on, and
-                # fail at the end so that scripts still notice.
-                print(f"edgedet detect: skipped: {exc}", file=sys.stderr)
-                unreadable.append(path)
-                continue
-            detections = detector.detect(frame)
-            report(path.name, detections)
-            if args.save:
-                out = args.save / path.name if source.is_dir() else args.save
-                ok, encoded = cv2.imencode(out.suffix or ".jpg",
-                                           draw_detections(frame, detections))
-                if not ok:
-                    raise CliError(f"cannot encode {out} (use an image extension such as .jpg)")
-                write_bytes_atomic(out, encoded.tobytes())
-        if unreadable:
-            raise CliError(f"{len(unreadable)} of {len(images)} images in {source} could not be "
-                           f"read (listed above); the other {len(images) - len(unreadable)} "
-                           "were processed")
-        return 0
-    return _detect_video(args, source, detector, report)
-
-
-def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
-                  report: Callable[[str, Detections], None]) -> int:
-    """Run ``detector`` on every frame of a video file; ``--save`` writes an annotated copy."""
-    import cv2
-
-    from edgedet.draw import draw_detections
-    from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
-
-    capture = cv2.VideoCapture(str(source))
-    if not capture.isOpened():
-        raise CliError(f"cannot read {source} as an image or a video")
-    if args.save and args.save.suffix.lower() not in VIDEO_CODECS:
-        capture.release()
-        raise CliError(f"--save for a video needs a {' or '.join(VIDEO_CODECS)} file, "
-                       f"got {args.save}")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    writer = AtomicVideoWriter(args.save, fps) if args.save else None
-    count = 0
-    try:
-        while args.max_frames is None or count < args.max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            detections = detector.detect(frame)
-            report(f"frame_{count:06d}", detections)
-            count += 1
-            if writer is not None:
-                writer.write(draw_detections(frame, detections))
-        if count == 0:
-            raise CliError(f"no frames could be read from {source}")
-        if writer is not None:
-            writer.finish()
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.discard()  # a no-op once finished; otherwise removes the temporary file
-    print(f"{count} frames" + (f", annotated video: {args.save}" if args.save else ""),
-          file=sys.stderr)
-    return 0
-
-
 def _latency_stats(seconds: list[float]) -> dict:
     """p50 / p90 / mean latency in ms and FPS (1 / mean) of timed calls."""
     import numpy as np
@@ -251,7 +115,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.iterations < 1 or args.warmup < 0:
         raise CliError("--iterations must be >= 1 and --warmup >= 0")
-    detector = _load_detector(args)
+    detector = load_detector(args)
     width, height = args.frame_size
     # A rendered scene rather than noise: post-processing cost depends on what the model sees.
     frame = SyntheticScenes(1, seed=0, config=SyntheticConfig(image_size=(width, height)))[0].image
@@ -419,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--max-detections", type=int, help="default: the manifest's")
     detect.add_argument("--nms-mode", choices=("hard", "soft", "soft+voting"),
                         help="default: the manifest's")
-    detect.set_defaults(func=_cmd_detect)
+    detect.set_defaults(func=cli_detect.cmd_detect)
 
     bench = sub.add_parser(
         "bench",
@@ -481,6 +345,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process's own command: a SIGTERM stops it like Ctrl-C, so that a
+        # file being written is finished or removed, never left as a hidden temporary file
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -160,6 +160,35 @@ def test_bad_sources_and_models_give_one_line_errors(
         app.parse_args(["--save", "out.gif"])
 
 
+def test_save_never_replaces_the_source(app, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"a recording")
+    folder = tmp_path / "clips.mp4"  # a folder, though its name ends like a video
+    folder.mkdir()
+    for argv in (["--source", str(video), "--save", str(video)],
+                 ["--source", str(video), "--save", str(folder)]):
+        with pytest.raises(SystemExit):
+            app.parse_args(argv)
+    err = capsys.readouterr().err
+    assert "is the source" in err and "is a folder" in err
+    assert video.read_bytes() == b"a recording"
+
+
+def test_a_folder_with_no_readable_image_is_an_error(app, models: dict[str, Path],
+                                                     tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "text.jpg").write_text("not an image")
+    _, encoded = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))
+    (folder / "truncated.jpg").write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    assert app.main(["--model", str(models["tiny"]), "--source", str(folder),
+                     "--headless"]) == 1
+    err = capsys.readouterr().err
+    assert "truncated.jpg" in err and "no frame could be read" in err
+
+
 def test_headless_detection_and_quit_keys(app, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
@@ -173,8 +202,9 @@ def test_headless_detection_and_quit_keys(app, monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_exits_cleanly_and_keeps_the_recording(models: dict[str, Path], fifo: Path,
-                                                      feed, tmp_path: Path) -> None:
+                                                      feed, tmp_path: Path, stop: str) -> None:
     # A FIFO fed until the app exits: the source cannot end before the signal, however slow
     # the machine. The signal goes when the app says it processed 50 frames.
     feed()
@@ -191,7 +221,7 @@ def test_ctrl_c_exits_cleanly_and_keeps_the_recording(models: dict[str, Path], f
     for line in process.stderr:
         lines.append(line)
         if "] 50 frames," in line:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(getattr(signal, stop))  # SIGTERM stops it as Ctrl-C does
             break
     try:
         rest = process.communicate(timeout=60)[1]
@@ -205,6 +235,7 @@ def test_ctrl_c_exits_cleanly_and_keeps_the_recording(models: dict[str, Path], f
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err and f"saved {out}" in err
     assert _count_frames(out) >= 50
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".mp4") and p != out]  # no temp
 
 
 def test_runs_as_a_script_from_the_repository_root() -> None:

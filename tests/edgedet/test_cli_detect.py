@@ -220,3 +220,38 @@ def test_detect_refuses_an_unchecked_artifact_unless_allowed(tmp_path, capsys) -
     assert main(["detect", "--model", str(unchecked), str(image)]) != 0
     assert "allow-unchecked" in capsys.readouterr().err
     assert main(["detect", "--model", str(unchecked), "--allow-unchecked", str(image)]) == 0
+
+
+def test_detect_refuses_a_save_that_would_overwrite_or_cannot_be_written(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = folder / "frame.png"
+    cv2.imwrite(str(image), np.full((48, 64, 3), 30, np.uint8))
+    original = image.read_bytes()
+    (tmp_path / "a_file.jpg").write_bytes(b"kept")
+    model = ["detect", "--model", str(models["planted"])]
+    cases = {
+        "is the source": [str(image), "--save", str(image)],
+        "is the source ": [str(folder), "--save", str(folder)],
+        "a folder of images needs a folder": [str(folder), "--save", str(tmp_path / "a_file.jpg")],
+        "is a folder": [str(image), "--save", str(tmp_path)],
+        "cannot write an image as": [str(image), "--save", str(tmp_path / "out.txt")],
+    }
+    for message, arguments in cases.items():
+        assert main(model + arguments) == 2, message
+        err = capsys.readouterr().err
+        assert message.strip() in err and "Traceback" not in err, err
+    assert image.read_bytes() == original  # nothing was drawn over the input
+    assert (tmp_path / "a_file.jpg").read_bytes() == b"kept"
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_detect_max_frames_must_be_positive(models: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    video = tmp_path / "v.mp4"
+    render_synthetic_video(video, num_frames=3, config=SyntheticConfig(image_size=(64, 48)))
+    assert main(["detect", "--model", str(models["planted"]), str(video),
+                 "--max-frames", "0"]) == 2
+    assert "--max-frames must be >= 1" in capsys.readouterr().err

@@ -1,0 +1,35 @@
+"""What the ``edgedet`` subcommands share: the one-line error and loading a detector."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgedet.detector import Detector
+
+
+class CliError(Exception):
+    """An error to report to the user as one line, without a traceback."""
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def option_overrides(args: argparse.Namespace) -> dict:
+    """Detector options given on the command line (unset ones come from the manifest)."""
+    names = ("score_threshold", "iou_threshold", "max_detections", "nms_mode", "threads",
+             "device", "double_scale", "tiles")
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def load_detector(args: argparse.Namespace) -> Detector:
+    from edgedet.backends import BackendError
+    from edgedet.detector import Detector
+
+    try:
+        return Detector(args.model, backend=args.backend,
+                        allow_unchecked=getattr(args, "allow_unchecked", False),
+                        **option_overrides(args))
+    except BackendError as exc:
+        raise CliError(str(exc)) from exc

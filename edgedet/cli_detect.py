@@ -1,0 +1,143 @@
+"""``edgedet detect SOURCE``: run a detector on an image, a folder of images or a video."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgedet.cli_common import IMAGE_SUFFIXES, CliError, load_detector
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from edgedet.detections import Detections
+    from edgedet.detector import Detector
+
+
+def _describe(name: str, detections: Detections) -> str:
+    boxes = ", ".join(f"{label} {score:.2f} [{' '.join(f'{v:.0f}' for v in box)}]"
+                      for (box, score, _), label in zip(detections, detections.labels,
+                                                         strict=True))
+    return f"{name}: {len(detections)} objects" + (f": {boxes}" if boxes else "")
+
+
+def _detections_json(name: str, detections: Detections) -> str:
+    return json.dumps({"source": name, "detections": [
+        {"label": label, "class_id": class_id, "score": round(score, 5),
+         "xyxy": [round(float(v), 2) for v in box]}
+        for (box, score, class_id), label in zip(detections, detections.labels, strict=True)]})
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edgedet._io import write_bytes_atomic
+    from edgedet.draw import draw_detections
+    from edgedet.image_io import ImageReadError, read_image
+
+    source = Path(args.source)
+    if not source.exists():
+        raise CliError(f"source not found: {source} (give an image, a folder of images or a "
+                       "video file)")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise CliError("--max-frames must be >= 1")
+    if args.save is not None:
+        _check_save(source, args.save)
+    detector = load_detector(args)
+
+    def report(name: str, detections: Detections) -> None:
+        print(_detections_json(name, detections) if args.json else _describe(name, detections))
+
+    if source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES:
+        images = (sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                  if source.is_dir() else [source])
+        if not images:
+            raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source}")
+        unreadable = []
+        for path in images:
+            try:
+                frame = read_image(path)
+            except ImageReadError as exc:
+                if not source.is_dir():
+                    raise CliError(str(exc)) from exc
+                # One bad file must not cost the rest of the folder: report it, go on, and
+                # fail at the end so that scripts still notice.
+                print(f"edgedet detect: skipped: {exc}", file=sys.stderr)
+                unreadable.append(path)
+                continue
+            detections = detector.detect(frame)
+            report(path.name, detections)
+            if args.save:
+                out = args.save / path.name if source.is_dir() else args.save
+                ok, encoded = cv2.imencode(out.suffix, draw_detections(frame, detections))
+                if not ok:
+                    raise CliError(f"cannot encode {out} (use an image extension such as .jpg)")
+                try:
+                    write_bytes_atomic(out, encoded.tobytes())
+                except OSError as exc:  # its message names the temporary file
+                    raise CliError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        if unreadable:
+            raise CliError(f"{len(unreadable)} of {len(images)} images in {source} could not be "
+                           f"read (listed above); the other {len(images) - len(unreadable)} "
+                           "were processed")
+        return 0
+    return _detect_video(args, source, detector, report)
+
+
+def _check_save(source: Path, save: Path) -> None:
+    """Refuse a ``--save`` that would overwrite the source or cannot take the output."""
+    import cv2
+
+    if save.exists() and save.resolve() == source.resolve():
+        raise CliError(f"--save {save} is the source: the annotated copy would replace it")
+    if source.is_dir():
+        if save.exists() and not save.is_dir():
+            raise CliError(f"--save {save} is a file; a folder of images needs a folder")
+    elif save.is_dir():
+        raise CliError(f"--save {save} is a folder; give the file to write")
+    elif source.suffix.lower() in IMAGE_SUFFIXES and not cv2.haveImageWriter(str(save)):
+        raise CliError(f"cannot write an image as {save} (use an extension such as .jpg)")
+
+
+def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
+                  report: Callable[[str, Detections], None]) -> int:
+    """Run ``detector`` on every frame of a video file; ``--save`` writes an annotated copy."""
+    import cv2
+
+    from edgedet.draw import draw_detections
+    from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
+
+    capture = cv2.VideoCapture(str(source))
+    if not capture.isOpened():
+        raise CliError(f"cannot read {source} as an image or a video")
+    if args.save and args.save.suffix.lower() not in VIDEO_CODECS:
+        capture.release()
+        raise CliError(f"--save for a video needs a {' or '.join(VIDEO_CODECS)} file, "
+                       f"got {args.save}")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    writer = AtomicVideoWriter(args.save, fps) if args.save else None
+    count = 0
+    try:
+        while args.max_frames is None or count < args.max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            detections = detector.detect(frame)
+            report(f"frame_{count:06d}", detections)
+            count += 1
+            if writer is not None:
+                writer.write(draw_detections(frame, detections))
+        if count == 0:
+            raise CliError(f"no frames could be read from {source}")
+        if writer is not None:
+            writer.finish()
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.discard()  # a no-op once finished; otherwise removes the temporary file
+    print(f"{count} frames" + (f", annotated video: {args.save}" if args.save else ""),
+          file=sys.stderr)
+    return 0
