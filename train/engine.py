@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm import tqdm
 
 from edgedet._io import remove_stale_temporaries
+from edgedet.data.errors import DatasetError
 from edgedet.data.sample import Sample
 from edgedet.decoder import HeadDecoder
 from edgedet.preprocess import PreprocessConfig
@@ -191,7 +192,7 @@ class Trainer:
             pin_memory=pin, worker_init_fn=worker_init_fn,
             generator=torch.Generator().manual_seed(config.seed))
         if len(self.train_loader) == 0:
-            raise ValueError(f"{len(self.sampler)} training images per process are fewer than "
+            raise DatasetError(f"{len(self.sampler)} training images per process are fewer than "
                              f"--batch-size {config.batch_size}: no full batch to train on")
         self.val_loader = None
         if val_samples is not None:

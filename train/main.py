@@ -14,7 +14,9 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 import argparse
+import inspect
 import json
+import math
 import random
 import warnings
 
@@ -34,6 +36,7 @@ from train.losses import build_criterion
 from train.models import (
     MODEL_BUILDERS,
     build_model,
+    builder_of,
     default_img_size,
     family_defaults,
     models_table,
@@ -218,6 +221,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2) every value that cannot work before any data, model or file is touched:
+    a run of 0 epochs would still rewrite OUT's args.json and summary.json."""
+    counts = {"--epochs": (args.epochs, 1), "--batch-size": (args.batch_size, 1),
+              "--synthetic-train": (args.synthetic_train, 1),
+              "--eval-every": (args.eval_every, 1), "--max-bad-steps": (args.max_bad_steps, 1),
+              "--synthetic-val": (args.synthetic_val, 0), "--workers": (args.workers, 0),
+              "--incremental-epochs": (args.incremental_epochs, 0),
+              "--warmup-iters": (args.warmup_iters or 0, 0)}
+    for flag, (value, least) in counts.items():
+        if value < least:
+            parser.error(f"{flag} must be >= {least}, got {value}")
+    # (value, lowest allowed, whether the lowest itself is allowed); None: the default.
+    reals = {"--lr": (args.lr, 0.0, False), "--weight-decay": (args.weight_decay, 0.0, True),
+             "--lr-gamma": (args.lr_gamma, 0.0, False),
+             "--clip-grad-norm": (args.clip_grad_norm, 0.0, True),
+             "--distill-weight": (args.distill_weight, 0.0, True),
+             "--momentum": (args.momentum, 0.0, True)}
+    for flag, (value, low, inclusive) in reals.items():
+        if value is not None and not (math.isfinite(value)
+                                      and (value >= low if inclusive else value > low)):
+            parser.error(f"{flag} must be a finite number {'>=' if inclusive else '>'} {low:g}, "
+                         f"got {value}")
+    if args.momentum >= 1:
+        parser.error(f"--momentum must be below 1, got {args.momentum}")
+    try:
+        parse_steps(args.lr_steps)
+    except ValueError as error:
+        parser.error(str(error))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give the run's folder")
+    parameters = inspect.signature(builder_of(args.model)).parameters
+    takes = [n for n in parameters if n not in ("num_classes", "img_size")]
+    for key, _ in args.model_arg:
+        if key not in takes:
+            parser.error(f"--model-arg {key}: {args.model} takes none such; it takes "
+                         f"{', '.join(takes)}")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -351,6 +393,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     if args.qat and not args.init_checkpoint:
         parser.error("--qat fine-tunes a trained model: give it --init-checkpoint CKPT")
     info = init_distributed(args.device)

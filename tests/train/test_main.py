@@ -63,6 +63,43 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert summary["epochs_run"] == 1
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--workers", "-1"], "--workers must be >= 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--momentum", "nan"], "--momentum must be a finite number >= 0"),
+    (["--momentum", "1"], "--momentum must be below 1"),
+    (["--lr-steps", "abc"], "--lr-steps must be comma-separated epochs"),
+    (["--lr-steps", "5,2"], "--lr-steps must be increasing"),
+    (["--model-arg", "bogus=1"], "--model-arg bogus: passd_mobilenet takes none such"),
+])
+def test_values_that_cannot_work_are_refused_before_the_run_is_touched(tmp_path, capsys,
+                                                                       flags, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"best_AP": 0.5}')
+    with pytest.raises(SystemExit) as exit_info:
+        _run([*TINY, "--out", str(run), *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert [p.name for p in run.iterdir()] == ["summary.json"]  # the earlier run untouched
+    assert (run / "summary.json").read_text() == '{"best_AP": 0.5}'
+
+
+def test_out_must_be_a_folder_and_a_batch_needs_enough_images(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        _run([*TINY, "--out", str(tmp_path / "file")])
+    assert "is a file" in capsys.readouterr().err
+    # 8 training images, batch 16: a one-line dataset error, not a traceback.
+    assert _run([*TINY, "--batch-size", "16", "--epochs", "1",
+                 "--out", str(tmp_path / "run")]) == 1
+    assert "fewer than --batch-size 16" in capsys.readouterr().err
+
+
 def test_bad_data_spec_is_a_clear_error(tmp_path, capsys):
     assert _run([*TINY, "--data", "coco:/no/such/dir", "--out", str(tmp_path)]) == 1
     assert "no/such/dir" in capsys.readouterr().err
