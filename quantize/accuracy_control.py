@@ -33,6 +33,7 @@ here for the layers the cheaper SQNR ranking puts first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -60,6 +61,9 @@ class ControlConfig:
     step: int = DEFAULT_STEP
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.max_drop):  # nan would fail (or inf pass) every artifact
+            raise ValueError(f"max_drop (--max-drop) must be a finite number of AP points, got "
+                             f"{self.max_drop}")
         if self.max_float_layers < 0:
             raise ValueError(f"max_float_layers (--max-float-layers) must be >= 0, got "
                              f"{self.max_float_layers}")

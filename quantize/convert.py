@@ -32,6 +32,7 @@ import numpy as np
 from edgedet._io import exclusive_lock
 from edgedet.artifact import Artifact, sha256_file
 from edgedet.artifact_writer import clean_leftovers, write_artifact
+from edgedet.data.errors import DatasetError
 from edgedet.double_scale import DoubleScaleLayout
 from edgedet.models.checkpoint import build_from_checkpoint, checkpoint_weights_path
 from edgedet.preprocess import PreprocessConfig
@@ -135,6 +136,19 @@ class ConvertConfig:
             raise ValueError(f"target {target.name!r} stores float weights as "
                              f"{' or '.join(target.weight_storages)}; got weight storage "
                              f"{self.weight_storage!r}")
+        if self.name is not None and (not self.name or self.name != Path(self.name).name
+                                      or self.name in (".", "..")):
+            raise ValueError(f"name (--name) must be a plain file name (artifacts are "
+                             f"OUT/NAME_<precision>), got {self.name!r}")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"out (--out) {self.out} is a file; give the output folder")
+        if self.device is not None:
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError as error:
+                raise ValueError(f"device (--device) {self.device!r}: {error}") from error
         bad = [c for c in self.keep_float or () if c not in CATEGORIES]
         if bad:
             raise ValueError(f"keep_float: unknown categories {bad}; choose from "
@@ -284,6 +298,10 @@ def _load_data(config: ConvertConfig, synthetic_size: tuple[int, int],
     if evaluation.class_names != class_names:
         raise ValueError(f"eval data {evaluation.spec} has classes {evaluation.class_names}, "
                          f"the checkpoint {class_names}")
+    if not any(len(sample.class_ids) for sample in evaluation.samples):
+        raise DatasetError(f"eval data {evaluation.spec}: its {len(evaluation.samples)} images "
+                           "hold no annotated object, so the accuracy check has nothing to "
+                           "measure")
     if not need_calibration:
         return evaluation, None
     calibration = open_image_set(config.calib_data, config.calib_size, synthetic_size,

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="eval images (default 200)")
     parser.add_argument("--max-drop", type=float, default=1.0, metavar="AP",
                         help="largest allowed AP drop of an artifact below the reference, in "
-                             "AP points (0-100; default 1.0)")
+                             "AP points (default 1.0; a negative value demands a gain)")
     parser.add_argument("--max-float-layers", type=int, default=DEFAULT_MAX_FLOAT_LAYERS,
                         metavar="N",
                         help="accuracy control: when an INT8 artifact misses --max-drop, put "

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from edgedet.data.annotated import AnnotatedImageDataset
 from edgedet.data.coco import CocoDataset
 from edgedet.data.datasets import open_dataset
 from edgedet.data.errors import DatasetError
@@ -123,6 +124,10 @@ def open_splits(
     if val_data is not None:
         val = open_dataset(val_data, split=val_split if not val_data.startswith("coco:")
                            else None)
+    for split, samples in (("training", train), ("validation", val)):
+        if isinstance(samples, AnnotatedImageDataset) and samples.num_objects == 0:
+            raise DatasetError(f"{samples.source}: the {split} images hold no annotated object "
+                               "(nothing to learn from or to measure)")
     if tuple(val.class_names) != tuple(train.class_names):
         raise DatasetError(f"training classes {train.class_names} differ from validation "
                            f"classes {val.class_names}")

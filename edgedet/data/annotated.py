@@ -79,6 +79,11 @@ class AnnotatedImageDataset(Sequence[Sample]):
         self.source = source
 
     @property
+    def num_objects(self) -> int:
+        """Annotated objects over all images (crowd regions included)."""
+        return sum(len(record.class_ids) for record in self._records)
+
+    @property
     def image_ids(self) -> tuple[int, ...]:
         """The image id of every sample, in dataset order."""
         return tuple(record.image_id for record in self._records)

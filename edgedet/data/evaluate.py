@@ -202,11 +202,16 @@ def evaluate_coco(
         ``CocoMetrics``).
 
     Raises:
-        DatasetError: the ground truth is missing or malformed.
+        DatasetError: the ground truth is missing or malformed, or has no images or no
+            annotations.
         ValueError: a prediction is malformed (the message names its index) or refers to an
             image or category id the ground truth does not have.
     """
-    gt_dataset, _ = _load_ground_truth(ground_truth)
+    gt_dataset, source = _load_ground_truth(ground_truth)
+    if not gt_dataset["images"] or not gt_dataset["annotations"]:
+        # pycocotools would report -1 for every metric, which reads like a result.
+        raise DatasetError(f"{source}: no {'images' if not gt_dataset['images'] else 'annotations'}"
+                           " in the ground truth, so there is nothing to evaluate against")
     results = _check_predictions(
         _load_predictions(predictions),
         image_ids={image["id"] for image in gt_dataset["images"]},

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from edgedet.artifact import load_manifest
+from edgedet.data.coco import write_coco_dataset
+from edgedet.data.sample import Sample
+from edgedet.data.synthetic import SYNTHETIC_CLASSES
 from edgedet.detector import Detector
 from tests.quantize.tiny_checkpoint import INPUT_SIZE, write_tiny_checkpoint
 
@@ -94,7 +97,13 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
     overlap = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
                          str(tmp_path / "o"), "--calib-data", "synthetic:1", *SMALL)
     assert overlap.returncode == 2 and "also in the eval set" in overlap.stderr
+    (tmp_path / "a_file").write_text("x")
     for flag, value, message in (("--max-float-layers", "-1", "--max-float-layers"),
+                                 ("--max-drop", "nan", "--max-drop"),
+                                 ("--name", "../escape", "--name"),
+                                 ("--name", "a/b", "--name"),
+                                 ("--device", "bogus", "--device"),
+                                 ("--out", str(tmp_path / "a_file"), "is a file"),
                                  ("--float-step", "0", "--float-step"),
                                  ("--sensitivity-images", "0", "--sensitivity-images"),
                                  # only openvino lets float ops run in bf16
@@ -103,8 +112,16 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
                                  ("--weight-storage", "float16", "weight storage 'float16'")):
         target = "openvino" if flag == "--weight-storage" else "cpu"
         bad = run_script("--checkpoint", str(checkpoint), "--target", target, "--out",
-                         str(tmp_path / "o"), flag, value, *SMALL)
+                         str(tmp_path / "o"), *SMALL, flag, value)  # the flag wins
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr and not (tmp_path / "o").exists()
+    no_objects = tmp_path / "no_objects"
+    write_coco_dataset([Sample(np.full((64, 64, 3), i, np.uint8), np.zeros((0, 4), np.float32),
+                               np.zeros(0, np.int64), image_id=i + 1, file_name=f"{i}.png")
+                        for i in range(2)], no_objects, SYNTHETIC_CLASSES)
+    empty_eval = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
+                            str(tmp_path / "o"), *SMALL, "--eval-data", f"coco:{no_objects}")
+    assert empty_eval.returncode == 2 and "no annotated object" in empty_eval.stderr
     help_text = run_script("--help")
     assert help_text.returncode == 0
     for flag in ("--precision", "--calib-data", "--eval-size", "--max-drop", "--keep-float",

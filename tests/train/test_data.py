@@ -107,6 +107,12 @@ def test_open_splits_synthetic_and_coco(tmp_path):
         open_splits(f"coco:{tmp_path / 'train'}", img_size=(64, 64))
     with pytest.raises(DatasetError, match="expected synthetic"):
         open_splits("pascal:/x", img_size=(64, 64))
+    blank = [Sample(s.image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                    image_id=i + 1, file_name=f"{i}.png") for i, s in enumerate(samples)]
+    write_coco_dataset(blank, tmp_path / "blank", _samples().class_names)
+    with pytest.raises(DatasetError, match="training images hold no annotated object"):
+        open_splits(f"coco:{tmp_path / 'blank'}", img_size=(64, 64),
+                    val_data=f"coco:{tmp_path / 'val'}")
 
 
 def test_open_splits_synthetic_cache(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgedet.data.coco import CocoDataset
+from edgedet.data.errors import DatasetError
 from edgedet.data.evaluate import (
     CocoMetrics,
     detections_to_coco_results,
@@ -256,3 +257,12 @@ def test_reader_category_ids_map_predictions_back(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="prediction 0: category_id 2 is not in the ground truth"):
         evaluate_coco(ann_path, unmapped)
+
+
+def test_a_ground_truth_without_images_or_objects_is_an_error() -> None:
+    # pycocotools would answer -1 for every metric, which reads like a measurement.
+    no_objects = {**_ground_truth(), "annotations": []}
+    with pytest.raises(DatasetError, match="no annotations"):
+        evaluate_coco(no_objects, [])
+    with pytest.raises(DatasetError, match="no images"):
+        evaluate_coco({**no_objects, "images": []}, [])
