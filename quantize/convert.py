@@ -34,7 +34,12 @@ from edgedet.artifact import Artifact, sha256_file
 from edgedet.artifact_writer import clean_leftovers, write_artifact
 from edgedet.data.errors import DatasetError
 from edgedet.double_scale import DoubleScaleLayout
-from edgedet.models.checkpoint import build_from_checkpoint, checkpoint_weights_path
+from edgedet.models.checkpoint import (
+    CheckpointError,
+    build_from_checkpoint,
+    checkpoint_weights_path,
+    config_field,
+)
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import AGREEMENT_IOU_THRESHOLD, AGREEMENT_SCORE_THRESHOLD, AccuracyCheck
 from quantize.accuracy_control import DEFAULT_MAX_FLOAT_LAYERS, DEFAULT_STEP, ControlConfig
@@ -215,12 +220,17 @@ def convert(config: ConvertConfig) -> ConversionReport:
     checkpoint_path = checkpoint_weights_path(config.checkpoint)
     name = (config.name or checkpoint_config.get("model_name")
             or checkpoint_config["architecture"])
-    preprocess_config = PreprocessConfig.from_dict(checkpoint_config["preprocess"])
+    try:
+        preprocess_config = PreprocessConfig.from_dict(
+            config_field(checkpoint_config, "preprocess", config.checkpoint))
+        class_names = tuple(config_field(checkpoint_config, "class_names", config.checkpoint))
+    except (TypeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{checkpoint_path}: bad preprocess or class names in its "
+                              f"embedded config ({error})") from error
     if config.double_scale:  # a model whose levels do not pair is refused before any work
         width, height = preprocess_config.input_size
         DoubleScaleLayout.of(model.anchor_spec((width, height)),
                              model.anchor_spec((2 * width, 2 * height)))
-    class_names = tuple(checkpoint_config["class_names"])
     # Synthetic frames at the size training validated on (older checkpoints: the input size).
     synthetic_size = tuple(checkpoint_config.get("synthetic_size") or preprocess_config.input_size)
     evaluation, calibration = _load_data(

@@ -48,7 +48,23 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             from error
     if CONFIG_KEY not in metadata:
         raise CheckpointError(f"{weights_path}: no embedded config (not an edgedet checkpoint)")
-    return state, json.loads(metadata[CONFIG_KEY])
+    try:
+        config = json.loads(metadata[CONFIG_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{weights_path}: its embedded config is not JSON ({error})") \
+            from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{weights_path}: its embedded config is not a JSON object")
+    return state, config
+
+
+def config_field(config: dict, key: str, path: str | os.PathLike[str]) -> object:
+    """``config[key]`` of the checkpoint at ``path``; CheckpointError naming the file and the
+    field when the config lacks it."""
+    if key not in config:
+        raise CheckpointError(f"{checkpoint_weights_path(path)}: its embedded config has no "
+                              f"{key!r} (not a checkpoint train/main.py wrote?)")
+    return config[key]
 
 
 def build_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict]:
@@ -58,7 +74,15 @@ def build_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
     (``edgedet.models.channel_plan``); the model's ``config`` keeps the plan.
     """
     state, config = load_checkpoint(path)
-    model = builder_of(config["architecture"])(**config["kwargs"])
+    architecture, kwargs = config_field(config, "architecture", path), config_field(
+        config, "kwargs", path)
+    try:
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"kwargs must be a JSON object, got {kwargs!r}")
+        model = builder_of(str(architecture))(**kwargs)
+    except (KeyError, TypeError, ValueError) as error:  # an unknown builder or argument
+        raise CheckpointError(f"{checkpoint_weights_path(path)}: its embedded config does not "
+                              f"build a model ({error})") from error
     try:
         apply_channel_plan(model, config.get("channel_plan"))
         if config.get("channel_plan"):
@@ -66,5 +90,5 @@ def build_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
         model.load_state_dict(state)
     except (RuntimeError, ChannelPlanError) as error:
         raise CheckpointError(f"{checkpoint_weights_path(path)}: weights do not fit "
-                              f"{config['architecture']} ({error})") from error
+                              f"{architecture} ({error})") from error
     return model.eval(), config
