@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         status = 130
-    except (SourceError, OSError) as exc:  # source given up, or the video cannot be written
+    # source given up, the video cannot be written, or a model whose outputs do not fit
+    except (SourceError, OSError, ValueError) as exc:
         log(f"error: {exc}")
         status = 1
     except BaseException:

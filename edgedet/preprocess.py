@@ -109,7 +109,8 @@ def validate_frame(frame: object) -> np.ndarray:
 
     Raises:
         FrameError: not an array, empty, wrong rank or channel count, unsupported dtype,
-            NaN/inf values, or float values outside 0..255.
+            NaN/inf values, or float values outside 0..255 or all within 0..1 (a frame on
+            the 0..1 scale, which would read as black).
     """
     if not isinstance(frame, np.ndarray):
         raise FrameError(
@@ -133,6 +134,9 @@ def validate_frame(frame: object) -> np.ndarray:
         lo, hi = float(frame.min()), float(frame.max())
         if lo < 0.0 or hi > 255.0:
             raise FrameError(f"float frame values must lie in 0..255, got {lo:.3g}..{hi:.3g}")
+        if 0.0 < hi <= 1.0:  # read on 0..255 it would be a black frame: no detections
+            raise FrameError(f"float frame values lie in 0..1 ({lo:.3g}..{hi:.3g}); float frames "
+                             "are read on OpenCV's 0..255 scale: multiply by 255 or pass uint8")
         frame = np.round(frame).astype(np.uint8)
     if frame.ndim == 2:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)

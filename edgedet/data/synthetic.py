@@ -62,6 +62,9 @@ IMAGE_EXT = ".jpg"
 
 
 
+# The largest side a synthetic image may have (8K video is 7680 wide).
+MAX_IMAGE_SIDE = 8192
+
 @dataclass
 class SyntheticConfig:
     """How synthetic scenes look. The defaults give hard-but-fair 640x480 detection scenes.
@@ -105,6 +108,9 @@ class SyntheticConfig:
         width, height = self.image_size
         if int(width) != width or int(height) != height or min(width, height) < 32:
             raise ValueError(f"image_size must be whole pixels >= 32 each, got {self.image_size}")
+        if max(width, height) > MAX_IMAGE_SIDE:  # 100000 x 100000 would be 30 GB of pixels
+            raise ValueError(f"image_size sides must be at most {MAX_IMAGE_SIDE} pixels, got "
+                             f"{self.image_size}")
         if not 0 <= self.min_objects <= self.max_objects:
             raise ValueError(
                 f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"

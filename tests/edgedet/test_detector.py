@@ -171,6 +171,7 @@ def test_threads_get_the_same_results_as_sequential_calls(artifacts: dict[str, P
 @pytest.mark.parametrize("bad", [
     None, np.zeros((0, 10, 3), np.uint8), np.zeros((10, 10, 2), np.uint8),
     np.zeros((10, 10, 3), np.int32), np.full((10, 10, 3), np.nan, np.float32), "frame.jpg",
+    np.full((10, 10, 3), 0.5, np.float32),  # the 0..1 scale: would read as a black frame
 ])
 def test_bad_frames_raise_frame_error(artifacts: dict[str, Path], bad: object) -> None:
     detector = Detector(artifacts["ssd"])
@@ -325,3 +326,14 @@ def test_an_unchecked_or_failed_artifact_is_refused_unless_allowed(tmp_path: Pat
 
     checked = Detector(write_artifact(tmp_path / "ok", TinyHead("ssd"), "ssd"))
     assert checked.check.startswith("passed") and "check='passed" in repr(checked)
+
+
+def test_a_manifest_naming_fewer_classes_than_the_model_scores_is_refused(
+        artifacts: dict[str, Path], tmp_path: Path) -> None:
+    broken = tmp_path / "fewer_classes"
+    shutil.copytree(artifacts["ssd"], broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["class_names"] = manifest["class_names"][:1]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="the manifest names 1: its model file and manifest"):
+        Detector(broken).detect(_frames(1)[0])
