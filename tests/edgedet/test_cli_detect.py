@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -20,6 +23,8 @@ from tests.edgedet.tiny_artifacts import (
     tiny_anchor_spec,
     write_artifact,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -255,3 +260,33 @@ def test_detect_max_frames_must_be_positive(models: dict[str, Path], tmp_path: P
     assert main(["detect", "--model", str(models["planted"]), str(video),
                  "--max-frames", "0"]) == 2
     assert "--max-frames must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32",
+                    reason="POSIX signals")
+def test_sigterm_while_saving_a_video_leaves_no_temporary_file(models: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    video = tmp_path / "long.avi"  # long enough that the signal comes while frames are written
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(4000):
+        writer.write(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "out" / "drawn.mp4"
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "edgedet", "detect", "--model", str(models["tiny"]),
+         str(video), "--save", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    assert process.stdout is not None
+    first = process.stdout.readline()  # a frame is done: the writer has its temporary file
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("edgedet detect did not stop on SIGTERM")
+    assert first.startswith("frame_000000"), err
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    leftovers = list(out.parent.iterdir()) if out.parent.exists() else []
+    assert leftovers == [], leftovers  # neither a half video nor a hidden temporary file
