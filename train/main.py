@@ -222,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse (exit 2) every value that cannot work before any data, model or file is touched:
-    a run of 0 epochs would still rewrite OUT's args.json and summary.json."""
+    """Refuse (exit 2) every value that cannot work before any data, model or file is touched
+    (a run of 0 epochs would still rewrite OUT's args.json and summary.json), and an --out
+    that already holds a run unless it is resumed (a new run would overwrite it)."""
     counts = {"--epochs": (args.epochs, 1), "--batch-size": (args.batch_size, 1),
               "--synthetic-train": (args.synthetic_train, 1),
               "--eval-every": (args.eval_every, 1), "--max-bad-steps": (args.max_bad_steps, 1),
@@ -250,14 +251,20 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parse_steps(args.lr_steps)
     except ValueError as error:
         parser.error(str(error))
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a file; give the run's folder")
     parameters = inspect.signature(builder_of(args.model)).parameters
     takes = [n for n in parameters if n not in ("num_classes", "img_size")]
     for key, _ in args.model_arg:
         if key not in takes:
             parser.error(f"--model-arg {key}: {args.model} takes none such; it takes "
                          f"{', '.join(takes)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {args.out} is a file; give the run's folder")
+    held = [name for name in (STATE_FILE, "best.safetensors", "last.safetensors", "summary.json")
+            if (out / name).is_file()]
+    if args.resume is None and held:  # a new run would overwrite its checkpoints and logs
+        parser.error(f"--out {args.out} already holds a run ({', '.join(held)}): continue it "
+                     "with --resume, or give a new --out")
 
 
 def seed_everything(seed: int) -> None:

@@ -94,6 +94,13 @@ def test_out_must_be_a_folder_and_a_batch_needs_enough_images(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _run([*TINY, "--out", str(tmp_path / "file")])
     assert "is a file" in capsys.readouterr().err
+    earlier = tmp_path / "earlier"  # a finished run: a new one without --resume would overwrite
+    earlier.mkdir()
+    (earlier / "best.safetensors").write_bytes(b"weights")
+    with pytest.raises(SystemExit):
+        _run([*TINY, "--out", str(earlier)])
+    assert "already holds a run (best.safetensors)" in capsys.readouterr().err
+    assert [p.name for p in earlier.iterdir()] == ["best.safetensors"]
     # 8 training images, batch 16: a one-line dataset error, not a traceback.
     assert _run([*TINY, "--batch-size", "16", "--epochs", "1",
                  "--out", str(tmp_path / "run")]) == 1
