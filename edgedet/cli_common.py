@@ -13,6 +13,7 @@ class CliError(Exception):
     """An error to report to the user as one line, without a traceback."""
 
 
+# The files `edgedet detect` takes as images (a folder's other files are not read).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -24,6 +25,8 @@ def option_overrides(args: argparse.Namespace) -> dict:
 
 
 def load_detector(args: argparse.Namespace) -> Detector:
+    """The ``Detector`` of ``--model`` / ``--backend`` with the command line's options; a
+    backend that cannot load it is a ``CliError``."""
     from edgedet.backends import BackendError
     from edgedet.detector import Detector
 

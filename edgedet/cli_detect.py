@@ -32,6 +32,9 @@ def _detections_json(name: str, detections: Detections) -> str:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    """``edgedet detect``: print (and with ``--save`` draw) the detections of every image of
+    SOURCE or frame of a video; everything about ``--save`` is checked before the model
+    loads."""
     import cv2
 
     from edgedet._io import write_bytes_atomic
