@@ -115,10 +115,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.iterations < 1 or args.warmup < 0:
         raise CliError("--iterations must be >= 1 and --warmup >= 0")
-    detector = load_detector(args)
     width, height = args.frame_size
+    config = SyntheticConfig(image_size=(width, height))  # a bad size fails before the model
+    detector = load_detector(args)
     # A rendered scene rather than noise: post-processing cost depends on what the model sees.
-    frame = SyntheticScenes(1, seed=0, config=SyntheticConfig(image_size=(width, height)))[0].image
+    frame = SyntheticScenes(1, seed=0, config=config)[0].image
     run_model = detector.runtime_call(frame)  # the model alone, fed as detect() feeds it
 
     for _ in range(args.warmup):

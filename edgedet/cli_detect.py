@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not source.exists():
         raise CliError(f"source not found: {source} (give an image, a folder of images or a "
                        "video file)")
+    if stat.S_ISFIFO(source.stat().st_mode):  # opening it would wait for a writer, silently
+        raise CliError(f"{source} is a named pipe; edgedet detect reads files (a live pipe: "
+                       "python apps/webcam.py --source PIPE)")
     if args.max_frames is not None and args.max_frames < 1:
         raise CliError("--max-frames must be >= 1")
     if args.save is not None:

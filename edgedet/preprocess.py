@@ -61,8 +61,11 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessConfig:
+        size = data["input_size"]
+        if not isinstance(size, (list, tuple)) or len(size) != 2:  # "320" would read as (3, 2)
+            raise ValueError(f"input_size must be [width, height], got {size!r}")
         return cls(
-            input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
+            input_size=(int(size[0]), int(size[1])),
             resize=data.get("resize", "stretch"),
             color_order=data.get("color_order", "rgb"),
             mean=tuple(float(v) for v in data.get("mean", (0.0, 0.0, 0.0))),

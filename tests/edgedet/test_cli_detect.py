@@ -1,6 +1,7 @@
 """The SDK's CLI commands: edgedet detect, bench, models."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -290,3 +291,12 @@ def test_sigterm_while_saving_a_video_leaves_no_temporary_file(models: dict[str,
     assert "interrupted" in err and "Traceback" not in err
     leftovers = list(out.parent.iterdir()) if out.parent.exists() else []
     assert leftovers == [], leftovers  # neither a half video nor a hidden temporary file
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+def test_detect_refuses_a_named_pipe_instead_of_waiting_for_a_writer(
+        models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipe = tmp_path / "cam.fifo"
+    os.mkfifo(pipe)
+    assert main(["detect", "--model", str(models["tiny"]), str(pipe)]) == 2
+    assert "named pipe" in capsys.readouterr().err

@@ -118,3 +118,9 @@ def test_config_round_trip_and_validation() -> None:
         PreprocessConfig((32, 32), resize="crop")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="std"):
         PreprocessConfig((32, 32), std=(1, 0, 1))
+
+
+@pytest.mark.parametrize("size", ["320", 320, [320], [320, 256, 3]])
+def test_from_dict_refuses_an_input_size_that_is_not_width_and_height(size: object) -> None:
+    with pytest.raises(ValueError, match=r"input_size must be \[width, height\]"):
+        PreprocessConfig.from_dict({"input_size": size})
