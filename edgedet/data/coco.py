@@ -57,6 +57,9 @@ def write_coco_dataset(
 
     Category ids are ``1..K`` in ``class_names`` order. Every file is written atomically, and
     the annotations file last, so an interrupted run never leaves a dataset that looks whole.
+    Writing over an earlier dataset, the images its annotations listed that the new one does
+    not are removed after the new annotations are in place (a smaller dataset written again
+    leaves no orphans); no other file is touched.
 
     Returns:
         The path of the annotations file.
@@ -64,6 +67,7 @@ def write_coco_dataset(
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
+    earlier = _listed_images(out_dir / "annotations.json")
     images: list[dict] = []
     annotations: list[dict] = []
     for sample in samples:
@@ -92,7 +96,20 @@ def write_coco_dataset(
     }
     ann_path = out_dir / "annotations.json"
     write_json_atomic(ann_path, dataset)
+    for file_name in earlier - {image["file_name"] for image in images}:
+        orphan = image_dir / file_name
+        if image_dir.resolve() in orphan.resolve().parents:  # never outside images/
+            orphan.unlink(missing_ok=True)
     return ann_path
+
+
+def _listed_images(ann_path: Path) -> set[str]:
+    """The image file names an existing annotations file lists (none if it is unreadable)."""
+    try:
+        dataset = json.loads(ann_path.read_text(encoding="utf-8"))
+        return {str(image["file_name"]) for image in dataset["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def load_json_file(path: Path) -> Any:

@@ -13,6 +13,7 @@ import pytest
 from edgedet.data.coco import CocoDataset, write_coco_dataset
 from edgedet.data.errors import DatasetError
 from edgedet.data.sample import Sample
+from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 
 
 def _image(height: int, width: int, seed: int) -> np.ndarray:
@@ -184,3 +185,14 @@ def test_malformed_content(tmp_path: Path, edit, message: str) -> None:
     (tmp_path / "annotations.json").write_text(json.dumps(dataset_dict))
     with pytest.raises(DatasetError, match=message):
         CocoDataset(tmp_path)
+
+
+def test_writing_a_smaller_dataset_over_a_larger_one_leaves_no_orphans(tmp_path: Path) -> None:
+    scenes = SyntheticScenes(3, seed=0, config=SyntheticConfig(image_size=(64, 48)))
+    write_coco_dataset(list(scenes), tmp_path, scenes.class_names)
+    (tmp_path / "images" / "notes.txt").write_text("the user's own file")
+    write_coco_dataset(list(scenes)[:1], tmp_path, scenes.class_names)
+    kept = sorted(p.name for p in (tmp_path / "images").iterdir())
+    listed = [image["file_name"] for image in
+              json.loads((tmp_path / "annotations.json").read_text())["images"]]
+    assert kept == sorted([*listed, "notes.txt"])  # unlisted images gone, other files kept
