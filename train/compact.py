@@ -31,6 +31,7 @@ from edgedet.models.checkpoint import (
     CONFIG_KEY,
     CheckpointError,
     build_from_checkpoint,
+    checkpoint_weights_path,
     load_checkpoint,
 )
 
@@ -68,13 +69,22 @@ def compact(src: str | Path, dst: str | Path, max_output_diff: float = 1e-2) -> 
         CheckpointError: unreadable source, values that do not fit, or outputs that moved more
             than ``max_output_diff``. Nothing is written then.
     """
+    if not max_output_diff >= 0:  # nan would accept any change
+        raise CheckpointError(f"max_output_diff must be a number >= 0, got {max_output_diff}")
+    dst = _stem(dst)
+    if dst.with_name(dst.name + ".safetensors").resolve() == checkpoint_weights_path(
+            src).resolve():
+        raise CheckpointError(f"{dst}: the destination is the source checkpoint; the float32 "
+                              "original would be lost (give another destination)")
     state, config = load_checkpoint(src)
     halved = half_state(state)
     config = {**config, "stored_dtype": "float16"}
     data = save_safetensors_bytes(halved, metadata={CONFIG_KEY: json.dumps(config)})
 
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # e.g. a file where a folder of the path should be
+        raise CheckpointError(f"{dst}: cannot create its folder ({error.strerror})") from error
     scratch = dst.with_name(dst.name + ".check.safetensors")
     write_bytes_atomic(scratch, data)
     try:
@@ -95,6 +105,12 @@ def compact(src: str | Path, dst: str | Path, max_output_diff: float = 1e-2) -> 
     return diff
 
 
+def _stem(path: str | Path) -> Path:
+    """``X`` for a destination given as ``X``, ``X.safetensors`` or ``X.json``."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="checkpoint X (X.safetensors / X.json)")
@@ -108,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    size = Path(args.dst + ".safetensors").stat().st_size
-    print(f"wrote {args.dst}.safetensors ({size / 2**20:.1f} MiB, float16); "
+    stem = _stem(args.dst)
+    weights = stem.with_name(stem.name + ".safetensors")
+    size = weights.stat().st_size
+    print(f"wrote {weights} ({size / 2**20:.1f} MiB, float16); "
           f"outputs moved by {diff:.2e} of their range")
     return 0
 

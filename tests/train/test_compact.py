@@ -56,3 +56,21 @@ def test_half_state_keeps_non_float32_tensors():
     out = half_state(state)
     assert out["w"].dtype == torch.float16 and out["w"].tolist() == [1.0, -2.5]
     assert out["n"].dtype == torch.int64 and out["h"] is state["h"]
+
+
+def test_the_source_is_never_overwritten_and_bad_limits_are_refused(tmp_path):
+    _saved(tmp_path)
+    src = tmp_path / "src"
+    original = src.with_suffix(".safetensors").read_bytes()
+    for dst in (src, src.with_suffix(".safetensors"), src.with_suffix(".json")):
+        with pytest.raises(CheckpointError, match="destination is the source"):
+            compact(src, dst)
+    assert src.with_suffix(".safetensors").read_bytes() == original
+    with pytest.raises(CheckpointError, match="max_output_diff"):
+        compact(src, tmp_path / "half", max_output_diff=float("nan"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot create its folder"):
+        compact(src, tmp_path / "a_file" / "half")
+    # A destination given with its suffix writes X.safetensors, not X.safetensors.safetensors.
+    assert main([str(src), str(tmp_path / "half.safetensors")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("half*")) == ["half.json", "half.safetensors"]
