@@ -43,8 +43,7 @@ from typing import Any
 from edgedet.anchors import anchor_spec_from_dict
 from edgedet.backends import BACKENDS
 from edgedet.head_decoding import HEAD_FAMILIES
-from edgedet.options import APPLICATION_SCORE_THRESHOLD
-from edgedet.postprocess import NMS_MODES
+from edgedet.options import APPLICATION_SCORE_THRESHOLD, DetectorOptions
 from edgedet.preprocess import PreprocessConfig
 
 MANIFEST_NAME = "manifest.json"
@@ -353,8 +352,11 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
     postprocess = manifest.get("postprocess", {})
     if not isinstance(postprocess, dict):
         raise fail("postprocess must be an object")
-    if "nms_mode" in postprocess and postprocess["nms_mode"] not in NMS_MODES:
-        raise fail(f"postprocess.nms_mode {postprocess['nms_mode']!r} is not one of {NMS_MODES}")
+    try:  # the settings a Detector starts from (unknown keys are provenance)
+        DetectorOptions(**{k: v for k, v in postprocess.items()
+                           if k in DetectorOptions.field_names()})
+    except ValueError as exc:
+        raise fail(f"postprocess: {exc}") from exc
     application = manifest.get("application", {})
     threshold = application.get("score_threshold", 0.0) if isinstance(application, dict) else -1
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
@@ -457,6 +459,9 @@ def _validate_accuracy(accuracy: object, fail: Any) -> None:
         raise fail(f"accuracy section lacks {missing}")
     if not isinstance(accuracy["passed"], bool):
         raise fail(f"accuracy.passed must be true or false, got {accuracy['passed']!r}")
+    for key in ("AP", "reference_AP", "delta_AP", "max_drop"):
+        if not _is_number(accuracy[key]):
+            raise fail(f"accuracy.{key} must be a number, got {accuracy[key]!r}")
 
 
 def _validate_double_scale(section: object, input_size: tuple[int, int], files: object,
@@ -470,7 +475,7 @@ def _validate_double_scale(section: object, input_size: tuple[int, int], files: 
     if missing:
         raise fail(f"double_scale lacks {missing}")
     width, height = input_size
-    if list(section["input_size"]) != [2 * width, 2 * height]:
+    if section["input_size"] != [2 * width, 2 * height]:
         raise fail(f"double_scale.input_size {section['input_size']} is not twice the input "
                    f"size {[width, height]}")
     try:

@@ -7,6 +7,7 @@ scale. Anything else is rejected with an error that names the problem.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -47,14 +48,19 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         w, h = self.input_size
-        if int(w) < 1 or int(h) < 1:
-            raise ValueError(f"input_size must be positive (width, height), got {self.input_size}")
+        if int(w) != w or int(h) != h or int(w) < 1 or int(h) < 1:
+            raise ValueError(f"input_size must be positive whole (width, height), got "
+                             f"{self.input_size}")
         if self.resize not in ("stretch", "letterbox"):
             raise ValueError(f"resize must be 'stretch' or 'letterbox', got {self.resize!r}")
         if self.color_order not in ("bgr", "rgb"):
             raise ValueError(f"color_order must be 'bgr' or 'rgb', got {self.color_order!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need 3 values each, std > 0")
+        if len(self.mean) != 3 or len(self.std) != 3 or not min(self.std) > 0 \
+                or not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean and std need 3 finite values each, std > 0; got mean "
+                             f"{self.mean}, std {self.std}")
+        if not 0 <= self.pad_value <= 255:  # also nan; a uint8 fill would wrap silently
+            raise ValueError(f"pad_value must be in 0..255, got {self.pad_value}")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
