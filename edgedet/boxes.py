@@ -97,6 +97,8 @@ def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
                 class_ids: np.ndarray | None = None) -> np.ndarray:
     """``nms``'s loop; with ``class_ids``, of every class at once (a box suppresses only its
     own class), kept indices in selection order."""
+    if not isinstance(iou_threshold, int | float | np.floating) or not 0 <= iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be a number in [0, 1], got {iou_threshold!r}")
     order = np.argsort(-scores, kind="stable")
     areas = box_area(boxes)
     # (One IoU row per kept box: suppressed boxes leave the loop at once, so at the 100-250
@@ -199,7 +201,7 @@ def soft_nms(
 def _check_soft_nms_settings(method: str, sigma: float) -> None:
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}")
-    if sigma <= 0:
+    if not sigma > 0:  # also nan
         raise ValueError(f"soft_nms sigma must be > 0, got {sigma}")
 
 
@@ -257,6 +259,8 @@ def batched_soft_nms(
     """Class-aware Soft-NMS (``soft_nms`` per class). Returns ``(keep, new_scores)`` sorted by
     decreasing new score."""
     boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
+    if np.asarray(class_ids).shape != scores.shape:
+        raise ValueError("class_ids must have the same shape as scores")
     _check_soft_nms_settings(method, sigma)
     settings = (iou_threshold, sigma, score_threshold, method, stop_at)
     if 0 < len(boxes) <= JOINT_LIMIT:

@@ -57,6 +57,15 @@ def test_nms_rejects_bad_shapes() -> None:
         nms(np.zeros((3, 5)), np.zeros(3), 0.5)
     with pytest.raises(ValueError, match="scores"):
         nms(BOXES, np.zeros(3), 0.5)
+    for threshold in (float("nan"), -1.0, "0.5"):  # nan and -1 kept only the top box
+        with pytest.raises(ValueError, match="iou_threshold must be a number in"):
+            nms(BOXES, np.zeros(len(BOXES)), threshold)  # type: ignore[arg-type]
+    # Soft-NMS checks its class ids as hard NMS does (299 ids for 300 boxes lost one box).
+    with pytest.raises(ValueError, match="class_ids must have the same shape"):
+        boxes_module.batched_soft_nms(BOXES, np.ones(len(BOXES)), np.zeros(len(BOXES) - 1))
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        boxes_module.batched_soft_nms(BOXES, np.ones(len(BOXES)), np.zeros(len(BOXES)),
+                                      sigma=float("nan"))
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])

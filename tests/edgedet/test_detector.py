@@ -183,6 +183,8 @@ def test_detect_batch_names_the_bad_frame(artifacts: dict[str, Path]) -> None:
     detector = Detector(artifacts["ssd"])
     with pytest.raises(FrameError, match="frame 1:"):
         detector.detect_batch([_frames(1)[0], np.zeros((4, 4, 5), np.uint8)])
+    with pytest.raises(FrameError, match="got one frame of shape"):
+        detector.detect_batch(_frames(1)[0])  # not a batch: its rows would be gray frames
 
 
 def test_gray_and_bgra_frames_are_accepted(artifacts: dict[str, Path]) -> None:
