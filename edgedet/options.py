@@ -20,6 +20,9 @@ SETTINGS = ("application", "evaluation")
 # Tiled inference runs tiles**2 + 1 models per frame; beyond 8x8 a crop of a camera frame is
 # smaller than the model's input.
 MAX_TILES = 8
+# More inference threads than this is a typo, not a machine: 10**6 made ONNX Runtime start a
+# million threads.
+MAX_THREADS = 512
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,10 @@ class DetectorOptions:
         if not _is_int(self.pre_nms_top_k) or self.pre_nms_top_k < 0:
             raise ValueError(f"pre_nms_top_k must be an integer >= 0 (0 = no limit), "
                              f"got {self.pre_nms_top_k!r}")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+        if self.threads is not None and (not _is_int(self.threads)
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise ValueError(f"threads must be None or an integer from 1 to {MAX_THREADS}, "
+                             f"got {self.threads!r}")
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise ValueError(f"device must be None or a non-empty string, got {self.device!r}")
         if not isinstance(self.double_scale, bool | np.bool_):
