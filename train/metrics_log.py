@@ -69,6 +69,26 @@ class MetricsLog:
 
 
 def read_metrics(out_dir: str | Path, kind: str = "train") -> list[dict[str, Any]]:
-    """The records of one ``type`` in a run's ``metrics.jsonl``."""
-    lines = (Path(out_dir) / METRICS_FILE).read_text().splitlines()
-    return [r for r in map(json.loads, filter(None, lines)) if r.get("type") == kind]
+    """The records of one ``type`` in a run's ``metrics.jsonl``.
+
+    A run killed in the middle of a write leaves a torn last line, which is skipped (as
+    ``MetricsLog.truncate_from`` does); any other line that is not a JSON object is a
+    ``ValueError`` naming the file and the line.
+    """
+    path = Path(out_dir) / METRICS_FILE
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # the torn last line of a killed run
+                break
+            raise ValueError(f"{path}, line {number}: not JSON ({error})") from error
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: not a JSON object")
+        if record.get("type") == kind:
+            records.append(record)
+    return records

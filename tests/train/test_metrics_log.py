@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from train.metrics_log import METRICS_FILE, MetricsLog, read_metrics
 
 
@@ -40,3 +42,15 @@ def test_truncate_at_zero_empties_the_log_and_a_missing_log_is_fine(tmp_path):
     fresh.close()
     fresh.truncate_from(5)
     assert not (tmp_path / "nothing-yet" / METRICS_FILE).exists()
+
+
+def test_read_metrics_skips_a_torn_last_line_and_names_other_bad_lines(tmp_path):
+    good = json.dumps({"type": "train", "iteration": 0, "loss": 1.0})
+    (tmp_path / METRICS_FILE).write_text(good + "\n" + '{"type": "train", "ite')
+    assert read_metrics(tmp_path) == [json.loads(good)]  # a killed run's log still reads
+    (tmp_path / METRICS_FILE).write_text("garbage\n" + good + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1: not JSON"):
+        read_metrics(tmp_path)
+    (tmp_path / METRICS_FILE).write_text("[1, 2]\n" + good + "\n")
+    with pytest.raises(ValueError, match="line 1: not a JSON object"):
+        read_metrics(tmp_path)
