@@ -43,6 +43,8 @@ class Detections:
             and not np.all(np.mod(class_ids_in, 1) == 0)
         ):
             raise ValueError("Detections.class_ids must be whole numbers")
+        if class_ids_in.size and not np.all(np.abs(class_ids_in) < 2**62):  # before the cast
+            raise ValueError(f"Detections.class_ids out of range: {class_ids_in.max()}")
         class_ids = class_ids_in.astype(np.int64).reshape(-1)
         if scores.shape[0] != n or class_ids.shape[0] != n:
             raise ValueError(
@@ -53,6 +55,9 @@ class Detections:
             raise ValueError("Detections contain NaN or infinite boxes or scores")
         if n and class_ids.min() < 0:
             raise ValueError(f"Detections.class_ids must be >= 0, got {class_ids.min()}")
+        if isinstance(self.class_names, str):  # "abc" would become three classes a, b, c
+            raise ValueError(f"Detections.class_names must be a sequence of names, got the "
+                             f"string {self.class_names!r}")
         names = tuple(str(c) for c in self.class_names)
         if names and n and class_ids.max() >= len(names):
             raise ValueError(
@@ -80,7 +85,8 @@ class Detections:
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> Detections:
         if isinstance(index, int | np.integer):
             index = [int(index)]  # keep the (N, 4) shape for a single detection
-        index = np.asarray(index) if isinstance(index, list | tuple) else index
+        if isinstance(index, list | tuple):  # [] (nothing selected) is an empty selection
+            index = np.asarray(index, dtype=np.int64 if len(index) == 0 else None)
         if isinstance(index, np.ndarray) and index.dtype == bool and index.shape != (len(self),):
             raise IndexError(
                 f"boolean mask of shape {index.shape} does not match {len(self)} detections"

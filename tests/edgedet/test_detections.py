@@ -33,6 +33,8 @@ def test_boolean_and_index_selection() -> None:
     assert one.xyxy.shape == (1, 4) and one.class_ids[0] == 2
     np.testing.assert_array_equal(d[[2, 0]].scores, np.float32([0.7, 0.9]))
     assert len(d[:0]) == 0
+    assert len(d[[i for i in range(len(d)) if d.scores[i] > 2]]) == 0  # nothing matched: []
+    assert len(d[()]) == 0
     with pytest.raises(IndexError, match="mask"):
         d[np.array([True, False])]
 
@@ -61,6 +63,9 @@ def test_empty() -> None:
         ({"xyxy": [[0, 0, 1, 1]], "scores": [1], "class_ids": [0.5]}, "whole"),
         ({"xyxy": [[0, 0, 1, 1]], "scores": [1], "class_ids": [3], "class_names": NAMES},
          "out of range"),
+        ({"xyxy": [[0, 0, 1, 1]], "scores": [1], "class_ids": [1e30]}, "out of range: 1e"),
+        ({"xyxy": [[0, 0, 1, 1]], "scores": [1], "class_ids": [0], "class_names": "abc"},
+         "sequence of names"),
     ],
 )
 def test_validation_errors(kwargs: dict, match: str) -> None:
