@@ -83,11 +83,19 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
             if not isinstance(entry, dict) or not _is_int(entry.get("id")):
                 raise DatasetError(f"{source}: {what} {index} has no integer 'id'")
 
+    image_ids = {image["id"] for image in dataset["images"]}
+    category_ids = {category["id"] for category in dataset["categories"]}
     annotations = []
     for index, annotation in enumerate(dataset.get("annotations", [])):
         bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise DatasetError(f"{source}: annotation {index} has no bbox [x, y, w, h]")
+        # pycocotools would silently leave such an object out (AP -1 if it was the only one).
+        for key, known in (("image_id", image_ids), ("category_id", category_ids)):
+            if annotation.get(key) not in known:
+                raise DatasetError(f"{source}: annotation {index} has {key} "
+                                   f"{annotation.get(key)!r}, which the ground truth does not "
+                                   f"list")
         annotation = dict(annotation)
         # pycocotools buckets objects into small/medium/large by 'area' and skips crowds by
         # 'iscrowd'; a hand-made ground truth may lack both.

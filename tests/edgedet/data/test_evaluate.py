@@ -266,3 +266,11 @@ def test_a_ground_truth_without_images_or_objects_is_an_error() -> None:
         evaluate_coco(no_objects, [])
     with pytest.raises(DatasetError, match="no images"):
         evaluate_coco({**no_objects, "images": []}, [])
+    orphan = _ground_truth()
+    orphan["annotations"][0]["image_id"] = 99
+    with pytest.raises(DatasetError, match="annotation 0 has image_id 99"):
+        evaluate_coco(orphan, [])
+    unknown = _ground_truth()
+    unknown["annotations"][1]["category_id"] = 7
+    with pytest.raises(DatasetError, match="annotation 1 has category_id 7"):
+        evaluate_coco(unknown, [])
