@@ -13,8 +13,11 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
+from edgedet.models.checkpoint import CheckpointError, checkpoint_weights_path
 from quantize.prune_schedule import PruneConfig, format_log, run_schedule
 from quantize.pruning import CRITERIA
 
@@ -59,14 +62,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser) -> None:
+    """The flags after ``--`` as train/main.py would take them, checked now rather than after
+    the first pruning step (the model and data flags come from the checkpoint later)."""
+    from train.main import build_parser as training_parser
+    from train.main import check_arguments
+    from train.models import MODEL_BUILDERS
+
+    training = training_parser()
+    training.prog = "quantize/prune.py ... --"
+    # The fine-tuning folders are made later; a path that cannot exist stands in for them.
+    probe = ["--model", next(iter(MODEL_BUILDERS)), *train_args,
+             "--out", str(Path(os.devnull) / "fine-tuning")]
+    check_arguments(training, training.parse_args(probe))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not 0.0 < args.target_flops < 1.0:
         parser.error(f"--target-flops must be between 0 and 1, got {args.target_flops}")
-    if min(args.steps, args.finetune_epochs, args.round_to) < 1:
-        parser.error("--steps, --finetune-epochs and --round-to must be at least 1")
+    if min(args.steps, args.finetune_epochs, args.round_to, args.finetune_images,
+           args.val_images) < 1:
+        parser.error("--steps, --finetune-epochs, --round-to, --finetune-images and "
+                     "--val-images must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give the output folder")
+    try:
+        checkpoint_weights_path(args.checkpoint)  # before --out is made
+    except CheckpointError as error:
+        parser.error(str(error))
     train_args = [a for a in args.train_args if a != "--"]
+    _check_training_flags(train_args, parser)
     config = PruneConfig(
         checkpoint=args.checkpoint, out=args.out, target_flops_ratio=args.target_flops,
         steps=args.steps, criterion=args.criterion, round_to=args.round_to,

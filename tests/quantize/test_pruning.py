@@ -221,8 +221,19 @@ def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--checkpoint", "x", "--out", str(tmp_path), "--target-flops", "1.5"])
     assert "--target-flops" in capsys.readouterr().err
-    assert main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
+    with pytest.raises(SystemExit):  # before --out is made
+        main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "new")])
     assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    _tiny_checkpoint(tmp_path / "full")
+    start = ["--checkpoint", str(tmp_path / "full"), "--out", str(tmp_path / "out")]
+    for flags, message in ((["--finetune-images", "-5"], "must be at least 1"),
+                           (["--", "--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
+                           (["--", "--lr", "nan"], "--lr must be a finite number")):
+        with pytest.raises(SystemExit):  # not after the first pruning step
+            main([*start, *flags])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow  # a second prune + fine-tune + baseline (about 40 s alone on 2 cores)
