@@ -24,6 +24,7 @@ use_repo_root(__file__)
 import argparse
 import json
 
+from benchmarks.args import require_at_least, require_zoo_models
 from benchmarks.core_latency import CoreLatencyProbe
 from benchmarks.timing import Timed, time_interleaved
 from edgedet import Detector
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.calls < 1 or args.warmup < 0:
         parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
+    require_at_least(parser, 1, threads=args.threads)
+    require_at_least(parser, 32, frame_size=min(args.frame_size))
+    require_zoo_models(parser, (spec.split("@")[0].split("+")[0] for spec in args.models))
 
     with CoreLatencyProbe() as probe:
         detectors = [_load(spec, args.threads) for spec in args.models]

@@ -34,6 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.args import require_zoo_models
 from edgedet.boxes import box_iou
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
 from edgedet.detections import Detections
@@ -158,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--every and --frames must be >= 1")
     if any(not 1 <= n <= MAX_TILES for n in args.tiles):
         parser.error(f"--tiles: each from 1 to {MAX_TILES}")
-    models = args.models.split(",") if args.models else list_models()
+    models = require_zoo_models(parser, args.models.split(",") if args.models
+                                else list_models())
     video = args.video or demo_video()
     truth = video.with_suffix(".json")
     if not video.is_file() or not truth.is_file():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from benchmarks.args import require_at_least, require_checkpoint
 from edgedet.artifact import INPUT_NAME
 from edgedet.backends.onnxruntime import session_options
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200, help="eval images (seed 1)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    require_at_least(parser, 1, threads=args.threads)
+    require_checkpoint(parser, args.checkpoint)
     model, config = build_from_checkpoint(args.checkpoint)
     preprocess_1x = PreprocessConfig.from_dict(config["preprocess"])
     width, height = preprocess_1x.input_size

@@ -22,6 +22,7 @@ import json
 import statistics
 from collections.abc import Sequence
 
+from benchmarks.args import require_zoo_models
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.detector import Detector
 from edgedet.zoo import list_models
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--images must be >= 1")
     if args.seed < 0:
         parser.error("--seed must be >= 0")
-    models = args.models.split(",") if args.models else list_models()
+    models = require_zoo_models(parser, args.models.split(",") if args.models
+                                else list_models())
     if not args.json:
         print(f"synthetic split seed {args.seed}, {args.images} images, evaluation settings")
         print(f"{'model':<28} {'backend':<12} " + " ".join(f"{k:>5}" for k in KEYS)

@@ -43,6 +43,7 @@ quiet_vendor_telemetry()
 
 import openvino as ov
 
+from benchmarks.args import require_at_least
 from benchmarks.speed import CALIBRATION_INPUTS, PAPER_SIZE, build_for_targets, random_inputs
 from edgedet.models.passd import passd_mobilenet
 from quantize.int8_scope import DEFAULT_KEEP_FLOAT
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="where the built models go (default: a temporary folder)")
     args = parser.parse_args(argv)
+    require_at_least(parser, 1, threads=args.threads, rounds=args.rounds,
+                     classes=min(args.classes))
     size = (PAPER_SIZE, PAPER_SIZE)
     calibration = random_inputs(size, CALIBRATION_INPUTS)
     core = ov.Core()

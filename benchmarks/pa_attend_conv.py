@@ -37,6 +37,7 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
+from benchmarks.args import require_at_least
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,
     box_sampling_points,
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30, help="rounds")
     args = parser.parse_args(argv)
+    require_at_least(parser, 1, channels=args.channels, outputs=args.outputs,
+                     anchors=args.anchors, size=args.size, stride=args.stride,
+                     threads=args.threads, runs=args.runs)
 
     import onnxruntime as ort
     import openvino as ov

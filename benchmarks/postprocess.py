@@ -17,6 +17,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgedet._repo import use_repo_root
+
+use_repo_root(__file__)
+
+from benchmarks.args import require_at_least
 from edgedet.boxes import batched_nms, batched_soft_nms, box_iou, box_voting, topk_candidates
 from edgedet.postprocess import select_detections
 
@@ -73,6 +78,10 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=1000, help="pre-NMS top-k")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    require_at_least(parser, 1, anchors=args.anchors, classes=args.classes,
+                     repeats=args.repeats)
+    require_at_least(parser, 0, objects=args.objects, top_k=args.top_k,
+                     score_threshold=args.score_threshold)
 
     boxes, scores = make_detector_output(args.anchors, args.classes, args.objects)
     anchor_idx, class_idx, cand_scores = topk_candidates(scores, args.top_k,

@@ -15,6 +15,7 @@ use_repo_root(__file__)
 import argparse
 import time
 
+from benchmarks.args import require_at_least, require_checkpoint, require_choices
 from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
 from edgedet.models.summary import count_gflops
 from quantize.prune_schedule import PruneConfig, validation_ap
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(CRITERIA)}")
     parser.add_argument("--val-images", type=int, default=200)
     args = parser.parse_args(argv)
+    if not 0 < args.target_flops < 1:
+        parser.error(f"--target-flops must be between 0 and 1, got {args.target_flops}")
+    require_choices(parser, "--criteria", args.criteria.split(","), CRITERIA)
+    require_at_least(parser, 1, val_images=args.val_images)
+    require_checkpoint(parser, args.checkpoint)
     model, _ = build_from_checkpoint(args.checkpoint)
     _, config = load_checkpoint(args.checkpoint)
     input_size = tuple(int(v) for v in config["preprocess"]["input_size"])

@@ -29,6 +29,7 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
+from benchmarks.args import require_at_least, require_checkpoint, require_choices
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
 from benchmarks.speed import build_for_targets, random_inputs
 from benchmarks.timing import Timed, openvino_runner, ort_runner, time_interleaved
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--precisions", default="int8", help="comma-separated: fp32,int8")
     args = parser.parse_args(argv)
+    require_at_least(parser, 1, threads=args.threads, rounds=args.rounds, calls=args.calls)
+    require_choices(parser, "--precisions", args.precisions.split(","), ("fp32", "int8"))
+    require_checkpoint(parser, args.checkpoint)
     with CoreLatencyProbe() as probe:
         return _measure(args, parser, probe)
 

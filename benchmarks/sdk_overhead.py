@@ -40,11 +40,12 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
+from benchmarks.args import require_zoo_models
 from edgedet import Detector
 from edgedet.backends import BackendError, available_backends
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.preprocess import normalize_to_nchw, resize_to_input
-from edgedet.zoo import list_models, resolve_model
+from edgedet.zoo import list_models
 
 STAGES = ("read", "resize", "normalise", "runtime", "decode", "select")
 
@@ -91,12 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 1 or args.rounds < 1:
         parser.error("--frames and --rounds must be at least 1")
-    names = list_models() if args.zoo is None else args.zoo
-    for name in names:  # a typo is a usage error before any model loads
-        try:
-            resolve_model(name)
-        except ValueError as error:
-            parser.error(str(error))
+    names = require_zoo_models(parser, list_models() if args.zoo is None else args.zoo)
     frames = [scene.image for scene in SyntheticScenes(
         args.frames, seed=0, config=SyntheticConfig(image_size=(640, 480)))]
     entries: list[tuple[str, str, Detector, dict[str, list[float]]]] = []

@@ -75,6 +75,7 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 from benchmarks import pa_attend_conv as pa
+from benchmarks.args import require_zoo_models
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
 from benchmarks.speed_report import headline, print_tables, results
 from benchmarks.timing import Timed, openvino_runner, ort_runner, time_interleaved
@@ -274,12 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             or args.warmup < 0:
         parser.error("--threads, --rounds, --calls and the attend sizes must be >= 1, "
                      "--warmup >= 0")
-    names = list_models() if args.zoo is None else args.zoo
-    for name in names:  # a typo is a usage error before minutes of building
-        try:
-            resolve_model(name)
-        except ValueError as error:
-            parser.error(str(error))
+    names = require_zoo_models(parser, list_models() if args.zoo is None else args.zoo)
 
     with (contextlib.nullcontext() if args.no_probe else CoreLatencyProbe()) as probe, \
             tempfile.TemporaryDirectory(prefix="edgedet-speed-") as tmp, \

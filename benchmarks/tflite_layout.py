@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from benchmarks.args import require_at_least, require_checkpoint
 from edgedet.backends.tflite import TFLiteBackend
 from edgedet.models.checkpoint import build_from_checkpoint
 from quantize.export_tflite import NamedOutputs, captured_output, import_litert_torch
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="alternating timing rounds")
     parser.add_argument("--runs", type=int, default=10, help="inferences per round")
     args = parser.parse_args(argv)
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        parser.error(f"--threads: comma-separated whole numbers, got {args.threads!r}")
+    require_at_least(parser, 1, threads=min(threads), rounds=args.rounds, runs=args.runs)
+    require_checkpoint(parser, args.checkpoint)
     model, config = build_from_checkpoint(args.checkpoint)
     width, height = config["input_size"]
     named = NamedOutputs(rewrite_for_export(model).eval())
