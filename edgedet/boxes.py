@@ -309,6 +309,9 @@ def box_voting(
     cand, cand_scores = _check_boxes_scores(candidate_boxes_xyxy, candidate_scores)
     kept_cls = np.asarray(kept_class_ids, dtype=np.int64).reshape(-1)
     cand_cls = np.asarray(candidate_class_ids, dtype=np.int64).reshape(-1)
+    if len(kept_cls) != len(kept) or len(cand_cls) != len(cand):
+        raise ValueError(f"box_voting: {len(kept)} kept boxes with {len(kept_cls)} class ids, "
+                         f"{len(cand)} candidates with {len(cand_cls)}")
     # Every class in one (K, M) matrix, other classes' pairs masked out: a loop over classes
     # cost 0.4 ms at an application threshold's ~200 candidates, this 0.1 ms.
     votes = (box_iou(kept, cand) >= iou_threshold) & (kept_cls[:, None] == cand_cls[None, :])
@@ -334,6 +337,8 @@ def topk_candidates(
     scores = np.asarray(scores, dtype=np.float32)
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (A, K), got {scores.shape}")
+    if not isinstance(k, int | np.integer) or k < 0:  # -5 returned everything
+        raise ValueError(f"k must be a whole number >= 0 (0 = no limit), got {k!r}")
     flat = scores.reshape(-1)
     candidates = np.flatnonzero(flat > score_threshold)
     if k > 0 and candidates.size > k:

@@ -246,7 +246,11 @@ class Detector:
         What ``detect`` does between pre- and post-processing; for benchmarks and for
         comparing a deployed model's raw outputs with its reference.
         """
-        return self._in_model_batches(self._backend.run, np.asarray(images, dtype=np.float32))
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(f"run_model takes images (N, 3, H, W) with N >= 1, got shape "
+                             f"{images.shape}")
+        return self._in_model_batches(self._backend.run, images)
 
     @property
     def normalizes_in_runtime(self) -> bool:
@@ -358,7 +362,13 @@ class Detector:
             inputs.append(resized)
             transforms.append(transform)
         if several_runs:
-            return [self.detect(frame) for frame in checked]
+            results = []
+            for index, frame in enumerate(checked):
+                try:
+                    results.append(self.detect(frame))
+                except FrameError as exc:  # e.g. a frame too small for the tiles
+                    raise FrameError(f"frame {index}: {exc}") from exc
+            return results
         if not inputs:
             return []
         outputs = self.run_frames(np.stack(inputs))

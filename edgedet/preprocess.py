@@ -176,6 +176,8 @@ def resize_to_input(frame: np.ndarray, config: PreprocessConfig
                     ) -> tuple[np.ndarray, FrameTransform]:
     """``preprocess`` up to normalisation: the checked frame resized (and letterboxed) to the
     input size, ``(BGR uint8 (H, W, 3), transform)``."""
+    if not isinstance(config, PreprocessConfig):
+        raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
     frame = validate_frame(frame)
     fh, fw = frame.shape[:2]
     transform = compute_transform((fw, fh), config)

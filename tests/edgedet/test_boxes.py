@@ -63,6 +63,11 @@ def test_nms_rejects_bad_shapes() -> None:
     # Soft-NMS checks its class ids as hard NMS does (299 ids for 300 boxes lost one box).
     with pytest.raises(ValueError, match="class_ids must have the same shape"):
         boxes_module.batched_soft_nms(BOXES, np.ones(len(BOXES)), np.zeros(len(BOXES) - 1))
+    with pytest.raises(ValueError, match="4 candidates with 3"):
+        box_voting(BOXES[:1], [0], BOXES, np.ones(4), [0, 0, 0])
+    for k in (-5, 2.5):
+        with pytest.raises(ValueError, match="k must be a whole number"):
+            topk_candidates(np.ones((4, 2)), k)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sigma must be > 0"):
         boxes_module.batched_soft_nms(BOXES, np.ones(len(BOXES)), np.zeros(len(BOXES)),
                                       sigma=float("nan"))

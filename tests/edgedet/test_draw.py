@@ -42,3 +42,16 @@ def test_track_ids_colour_each_track_and_label_it() -> None:
         frame, dets, thickness=3)[20:29, 20:120].any(axis=2).sum()
     with pytest.raises(ValueError, match="2 track ids for 1 detections"):
         draw_detections(frame, dets, track_ids=[1, 2])
+
+
+@pytest.mark.parametrize(("frame", "options", "message"), [
+    (np.zeros((20, 20, 3), np.float32), {}, "BGR uint8"),
+    (None, {}, "BGR uint8"),
+    (np.zeros((0, 0, 3), np.uint8), {}, "BGR uint8"),
+    (np.zeros((20, 20, 3), np.uint8), {"thickness": -1}, "thickness"),
+    (np.zeros((20, 20, 3), np.uint8), {"color": (0, 255)}, "color"),
+])
+def test_bad_frames_and_options_are_named(frame, options: dict, message: str) -> None:
+    detections = Detections([[2, 2, 10, 10]], [0.9], [0], ("a",))
+    with pytest.raises(ValueError, match=message):
+        draw_detections(frame, detections, **options)

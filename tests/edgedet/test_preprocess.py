@@ -124,3 +124,8 @@ def test_config_round_trip_and_validation() -> None:
 def test_from_dict_refuses_an_input_size_that_is_not_width_and_height(size: object) -> None:
     with pytest.raises(ValueError, match=r"input_size must be \[width, height\]"):
         PreprocessConfig.from_dict({"input_size": size})
+
+
+def test_preprocess_needs_a_preprocess_config() -> None:
+    with pytest.raises(TypeError, match="config must be a PreprocessConfig"):
+        preprocess(np.zeros((8, 8, 3), np.uint8), None)  # type: ignore[arg-type]
