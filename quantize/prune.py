@@ -74,7 +74,9 @@ def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser
     # The fine-tuning folders are made later; a path that cannot exist stands in for them.
     probe = ["--model", next(iter(MODEL_BUILDERS)), *train_args,
              "--out", str(Path(os.devnull) / "fine-tuning")]
-    check_arguments(training, training.parse_args(probe))
+    args = training.parse_args(probe)
+    args.model_arg = []  # the checkpoint's model is not built yet: train/main.py checks these
+    check_arguments(training, args)
 
 
 def main(argv: list[str] | None = None) -> int:
