@@ -183,6 +183,13 @@ def save_training_state(
     write_bytes_atomic(path, data)
 
 
+def short_reason(error: BaseException, limit: int = 300) -> str:
+    """``error``'s message on one line, cut to ``limit`` characters (a state-dict mismatch
+    lists every key: kilobytes on one line)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def load_training_state(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -201,8 +208,13 @@ def load_training_state(
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable resume state ({error})") from error
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    unwrap(model).load_state_dict(model_state)
-    optimizer.load_state_dict(_join_tensors(structure["optimizer"], tensors))
+    try:
+        unwrap(model).load_state_dict(model_state)
+        optimizer.load_state_dict(_join_tensors(structure["optimizer"], tensors))
+    except (RuntimeError, ValueError, KeyError) as error:  # another model, optimiser or flags
+        raise CheckpointError(f"{path}: this resume state does not fit the model and optimiser "
+                              f"of these flags (give the run's own --model, --model-arg and "
+                              f"--optimizer): {short_reason(error)}") from error
     scaler_state = _join_tensors(structure["scaler"], tensors)
     if scaler is not None and scaler_state:
         scaler.load_state_dict(scaler_state)

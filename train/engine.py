@@ -344,12 +344,15 @@ class Trainer:
             if info.is_main:
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
             if self.consecutive_bad >= cfg.max_bad_steps:
+                state = self.out_dir / STATE_FILE
+                saved = (f"the last good resume state is {state}" if state.is_file()
+                         else "no epoch had finished, so there is no checkpoint to resume")
                 raise TrainingDivergedError(
                     f"training diverged: the loss was NaN/inf for {self.consecutive_bad} "
                     f"consecutive steps (up to iteration {self.iteration - 1}, epoch "
-                    f"{self.epoch}). Nothing was saved from the diverged steps; the last good "
-                    f"checkpoint is in {self.out_dir}. Lower --lr, raise --warmup-iters, set "
-                    "--clip-grad-norm, or check the data for broken boxes.")
+                    f"{self.epoch}). Nothing was saved from the diverged steps; {saved}. "
+                    "Lower --lr, raise --warmup-iters, set --clip-grad-norm, or check the data "
+                    "for broken boxes.")
             return None
         self.consecutive_bad = 0
         return {k: float(v.detach().item()) for k, v in losses.items()}

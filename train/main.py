@@ -27,7 +27,7 @@ from edgedet._io import write_json_atomic
 from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
-from train.checkpoint import CheckpointError
+from train.checkpoint import CheckpointError, short_reason
 from train.data import build_augmentation, open_splits
 from train.distributed import DistInfo, cleanup, init_distributed
 from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError
@@ -288,7 +288,7 @@ def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
             model.config = {**model.config, "channel_plan": config["channel_plan"]}
         model.load_state_dict(tensors)
     except (RuntimeError, ChannelPlanError) as error:  # strict loading lists every misfit
-        details = " ".join(str(error).split())  # one line, as every command-line error
+        details = short_reason(error)  # one line, as every command-line error
         raise CheckpointError(f"--init-checkpoint {checkpoint} does not fit this model (pass "
                               f"the --model and --model-arg it was trained with): {details}") \
             from error

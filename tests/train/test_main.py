@@ -107,6 +107,17 @@ def test_out_must_be_a_folder_and_a_batch_needs_enough_images(tmp_path, capsys):
     assert "fewer than --batch-size 16" in capsys.readouterr().err
 
 
+def test_a_resume_state_of_another_model_is_a_one_line_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _run([*TINY, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert _run([*TINY, "--epochs", "2", "--out", str(run), "--resume",
+                 "--model-arg", "width_mult=0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit the model and optimiser of these flags" in err
+    assert "Traceback" not in err and len(err) < 1000  # not every key of the state dict
+
+
 def test_bad_data_spec_is_a_clear_error(tmp_path, capsys):
     assert _run([*TINY, "--data", "coco:/no/such/dir", "--out", str(tmp_path)]) == 1
     assert "no/such/dir" in capsys.readouterr().err
