@@ -8,6 +8,7 @@ turns out to be missing never leaves a half-written file where the video should 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -87,14 +88,15 @@ class AtomicVideoWriter:
     def __init__(self, path: str | os.PathLike[str], fps: float, verify: bool = False) -> None:
         self.path = Path(path)
         self._codecs = video_codecs(self.path)
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps!r}")
+        if not (fps > 0 and math.isfinite(fps)):
+            raise ValueError(f"fps must be a finite number > 0, got {fps!r}")
         self.fps = float(fps)
         self.verify = verify
         self.frames = 0
         self.codec: str | None = None  # the FourCC in use once the file is open
         self._writer: cv2.VideoWriter | None = None
         self._tmp_path: Path | None = None
+        self._size: tuple[int, int] = (0, 0)  # (width, height) of the file, from frame one
 
     def __enter__(self) -> AtomicVideoWriter:
         return self
@@ -106,7 +108,11 @@ class AtomicVideoWriter:
         traceback: TracebackType | None,
     ) -> None:
         if exc_type is None:
-            self.finish()
+            try:
+                self.finish()
+            except BaseException:
+                self.discard()  # a failed rename must not leave the temporary file behind
+                raise
         else:
             self.discard()
 
@@ -134,14 +140,25 @@ class AtomicVideoWriter:
         )
 
     def write(self, frame: np.ndarray) -> None:
-        """Append ``frame`` (BGR ``uint8 (H, W, 3)``, every frame the size of the first).
+        """Append ``frame`` (BGR ``uint8 (H, W, 3)``). A video has one frame size, the first
+        frame's: a frame of another size is scaled to fit it, letterboxed in black (OpenCV
+        would drop it without an error).
 
         Raises:
+            ValueError: not a non-empty BGR uint8 frame.
             VideoWriteError: no codec for the suffix works (the temporary file is removed).
         """
+        if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
+                and frame.shape[2] == 3 and frame.size):
+            raise ValueError("video frames must be BGR uint8 (H, W, 3), got "
+                             + (f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray)
+                                else type(frame).__name__))
+        height, width = frame.shape[:2]
         if self._writer is None:
-            height, width = frame.shape[:2]
             self._open(width, height)
+            self._size = (width, height)
+        elif (width, height) != self._size:
+            frame = _fit(frame, self._size)
         assert self._writer is not None
         self._writer.write(frame)
         self.frames += 1
@@ -182,3 +199,17 @@ class AtomicVideoWriter:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp_path.unlink()
             self._tmp_path = None
+
+
+def _fit(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``frame`` scaled to fit ``size`` ``(width, height)`` with its aspect ratio, centred on
+    black."""
+    width, height = size
+    scale = min(width / frame.shape[1], height / frame.shape[0])
+    new_w = max(1, min(width, round(frame.shape[1] * scale)))
+    new_h = max(1, min(height, round(frame.shape[0] * scale)))
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = cv2.resize(frame, (new_w, new_h),
+                                                             interpolation=cv2.INTER_AREA)
+    return canvas

@@ -119,3 +119,28 @@ def test_verify_rejects_a_file_that_does_not_read_back(
 
 def test_count_video_frames_of_a_missing_file_is_zero(tmp_path: Path) -> None:
     assert count_video_frames(tmp_path / "none.mp4") == 0
+
+
+def test_frames_of_another_size_are_fitted_not_dropped(tmp_path: Path) -> None:
+    # OpenCV drops a frame of another size with only a warning: 5 written, 3 readable.
+    out = tmp_path / "mixed.avi"
+    with AtomicVideoWriter(out, 10, verify=True) as writer:
+        for size in ((64, 48), (32, 32), (64, 48), (128, 96), (64, 48)):
+            writer.write(np.full((size[1], size[0], 3), 200, np.uint8))
+    assert count_video_frames(out) == 5
+    frames = read_video_frames(out)
+    assert all(f.shape == (48, 64, 3) for f in frames)
+    assert frames[1][:, :8].max() < 20 and frames[1][:, 30:34].min() > 150  # letterboxed
+
+
+def test_bad_frames_and_a_failed_finish_leave_nothing(tmp_path: Path) -> None:
+    writer = AtomicVideoWriter(tmp_path / "a.avi", 10)
+    for bad in (np.zeros((0, 0, 3), np.uint8), np.zeros((8, 8, 3), np.float32), None):
+        with pytest.raises(ValueError, match="BGR uint8"):
+            writer.write(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="finite"):
+        AtomicVideoWriter(tmp_path / "b.avi", float("inf"))
+    (tmp_path / "taken.avi").mkdir()  # the rename into place fails
+    with pytest.raises(OSError), AtomicVideoWriter(tmp_path / "taken.avi", 10) as video:
+        video.write(np.zeros((16, 16, 3), np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.avi"]  # no temporary file
