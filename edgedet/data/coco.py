@@ -130,6 +130,16 @@ def _required_list(dataset: dict, key: str, source: Path) -> list:
     return value
 
 
+def crowd_flag(annotation: dict, source: object) -> bool:
+    """An annotation's ``iscrowd`` (0 or 1, or absent: 0); DatasetError for anything else
+    (``bool("0")`` is True: a string "0" would silently mark the object a crowd)."""
+    value = annotation.get("iscrowd", 0)
+    if isinstance(value, bool) or value not in (0, 1):
+        raise DatasetError(f"{source}: annotation id {annotation.get('id')!r} has iscrowd "
+                           f"{value!r}; expected 0 or 1")
+    return bool(value)
+
+
 def _int_field(entry: Any, key: str, what: str, source: Path) -> int:
     value = entry.get(key) if isinstance(entry, dict) else None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -224,7 +234,9 @@ class CocoDataset(AnnotatedImageDataset):
                 raise DatasetError(f"{annotation_file}: duplicate image id {image_id}")
             annotations_of_image[image_id] = []
         # Test-set files (image_info_test*.json) have no "annotations" key at all.
-        for annotation in dataset.get("annotations", []):
+        listed = (_required_list(dataset, "annotations", annotation_file)
+                  if "annotations" in dataset else [])
+        for annotation in listed:
             image_id = _int_field(annotation, "image_id", "an annotation", annotation_file)
             if image_id not in annotations_of_image:
                 raise DatasetError(
@@ -250,7 +262,7 @@ class CocoDataset(AnnotatedImageDataset):
                     continue
                 boxes_xyxy.append((x, y, x + w, y + h))
                 class_ids.append(class_of_category[category_id])
-                iscrowd.append(bool(annotation.get("iscrowd", 0)))
+                iscrowd.append(crowd_flag(annotation, annotation_file))
             records.append(
                 ImageRecord(
                     image_path=self.image_dir / image["file_name"],

@@ -16,7 +16,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from edgedet.data.coco import load_json_file, sample_to_coco_annotations
+from edgedet.data.coco import crowd_flag, load_json_file, sample_to_coco_annotations
 from edgedet.data.errors import DatasetError
 from edgedet.data.sample import Sample
 
@@ -85,8 +85,11 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
 
     image_ids = {image["id"] for image in dataset["images"]}
     category_ids = {category["id"] for category in dataset["categories"]}
+    listed = dataset.get("annotations", [])
+    if not isinstance(listed, list):
+        raise DatasetError(f"{source}: expected a list under 'annotations'")
     annotations = []
-    for index, annotation in enumerate(dataset.get("annotations", [])):
+    for index, annotation in enumerate(listed):
         bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise DatasetError(f"{source}: annotation {index} has no bbox [x, y, w, h]")
@@ -96,6 +99,10 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
                 raise DatasetError(f"{source}: annotation {index} has {key} "
                                    f"{annotation.get(key)!r}, which the ground truth does not "
                                    f"list")
+        crowd_flag(annotation, source)
+        if "area" in annotation and not (_is_number(annotation["area"])
+                                         and annotation["area"] >= 0):
+            raise DatasetError(f"{source}: annotation {index} has area {annotation['area']!r}")
         annotation = dict(annotation)
         # pycocotools buckets objects into small/medium/large by 'area' and skips crowds by
         # 'iscrowd'; a hand-made ground truth may lack both.

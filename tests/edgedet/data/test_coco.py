@@ -196,3 +196,17 @@ def test_writing_a_smaller_dataset_over_a_larger_one_leaves_no_orphans(tmp_path:
     listed = [image["file_name"] for image in
               json.loads((tmp_path / "annotations.json").read_text())["images"]]
     assert kept == sorted([*listed, "notes.txt"])  # unlisted images gone, other files kept
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(annotations=None), "expected a list under 'annotations'"),
+    (lambda d: d["annotations"][0].update(iscrowd="0"), "iscrowd '0'; expected 0 or 1"),
+])
+def test_malformed_annotation_fields_are_named(tmp_path: Path, change, message: str) -> None:
+    scenes = SyntheticScenes(2, seed=0, config=SyntheticConfig(image_size=(64, 48)))
+    path = write_coco_dataset(list(scenes), tmp_path, scenes.class_names)
+    dataset = json.loads(path.read_text())
+    change(dataset)
+    path.write_text(json.dumps(dataset))
+    with pytest.raises(DatasetError, match=message):
+        CocoDataset(tmp_path)

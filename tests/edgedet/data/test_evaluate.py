@@ -274,3 +274,19 @@ def test_a_ground_truth_without_images_or_objects_is_an_error() -> None:
     unknown["annotations"][1]["category_id"] = 7
     with pytest.raises(DatasetError, match="annotation 1 has category_id 7"):
         evaluate_coco(unknown, [])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"annotations": None}, "expected a list under 'annotations'"),
+    ({"iscrowd": None}, "iscrowd None; expected 0 or 1"),
+    ({"iscrowd": "0"}, "iscrowd '0'"),  # bool("0") is True: a silent crowd
+    ({"area": "x"}, "has area 'x'"),
+])
+def test_malformed_ground_truth_fields_are_named(change: dict, message: str) -> None:
+    ground_truth = _ground_truth()
+    if "annotations" in change:
+        ground_truth.update(change)
+    else:
+        ground_truth["annotations"][0].update(change)
+    with pytest.raises(DatasetError, match=message):
+        evaluate_coco(ground_truth, [])
