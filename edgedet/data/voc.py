@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgedet.data.annotated import AnnotatedImageDataset, ImageRecord, check_class_names
-from edgedet.data.errors import DatasetError
+from edgedet.data.errors import DatasetError, read_text_file
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -159,7 +159,7 @@ class VocDataset(AnnotatedImageDataset):
         split_dir = self.root / "ImageSets" / "Main"
         split_file = split_dir / f"{split}.txt"
         if split_file.is_file():
-            lines = split_file.read_text(encoding="utf-8").splitlines()
+            lines = read_text_file(split_file).splitlines()
             # Per-class lists (ImageSets/Main/cat_train.txt) have "<id> <flag>"; keep the id.
             ids = [line.split()[0] for line in lines if line.strip()]
             source = str(split_file)

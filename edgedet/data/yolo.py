@@ -15,7 +15,7 @@ from edgedet.data.annotated import (
     ImageRecord,
     check_class_names,
 )
-from edgedet.data.errors import DatasetError
+from edgedet.data.errors import DatasetError, read_text_file
 
 YamlValue = str | list[str] | dict[str, str]
 
@@ -153,7 +153,7 @@ def read_yolo_labels(label_path: Path, num_classes: int) -> tuple[np.ndarray, np
         ``(boxes_xyxy (N, 4) float32 as fractions of the image size, class_ids (N,) int64)``.
     """
     boxes_xyxy, class_ids = [], []
-    for line_number, line in enumerate(label_path.read_text(encoding="utf-8").splitlines(), 1):
+    for line_number, line in enumerate(read_text_file(label_path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -221,7 +221,7 @@ class YoloDataset(AnnotatedImageDataset):
         yaml_path = next(
             (p for p in (self.root / "data.yaml", self.root / "data.yml") if p.is_file()), None
         )
-        data_yaml = parse_data_yaml(yaml_path.read_text(encoding="utf-8")) if yaml_path else {}
+        data_yaml = parse_data_yaml(read_text_file(yaml_path)) if yaml_path else {}
 
         if class_names is None:
             class_names = self._class_names_from_files(yaml_path, data_yaml)
@@ -266,7 +266,7 @@ class YoloDataset(AnnotatedImageDataset):
             return _names_from_yaml(data_yaml["names"], yaml_path)
         classes_txt = self.root / "classes.txt"
         if classes_txt.is_file():
-            lines = classes_txt.read_text(encoding="utf-8").splitlines()
+            lines = read_text_file(classes_txt).splitlines()
             return [line.strip() for line in lines if line.strip()]
         raise DatasetError(
             f"{self.root}: no class names: pass class_names=, or add 'names:' to data.yaml, "

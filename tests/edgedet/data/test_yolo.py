@@ -166,3 +166,18 @@ def test_corrupt_image_fails_when_read(tmp_path: Path) -> None:
     assert dataset[0].image.shape == (50, 100, 3)
     with pytest.raises(DatasetError, match=r"cannot read image .*b\.jpg"):
         dataset[1]
+
+
+def test_byte_order_marks_are_stripped_and_other_encodings_named(tmp_path: Path) -> None:
+    # Windows editors start UTF-8 files with a BOM; left in, it became part of the first
+    # class name ('\ufeffcat') or made data.yaml's names: key unreadable.
+    root = _write_yolo(tmp_path)
+    (root / "data.yaml").write_bytes(b"\xef\xbb\xbfnames: [cat, dog, bird]\n")
+    label = root / "labels" / "train" / "a.txt"
+    label.write_bytes(b"\xef\xbb\xbf" + label.read_bytes())
+    dataset = YoloDataset(root, split="train")
+    assert dataset.class_names == ("cat", "dog", "bird")
+    np.testing.assert_array_equal(dataset[0].class_ids, [1, 0])
+    label.write_bytes("1 0.5 0.5 0.2 0.4 # caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"a\.txt: not UTF-8 text"):
+        YoloDataset(root, split="train")
