@@ -223,7 +223,8 @@ def open_source(spec: str | None) -> capture.FrameSource:
     except OSError as exc:
         raise capture.SourceError(f"cannot access source {spec!r}: {exc.strerror}") from None
     if stat.S_ISDIR(mode):
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in capture.IMAGE_SUFFIXES)
+        images = sorted(p for p in path.iterdir()
+                        if p.suffix.lower() in capture.IMAGE_SUFFIXES and p.is_file())
         return capture.ImageFolderSource(images, f"folder {path}")
     if stat.S_ISFIFO(mode):  # a live feed: another process writes video into the pipe
         return capture.LiveSource(str(path), "FIFO")

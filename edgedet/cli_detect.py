@@ -59,7 +59,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(_detections_json(name, detections) if args.json else _describe(name, detections))
 
     if source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES:
-        images = (sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = (sorted(p for p in source.iterdir()
+                         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
                   if source.is_dir() else [source])
         if not images:
             raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source}")

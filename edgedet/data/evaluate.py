@@ -85,6 +85,10 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
 
     image_ids = {image["id"] for image in dataset["images"]}
     category_ids = {category["id"] for category in dataset["categories"]}
+    for what, entries, ids in (("image", dataset["images"], image_ids),
+                               ("category", dataset["categories"], category_ids)):
+        if len(ids) != len(entries):  # pycocotools keeps the last of each: silently wrong
+            raise DatasetError(f"{source}: duplicate {what} ids")
     listed = dataset.get("annotations", [])
     if not isinstance(listed, list):
         raise DatasetError(f"{source}: expected a list under 'annotations'")

@@ -232,7 +232,8 @@ class YoloDataset(AnnotatedImageDataset):
         if not self.label_dir.is_dir():
             raise DatasetError(f"YOLO label folder not found: {self.label_dir}")
         image_paths = sorted(
-            p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+            p for p in self.image_dir.iterdir()
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         )
         if not image_paths:
             subfolders = sorted(p.name for p in self.image_dir.iterdir() if p.is_dir())

@@ -281,10 +281,11 @@ def test_a_ground_truth_without_images_or_objects_is_an_error() -> None:
     ({"iscrowd": None}, "iscrowd None; expected 0 or 1"),
     ({"iscrowd": "0"}, "iscrowd '0'"),  # bool("0") is True: a silent crowd
     ({"area": "x"}, "has area 'x'"),
+    ({"images": [{"id": 1}, {"id": 1}]}, "duplicate image ids"),
 ])
 def test_malformed_ground_truth_fields_are_named(change: dict, message: str) -> None:
     ground_truth = _ground_truth()
-    if "annotations" in change:
+    if "annotations" in change or "images" in change:
         ground_truth.update(change)
     else:
         ground_truth["annotations"][0].update(change)
