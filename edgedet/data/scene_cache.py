@@ -108,11 +108,15 @@ class CachedScenes(collections.abc.Sequence[Sample]):
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             problem = f"unreadable ({exc.__class__.__name__}: {exc})"
         else:
+            classes = len(self.scenes.class_names)
+            boxes = sample.boxes_xyxy
             if image.dtype == np.uint8 and image.shape == (height, width, 3) and len(
-                    sample.iscrowd) == len(sample.class_ids):
+                    sample.iscrowd) == len(sample.class_ids) and np.isfinite(boxes).all() \
+                    and ((sample.class_ids >= 0) & (sample.class_ids < classes)).all():
                 return sample
             problem = (f"not a sample of this cache (a {image.dtype} {image.shape} image, "
-                       f"want uint8 {(height, width, 3)})")
+                       f"want uint8 {(height, width, 3)}; or non-finite boxes or class ids "
+                       f"outside 0..{classes - 1})")
         if not self._warned:
             warnings.warn(f"synthetic-scene cache file {path} is {problem}; rendering it "
                           "again (further bad files in this cache are replaced silently)",

@@ -68,6 +68,8 @@ def read_voc_xml(
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as error:
         raise DatasetError(f"{xml_path}: not valid XML ({error})") from error
+    if root.tag != "annotation":  # another XML file would read as an image without objects
+        raise DatasetError(f"{xml_path}: not a VOC annotation (its root is <{root.tag}>)")
     filename_element = root.find("filename")
     filename = None
     if filename_element is not None and filename_element.text and filename_element.text.strip():

@@ -55,7 +55,8 @@ def test_seed_config_and_generator_pick_the_folder(tmp_path: Path) -> None:
     assert more_images == base  # a scene depends on (seed, index, config) only
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not a zip", "wrong size", "unpaired boxes"])
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "wrong size", "unpaired boxes",
+                                    "nan boxes", "unknown class"])
 def test_a_bad_cache_file_is_rendered_again_and_replaced(tmp_path: Path, damage: str) -> None:
     reference = SyntheticScenes(1, seed=3, config=SMALL)[0]
     cached = CachedScenes(SyntheticScenes(1, seed=3, config=SMALL), tmp_path)
@@ -68,9 +69,14 @@ def test_a_bad_cache_file_is_rendered_again_and_replaced(tmp_path: Path, damage:
     elif damage == "wrong size":
         np.savez(path, image=np.zeros((10, 10, 3), np.uint8), boxes_xyxy=np.zeros((0, 4)),
                  class_ids=np.zeros(0, np.int64), iscrowd=np.zeros(0, bool))
-    else:
+    elif damage == "unpaired boxes":
         np.savez(path, image=reference.image, boxes_xyxy=np.zeros((2, 4)),
                  class_ids=np.zeros(3, np.int64), iscrowd=np.zeros(3, bool))
+    else:  # the right shapes and dtypes, values no scene has (they were trained on)
+        boxes = np.full((1, 4), np.nan) if damage == "nan boxes" else np.ones((1, 4))
+        np.savez(path, image=reference.image, boxes_xyxy=boxes,
+                 class_ids=np.array([0 if damage == "nan boxes" else 99]),
+                 iscrowd=np.zeros(1, bool))
     fresh = CachedScenes(SyntheticScenes(1, seed=3, config=SMALL), tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

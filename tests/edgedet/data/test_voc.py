@@ -121,8 +121,10 @@ def test_empty_split_is_an_error(tmp_path: Path) -> None:
             "<annotation><object><name>dog</name></object></annotation>",
             "object 'dog' has no <bndbox>",
         ),
+        ("<foo/>", r"not a VOC annotation \(its root is <foo>\)"),
     ],
-    ids=["truncated", "unknown-class", "max-below-min", "non-numeric", "no-bndbox"],
+    ids=["truncated", "unknown-class", "max-below-min", "non-numeric", "no-bndbox",
+         "not-voc"],
 )
 def test_malformed_xml(tmp_path: Path, xml_text: str, message: str) -> None:
     root = _write_voc(tmp_path)
