@@ -346,6 +346,7 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"bad anchor_spec section: {exc!r}") from exc
     _validate_outputs(manifest["outputs"], num_anchors, fail)
+    _validate_class_count(manifest, fail)
     _validate_input(manifest["input"], preprocess.input_size, fail)
     if require_files or manifest["files"]:
         _validate_files(manifest["files"], fail)
@@ -422,6 +423,16 @@ def _validate_outputs(outputs: object, num_anchors: int, fail: Any) -> None:
         if shape[1] != num_anchors:
             raise fail(f"output {entry['name']!r} has {shape[1]} anchors but anchor_spec "
                        f"generates {num_anchors}")
+
+
+def _validate_class_count(manifest: Mapping[str, Any], fail: Any) -> None:
+    """One class-logit column per class name (softmax heads: background first, one more)."""
+    expected = len(manifest["class_names"]) + (manifest["head_family"] != "retinanet")
+    for entry in manifest["outputs"]:
+        if entry["name"] == "cls_logits" and entry["shape"][2] != expected:
+            raise fail(f"the model scores {entry['shape'][2]} classes per anchor but the "
+                       f"manifest names {len(manifest['class_names'])}: its model file and "
+                       "manifest do not belong together")
 
 
 def _validate_input(model_input: object, input_size: tuple[int, int], fail: Any) -> None:

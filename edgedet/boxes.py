@@ -48,8 +48,10 @@ def _iou_one_to_many(box: np.ndarray, area: float, boxes: np.ndarray, areas: np.
     return np.where(union > 0, inter / union, 0.0)
 
 
-def _check_boxes_scores(boxes_xyxy: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
+def _check_boxes_scores(boxes_xyxy: np.ndarray, scores: np.ndarray,
+                        class_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(boxes (N, 4), scores (N,))`` as float32; ValueError for other shapes, and for
+    ``class_ids`` (the class-aware functions') not one per score."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float32)
     scores = np.asarray(scores, dtype=np.float32)
     if boxes.size == 0:
@@ -58,6 +60,8 @@ def _check_boxes_scores(boxes_xyxy: np.ndarray, scores: np.ndarray) -> tuple[np.
         raise ValueError(f"boxes must have shape (N, 4), got {boxes.shape}")
     if scores.shape != (boxes.shape[0],):
         raise ValueError(f"scores must have shape ({boxes.shape[0]},), got {scores.shape}")
+    if class_ids is not None and np.asarray(class_ids).shape != scores.shape:
+        raise ValueError("class_ids must have the same shape as scores")
     return boxes, scores
 
 
@@ -132,9 +136,7 @@ def batched_nms(
 
     Returns ``(K,) int64`` kept indices sorted by decreasing score.
     """
-    boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
-    if np.asarray(class_ids).shape != scores.shape:
-        raise ValueError("class_ids must have the same shape as scores")
+    boxes, scores = _check_boxes_scores(boxes_xyxy, scores, class_ids)
     if 0 < len(boxes) <= JOINT_LIMIT:
         class_ids = np.asarray(class_ids, dtype=np.int64)
         keep = _greedy_nms(boxes, scores, iou_threshold, class_ids)
@@ -258,9 +260,7 @@ def batched_soft_nms(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-aware Soft-NMS (``soft_nms`` per class). Returns ``(keep, new_scores)`` sorted by
     decreasing new score."""
-    boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
-    if np.asarray(class_ids).shape != scores.shape:
-        raise ValueError("class_ids must have the same shape as scores")
+    boxes, scores = _check_boxes_scores(boxes_xyxy, scores, class_ids)
     _check_soft_nms_settings(method, sigma)
     settings = (iou_threshold, sigma, score_threshold, method, stop_at)
     if 0 < len(boxes) <= JOINT_LIMIT:

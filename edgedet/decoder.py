@@ -88,14 +88,6 @@ class HeadDecoder:
         """The first step of a call: ``(boxes_xyxy (n, 4), scores (n, K))`` in input pixels,
         of the anchors that can pass the score threshold."""
         one_image = {name: outputs[name] for name in self.output_names}
-        scored = one_image["cls_logits"].shape[-1]
-        background = self.head_family != "retinanet"  # softmax heads score background first
-        if scored != len(self.class_names) + background:
-            raise ValueError(
-                f"the model scores {scored} classes per anchor"
-                + (" (background first)" if background else "")
-                + f" but the manifest names {len(self.class_names)}: its model file and "
-                "manifest do not belong together")
         _, boxes_xyxy, scores = decode_head_candidates(
             self.head_family, one_image, self.priors_cxcywh,
             self.box_coder_weights,  # type: ignore[arg-type]

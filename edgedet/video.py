@@ -17,6 +17,8 @@ from types import TracebackType
 import cv2
 import numpy as np
 
+from edgedet.preprocess import PreprocessConfig, resize_to_input
+
 # File suffix (lower case) -> FourCC codes to try, in order. OpenCV picks the container from
 # the suffix and the codec from the FourCC; these two ship with every OpenCV build's FFmpeg
 # (or its built-in MJPEG writer), unlike H.264, which depends on how OpenCV was built.
@@ -157,8 +159,9 @@ class AtomicVideoWriter:
         if self._writer is None:
             self._open(width, height)
             self._size = (width, height)
-        elif (width, height) != self._size:
-            frame = _fit(frame, self._size)
+        elif (width, height) != self._size:  # the SDK's own letterbox, on black
+            frame = resize_to_input(frame, PreprocessConfig(self._size, resize="letterbox",
+                                                            pad_value=0.0))[0]
         assert self._writer is not None
         self._writer.write(frame)
         self.frames += 1
@@ -199,17 +202,3 @@ class AtomicVideoWriter:
             with contextlib.suppress(FileNotFoundError):
                 self._tmp_path.unlink()
             self._tmp_path = None
-
-
-def _fit(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``frame`` scaled to fit ``size`` ``(width, height)`` with its aspect ratio, centred on
-    black."""
-    width, height = size
-    scale = min(width / frame.shape[1], height / frame.shape[0])
-    new_w = max(1, min(width, round(frame.shape[1] * scale)))
-    new_h = max(1, min(height, round(frame.shape[0] * scale)))
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    top, left = (height - new_h) // 2, (width - new_w) // 2
-    canvas[top:top + new_h, left:left + new_w] = cv2.resize(frame, (new_w, new_h),
-                                                             interpolation=cv2.INTER_AREA)
-    return canvas
