@@ -24,9 +24,9 @@ use_repo_root(__file__)
 import argparse
 import json
 
-from benchmarks.args import require_at_least, require_zoo_models
+from benchmarks.common.args import require_at_least, require_zoo_models
+from benchmarks.common.timing import Timed, time_interleaved
 from benchmarks.core_latency import CoreLatencyProbe
-from benchmarks.timing import Timed, time_interleaved
 from edgedet import Detector
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 

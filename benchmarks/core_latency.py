@@ -16,7 +16,7 @@ MobileNet-PASSD):
 On distant CPUs each parallel op pays a fixed cost (OpenVINO's profile: about 14 us between
 nodes), which weighs more in an INT8 model's shorter ops. The benchmarks read the round trip
 between the items they time and report the calls of each placement apart
-(``benchmarks/timing.py``, ``benchmarks/speed.py``).
+(``benchmarks/common/timing.py``, ``benchmarks/speed.py``).
 
 The probe: a helper process pinned to the second CPU answers flips of one shared byte that
 the caller's thread, pinned to the first CPU for the duration, makes. Pure Python, so the

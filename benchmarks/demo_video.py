@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.args import require_zoo_models
+from benchmarks.common.args import require_zoo_models
 from edgedet.boxes import box_iou
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
 from edgedet.detections import Detections

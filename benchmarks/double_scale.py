@@ -22,7 +22,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from benchmarks.args import require_at_least, require_checkpoint
+from benchmarks.common.args import require_at_least, require_checkpoint
 from edgedet.artifact import INPUT_NAME
 from edgedet.backends.onnxruntime import session_options
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt

@@ -22,7 +22,7 @@ import json
 import statistics
 from collections.abc import Sequence
 
-from benchmarks.args import require_zoo_models
+from benchmarks.common.args import require_zoo_models
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.detector import Detector
 from edgedet.zoo import list_models

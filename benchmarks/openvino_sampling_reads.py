@@ -43,7 +43,7 @@ quiet_vendor_telemetry()
 
 import openvino as ov
 
-from benchmarks.args import require_at_least
+from benchmarks.common.args import require_at_least
 from benchmarks.speed import CALIBRATION_INPUTS, PAPER_SIZE, build_for_targets, random_inputs
 from edgedet.models.passd import passd_mobilenet
 from quantize.int8_scope import DEFAULT_KEEP_FLOAT

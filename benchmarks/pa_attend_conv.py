@@ -37,7 +37,7 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
-from benchmarks.args import require_at_least
+from benchmarks.common.args import require_at_least
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,
     box_sampling_points,

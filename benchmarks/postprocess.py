@@ -21,7 +21,7 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
-from benchmarks.args import require_at_least
+from benchmarks.common.args import require_at_least
 from edgedet.boxes import batched_nms, batched_soft_nms, box_iou, box_voting, topk_candidates
 from edgedet.postprocess import select_detections
 

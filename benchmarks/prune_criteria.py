@@ -15,7 +15,7 @@ use_repo_root(__file__)
 import argparse
 import time
 
-from benchmarks.args import require_at_least, require_checkpoint, require_choices
+from benchmarks.common.args import require_at_least, require_checkpoint, require_choices
 from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
 from edgedet.models.summary import count_gflops
 from quantize.prune_schedule import PruneConfig, validation_ap

@@ -29,10 +29,10 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
-from benchmarks.args import require_at_least, require_checkpoint, require_choices
+from benchmarks.common.args import require_at_least, require_checkpoint, require_choices
+from benchmarks.common.timing import Timed, openvino_runner, ort_runner, time_interleaved
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
 from benchmarks.speed import build_for_targets, random_inputs
-from benchmarks.timing import Timed, openvino_runner, ort_runner, time_interleaved
 from edgedet.models.builders import builder_of
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.summary import count_gflops

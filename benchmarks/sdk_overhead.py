@@ -40,7 +40,7 @@ from edgedet._repo import use_repo_root
 
 use_repo_root(__file__)
 
-from benchmarks.args import require_zoo_models
+from benchmarks.common.args import require_zoo_models
 from edgedet import Detector
 from edgedet.backends import BackendError, available_backends
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes

@@ -75,10 +75,10 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 from benchmarks import pa_attend_conv as pa
-from benchmarks.args import require_zoo_models
+from benchmarks.common.args import require_zoo_models
+from benchmarks.common.speed_report import headline, print_tables, results
+from benchmarks.common.timing import Timed, openvino_runner, ort_runner, time_interleaved
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
-from benchmarks.speed_report import headline, print_tables, results
-from benchmarks.timing import Timed, openvino_runner, ort_runner, time_interleaved
 from edgedet import Detector
 from edgedet.artifact import MANIFEST_NAME, main_model_files, sha256_file
 from edgedet.backends import BackendError, available_backends, model_file_for

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from benchmarks.args import require_at_least, require_checkpoint
+from benchmarks.common.args import require_at_least, require_checkpoint
 from edgedet.backends.tflite import TFLiteBackend
 from edgedet.models.checkpoint import build_from_checkpoint
 from quantize.export_tflite import NamedOutputs, captured_output, import_litert_torch

@@ -2,7 +2,7 @@
 headline ratios that issue 15 sets targets for, and the markdown tables.
 
 Every function takes ``where``: None for the medians over all calls, ``"near"`` or ``"far"``
-for the calls made while the two CPUs were near or far apart (``benchmarks/timing.py``);
+for the calls made while the two CPUs were near or far apart (``benchmarks/common/timing.py``);
 a figure is None where an item has too few calls in that placement.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from benchmarks import pa_attend_conv as pa
-from benchmarks.timing import Timed
+from benchmarks.common.timing import Timed
 from quantize.targets import target_named
 
 

@@ -1,10 +1,10 @@
-"""``benchmarks/args.py``: a bad benchmark argument is a usage error before any work."""
+"""``benchmarks/common/args.py``: a bad benchmark argument is a usage error before any work."""
 
 import argparse
 
 import pytest
 
-from benchmarks.args import (
+from benchmarks.common.args import (
     require_at_least,
     require_checkpoint,
     require_choices,

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
+from benchmarks.common.timing import MIN_CALLS_PER_PLACEMENT, Timed, time_interleaved
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe, placement
-from benchmarks.timing import MIN_CALLS_PER_PLACEMENT, Timed, time_interleaved
 
 
 def test_placement_needs_both_readings_on_one_side():
