@@ -13,7 +13,8 @@ class Detections:
     """Detections of one frame.
 
     Attributes:
-        xyxy: ``(N, 4) float32`` boxes in input-frame pixels, ``x1, y1, x2, y2``.
+        xyxy: ``(N, 4) float32`` boxes in input-frame pixels, ``x1, y1, x2, y2`` with
+            ``x1 <= x2`` and ``y1 <= y2``.
         scores: ``(N,) float32`` confidences.
         class_ids: ``(N,) int64`` 0-based indices into ``class_names``.
         class_names: the model's class list (shared by every frame, not per box).
@@ -53,6 +54,13 @@ class Detections:
             )
         if not np.all(np.isfinite(xyxy)) or not np.all(np.isfinite(scores)):
             raise ValueError("Detections contain NaN or infinite boxes or scores")
+        # An inverted box (x2 < x1, e.g. an x, y, w, h row read as xyxy) would draw and
+        # count as area 0 and match nothing; say so here rather than downstream.
+        inverted = np.flatnonzero((xyxy[:, 2] < xyxy[:, 0]) | (xyxy[:, 3] < xyxy[:, 1]))
+        if inverted.size:
+            raise ValueError(f"Detections.xyxy needs x1 <= x2 and y1 <= y2; box "
+                             f"{int(inverted[0])} is {xyxy[inverted[0]].tolist()} "
+                             f"({inverted.size} inverted)")
         if n and class_ids.min() < 0:
             raise ValueError(f"Detections.class_ids must be >= 0, got {class_ids.min()}")
         if isinstance(self.class_names, str):  # "abc" would become three classes a, b, c
