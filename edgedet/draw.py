@@ -48,6 +48,12 @@ def draw_detections(
         raise ValueError(f"color must be (B, G, R), got {color!r}")
     if track_ids is not None:
         track_ids = np.asarray(track_ids).reshape(-1)
+        whole = np.issubdtype(track_ids.dtype, np.integer) or (
+            np.issubdtype(track_ids.dtype, np.floating)
+            and bool(np.all(np.isfinite(track_ids) & (np.mod(track_ids, 1) == 0))))
+        if track_ids.size and not whole:  # int("a") would fail mid-frame, int(1.5) truncate
+            raise ValueError(f"track_ids must be whole numbers, got {track_ids[:3].tolist()} "
+                             f"({track_ids.dtype})")
         if track_ids.shape[0] != len(detections):
             raise ValueError(f"{track_ids.shape[0]} track ids for {len(detections)} detections")
     canvas = frame.copy()

@@ -42,6 +42,11 @@ def test_track_ids_colour_each_track_and_label_it() -> None:
         frame, dets, thickness=3)[20:29, 20:120].any(axis=2).sum()
     with pytest.raises(ValueError, match="2 track ids for 1 detections"):
         draw_detections(frame, dets, track_ids=[1, 2])
+    np.testing.assert_array_equal(draw_detections(frame, dets, thickness=3, track_ids=[7.0]),
+                                  out)
+    for bad in (["a"], [1.5], [np.nan]):
+        with pytest.raises(ValueError, match="track_ids must be whole numbers"):
+            draw_detections(frame, dets, track_ids=bad)
 
 
 @pytest.mark.parametrize(("frame", "options", "message"), [
