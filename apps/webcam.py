@@ -37,7 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
+from edgedet.video import AtomicVideoWriter, save_video_problem
 
 # isort: split
 # Sibling modules, not a package: run as a script, this file's folder is on sys.path.
@@ -108,13 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="write the annotated video (.mp4 or .avi)")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
-    if args.save is not None and args.save.suffix.lower() not in VIDEO_CODECS:
-        parser.error(f"--save needs a {' or '.join(VIDEO_CODECS)} file, got {args.save}")
-    if args.save is not None and args.save.is_dir():
-        parser.error(f"--save {args.save} is a folder; give the video file to write")
-    if args.save is not None and args.source and Path(args.source).exists() \
-            and Path(args.source).resolve() == args.save.resolve():
-        parser.error(f"--save {args.save} is the source: the annotated video would replace it")
+    if args.save is not None and (problem := save_video_problem(args.save, args.source or None)):
+        parser.error(problem)
     return args
 
 

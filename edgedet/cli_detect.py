@@ -116,15 +116,14 @@ def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
     import cv2
 
     from edgedet.draw import draw_detections
-    from edgedet.video import VIDEO_CODECS, AtomicVideoWriter
+    from edgedet.video import AtomicVideoWriter, save_video_problem
 
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
         raise CliError(f"cannot read {source} as an image or a video")
-    if args.save and args.save.suffix.lower() not in VIDEO_CODECS:
+    if args.save and (problem := save_video_problem(args.save, source)):
         capture.release()
-        raise CliError(f"--save for a video needs a {' or '.join(VIDEO_CODECS)} file, "
-                       f"got {args.save}")
+        raise CliError(problem)
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     writer = AtomicVideoWriter(args.save, fps) if args.save else None
     count = 0

@@ -25,6 +25,21 @@ from edgedet.preprocess import PreprocessConfig, resize_to_input
 VIDEO_CODECS: dict[str, tuple[str, ...]] = {".mp4": ("mp4v",), ".avi": ("MJPG",)}
 
 
+def save_video_problem(path: Path, source: str | os.PathLike[str] | None = None) -> str | None:
+    """Why ``path`` cannot take an annotated video (a ``--save``), or None: a suffix with no
+    codec here, a folder, or the ``source`` video itself (the copy would replace it). Checked
+    before a model loads, by every command that writes one."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_CODECS:
+        return f"--save needs a {' or '.join(VIDEO_CODECS)} file, got {path}"
+    if path.is_dir():
+        return f"--save {path} is a folder; give the video file to write"
+    if source is not None and path.exists() and Path(source).exists() \
+            and Path(source).resolve() == path.resolve():
+        return f"--save {path} is the source: the annotated video would replace it"
+    return None
+
+
 class VideoWriteError(OSError):
     """OpenCV cannot write a (usable) video file: no codec for its suffix works here."""
 

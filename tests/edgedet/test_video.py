@@ -16,6 +16,7 @@ from edgedet.video import (
     VideoWriteError,
     count_video_frames,
     read_video_frames,
+    save_video_problem,
     video_codecs,
 )
 
@@ -144,3 +145,15 @@ def test_bad_frames_and_a_failed_finish_leave_nothing(tmp_path: Path) -> None:
     with pytest.raises(OSError), AtomicVideoWriter(tmp_path / "taken.avi", 10) as video:
         video.write(np.zeros((16, 16, 3), np.uint8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.avi"]  # no temporary file
+
+
+def test_save_video_problem_names_each_problem(tmp_path: Path) -> None:
+    source = tmp_path / "in.mp4"
+    source.write_bytes(b"video")
+    assert save_video_problem(tmp_path / "out.mp4", source) is None
+    assert save_video_problem(tmp_path / "out.AVI") is None  # suffixes in any case
+    assert "needs a .mp4 or .avi file" in save_video_problem(tmp_path / "out.mkv")
+    (tmp_path / "dir.mp4").mkdir()
+    assert "is a folder" in save_video_problem(tmp_path / "dir.mp4")
+    assert "is the source" in save_video_problem(tmp_path / "." / "in.mp4", source)
+    assert save_video_problem(tmp_path / "out.mp4", "0") is None  # a camera index
