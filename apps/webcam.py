@@ -32,11 +32,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edgedet.cli_common import path_argument
 from edgedet.video import AtomicVideoWriter, save_video_problem
 
 # isort: split
@@ -104,7 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--headless", action="store_true",
                         help="no window (automatic when OpenCV has no GUI or there is no "
                         "display)")
-    parser.add_argument("--save", type=Path, metavar="OUT.mp4",
+    parser.add_argument("--save", type=path_argument, metavar="OUT.mp4",
                         help="write the annotated video (.mp4 or .avi)")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)

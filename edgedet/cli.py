@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgedet import cli_detect, cli_engine
-from edgedet.cli_common import CliError, load_detector
+from edgedet.cli_common import CliError, load_detector, path_argument
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -62,7 +62,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
                        "install it with: pip install 'edgedet[torch]'") from exc
     from tqdm import tqdm
 
-    if args.checkpoint:
+    if args.checkpoint is not None:
         from edgedet.models.checkpoint import CheckpointError
         from edgedet.models.summary import summarize_checkpoint
 
@@ -205,13 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
             "COCO JSON file beside it)."
         ),
     )
-    synth.add_argument("--out", type=Path, help="output dataset folder")
+    synth.add_argument("--out", type=path_argument, help="output dataset folder (new, "
+                       "empty, or a dataset edgedet synth wrote)")
     synth.add_argument("--num-images", type=int, default=100, help="images to render "
                        "(default: %(default)s)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("--img-size", type=int, nargs=2, default=(640, 480),
                        metavar=("W", "H"), help="image width and height (default: 640 480)")
-    synth.add_argument("--video", type=Path, help="render a video to this .mp4/.avi file")
+    synth.add_argument("--video", type=path_argument,
+                       help="render a video to this .mp4/.avi file")
     synth.add_argument("--frames", type=int, default=150, help="video frames "
                        "(default: %(default)s)")
     synth.add_argument("--fps", type=float, default=25.0, help="video frame rate "
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     detect.add_argument("source", help="image, folder of images, or video file")
     _add_model_arguments(detect)
-    detect.add_argument("--save", type=Path, metavar="OUT",
+    detect.add_argument("--save", type=path_argument, metavar="OUT",
                         help="write annotated image(s) / video here")
     detect.add_argument("--json", action="store_true", help="print JSON lines "
                         "{source, detections: [{label, class_id, score, xyxy}]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,6 +16,14 @@ class CliError(Exception):
 
 # The files `edgedet detect` takes as images (a folder's other files are not read).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def path_argument(text: str) -> Path:
+    """An argparse ``type`` for paths: ``Path(text)``, refusing an empty string, which
+    ``Path`` would read as the current folder (``--out ''`` wrote a dataset there)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (it would mean the current folder)")
+    return Path(text)
 
 
 def option_overrides(args: argparse.Namespace) -> dict:

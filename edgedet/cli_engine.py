@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgedet.cli_common import path_argument
+
 INSTALL_HINT = ("TensorRT's Python package is not installed: on Jetson it comes with JetPack "
                 "(sudo apt install python3-libnvinfer; use a venv made with "
                 "--system-site-packages) plus pip install cuda-python; on x86: "
@@ -42,7 +44,7 @@ def add_parser(sub: Any) -> None:
                         help="builder workspace limit (default: $EDGEDET_TRT_WORKSPACE_MB or "
                         "1024); part of the cache key, so the backend uses the engine only "
                         "with the same EDGEDET_TRT_WORKSPACE_MB")
-    parser.add_argument("--cache-dir", type=Path, metavar="DIR",
+    parser.add_argument("--cache-dir", type=path_argument, metavar="DIR",
                         help="engine cache folder (default: the backend's; point "
                         "EDGEDET_ENGINE_CACHE at another one for the backend to read it)")
     parser.add_argument("--rebuild", action="store_true",

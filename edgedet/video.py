@@ -23,6 +23,8 @@ from edgedet.preprocess import PreprocessConfig, resize_to_input
 # the suffix and the codec from the FourCC; these two ship with every OpenCV build's FFmpeg
 # (or its built-in MJPEG writer), unlike H.264, which depends on how OpenCV was built.
 VIDEO_CODECS: dict[str, tuple[str, ...]] = {".mp4": ("mp4v",), ".avi": ("MJPG",)}
+# Frame rates above this are no camera's; a writer that fails to open at one is blamed on it.
+_MAX_COMMON_FPS = 1000.0
 
 
 def save_video_problem(path: Path, source: str | os.PathLike[str] | None = None) -> str | None:
@@ -150,6 +152,10 @@ class AtomicVideoWriter:
                 return
             writer.release()
         self.discard()
+        if self.fps > _MAX_COMMON_FPS:  # MP4 refuses 65536 fps and up: not a missing codec
+            raise VideoWriteError(
+                f"OpenCV cannot write {self.path} at {self.fps:g} fps; give a frame rate of "
+                f"at most {_MAX_COMMON_FPS:g}")
         others = [suffix for suffix in VIDEO_CODECS if suffix != self.path.suffix.lower()]
         raise VideoWriteError(
             f"OpenCV cannot write {self.path}: no {self.path.suffix} codec "

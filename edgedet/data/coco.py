@@ -46,6 +46,14 @@ def coco_annotations(image_id: int, boxes_xyxy: np.ndarray, class_ids: np.ndarra
     return anns
 
 
+# Marks the files write_coco_dataset writes (info.writer), so that writing again over one of
+# them is known to touch nothing of the user's. Datasets written before the mark carry
+# "edgedet" in their description.
+WRITER = "edgedet"
+# Where the annotations of the dataset being replaced wait until the new ones are in place.
+_PREVIOUS_ANNOTATIONS = ".annotations.json.previous"
+
+
 def write_coco_dataset(
     samples: Iterable[Sample],
     out_dir: str | os.PathLike[str],
@@ -55,19 +63,31 @@ def write_coco_dataset(
 ) -> Path:
     """Write ``samples`` as ``out_dir/images/<file_name>`` plus ``out_dir/annotations.json``.
 
-    Category ids are ``1..K`` in ``class_names`` order. Every file is written atomically, and
-    the annotations file last, so an interrupted run never leaves a dataset that looks whole.
-    Writing over an earlier dataset, the images its annotations listed that the new one does
-    not are removed after the new annotations are in place (a smaller dataset written again
-    leaves no orphans); no other file is touched.
+    Category ids are ``1..K`` in ``class_names`` order. ``out_dir`` must be new, empty, or a
+    dataset this function wrote: a folder holding anything else is refused before a file is
+    written (it would overwrite the user's images). Every file is written atomically and the
+    annotations file last; the annotations of a dataset being replaced are moved aside
+    first, so an interrupted run leaves a folder without ``annotations.json`` (which no
+    reader takes for a dataset), never new images under old labels. Once the new annotations
+    are in place, the images only the earlier ones listed are removed (a smaller dataset
+    written again leaves no orphans); no other file is touched.
 
     Returns:
         The path of the annotations file.
+
+    Raises:
+        DatasetError: ``out_dir`` is a file, or holds files of another dataset or program.
     """
     out_dir = Path(out_dir)
+    check_dataset_folder(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    earlier = _listed_images(out_dir / "annotations.json")
+    ann_path = out_dir / "annotations.json"
+    previous = out_dir / _PREVIOUS_ANNOTATIONS
+    earlier = _listed_images(ann_path) | _listed_images(previous)
+    if ann_path.exists():
+        write_json_atomic(previous, {"images": [{"file_name": name} for name in sorted(earlier)]})
+        ann_path.unlink()
     images: list[dict] = []
     annotations: list[dict] = []
     for sample in samples:
@@ -86,7 +106,7 @@ def write_coco_dataset(
         )
         annotations.extend(sample_to_coco_annotations(sample, first_ann_id=len(annotations) + 1))
     dataset = {
-        "info": info or {"description": "written by edgedet"},
+        "info": {**(info or {"description": "written by edgedet"}), "writer": WRITER},
         "images": images,
         "annotations": annotations,
         "categories": [
@@ -94,13 +114,41 @@ def write_coco_dataset(
             for i, name in enumerate(class_names)
         ],
     }
-    ann_path = out_dir / "annotations.json"
     write_json_atomic(ann_path, dataset)
     for file_name in earlier - {image["file_name"] for image in images}:
         orphan = image_dir / file_name
         if image_dir.resolve() in orphan.resolve().parents:  # never outside images/
             orphan.unlink(missing_ok=True)
+    previous.unlink(missing_ok=True)
     return ann_path
+
+
+def check_dataset_folder(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that ``write_coco_dataset`` could not write without touching
+    files it did not write: a file, or a non-empty folder that is not one of its datasets
+    (finished, or interrupted while replacing one)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DatasetError(f"{out_dir} is a file; give a folder for the dataset")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if ((out_dir / _PREVIOUS_ANNOTATIONS).is_file()
+            or written_by_edgedet(out_dir / "annotations.json")):
+        return
+    found = sorted(entry.name for entry in out_dir.iterdir())
+    raise DatasetError(
+        f"{out_dir} already holds files that are not a dataset edgedet wrote "
+        f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); writing there would "
+        "overwrite them: give a new or empty folder")
+
+
+def written_by_edgedet(ann_path: Path) -> bool:
+    """True when ``ann_path`` is a COCO file edgedet wrote (a dataset's annotations, a
+    synthetic video's ground truth)."""
+    try:
+        info = json.loads(ann_path.read_text(encoding="utf-8")).get("info") or {}
+        return info.get("writer") == WRITER or WRITER in str(info.get("description", ""))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _listed_images(ann_path: Path) -> set[str]:

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edgedet.data.coco import write_coco_dataset
+from edgedet.data.coco import check_dataset_folder, write_coco_dataset
 from edgedet.data.sample import Sample
 from edgedet.data.synthetic_backgrounds import (
     add_sensor_noise,
@@ -386,6 +386,7 @@ def write_synthetic_dataset(
         The path of ``annotations.json``.
     """
     scenes = SyntheticScenes(num_images, seed, config)
+    check_dataset_folder(Path(out_dir))  # before the progress bar starts
     samples = tqdm(scenes, total=len(scenes), desc="synthetic images", disable=not progress)
     info = {
         "description": "edgedet synthetic scenes",

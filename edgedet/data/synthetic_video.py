@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from edgedet._io import write_json_atomic
-from edgedet.data.coco import sample_to_coco_annotations
+from edgedet.data.coco import WRITER, sample_to_coco_annotations, written_by_edgedet
+from edgedet.data.errors import DatasetError
 from edgedet.data.sample import Sample
 from edgedet.data.synthetic import (
     SYNTHETIC_CLASSES,
@@ -249,13 +250,19 @@ def render_synthetic_video(
     ``iscrowd`` so evaluation ignores them rather than counting them as missed.
 
     Args:
-        path: ``.mp4`` (written with the ``mp4v`` codec) or ``.avi`` (``MJPG``).
+        path: ``.mp4`` (written with the ``mp4v`` codec) or ``.avi`` (``MJPG``); a
+            ``<stem>.json`` beside it must be absent or a ground truth this function wrote.
 
     Returns:
         ``path``. Both files are written atomically.
     """
     path = Path(path)
     video_codecs(path)  # an unknown extension fails before anything is rendered
+    ground_truth = path.with_suffix(".json")
+    if ground_truth.exists() and not written_by_edgedet(ground_truth):
+        raise DatasetError(f"{ground_truth} exists and is not a ground truth edgedet wrote: "
+                           f"the video's ground truth would replace it; move it or write the "
+                           f"video elsewhere")
     if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
     if not fps > 0:
@@ -308,7 +315,10 @@ def render_synthetic_video(
     ]
     n_moving_distractors = int(rng.integers(0, 3))
     for _ in range(n_moving_distractors):
-        size = math.exp(rng.uniform(math.log(config.min_object_size * 2), math.log(max_size)))
+        # Distractors from twice the smallest object size, or max_size where a small frame
+        # (a short side under 40 px) leaves less room than that.
+        low = math.log(min(config.min_object_size * 2, max_size))
+        size = math.exp(rng.uniform(low, math.log(max_size)))
         sprites.insert(
             int(rng.integers(len(sprites) + 1)),
             _make_sprite(rng, config, -1, size, light_angle, pan_margin),
@@ -333,6 +343,7 @@ def _video_ground_truth(samples: list[Sample], video: Path, fps: float, seed: in
     return {
         "info": {
             "description": "edgedet synthetic video",
+            "writer": WRITER,
             "video": video.name,
             "fps": fps,
             "seed": seed,

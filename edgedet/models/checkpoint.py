@@ -26,12 +26,22 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
     """``X.safetensors`` for a checkpoint given as ``X.safetensors``, ``X.json`` or ``X``."""
-    path = Path(path)
+    given = Path(path)
+    if str(path) == "":  # Path("") is the current folder
+        raise CheckpointError("checkpoint path is empty")
+    path = given
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     elif path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
     if not path.is_file():
+        if given.is_dir():
+            best = " (e.g. " + str(given / "best") + ")" if (given / "best.safetensors"
+                                                            ).is_file() else ""
+            raise CheckpointError(f"{given} is a folder; give the checkpoint in it{best}")
+        if given.is_file():
+            raise CheckpointError(f"{given} is not a checkpoint: give X.safetensors (with "
+                                  f"X.json beside it) or X")
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
 

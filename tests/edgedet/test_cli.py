@@ -71,6 +71,37 @@ def test_synth_video(tmp_path: Path) -> None:
     assert video.is_file() and (tmp_path / "demo.json").is_file()
 
 
+def test_synth_refuses_what_it_would_overwrite(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    theirs = tmp_path / "theirs"
+    (theirs / "images").mkdir(parents=True)
+    (theirs / "images" / "000000.jpg").write_bytes(b"their photo")
+    ground_truth = tmp_path / "demo.json"
+    ground_truth.write_text('{"their": "labels"}')
+    cases = {
+        "not a dataset edgedet wrote": ["--out", str(theirs)],
+        "not a ground truth edgedet wrote": ["--video", str(tmp_path / "demo.mp4"),
+                                             "--frames", "2"],
+        "at most 1000": ["--video", str(tmp_path / "fast.mp4"), "--frames", "2",
+                         "--fps", "65536"],
+    }
+    for message, arguments in cases.items():
+        assert main(["synth", *arguments, "--num-images", "1", "--quiet"]) == 2, message
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # argparse's own usage error
+        main(["synth", "--out", "", "--quiet"])
+    assert usage.value.code == 2 and "an empty path" in capsys.readouterr().err
+    assert (theirs / "images" / "000000.jpg").read_bytes() == b"their photo"
+    assert ground_truth.read_text() == '{"their": "labels"}'
+    assert not (tmp_path / "demo.mp4").exists() and not (tmp_path / "fast.mp4").exists()
+    # its own outputs it writes again, and small frames render (a short side of 32-39 px
+    # failed in the distractor sizes)
+    video = tmp_path / "small.avi"
+    for _ in range(2):
+        assert main(["synth", "--video", str(video), "--frames", "2", "--img-size", "38", "38",
+                     "--quiet"]) == 0
+
+
 def test_every_command_has_help() -> None:
     for args in ([], ["synth"], ["eval"]):
         result = subprocess.run([sys.executable, "-m", "edgedet", *args, "--help"],

@@ -198,6 +198,48 @@ def test_writing_a_smaller_dataset_over_a_larger_one_leaves_no_orphans(tmp_path:
     assert kept == sorted([*listed, "notes.txt"])  # unlisted images gone, other files kept
 
 
+def test_a_folder_edgedet_did_not_write_is_refused_untouched(tmp_path: Path) -> None:
+    scenes = SyntheticScenes(2, seed=0, config=SyntheticConfig(image_size=(64, 48)))
+    theirs = tmp_path / "theirs"
+    _write_dataset(theirs)  # someone else's COCO dataset, with a file of their own
+    (theirs / "README.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in theirs.rglob("*") if p.is_file()}
+    images_only = tmp_path / "images_only"
+    (images_only / "images").mkdir(parents=True)
+    (images_only / "images" / "000001.png").write_bytes(b"a photo")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out, message in ((theirs, "not a dataset edgedet wrote"),
+                         (images_only, "already holds files"), (a_file, "is a file")):
+        with pytest.raises(DatasetError, match=message):
+            write_coco_dataset(list(scenes), out, scenes.class_names)
+    assert {p: p.read_bytes() for p in theirs.rglob("*") if p.is_file()} == before
+    assert (images_only / "images" / "000001.png").read_bytes() == b"a photo"
+    assert a_file.read_text() == "x"
+
+
+def test_an_interrupted_rewrite_never_looks_like_a_whole_dataset(tmp_path: Path) -> None:
+    first = SyntheticScenes(3, seed=0, config=SyntheticConfig(image_size=(64, 48)))
+    second = SyntheticScenes(3, seed=1, config=SyntheticConfig(image_size=(64, 48)))
+    write_coco_dataset(list(first), tmp_path, first.class_names)
+
+    def stopped_after_one():
+        yield second[0]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_coco_dataset(stopped_after_one(), tmp_path, second.class_names,
+                           info={"description": "test"})
+    assert not (tmp_path / "annotations.json").exists()  # new image 1, old 2 and 3: no labels
+    with pytest.raises(DatasetError, match="not found"):
+        CocoDataset(tmp_path)
+    write_coco_dataset([second[0]], tmp_path, second.class_names)  # the rerun is allowed
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [second[0].file_name
+                                                                       or "000000.png"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert CocoDataset(tmp_path).file_names == (second[0].file_name or "000000.png",)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda d: d.update(annotations=None), "expected a list under 'annotations'"),
     (lambda d: d["annotations"][0].update(iscrowd="0"), "iscrowd '0'; expected 0 or 1"),

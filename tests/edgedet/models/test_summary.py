@@ -68,6 +68,14 @@ def test_summary_of_a_missing_or_corrupt_checkpoint_is_one_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["summary", "--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "checkpoint not found: " in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.safetensors").write_bytes(b"")
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    for given, message in ((tmp_path / "run", "is a folder; give the checkpoint in it (e.g. "),
+                           (tmp_path / "photo.jpg", "is not a checkpoint"),
+                           ("", "checkpoint path is empty")):  # was: every architecture
+        assert main(["summary", "--checkpoint", str(given)]) == 2
+        assert message in capsys.readouterr().err
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
     assert main(["summary", "--checkpoint", str(tmp_path / "broken")]) == 2
     err = capsys.readouterr().err
