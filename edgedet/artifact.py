@@ -18,6 +18,8 @@ The optional ``double_scale`` section describes the second model of double-scale
 (``quantize/run.py --double-scale``; ``DetectorOptions(double_scale=True)`` uses it)::
 
     {"input_size": [2W, 2H], "anchor_spec": the 2x model's anchors (2x input pixels),
+     "coarse_levels_from_1x": shared levels merged from the 1x run alone (optional, 0:
+                 the paper's average everywhere; ``edgedet.double_scale``),
      "files": names of its model files (also in ``files``, so hashed like the others),
      "accuracy": the check of double-scale testing against the PyTorch reference's own
                  double-scale testing (an ``accuracy_section``), or null before it ran}
@@ -490,9 +492,13 @@ def _validate_double_scale(section: object, input_size: tuple[int, int], files: 
         raise fail(f"double_scale.input_size {section['input_size']} is not twice the input "
                    f"size {[width, height]}")
     try:
-        anchor_spec_from_dict(section["anchor_spec"])
+        levels = len(anchor_spec_from_dict(section["anchor_spec"]).feature_sizes)
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"bad double_scale.anchor_spec: {exc!r}") from exc
+    coarse = section.get("coarse_levels_from_1x", 0)
+    if isinstance(coarse, bool) or not isinstance(coarse, int) or not 0 <= coarse < levels:
+        raise fail(f"double_scale.coarse_levels_from_1x must be a whole number in "
+                   f"0..{levels - 1}, got {coarse!r}")
     names = section["files"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise fail("double_scale.files must be a non-empty list of file names")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from edgedet.artifact import DOUBLE_SCALE_STEM, MODEL_STEM, Artifact
+from edgedet.double_scale import COARSE_LEVELS_FROM_1X
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import AccuracyCheck
 from quantize.accuracy_control import ControlConfig, ControlOutcome, Trial, TrialResult, control
@@ -185,6 +186,7 @@ class Builder:
                     for name, path in built.files.items()}
         section = {"input_size": list(self.size_2x),
                    "anchor_spec": self.model.anchor_spec(self.size_2x).to_dict(),
+                   "coarse_levels_from_1x": COARSE_LEVELS_FROM_1X,
                    "files": list(files_2x), "accuracy": None}
         self._trials += 1
         return Artifact.stage(self.work / "staged" / str(self._trials) / artifact.name,

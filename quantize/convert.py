@@ -33,7 +33,7 @@ from edgedet._io import exclusive_lock
 from edgedet.artifact import Artifact, sha256_file
 from edgedet.artifact_writer import clean_leftovers, write_artifact
 from edgedet.data.errors import DatasetError
-from edgedet.double_scale import DoubleScaleLayout
+from edgedet.double_scale import COARSE_LEVELS_FROM_1X, DoubleScaleLayout
 from edgedet.models.checkpoint import (
     CheckpointError,
     build_from_checkpoint,
@@ -230,7 +230,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
     if config.double_scale:  # a model whose levels do not pair is refused before any work
         width, height = preprocess_config.input_size
         DoubleScaleLayout.of(model.anchor_spec((width, height)),
-                             model.anchor_spec((2 * width, 2 * height)))
+                             model.anchor_spec((2 * width, 2 * height)), COARSE_LEVELS_FROM_1X)
     # Synthetic frames at the size training validated on (older checkpoints: the input size).
     synthetic_size = tuple(checkpoint_config.get("synthetic_size") or preprocess_config.input_size)
     evaluation, calibration = _load_data(

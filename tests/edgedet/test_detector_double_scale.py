@@ -118,6 +118,16 @@ def test_double_scale_decodes_the_merged_outputs_by_hand(artifact, backend):
                                rtol=1e-5)
 
 
+def test_the_manifest_says_which_coarse_levels_come_from_1x_alone(artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["double_scale"]["coarse_levels_from_1x"] = 1  # the one shared level
+    write_json_atomic(artifact / "manifest.json", manifest)
+    found = Detector(artifact, double_scale=True).detect(_frame())
+    shared = found[found.class_ids == 0]  # now the 1x logit alone, not the two's mean
+    np.testing.assert_allclose(shared.scores, [1 / (1 + np.exp(-LOGIT_1X))], rtol=1e-5)
+    assert len(found[found.class_ids == 1]) == 1  # the 2x run's extra level still adds
+
+
 def test_single_scale_is_the_default_and_sees_only_the_1x_model(artifact):
     detector = Detector(artifact)
     found = detector.detect(_frame())
@@ -148,6 +158,8 @@ def test_manifest_double_scale_section_is_validated(artifact):
         ({"input_size": [96, 96]}, "not twice"),
         ({"files": ["other.onnx"]}, "not in files"),
         ({"files": []}, "non-empty list"),
+        ({"coarse_levels_from_1x": 2}, "coarse_levels_from_1x must be a whole number in 0..1"),
+        ({"coarse_levels_from_1x": "1"}, "coarse_levels_from_1x"),
     ):
         write_json_atomic(manifest_path, {**good, "double_scale": {**good["double_scale"],
                                                                    **change}})

@@ -43,6 +43,28 @@ def test_merge_averages_shared_levels_and_keeps_the_extra_ones_by_hand():
     assert layout.merge_outputs({"a": one[None]}, {"a": two[None]})["a"].shape == (21, 1)
 
 
+def test_coarse_levels_from_1x_take_the_1x_outputs_alone_by_hand():
+    """Three levels, two shared: with the coarsest shared level from 1x, only the finer
+    shared level is averaged; the priors (1x anchors there either way) do not change."""
+    spec_1x = GridAnchorSpec((64, 64), ((4, 4), (2, 2), (1, 1)), (16, 32, 64),
+                             (64.0, 128.0, 256.0))
+    spec_2x = GridAnchorSpec((128, 128), ((8, 8), (4, 4), (2, 2)), (16, 32, 64),
+                             (64.0, 128.0, 256.0))
+    one = np.arange(21, dtype=float)[:, None]  # 16 + 4 + 1 cells
+    two = 100 + np.arange(84, dtype=float)[:, None]  # 64 + 16 + 4 cells
+    paper = DoubleScaleLayout.of(spec_1x, spec_2x)
+    ours = DoubleScaleLayout.of(spec_1x, spec_2x, coarse_levels_from_1x=1)
+    expected = [*two[:64, 0], *(one[:16, 0] + two[64:80, 0]) / 2, *one[16:20, 0], one[20, 0]]
+    np.testing.assert_array_equal(ours.merge(one, two)[:, 0], expected)
+    assert not np.array_equal(paper.merge(one, two), ours.merge(one, two))
+    np.testing.assert_array_equal(ours.priors_cxcywh, paper.priors_cxcywh)
+    everything = DoubleScaleLayout.of(spec_1x, spec_2x, coarse_levels_from_1x=2)
+    np.testing.assert_array_equal(everything.merge(one, two)[:, 0], [*two[:64, 0], *one[:, 0]])
+    for bad in (3, -1, 1.0, True):
+        with pytest.raises(DoubleScaleError, match="coarse_levels_from_1x"):
+            DoubleScaleLayout.of(spec_1x, spec_2x, coarse_levels_from_1x=bad)
+
+
 def test_layouts_that_do_not_pair_are_refused():
     spec_1x, spec_2x = _specs()
     with pytest.raises(DoubleScaleError, match="not twice"):
