@@ -68,6 +68,22 @@ from edgedet.tiling import merge_tiles, tile_grid
 from edgedet.zoo import resolve_model
 
 
+def _check_arguments(name_or_path: object, backend: object, options: object,
+                     allow_unchecked: object) -> None:
+    """``Detector``'s arguments of the wrong kind, as one clear ``TypeError`` / ``ValueError``
+    (they failed later as an AttributeError, or loaded the current folder for ``""``)."""
+    if isinstance(name_or_path, str) and not name_or_path:
+        raise ValueError("Detector needs a zoo model name or an artifact folder, got ''")
+    if not isinstance(backend, str) and not hasattr(backend, "run"):
+        raise TypeError(f"backend must be a backend name ('auto', 'onnxruntime', ...) or a "
+                        f"loaded backend, got {backend!r}")
+    if options is not None and not isinstance(options, DetectorOptions):
+        raise TypeError(f"options must be a DetectorOptions (or pass options as keyword "
+                        f"arguments: Detector(name, tiles=2)), got {type(options).__name__}")
+    if not isinstance(allow_unchecked, bool | np.bool_):
+        raise TypeError(f"allow_unchecked must be True or False, got {allow_unchecked!r}")
+
+
 class Detector:
     """An object detector loaded from an edgedet artifact.
 
@@ -120,6 +136,7 @@ class Detector:
                  settings: str = "application",
                  double_scale_backend: InferenceBackend | None = None,
                  **overrides: object) -> None:
+        _check_arguments(name_or_path, backend, options, allow_unchecked)
         if isinstance(name_or_path, Artifact):
             artifact = name_or_path
             artifact.verify_files()

@@ -95,6 +95,15 @@ class DetectorOptions:
                              f"{self.tiles!r}")
         if not _is_real(self.tile_overlap) or not 0.0 <= self.tile_overlap <= 0.75:
             raise ValueError(f"tile_overlap must be from 0 to 0.75, got {self.tile_overlap!r}")
+        # numpy scalars (np.float32(0.5), np.int64(3)) pass the checks; store Python numbers,
+        # which JSON, the manifests and the runtimes take.
+        for name in ("score_threshold", "iou_threshold", "tile_overlap"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("max_detections", "pre_nms_top_k", "tiles"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if self.threads is not None:
+            object.__setattr__(self, "threads", int(self.threads))
+        object.__setattr__(self, "double_scale", bool(self.double_scale))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -133,7 +142,8 @@ class DetectorOptions:
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return (isinstance(value, int | float | np.integer | np.floating)
+            and not isinstance(value, bool | np.bool_))
 
 
 def _is_int(value: object) -> bool:

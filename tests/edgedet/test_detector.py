@@ -242,6 +242,28 @@ def test_out_of_range_options_are_value_errors(bad: dict) -> None:
         DetectorOptions(**bad)
 
 
+def test_numpy_numbers_are_options_too() -> None:
+    options = DetectorOptions(score_threshold=np.float32(0.5), iou_threshold=np.float64(0.3),
+                              tiles=np.int64(2), threads=np.int32(2))
+    assert options == DetectorOptions(score_threshold=0.5, iou_threshold=0.3, tiles=2, threads=2)
+    assert type(options.score_threshold) is float and type(options.tiles) is int  # JSON-ready
+    with pytest.raises(ValueError, match="score_threshold"):
+        DetectorOptions(score_threshold=np.bool_(True))
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"backend": None}, TypeError, "backend must be a backend name"),
+    ({"options": {"tiles": 2}}, TypeError, "options must be a DetectorOptions"),
+    ({"allow_unchecked": "no"}, TypeError, "allow_unchecked must be True or False"),
+])
+def test_arguments_of_the_wrong_kind_are_named(artifacts: dict[str, Path], kwargs: dict,
+                                               error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        Detector(artifacts["ssd"], **kwargs)
+    with pytest.raises(ValueError, match="got ''"):  # Path("") would be the current folder
+        Detector("")
+
+
 def test_info_and_class_names(artifacts: dict[str, Path]) -> None:
     detector = Detector(artifacts["ssd"])
     assert detector.class_names == ("circle", "square", "triangle")
