@@ -57,9 +57,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     try:
         from edgedet.models.summary import PAPER_CONFIGURATIONS, summarize
-    except ImportError as exc:
-        raise CliError(f"edgedet summary builds the PyTorch models and needs torch ({exc}); "
-                       "install it with: pip install 'edgedet[torch]'") from exc
+    except ImportError as exc:  # edgedet.models names the extra
+        raise CliError(f"edgedet summary builds the PyTorch models: {exc}") from exc
     from tqdm import tqdm
 
     if args.checkpoint is not None:

@@ -411,9 +411,11 @@ def _choose_backend(requested: str, manifest: Mapping) -> tuple[str, str | None]
         if other != native and is_available(other) and _can_read(other, manifest):
             hint = f", or pass backend={other!r} (installed, and it reads this model)"
             break
+    if not hint and fallback is not None and _can_read(fallback, manifest):
+        hint = f", or install {fallback} to run it there: pip install {pip_package(fallback)}"
     raise BackendUnavailableError(
         f"artifact {manifest['name']!r} was exported for {native}, which is not installed: "
-        f"pip install {pip_package(native)}{hint}")
+        f"pip install {pip_package(native)} (or pip install 'edgedet[{native}]'){hint}")
 
 
 def _can_read(backend: str, manifest: Mapping) -> bool:

@@ -58,3 +58,17 @@ def test_a_zoo_detector_loads_and_detects_without_torch() -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_the_models_without_torch_name_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "try:\n"
+        "    import edgedet.models.passd\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert "pip install 'edgedet[torch]'" in result.stdout, result.stdout + result.stderr

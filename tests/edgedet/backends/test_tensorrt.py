@@ -120,6 +120,16 @@ def test_without_tensorrt_or_its_fallback_auto_names_both_options(
         Detector(trt_artifact)
 
 
+def test_with_no_runtime_at_all_auto_names_the_extra_and_the_fallback(
+    trt_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edgedet.detector.is_available", lambda name: False)
+    with pytest.raises(BackendUnavailableError,
+                       match=r"or pip install 'edgedet\[tensorrt\]'\), or install onnxruntime "
+                             r"to run it there: pip install onnxruntime"):
+        Detector(trt_artifact)
+
+
 def test_providers_auto_keeps_the_available_ones_in_order_ending_with_cpu(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
