@@ -104,6 +104,10 @@ class TrackedDetections(Detections):
                 f"ids={self.track_ids.tolist()})")
 
 
+# activation_threshold + 0.1 must stay below 1 for any track to start.
+MAX_ACTIVATION = 0.9
+
+
 @dataclass(frozen=True)
 class TrackerOptions:
     """ByteTrack's settings (defaults: the reference implementation's).
@@ -128,9 +132,16 @@ class TrackerOptions:
     min_consecutive_frames: int = 1
 
     def __post_init__(self) -> None:
-        if not LOW_SCORE_FLOOR < self.activation_threshold < 1.0:
-            raise ValueError(f"activation_threshold must be between {LOW_SCORE_FLOOR} and 1, "
-                             f"got {self.activation_threshold}")
+        for name in ("activation_threshold", "matching_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        # A new track needs a score of activation_threshold + 0.1: at 0.9 and above no score
+        # below 1 starts one (ByteTrack then tracked nothing, silently).
+        if not LOW_SCORE_FLOOR < self.activation_threshold < MAX_ACTIVATION:
+            raise ValueError(f"activation_threshold must be between {LOW_SCORE_FLOOR} and "
+                             f"{MAX_ACTIVATION} (a new track needs a score of at least it + "
+                             f"0.1), got {self.activation_threshold}")
         if not 0.0 < self.matching_threshold <= 1.0:
             raise ValueError(f"matching_threshold must be in (0, 1], got "
                              f"{self.matching_threshold}")

@@ -187,6 +187,11 @@ def test_bad_input_gives_clear_errors() -> None:
         Tracker({"lost_track_buffer": 5})
     with pytest.raises(ValueError, match="activation_threshold"):
         TrackerOptions(activation_threshold=1.5)
+    with pytest.raises(ValueError, match=r"a new track needs a score of at least it \+ 0.1"):
+        TrackerOptions(activation_threshold=0.9)  # tracked nothing, silently
+    for bad in ("0.5", None, True):
+        with pytest.raises(ValueError, match="activation_threshold must be a number"):
+            TrackerOptions(activation_threshold=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lost_track_buffer"):
         TrackerOptions(lost_track_buffer=-1)
     with pytest.raises(ValueError, match="min_consecutive_frames must be an integer"):
