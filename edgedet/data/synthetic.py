@@ -106,7 +106,9 @@ class SyntheticConfig:
         if len(self.image_size) != 2:
             raise ValueError(f"image_size must be (width, height), got {self.image_size!r}")
         width, height = self.image_size
-        if int(width) != width or int(height) != height or min(width, height) < 32:
+        whole = all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                    for v in (width, height))  # 640.0 passed here and failed in numpy
+        if not whole or min(width, height) < 32:
             raise ValueError(f"image_size must be whole pixels >= 32 each, got {self.image_size}")
         if max(width, height) > MAX_IMAGE_SIDE:  # 100000 x 100000 would be 30 GB of pixels
             raise ValueError(f"image_size sides must be at most {MAX_IMAGE_SIDE} pixels, got "

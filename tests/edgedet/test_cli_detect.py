@@ -177,6 +177,7 @@ def test_bench_reports_runtime_only_and_end_to_end(models: dict[str, Path],
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "tiny" and result["backend"] == "onnxruntime"
     assert result["threads"] == 1 and result["frame_size"] == [160, 120]
+    assert result["tiles"] == 1 and result["double_scale"] is False
     for key in ("runtime_only", "end_to_end"):
         stats = result[key]
         assert 0 < stats["p50_ms"] <= stats["p90_ms"]
@@ -185,6 +186,14 @@ def test_bench_reports_runtime_only_and_end_to_end(models: dict[str, Path],
                  "--backend", "openvino"]) == 0
     table = capsys.readouterr().out
     assert "runtime-only" in table and "end-to-end" in table and "openvino" in table
+    assert "pre/post-processing (p50" in table
+    assert main(["bench", "--model", str(models["tiny"]), "--iterations", "2", "--tiles", "2",
+                 "--frame-size", "160", "120"]) == 0
+    table = capsys.readouterr().out  # the tiles' runs are not called pre/post-processing
+    assert "with 2x2 tiles: end-to-end includes their model runs" in table
+    assert "everything but the 1x model run (p50" in table
+    assert main(["bench", "--model", str(models["tiny"]), "--frame-size", "10", "10"]) == 2
+    assert "--frame-size 10 10: image_size must be" in capsys.readouterr().err
 
 
 def test_bench_without_the_runtime_says_what_to_install(

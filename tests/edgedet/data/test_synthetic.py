@@ -202,6 +202,7 @@ def test_video_rejects_unknown_extension_and_leaves_nothing(tmp_path):
         ({"image_size": (16, 480)}, "image_size"),
         ({"image_size": (640,)}, "image_size"),
         ({"image_size": (100_000, 100_000)}, "at most 8192"),  # 30 GB of pixels
+        ({"image_size": (640.0, 480.0)}, "whole pixels"),  # failed later inside numpy
         ({"min_objects": 5, "max_objects": 2}, "min_objects"),
         ({"min_distractors": -1}, "min_distractors"),
         ({"blur_prob": 1.5}, "blur_prob"),
