@@ -165,7 +165,7 @@ def load_json_file(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"annotation file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # as the text readers: a BOM is fine
             return json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{path}: not valid JSON ({error})") from error

@@ -97,6 +97,9 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
         bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
             raise DatasetError(f"{source}: annotation {index} has no bbox [x, y, w, h]")
+        if bbox[2] < 0 or bbox[3] < 0:  # pycocotools scored it against nothing (AP fell)
+            raise DatasetError(f"{source}: annotation {index} has bbox {bbox}, a negative width "
+                               f"or height (COCO boxes are [x, y, width, height])")
         # pycocotools would silently leave such an object out (AP -1 if it was the only one).
         for key, known in (("image_id", image_ids), ("category_id", category_ids)):
             if annotation.get(key) not in known:

@@ -127,6 +127,9 @@ def test_files_and_dataset_as_predictions(tmp_path: Path) -> None:
     assert from_files == evaluate_coco(_ground_truth(), _as_predictions(_ground_truth(), 2.0))
     # A COCO dataset as predictions: its annotations, each with score 1.0.
     assert pytest.approx(1.0) == evaluate_coco(gt_path, gt_path).AP
+    with_bom = tmp_path / "gt_bom.json"  # as a Windows editor saves it
+    with_bom.write_bytes(b"\xef\xbb\xbf" + gt_path.read_bytes())
+    assert evaluate_coco(with_bom, results_path) == from_files
 
 
 @pytest.mark.parametrize(
@@ -282,6 +285,7 @@ def test_a_ground_truth_without_images_or_objects_is_an_error() -> None:
     ({"iscrowd": "0"}, "iscrowd '0'"),  # bool("0") is True: a silent crowd
     ({"area": "x"}, "has area 'x'"),
     ({"images": [{"id": 1}, {"id": 1}]}, "duplicate image ids"),
+    ({"bbox": [10, 10, -50, 20]}, "a negative width or height"),  # changed AP silently
 ])
 def test_malformed_ground_truth_fields_are_named(change: dict, message: str) -> None:
     ground_truth = _ground_truth()
