@@ -172,9 +172,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    from edgedet.artifact import ManifestError
     from edgedet.zoo import ZOO_DIR, list_models, model_summary
 
-    rows = [model_summary(ZOO_DIR / name) for name in list_models()]
+    rows, broken = [], []
+    for name in list_models():
+        try:
+            rows.append(model_summary(ZOO_DIR / name))
+        except ManifestError as exc:  # one broken entry must not hide the others
+            broken.append(f"{name}: {exc}")
+    for line in broken:
+        print(f"edgedet models: skipped {line}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -182,16 +190,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"no models in the zoo ({ZOO_DIR}); load an artifact directory with "
               "Detector(PATH) or --model PATH")
         return 0
-    width = max(len(r["name"]) for r in rows)
+    width = max(len(str(r["name"])) for r in rows)
     arch = max(len("architecture"), *(len(r["architecture"] or "-") for r in rows))
     print(f"{'name':<{width}}  {'architecture':<{arch}} {'precision':<9} {'backend':<11} "
           f"{'input':>9} {'classes':>7} {'MB':>6} {'AP':>6}")
     for r in rows:
         size = "x".join(str(v) for v in r["input_size"] or []) or "-"
-        ap = f"{r['AP']:.3f}" if r["AP"] is not None else "-"
-        print(f"{r['name']:<{width}}  {r['architecture'] or '-':<{arch}} {r['precision']:<9} "
-              f"{r['backend']:<11} {size:>9} {r['num_classes']:>7} {r['size_mb']:>6.1f} "
-              f"{ap:>6}")
+        r["name"] = str(r["name"])
+        ap = f"{r['AP']:.3f}" if isinstance(r["AP"], int | float) else "-"
+        print(f"{r['name']:<{width}}  {r['architecture'] or '-':<{arch}} "
+              f"{r['precision'] or '-':<9} {r['backend'] or '-':<11} {size:>9} "
+              f"{r['num_classes']:>7} {r['size_mb']:>6.1f} {ap:>6}")
     return 0
 
 

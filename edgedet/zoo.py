@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from edgedet.artifact import MANIFEST_NAME
+from edgedet.artifact import MANIFEST_NAME, ManifestError
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
@@ -67,21 +67,30 @@ def model_summary(artifact_dir: str | os.PathLike[str]) -> dict:
     Keys: ``name``, ``architecture``, ``precision``, ``backend``, ``input_size`` ``[W, H]``,
     ``num_classes``, ``size_mb`` (model files), ``AP`` (from the accuracy check, or None),
     ``path``.
+
+    Raises:
+        ManifestError: the manifest is missing, not JSON, or lacks / mistypes a field.
     """
     artifact_dir = Path(artifact_dir)
-    manifest = json.loads((artifact_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    files = manifest.get("files", {})
-    size_bytes = sum((artifact_dir / f).stat().st_size for f in files
-                     if (artifact_dir / f).is_file())
-    accuracy = manifest.get("accuracy") or {}
-    return {
-        "name": manifest.get("name", artifact_dir.name),
-        "architecture": manifest.get("architecture"),
-        "precision": manifest.get("precision"),
-        "backend": manifest.get("backend"),
-        "input_size": manifest.get("preprocess", {}).get("input_size"),
-        "num_classes": len(manifest.get("class_names", [])),
-        "size_mb": size_bytes / 1e6,
-        "AP": accuracy.get("AP"),
-        "path": str(artifact_dir),
-    }
+    manifest_path = artifact_dir / MANIFEST_NAME
+    try:  # read leniently (listing stays fast and takes older manifests), but never crash
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest.get("files") or {}
+        size_bytes = sum((artifact_dir / f).stat().st_size for f in files
+                         if (artifact_dir / f).is_file())
+        accuracy = manifest.get("accuracy") or {}
+        summary = {
+            "name": manifest.get("name", artifact_dir.name),
+            "architecture": manifest.get("architecture"),
+            "precision": manifest.get("precision"),
+            "backend": manifest.get("backend"),
+            "input_size": (manifest.get("preprocess") or {}).get("input_size"),
+            "num_classes": len(manifest.get("class_names") or []),
+            "size_mb": size_bytes / 1e6,
+            "AP": accuracy.get("AP"),
+            "path": str(artifact_dir),
+        }
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ManifestError(f"{manifest_path}: not a readable artifact manifest ({exc})"
+                            ) from exc
+    return summary

@@ -133,3 +133,20 @@ def test_a_black_frame_gives_nothing_with_the_application_default(name: str) -> 
     assert len(edgedet.Detector(name, threads=1).detect(black)) == 0
     evaluation = edgedet.Detector(name, threads=1, settings="evaluation")
     assert evaluation.options.score_threshold < edgedet.Detector(name).options.score_threshold
+
+
+def test_edgedet_models_skips_a_broken_entry_and_lists_the_rest(
+        fake_zoo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgedet.cli import main
+
+    _fake_model(fake_zoo, "good", 0.5)
+    for name, text in (("list", "[]"), ("empty", "{}"), ("not_json", "{"),
+                       ("null_preprocess", '{"preprocess": null}')):
+        (fake_zoo / name).mkdir()
+        (fake_zoo / name / "manifest.json").write_text(text)
+    assert main(["models"]) == 0
+    out, err = capsys.readouterr()
+    assert "good" in out and "skipped list:" in err and "not_json" in err
+    assert "Traceback" not in err
+    with pytest.raises(zoo.ManifestError, match="not a readable artifact manifest"):
+        zoo.model_summary(fake_zoo / "list")
