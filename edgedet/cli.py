@@ -18,6 +18,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from edgedet.data.synthetic import SyntheticConfig, write_synthetic_dataset
     from edgedet.data.synthetic_video import render_synthetic_video
 
+    if args.video and args.out:  # one output per run; --out was silently ignored
+        raise CliError("give --out DIR (a dataset) or --video FILE (a video), not both")
     config = SyntheticConfig(image_size=(args.img_size[0], args.img_size[1]))
     if args.video:
         path = render_synthetic_video(args.video, num_frames=args.frames, seed=args.seed,

@@ -100,7 +100,7 @@ class Detector:
             TensorRT artifact; else an error saying what to install), or a loaded
             ``InferenceBackend`` to run instead. With a zoo name, a backend the zoo has a
             build of its own for picks that build: ``Detector("passd_mobilenet_int8",
-            backend="tflite")`` loads ``passd_mobilenet_int8_tflite``.
+            backend="openvino")`` loads ``passd_mobilenet_int8_openvino``.
         options: a complete ``DetectorOptions`` (default: from the manifest).
         settings: ``"application"`` (default): the manifest's post-processing with its
             application score threshold (``manifest["application"]``, what the camera app

@@ -40,7 +40,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], backend: str | None = No
 
     An existing directory wins over a zoo model of the same name: a path is the more explicit
     request. A zoo model is built for one backend; its builds for other backends are the zoo
-    models named ``<name>_<backend>`` (``passd_mobilenet_int8_tflite``), and asking for
+    models named ``<name>_<backend>`` (``passd_mobilenet_int8_openvino``), and asking for
     ``name`` with such a ``backend`` loads that sibling.
 
     Raises:

@@ -84,6 +84,7 @@ def test_synth_refuses_what_it_would_overwrite(tmp_path: Path,
                                              "--frames", "2"],
         "at most 1000": ["--video", str(tmp_path / "fast.mp4"), "--frames", "2",
                          "--fps", "65536"],
+        "not both": ["--video", str(tmp_path / "v.avi"), "--out", str(tmp_path / "ds")],
     }
     for message, arguments in cases.items():
         assert main(["synth", *arguments, "--num-images", "1", "--quiet"]) == 2, message
