@@ -198,9 +198,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
           f"{'input':>9} {'classes':>7} {'MB':>6} {'AP':>6}")
     for r in rows:
         size = "x".join(str(v) for v in r["input_size"] or []) or "-"
-        r["name"] = str(r["name"])
         ap = f"{r['AP']:.3f}" if isinstance(r["AP"], int | float) else "-"
-        print(f"{r['name']:<{width}}  {r['architecture'] or '-':<{arch}} "
+        print(f"{r['name']!s:<{width}}  {r['architecture'] or '-':<{arch}} "
               f"{r['precision'] or '-':<9} {r['backend'] or '-':<11} {size:>9} "
               f"{r['num_classes']:>7} {r['size_mb']:>6.1f} {ap:>6}")
     return 0

@@ -129,12 +129,12 @@ def check_dataset_folder(out_dir: Path) -> None:
     (finished, or interrupted while replacing one)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"{out_dir} is a file; give a folder for the dataset")
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        return
+    if not out_dir.is_dir() or all(entry.name.startswith(".") for entry in out_dir.iterdir()):
+        return  # new, or empty but for hidden files (a file manager's .DS_Store)
     if ((out_dir / _PREVIOUS_ANNOTATIONS).is_file()
             or written_by_edgedet(out_dir / "annotations.json")):
         return
-    found = sorted(entry.name for entry in out_dir.iterdir())
+    found = sorted(entry.name for entry in out_dir.iterdir() if not entry.name.startswith("."))
     raise DatasetError(
         f"{out_dir} already holds files that are not a dataset edgedet wrote "
         f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); writing there would "

@@ -216,6 +216,11 @@ def test_a_folder_edgedet_did_not_write_is_refused_untouched(tmp_path: Path) -> 
     assert {p: p.read_bytes() for p in theirs.rglob("*") if p.is_file()} == before
     assert (images_only / "images" / "000001.png").read_bytes() == b"a photo"
     assert a_file.read_text() == "x"
+    finder = tmp_path / "finder"  # empty but for a file manager's hidden file: fine
+    finder.mkdir()
+    (finder / ".DS_Store").write_bytes(b"\0")
+    write_coco_dataset(list(scenes), finder, scenes.class_names)
+    assert (finder / "annotations.json").is_file() and (finder / ".DS_Store").is_file()
 
 
 def test_an_interrupted_rewrite_never_looks_like_a_whole_dataset(tmp_path: Path) -> None:
