@@ -289,7 +289,8 @@ def test_auto_backend_without_its_runtime_says_what_to_install(
 ) -> None:
     monkeypatch.setattr("edgedet.detector.is_available", lambda name: name == "openvino")
     with pytest.raises(BackendUnavailableError,
-                       match="pip install onnxruntime, or pass backend='openvino'"):
+                       match=r"pip install onnxruntime \(or pip install "
+                             r"'edgedet\[onnxruntime\]'\), or pass backend='openvino'"):
         Detector(artifacts["ssd"])
 
 
