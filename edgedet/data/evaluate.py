@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
@@ -202,6 +203,25 @@ def _coco_from_dict(dataset: dict) -> COCO:
     return coco
 
 
+def _warn_if_corner_boxes(results: Sequence[dict], images: Sequence[dict]) -> None:
+    """Warn when most predicted boxes, read as COCO's ``[x, y, w, h]``, run well past their
+    image's right or bottom edge: the mark of ``[x1, y1, x2, y2]`` boxes, which score an AP
+    near 0 without any error. Images without ``width`` / ``height`` are not judged."""
+    sizes = {image["id"]: (image.get("width"), image.get("height")) for image in images}
+    judged = past = 0
+    for result in results:
+        width, height = sizes.get(result["image_id"], (None, None))
+        if not (_is_number(width) and _is_number(height)):
+            continue
+        x, y, w, h = result["bbox"]
+        judged += 1
+        past += x + w > 1.1 * width or y + h > 1.1 * height
+    if judged >= 10 and past > judged / 2:
+        warnings.warn(f"{past} of {judged} predicted boxes end more than 10% past their "
+                      f"image's right or bottom edge when read as [x, y, width, height] (COCO's "
+                      f"box format); were they written as [x1, y1, x2, y2]?", stacklevel=3)
+
+
 def evaluate_coco(
     ground_truth: str | os.PathLike[str] | dict,
     predictions: str | os.PathLike[str] | list[dict] | dict,
@@ -239,6 +259,7 @@ def evaluate_coco(
         image_ids={image["id"] for image in gt_dataset["images"]},
         category_ids={category["id"] for category in gt_dataset["categories"]},
     )
+    _warn_if_corner_boxes(results, gt_dataset["images"])
     results_dataset = {
         "info": gt_dataset["info"],
         "images": gt_dataset["images"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -295,3 +296,15 @@ def test_malformed_ground_truth_fields_are_named(change: dict, message: str) -> 
         ground_truth["annotations"][0].update(change)
     with pytest.raises(DatasetError, match=message):
         evaluate_coco(ground_truth, [])
+
+
+def test_predictions_that_look_like_corner_boxes_are_warned_about() -> None:
+    ground_truth = _ground_truth()
+    corners = [{"image_id": 1 + k % 2, "category_id": 1, "bbox": [100 + k, 120, 150 + k, 190],
+                "score": 0.5} for k in range(12)]  # [x1, y1, x2, y2] read as [x, y, w, h]
+    with pytest.warns(UserWarning, match=r"12 of 12 predicted boxes end more than 10% past"):
+        evaluate_coco(ground_truth, corners)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # right ones, and too few to judge, stay quiet
+        evaluate_coco(ground_truth, _as_predictions(_ground_truth()) * 3)
+        evaluate_coco(ground_truth, corners[:5])
