@@ -15,6 +15,7 @@ import ctypes
 import enum
 import importlib.machinery
 import json
+import threading
 import types
 from collections.abc import Iterator
 
@@ -65,6 +66,9 @@ class FakeCudaRuntime:
         self.gpu_name, self.capability, self.count = gpu_name, capability, count
         self.allocations: dict[int, ctypes.Array] = {}
         self.streams = 0
+        # The CUDA runtime is thread-safe; a plain dict read in one thread while another
+        # allocates is not ("dictionary changed size during iteration" in a fresh-clone run).
+        self._lock = threading.Lock()
 
     def cudaGetDeviceCount(self) -> tuple:
         return cudaError_t.cudaSuccess, self.count
@@ -83,16 +87,19 @@ class FakeCudaRuntime:
     def cudaMalloc(self, size: int) -> tuple:
         buffer = (ctypes.c_char * size)()
         pointer = ctypes.addressof(buffer)
-        self.allocations[pointer] = buffer
+        with self._lock:
+            self.allocations[pointer] = buffer
         return cudaError_t.cudaSuccess, pointer
 
     def cudaFree(self, pointer: int) -> tuple:
-        found = self.allocations.pop(pointer, None) is not None
+        with self._lock:
+            found = self.allocations.pop(pointer, None) is not None
         return (cudaError_t.cudaSuccess if found else cudaError_t.cudaErrorInvalidValue,)
 
     def cudaStreamCreate(self) -> tuple:
-        self.streams += 1
-        return cudaError_t.cudaSuccess, _Stream(1000 + self.streams)
+        with self._lock:
+            self.streams += 1
+            return cudaError_t.cudaSuccess, _Stream(1000 + self.streams)
 
     def cudaStreamDestroy(self, stream: _Stream) -> tuple:
         return (cudaError_t.cudaSuccess,)
@@ -103,9 +110,11 @@ class FakeCudaRuntime:
     def cudaMemcpyAsync(self, dst: int, src: int, count: int, kind: cudaMemcpyKind,
                         stream: _Stream) -> tuple:
         device = dst if kind == cudaMemcpyKind.cudaMemcpyHostToDevice else src
+        with self._lock:
+            allocations = list(self.allocations.items())
         if not isinstance(dst, int) or not isinstance(src, int) or not any(
             start <= device and device + count <= start + len(buffer)
-            for start, buffer in self.allocations.items()
+            for start, buffer in allocations
         ):
             return (cudaError_t.cudaErrorInvalidValue,)
         ctypes.memmove(dst, src, count)
