@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from edgedet.detections import Detections
+from edgedet.preprocess import require_bgr_frame
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -37,11 +38,7 @@ def draw_detections(
             each label starts with ``#id`` and, unless ``color`` is given, each track keeps a
             colour of its own, so that an id switch shows.
     """
-    if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
-            and frame.shape[2] == 3 and frame.size):
-        raise ValueError("draw_detections draws on a BGR uint8 (H, W, 3) frame, got "
-                         + (f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray)
-                            else type(frame).__name__))
+    require_bgr_frame(frame, "the frame draw_detections draws on")
     if thickness is not None and (not isinstance(thickness, int) or thickness < 1):
         raise ValueError(f"thickness must be a whole number >= 1, got {thickness!r}")
     if color is not None and len(color) != 3:

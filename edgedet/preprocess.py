@@ -113,6 +113,20 @@ class FrameTransform:
         return out
 
 
+def require_bgr_frame(frame: object, what: str) -> None:
+    """Refuse anything but a non-empty BGR ``uint8 (H, W, 3)`` frame, for the steps that
+    write into one or into a file (drawing, video) and so convert nothing.
+
+    Raises:
+        FrameError: ``"{what} must be a BGR uint8 (H, W, 3) frame, got ..."``.
+    """
+    if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
+            and frame.shape[2] == 3 and frame.size):
+        raise FrameError(f"{what} must be a BGR uint8 (H, W, 3) frame, got "
+                         + (f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray)
+                            else type(frame).__name__))
+
+
 def validate_frame(frame: object) -> np.ndarray:
     """Check a frame and return it as BGR ``uint8 (H, W, 3)`` (converting gray / BGRA).
 

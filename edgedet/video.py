@@ -17,7 +17,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
-from edgedet.preprocess import PreprocessConfig, resize_to_input
+from edgedet.preprocess import PreprocessConfig, require_bgr_frame, resize_to_input
 
 # File suffix (lower case) -> FourCC codes to try, in order. OpenCV picks the container from
 # the suffix and the codec from the FourCC; these two ship with every OpenCV build's FFmpeg
@@ -171,11 +171,7 @@ class AtomicVideoWriter:
             ValueError: not a non-empty BGR uint8 frame.
             VideoWriteError: no codec for the suffix works (the temporary file is removed).
         """
-        if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3
-                and frame.shape[2] == 3 and frame.size):
-            raise ValueError("video frames must be BGR uint8 (H, W, 3), got "
-                             + (f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray)
-                                else type(frame).__name__))
+        require_bgr_frame(frame, "a video frame")
         height, width = frame.shape[:2]
         if self._writer is None:
             self._open(width, height)
