@@ -188,12 +188,15 @@ class RetinaAugmentation:
         scale_range: jitter range of ``s``.
         pad_value: canvas grey level (``PreprocessConfig.pad_value``).
         flip_prob: horizontal flip probability.
+        interpolation: shrinking as ``PreprocessConfig.interpolation`` (``area`` or
+            ``linear``), so training sees the runtime's kind of pixels.
     """
 
     input_size: tuple[int, int]
     scale_range: tuple[float, float] = (0.75, 1.25)
     pad_value: float = 114.0
     flip_prob: float = 0.5
+    interpolation: str = "area"
 
     def __call__(self, image: np.ndarray, boxes_xyxy: Boxes, labels: np.ndarray,
                  rng: np.random.Generator) -> Triple:
@@ -203,7 +206,8 @@ class RetinaAugmentation:
         in_w, in_h = self.input_size
         scale = min(in_w / width, in_h / height) * rng.uniform(*self.scale_range)
         new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        interp = cv2.INTER_AREA if new_w < width else cv2.INTER_LINEAR
+        shrink = cv2.INTER_AREA if self.interpolation == "area" else cv2.INTER_LINEAR
+        interp = shrink if new_w < width else cv2.INTER_LINEAR
         resized = cv2.resize(image, (new_w, new_h), interpolation=interp)
         boxes = boxes_xyxy * np.array([new_w / width, new_h / height] * 2, dtype=np.float32)
         # Offset of the resized image on the canvas (negative = cropped on that side).

@@ -144,7 +144,8 @@ def build_augmentation(kind: str, config: PreprocessConfig) -> Augmentation | No
         return SsdAugmentation(fill_bgr=tuple(float(v) for v in mean))
     if kind == "retinanet":
         return RetinaAugmentation(input_size=tuple(config.input_size),
-                                  pad_value=config.pad_value)
+                                  pad_value=config.pad_value,
+                                  interpolation=config.interpolation)
     raise ValueError(f"unknown augmentation {kind!r} (ssd, retinanet or none)")
 
 

@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resize", choices=("auto", "stretch", "letterbox"), default="auto",
                    help="resize policy stored for the runtime (auto: stretch for the SSD family,"
                    " letterbox for the RetinaNet family)")
+    g.add_argument("--interpolation", choices=("area", "linear"), default="area",
+                   help="how frames are shrunk to the input, in training and in the runtime "
+                   "(stored in the checkpoint): area (OpenCV INTER_AREA, the default) or linear "
+                   "(INTER_LINEAR: ~5x cheaper per frame in the SDK, e.g. 0.2 against 1.0 ms for "
+                   "640x480 -> 300x300 on 2 cores)")
 
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")
@@ -325,7 +330,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         if info.is_main:
             print(f"QAT: INT8 simulated on {layers} weight layers and their inputs")
     preprocess_config = PreprocessConfig(
-        input_size=img_size, resize=defaults.resize if args.resize == "auto" else args.resize)
+        input_size=img_size, resize=defaults.resize if args.resize == "auto" else args.resize,
+        interpolation=args.interpolation)
     augmentation = build_augmentation(
         defaults.augmentation if args.augment == "auto" else args.augment, preprocess_config)
     if args.sync_bn and info.distributed:

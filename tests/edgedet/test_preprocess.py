@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -118,6 +119,42 @@ def test_config_round_trip_and_validation() -> None:
         PreprocessConfig((32, 32), resize="crop")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="std"):
         PreprocessConfig((32, 32), std=(1, 0, 1))
+    linear = PreprocessConfig((32, 32), interpolation="linear")
+    assert PreprocessConfig.from_dict(linear.to_dict()) == linear
+    with pytest.raises(ValueError, match="interpolation must be 'area' or 'linear'"):
+        PreprocessConfig((32, 32), interpolation="cubic")  # type: ignore[arg-type]
+
+
+def test_configs_written_before_the_interpolation_field_mean_area() -> None:
+    old = {"input_size": [32, 32], "resize": "stretch", "color_order": "rgb",
+           "mean": [0, 0, 0], "std": [1, 1, 1], "pad_value": 114.0}
+    assert PreprocessConfig.from_dict(old).interpolation == "area"
+
+
+@pytest.mark.parametrize(("interpolation", "flag"), [("area", cv2.INTER_AREA),
+                                                      ("linear", cv2.INTER_LINEAR)])
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+def test_shrinking_follows_the_interpolation(interpolation: str, flag: int, resize: str) -> None:
+    frame = _frame(96, 128)  # -> 40x30 (stretch) or 40x30 in a 40x40 letterbox
+    cfg = PreprocessConfig((40, 30) if resize == "stretch" else (40, 40), resize=resize,
+                           color_order="bgr", mean=(0, 0, 0), std=(1, 1, 1),
+                           interpolation=interpolation)  # type: ignore[arg-type]
+    x, t = preprocess(frame, cfg)
+    expected = cv2.resize(frame, (40, 30), interpolation=flag)
+    py = int(t.pad_y)
+    np.testing.assert_array_equal(x[0, :, py:py + 30].transpose(1, 2, 0), expected)
+    other = cv2.INTER_LINEAR if flag == cv2.INTER_AREA else cv2.INTER_AREA
+    assert not np.array_equal(expected, cv2.resize(frame, (40, 30), interpolation=other))
+
+
+def test_enlarging_is_linear_whatever_the_interpolation() -> None:
+    frame = _frame(12, 16)
+    for interpolation in ("area", "linear"):
+        cfg = PreprocessConfig((32, 24), color_order="bgr", mean=(0, 0, 0), std=(1, 1, 1),
+                               interpolation=interpolation)  # type: ignore[arg-type]
+        x, _ = preprocess(frame, cfg)
+        np.testing.assert_array_equal(
+            x[0].transpose(1, 2, 0), cv2.resize(frame, (32, 24), interpolation=cv2.INTER_LINEAR))
 
 
 @pytest.mark.parametrize("size", ["320", 320, [320], [320, 256, 3]])

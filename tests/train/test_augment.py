@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -115,3 +116,16 @@ def test_retina_scale_jitter_extremes(scale):
     if scale < 1:  # no cropping: sizes scale exactly
         np.testing.assert_allclose(oboxes[:, 2:] - oboxes[:, :2],
                                    (boxes[:, 2:] - boxes[:, :2]) * scale, atol=0.01)
+
+
+@pytest.mark.parametrize(("interpolation", "flag"), [("area", cv2.INTER_AREA),
+                                                      ("linear", cv2.INTER_LINEAR)])
+def test_retina_shrinks_as_the_runtime_will(interpolation, flag):
+    _, boxes, labels = _scene()
+    image = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    augment = RetinaAugmentation(input_size=(48, 36), scale_range=(1.0, 1.0),  # x0.6
+                                 pad_value=0, flip_prob=0.0, interpolation=interpolation)
+    out, _, _ = augment(image, boxes, labels, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, cv2.resize(image, (48, 36), interpolation=flag))
+    other = cv2.INTER_LINEAR if flag == cv2.INTER_AREA else cv2.INTER_AREA
+    assert not np.array_equal(out, cv2.resize(image, (48, 36), interpolation=other))

@@ -226,3 +226,13 @@ def test_cuda_bf16_training_resumes_and_saves_a_cpu_loadable_checkpoint(tmp_path
 
     model, _ = build_from_checkpoint(tmp_path / "last")
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_the_interpolation_trained_with_is_the_checkpoints(tmp_path):
+    """What training shrank frames with is what the runtime will: it travels in the
+    checkpoint's preprocess section (and from there into every artifact's manifest)."""
+    assert _run([*TINY, "--synthetic-size", "96x80", "--epochs", "1", "--interpolation", "linear",
+                 "--out", str(tmp_path / "linear")]) == 0
+    _, config = load_checkpoint(tmp_path / "linear" / "last")
+    assert config["preprocess"]["interpolation"] == "linear"
+    assert build_parser().parse_args(["--model", "passd_mobilenet"]).interpolation == "area"
