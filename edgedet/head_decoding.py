@@ -72,6 +72,23 @@ def _rows_reaching(margins: np.ndarray, min_score: float) -> np.ndarray:
     return np.flatnonzero(margins >= _logit_bound(min_score))
 
 
+def _rows_with_a_logit_reaching(logits: np.ndarray, min_score: float) -> np.ndarray:
+    """The rows of ``(A, K)`` sigmoid logits with a logit that can give a score above
+    ``min_score`` (> 0), ascending: ``_rows_reaching(_row_max(logits), min_score)``'s rows
+    from one comparison over the flat logits, 0.04 instead of 0.11 ms on HAR-Net's
+    15 354 x 12 (a row whose maximum is NaN may come in as well; its NaN scores never pass
+    selection)."""
+    if min_score >= 1.0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.flatnonzero(logits >= _logit_bound(min_score)) // logits.shape[1]
+    if rows.size < 2:
+        return rows
+    first = np.empty(rows.size, dtype=bool)  # rows is sorted: keep each row's first hit
+    first[0] = True
+    np.not_equal(rows[1:], rows[:-1], out=first[1:])
+    return rows[first]
+
+
 def _decode_rows(box_deltas: np.ndarray, priors_cxcywh: np.ndarray,
                  box_coder_weights: BoxWeights, rows: np.ndarray | None,
                  propose_deltas: np.ndarray | None = None) -> np.ndarray:
@@ -279,7 +296,7 @@ def _retinanet_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
     box_deltas = _as_rows("box_deltas", box_deltas, num_anchors, 4)
     if conf_logits is not None:
         conf_logits = _as_rows("conf_logits", conf_logits, num_anchors, 1)
-    rows = _rows_reaching(_row_max(cls_logits), min_score) if min_score > 0.0 else None
+    rows = _rows_with_a_logit_reaching(cls_logits, min_score) if min_score > 0.0 else None
     picked = slice(None) if rows is None else rows
     scores = sigmoid(cls_logits[picked])
     if conf_logits is not None:

@@ -158,3 +158,26 @@ def test_candidates_without_a_threshold_are_every_anchor() -> None:
         "retinanet", {"cls_logits": np.full((1, 2), -20.0), "box_deltas": np.zeros((1, 4))},
         PRIORS, SSD_WEIGHTS, min_score=0.5)
     assert rows.shape == (0,) and boxes.shape == (0, 4) and scores.shape == (0, 2)
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.4, 0.9, 1.0])
+def test_flat_candidate_rows_are_the_row_maximum_ones(threshold):
+    from edgedet.head_decoding import (
+        _logit_bound,
+        _row_max,
+        _rows_reaching,
+        _rows_with_a_logit_reaching,
+    )
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(-9.0, 2.0, size=(3000, 12)).astype(np.float32)
+    if threshold < 1.0:
+        logits[:40, 3] = _logit_bound(threshold)  # exactly at the bound
+        logits[40:80] = _logit_bound(threshold) + 1.0  # every class of the row passes
+    expected = _rows_reaching(_row_max(logits), threshold)
+    actual = _rows_with_a_logit_reaching(logits, threshold)
+    np.testing.assert_array_equal(actual, expected)
+    assert threshold == 1.0 or 80 <= len(actual) < len(logits) / 2
+    one_hit = np.full((1, 12), -20.0, np.float32)
+    one_hit[0, 5] = 20.0
+    assert _rows_with_a_logit_reaching(one_hit, 0.5).tolist() == [0]
