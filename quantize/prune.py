@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distill", action="store_true", help="fine-tune the pruned steps "
                         "with output distillation from --checkpoint, the model being pruned "
                         "(train/main.py --distill-from; the baseline trains without it)")
+    parser.add_argument("--allocation", choices=("uniform", "sensitivity"), default="uniform",
+                        help="uniform: every layer loses the same fraction (default); "
+                        "sensitivity: each part of the network (ResNet stages, FPN, head "
+                        "towers) alone is pruned and scored first, and parts that save more "
+                        "GFLOPs per AP point lost are pruned more (quantize/prune_allocation.py)")
+    parser.add_argument("--sensitivity-images", type=int, default=100, help="validation "
+                        "images each sensitivity probe is scored on (default 100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after --: extra train/main.py flags for fine-tuning")
@@ -85,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.target_flops < 1.0:
         parser.error(f"--target-flops must be between 0 and 1, got {args.target_flops}")
     if min(args.steps, args.finetune_epochs, args.round_to, args.finetune_images,
-           args.val_images) < 1:
-        parser.error("--steps, --finetune-epochs, --round-to, --finetune-images and "
-                     "--val-images must be at least 1")
+           args.val_images, args.sensitivity_images) < 1:
+        parser.error("--steps, --finetune-epochs, --round-to, --finetune-images, "
+                     "--val-images and --sensitivity-images must be at least 1")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file; give the output folder")
     try:
@@ -101,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps, criterion=args.criterion, round_to=args.round_to,
         finetune_epochs=args.finetune_epochs, finetune_images=args.finetune_images,
         baseline=not args.no_baseline, train_args=tuple(train_args), data=args.data,
-        val_images=args.val_images, progress=not args.no_progress, distill=args.distill)
+        val_images=args.val_images, progress=not args.no_progress, distill=args.distill,
+        allocation=args.allocation, sensitivity_images=args.sensitivity_images)
     try:
         log = run_schedule(config)
     except (ValueError, RuntimeError) as error:

@@ -26,6 +26,7 @@ import copy
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ from edgedet.decoder import HeadDecoder
 from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
 from edgedet.models.summary import count_gflops, count_parameters
 from edgedet.preprocess import PreprocessConfig
+from quantize.prune_allocation import (
+    allocation_weights,
+    measure_sensitivity,
+    network_parts,
+    weights_record,
+)
 from quantize.pruning import geometric_targets, prune_to_flops, pruned_config
 from train.checkpoint import save_checkpoint
 from train.data import EvalDataset, collate_eval, open_splits
@@ -67,6 +74,10 @@ class PruneConfig:
         distill: fine-tune each pruned step with output distillation from ``checkpoint``
             (``train.distill``: the model being pruned is the teacher, so no training is
             added beyond its forward passes); the baseline trains without it.
+        allocation: ``uniform`` (every layer the same fraction) or ``sensitivity`` (each
+            part of the network its own fraction, from its measured sensitivity at the start
+            of each step: ``quantize.prune_allocation``).
+        sensitivity_images: validation images each sensitivity probe is scored on.
     """
 
     checkpoint: str
@@ -83,6 +94,8 @@ class PruneConfig:
     val_images: int = 200
     progress: bool = True
     distill: bool = False
+    allocation: str = "uniform"
+    sensitivity_images: int = 100
 
 
 @dataclass
@@ -97,6 +110,7 @@ class StepRecord:
     ap_finetuned: float
     finetune_seconds: float
     channels: dict[str, int] = field(default_factory=dict)
+    allocation: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _training_argv(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
@@ -161,10 +175,17 @@ def validation_ap(model: torch.nn.Module, ckpt_config: dict, config: PruneConfig
     Runs where the fine-tuning runs (a CUDA device when there is one, on a copy so that
     ``model`` stays where it is) and reads the fine-tuning's ``--synthetic-cache`` if given.
     """
+    return validation_scorer(ckpt_config, config)(model)
+
+
+def validation_scorer(ckpt_config: dict, config: PruneConfig, images: int | None = None
+                      ) -> Callable[[torch.nn.Module], float]:
+    """``validation_ap`` with the split opened once: ``score(model) -> AP``, on the first
+    ``images`` validation images (default ``config.val_images``)."""
     preprocess = PreprocessConfig.from_dict(ckpt_config["preprocess"])
     splits = open_splits(config.data or ckpt_config.get("data") or "synthetic",
                          img_size=tuple(preprocess.input_size),
-                         synthetic_train=1, synthetic_val=config.val_images,
+                         synthetic_train=1, synthetic_val=images or config.val_images,
                          synthetic_config=_synthetic_config(ckpt_config),
                          synthetic_cache=_train_flag(config, "--synthetic-cache"))
     loader = DataLoader(EvalDataset(splits.val, preprocess), batch_size=8,
@@ -172,12 +193,32 @@ def validation_ap(model: torch.nn.Module, ckpt_config: dict, config: PruneConfig
     wanted = _train_flag(config, "--device") or "auto"
     use_cuda = wanted != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda" if use_cuda else "cpu")
-    if use_cuda:
-        model = copy.deepcopy(model).to(device)
-    info = DistInfo(0, 1, 0, device)
-    metrics = evaluate(model, loader, HeadDecoder.from_manifest(ckpt_config), info)
-    assert metrics is not None  # single process: always rank 0
-    return float(metrics["AP"])
+    decoder = HeadDecoder.from_manifest(ckpt_config)
+
+    def score(model: torch.nn.Module) -> float:
+        if use_cuda:
+            model = copy.deepcopy(model).to(device)
+        metrics = evaluate(model, loader, decoder, DistInfo(0, 1, 0, device))
+        assert metrics is not None  # single process: always rank 0
+        return float(metrics["AP"])
+
+    return score
+
+
+def _sensitivity_allocation(model: torch.nn.Module, ckpt_config: dict,
+                            input_size: tuple[int, int], config: PruneConfig
+                            ) -> dict[str, dict[str, float]]:
+    """Each part's probe and weight for this step (``prune_allocation``), printed as measured."""
+    score = validation_scorer(ckpt_config, config, config.sensitivity_images)
+    parts = network_parts(model)
+    sensitivities = measure_sensitivity(
+        model, input_size, parts, score, criterion=config.criterion, round_to=config.round_to,
+        progress=lambda part: print(f"sensitivity: pruning {part} alone", flush=True))
+    record = weights_record(sensitivities, allocation_weights(sensitivities))
+    for part, row in record.items():
+        print(f"  {part:<24} saves {row['gflops_saved']:.3f} GFLOPs, costs "
+              f"{100 * row['ap_drop']:.2f} AP -> weight {row['weight']:.2f}", flush=True)
+    return record
 
 
 def _synthetic_config(ckpt_config: dict) -> Any:
@@ -216,18 +257,23 @@ def run_schedule(config: PruneConfig) -> dict[str, Any]:
         if not step_log.is_file():
             model, _ = build_from_checkpoint(current)
             _, current_full = load_checkpoint(current)
+            allocation = (_sensitivity_allocation(model, current_full, input_size, config)
+                          if config.allocation == "sensitivity" else {})
+            weights = {part: row["weight"] for part, row in allocation.items()}
             pruned, result = prune_to_flops(model, input_size, target,  # type: ignore[arg-type]
-                                            config.criterion, config.round_to)
+                                            config.criterion, config.round_to,
+                                            part_weights=weights)
             pruned.config = pruned_config(pruned)
             new_config = {**current_full, **pruned.config, "pruning": {
                 "step": step, "criterion": config.criterion, "ratio": result.ratio,
-                "source": str(config.checkpoint)}}
+                "source": str(config.checkpoint), "allocation": config.allocation}}
             ap_pruned = validation_ap(pruned, new_config, config)
             step_dir.mkdir(parents=True, exist_ok=True)
             save_checkpoint(pruned_path, pruned, new_config)
             write_json_atomic(step_log, {
                 "ratio": result.ratio, "gflops": result.gflops_after,
-                "params_m": result.params_after / 1e6, "ap_pruned": ap_pruned}, indent=2)
+                "params_m": result.params_after / 1e6, "ap_pruned": ap_pruned,
+                "allocation": allocation}, indent=2)
         record_base = json.loads(step_log.read_text())
         _, pruned_full = load_checkpoint(pruned_path)
         ap_ft, seconds = _finetune(config, pruned_full, pruned_path, step_dir / "finetune",
@@ -238,7 +284,8 @@ def run_schedule(config: PruneConfig) -> dict[str, Any]:
         log["steps"].append(asdict(StepRecord(
             step=step, ratio=record_base["ratio"], gflops=record_base["gflops"],
             params_m=record_base["params_m"], ap_pruned=record_base["ap_pruned"],
-            ap_finetuned=ap_ft, finetune_seconds=seconds, channels=_channels(pruned_model))))
+            ap_finetuned=ap_ft, finetune_seconds=seconds, channels=_channels(pruned_model),
+            allocation=record_base.get("allocation", {}))))
         write_json_atomic(out / "prune_log.json", log, indent=2)
     for suffix in (".safetensors", ".json"):
         source = current.with_suffix(suffix)
@@ -271,4 +318,5 @@ def format_log(log: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PruneConfig", "StepRecord", "format_log", "run_schedule", "validation_ap"]
+__all__ = ["PruneConfig", "StepRecord", "format_log", "run_schedule", "validation_ap",
+           "validation_scorer"]

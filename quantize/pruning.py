@@ -6,7 +6,9 @@ narrower model. ``torch_pruning.DependencyGraph`` traces the network and groups 
 slice that must go together (a conv's output channels, the next BN, the next convs' inputs,
 residual adds, FPN top-down sums); a criterion scores each group and the lowest-scoring
 channels of every prunable layer go, the same fraction everywhere (uniform pruning keeps the
-per-layer latency balance a global ranking would upset).
+per-layer latency balance a global ranking would upset), or a fraction per part of the
+network measured from its sensitivity (``part_ratios`` / ``part_weights``,
+``quantize.prune_allocation``).
 
 HAR-Net's attention couples channels in ways a plain tracer cannot see or must not touch, so
 the trace runs on a *tracing view* of the network (``_TracingView``), equal in dependencies:
@@ -35,7 +37,7 @@ and CLGN's group count).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -196,11 +198,15 @@ def _group_normalised_convs(model: nn.Module) -> list[nn.Module]:
 
 
 def _prune_pass(model: nn.Module, images: Tensor, ratio: float, criterion: str,
-                ignored: list[nn.Module], round_to: int | None) -> None:
+                ignored: list[nn.Module], round_to: int | None,
+                part_ratios: Mapping[str, float]) -> None:
+    # A part's ratio reaches every layer inside it; a channel group takes the ratio of the
+    # layer it starts from (torch-pruning's rule).
+    ratio_dict = {model.get_submodule(name): r for name, r in part_ratios.items()} or None
     with _TracingView(model) as view:
         pruner = tp.pruner.BasePruner(
             model, images, importance=CRITERIA[criterion](), pruning_ratio=ratio,
-            ignored_layers=ignored, round_to=round_to,
+            pruning_ratio_dict=ratio_dict, ignored_layers=ignored, round_to=round_to,
             customized_pruners={DeformConv2d: _DeformConvPruner()},
             forward_fn=view.forward,
         )
@@ -208,8 +214,11 @@ def _prune_pass(model: nn.Module, images: Tensor, ratio: float, criterion: str,
 
 
 def prune_channels(model: nn.Module, input_size: tuple[int, int], ratio: float,
-                   criterion: str = "l2", round_to: int = 16) -> nn.Module:
-    """Remove ``ratio`` of the channels of every prunable layer of ``model`` (in place).
+                   criterion: str = "l2", round_to: int = 16,
+                   part_ratios: Mapping[str, float] | None = None) -> nn.Module:
+    """Remove ``ratio`` of the channels of every prunable layer of ``model`` (in place);
+    ``part_ratios`` (``{submodule name: ratio}``) gives the layers inside those submodules
+    their own ratio instead.
 
     ``input_size`` is ``(width, height)`` of the trace input. Returns ``model``.
 
@@ -225,12 +234,18 @@ def prune_channels(model: nn.Module, input_size: tuple[int, int], ratio: float,
     model.eval()
     fixed = fixed_width_layers(model)
     grouped = _group_normalised_convs(model)
-    _prune_pass(model, images, ratio, criterion, fixed + grouped, round_to)
+    parts = dict(part_ratios or {})
+    _prune_pass(model, images, ratio, criterion, fixed + grouped, round_to, parts)
     if grouped:
         others = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)
                   and not any(m is g for g in grouped)]
-        _prune_pass(model, images, ratio, criterion, others, None)
+        _prune_pass(model, images, ratio, criterion, others, None, parts)
     return model
+
+
+# The most a weighted part may lose (``prune_to_flops``'s ``part_weights``): a layer keeps at
+# least a tenth of its channels.
+MAX_PART_RATIO = 0.9
 
 
 @dataclass(frozen=True)
@@ -245,13 +260,21 @@ class PruneResult:
 
 
 def prune_to_flops(model: nn.Module, input_size: tuple[int, int], target_gflops: float,
-                   criterion: str = "l2", round_to: int = 16, tolerance: float = 0.02
+                   criterion: str = "l2", round_to: int = 16, tolerance: float = 0.02,
+                   part_weights: Mapping[str, float] | None = None
                    ) -> tuple[nn.Module, PruneResult]:
     """The smallest uniform channel ratio that brings ``model`` to ``target_gflops`` or less.
 
     Bisects the ratio on copies (GFLOPs fall monotonically with it, in steps of ``round_to``
-    channels) and returns a pruned copy; ``model`` itself is left as it is.
+    channels) and returns a pruned copy; ``model`` itself is left as it is. With
+    ``part_weights`` (``{submodule name: weight}``, ``quantize.prune_allocation``) each of
+    those parts is pruned by the ratio times its weight, at most ``MAX_PART_RATIO``.
     """
+    weights = dict(part_weights or {})
+
+    def part_ratios(ratio: float) -> dict[str, float]:
+        return {name: min(MAX_PART_RATIO, ratio * w) for name, w in weights.items()}
+
     gflops_before = count_gflops(model, input_size)
     if target_gflops >= gflops_before:
         raise ValueError(f"the model has {gflops_before:.3f} GFLOPs, already within the "
@@ -260,7 +283,8 @@ def prune_to_flops(model: nn.Module, input_size: tuple[int, int], target_gflops:
     best: tuple[float, nn.Module, float] | None = None
     while high - low > tolerance / 2:
         ratio = (low + high) / 2
-        candidate = prune_channels(copy.deepcopy(model), input_size, ratio, criterion, round_to)
+        candidate = prune_channels(copy.deepcopy(model), input_size, ratio, criterion, round_to,
+                                   part_ratios(ratio))
         gflops = count_gflops(candidate, input_size)
         if gflops <= target_gflops:
             high = ratio
@@ -287,5 +311,5 @@ def geometric_targets(gflops: float, final_ratio: float, steps: int) -> list[flo
     return [gflops * final_ratio ** ((i + 1) / steps) for i in range(steps)]
 
 
-__all__ = ["CRITERIA", "PruneResult", "fixed_width_layers", "geometric_targets",
+__all__ = ["CRITERIA", "MAX_PART_RATIO", "PruneResult", "fixed_width_layers", "geometric_targets",
            "prune_channels", "prune_to_flops", "pruned_config"]
