@@ -278,6 +278,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_resumed_preprocess(state: Path, preprocess_config: PreprocessConfig) -> None:
+    """A resumed run must shrink and normalise its inputs as before: the rest of the run would
+    otherwise train on other pixels and write a checkpoint whose pre-processing names only the
+    second half (the run's ``last.json`` beside its resume state has the first half's)."""
+    previous = state.parent / "last.json"
+    if not previous.is_file():
+        return
+    try:
+        before = PreprocessConfig.from_dict(json.loads(previous.read_text())["preprocess"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an unreadable last.json is the resume state's own check to report
+    if before != preprocess_config:
+        changed = {k: (v, getattr(preprocess_config, k)) for k, v in vars(before).items()
+                   if v != getattr(preprocess_config, k)}
+        described = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise CheckpointError(f"--resume: these flags change the run's pre-processing "
+                              f"({described}); give the run's own --img-size, --resize and "
+                              f"--interpolation")
+
+
 def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
     """Load a checkpoint's weights into the freshly built ``model`` (CheckpointError when they
     do not fit: another architecture or other --model-arg values). A pruned checkpoint's
@@ -379,6 +399,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
     warmup = trainer.schedule.warmup_iters
     if args.resume is not None:
         state = Path(args.resume) if args.resume else out_dir / STATE_FILE
+        _check_resumed_preprocess(state, preprocess_config)
         trainer.resume(state)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -228,11 +228,18 @@ def test_cuda_bf16_training_resumes_and_saves_a_cpu_loadable_checkpoint(tmp_path
     assert next(model.parameters()).device.type == "cpu"
 
 
-def test_the_interpolation_trained_with_is_the_checkpoints(tmp_path):
+def test_the_interpolation_trained_with_is_the_checkpoints(tmp_path, capsys):
     """What training shrank frames with is what the runtime will: it travels in the
-    checkpoint's preprocess section (and from there into every artifact's manifest)."""
-    assert _run([*TINY, "--synthetic-size", "96x80", "--epochs", "1", "--interpolation", "linear",
-                 "--out", str(tmp_path / "linear")]) == 0
+    checkpoint's preprocess section (and from there into every artifact's manifest), and a
+    resumed run may not change it halfway."""
+    run = [*TINY, "--synthetic-size", "96x80", "--out", str(tmp_path / "linear")]
+    assert _run([*run, "--epochs", "1", "--interpolation", "linear"]) == 0
     _, config = load_checkpoint(tmp_path / "linear" / "last")
     assert config["preprocess"]["interpolation"] == "linear"
     assert build_parser().parse_args(["--model", "passd_mobilenet"]).interpolation == "area"
+    capsys.readouterr()
+    assert _run([*run, "--epochs", "2", "--resume"]) == 1  # --interpolation forgotten
+    err = capsys.readouterr().err
+    assert "change the run's pre-processing (interpolation 'linear' -> 'area')" in err
+    assert "Traceback" not in err
+    assert _run([*run, "--epochs", "2", "--resume", "--interpolation", "linear"]) == 0
