@@ -57,12 +57,13 @@ def network_parts(model: nn.Module) -> list[str]:
 
     parts: list[str] = []
     for name, child in model.named_children():
-        if name == "backbone" or name == "head":
-            inner = child.branches if name == "head" and hasattr(child, "branches") else child
-            prefix = f"{name}.branches" if inner is not child else name
-            parts += [f"{prefix}.{n}" for n, c in inner.named_children() if prunable(c)]
-        elif prunable(child):
-            parts.append(name)
+        if name not in ("backbone", "head"):
+            parts += [name] if prunable(child) else []
+            continue
+        group, prefix = child, name
+        if name == "head" and hasattr(child, "branches"):
+            group, prefix = child.branches, "head.branches"
+        parts += [f"{prefix}.{n}" for n, c in group.named_children() if prunable(c)]
     return parts
 
 

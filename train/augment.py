@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edgedet.preprocess import Interpolation
+
 Boxes = np.ndarray
 Triple = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -196,7 +198,7 @@ class RetinaAugmentation:
     scale_range: tuple[float, float] = (0.75, 1.25)
     pad_value: float = 114.0
     flip_prob: float = 0.5
-    interpolation: str = "area"
+    interpolation: Interpolation = "area"
 
     def __call__(self, image: np.ndarray, boxes_xyxy: Boxes, labels: np.ndarray,
                  rng: np.random.Generator) -> Triple:
