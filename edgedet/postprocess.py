@@ -63,18 +63,20 @@ def select_detections(
     # Soft-NMS prunes only boxes decayed below 0.001 (Bodla et al.'s setting), or below a
     # still lower caller threshold; the caller's threshold applies to the decayed scores after.
     prune_threshold = score_threshold if 0 < score_threshold < 0.001 else 0.001
-    keep, new_scores = batched_soft_nms(
+    keep, new_scores, kept_iou = batched_soft_nms(
         cand_boxes, cand_scores, class_ids, iou_threshold=iou_threshold,
         sigma=soft_nms_sigma, score_threshold=prune_threshold, stop_at=score_threshold,
+        return_iou=True,
     )
-    selected = new_scores > score_threshold
-    keep, new_scores = keep[selected][:max_detections], new_scores[selected][:max_detections]
+    selected = np.flatnonzero(new_scores > score_threshold)[:max_detections]
+    keep, new_scores = keep[selected], new_scores[selected]
     out_boxes, out_classes = cand_boxes[keep], class_ids[keep]
     if nms_mode == "soft+voting":
         # Scores stay the Soft-NMS ones (Detectron's "ID" voting): HAR-Net's p = max_i p_i
         # would lift every surviving duplicate back to its group's top score, undoing the
         # rescoring Soft-NMS just did. The top box of a group gets max_i p_i either way.
         out_boxes, _ = box_voting(
-            out_boxes, out_classes, cand_boxes, cand_scores, class_ids, voting_iou_threshold
+            out_boxes, out_classes, cand_boxes, cand_scores, class_ids, voting_iou_threshold,
+            kept_iou=None if kept_iou is None else kept_iou[selected],
         )
     return out_boxes, new_scores.astype(np.float32), out_classes

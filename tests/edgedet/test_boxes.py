@@ -248,6 +248,38 @@ def test_joint_class_aware_nms_equals_the_per_class_loops(seed: int, monkeypatch
         np.testing.assert_array_equal(joint[1], per_class[1])
 
 
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+def test_joint_soft_nms_iou_rows_are_box_iou_of_the_kept_boxes(method: str,
+                                                                monkeypatch) -> None:
+    boxes, scores, classes = _clustered_candidates(3)
+    with np.errstate(invalid="ignore"):
+        keep, new, iou = batched_soft_nms(boxes, scores, classes, 0.5, method=method,
+                                          stop_at=0.3, return_iou=True)
+        expected = box_iou(boxes[keep], boxes)
+        empty = batched_soft_nms(boxes, scores, classes, stop_at=1.0, return_iou=True)
+        monkeypatch.setattr(boxes_module, "JOINT_LIMIT", 0)
+        per_class = batched_soft_nms(boxes, scores, classes, 0.5, method=method, stop_at=0.3,
+                                     return_iou=True)
+    assert iou.dtype == np.float32 and len(keep) > 5
+    np.testing.assert_array_equal(iou, expected)  # NaN rows of the infinite boxes included
+    np.testing.assert_array_equal(per_class[0], keep)
+    np.testing.assert_array_equal(per_class[1], new)
+    assert per_class[2] is None  # the per-class loops leave the rows to box_voting
+    assert empty[0].shape == (0,) and empty[2].shape == (0, len(boxes))
+
+
+def test_box_voting_with_the_caller_s_iou_gives_the_same_bits() -> None:
+    boxes, scores, classes = _clustered_candidates(4)
+    boxes, scores, classes = boxes[10:], scores[10:], classes[10:]  # finite boxes only
+    keep, _, iou = batched_soft_nms(boxes, scores, classes, 0.5, stop_at=0.4, return_iou=True)
+    own = box_voting(boxes[keep], classes[keep], boxes, scores, classes, 0.5)
+    given = box_voting(boxes[keep], classes[keep], boxes, scores, classes, 0.5, kept_iou=iou)
+    np.testing.assert_array_equal(own[0], given[0])
+    np.testing.assert_array_equal(own[1], given[1])
+    with pytest.raises(ValueError, match="kept_iou must have shape"):
+        box_voting(boxes[keep], classes[keep], boxes, scores, classes, 0.5, kept_iou=iou[:, 1:])
+
+
 def test_box_voting_equals_a_loop_over_kept_boxes() -> None:
     rng = np.random.default_rng(8)
     candidates = np.repeat(_random_boxes(rng, 10), 8, axis=0) + rng.normal(

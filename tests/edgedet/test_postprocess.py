@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import edgedet.boxes as boxes_module
 from edgedet.postprocess import select_detections
 
 BOXES = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [5, 0, 15, 10]], np.float32)
@@ -39,6 +40,27 @@ def test_soft_mode_keeps_decayed_duplicates() -> None:
 def test_soft_voting_moves_the_top_box_towards_its_neighbours() -> None:
     xyxy, _, _ = select_detections(BOXES, _scores(), nms_mode="soft+voting")
     assert 0 < xyxy[0, 0] < 1  # x1 averaged between 0 and 1 (and 5 is below IoU 0.5)
+
+
+@pytest.mark.parametrize("mode", ["soft", "soft+voting"])
+def test_soft_modes_select_the_same_bits_on_either_side_of_the_joint_limit(
+        mode: str, monkeypatch) -> None:
+    # A frame's candidates: clusters of duplicates in 5 classes, tied scores.
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(0, 250, (12, 2))
+    xy = np.repeat(centres, 20, axis=0) + rng.normal(0, 4, (240, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 60, (240, 2))], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, (240, 5)).astype(np.float32) ** 4
+    scores[7, 2] = scores[9, 2] = scores.max()
+    results = [select_detections(boxes, scores, score_threshold=0.3, nms_mode=mode,
+                                 max_detections=15)]
+    monkeypatch.setattr(boxes_module, "JOINT_LIMIT", 0)
+    results.append(select_detections(boxes, scores, score_threshold=0.3, nms_mode=mode,
+                                     max_detections=15))
+    assert len(results[0][0]) == 15
+    for joint, per_class in zip(*results, strict=True):
+        assert joint.dtype == per_class.dtype
+        np.testing.assert_array_equal(joint, per_class)
 
 
 def test_empty_and_bad_input() -> None:
