@@ -64,19 +64,22 @@ def area_split_row(frame_height: int, out_height: int) -> tuple[int, int] | None
     return k, k * frame_height // out_height
 
 
-def resize_area(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``cv2.resize(frame, size, interpolation=cv2.INTER_AREA)`` for a downscale to ``size``
-    ``(width, height)``, the same bits; in two halves on two CPUs where OpenCV would use one
-    (a general factor, fewer than 1.5 of its stripes of pixels, an exact cut)."""
+def resize_area(frame: np.ndarray, size: tuple[int, int], dst: np.ndarray | None = None
+                ) -> np.ndarray:
+    """``cv2.resize(frame, size, dst=dst, interpolation=cv2.INTER_AREA)`` for a downscale to
+    ``size`` ``(width, height)``, the same bits; in two halves on two CPUs where OpenCV would
+    use one (a general factor, fewer than 1.5 of its stripes of pixels, an exact cut).
+    ``dst``: an ``(height, width, channels)`` array (a view into a larger one is fine) to
+    write into instead of a new one."""
     nw, nh = size
     fh, fw = frame.shape[:2]
     integer_factors = fw % nw == 0 and fh % nh == 0  # OpenCV's fast path, already quick
     split = (area_split_row(fh, nh)
              if not integer_factors and nw * nh < 1.5 * _CV2_AREA_STRIPE_PIXELS else None)
     if split is None or not (helpers := _pinned_helpers()):
-        return cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+        return cv2.resize(frame, (nw, nh), dst=dst, interpolation=cv2.INTER_AREA)
     k, row = split
-    out = np.empty((nh, nw, *frame.shape[2:]), dtype=frame.dtype)
+    out = np.empty((nh, nw, *frame.shape[2:]), dtype=frame.dtype) if dst is None else dst
     halves = [helpers[0].submit(cv2.resize, frame[:row], (nw, k), dst=out[:k],
                                 interpolation=cv2.INTER_AREA),
               helpers[1].submit(cv2.resize, frame[row:], (nw, nh - k), dst=out[k:],

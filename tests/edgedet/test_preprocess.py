@@ -8,6 +8,7 @@ from edgedet.preprocess import (
     compute_transform,
     preprocess,
     preprocess_batch,
+    resize_to_input,
     validate_frame,
 )
 
@@ -59,6 +60,28 @@ def test_letterbox_geometry_and_padding() -> None:
     assert (t.scale_x, t.scale_y, t.pad_x, t.pad_y) == (0.32, 0.32, 0.0, 16.0)
     assert np.all(x[0, :, :16] == 0) and np.all(x[0, :, 48:] == 0)
     assert np.all(x[0, :, 16:48] == 255)
+
+
+@pytest.mark.parametrize("interpolation", ["area", "linear"])
+@pytest.mark.parametrize("frame_size", [(640, 480), (480, 640), (333, 517), (320, 200),
+                                        (100, 100), (160, 120), (25, 60)])
+def test_letterbox_resizes_into_the_canvas_as_a_pasted_resize_would(
+        interpolation: str, frame_size: tuple[int, int]) -> None:
+    # Bars on the top and bottom, on the sides, none; shrinking, enlarging, the same size;
+    # a fractional pad value (truncated, as np.full truncates it).
+    frame = _frame(frame_size[1], frame_size[0])
+    cfg = PreprocessConfig((160, 128), resize="letterbox", pad_value=114.7,
+                           interpolation=interpolation)  # type: ignore[arg-type]
+    canvas, t = resize_to_input(frame, cfg)
+    nw, nh = round(frame_size[0] * t.scale_x), round(frame_size[1] * t.scale_y)
+    shrink = nw < frame_size[0] and nh < frame_size[1] and interpolation == "area"
+    resized = frame if (nw, nh) == frame_size else cv2.resize(
+        frame, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    expected = np.full((128, 160, 3), 114.7, np.uint8)
+    px, py = int(t.pad_x), int(t.pad_y)
+    expected[py:py + nh, px:px + nw] = resized
+    assert canvas.dtype == np.uint8 and canvas.flags.c_contiguous
+    np.testing.assert_array_equal(canvas, expected)
 
 
 @pytest.mark.parametrize("resize", ["stretch", "letterbox"])
