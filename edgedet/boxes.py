@@ -375,7 +375,10 @@ def box_voting(
     weights = np.where(votes, cand_scores[None, :].astype(np.float64), 0.0)
     total = weights.sum(axis=1)
     has_votes = total > 0
-    averaged = (weights @ cand.astype(np.float64)) / np.where(has_votes, total, 1.0)[:, None]
+    # A non-finite candidate (a model's NaN or inf box delta) never votes (its IoU is 0 or
+    # NaN), but its 0 weight times NaN would still turn every average NaN: it counts as 0.
+    finite_cand = np.where(np.isfinite(cand), cand.astype(np.float64), 0.0)
+    averaged = (weights @ finite_cand) / np.where(has_votes, total, 1.0)[:, None]
     voted = np.where(has_votes[:, None], averaged, kept).astype(np.float32)
     voted_scores = (weights.max(axis=1) if len(cand) else np.zeros(len(kept))).astype(np.float32)
     return voted, voted_scores

@@ -334,3 +334,14 @@ def test_topk_candidates() -> None:
     assert len(values) == 5  # k=0: no limit, 0.02 dropped
     with pytest.raises(ValueError):
         topk_candidates(scores.ravel(), k=3)
+
+
+def test_box_voting_is_not_poisoned_by_a_non_finite_candidate() -> None:
+    kept = np.array([[0, 0, 10, 10]], np.float32)
+    candidates = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [np.nan] * 4,
+                           [-np.inf, 0, -np.inf, 5], [0, 0, np.inf, np.inf]], np.float32)
+    scores = np.array([0.9, 0.3, 0.99, 0.99, 0.99], np.float32)
+    with np.errstate(invalid="ignore"):
+        voted, voted_scores = box_voting(kept, [0], candidates, scores, [0] * 5, 0.5)
+    np.testing.assert_allclose(voted, [[0.5, 0.0, 10.5, 10.0]], rtol=1e-6)  # as without them
+    np.testing.assert_allclose(voted_scores, [0.9])
