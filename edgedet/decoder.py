@@ -46,7 +46,7 @@ class HeadDecoder:
         self.priors_cxcywh = np.asarray(priors_cxcywh, dtype=np.float32)
         self.box_coder_weights = tuple(float(w) for w in box_coder_weights)
         self.output_names = tuple(output_names)
-        self.class_names = tuple(class_names)
+        self.class_names = tuple(str(name) for name in class_names)
         self.options = options
 
     @classmethod
@@ -79,10 +79,13 @@ class HeadDecoder:
         """
         xyxy, kept_scores, class_ids = self.select(*self.candidates(outputs))
         frame_xyxy = transform.boxes_to_frame(xyxy)
-        # A box lying wholly in letterbox padding or off the frame clips to zero area.
+        # A box lying wholly in letterbox padding or off the frame clips to zero area; a NaN
+        # box (a model's NaN delta) fails the test too. The rest are what Detections checks
+        # for: clipped to the frame (finite), upright, scores above the threshold (finite),
+        # class ids from the score columns, so the checks are skipped.
         visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
-        return Detections(frame_xyxy[visible], kept_scores[visible], class_ids[visible],
-                          self.class_names)
+        return Detections._unchecked(frame_xyxy[visible], kept_scores[visible],
+                                     class_ids[visible], self.class_names)
 
     def candidates(self, outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The first step of a call: ``(boxes_xyxy (n, 4), scores (n, K))`` in input pixels,

@@ -20,7 +20,8 @@ class Detections:
         class_names: the model's class list (shared by every frame, not per box).
 
     Arrays are validated and converted on construction, so a ``Detections`` always holds
-    consistent shapes and dtypes. Index it like a numpy array (``dets[dets.scores > 0.5]``,
+    consistent shapes and dtypes (the SDK's decoder, whose arrays are valid by construction,
+    skips the checks: ``_unchecked``). Index it like a numpy array (``dets[dets.scores > 0.5]``,
     ``dets[:10]``, ``dets[[0, 2]]``) to get another ``Detections``.
     """
 
@@ -76,6 +77,20 @@ class Detections:
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "class_ids", class_ids)
         object.__setattr__(self, "class_names", names)
+
+    @classmethod
+    def _unchecked(cls, xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
+                   class_names: tuple[str, ...]) -> Detections:
+        """A ``Detections`` of arrays that already are what ``__post_init__`` makes: ``xyxy
+        (N, 4) float32`` finite with ``x1 <= x2, y1 <= y2``, ``scores (N,) float32`` finite,
+        ``class_ids (N,) int64`` indices into ``class_names``, a tuple of str. For the
+        decoder, once per frame: the checks cost 0.04-0.07 ms of a frame with the caches
+        cold after an inference (a tenth of the decoding)."""
+        detections = object.__new__(cls)
+        for name, value in (("xyxy", xyxy), ("scores", scores), ("class_ids", class_ids),
+                            ("class_names", class_names)):
+            object.__setattr__(detections, name, value)
+        return detections
 
     @classmethod
     def empty(cls, class_names: Sequence[str] = ()) -> Detections:
