@@ -46,8 +46,10 @@ from edgedet.manifest_schema import (  # the schema; re-exported, callers import
     FORMAT_VERSION,
     MANIFEST_NAME,
     PRECISIONS,
+    READABLE_FORMAT_VERSIONS,
     REQUIRED_KEYS,
     ManifestError,
+    format_version_for,
     validate_manifest,
 )
 from edgedet.options import APPLICATION_SCORE_THRESHOLD
@@ -174,7 +176,7 @@ def make_manifest(
     preprocess = dict(preprocess)
     width, height = (int(v) for v in preprocess.get("input_size", (0, 0)))
     manifest = {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version_for(preprocess),
         "name": name,
         "architecture": architecture,
         "head_family": head_family,
@@ -320,8 +322,9 @@ def check_sources(out_dir: Path, model_files: Mapping[str, str | os.PathLike[str
 
 __all__ = [
     "ACCURACY_KEYS", "DEFAULT_NMS_MODE", "DOUBLE_SCALE_STEM", "FORMAT_VERSION", "INPUT_NAME",
-    "MANIFEST_NAME", "MODEL_STEM", "PRECISIONS", "REQUIRED_KEYS", "Artifact", "ManifestError",
-    "UncheckedArtifactError", "accuracy_section", "check_file_name", "check_sources",
-    "check_summary", "double_scale_files", "load_manifest", "main_model_files", "make_manifest",
+    "MANIFEST_NAME", "MODEL_STEM", "PRECISIONS", "READABLE_FORMAT_VERSIONS", "REQUIRED_KEYS",
+    "Artifact", "ManifestError", "UncheckedArtifactError", "accuracy_section",
+    "check_file_name", "check_sources", "check_summary", "double_scale_files",
+    "format_version_for", "load_manifest", "main_model_files", "make_manifest",
     "require_passed_check", "sha256_file", "validate_manifest", "verify_artifact_files",
 ]

@@ -20,7 +20,13 @@ from edgedet.options import DetectorOptions
 from edgedet.preprocess import PreprocessConfig
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# The newest manifest format this edgedet reads and writes. Version 2 added
+# preprocess.interpolation "linear": an edgedet that reads only version 1 ignores the field and
+# would shrink frames by area averaging, not the way the model was trained, silently. So a
+# manifest says the oldest format whose readers get it right (``format_version_for``): 2 where
+# it shrinks linearly, 1 otherwise, which older edgedets keep reading as before.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 # Keys the runtime needs; the rest are provenance: source (checkpoint, calibration), accuracy,
@@ -45,6 +51,12 @@ class ManifestError(ValueError):
     model file (the message names the file or the field)."""
 
 
+def format_version_for(preprocess: Mapping[str, Any]) -> int:
+    """The ``format_version`` of a manifest with this ``preprocess`` section: the oldest
+    whose readers apply all of it."""
+    return 2 if preprocess.get("interpolation", "area") == "linear" else 1
+
+
 def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
                       require_files: bool = True) -> None:
     """Check that ``manifest`` has every field the runtime reads, with usable values.
@@ -65,9 +77,13 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise fail(f"missing field(s) {missing}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise fail(f"format_version {manifest['format_version']!r} is not supported "
-                   f"(this edgedet reads {FORMAT_VERSION})")
+    # (A version-1 manifest that shrinks linearly, written in the days before version 2, is
+    # read as it says.)
+    version = manifest["format_version"]
+    if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
+        raise fail(f"format_version {version!r} is not supported (this edgedet reads "
+                   f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; a newer edgedet wrote "
+                   f"it, or it is not a manifest)")
     if manifest["head_family"] not in HEAD_FAMILIES:
         raise fail(f"head_family {manifest['head_family']!r} is not one of {HEAD_FAMILIES}")
     names = manifest["class_names"]

@@ -105,7 +105,8 @@ def test_missing_or_broken_manifest(artifact: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"format_version": 2}, "format_version 2 is not supported"),
+    ({"format_version": 3}, "format_version 3 is not supported .*a newer edgedet"),
+    ({"format_version": True}, "format_version True is not supported"),
     ({"head_family": "yolo"}, "head_family 'yolo'"),
     ({"class_names": []}, "class_names must be a non-empty list"),
     ({"precision": "int4"}, "precision 'int4'"),
@@ -169,6 +170,13 @@ def test_make_manifest_fills_the_contract_and_validates() -> None:
     manifest = make_manifest(**fields)
     assert manifest["input"] == {"name": "images", "shape": [1, 3, 32, 32], "dtype": "float32"}
     assert manifest["format_version"] == 1 and manifest["kept_out_of_int8"] == []
+    # Linear shrinking, which a version-1 reader would silently read as area: version 2.
+    linear = make_manifest(**{**fields, "preprocess": {**fields["preprocess"],
+                                                      "interpolation": "linear"}})
+    assert linear["format_version"] == 2
+    for version in (1, 2):  # both read, a version-1 linear manifest included
+        validate_manifest({**linear, "format_version": version, "files": {}},
+                          require_files=False)
     assert manifest["application"] == {"score_threshold": APPLICATION_SCORE_THRESHOLD}
     assert manifest["postprocess"]["score_threshold"] == 0.1  # the evaluation setting stays
     with pytest.raises(ManifestError, match="precision 'int4'"):

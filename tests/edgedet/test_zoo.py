@@ -6,7 +6,7 @@ import pytest
 
 import edgedet
 from edgedet import zoo
-from edgedet.artifact import load_manifest
+from edgedet.artifact import format_version_for, load_manifest
 
 
 def _fake_model(root: Path, name: str, ap: float | None) -> Path:
@@ -74,7 +74,10 @@ def test_the_packaged_zoo_folder_is_inside_the_package() -> None:
     package_dir = Path(edgedet.__file__).resolve().parent
     assert package_dir / "zoo" == zoo.ZOO_DIR
     for name in zoo.list_models():  # whatever the pipeline has shipped is valid and intact
-        assert load_manifest(zoo.ZOO_DIR / name)["name"] == name
+        manifest = load_manifest(zoo.ZOO_DIR / name)
+        assert manifest["name"] == name
+        # ... and says the format an older edgedet must read it in to read it right
+        assert manifest["format_version"] == format_version_for(manifest["preprocess"])
 
 
 def _double_scale_models() -> list[str]:
