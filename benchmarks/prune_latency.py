@@ -30,7 +30,13 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 from benchmarks.common.args import require_at_least, require_checkpoint, require_choices
-from benchmarks.common.timing import Timed, openvino_runner, ort_runner, time_interleaved
+from benchmarks.common.timing import (
+    Timed,
+    machine_description,
+    openvino_runner,
+    ort_runner,
+    time_interleaved,
+)
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
 from benchmarks.speed import build_for_targets, random_inputs
 from edgedet.models.builders import builder_of
@@ -99,7 +105,8 @@ def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
                                     probe=probe if probe.available else None)
 
     print(f"{config['architecture']} at {size[0]}x{size[1]}, {args.checkpoint}: model alone, "
-          f"{args.threads} threads, p50 of {args.rounds} interleaved rounds x {args.calls}")
+          f"{args.threads} threads, p50 of {args.rounds} interleaved rounds x {args.calls}; "
+          f"{machine_description()}")
     # The two CPUs' placement (benchmarks/core_latency.py) changes within minutes and
     # slows short INT8 ops most: each ratio also over the calls of each placement alone.
     wheres = (None, "near", "far") if readings else (None,)

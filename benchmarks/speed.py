@@ -77,7 +77,13 @@ use_repo_root(__file__)
 from benchmarks import pa_attend_conv as pa
 from benchmarks.common.args import require_zoo_models
 from benchmarks.common.speed_report import headline, print_tables, results
-from benchmarks.common.timing import Timed, openvino_runner, ort_runner, time_interleaved
+from benchmarks.common.timing import (
+    Timed,
+    machine_description,
+    openvino_runner,
+    ort_runner,
+    time_interleaved,
+)
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
 from edgedet import Detector
 from edgedet.artifact import MANIFEST_NAME, main_model_files, sha256_file
@@ -296,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                      "warmup": args.warmup, "frame_size": list(FRAME_SIZE),
                      "attend": {"channels": args.attend_channels, "size": args.attend_size}},
         "versions": library_versions(),
+        "machine": machine_description(),
         **results(items),
         "notes": notes,
     }

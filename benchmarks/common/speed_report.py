@@ -123,7 +123,7 @@ def print_tables(report: dict, frame_size: tuple[int, int], paper: tuple[int, in
     settings = report["settings"]
     print(f"edgedet speed: {settings['rounds']} interleaved rounds x {settings['calls']} calls "
           f"(after {settings['warmup']} warm-up calls), {settings['threads']} threads, p50")
-    print(", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    print(report["machine"] + "; " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
     if report["zoo"]:
         print(f"\n## Zoo models ({frame_size[0]}x{frame_size[1]} synthetic frame)\n")
         print(_markdown(

@@ -11,6 +11,8 @@ of each CPU placement can be reported apart (``Timed.p50(where)``).
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +23,22 @@ from typing import Any
 import numpy as np
 
 from benchmarks.core_latency import CoreLatencyProbe, placement
+
+
+def machine_description() -> str:
+    """The CPU model and how many CPUs this process may use, e.g. ``AMD EPYC, 2 CPUs``: the
+    cloud machine behind "the 2-core CPU" has changed between sessions, and ratios measured
+    on one do not carry over to another."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cpus} CPUs"
+
 
 # A median of one placement needs this many calls of the item in it, else it is None.
 MIN_CALLS_PER_PLACEMENT = 6

@@ -16,6 +16,7 @@ def test_speed_json_has_every_figure_of_the_timed_sections(capsys):
     report = json.loads(capsys.readouterr().out)
 
     assert report["settings"]["rounds"] == 1 and report["versions"]["onnxruntime"]
+    assert "CPU" in report["machine"]  # the CPU model and count, which ratios depend on
     assert report["paper_width"] == []
     assert {row["backend"] for row in report["zoo"]} >= {"onnxruntime"}
     for row in report["zoo"]:
