@@ -36,11 +36,14 @@ def test_stretch_shapes_colour_and_normalisation() -> None:
 
 @pytest.mark.parametrize("color_order", ["rgb", "bgr"])
 def test_per_plane_normalisation_gives_the_broadcast_formulas_bits(color_order: str) -> None:
-    """``normalize_to_nchw`` runs channel plane by channel plane for speed; the values must be
-    bit for bit those of the plain ``(x - mean) / std`` over (H, W, 3) then a transpose."""
+    """``normalize_to_nchw`` reads per-channel tables plane by plane for speed; the values
+    must be bit for bit those of the plain ``(x - mean) / std`` over (H, W, 3) then a
+    transpose, for every uint8 level of every channel."""
     from edgedet.preprocess import normalize_to_nchw
 
     image = _frame(37, 53)
+    levels = np.arange(256, dtype=np.uint8)
+    image.reshape(-1, 3)[:256] = np.stack([levels, levels[::-1], np.roll(levels, 77)], axis=1)
     cfg = PreprocessConfig((53, 37), color_order=color_order, mean=(123.675, 116.28, 103.53),
                            std=(58.395, 57.12, 57.375))
     ordered = image[..., ::-1] if color_order == "rgb" else image
