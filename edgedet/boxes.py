@@ -138,7 +138,6 @@ def _joint_greedy_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarr
         while alive[pick]:
             picks.append(pick)
             alive[pick] = False  # (a zero-area box has IoU 0 with itself)
-            # NaN IoU (an infinite box) suppresses, as in _greedy_nms.
             alive &= ((_iou_one_to_many(boxes[pick], areas[pick], boxes, areas)
                        <= iou_threshold) | (class_ids != class_ids[pick]))
             pick = int(alive.argmax())  # the first True, or 0 (dead) when none is left

@@ -261,7 +261,7 @@ def test_joint_soft_nms_iou_rows_are_box_iou_of_the_kept_boxes(method: str,
         per_class = batched_soft_nms(boxes, scores, classes, 0.5, method=method, stop_at=0.3,
                                      return_iou=True)
     assert iou.dtype == np.float32 and len(keep) > 5
-    np.testing.assert_array_equal(iou, expected)  # NaN rows of the infinite boxes included
+    np.testing.assert_array_equal(iou, expected)  # the infinite boxes' rows included
     np.testing.assert_array_equal(per_class[0], keep)
     np.testing.assert_array_equal(per_class[1], new)
     assert per_class[2] is None  # the per-class loops leave the rows to box_voting
