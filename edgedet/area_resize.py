@@ -73,6 +73,9 @@ def resize_area(frame: np.ndarray, size: tuple[int, int], dst: np.ndarray | None
     write into instead of a new one."""
     nw, nh = size
     fh, fw = frame.shape[:2]
+    if dst is not None and (dst.shape != (nh, nw, *frame.shape[2:]) or dst.dtype != frame.dtype):
+        raise ValueError(f"resize_area: dst must be {frame.dtype} {(nh, nw, *frame.shape[2:])}, "
+                         f"got {dst.dtype} {dst.shape}")
     integer_factors = fw % nw == 0 and fh % nh == 0  # OpenCV's fast path, already quick
     split = (area_split_row(fh, nh)
              if not integer_factors and nw * nh < 1.5 * _CV2_AREA_STRIPE_PIXELS else None)

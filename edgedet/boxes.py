@@ -7,6 +7,7 @@ Every function is vectorised over boxes; the greedy loops of NMS / Soft-NMS iter
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -218,15 +219,21 @@ def soft_nms(
         which is also non-increasing decayed score, and their decayed scores.
     """
     boxes, scores = _check_boxes_scores(boxes_xyxy, scores)
-    _check_soft_nms_settings(method, sigma)
+    _check_soft_nms_settings(method, sigma, score_threshold, stop_at)
     return _soft_nms_loop(boxes, scores, iou_threshold, sigma, score_threshold, method, stop_at)
 
 
-def _check_soft_nms_settings(method: str, sigma: float) -> None:
+def _check_soft_nms_settings(method: str, sigma: float, score_threshold: float,
+                             stop_at: float | None) -> None:
     if method not in ("linear", "gaussian"):
         raise ValueError(f"soft_nms method must be 'linear' or 'gaussian', got {method!r}")
     if not sigma > 0:  # also nan
         raise ValueError(f"soft_nms sigma must be > 0, got {sigma}")
+    # (The all-class loop marks dead boxes -inf: a box must be able to be alive above it.)
+    if not math.isfinite(score_threshold):
+        raise ValueError(f"soft_nms score_threshold must be finite, got {score_threshold}")
+    if stop_at is not None and math.isnan(stop_at):
+        raise ValueError("soft_nms stop_at must be a number or None, got nan")
 
 
 def _soft_nms_loop(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, sigma: float,
@@ -334,7 +341,7 @@ def batched_soft_nms(
     ran (no boxes, or more than ``JOINT_LIMIT``): they do not compute those rows, and a
     caller keeping a hundred of a thousand boxes should not pay for all of them."""
     boxes, scores = _check_boxes_scores(boxes_xyxy, scores, class_ids)
-    _check_soft_nms_settings(method, sigma)
+    _check_soft_nms_settings(method, sigma, score_threshold, stop_at)
     settings = (iou_threshold, sigma, score_threshold, method, stop_at)
     if 0 < len(boxes) <= JOINT_LIMIT:
         class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
@@ -395,13 +402,15 @@ def box_voting(
     elif kept_iou.shape != (len(kept), len(cand)):
         raise ValueError(f"box_voting: kept_iou must have shape ({len(kept)}, {len(cand)}), "
                          f"got {kept_iou.shape}")
-    votes = (kept_iou >= iou_threshold) & (kept_cls[:, None] == cand_cls[None, :])
+    # A non-finite candidate (a model's NaN or inf box delta) never votes, and counts as 0 in
+    # the weighted sum: its 0 weight times NaN would turn every average NaN.
+    finite = np.isfinite(cand).all(axis=1)
+    votes = ((kept_iou >= iou_threshold) & (kept_cls[:, None] == cand_cls[None, :])
+             & finite[None, :])
     weights = np.where(votes, cand_scores[None, :].astype(np.float64), 0.0)
     total = weights.sum(axis=1)
     has_votes = total > 0
-    # A non-finite candidate (a model's NaN or inf box delta) never votes (its IoU is 0 or
-    # NaN), but its 0 weight times NaN would still turn every average NaN: it counts as 0.
-    finite_cand = np.where(np.isfinite(cand), cand.astype(np.float64), 0.0)
+    finite_cand = np.where(finite[:, None], cand.astype(np.float64), 0.0)
     averaged = (weights @ finite_cand) / np.where(has_votes, total, 1.0)[:, None]
     voted = np.where(has_votes[:, None], averaged, kept).astype(np.float32)
     voted_scores = (weights.max(axis=1) if len(cand) else np.zeros(len(kept))).astype(np.float32)

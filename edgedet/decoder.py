@@ -95,6 +95,10 @@ class HeadDecoder:
             self.head_family, one_image, self.priors_cxcywh,
             self.box_coder_weights,  # type: ignore[arg-type]
             min_score=self.options.score_threshold)
+        if self.class_names and scores.shape[1] != len(self.class_names):
+            # (Detections are built unchecked: a class id must index the names.)
+            raise ValueError(f"the head scores {scores.shape[1]} classes but the decoder has "
+                             f"{len(self.class_names)} class names")
         return boxes_xyxy, scores
 
     def select(self, boxes_xyxy: np.ndarray, scores: np.ndarray

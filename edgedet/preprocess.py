@@ -73,6 +73,11 @@ class PreprocessConfig:
         if self.interpolation not in ("area", "linear"):
             raise ValueError(f"interpolation must be 'area' or 'linear', got "
                              f"{self.interpolation!r}")
+        # Lists and arrays become tuples: equal configs compare and hash equal (the
+        # normalisation tables are cached per config).
+        object.__setattr__(self, "input_size", (int(w), int(h)))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -251,6 +256,9 @@ def normalize_to_nchw(image_bgr: np.ndarray, config: PreprocessConfig) -> np.nda
     on the planes (convert, subtract, multiply) took 0.18-0.20 ms with the caches cold after
     an inference, the tables 0.16-0.18 (the zoo's INT8 DAIPNet, HAR-Net and PASSD inputs).
     """
+    if image_bgr.dtype != np.uint8 or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        raise FrameError(f"normalize_to_nchw takes a resized BGR uint8 (H, W, 3) image "
+                         f"(resize_to_input's), got {image_bgr.dtype} {image_bgr.shape}")
     tables = _channel_tables(config)
     height, width = image_bgr.shape[:2]
     out = np.empty((1, 3, height, width), dtype=np.float32)

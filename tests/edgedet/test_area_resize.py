@@ -103,3 +103,11 @@ def test_a_process_on_one_cpu_resizes_on_its_own_thread() -> None:
                             text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert _pinned_helpers() != () or not TWO_CPUS  # this process still has its helpers
+
+
+
+def test_resize_area_refuses_a_dst_of_the_wrong_shape_or_dtype() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    for dst in (np.zeros((300, 301, 3), np.uint8), np.zeros((300, 300, 3), np.float32)):
+        with pytest.raises(ValueError, match="dst must be uint8"):
+            resize_area(frame, (300, 300), dst)

@@ -345,3 +345,24 @@ def test_box_voting_is_not_poisoned_by_a_non_finite_candidate() -> None:
         voted, voted_scores = box_voting(kept, [0], candidates, scores, [0] * 5, 0.5)
     np.testing.assert_allclose(voted, [[0.5, 0.0, 10.5, 10.0]], rtol=1e-6)  # as without them
     np.testing.assert_allclose(voted_scores, [0.9])
+
+
+
+def test_soft_nms_refuses_a_nan_stop_or_a_non_finite_threshold() -> None:
+    classes = np.array([0, 0, 1, 1])
+    for call in (lambda **kw: soft_nms(BOXES, SCORES, **kw),
+                 lambda **kw: batched_soft_nms(BOXES, SCORES, classes, **kw)):
+        with pytest.raises(ValueError, match="stop_at"):
+            call(stop_at=float("nan"))
+        for threshold in (float("nan"), -np.inf):
+            with pytest.raises(ValueError, match="score_threshold must be finite"):
+                call(score_threshold=threshold)
+
+
+def test_a_non_finite_candidate_never_votes_even_at_threshold_zero() -> None:
+    kept = np.array([[10, 10, 20, 20]], np.float32)
+    candidates = np.array([[10, 10, 20, 20], [30, 30, np.inf, 40]], np.float32)
+    with np.errstate(invalid="ignore"):
+        voted, _ = box_voting(kept, [0], candidates, np.array([0.9, 0.5], np.float32),
+                              [0, 0], iou_threshold=0.0)
+    np.testing.assert_array_equal(voted, kept)  # only the box itself votes

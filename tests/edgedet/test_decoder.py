@@ -45,3 +45,16 @@ def test_decoded_detections_pass_the_checks_they_skip(family: str, nms_mode: str
         np.testing.assert_array_equal(getattr(detections, name), getattr(checked, name))
     assert np.all(detections.xyxy[:, 2:] > detections.xyxy[:, :2])
     assert detections.xyxy.max() <= 640 and detections.xyxy.min() >= 0
+
+
+
+def test_a_decoder_whose_class_names_do_not_match_the_scores_refuses() -> None:
+    rng = np.random.default_rng(0)
+    priors = np.array([[50, 50, 20, 20]] * 8, np.float32)
+    outputs = {"cls_logits": rng.normal(2, 1, (8, 5)).astype(np.float32),
+               "box_deltas": np.zeros((8, 4), np.float32)}
+    decoder = HeadDecoder("ssd", priors, (10.0, 10.0, 5.0, 5.0), list(outputs), ["only"],
+                          DetectorOptions(score_threshold=0.1))
+    transform = compute_transform((100, 100), PreprocessConfig((100, 100)))
+    with pytest.raises(ValueError, match="scores 4 classes but the decoder has 1 class names"):
+        decoder(outputs, transform)

@@ -192,3 +192,15 @@ def test_from_dict_refuses_an_input_size_that_is_not_width_and_height(size: obje
 def test_preprocess_needs_a_preprocess_config() -> None:
     with pytest.raises(TypeError, match="config must be a PreprocessConfig"):
         preprocess(np.zeros((8, 8, 3), np.uint8), None)  # type: ignore[arg-type]
+
+
+def test_configs_from_lists_hash_and_compare_as_tuples_and_normalise() -> None:
+    from edgedet.preprocess import normalize_to_nchw
+
+    listed = PreprocessConfig([40, 30], mean=[1, 2, 3], std=np.array([4.0, 5.0, 6.0]))
+    tupled = PreprocessConfig((40, 30), mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
+    assert listed == tupled and hash(listed) == hash(tupled)
+    x, _ = preprocess(_frame(30, 40), listed)
+    np.testing.assert_array_equal(x, preprocess(_frame(30, 40), tupled)[0])
+    with pytest.raises(FrameError, match="uint8"):
+        normalize_to_nchw(_frame(30, 40).astype(np.float32), tupled)
