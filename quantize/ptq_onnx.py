@@ -37,6 +37,7 @@ from onnxruntime.quantization import (
 
 from edgedet._io import write_bytes_atomic
 from edgedet.artifact import INPUT_NAME
+from quantize.pad_input_channels import CHANNEL_MULTIPLE, pad_input_channels
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class QdqScheme:
             a quantized tensor (float-scope nodes, ops outside ``op_types``) reads the float
             tensor. ONNX Runtime's quantizer hands the DQ to every consumer of a tensor that
             one quantized op reads.
+        input_channel_multiple: pad the quantized input image to a multiple of this many
+            channels in front of the first convs (``quantize.pad_input_channels``: ONNX
+            Runtime's INT8 conv is slow on 3 channels); 0 leaves it.
     """
 
     activation_type: QuantType = QuantType.QUInt8
@@ -74,6 +78,7 @@ class QdqScheme:
     residual_add_only: bool = False
     float_readers_read_float: bool = False
     calibration: CalibrationMethod = CalibrationMethod.MinMax
+    input_channel_multiple: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -83,7 +88,7 @@ class QdqScheme:
 _MATMUL_PER_COLUMN = {"QDQOpTypePerChannelSupportToAxis": {"MatMul": -1}}
 # ONNX Runtime's CPU kernels: uint8 activations (asymmetric, so ReLU outputs use all 256
 # levels), integer kernels with quantized outputs.
-ONNXRUNTIME_CPU = QdqScheme(extra=_MATMUL_PER_COLUMN)
+ONNXRUNTIME_CPU = QdqScheme(extra=_MATMUL_PER_COLUMN, input_channel_multiple=CHANNEL_MULTIPLE)
 # TensorRT explicit quantization (quantize.tensorrt_rules cites the rules): signed symmetric
 # INT8, Q/DQ on the inputs of the weighted layers and the residual input of Adds, float
 # outputs and biases. MatMuls of two activations (attention) are left to the float scope.
@@ -262,6 +267,8 @@ def quantize_onnx(
         rewired |= _excluded_pools_read_float(quantized, excluded)
     if rewired or scheme.residual_add_only:
         _drop_unread_qdq(quantized)
+    if scheme.input_channel_multiple:
+        pad_input_channels(quantized, scheme.input_channel_multiple)
     onnx.checker.check_model(quantized)
     write_bytes_atomic(out_path, quantized.SerializeToString())
     return out_path

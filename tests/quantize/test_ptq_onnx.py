@@ -4,6 +4,7 @@ and close to the fp32 model on calibration-like inputs."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -61,6 +62,29 @@ def test_int8_outputs_close_to_fp32_on_unseen_images(passd_int8):
         for name, a, b in zip(names, fp32.run(None, {"images": images}),
                               int8.run(None, {"images": images}), strict=True):
             assert cosine(a, b) > 0.99, name
+
+
+def test_onnxruntime_int8_pads_the_input_to_4_channels_with_the_same_outputs(passd_int8,
+                                                                            tmp_path):
+    fp32_path, int8_path, kept, input_size = passd_int8
+    model = onnx.load(str(int8_path))
+    weights = {t.name: t for t in model.graph.initializer}
+    first = next(n for n in model.graph.node if n.op_type == "Pad")
+    assert first.input[0] == "images_QuantizeLinear_Output"
+    convs = [n for n in model.graph.node if n.op_type == "Conv"
+             and any(i.startswith("images_DequantizeLinear") for i in n.input)]
+    weight_dq = {n.output[0]: n.input[0] for n in model.graph.node
+                 if n.op_type == "DequantizeLinear"}
+    assert convs and all(tuple(weights[weight_dq[c.input[1]]].dims)[1] == 4 for c in convs)
+    unpadded = quantize_onnx(fp32_path, tmp_path / "unpadded.onnx",
+                             synthetic_inputs(input_size, 8, CALIBRATION_SEED), flatten(kept),
+                             scheme=replace(ONNXRUNTIME_CPU, input_channel_multiple=0))
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                for p in (int8_path, unpadded)]
+    for images in synthetic_inputs(input_size, 2, EVAL_SEED):
+        padded_out, plain_out = (s.run(None, {"images": images}) for s in sessions)
+        for a, b in zip(padded_out, plain_out, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_rejects_unknown_excluded_node_and_empty_calibration(exported, tmp_path):
