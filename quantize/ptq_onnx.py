@@ -64,9 +64,10 @@ class QdqScheme:
             a quantized tensor (float-scope nodes, ops outside ``op_types``) reads the float
             tensor. ONNX Runtime's quantizer hands the DQ to every consumer of a tensor that
             one quantized op reads.
-        input_channel_multiple: pad the quantized input image to a multiple of this many
-            channels in front of the first convs (``quantize.pad_input_channels``: ONNX
-            Runtime's INT8 conv is slow on 3 channels); 0 leaves it.
+        input_channel_multiple: pad quantized images of fewer channels (the input, DAIPNet's
+            pooled pyramid) to this many in front of the convs reading them
+            (``quantize.pad_input_channels``: ONNX Runtime's INT8 conv is slow on 3
+            channels); 0 leaves them.
     """
 
     activation_type: QuantType = QuantType.QUInt8

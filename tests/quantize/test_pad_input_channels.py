@@ -15,11 +15,12 @@ SIZE = 9
 
 
 def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: int = 3,
-               dequantized_also_to_relu: bool = False, dynamic: bool = False
-               ) -> onnx.ModelProto:
+               dequantized_also_to_relu: bool = False, dynamic: bool = False,
+               quantized_pool: bool = False) -> onnx.ModelProto:
     """``images (1, C, 9, 9)`` -> Q -> two DQ copies -> conv A (5 out, 3x3, int8 per channel)
     and conv B (int8 per tensor with zero point 3); the float input also max-pooled (as
-    DAIPNet's pyramid pools it)."""
+    DAIPNet's pyramid pools it), with ``quantized_pool`` the pooled image quantized for a
+    conv of its own (conv P, as DAIPNet's pyramid levels)."""
     rng = np.random.default_rng(0)
     weight_a = rng.integers(-127, 128, (5, channels, 3, 3)).astype(np.int8)
     b_in = channels // conv_b_group
@@ -55,6 +56,20 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
         helper.make_node("MaxPool", ["images"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
     ]
     outputs = ["out_a", "y_b", "pooled"]
+    if quantized_pool:
+        initializers += [numpy_helper.from_array(rng.integers(-127, 128, (4, channels, 3, 3))
+                                                 .astype(np.int8), "w_p"),
+                         numpy_helper.from_array(np.float32(0.01), "w_p_scale"),
+                         numpy_helper.from_array(np.float32(0.04), "p_scale"),
+                         numpy_helper.from_array(np.uint8(100), "p_zero")]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["pooled", "p_scale", "p_zero"], ["p_q"],
+                             name="q_pool"),
+            helper.make_node("DequantizeLinear", ["p_q", "p_scale", "p_zero"], ["p_f"]),
+            helper.make_node("DequantizeLinear", ["w_p", "w_p_scale"], ["w_p_f"]),
+            helper.make_node("Conv", ["p_f", "w_p_f"], ["y_p"], kernel_shape=[3, 3],
+                             pads=[1, 1, 1, 1], name="conv_p")]
+        outputs.append("y_p")
     if share_weight:  # a third conv, on another tensor, reads conv A's weights
         nodes.append(helper.make_node("Conv", ["pooled", "w_a_f"], ["y_c"], kernel_shape=[3, 3],
                                       pads=[1, 1, 1, 1], name="conv_c"))
@@ -88,6 +103,19 @@ def test_padded_model_gives_the_same_bits():
         before, after = _run(model, images), _run(padded, images)
         for old, new in zip(before, after, strict=True):
             np.testing.assert_array_equal(old, new)
+
+
+def test_a_quantized_pooled_image_is_padded_too_with_the_same_bits():
+    model = _qdq_model(quantized_pool=True)
+    padded = _qdq_model(quantized_pool=True)
+    assert pad_input_channels(padded) == 3
+    weights = {t.name: numpy_helper.to_array(t) for t in padded.graph.initializer}
+    assert weights["w_p"].shape == (4, 4, 3, 3) and not weights["w_p"][:, 3].any()
+    pads = [list(n.input) for n in padded.graph.node if n.op_type == "Pad"]
+    assert ["p_q", "p_q/channel_pads", "p_zero"] in pads
+    images = np.random.default_rng(2).normal(0, 1.5, (1, 3, SIZE, SIZE)).astype(np.float32)
+    for old, new in zip(_run(model, images), _run(padded, images), strict=True):
+        np.testing.assert_array_equal(old, new)
 
 
 def test_new_channel_weights_are_the_zero_points_and_the_pad_value_the_input_zero_point():
