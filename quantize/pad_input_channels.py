@@ -82,9 +82,11 @@ def _pad_image(graph: onnx.GraphProto, quantize: onnx.NodeProto, channels: int, 
                initializers: dict[str, onnx.TensorProto]) -> int:
     """Pad ``quantize``'s output by ``extra`` channels of its zero point and the weights of
     the convs reading it; the number of convs, 0 where the pattern does not hold."""
+    zero_point = _per_tensor_zero_point(quantize, initializers)
     dequantizers = readers.get(quantize.output[0], [])
-    if not dequantizers or any(d.op_type != "DequantizeLinear" or d.input[0] != quantize.output[0]
-                               for d in dequantizers):
+    if zero_point is None or not dequantizers or any(
+            d.op_type != "DequantizeLinear" or d.input[0] != quantize.output[0]
+            for d in dequantizers):
         return 0
     dequantized = {d.output[0] for d in dequantizers}
     convs = [c for d in dequantizers for c in readers.get(d.output[0], [])]
@@ -99,11 +101,11 @@ def _pad_image(graph: onnx.GraphProto, quantize: onnx.NodeProto, channels: int, 
     padded_name = f"{quantize.output[0]}/channels_padded"
     graph.initializer.append(numpy_helper.from_array(
         np.array([0, 0, 0, 0, 0, extra, 0, 0], dtype=np.int64), pads_name))
-    pad_inputs = [quantize.output[0], pads_name]
-    if len(quantize.input) > 2 and quantize.input[2]:
-        pad_inputs.append(quantize.input[2])  # the zero point: the new channels read as 0
-    pad = helper.make_node("Pad", pad_inputs, [padded_name], name=f"{quantize.name}/pad_channels",
-                           mode="constant")
+    # The zero point as Pad's scalar fill: the new channels dequantize to 0.
+    fill_name = f"{quantize.output[0]}/channel_fill"
+    graph.initializer.append(numpy_helper.from_array(zero_point, fill_name))
+    pad = helper.make_node("Pad", [quantize.output[0], pads_name, fill_name], [padded_name],
+                           name=f"{quantize.name}/pad_channels", mode="constant")
     graph.node.insert(list(graph.node).index(quantize) + 1, pad)
     for dequantize in dequantizers:
         dequantize.input[0] = padded_name
@@ -111,6 +113,22 @@ def _pad_image(graph: onnx.GraphProto, quantize: onnx.NodeProto, channels: int, 
     for info in [v for v in graph.value_info if v.name in dequantized]:
         graph.value_info.remove(info)
     return len(convs)
+
+
+def _per_tensor_zero_point(quantize: onnx.NodeProto,
+                           initializers: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """``quantize``'s zero point as a 0-d array (uint8 0 when it has none), or None where it
+    quantizes per channel or its scale or zero point is not a constant: a per-channel scale
+    would have no value for the new channel."""
+    scale = initializers.get(quantize.input[1])
+    if scale is None or numpy_helper.to_array(scale).size != 1:
+        return None
+    if len(quantize.input) < 3 or not quantize.input[2]:
+        return np.zeros((), dtype=np.uint8)
+    zero_point = initializers.get(quantize.input[2])
+    if zero_point is None or numpy_helper.to_array(zero_point).size != 1:
+        return None
+    return numpy_helper.to_array(zero_point).reshape(())
 
 
 def _padded_weight(conv: onnx.NodeProto, producer: dict[str, onnx.NodeProto],

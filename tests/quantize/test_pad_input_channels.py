@@ -112,7 +112,7 @@ def test_a_quantized_pooled_image_is_padded_too_with_the_same_bits():
     weights = {t.name: numpy_helper.to_array(t) for t in padded.graph.initializer}
     assert weights["w_p"].shape == (4, 4, 3, 3) and not weights["w_p"][:, 3].any()
     pads = [list(n.input) for n in padded.graph.node if n.op_type == "Pad"]
-    assert ["p_q", "p_q/channel_pads", "p_zero"] in pads
+    assert ["p_q", "p_q/channel_pads", "p_q/channel_fill"] in pads
     images = np.random.default_rng(2).normal(0, 1.5, (1, 3, SIZE, SIZE)).astype(np.float32)
     for old, new in zip(_run(model, images), _run(padded, images), strict=True):
         np.testing.assert_array_equal(old, new)
@@ -128,8 +128,9 @@ def test_new_channel_weights_are_the_zero_points_and_the_pad_value_the_input_zer
     original = {t.name: numpy_helper.to_array(t) for t in _qdq_model().graph.initializer}
     np.testing.assert_array_equal(weights["w_a"][:, :3], original["w_a"])
     pad = next(n for n in padded.graph.node if n.op_type == "Pad")
-    assert list(pad.input) == ["x_q", "x_q/channel_pads", "x_zero"]
+    assert list(pad.input) == ["x_q", "x_q/channel_pads", "x_q/channel_fill"]
     assert weights["x_q/channel_pads"].tolist() == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert weights["x_q/channel_fill"].shape == () and weights["x_q/channel_fill"] == 120
     readers = {n.name: list(n.input) for n in padded.graph.node}
     assert readers["dq_a"][0] == readers["dq_b"][0] == "x_q/channels_padded"
     assert readers[next(n.name for n in padded.graph.node if n.op_type == "MaxPool")] == [
@@ -145,6 +146,20 @@ def test_new_channel_weights_are_the_zero_points_and_the_pad_value_the_input_zer
 ])
 def test_patterns_it_cannot_rewrite_exactly_are_left_alone(variant):
     model = _qdq_model(**variant)
+    before = model.SerializeToString()
+    assert pad_input_channels(model) == 0
+    assert model.SerializeToString() == before
+
+
+def test_an_input_quantized_per_channel_is_left_alone():
+    model = _qdq_model()
+    for tensor in model.graph.initializer:
+        if tensor.name in ("x_scale", "x_zero"):
+            values = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(np.full(3, values, values.dtype), tensor.name))
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] == "x_scale":
+            node.attribute.append(helper.make_attribute("axis", 1))
     before = model.SerializeToString()
     assert pad_input_channels(model) == 0
     assert model.SerializeToString() == before
