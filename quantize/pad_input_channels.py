@@ -8,11 +8,18 @@ zoo's INT8 files, model alone: DAIPNet 6.43 -> 5.83 ms, PASSD 8.01 -> 7.76, DSAN
 8.45, pruned HAR-Net 6.55 -> 6.43; 8 or 16 channels were slower than 4 again, and a float
 model gains nothing, so only INT8 graphs get this).
 
-The rewrite is exact. The quantized input is padded with its own zero point (so the new
-channel dequantizes to 0) and every conv that reads it gets weights for the new channel equal
-to the weights' zero point: ``(x_q - x_zp) * (w_q - w_zp)`` is 0 for each new term, so the
-integer sums, and the outputs, are bit for bit those of the unpadded graph (the tests run
-both). Other readers of the float input (DAIPNet's input pools) keep reading it unpadded.
+The rewrite is exact where the convs run as integer kernels, which the pass makes sure of
+(uint8 images, int8 weights, each conv's output quantized again, so that ONNX Runtime fuses
+it into one ``QLinearConv``). The image is padded with its own zero point (so the new
+channel dequantizes to 0) and every conv that reads it gets weights for the new channel
+equal to the weights' zero point: ``(x_q - x_zp) * (w_q - w_zp)`` is 0 for each new term, so
+the integer sums, and the outputs, are bit for bit those of the unpadded graph (the tests
+run both). A conv left in float would not be: its float sum of the same products can round
+differently. One caveat off this machine: without VNNI, ONNX Runtime's AVX2 u8s8 kernels add
+pairs of products in int16 with saturation, and the padding changes which products pair up,
+so where those sums saturate the two graphs can differ (as either differs from exact
+integer arithmetic). Other readers of the float input (DAIPNet's input pools) keep
+reading it unpadded.
 """
 
 from __future__ import annotations
@@ -49,119 +56,170 @@ def _channel_counts(model: onnx.ModelProto) -> dict[str, int]:
 def pad_input_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULTIPLE) -> int:
     """Pad each quantized image of fewer than ``multiple`` channels to ``multiple``, in place.
 
-    An image here is a 4-D tensor of 1 to ``multiple - 1`` channels that one
-    ``QuantizeLinear`` quantizes: the graph input, and where shape inference knows their
-    shapes, the others (DAIPNet's pooled pyramid images, 38x38 and smaller: 0.04-0.09 ms
-    more, bit-identical). Each is rewritten only where that is exact: its ``DequantizeLinear``
-    copies feed nothing but ungrouped ``Conv`` data inputs, each with its own constant INT8
-    weights (per tensor or per output channel). Anything else (a float first layer, a
-    grouped conv, a weight shared with another node) stays as it is.
+    An image here is a 4-D uint8 tensor of 1 to ``multiple - 1`` channels that one
+    ``QuantizeLinear`` quantizes per tensor: the graph input, and where shape inference knows
+    their shapes, the others (DAIPNet's pooled pyramid images, 38x38 and smaller: 0.04-0.09
+    ms more, bit-identical). Each is rewritten only where that is exact: its
+    ``DequantizeLinear`` copies feed nothing but ungrouped ``Conv`` data inputs, each with its
+    own constant int8 weights (per tensor or per output channel) and its output quantized
+    again (directly or through one ``Relu``). Anything else (a float first layer, a grouped
+    conv, a weight shared with another node, a tensor that is a graph input or output or that
+    a subgraph reads, an opset before 13) stays as it is.
 
     Returns:
         The number of convolutions that now read a padded image (0: model unchanged).
     """
     graph = model.graph
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    producer = {out: node for node in graph.node for out in node.output}
-    initializers = {t.name: t for t in graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # Pad takes its pads as an input from opset 11, per-axis Q/DQ from 13
+        return 0
+    rewrite = _Rewrite(graph, multiple)
     channels_of = _channel_counts(model)
     padded = 0
     for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
         channels = channels_of.get(quantize.input[0])
         if channels is not None and 0 < channels < multiple:
-            padded += _pad_image(graph, quantize, channels, multiple - channels, readers,
-                                 producer, initializers)
+            padded += rewrite.pad_image(quantize, channels)
     return padded
 
 
-def _pad_image(graph: onnx.GraphProto, quantize: onnx.NodeProto, channels: int, extra: int,
-               readers: dict[str, list[onnx.NodeProto]], producer: dict[str, onnx.NodeProto],
-               initializers: dict[str, onnx.TensorProto]) -> int:
-    """Pad ``quantize``'s output by ``extra`` channels of its zero point and the weights of
-    the convs reading it; the number of convs, 0 where the pattern does not hold."""
-    zero_point = _per_tensor_zero_point(quantize, initializers)
-    dequantizers = readers.get(quantize.output[0], [])
-    if zero_point is None or not dequantizers or any(
-            d.op_type != "DequantizeLinear" or d.input[0] != quantize.output[0]
-            for d in dequantizers):
-        return 0
-    dequantized = {d.output[0] for d in dequantizers}
-    convs = [c for d in dequantizers for c in readers.get(d.output[0], [])]
-    weights = [_padded_weight(c, producer, initializers, readers, channels, extra, dequantized)
-               for c in convs]
-    if not convs or any(w is None for w in weights):
-        return 0
-    for padded in weights:
-        assert padded is not None
-        initializers[padded.name].CopyFrom(padded)
-    pads_name = f"{quantize.output[0]}/channel_pads"
-    padded_name = f"{quantize.output[0]}/channels_padded"
-    graph.initializer.append(numpy_helper.from_array(
-        np.array([0, 0, 0, 0, 0, extra, 0, 0], dtype=np.int64), pads_name))
-    # The zero point as Pad's scalar fill: the new channels dequantize to 0.
-    fill_name = f"{quantize.output[0]}/channel_fill"
-    graph.initializer.append(numpy_helper.from_array(zero_point, fill_name))
-    pad = helper.make_node("Pad", [quantize.output[0], pads_name, fill_name], [padded_name],
-                           name=f"{quantize.name}/pad_channels", mode="constant")
-    graph.node.insert(list(graph.node).index(quantize) + 1, pad)
-    for dequantize in dequantizers:
-        dequantize.input[0] = padded_name
-    # The dequantized tensors now have more channels: drop their recorded shapes.
-    for info in [v for v in graph.value_info if v.name in dequantized]:
-        graph.value_info.remove(info)
-    return len(convs)
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of a subgraph (If / Loop / Scan bodies, at any depth) reads:
+    they may read the outer graph's tensors, which this pass must then leave alone."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
+                names |= {name for n in sub.node for name in n.input} | _subgraph_reads(sub)
+    return names
 
 
-def _per_tensor_zero_point(quantize: onnx.NodeProto,
-                           initializers: dict[str, onnx.TensorProto]) -> np.ndarray | None:
-    """``quantize``'s zero point as a 0-d array (uint8 0 when it has none), or None where it
-    quantizes per channel or its scale or zero point is not a constant: a per-channel scale
-    would have no value for the new channel."""
-    scale = initializers.get(quantize.input[1])
-    if scale is None or numpy_helper.to_array(scale).size != 1:
-        return None
-    if len(quantize.input) < 3 or not quantize.input[2]:
-        return np.zeros((), dtype=np.uint8)
-    zero_point = initializers.get(quantize.input[2])
-    if zero_point is None or numpy_helper.to_array(zero_point).size != 1:
-        return None
-    return numpy_helper.to_array(zero_point).reshape(())
+class _Rewrite:
+    """The graph's reader / producer maps and the names it holds, for ``pad_image``."""
 
+    def __init__(self, graph: onnx.GraphProto, multiple: int) -> None:
+        self.graph = graph
+        self.multiple = multiple
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.initializers = {t.name: t for t in graph.initializer}
+        # Tensors read or exposed outside the top-level nodes: never changed.
+        self.external = ({v.name for v in graph.input} | {v.name for v in graph.output}
+                         | _subgraph_reads(graph))
+        self.taken = (set(self.initializers) | set(self.producer) | self.external
+                      | {n.name for n in graph.node} | set(self.readers))
 
-def _padded_weight(conv: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
-                   initializers: dict[str, onnx.TensorProto],
-                   readers: dict[str, list[onnx.NodeProto]], channels: int, extra: int,
-                   padded_inputs: set[str]) -> onnx.TensorProto | None:
-    """The conv's INT8 weight initializer with ``extra`` input channels of its zero point,
-    or None where the conv is not one this pass may rewrite."""
-    if (conv.op_type != "Conv" or conv.input[0] not in padded_inputs
-            or any(name in padded_inputs for name in conv.input[1:])
-            or _attribute(conv, "group", 1) != 1 or len(conv.input) < 2):
-        return None
-    dequantize = producer.get(conv.input[1])
-    if (dequantize is None or dequantize.op_type != "DequantizeLinear"
-            or len(readers.get(conv.input[1], [])) != 1):  # weights another node reads too
-        return None
-    weight = initializers.get(dequantize.input[0])
-    if weight is None or len(readers.get(weight.name, [])) != 1:
-        return None
-    values = numpy_helper.to_array(weight)
-    if values.dtype not in (np.int8, np.uint8) or values.ndim != 4 or values.shape[1] != channels:
-        return None
-    zero_point = np.zeros((), dtype=values.dtype)
-    if len(dequantize.input) > 2 and dequantize.input[2]:
-        if dequantize.input[2] not in initializers:
+    def _fresh(self, name: str) -> str:
+        candidate, index = name, 1
+        while candidate in self.taken:
+            candidate, index = f"{name}_{index}", index + 1
+        self.taken.add(candidate)
+        return candidate
+
+    def _only_read_by(self, name: str, node: onnx.NodeProto) -> bool:
+        readers = self.readers.get(name, [])
+        return name not in self.external and len(readers) == 1 and readers[0] is node
+
+    def pad_image(self, quantize: onnx.NodeProto, channels: int) -> int:
+        """Pad ``quantize``'s output with its zero point to ``multiple`` channels and the
+        weights of the convs reading it; the number of convs, 0 where the pattern does not
+        hold."""
+        extra = self.multiple - channels
+        zero_point = self._image_zero_point(quantize)
+        dequantizers = self.readers.get(quantize.output[0], [])
+        if zero_point is None or quantize.output[0] in self.external or not dequantizers or any(
+                d.op_type != "DequantizeLinear" or d.input[0] != quantize.output[0]
+                or d.output[0] in self.external for d in dequantizers):
+            return 0
+        dequantized = {d.output[0] for d in dequantizers}
+        convs = [c for d in dequantizers for c in self.readers.get(d.output[0], [])]
+        weights = [self._padded_weight(c, channels, extra, dequantized) for c in convs]
+        if not convs or any(w is None for w in weights):
+            return 0
+        graph = self.graph
+        stale = set(dequantized)
+        for conv, padded in zip(convs, weights, strict=True):
+            assert padded is not None
+            self.initializers[padded.name].CopyFrom(padded)
+            stale.add(conv.input[1])
+        pads_name = self._fresh(f"{quantize.output[0]}/channel_pads")
+        fill_name = self._fresh(f"{quantize.output[0]}/channel_fill")
+        padded_name = self._fresh(f"{quantize.output[0]}/channels_padded")
+        graph.initializer.append(numpy_helper.from_array(
+            np.array([0, 0, 0, 0, 0, extra, 0, 0], dtype=np.int64), pads_name))
+        # The zero point as Pad's scalar fill: the new channels dequantize to 0.
+        graph.initializer.append(numpy_helper.from_array(zero_point, fill_name))
+        pad = helper.make_node("Pad", [quantize.output[0], pads_name, fill_name], [padded_name],
+                               name=self._fresh(f"{quantize.name or quantize.output[0]}"
+                                                "/pad_channels"), mode="constant")
+        graph.node.insert(list(graph.node).index(quantize) + 1, pad)
+        for dequantize in dequantizers:
+            dequantize.input[0] = padded_name
+        # The dequantized image and weights now have more channels: drop their recorded shapes.
+        for info in [v for v in graph.value_info if v.name in stale]:
+            graph.value_info.remove(info)
+        return len(convs)
+
+    def _image_zero_point(self, quantize: onnx.NodeProto) -> np.ndarray | None:
+        """``quantize``'s uint8 zero point as a 0-d array, or None unless it quantizes per
+        tensor to uint8 with constant scale and zero point (a per-channel scale would have no
+        value for the new channel; ONNX Runtime's integer convs take uint8 images)."""
+        if len(quantize.input) < 3 or any(a.name == "axis" for a in quantize.attribute):
             return None
-        zero_point = numpy_helper.to_array(initializers[dequantize.input[2]])
-    if zero_point.ndim == 1:  # per channel: only along the output channels
-        if _attribute(dequantize, "axis", 1) != 0 or len(zero_point) != values.shape[0]:
+        scale = self.initializers.get(quantize.input[1])
+        zero_point = self.initializers.get(quantize.input[2])
+        if scale is None or zero_point is None:
             return None
-        zero_point = zero_point.reshape(-1, 1, 1, 1)
-    elif zero_point.ndim != 0:
-        return None
-    fill = np.broadcast_to(zero_point, (values.shape[0], extra, *values.shape[2:]))
-    return numpy_helper.from_array(
-        np.concatenate([values, fill.astype(values.dtype)], axis=1), weight.name)
+        values = numpy_helper.to_array(zero_point)
+        if numpy_helper.to_array(scale).size != 1 or values.size != 1 or values.dtype != np.uint8:
+            return None
+        return values.reshape(())
+
+    def _requantized(self, conv: onnx.NodeProto) -> bool:
+        """Whether the conv's output is quantized again, directly or through one Relu: the
+        pattern ONNX Runtime fuses into an integer ``QLinearConv``."""
+        readers = self.readers.get(conv.output[0], [])
+        if conv.output[0] in self.external or len(readers) != 1:
+            return False
+        reader = readers[0]
+        if reader.op_type == "Relu":
+            return self._requantized(reader)
+        return reader.op_type == "QuantizeLinear"
+
+    def _padded_weight(self, conv: onnx.NodeProto, channels: int, extra: int,
+                       padded_inputs: set[str]) -> onnx.TensorProto | None:
+        """The conv's int8 weight initializer with ``extra`` input channels of its zero
+        point, or None where the conv is not one this pass may rewrite."""
+        if (conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[0] not in padded_inputs
+                or any(name in padded_inputs for name in conv.input[1:])
+                or _attribute(conv, "group", 1) != 1 or not self._requantized(conv)):
+            return None
+        dequantize = self.producer.get(conv.input[1])
+        if (dequantize is None or dequantize.op_type != "DequantizeLinear"
+                or not self._only_read_by(conv.input[1], conv)):  # weights another node reads
+            return None
+        weight = self.initializers.get(dequantize.input[0])
+        if weight is None or not self._only_read_by(weight.name, dequantize):
+            return None
+        values = numpy_helper.to_array(weight)
+        if values.dtype != np.int8 or values.ndim != 4 or values.shape[1] != channels:
+            return None
+        parameters = [self.initializers.get(name) for name in dequantize.input[1:3] if name]
+        if any(t is None for t in parameters):
+            return None
+        scale, *rest = (numpy_helper.to_array(t) for t in parameters if t is not None)
+        zero_point = rest[0] if rest else np.zeros((), dtype=values.dtype)
+        if scale.size != 1:  # per channel: only along the output channels
+            if (_attribute(dequantize, "axis", 1) != 0 or scale.shape != (values.shape[0],)
+                    or zero_point.size not in (1, values.shape[0])):
+                return None
+        elif zero_point.size != 1:
+            return None
+        fill = np.broadcast_to(zero_point.reshape(-1, 1, 1, 1) if zero_point.size > 1
+                               else zero_point.reshape(()),
+                               (values.shape[0], extra, *values.shape[2:]))
+        return numpy_helper.from_array(
+            np.concatenate([values, fill.astype(values.dtype)], axis=1), weight.name)

@@ -1,5 +1,6 @@
-"""``quantize.pad_input_channels``: the quantized input padded to 4 channels in front of the
-first convs, outputs bit for bit those of the unpadded graph; anything else left alone."""
+"""``quantize.pad_input_channels``: quantized images padded to 4 channels in front of the
+integer convs reading them, outputs bit for bit those of the unpadded graph; anything it
+cannot rewrite exactly left alone, byte for byte."""
 
 from __future__ import annotations
 
@@ -14,18 +15,28 @@ from quantize.pad_input_channels import pad_input_channels
 SIZE = 9
 
 
+def _requantize(tensor: str, name: str) -> list[onnx.NodeProto]:
+    """``tensor`` -> Q -> DQ as ``name`` (what ONNX Runtime's QDQ quantizer puts after a conv,
+    so that the conv runs as one integer kernel)."""
+    return [helper.make_node("QuantizeLinear", [tensor, "y_scale", "y_zero"], [f"{name}_q"]),
+            helper.make_node("DequantizeLinear", [f"{name}_q", "y_scale", "y_zero"], [name])]
+
+
 def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: int = 3,
                dequantized_also_to_relu: bool = False, dynamic: bool = False,
-               quantized_pool: bool = False) -> onnx.ModelProto:
-    """``images (1, C, 9, 9)`` -> Q -> two DQ copies -> conv A (5 out, 3x3, int8 per channel)
-    and conv B (int8 per tensor with zero point 3); the float input also max-pooled (as
-    DAIPNet's pyramid pools it), with ``quantized_pool`` the pooled image quantized for a
-    conv of its own (conv P, as DAIPNet's pyramid levels)."""
+               quantized_pool: bool = False, float_conv_b: bool = False,
+               expose: str | None = None, opset: int = 17) -> onnx.ModelProto:
+    """``images (1, C, 9, 9)`` -> Q -> two DQ copies -> conv A (5 out, 3x3, int8 per channel,
+    then Relu) and conv B (6 out, 1x1, int8 per tensor with zero point 3, int32 bias), each
+    quantized again; the float input also max-pooled (as DAIPNet's pyramid pools it), with
+    ``quantized_pool`` the pooled image quantized for a conv of its own (conv P). Variants:
+    ``float_conv_b`` (conv B's output not quantized again: ONNX Runtime runs it in float),
+    ``expose`` (that tensor also a graph output), the rest as named."""
     rng = np.random.default_rng(0)
     weight_a = rng.integers(-127, 128, (5, channels, 3, 3)).astype(np.int8)
     b_in = channels // conv_b_group
-    weight_b = rng.integers(-60, 60, (6 if conv_b_group == 1 else channels, b_in, 1, 1)
-                            ).astype(np.int8)
+    b_out = 6 if conv_b_group == 1 else channels
+    weight_b = rng.integers(-60, 60, (b_out, b_in, 1, 1)).astype(np.int8)
     initializers = [
         numpy_helper.from_array(np.float32(0.03), "x_scale"),
         numpy_helper.from_array(np.uint8(120), "x_zero"),
@@ -35,6 +46,8 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
         numpy_helper.from_array(weight_b, "w_b"),
         numpy_helper.from_array(np.float32(0.004), "w_b_scale"),
         numpy_helper.from_array(np.int8(3), "w_b_zero"),
+        numpy_helper.from_array(rng.integers(-900, 900, b_out).astype(np.int32), "b_b"),
+        numpy_helper.from_array(np.float32(0.03 * 0.004), "b_b_scale"),
         numpy_helper.from_array(np.float32(0.05), "y_scale"),
         numpy_helper.from_array(np.uint8(10), "y_zero"),
     ]
@@ -46,16 +59,21 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
                          axis=0, name="dq_w_a"),
         helper.make_node("DequantizeLinear", ["w_b", "w_b_scale", "w_b_zero"], ["w_b_f"],
                          name="dq_w_b"),
+        helper.make_node("DequantizeLinear", ["b_b", "b_b_scale"], ["b_b_f"], name="dq_b_b"),
         helper.make_node("Conv", ["x_a", "w_a_f"], ["y_a"], kernel_shape=[3, 3],
                          pads=[1, 1, 1, 1], name="conv_a"),
-        helper.make_node("Conv", ["x_b", "w_b_f"], ["y_b"], kernel_shape=[1, 1],
+        helper.make_node("Conv", ["x_b", "w_b_f", "b_b_f"], ["y_b"], kernel_shape=[1, 1],
                          group=conv_b_group, name="conv_b"),
         helper.make_node("Relu", ["y_a"], ["r_a"]),
-        helper.make_node("QuantizeLinear", ["r_a", "y_scale", "y_zero"], ["r_a_q"]),
-        helper.make_node("DequantizeLinear", ["r_a_q", "y_scale", "y_zero"], ["out_a"]),
+        *_requantize("r_a", "out_a"),
         helper.make_node("MaxPool", ["images"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
     ]
-    outputs = ["out_a", "y_b", "pooled"]
+    outputs = ["out_a", "pooled"]
+    if float_conv_b:
+        outputs.append("y_b")
+    else:
+        nodes += _requantize("y_b", "out_b")
+        outputs.append("out_b")
     if quantized_pool:
         initializers += [numpy_helper.from_array(rng.integers(-127, 128, (4, channels, 3, 3))
                                                  .astype(np.int8), "w_p"),
@@ -68,8 +86,9 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
             helper.make_node("DequantizeLinear", ["p_q", "p_scale", "p_zero"], ["p_f"]),
             helper.make_node("DequantizeLinear", ["w_p", "w_p_scale"], ["w_p_f"]),
             helper.make_node("Conv", ["p_f", "w_p_f"], ["y_p"], kernel_shape=[3, 3],
-                             pads=[1, 1, 1, 1], name="conv_p")]
-        outputs.append("y_p")
+                             pads=[1, 1, 1, 1], name="conv_p"),
+            *_requantize("y_p", "out_p")]
+        outputs.append("out_p")
     if share_weight:  # a third conv, on another tensor, reads conv A's weights
         nodes.append(helper.make_node("Conv", ["pooled", "w_a_f"], ["y_c"], kernel_shape=[3, 3],
                                       pads=[1, 1, 1, 1], name="conv_c"))
@@ -77,13 +96,16 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
     if dequantized_also_to_relu:
         nodes.append(helper.make_node("Relu", ["x_a"], ["x_a_relu"]))
         outputs.append("x_a_relu")
+    if expose:
+        outputs.append(expose)
     dims: list[int | str] = [1, "channels" if dynamic else channels, SIZE, SIZE]
     graph = helper.make_graph(
         nodes, "qdq", [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", "c", "h", "w"])
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT if name != "x_q"
+                                       else TensorProto.UINT8, ["n", "c", "h", "w"])
          for name in outputs],
         initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _run(model: onnx.ModelProto, images: np.ndarray) -> list[np.ndarray]:
@@ -92,30 +114,30 @@ def _run(model: onnx.ModelProto, images: np.ndarray) -> list[np.ndarray]:
     return session.run(None, {"images": images})
 
 
-def test_padded_model_gives_the_same_bits():
-    model = _qdq_model()
-    padded = _qdq_model()
-    assert pad_input_channels(padded) == 2
-    onnx.checker.check_model(padded)
-    rng = np.random.default_rng(1)
-    for _ in range(5):
+def _assert_same_outputs(model: onnx.ModelProto, padded: onnx.ModelProto, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
         images = rng.normal(0, 1.5, (1, 3, SIZE, SIZE)).astype(np.float32)
-        before, after = _run(model, images), _run(padded, images)
-        for old, new in zip(before, after, strict=True):
+        for old, new in zip(_run(model, images), _run(padded, images), strict=True):
             np.testing.assert_array_equal(old, new)
 
 
+def test_padded_model_gives_the_same_bits():
+    model, padded = _qdq_model(), _qdq_model()
+    assert pad_input_channels(padded) == 2
+    onnx.checker.check_model(padded)
+    onnx.shape_inference.infer_shapes(padded, strict_mode=True)  # no stale recorded shapes
+    _assert_same_outputs(model, padded, seed=1)
+
+
 def test_a_quantized_pooled_image_is_padded_too_with_the_same_bits():
-    model = _qdq_model(quantized_pool=True)
-    padded = _qdq_model(quantized_pool=True)
+    model, padded = _qdq_model(quantized_pool=True), _qdq_model(quantized_pool=True)
     assert pad_input_channels(padded) == 3
     weights = {t.name: numpy_helper.to_array(t) for t in padded.graph.initializer}
     assert weights["w_p"].shape == (4, 4, 3, 3) and not weights["w_p"][:, 3].any()
     pads = [list(n.input) for n in padded.graph.node if n.op_type == "Pad"]
     assert ["p_q", "p_q/channel_pads", "p_q/channel_fill"] in pads
-    images = np.random.default_rng(2).normal(0, 1.5, (1, 3, SIZE, SIZE)).astype(np.float32)
-    for old, new in zip(_run(model, images), _run(padded, images), strict=True):
-        np.testing.assert_array_equal(old, new)
+    _assert_same_outputs(model, padded, seed=2)
 
 
 def test_new_channel_weights_are_the_zero_points_and_the_pad_value_the_input_zero_point():
@@ -133,8 +155,60 @@ def test_new_channel_weights_are_the_zero_points_and_the_pad_value_the_input_zer
     assert weights["x_q/channel_fill"].shape == () and weights["x_q/channel_fill"] == 120
     readers = {n.name: list(n.input) for n in padded.graph.node}
     assert readers["dq_a"][0] == readers["dq_b"][0] == "x_q/channels_padded"
-    assert readers[next(n.name for n in padded.graph.node if n.op_type == "MaxPool")] == [
-        "images"]  # the float input's other reader stays on 3 channels
+    pool = next(n for n in padded.graph.node if n.op_type == "MaxPool")
+    assert list(pool.input) == ["images"]  # the float input's other reader: still 3 channels
+
+
+def test_new_names_never_collide_with_existing_ones():
+    model, padded = _qdq_model(), _qdq_model()
+    for taken in (model, padded):  # an unrelated initializer already holds the name
+        taken.graph.initializer.append(numpy_helper.from_array(np.float32(1), "x_q/channel_fill"))
+    assert pad_input_channels(padded) == 2
+    onnx.checker.check_model(padded)
+    pad = next(n for n in padded.graph.node if n.op_type == "Pad")
+    assert pad.input[2] == "x_q/channel_fill_1"
+    _assert_same_outputs(model, padded, seed=3)
+
+
+def _per_channel_input(model: onnx.ModelProto) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.name in ("x_scale", "x_zero"):
+            values = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(np.full(3, values, values.dtype), tensor.name))
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] == "x_scale":
+            node.attribute.append(helper.make_attribute("axis", 1))
+
+
+def _int8_input(model: onnx.ModelProto) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.name == "x_zero":
+            tensor.CopyFrom(numpy_helper.from_array(np.int8(-8), "x_zero"))
+
+
+def _weights_per_input_channel(model: onnx.ModelProto) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.name == "w_b_scale":
+            tensor.CopyFrom(numpy_helper.from_array(np.full(3, 0.004, np.float32), "w_b_scale"))
+        if tensor.name == "w_b_zero":
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros(3, np.int8), "w_b_zero"))
+    for node in model.graph.node:
+        if node.name == "dq_w_b":
+            node.attribute.append(helper.make_attribute("axis", 1))
+
+
+def _weight_also_a_graph_input(model: onnx.ModelProto) -> None:
+    model.graph.input.append(helper.make_tensor_value_info("w_a", TensorProto.INT8,
+                                                           [5, 3, 3, 3]))
+
+
+def _dequantized_read_by_a_subgraph(model: onnx.ModelProto) -> None:
+    body = helper.make_graph([helper.make_node("Relu", ["x_a"], ["inner"])], "then", [],
+                             [helper.make_tensor_value_info("inner", TensorProto.FLOAT, None)])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "flag"))
+    model.graph.node.append(helper.make_node("If", ["flag"], ["branch"], then_branch=body,
+                                             else_branch=body))
+    model.graph.output.append(helper.make_tensor_value_info("branch", TensorProto.FLOAT, None))
 
 
 @pytest.mark.parametrize("variant", [
@@ -143,6 +217,11 @@ def test_new_channel_weights_are_the_zero_points_and_the_pad_value_the_input_zer
     {"dequantized_also_to_relu": True},  # the dequantized input feeds a non-conv
     {"channels": 4},  # already a multiple of 4
     {"dynamic": True},  # channel count unknown
+    {"float_conv_b": True},  # conv B's sum would be a float one: rounding could differ
+    {"expose": "x_a"},  # the dequantized image is also a graph output
+    {"expose": "w_b_f"},  # a dequantized weight is also a graph output
+    {"expose": "x_q"},  # the quantized image is also a graph output
+    {"opset": 10},  # Pad took its pads as an attribute then
 ])
 def test_patterns_it_cannot_rewrite_exactly_are_left_alone(variant):
     model = _qdq_model(**variant)
@@ -151,15 +230,12 @@ def test_patterns_it_cannot_rewrite_exactly_are_left_alone(variant):
     assert model.SerializeToString() == before
 
 
-def test_an_input_quantized_per_channel_is_left_alone():
+@pytest.mark.parametrize("change", [_per_channel_input, _int8_input, _weights_per_input_channel,
+                                    _weight_also_a_graph_input,
+                                    _dequantized_read_by_a_subgraph])
+def test_other_graphs_it_cannot_rewrite_exactly_are_left_alone(change):
     model = _qdq_model()
-    for tensor in model.graph.initializer:
-        if tensor.name in ("x_scale", "x_zero"):
-            values = numpy_helper.to_array(tensor)
-            tensor.CopyFrom(numpy_helper.from_array(np.full(3, values, values.dtype), tensor.name))
-    for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] == "x_scale":
-            node.attribute.append(helper.make_attribute("axis", 1))
+    change(model)
     before = model.SerializeToString()
     assert pad_input_channels(model) == 0
     assert model.SerializeToString() == before
@@ -174,3 +250,11 @@ def test_a_float_model_is_left_alone():
         [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert pad_input_channels(model) == 0
+
+
+def test_applying_it_twice_changes_nothing_more():
+    padded = _qdq_model(quantized_pool=True)
+    pad_input_channels(padded)
+    once = padded.SerializeToString()
+    assert pad_input_channels(padded) == 0
+    assert padded.SerializeToString() == once
