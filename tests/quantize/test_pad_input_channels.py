@@ -258,3 +258,80 @@ def test_applying_it_twice_changes_nothing_more():
     once = padded.SerializeToString()
     assert pad_input_channels(padded) == 0
     assert padded.SerializeToString() == once
+
+
+def _strided_model(kernel: int, stride: int, pads: list[int], height: int, width: int,
+                   weight_zero: int = 0) -> onnx.ModelProto:
+    """``images (1, 3, H, W)`` -> Q -> DQ -> one conv (8 out, int8 weights per channel) ->
+    Relu -> Q -> DQ: the shape of ResNet's conv1 when ``kernel`` is 7 and ``stride`` 2."""
+    rng = np.random.default_rng(kernel * 100 + height)
+    initializers = [
+        numpy_helper.from_array(np.float32(0.03), "x_scale"),
+        numpy_helper.from_array(np.uint8(77), "x_zero"),
+        numpy_helper.from_array(rng.integers(-127, 128, (8, 3, kernel, kernel)).astype(np.int8),
+                                "w"),
+        numpy_helper.from_array(rng.uniform(0.001, 0.01, 8).astype(np.float32), "w_scale"),
+        numpy_helper.from_array(np.full(8, weight_zero, np.int8), "w_zero"),
+        numpy_helper.from_array(np.float32(0.05), "y_scale"),
+        numpy_helper.from_array(np.uint8(10), "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["images", "x_scale", "x_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zero"], ["x_f"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["w_f"], axis=0),
+        helper.make_node("Conv", ["x_f", "w_f"], ["y"], kernel_shape=[kernel, kernel],
+                         strides=[stride, stride], pads=pads, name="conv"),
+        helper.make_node("Relu", ["y"], ["r"]),
+        *_requantize("r", "out"),
+    ]
+    graph = helper.make_graph(
+        nodes, "strided",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", "c", "h", "w"])],
+        initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("kernel", "pad", "height", "width", "weight_zero"), [
+    (7, 3, 16, 20, 0),  # ResNet's conv1 on an even image
+    (7, 3, 9, 11, 0),  # odd sizes: one more zero-point row and column before the fold
+    (5, 2, 12, 10, 0),
+    (7, 3, 10, 10, 5),  # a weight zero point: the taps past 7 hold it
+    (7, 0, 15, 15, 0),
+])
+def test_a_large_strided_kernel_runs_on_a_space_to_depth_image_with_the_same_bits(
+        kernel, pad, height, width, weight_zero):
+    model = _strided_model(kernel, 2, [pad] * 4, height, width, weight_zero)
+    folded = _strided_model(kernel, 2, [pad] * 4, height, width, weight_zero)
+    assert pad_input_channels(folded) == 1
+    onnx.checker.check_model(folded)
+    ops = [n.op_type for n in folded.graph.node]
+    assert ops[1:3] == ["Pad", "SpaceToDepth"]
+    conv = next(n for n in folded.graph.node if n.op_type == "Conv")
+    attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    half = (kernel + 1) // 2
+    assert attributes == {"kernel_shape": [half, half], "strides": [1, 1]}
+    weights = {t.name: numpy_helper.to_array(t) for t in folded.graph.initializer}
+    assert weights["w"].shape == (8, 16, half, half)
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        images = rng.normal(0, 1.5, (1, 3, height, width)).astype(np.float32)
+        np.testing.assert_array_equal(_run(model, images)[0], _run(folded, images)[0])
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pads"), [
+    (3, 2, [1, 1, 1, 1]),  # small kernels measured slower folded: only padded
+    (6, 2, [2, 2, 2, 2]),  # an even kernel
+    (7, 1, [3, 3, 3, 3]),  # no stride to fold
+    (7, 2, [3, 2, 3, 2]),  # uneven padding
+])
+def test_other_convs_keep_their_stride_and_only_get_the_channel(kernel, stride, pads):
+    model = _strided_model(kernel, stride, pads, 12, 14)
+    padded = _strided_model(kernel, stride, pads, 12, 14)
+    assert pad_input_channels(padded) == 1
+    assert "SpaceToDepth" not in [n.op_type for n in padded.graph.node]
+    conv = next(n for n in padded.graph.node if n.op_type == "Conv")
+    assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["strides"] == [
+        stride, stride]
+    images = np.random.default_rng(6).normal(0, 1.5, (1, 3, 12, 14)).astype(np.float32)
+    np.testing.assert_array_equal(_run(model, images)[0], _run(padded, images)[0])
