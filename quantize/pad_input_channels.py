@@ -69,10 +69,11 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULTIPLE)
     ms more, bit-identical). Each is rewritten only where that is exact: its
     ``DequantizeLinear`` copies feed nothing but ungrouped ``Conv`` data inputs, each with its
     own constant int8 weights (per tensor or per output channel) and its output quantized
-    again (directly or through one ``Relu``); a lone reader with a 5x5 or larger odd kernel
-    at stride 2 also gets the stride folded into the channels. Anything else (a float first
-    layer, a grouped conv, a weight shared with another node, a tensor that is a graph input
-    or output or that a subgraph reads, an opset before 13) stays as it is.
+    again to 8 bits (directly, or through a ``Relu`` ONNX Runtime drops: ``_requantized``),
+    the pattern ONNX Runtime runs as one integer kernel; a lone reader with a 5x5 or larger
+    odd kernel at stride 2 also gets the stride folded into the channels. Anything else (a
+    float first layer, a grouped conv, a weight shared with another node, a tensor that is a
+    graph input or output or that a subgraph reads, an opset before 13) stays as it is.
 
     Returns:
         The number of convolutions that now read a padded image (0: model unchanged).
@@ -201,15 +202,30 @@ class _Rewrite:
         return values.reshape(())
 
     def _requantized(self, conv: onnx.NodeProto) -> bool:
-        """Whether the conv's output is quantized again, directly or through one Relu: the
-        pattern ONNX Runtime fuses into an integer ``QLinearConv``."""
+        """Whether ONNX Runtime fuses the conv into an integer ``QLinearConv``: its output
+        read only by a ``QuantizeLinear`` to 8 bits (per tensor), or by a ``Relu`` read only
+        by one whose zero point is the type's minimum (ONNX Runtime drops such a Relu; with
+        any other zero point it keeps a float conv + Relu)."""
         readers = self.readers.get(conv.output[0], [])
         if conv.output[0] in self.external or len(readers) != 1:
             return False
         reader = readers[0]
-        if reader.op_type == "Relu":
-            return self._requantized(reader)
-        return reader.op_type == "QuantizeLinear"
+        through_relu = reader.op_type == "Relu"
+        if through_relu:
+            relu_readers = self.readers.get(reader.output[0], [])
+            if reader.output[0] in self.external or len(relu_readers) != 1:
+                return False
+            reader = relu_readers[0]
+        if reader.op_type != "QuantizeLinear" or len(reader.input) < 3:
+            return False
+        scale = self.initializers.get(reader.input[1])
+        zero_point = self.initializers.get(reader.input[2])
+        if scale is None or zero_point is None or numpy_helper.to_array(scale).size != 1:
+            return False
+        values = numpy_helper.to_array(zero_point)
+        if values.size != 1 or values.dtype not in (np.uint8, np.int8):
+            return False
+        return not through_relu or int(values.reshape(())) == np.iinfo(values.dtype).min
 
     def _padded_weight(self, conv: onnx.NodeProto, channels: int, extra: int,
                        padded_inputs: set[str]) -> onnx.TensorProto | None:

@@ -15,23 +15,26 @@ from quantize.pad_input_channels import pad_input_channels
 SIZE = 9
 
 
-def _requantize(tensor: str, name: str) -> list[onnx.NodeProto]:
+def _requantize(tensor: str, name: str, zero: str = "y_zero") -> list[onnx.NodeProto]:
     """``tensor`` -> Q -> DQ as ``name`` (what ONNX Runtime's QDQ quantizer puts after a conv,
-    so that the conv runs as one integer kernel)."""
-    return [helper.make_node("QuantizeLinear", [tensor, "y_scale", "y_zero"], [f"{name}_q"]),
-            helper.make_node("DequantizeLinear", [f"{name}_q", "y_scale", "y_zero"], [name])]
+    so that the conv runs as one integer kernel; after a Relu, zero point 0 (``relu_zero``),
+    which lets ONNX Runtime drop the Relu)."""
+    return [helper.make_node("QuantizeLinear", [tensor, "y_scale", zero], [f"{name}_q"]),
+            helper.make_node("DequantizeLinear", [f"{name}_q", "y_scale", zero], [name])]
 
 
 def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: int = 3,
                dequantized_also_to_relu: bool = False, dynamic: bool = False,
                quantized_pool: bool = False, float_conv_b: bool = False,
-               expose: str | None = None, opset: int = 17) -> onnx.ModelProto:
+               expose: str | None = None, opset: int = 17, relu_zero: int = 0
+               ) -> onnx.ModelProto:
     """``images (1, C, 9, 9)`` -> Q -> two DQ copies -> conv A (5 out, 3x3, int8 per channel,
     then Relu) and conv B (6 out, 1x1, int8 per tensor with zero point 3, int32 bias), each
     quantized again; the float input also max-pooled (as DAIPNet's pyramid pools it), with
     ``quantized_pool`` the pooled image quantized for a conv of its own (conv P). Variants:
     ``float_conv_b`` (conv B's output not quantized again: ONNX Runtime runs it in float),
-    ``expose`` (that tensor also a graph output), the rest as named."""
+    ``expose`` (that tensor also a graph output), ``relu_zero`` (the zero point after conv A's
+    Relu: ONNX Runtime fuses the conv only with 0), the rest as named."""
     rng = np.random.default_rng(0)
     weight_a = rng.integers(-127, 128, (5, channels, 3, 3)).astype(np.int8)
     b_in = channels // conv_b_group
@@ -50,6 +53,7 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
         numpy_helper.from_array(np.float32(0.03 * 0.004), "b_b_scale"),
         numpy_helper.from_array(np.float32(0.05), "y_scale"),
         numpy_helper.from_array(np.uint8(10), "y_zero"),
+        numpy_helper.from_array(np.uint8(relu_zero), "relu_zero"),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["images", "x_scale", "x_zero"], ["x_q"], name="q_in"),
@@ -65,7 +69,7 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
         helper.make_node("Conv", ["x_b", "w_b_f", "b_b_f"], ["y_b"], kernel_shape=[1, 1],
                          group=conv_b_group, name="conv_b"),
         helper.make_node("Relu", ["y_a"], ["r_a"]),
-        *_requantize("r_a", "out_a"),
+        *_requantize("r_a", "out_a", "relu_zero"),
         helper.make_node("MaxPool", ["images"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
     ]
     outputs = ["out_a", "pooled"]
@@ -222,6 +226,7 @@ def _dequantized_read_by_a_subgraph(model: onnx.ModelProto) -> None:
     {"expose": "w_b_f"},  # a dequantized weight is also a graph output
     {"expose": "x_q"},  # the quantized image is also a graph output
     {"opset": 10},  # Pad took its pads as an attribute then
+    {"relu_zero": 10},  # conv A + Relu stay float: ONNX Runtime drops the Relu only for 0
 ])
 def test_patterns_it_cannot_rewrite_exactly_are_left_alone(variant):
     model = _qdq_model(**variant)
@@ -261,7 +266,7 @@ def test_applying_it_twice_changes_nothing_more():
 
 
 def _strided_model(kernel: int, stride: int, pads: list[int], height: int, width: int,
-                   weight_zero: int = 0) -> onnx.ModelProto:
+                   weight_zero: int = 0, relu_zero: int = 0) -> onnx.ModelProto:
     """``images (1, 3, H, W)`` -> Q -> DQ -> one conv (8 out, int8 weights per channel) ->
     Relu -> Q -> DQ: the shape of ResNet's conv1 when ``kernel`` is 7 and ``stride`` 2."""
     rng = np.random.default_rng(kernel * 100 + height)
@@ -273,7 +278,7 @@ def _strided_model(kernel: int, stride: int, pads: list[int], height: int, width
         numpy_helper.from_array(rng.uniform(0.001, 0.01, 8).astype(np.float32), "w_scale"),
         numpy_helper.from_array(np.full(8, weight_zero, np.int8), "w_zero"),
         numpy_helper.from_array(np.float32(0.05), "y_scale"),
-        numpy_helper.from_array(np.uint8(10), "y_zero"),
+        numpy_helper.from_array(np.uint8(relu_zero), "y_zero"),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["images", "x_scale", "x_zero"], ["x_q"]),
@@ -293,6 +298,7 @@ def _strided_model(kernel: int, stride: int, pads: list[int], height: int, width
 
 
 @pytest.mark.parametrize(("kernel", "pad", "height", "width", "weight_zero"), [
+    (7, 3, 64, 64, 0),  # big enough for a float sum's rounding to show, were it one
     (7, 3, 16, 20, 0),  # ResNet's conv1 on an even image
     (7, 3, 9, 11, 0),  # odd sizes: one more zero-point row and column before the fold
     (5, 2, 12, 10, 0),
@@ -335,3 +341,10 @@ def test_other_convs_keep_their_stride_and_only_get_the_channel(kernel, stride, 
         stride, stride]
     images = np.random.default_rng(6).normal(0, 1.5, (1, 3, 12, 14)).astype(np.float32)
     np.testing.assert_array_equal(_run(model, images)[0], _run(padded, images)[0])
+
+
+def test_a_conv_onnx_runtime_keeps_in_float_is_not_folded():
+    model = _strided_model(7, 2, [3] * 4, 16, 16, relu_zero=10)
+    before = model.SerializeToString()
+    assert pad_input_channels(model) == 0
+    assert model.SerializeToString() == before
