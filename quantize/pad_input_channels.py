@@ -134,7 +134,7 @@ class _Rewrite:
 
     def pad_image(self, quantize: onnx.NodeProto, shape: tuple[int | None, ...]) -> int:
         """Pad ``quantize``'s output with its zero point to ``multiple`` channels and the
-        weights of the convs reading it (and where ``_space_to_depth_kernel`` allows, fold a
+        weights of the convs reading it (and where ``_foldable_padding`` allows, fold a
         strided conv's stride into the channels); the number of convs, 0 where the pattern
         does not hold."""
         channels = int(shape[1])  # type: ignore[arg-type]
@@ -152,13 +152,13 @@ class _Rewrite:
             return 0
         graph = self.graph
         pads = [0, 0, 0, 0, 0, extra, 0, 0]
-        kernel = (_space_to_depth_kernel(convs[0], shape)
-                  if len(convs) == 1 and len(dequantizers) == 1 else None)
+        padding = (_foldable_padding(convs[0], shape)
+                   if len(convs) == 1 and len(dequantizers) == 1 else None)
         stale = set(dequantized)
         for conv, padded in zip(convs, weights, strict=True):
             assert padded is not None
-            if kernel is not None:
-                padded, pads = _space_to_depth(conv, padded, shape, pads)
+            if padding is not None:
+                padded, pads = _space_to_depth(conv, padded, padding, shape, pads)
             self.initializers[padded.name].CopyFrom(padded)
             stale.add(conv.input[1])
         pads_name = self._fresh(f"{quantize.output[0]}/channel_pads")
@@ -173,7 +173,7 @@ class _Rewrite:
         graph.node.insert(at, helper.make_node(
             "Pad", [quantize.output[0], pads_name, fill_name], [padded_name], mode="constant",
             name=self._fresh(f"{quantize.name or quantize.output[0]}/pad_channels")))
-        if kernel is not None:
+        if padding is not None:
             folded_name = self._fresh(f"{quantize.output[0]}/space_to_depth")
             graph.node.insert(at + 1, helper.make_node(
                 "SpaceToDepth", [padded_name], [folded_name], blocksize=2,
@@ -186,20 +186,26 @@ class _Rewrite:
             graph.value_info.remove(info)
         return len(convs)
 
+    def _per_tensor_zero_point(self, quantize: onnx.NodeProto) -> np.ndarray | None:
+        """``quantize``'s zero point as a 0-d array where its scale and zero point are
+        constant scalars (a per-tensor quantizer), else None."""
+        if len(quantize.input) < 3:
+            return None
+        scale = self.initializers.get(quantize.input[1])
+        zero_point = self.initializers.get(quantize.input[2])
+        if scale is None or zero_point is None or numpy_helper.to_array(scale).size != 1:
+            return None
+        values = numpy_helper.to_array(zero_point)
+        return values.reshape(()) if values.size == 1 else None
+
     def _image_zero_point(self, quantize: onnx.NodeProto) -> np.ndarray | None:
         """``quantize``'s uint8 zero point as a 0-d array, or None unless it quantizes per
         tensor to uint8 with constant scale and zero point (a per-channel scale would have no
         value for the new channel; ONNX Runtime's integer convs take uint8 images)."""
-        if len(quantize.input) < 3 or any(a.name == "axis" for a in quantize.attribute):
+        if any(a.name == "axis" for a in quantize.attribute):
             return None
-        scale = self.initializers.get(quantize.input[1])
-        zero_point = self.initializers.get(quantize.input[2])
-        if scale is None or zero_point is None:
-            return None
-        values = numpy_helper.to_array(zero_point)
-        if numpy_helper.to_array(scale).size != 1 or values.size != 1 or values.dtype != np.uint8:
-            return None
-        return values.reshape(())
+        zero_point = self._per_tensor_zero_point(quantize)
+        return zero_point if zero_point is not None and zero_point.dtype == np.uint8 else None
 
     def _requantized(self, conv: onnx.NodeProto) -> bool:
         """Whether ONNX Runtime fuses the conv into an integer ``QLinearConv``: its output
@@ -216,16 +222,12 @@ class _Rewrite:
             if reader.output[0] in self.external or len(relu_readers) != 1:
                 return False
             reader = relu_readers[0]
-        if reader.op_type != "QuantizeLinear" or len(reader.input) < 3:
+        if reader.op_type != "QuantizeLinear":
             return False
-        scale = self.initializers.get(reader.input[1])
-        zero_point = self.initializers.get(reader.input[2])
-        if scale is None or zero_point is None or numpy_helper.to_array(scale).size != 1:
+        zero_point = self._per_tensor_zero_point(reader)
+        if zero_point is None or zero_point.dtype not in (np.uint8, np.int8):
             return False
-        values = numpy_helper.to_array(zero_point)
-        if values.size != 1 or values.dtype not in (np.uint8, np.int8):
-            return False
-        return not through_relu or int(values.reshape(())) == np.iinfo(values.dtype).min
+        return not through_relu or int(zero_point) == np.iinfo(zero_point.dtype).min
 
     def _padded_weight(self, conv: onnx.NodeProto, channels: int, extra: int,
                        padded_inputs: set[str]) -> onnx.TensorProto | None:
@@ -263,9 +265,9 @@ class _Rewrite:
             np.concatenate([values, fill.astype(values.dtype)], axis=1), weight.name)
 
 
-def _space_to_depth_kernel(conv: onnx.NodeProto, shape: tuple[int | None, ...]) -> int | None:
-    """The kernel size where ``conv`` may run as a stride-1 conv on a space-to-depth image:
-    an odd square kernel of 5 or more at stride 2 (ResNet's 7x7 conv1), no dilation, the same
+def _foldable_padding(conv: onnx.NodeProto, shape: tuple[int | None, ...]) -> int | None:
+    """The conv's padding where it may run as a stride-1 conv on a space-to-depth image: an
+    odd square kernel of 5 or more at stride 2 (ResNet's 7x7 conv1), no dilation, the same
     padding on every side, a static image size; None otherwise.
 
     Measured on ONNX Runtime's integer conv (one interleaved run per shape): the pruned
@@ -282,22 +284,21 @@ def _space_to_depth_kernel(conv: onnx.NodeProto, shape: tuple[int | None, ...]) 
             or attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")
             or len(set(pads)) != 1 or shape[2] is None or shape[3] is None):
         return None
-    return int(kernel[0])
+    return int(pads[0])
 
 
-def _space_to_depth(conv: onnx.NodeProto, weight: onnx.TensorProto,
+def _space_to_depth(conv: onnx.NodeProto, weight: onnx.TensorProto, padding: int,
                     shape: tuple[int | None, ...], pads: list[int]
                     ) -> tuple[onnx.TensorProto, list[int]]:
-    """``conv`` (k x k, stride 2, padding p) as a ceil(k/2) x ceil(k/2) stride-1 conv with no
-    padding on ``SpaceToDepth(2)`` of the image padded by p (and one more row / column where
-    the padded size is odd): the weights rearranged to the 4x channels, the taps past k set
-    to the weights' zero point (read off the padded weight's last input channel, which
-    ``_padded_weight`` filled with it), the conv's attributes replaced, the image's
-    ``pads`` extended. Returns ``(weight, pads)``."""
+    """``conv`` (k x k, stride 2, ``padding`` p) as a ceil(k/2) x ceil(k/2) stride-1 conv with
+    no padding on ``SpaceToDepth(2)`` of the image padded by p (and one more row / column
+    where the padded size is odd): the weights rearranged to the 4x channels, the taps past
+    k set to the weights' zero point (read off the padded weight's last input channel, which
+    ``_padded_weight`` filled with it), the conv's attributes replaced, the image's ``pads``
+    extended. Returns ``(weight, pads)``."""
     values = numpy_helper.to_array(weight)
     out_channels, channels, kernel, _ = values.shape
     half = (kernel + 1) // 2
-    padding = _attribute_ints(conv, "pads")[0]
     zero_point = values[:, -1:, :1, :1]  # the channel _padded_weight added: the zero point
     taps = np.broadcast_to(zero_point, (out_channels, channels, 2 * half, 2 * half)).copy()
     taps[:, :, :kernel, :kernel] = values
@@ -314,8 +315,3 @@ def _space_to_depth(conv: onnx.NodeProto, weight: onnx.TensorProto,
     conv.attribute.extend([helper.make_attribute("kernel_shape", [half, half]),
                            helper.make_attribute("strides", [1, 1])])
     return numpy_helper.from_array(np.ascontiguousarray(folded), weight.name), grown
-
-
-def _attribute_ints(node: onnx.NodeProto, name: str) -> list[int]:
-    return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == name),
-                [0])
