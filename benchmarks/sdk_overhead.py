@@ -1,7 +1,7 @@
 """Where ``Detector.detect`` spends its time around the model, stage by stage.
 
     python benchmarks/sdk_overhead.py [--zoo NAME ...] [--frames 6] [--rounds 40]
-        [--threads 2] [--json]
+        [--threads 2] [--caches cold|warm|evicted] [--json]
 
 For each zoo model (or artifact folder) on each installed backend that reads it, one
 ``detect()`` is split into its stages, timed call by call on a rotating set of 640x480
@@ -23,6 +23,12 @@ a camera loop leaves them (which makes each stage 1.5-3x slower than in a loop o
 this 2-core machine). *overhead* = (resize + normalise + decode + select) / runtime, what
 ``detect()`` adds to the model (the frame read is part of the resize). Models take turns
 round by round, so a change in the machine's load hits all alike. Torch-free.
+
+Why the stages are slower after an inference: ``--caches warm`` times each stage right
+after an untimed call of itself, ``--caches evicted`` right after writing 96 MiB (more than
+the last-level cache) with no inference at all. Where ``evicted`` reads like ``cold`` and
+``warm`` far less, the cost is the Python and numpy working set coming back from memory
+after the model's weights and activations pushed it out, not the arithmetic.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,35 +58,51 @@ from edgedet.zoo import list_models
 STAGES = ("read", "resize", "normalise", "runtime", "decode", "select")
 
 
-def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[float]]) -> None:
-    """One ``detect()`` of ``frame``, stage by stage, appending ms to ``times``."""
+CACHES = ("cold", "warm", "evicted")
+# More than the 32 MiB last-level cache of the machines measured: writing it evicts what a
+# stage would find there, as an inference's weights and activations do.
+EVICTION_BYTES = 96 * 2**20
+
+
+def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[float]],
+                caches: str = "cold", eviction_buffer: np.ndarray | None = None) -> None:
+    """One ``detect()`` of ``frame``, stage by stage, appending ms to ``times``.
+
+    ``caches``: ``cold`` runs the stages as ``detect()`` does, right after an inference;
+    ``warm`` runs each stage once untimed right before its timed call (the floor a stage
+    reaches with its code and data in the caches); ``evicted`` writes ``eviction_buffer``
+    before each stage instead (no inference: whether a stage's cold cost is the
+    last-level cache's eviction, not the runtime's threads or the CPU's clock).
+    """
     decoder = detector.decoder
     infer = detector.runtime_call(frame)  # the caches as an inference leaves them
-    infer()
-    clock = [time.perf_counter()]
 
-    def lap(stage: str) -> None:
-        clock.append(time.perf_counter())
-        times[stage].append((clock[-1] - clock[-2]) * 1000.0)
+    def evict() -> None:
+        assert eviction_buffer is not None
+        eviction_buffer.fill(1)
 
-    int(frame.sum(dtype=np.uint32))
-    lap("read")
-    infer()
-    clock.append(time.perf_counter())
-    resized = resize_to_input(frame, detector.preprocess_config)[0]
-    lap("resize")
+    def timed(stage: str, call: Callable[..., Any], *args: Any) -> Any:
+        if caches == "warm":
+            call(*args)
+        elif caches == "evicted":
+            evict()
+        elif stage in ("read", "resize"):  # cold: the stages after an inference
+            infer()
+        start = time.perf_counter()
+        result = call(*args)
+        times[stage].append((time.perf_counter() - start) * 1000.0)
+        return result
+
+    timed("read", lambda: int(frame.sum(dtype=np.uint32)))
+    resized = timed("resize", lambda: resize_to_input(frame, detector.preprocess_config)[0])
     if detector.normalizes_in_runtime:  # OpenVINO: the runtime normalises (0 ms here)
-        lap("normalise")
-        outputs = detector.run_frames(resized[None])
+        times["normalise"].append(0.0)
+        outputs = timed("runtime", detector.run_frames, resized[None])
     else:
-        images = normalize_to_nchw(resized, detector.preprocess_config)
-        lap("normalise")
-        outputs = detector.backend.run(images)
-    lap("runtime")
-    boxes_xyxy, scores = decoder.candidates(outputs)
-    lap("decode")
-    decoder.select(boxes_xyxy, scores)
-    lap("select")
+        images = timed("normalise", normalize_to_nchw, resized, detector.preprocess_config)
+        outputs = timed("runtime", detector.backend.run, images)
+    boxes_xyxy, scores = timed("decode", decoder.candidates, outputs)
+    timed("select", decoder.select, boxes_xyxy, scores)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=6, help="synthetic frames to rotate")
     parser.add_argument("--rounds", type=int, default=40, help="timed detect() calls each")
     parser.add_argument("--threads", type=int, default=2, help="inference threads")
+    parser.add_argument("--caches", choices=CACHES, default="cold",
+                        help="cold: each stage as detect() runs it, after an inference "
+                             "(default); warm: each stage right after an untimed call of "
+                             "itself; evicted: each stage after writing 96 MiB, no inference")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.rounds < 1:
@@ -108,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     if not entries:
         print("nothing to time: no zoo model loads on an installed backend", file=sys.stderr)
         return 1
-    print(f"timing {len(entries)} models x {args.rounds} calls", file=sys.stderr, flush=True)
+    print(f"timing {len(entries)} models x {args.rounds} calls, caches {args.caches}",
+          file=sys.stderr, flush=True)
+    eviction_buffer = (np.empty(EVICTION_BYTES, dtype=np.uint8)
+                       if args.caches == "evicted" else None)
     for round_index in range(args.rounds):
         for _, _, detector, times in entries:
-            time_stages(detector, frames[round_index % len(frames)], times)
+            time_stages(detector, frames[round_index % len(frames)], times, args.caches,
+                        eviction_buffer)
     rows = []
     for name, backend, _, times in entries:
         ms = {stage: statistics.median(values) for stage, values in times.items()}
@@ -119,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"model": str(Path(name).name), "backend": backend, **ms,
                      "overhead": sdk / ms["runtime"]})
     if args.json:
-        print(json.dumps({"rows": rows, "rounds": args.rounds, "threads": args.threads}))
+        print(json.dumps({"rows": rows, "rounds": args.rounds, "threads": args.threads,
+                          "caches": args.caches}))
         return 0
     headers = ["model", "backend", *(f"{s} ms" for s in STAGES), "overhead"]
     print("| " + " | ".join(headers) + " |")

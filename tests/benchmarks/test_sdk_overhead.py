@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.sdk_overhead import STAGES, main
+from benchmarks.sdk_overhead import STAGES, main, time_stages
 from edgedet import Detector
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.preprocess import normalize_to_nchw, resize_to_input
@@ -22,16 +22,62 @@ def test_the_timed_stages_are_the_ones_detect_runs(name):
     np.testing.assert_array_equal(staged, detector.preprocess(frame)[0])
 
 
-def test_sdk_overhead_json_has_every_stage(capsys):
+@pytest.mark.parametrize("caches", ["cold", "warm", "evicted"])
+def test_sdk_overhead_json_has_every_stage(capsys, caches):
     assert main(["--zoo", "harnet_pruned_int8", "--frames", "1", "--rounds", "1",
-                 "--json"]) == 0
+                 "--caches", caches, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["rounds"] == 1 and report["rows"]
+    assert report["rounds"] == 1 and report["rows"] and report["caches"] == caches
     for row in report["rows"]:
         assert row["model"] == "harnet_pruned_int8"
-        assert all(row[stage] > 0 for stage in STAGES)
+        runtime_normalises = row["backend"] == "openvino"
+        for stage in STAGES:
+            if stage == "normalise" and runtime_normalises:
+                assert row[stage] == 0.0
+            else:
+                assert row[stage] > 0, stage
         sdk = row["resize"] + row["normalise"] + row["decode"] + row["select"]
         assert row["overhead"] == pytest.approx(sdk / row["runtime"])
+
+
+def test_warm_runs_each_stage_twice_and_cold_infers_before_the_frame_stages():
+    calls: list[str] = []
+
+    class Recorder:
+        """Stands in for a Detector: records the order of its calls."""
+        normalizes_in_runtime = False
+        preprocess_config = Detector("harnet_pruned_int8", backend="onnxruntime"
+                                     ).preprocess_config
+
+        def __init__(self):
+            self.decoder = self
+            self.backend = self
+
+        def runtime_call(self, frame):
+            return lambda: calls.append("infer")
+
+        def run(self, images):
+            calls.append("run")
+            return {}
+
+        def candidates(self, outputs):
+            calls.append("decode")
+            return np.zeros((0, 4)), np.zeros((0, 1))
+
+        def select(self, boxes, scores):
+            calls.append("select")
+
+    frame = np.zeros((48, 64, 3), dtype=np.uint8)
+    times = {stage: [] for stage in STAGES}
+    time_stages(Recorder(), frame, times, "warm")
+    assert calls == ["run", "run", "decode", "decode", "select", "select"]
+    assert all(len(values) == 1 for values in times.values())
+    calls.clear()
+    time_stages(Recorder(), frame, times, "cold")
+    assert calls == ["infer", "infer", "run", "decode", "select"]
+    calls.clear()
+    time_stages(Recorder(), frame, times, "evicted", np.zeros(16, dtype=np.uint8))
+    assert calls == ["run", "decode", "select"]
 
 
 def test_sdk_overhead_rejects_zero_rounds():
