@@ -165,7 +165,8 @@ class SecondScale:
 
         Raises:
             DoubleScaleError: the artifact has no 2x model, its anchors do not pair with the
-                1x model's, or ``backend`` does not take the 2x input.
+                1x model's, or ``backend`` does not take the 2x input or lacks an output of
+                the 1x model.
         """
         section = manifest.get("double_scale")
         if not section:
@@ -180,6 +181,12 @@ class SecondScale:
         if len(shape) != 4 or shape[2] not in (height, None) or shape[3] not in (width, None):
             raise DoubleScaleError(f"{backend.model_path} takes input {list(shape)}, not the "
                                    f"2x input (N, 3, {height}, {width})")
+        wanted = [entry["name"] for entry in manifest.get("outputs", [])]
+        missing = [name for name in wanted if name not in backend.output_names]
+        if missing:  # else the first frame would fail on a missing output
+            raise DoubleScaleError(f"{backend.model_path} has outputs "
+                                   f"{list(backend.output_names)}, without the 1x model's "
+                                   f"{missing}: it is not this artifact's 2x model")
         config = PreprocessConfig.from_dict({**manifest["preprocess"],
                                              "input_size": [width, height]})
         return cls(backend, config, layout)

@@ -169,3 +169,23 @@ def test_manifest_double_scale_section_is_validated(artifact):
     write_json_atomic(manifest_path, good)
     with pytest.raises(ManifestError, match=r"model_2x\.onnx"):
         Detector(artifact, double_scale=True)
+
+
+def test_a_2x_model_without_the_1x_outputs_is_refused_at_load(artifact):
+    # Another model's file in the 2x slot (its hash recorded): caught when the detector
+    # loads, naming the file, not by a KeyError at the first frame.
+    logits_2x = np.full((SPEC_2X.num_anchors, 2), LOW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ConstantHead(logits_2x).eval(),
+                          (torch.zeros(1, 3, SIZE_2X[1], SIZE_2X[0]),),
+                          str(artifact / "model_2x.onnx"), dynamo=False, opset_version=17,
+                          input_names=["images"], output_names=["scores", "deltas"])
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    manifest["files"]["model_2x.onnx"] = sha256_file(artifact / "model_2x.onnx")
+    write_json_atomic(artifact / "manifest.json", manifest)
+    with pytest.raises(DoubleScaleError, match=r"model_2x\.onnx has outputs \['scores', "
+                                               r"'deltas'\], without the 1x model's "
+                                               r"\['cls_logits', 'box_deltas'\]"):
+        Detector(artifact, double_scale=True)
+    assert len(Detector(artifact).detect(_frame())) == 1  # single scale never reads it
