@@ -74,7 +74,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         "low one AP was measured with is its evaluation setting)")
     parser.add_argument("--double-scale", action="store_true",
                         help="HAR-Net's double-scale testing: each frame also runs at 2x input "
-                        "and the outputs are merged (better on small objects, ~3x slower; "
+                        "and the outputs are merged (better on small objects; the 2x run has "
+                        "4x the pixels, so frames take about 4-6x as long; "
                         "artifacts converted with quantize/run.py --double-scale)")
     parser.add_argument("--tiles", type=int, default=1, metavar="N",
                         help="tiled inference for small objects: each frame also runs as an "

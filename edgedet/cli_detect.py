@@ -80,9 +80,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
             report(path.name, detections)
             if args.save:
                 out = args.save / path.name if source.is_dir() else args.save
-                ok, encoded = cv2.imencode(out.suffix, draw_detections(frame, detections))
-                if not ok:
-                    raise CliError(f"cannot encode {out} (use an image extension such as .jpg)")
+                drawn = draw_detections(frame, detections)
+                try:
+                    ok, encoded = cv2.imencode(out.suffix, drawn)
+                except cv2.error:
+                    ok = False
+                if not ok:  # the suffix has a writer (checked before the run): the image
+                    raise CliError(f"OpenCV could not encode the {drawn.shape[1]}x"
+                                   f"{drawn.shape[0]} result as {out.suffix} for {out} "
+                                   "(too large for the format? JPEG takes at most 65500 "
+                                   "pixels a side, WebP 16383)")
                 try:
                     write_bytes_atomic(out, encoded.tobytes())
                 except OSError as exc:  # its message names the temporary file

@@ -54,7 +54,7 @@ from edgedet.backends import (
 from edgedet.decoder import HeadDecoder
 from edgedet.detections import Detections
 from edgedet.double_scale import SecondScale
-from edgedet.options import DetectorOptions
+from edgedet.options import SETTINGS, DetectorOptions
 from edgedet.preprocess import (
     FrameError,
     FrameTransform,
@@ -69,7 +69,7 @@ from edgedet.zoo import resolve_model
 
 
 def _check_arguments(name_or_path: object, backend: object, options: object,
-                     allow_unchecked: object) -> None:
+                     allow_unchecked: object, settings: object) -> None:
     """``Detector``'s arguments of the wrong kind, as one clear ``TypeError`` / ``ValueError``
     (they failed later as an AttributeError, or loaded the current folder for ``""``)."""
     if isinstance(name_or_path, str) and not name_or_path:
@@ -82,6 +82,11 @@ def _check_arguments(name_or_path: object, backend: object, options: object,
                         f"arguments: Detector(name, tiles=2)), got {type(options).__name__}")
     if not isinstance(allow_unchecked, bool | np.bool_):
         raise TypeError(f"allow_unchecked must be True or False, got {allow_unchecked!r}")
+    if settings not in SETTINGS:
+        raise ValueError(f"settings must be one of {SETTINGS}, got {settings!r}")
+    if options is not None and settings != "application":
+        raise ValueError(f"settings={settings!r} picks the manifest's settings, which "
+                         "options= replaces: pass one or the other")
 
 
 class Detector:
@@ -105,7 +110,7 @@ class Detector:
         settings: ``"application"`` (default): the manifest's post-processing with its
             application score threshold (``manifest["application"]``, what the camera app
             draws); ``"evaluation"``: the papers' evaluation settings the accuracy check used
-            (score threshold 0.01, for AP).
+            (score threshold 0.01, for AP). Not with ``options``, which replaces them.
         allow_unchecked: load an artifact whose accuracy check failed or never ran (refused by
             default: ``UncheckedArtifactError``, a ``ManifestError``).
         double_scale_backend: with a loaded ``backend`` and ``double_scale=True``, the loaded
@@ -136,7 +141,7 @@ class Detector:
                  settings: str = "application",
                  double_scale_backend: InferenceBackend | None = None,
                  **overrides: object) -> None:
-        _check_arguments(name_or_path, backend, options, allow_unchecked)
+        _check_arguments(name_or_path, backend, options, allow_unchecked, settings)
         if isinstance(name_or_path, Artifact):
             artifact = name_or_path
             artifact.verify_files()
@@ -264,9 +269,12 @@ class Detector:
         comparing a deployed model's raw outputs with its reference.
         """
         images = np.asarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[0] == 0:
-            raise ValueError(f"run_model takes images (N, 3, H, W) with N >= 1, got shape "
-                             f"{images.shape}")
+        width, height = self.input_size
+        if images.ndim != 4 or images.shape[0] == 0 or images.shape[1:] != (3, height, width):
+            # (The runtimes' own errors for a wrong shape are their exception types, worded
+            # in their terms.)
+            raise ValueError(f"run_model takes images (N, 3, {height}, {width}) with N >= 1 "
+                             f"(preprocess's output), got shape {images.shape}")
         return self._in_model_batches(self._backend.run, images)
 
     @property

@@ -263,6 +263,20 @@ def test_detect_refuses_a_save_that_would_overwrite_or_cannot_be_written(
     assert not (tmp_path / "out.txt").exists()
 
 
+def test_an_image_the_format_cannot_hold_is_named_with_its_size(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JPEG stops at 65 500 pixels a side: the error says so, not "use an image extension".
+    image = tmp_path / "wide.png"
+    cv2.imwrite(str(image), np.full((8, 65_536, 3), 90, np.uint8))
+    out = tmp_path / "wide.jpg"
+    assert main(["detect", "--model", str(models["planted"]), str(image),
+                 "--save", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "could not encode the 65536x8 result as .jpg" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_detect_max_frames_must_be_positive(models: dict[str, Path], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     video = tmp_path / "v.mp4"

@@ -187,6 +187,11 @@ def test_detect_batch_names_the_bad_frame(artifacts: dict[str, Path]) -> None:
         detector.detect_batch(_frames(1)[0])  # not a batch: its rows would be gray frames
     with pytest.raises(ValueError, match="N >= 1"):
         detector.run_model(np.zeros((0, 3, 48, 64), np.float32))
+    height, width = 48, 64
+    assert detector.input_size == (width, height)
+    for wrong in ((1, height, width, 3), (1, 3, height, width + 1), (3, height, width)):
+        with pytest.raises(ValueError, match=r"run_model takes images \(N, 3, 48, 64\)"):
+            detector.run_model(np.zeros(wrong, np.float32))
 
 
 def test_gray_and_bgra_frames_are_accepted(artifacts: dict[str, Path]) -> None:
@@ -212,6 +217,10 @@ def test_options_come_from_the_manifest_and_kwargs_override(artifacts: dict[str,
     assert np.all(shown.scores > APPLICATION_SCORE_THRESHOLD)
     with pytest.raises(ValueError, match="settings must be one of"):
         Detector(artifacts["retinanet"], settings="paper")
+    with pytest.raises(ValueError, match="settings must be one of"):  # options= or not
+        Detector(artifacts["retinanet"], options=DetectorOptions(), settings="eval")
+    with pytest.raises(ValueError, match="pass one or the other"):  # it would be ignored
+        Detector(artifacts["retinanet"], options=DetectorOptions(), settings="evaluation")
     strict = Detector(artifacts["retinanet"], score_threshold=0.9, nms_mode="hard", threads=1)
     assert strict.options.score_threshold == 0.9 and strict.options.nms_mode == "hard"
     assert strict.options.max_detections == 20  # untouched keys still from the manifest
