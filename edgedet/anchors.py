@@ -49,6 +49,9 @@ class GridAnchorSpec:
                 "feature_sizes, strides and base_sizes need one entry per level, got "
                 f"{n}, {len(self.strides)}, {len(self.base_sizes)}"
             )
+        _check_sizes(self.image_size, self.feature_sizes)
+        for name in ("strides", "base_sizes", "scales", "aspect_ratios"):
+            _check_positive(name, getattr(self, name))
 
     @property
     def anchors_per_cell(self) -> int:
@@ -101,6 +104,11 @@ class SsdPriorSpec:
                    len(self.aspect_ratios)}
         if lengths != {n}:
             raise ValueError("every SsdPriorSpec field needs one entry per level")
+        _check_sizes(self.image_size, self.feature_sizes)
+        for name in ("steps", "min_sizes", "max_sizes"):
+            _check_positive(name, getattr(self, name))
+        for ratios in self.aspect_ratios:
+            _check_positive("aspect_ratios", ratios)
 
     def anchors_per_cell(self, level: int) -> int:
         return 2 + 2 * len(self.aspect_ratios[level])
@@ -161,6 +169,29 @@ def anchor_spec_from_dict(data: dict) -> AnchorSpec:
             clip=bool(data["clip"]),
         )
     raise ValueError(f"unknown anchor spec kind {kind!r} (expected 'grid' or 'ssd')")
+
+
+def _is_positive(value: object) -> bool:
+    return (isinstance(value, int | float | np.integer | np.floating)
+            and not isinstance(value, bool | np.bool_) and math.isfinite(value) and value > 0)
+
+
+def _check_positive(name: str, values: tuple) -> None:
+    """A NaN, zero or negative size gives NaN or empty anchors, and then no detections at all
+    rather than an error, so the spec refuses it."""
+    bad = [v for v in values if not _is_positive(v)]
+    if bad:
+        raise ValueError(f"anchor {name} must be positive finite numbers, got {list(values)}")
+
+
+def _check_sizes(image_size: tuple, feature_sizes: tuple) -> None:
+    if len(image_size) != 2 or not all(_is_positive(v) for v in image_size):
+        raise ValueError(f"anchor image_size must be (width, height) > 0, got {image_size}")
+    for size in feature_sizes:
+        if len(size) != 2 or not all(isinstance(v, int | np.integer) and not isinstance(
+                v, bool | np.bool_) and v > 0 for v in size):
+            raise ValueError(f"anchor feature_sizes must be (height, width) whole numbers "
+                             f"> 0, got {size}")
 
 
 def _grid_level(fh: int, fw: int, step_x: float, step_y: float, wh: np.ndarray) -> np.ndarray:

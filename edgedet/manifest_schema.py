@@ -84,15 +84,13 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
         raise fail(f"format_version {version!r} is not supported (this edgedet reads "
                    f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; a newer edgedet wrote "
                    f"it, or it is not a manifest)")
-    if manifest["head_family"] not in HEAD_FAMILIES:
-        raise fail(f"head_family {manifest['head_family']!r} is not one of {HEAD_FAMILIES}")
+    for key, allowed in (("head_family", HEAD_FAMILIES), ("precision", PRECISIONS),
+                         ("backend", tuple(BACKENDS))):
+        if not isinstance(manifest[key], str) or manifest[key] not in allowed:
+            raise fail(f"{key} {manifest[key]!r} is not one of {allowed}")
     names = manifest["class_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise fail("class_names must be a non-empty list of strings")
-    if manifest["precision"] not in PRECISIONS:
-        raise fail(f"precision {manifest['precision']!r} is not one of {PRECISIONS}")
-    if manifest["backend"] not in BACKENDS:
-        raise fail(f"backend {manifest['backend']!r} is not one of {tuple(BACKENDS)}")
     weights = manifest["box_coder_weights"]
     if not (isinstance(weights, list) and len(weights) == 4
             and all(_is_number(w) and w > 0 for w in weights)):
@@ -118,10 +116,12 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
                            if k in DetectorOptions.field_names()})
     except ValueError as exc:
         raise fail(f"postprocess: {exc}") from exc
-    application = manifest.get("application", {})
-    threshold = application.get("score_threshold", 0.0) if isinstance(application, dict) else -1
-    if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.0:
-        raise fail("application must be an object whose score_threshold is in [0, 1]")
+    if not isinstance(manifest.get("application", {}), dict):
+        raise fail("application must be an object")
+    try:  # the settings a Detector starts from by default: postprocess, then application
+        DetectorOptions.from_manifest(manifest, "application")
+    except (TypeError, ValueError) as exc:
+        raise fail(f"application: {exc}") from exc
     _validate_accuracy(manifest.get("accuracy"), fail)
     _validate_double_scale(manifest.get("double_scale"), preprocess.input_size,
                            manifest["files"], fail)
@@ -129,7 +129,12 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
 
 
 def _validate_outputs(outputs: object, num_anchors: int, fail: Any) -> None:

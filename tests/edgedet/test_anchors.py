@@ -55,3 +55,26 @@ def test_round_trip_and_errors() -> None:
         GridAnchorSpec((32, 32), ((4, 4),), (8, 16), (32.0,))
     with pytest.raises(ValueError, match="kind"):
         anchor_spec_from_dict({"kind": "yolo"})
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("base_sizes", (float("nan"),)), ("base_sizes", (-32.0,)), ("strides", (0,)),
+    ("aspect_ratios", (-1.0,)), ("scales", (float("inf"),)), ("aspect_ratios", (True,)),
+    ("feature_sizes", ((4.5, 4),)), ("feature_sizes", ((0, 4),)), ("image_size", (32, -32)),
+])
+def test_sizes_that_would_give_nan_or_no_anchors_are_refused(field, value) -> None:
+    # (A NaN base size loaded and then found nothing; a negative ratio failed in math.sqrt.)
+    good = {"image_size": (32, 32), "feature_sizes": ((4, 4),), "strides": (8,),
+            "base_sizes": (32.0,), "scales": (1.0,), "aspect_ratios": (1.0,)}
+    GridAnchorSpec(**good)
+    with pytest.raises(ValueError, match=f"anchor {field} must be"):
+        GridAnchorSpec(**{**good, field: value})
+
+
+def test_ssd_prior_sizes_are_checked_too() -> None:
+    SsdPriorSpec((300, 300), ((19, 19),), (16,), (60,), (111,), ((2, 3),))
+    with pytest.raises(ValueError, match="anchor min_sizes must be"):
+        SsdPriorSpec((300, 300), ((19, 19),), (16,), (float("nan"),), (111,), ((2, 3),))
+    with pytest.raises(ValueError, match="anchor aspect_ratios must be"):
+        SsdPriorSpec((300, 300), ((19, 19),), (16,), (60,), (111,), ((2, -3),))
+    SsdPriorSpec((300, 300), ((19, 19),), (16,), (60,), (111,), ((),))  # squares only
