@@ -37,6 +37,7 @@ import numpy as np
 # capture's names, so that a test or app replaces it here.
 from edgedet.data.synthetic_video import render_synthetic_video as render_synthetic_video
 from edgedet.image_io import ImageReadError, read_image
+from edgedet.video import declared_frame_count, early_end_problem
 
 # isort: split
 # A sibling module, not a package (see above). It uses this module's names when called, never
@@ -356,10 +357,24 @@ class VideoFileSource:
             raise SourceError(f"cannot open {description}")
         reported_fps = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps: float | None = reported_fps if 0 < reported_fps < 1000 else None
+        self._declared_frames = declared_frame_count(self._capture)
+        self._frames_read = 0
 
     def read(self, stop: threading.Event) -> np.ndarray | None:
+        """The next frame; None at the end of the file.
+
+        Raises:
+            SourceError: the reads stopped well before the frame count the file declares.
+        """
         ok, frame = self._capture.read()
-        return frame if ok else None  # None: the end of the file
+        if not ok:
+            problem = early_end_problem(self.description, self._frames_read,
+                                        self._declared_frames)
+            if problem is not None:
+                raise SourceError(problem)
+            return None
+        self._frames_read += 1
+        return frame
 
     def close(self) -> None:
         self._capture.release()

@@ -123,7 +123,12 @@ def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
     import cv2
 
     from edgedet.draw import draw_detections
-    from edgedet.video import AtomicVideoWriter, save_video_problem
+    from edgedet.video import (
+        AtomicVideoWriter,
+        declared_frame_count,
+        early_end_problem,
+        save_video_problem,
+    )
 
     capture = cv2.VideoCapture(str(source))
     if not capture.isOpened():
@@ -132,12 +137,15 @@ def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
         capture.release()
         raise CliError(problem)
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    declared = declared_frame_count(capture)
     writer = AtomicVideoWriter(args.save, fps) if args.save else None
     count = 0
+    cut_short: str | None = None
     try:
         while args.max_frames is None or count < args.max_frames:
             ok, frame = capture.read()
             if not ok:
+                cut_short = early_end_problem(str(source), count, declared)
                 break
             detections = detector.detect(frame)
             report(f"frame_{count:06d}", detections)
@@ -154,4 +162,9 @@ def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
             writer.discard()  # a no-op once finished; otherwise removes the temporary file
     print(f"{count} frames" + (f", annotated video: {args.save}" if args.save else ""),
           file=sys.stderr)
+    if cut_short is not None:
+        # The frames read were processed (and saved: a complete video of them), but the run
+        # must not pass for a whole one.
+        print(f"edgedet detect: error: {cut_short}", file=sys.stderr)
+        return 1
     return 0

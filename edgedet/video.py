@@ -58,6 +58,28 @@ def video_codecs(path: str | os.PathLike[str]) -> tuple[str, ...]:
     return codecs
 
 
+def declared_frame_count(capture: cv2.VideoCapture) -> int | None:
+    """The number of frames an opened video file's header declares, or None where it
+    declares none (a stream, a camera, a container without the count)."""
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if math.isfinite(count) and count > 0 else None
+
+
+def early_end_problem(description: str, frames_read: int, declared: int | None) -> str | None:
+    """Why a video file whose reads stopped after ``frames_read`` frames looks truncated or
+    corrupt, or None where that many is its end.
+
+    OpenCV's ``read()`` fails alike at the end of a file and at a frame it cannot decode, so a
+    file cut short would otherwise pass for a shorter video. Where the header's count is an
+    estimate (duration x frame rate) it can exceed the true count by a little: 2% (at least
+    two frames) are let through.
+    """
+    if declared is None or frames_read >= declared - max(2, declared // 50):
+        return None
+    return (f"{description} ended after {frames_read} of the {declared} frames its header "
+            f"declares: the file is truncated or corrupt (or its header's count is wrong)")
+
+
 def count_video_frames(path: str | os.PathLike[str]) -> int:
     """Frames OpenCV can read back from the video at ``path`` (0 if it cannot open it)."""
     capture = cv2.VideoCapture(str(path))

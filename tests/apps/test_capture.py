@@ -10,8 +10,9 @@ import pytest
 
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.data.synthetic_video import render_synthetic_video
-from edgedet.video import read_video_frames
+from edgedet.video import count_video_frames, read_video_frames
 from tests.apps.helpers import FIFO_FPS, FIFO_SIZE, FakeLiveSource, frame_number
+from tests.edgedet.cut_video import write_truncated_avi
 
 
 def test_backoff_doubles_up_to_the_cap(capture) -> None:
@@ -66,6 +67,18 @@ def test_file_sources_deliver_every_frame_in_order(capture, tmp_path: Path) -> N
         grabber.stop()
         assert len(received) == 20 and grabber.dropped == 0
         assert all(np.array_equal(a, b) for a, b in zip(received, expected, strict=True))
+
+
+def test_a_video_file_cut_short_is_a_source_error(capture, tmp_path: Path) -> None:
+    video = write_truncated_avi(tmp_path / "cut.avi")
+    grabber = capture.FrameGrabber(capture.open_source(str(video)))
+    grabber.start()
+    received = 0
+    with pytest.raises(capture.SourceError, match=r"ended after \d+ of the 40 frames"):
+        while grabber.get(5.0) is not None:
+            received += 1
+    grabber.stop()
+    assert received == count_video_frames(video)
 
 
 @pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])

@@ -16,6 +16,8 @@ from edgedet import zoo
 from edgedet.cli import build_parser, main
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.data.synthetic_video import render_synthetic_video
+from edgedet.video import count_video_frames
+from tests.edgedet.cut_video import write_truncated_avi
 from tests.edgedet.tiny_artifacts import (
     PLANTED_DELTAS,
     PlantedObjectHead,
@@ -275,6 +277,21 @@ def test_an_image_the_format_cannot_hold_is_named_with_its_size(
     err = capsys.readouterr().err
     assert "could not encode the 65536x8 result as .jpg" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_video_cut_short_fails_after_saving_the_frames_it_read(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = write_truncated_avi(tmp_path / "cut.avi")
+    readable = count_video_frames(video)
+    out = tmp_path / "drawn.avi"
+    assert main(["detect", "--model", str(models["tiny"]), str(video), "--save", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"ended after {readable} of the 40 frames its header declares" in err
+    assert count_video_frames(out) == readable  # what was read is kept, and said to be short
+    # --max-frames within the readable part is a whole run.
+    assert main(["detect", "--model", str(models["tiny"]), str(video),
+                 "--max-frames", str(readable)]) == 0
 
 
 def test_detect_max_frames_must_be_positive(models: dict[str, Path], tmp_path: Path,

@@ -15,10 +15,13 @@ from edgedet.video import (
     AtomicVideoWriter,
     VideoWriteError,
     count_video_frames,
+    declared_frame_count,
+    early_end_problem,
     read_video_frames,
     save_video_problem,
     video_codecs,
 )
+from tests.edgedet.cut_video import write_truncated_avi
 
 
 def _frame(value: int) -> np.ndarray:
@@ -157,3 +160,31 @@ def test_save_video_problem_names_each_problem(tmp_path: Path) -> None:
     assert "is a folder" in save_video_problem(tmp_path / "dir.mp4")
     assert "is the source" in save_video_problem(tmp_path / "." / "in.mp4", source)
     assert save_video_problem(tmp_path / "out.mp4", "0") is None  # a camera index
+
+
+def test_a_file_cut_short_is_told_from_its_end(tmp_path: Path) -> None:
+    import cv2
+
+    whole = tmp_path / "whole.avi"
+    writer = AtomicVideoWriter(whole, fps=25.0)
+    for value in range(12):
+        writer.write(_frame(value * 20))
+    writer.finish()
+    capture = cv2.VideoCapture(str(whole))
+    assert declared_frame_count(capture) == 12
+    capture.release()
+    cut = write_truncated_avi(tmp_path / "cut.avi")
+    capture = cv2.VideoCapture(str(cut))
+    assert declared_frame_count(capture) == 40
+    capture.release()
+    assert 5 < count_video_frames(cut) < 35
+
+
+def test_early_end_problem_by_hand() -> None:
+    assert early_end_problem("v.avi", 12, 12) is None
+    assert early_end_problem("v.avi", 0, None) is None  # no count declared: cannot tell
+    assert early_end_problem("v.avi", 98, 100) is None  # within an estimate's slack (2)
+    assert early_end_problem("v.avi", 990, 1000) is None  # 2% of 1000 = 20
+    assert early_end_problem("v.avi", 979, 1000) is not None
+    problem = early_end_problem("v.avi", 20, 40)
+    assert problem is not None and "v.avi ended after 20 of the 40 frames" in problem
