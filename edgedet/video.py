@@ -228,6 +228,10 @@ class AtomicVideoWriter:
         umask = os.umask(0)
         os.umask(umask)
         self._tmp_path.chmod(0o666 & ~umask)
+        # On disk before the rename, as atomic_open does: after a power cut the name must not
+        # point at a file whose data never reached the disk.
+        with open(self._tmp_path, "rb") as written_file:
+            os.fsync(written_file.fileno())
         os.replace(self._tmp_path, self.path)
         self._tmp_path = None
         return self.path
