@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from edgedet._io import write_json_atomic
 from edgedet.decoder import HeadDecoder
 from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
-from edgedet.models.summary import count_gflops, count_parameters
+from edgedet.models.summary import WEIGHTED_LAYERS, count_gflops, count_parameters
 from edgedet.preprocess import PreprocessConfig
 from quantize.prune_allocation import (
     allocation_weights,
@@ -231,7 +231,7 @@ def _synthetic_config(ckpt_config: dict) -> Any:
 def _channels(model: torch.nn.Module) -> dict[str, int]:
     """Output channels of every conv (the table ``edgedet summary`` and the log print)."""
     return {name: int(module.weight.shape[0]) for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Conv2d)}
+            if isinstance(module, WEIGHTED_LAYERS) and not isinstance(module, torch.nn.Linear)}
 
 
 def run_schedule(config: PruneConfig) -> dict[str, Any]:

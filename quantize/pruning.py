@@ -208,6 +208,10 @@ def _prune_pass(model: nn.Module, images: Tensor, ratio: float, criterion: str,
             model, images, importance=CRITERIA[criterion](), pruning_ratio=ratio,
             pruning_ratio_dict=ratio_dict, ignored_layers=ignored, round_to=round_to,
             customized_pruners={DeformConv2d: _DeformConvPruner()},
+            # The deformable conv must be a root too: torch-pruning only starts channel groups
+            # at its root types, so without it the aligned attention's output channels were
+            # never pruned (its input channels were, from the conv before it).
+            root_module_types=[nn.modules.conv._ConvNd, nn.Linear, DeformConv2d],
             forward_fn=view.forward,
         )
         pruner.step()
@@ -237,7 +241,8 @@ def prune_channels(model: nn.Module, input_size: tuple[int, int], ratio: float,
     parts = dict(part_ratios or {})
     _prune_pass(model, images, ratio, criterion, fixed + grouped, round_to, parts)
     if grouped:
-        others = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)
+        others = [m for m in model.modules()
+                  if isinstance(m, nn.Conv2d | nn.Linear | DeformConv2d)
                   and not any(m is g for g in grouped)]
         _prune_pass(model, images, ratio, criterion, others, None, parts)
     return model

@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from edgedet.models.builders import builder_of
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.daipnet import daipnet_vgg16, daipnet_vgg16_small
+from edgedet.models.deform_conv import DeformConv2d
 from edgedet.models.dsanet import dsanet_resnet18_small, dsanet_resnet50, dsanet_resnet101
 from edgedet.models.harnet import (
     harnet_resnet18_small,
@@ -26,6 +27,9 @@ from edgedet.models.harnet import (
 )
 from edgedet.models.passd import passd_mobilenet, passd_resnet101, passd_vgg16
 from edgedet.models.retinanet import retinanet_resnet50
+
+# The layers whose output widths a channel plan records (`edgedet summary`'s table).
+WEIGHTED_LAYERS = (nn.Conv2d, nn.Linear, DeformConv2d)
 
 
 @dataclass(frozen=True)
@@ -172,10 +176,10 @@ def summarize_checkpoint(path: str) -> CheckpointSummary:
     size = config.get("preprocess", {}).get("input_size") or config["kwargs"]["img_size"]
     input_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     full_widths = {name: module.weight.shape[0] for name, module in full.named_modules()
-                   if isinstance(module, nn.Conv2d | nn.Linear)}
+                   if isinstance(module, WEIGHTED_LAYERS)}
     narrowed = {name: (int(full_widths[name]), int(module.weight.shape[0]))
                 for name, module in model.named_modules()
-                if isinstance(module, nn.Conv2d | nn.Linear)
+                if isinstance(module, WEIGHTED_LAYERS)
                 and module.weight.shape[0] != full_widths[name]}
     return CheckpointSummary(
         architecture=config["architecture"], params_m=count_parameters(model) / 1e6,

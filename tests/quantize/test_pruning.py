@@ -72,7 +72,7 @@ def test_pruning_keeps_output_shapes_and_shrinks_the_network(pruned_pair):
 
 
 def test_every_coupling_stays_consistent(pruned_pair):
-    _, pruned = pruned_pair
+    model, pruned = pruned_pair
     head, fpn = pruned.head, pruned.fpn
     fpn_channels = fpn.p7.weight.shape[0]
     assert fpn_channels < 128 and fpn_channels % 16 == 0
@@ -111,6 +111,11 @@ def test_every_coupling_stays_consistent(pruned_pair):
     backbone = pruned.backbone
     for level, stage in (("c4", backbone.layer3), ("c5", backbone.layer4)):
         attention = pruned.aligned_attention[level]
+        # The deformable conv loses channels like every other layer (it once kept all:
+        # torch-pruning started no channel group at it).
+        full_deform = model.aligned_attention[level].deform.out_channels
+        assert attention.deform.out_channels < full_deform
+        assert attention.deform.out_channels % 16 == 0
         trunk = stage[-1].conv2.weight.shape[0]
         hidden = attention.reduce.weight.shape[0]
         assert attention.reduce.weight.shape[1] == trunk == attention.expand.weight.shape[0]
