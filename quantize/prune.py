@@ -13,13 +13,16 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 import argparse
-import os
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
-from edgedet.models.checkpoint import CheckpointError, checkpoint_weights_path
+from edgedet.models.checkpoint import CheckpointError, load_checkpoint
 from quantize.prune_schedule import PruneConfig, format_log, run_schedule
 from quantize.pruning import CRITERIA
+
+PRUNABLE_FAMILIES = ("retinanet",)  # HAR-Net, DSANet, RetinaNet
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,9 +81,9 @@ def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser
 
     training = training_parser()
     training.prog = "quantize/prune.py ... --"
-    # The fine-tuning folders are made later; a path that cannot exist stands in for them.
-    probe = ["--model", next(iter(MODEL_BUILDERS)), *train_args,
-             "--out", str(Path(os.devnull) / "fine-tuning")]
+    # The fine-tuning folders are made later; a fresh folder name stands in for them.
+    stand_in = Path(tempfile.gettempdir()) / f"edgedet-prune-probe-{uuid.uuid4().hex}"
+    probe = ["--model", next(iter(MODEL_BUILDERS)), *train_args, "--out", str(stand_in)]
     args = training.parse_args(probe)
     args.model_arg = []  # the checkpoint's model is not built yet: train/main.py checks these
     check_arguments(training, args)
@@ -95,12 +98,23 @@ def main(argv: list[str] | None = None) -> int:
            args.val_images, args.sensitivity_images) < 1:
         parser.error("--steps, --finetune-epochs, --round-to, --finetune-images, "
                      "--val-images and --sensitivity-images must be at least 1")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file; give the output folder")
-    try:
-        checkpoint_weights_path(args.checkpoint)  # before --out is made
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        parser.error(f"--out {args.out} lies under {above}, which is a file")
+    try:  # before --out is made
+        _, checkpoint_config = load_checkpoint(args.checkpoint)
     except CheckpointError as error:
         parser.error(str(error))
+    family = checkpoint_config.get("head_family")
+    if family not in PRUNABLE_FAMILIES:
+        # Their P&A / SSD graphs are not what the channel couplings here were written and
+        # tested for (torch-pruning ran out of memory tracing PASSD).
+        parser.error(f"{args.checkpoint} is a {checkpoint_config.get('architecture')!r} "
+                     f"model ({family!r} head); quantize/prune.py prunes the RetinaNet family "
+                     "(HAR-Net, DSANet, RetinaNet)")
     train_args = [a for a in args.train_args if a != "--"]
     _check_training_flags(train_args, parser)
     config = PruneConfig(

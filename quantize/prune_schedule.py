@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from edgedet._io import write_json_atomic
+from edgedet._io import write_bytes_atomic, write_json_atomic
 from edgedet.decoder import HeadDecoder
 from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
 from edgedet.models.summary import WEIGHTED_LAYERS, count_gflops, count_parameters
@@ -45,7 +45,7 @@ from quantize.prune_allocation import (
     network_parts,
     weights_record,
 )
-from quantize.pruning import geometric_targets, prune_to_flops, pruned_config
+from quantize.pruning import PruneResult, geometric_targets, prune_to_flops, pruned_config
 from train.checkpoint import save_checkpoint
 from train.data import EvalDataset, collate_eval, open_splits
 from train.distributed import DistInfo
@@ -146,8 +146,18 @@ def _finetune(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
 
     summary_path = out / "summary.json"
     if not summary_path.is_file():
+        if out.is_dir() and any(out.iterdir()) and not (out / STATE_FILE).is_file():
+            # Killed before its first resume state: nothing to continue from, and
+            # train/main.py refuses a folder that holds checkpoints. Kept aside, not deleted.
+            aside = out.with_name(f"{out.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            out.rename(aside)
+            print(f"{out} was cut short before it could be resumed: moved to {aside}, "
+                  "starting that fine-tuning again", file=sys.stderr)
         start = time.perf_counter()
-        code = train_main(_training_argv(config, ckpt_config, init, out, epochs, teacher))
+        try:
+            code = train_main(_training_argv(config, ckpt_config, init, out, epochs, teacher))
+        except SystemExit as exit_:  # its argument errors exit through argparse
+            code = exit_.code if isinstance(exit_.code, int) else 2
         if code != 0:
             raise RuntimeError(f"fine-tuning {init} failed (train/main.py exit {code})")
         seconds = time.perf_counter() - start
@@ -234,10 +244,34 @@ def _channels(model: torch.nn.Module) -> dict[str, int]:
             if isinstance(module, WEIGHTED_LAYERS) and not isinstance(module, torch.nn.Linear)}
 
 
+# PruneConfig fields that do not change what the run computes.
+_UNRECORDED_FIELDS = ("out", "progress", "baseline")
+RUN_FILE = "prune_run.json"
+
+
+def _claim_out(out: Path, config: PruneConfig) -> None:
+    """Record the run's settings in ``out`` (first run), or refuse a rerun whose settings
+    differ: resuming would reuse steps pruned for the old ones and log them as the new."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _UNRECORDED_FIELDS}
+    settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    recorded_path = out / RUN_FILE
+    if not recorded_path.is_file():
+        write_json_atomic(recorded_path, settings, indent=2)
+        return
+    recorded = json.loads(recorded_path.read_text())
+    changed = sorted(k for k in set(settings) | set(recorded)
+                     if settings.get(k) != recorded.get(k))
+    if changed:
+        was = ", ".join(f"{k}={recorded.get(k)!r}" for k in changed)
+        raise ValueError(f"{out} holds a pruning run with other settings ({was}); rerun it "
+                         "with those to resume, or give a new --out")
+
+
 def run_schedule(config: PruneConfig) -> dict[str, Any]:
     """Run (or resume) the schedule; returns the log written to ``OUT/prune_log.json``."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    _claim_out(out, config)
     model, _ = build_from_checkpoint(config.checkpoint)
     _, full_config = load_checkpoint(config.checkpoint)
     input_size = tuple(int(v) for v in full_config["preprocess"]["input_size"])
@@ -260,9 +294,16 @@ def run_schedule(config: PruneConfig) -> dict[str, Any]:
             allocation = (_sensitivity_allocation(model, current_full, input_size, config)
                           if config.allocation == "sensitivity" else {})
             weights = {part: row["weight"] for part, row in allocation.items()}
-            pruned, result = prune_to_flops(model, input_size, target,  # type: ignore[arg-type]
-                                            config.criterion, config.round_to,
-                                            part_weights=weights)
+            now = count_gflops(model, input_size)  # type: ignore[arg-type]
+            if now <= target:
+                # Widths move in steps of round_to channels, so an earlier step can land
+                # under this one's target: this step then only fine-tunes.
+                params = count_parameters(model)
+                pruned, result = model, PruneResult(0.0, now, now, params, params)
+            else:
+                pruned, result = prune_to_flops(model, input_size,  # type: ignore[arg-type]
+                                                target, config.criterion, config.round_to,
+                                                part_weights=weights)
             pruned.config = pruned_config(pruned)
             new_config = {**current_full, **pruned.config, "pruning": {
                 "step": step, "criterion": config.criterion, "ratio": result.ratio,
@@ -289,8 +330,8 @@ def run_schedule(config: PruneConfig) -> dict[str, Any]:
         write_json_atomic(out / "prune_log.json", log, indent=2)
     for suffix in (".safetensors", ".json"):
         source = current.with_suffix(suffix)
-        if source.is_file():
-            shutil.copyfile(source, out / f"pruned{suffix}")
+        if source.is_file():  # a rerun copies again: never through a good file in place
+            write_bytes_atomic(out / f"pruned{suffix}", source.read_bytes())
     if config.baseline:
         ap_base, seconds = _finetune(config, full_config, Path(config.checkpoint),
                                      out / "baseline", config.finetune_epochs * config.steps)

@@ -271,20 +271,33 @@ def prune_to_flops(model: nn.Module, input_size: tuple[int, int], target_gflops:
     """The smallest uniform channel ratio that brings ``model`` to ``target_gflops`` or less.
 
     Bisects the ratio on copies (GFLOPs fall monotonically with it, in steps of ``round_to``
-    channels) and returns a pruned copy; ``model`` itself is left as it is. With
+    channels, as long as no layer is asked to keep fewer than ``round_to``: the ratios stay
+    under that) and returns a pruned copy; ``model`` itself is left as it is. With
     ``part_weights`` (``{submodule name: weight}``, ``quantize.prune_allocation``) each of
     those parts is pruned by the ratio times its weight, at most ``MAX_PART_RATIO``.
     """
     weights = dict(part_weights or {})
+    # A ratio that would leave a layer fewer than round_to channels makes torch-pruning skip
+    # the layer altogether, so GFLOPs would rise again past it: every ratio stays below that.
+    fixed = fixed_width_layers(model)
+
+    def ceiling(scope: nn.Module) -> float:
+        widths = [m.weight.shape[0] for m in scope.modules()
+                  if isinstance(m, nn.Conv2d | nn.Linear | DeformConv2d)
+                  and not any(m is f for f in fixed)]
+        return min((1.0 - round_to / w for w in widths if w > round_to), default=0.0)
+
+    part_ceilings = {name: min(MAX_PART_RATIO, ceiling(model.get_submodule(name)))
+                     for name in weights}
 
     def part_ratios(ratio: float) -> dict[str, float]:
-        return {name: min(MAX_PART_RATIO, ratio * w) for name, w in weights.items()}
+        return {name: min(part_ceilings[name], ratio * w) for name, w in weights.items()}
 
     gflops_before = count_gflops(model, input_size)
     if target_gflops >= gflops_before:
         raise ValueError(f"the model has {gflops_before:.3f} GFLOPs, already within the "
                          f"target {target_gflops:.3f}")
-    low, high = 0.0, 0.95
+    low, high = 0.0, min(0.95, ceiling(model))
     best: tuple[float, nn.Module, float] | None = None
     while high - low > tolerance / 2:
         ratio = (low + high) / 2

@@ -220,6 +220,39 @@ def test_prune_cli_prunes_fine_tunes_and_resumes(tmp_path, capsys):
     assert "step 1" in capsys.readouterr().out
 
 
+def test_prune_cli_rerun_rules(tmp_path, capsys):
+    # Two steps whose second target the first step's rounding already reached; a rerun with
+    # other settings; a fine-tuning killed before its first resume state.
+    from quantize.prune import main
+    from train.engine import STATE_FILE
+
+    _tiny_checkpoint(tmp_path / "full")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(tmp_path / "full"), "--out", str(out), "--steps", "2",
+            "--target-flops", "0.85", "--finetune-images", "4", "--val-images", "4",
+            "--no-baseline", "--no-progress",
+            "--", "--batch-size", "4", "--workers", "0", "--optimizer", "adamw"]
+    assert main(argv) == 0, capsys.readouterr().err
+    log = json.loads((out / "prune_log.json").read_text())
+    first, second = log["steps"]
+    assert first["gflops"] <= 0.85 ** 0.5 * log["start"]["gflops"]
+    if first["gflops"] <= 0.85 * log["start"]["gflops"]:  # rounding overshot step 2's target
+        assert second["ratio"] == 0.0 and second["gflops"] == first["gflops"]
+    else:
+        assert second["ratio"] > 0.0
+    assert main([*argv[:7], "0.6", *argv[8:]]) == 1
+    assert "holds a pruning run with other settings (target_flops_ratio=0.85)" in (
+        capsys.readouterr().err)
+    # Killed inside its first save: checkpoints but no resume state and no summary.
+    finetune = out / "step2" / "finetune"
+    (finetune / "summary.json").unlink()
+    (finetune / STATE_FILE).unlink(missing_ok=True)
+    assert main(argv) == 0
+    assert "cut short before it could be resumed" in capsys.readouterr().err
+    assert (finetune / "summary.json").is_file()
+    assert len(list(out.glob("step2/finetune.incomplete-*"))) == 1  # kept aside
+
+
 def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     from quantize.prune import main
 
@@ -229,6 +262,18 @@ def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):  # before --out is made
         main(["--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "new")])
     assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    from edgedet.models.passd import passd_mobilenet
+
+    passd = passd_mobilenet(num_classes=2)
+    save_checkpoint(tmp_path / "passd", passd, {**passd.config, "head_family": "passd"})
+    with pytest.raises(SystemExit):  # not what the couplings were written for
+        main(["--checkpoint", str(tmp_path / "passd"), "--out", str(tmp_path / "new")])
+    assert "prunes the RetinaNet family" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "passd"), "--out", str(tmp_path / "a_file" / "x")])
+    assert "which is a file" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
     _tiny_checkpoint(tmp_path / "full")
     start = ["--checkpoint", str(tmp_path / "full"), "--out", str(tmp_path / "out")]
