@@ -75,8 +75,9 @@ def check_summary(manifest: Mapping[str, Any]) -> str:
     if not accuracy:
         return "never ran"
     verdict = "passed" if accuracy["passed"] else "FAILED"
+    why = f"; inconclusive: {accuracy['inconclusive']}" if accuracy.get("inconclusive") else ""
     return (f"{verdict}: AP {accuracy['AP']:.2f} vs reference {accuracy['reference_AP']:.2f}, "
-            f"ΔAP {accuracy['delta_AP']:+.2f} (max drop {accuracy['max_drop']})")
+            f"ΔAP {accuracy['delta_AP']:+.2f} (max drop {accuracy['max_drop']}){why}")
 
 
 def double_scale_files(manifest: Mapping[str, Any]) -> list[str]:
@@ -121,7 +122,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def accuracy_section(metrics: Mapping[str, Any], max_drop: float,
-                     eval_data: Mapping[str, Any]) -> dict[str, Any]:
+                     eval_data: Mapping[str, Any], allow_weak_reference: bool = False
+                     ) -> dict[str, Any]:
     """The manifest's ``accuracy`` section from one artifact's accuracy-check metrics.
 
     Args:
@@ -129,14 +131,24 @@ def accuracy_section(metrics: Mapping[str, Any], max_drop: float,
             ``delta_AP`` = artifact - reference, negative is a drop), plus any other figures.
         max_drop: the largest allowed drop in AP points.
         eval_data: which images were used (``{"data", "seed", "num_images", "sha256"}``).
+        allow_weak_reference: let the AP difference alone decide where the reference scores
+            no more than ``max_drop`` (a smoke test on an untrained model).
 
     Returns:
         ``{**metrics, "max_drop", "passed", "eval_data"}``; passed means
-        ``-delta_AP <= max_drop``.
+        ``-delta_AP <= max_drop`` and a reference AP above ``max_drop``: at or below it, an
+        artifact that detects nothing would pass too, so the check proves nothing and fails
+        unless ``allow_weak_reference`` (``"inconclusive"`` says why either way).
     """
-    delta = float(metrics["delta_AP"])
-    return {**dict(metrics), "max_drop": float(max_drop), "passed": -delta <= max_drop,
-            "eval_data": dict(eval_data)}
+    delta, reference = float(metrics["delta_AP"]), float(metrics["reference_AP"])
+    section = {**dict(metrics), "max_drop": float(max_drop),
+               "passed": -delta <= max_drop and (reference > max_drop or allow_weak_reference),
+               "eval_data": dict(eval_data)}
+    if reference <= max_drop:
+        section["inconclusive"] = (f"the reference scores AP {reference:.2f}, not above the "
+                                   f"allowed drop {max_drop:g}: an artifact that detects "
+                                   "nothing would pass")
+    return section
 
 
 def make_manifest(

@@ -177,11 +177,14 @@ class AccuracyCheck:
         backend: the ``edgedet.backends`` entry the artifacts run on here.
         device: torch device of the reference (None: CUDA when available).
         progress: progress bars.
+        allow_weak_reference: check artifacts against a reference that scores no more than
+            ``max_drop`` AP (else a ``ValueError``; ``ConvertConfig.allow_weak_reference``).
     """
 
     def __init__(self, model: nn.Module, samples: Sequence[Sample],
                  eval_data: Mapping[str, object], max_drop: float, backend: str,
-                 device: str | None = None, progress: bool = True) -> None:
+                 device: str | None = None, progress: bool = True,
+                 allow_weak_reference: bool = False) -> None:
         self.model = model
         self.samples = list(samples)
         self.eval_data = dict(eval_data)
@@ -189,6 +192,7 @@ class AccuracyCheck:
         self.backend = backend
         self.device = device
         self.progress = progress
+        self.allow_weak_reference = allow_weak_reference
         # Keyed by double_scale: single-scale and double-scale testing each have their own.
         self._references: dict[bool, tuple[DetectorRun, dict[str, float], str]] = {}
 
@@ -202,9 +206,19 @@ class AccuracyCheck:
             what = "reference, double-scale" if double_scale else "reference"
             run = run_detector(detector.detect, self.samples, self.progress, what)
             class_names = tuple(artifact.manifest["class_names"])
+            metrics = coco_metrics(self.samples, run.detections, class_names)
+            weak = float(metrics["AP"]) <= self.max_drop
+            if weak and not double_scale and not self.allow_weak_reference:
+                # Every artifact would pass, a broken one too: stop before converting more.
+                # (A weak double-scale reference fails only that section: inconclusive.)
+                raise ValueError(
+                    f"the {what} scores AP {float(metrics['AP']):.2f} on the "
+                    f"{len(self.samples)} eval images, not above --max-drop {self.max_drop:g}: "
+                    "the accuracy check could not tell a broken artifact from a good one (an "
+                    "untrained or diverged checkpoint, or eval data the model was not trained "
+                    "for?); --allow-weak-reference goes on, for a smoke test")
             self._references[double_scale] = (
-                run, coco_metrics(self.samples, run.detections, class_names),
-                str(detector.backend.device))  # type: ignore[attr-defined]
+                run, metrics, str(detector.backend.device))  # type: ignore[attr-defined]
         return self._references[double_scale]
 
     def reference_summary(self, double_scale: bool = False) -> dict[str, object]:
@@ -225,4 +239,5 @@ class AccuracyCheck:
         run = run_detector(detector.detect, self.samples, self.progress, what)
         metrics = compare_to_reference(self.samples, tuple(artifact.manifest["class_names"]),
                                        reference_run, reference_metrics, run)
-        return accuracy_section(metrics, self.max_drop, self.eval_data), run
+        return accuracy_section(metrics, self.max_drop, self.eval_data,
+                                self.allow_weak_reference), run

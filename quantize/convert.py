@@ -95,6 +95,11 @@ class ConvertConfig:
         weight_storage: the dtype the artifacts' model files store float weights in, one of
             the target's ``weight_storages`` (default float32; ``float16`` on cpu halves a
             float model's file, compute stays float32: ``quantize.weight_storage``).
+        allow_weak_reference: go on when the reference scores no more than ``max_drop`` AP
+            on the eval images (an untrained model in a smoke test of the pipeline): the
+            check then rests on the AP difference alone, which cannot tell a broken artifact
+            from a good one, and the accuracy sections say so (``"inconclusive"``). Without
+            it such a run stops with an error.
         progress: progress bars and step messages.
         command: how the run was started, for the report (default: this config).
     """
@@ -117,6 +122,7 @@ class ConvertConfig:
     double_scale: bool = False
     float_precision: str = "f32"
     weight_storage: str = "float32"
+    allow_weak_reference: bool = False
     progress: bool = True
     command: str | None = None
 
@@ -147,13 +153,19 @@ class ConvertConfig:
                              f"OUT/NAME_<precision>), got {self.name!r}")
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise ValueError(f"out (--out) {self.out} is a file; give the output folder")
+        above = next((p for p in Path(self.out).parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ValueError(f"out (--out) {self.out} lies under {above}, which is a file")
         if self.device is not None:
             import torch
 
             try:
-                torch.device(self.device)
+                device = torch.device(self.device)
             except RuntimeError as error:
                 raise ValueError(f"device (--device) {self.device!r}: {error}") from error
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device (--device) {self.device!r}: this torch build sees "
+                                 "no CUDA device")
         bad = [c for c in self.keep_float or () if c not in CATEGORIES]
         if bad:
             raise ValueError(f"keep_float: unknown categories {bad}; choose from "
@@ -248,7 +260,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
                                preprocess_config, calibration)
             check = AccuracyCheck(model, evaluation.samples, evaluation.describe(),
                                   config.max_drop, target.accuracy_backend, config.device,
-                                  config.progress)
+                                  config.progress, config.allow_weak_reference)
             say(config, f"accuracy check on {len(evaluation.samples)} images of "
                          f"{evaluation.spec}")
             staged, artifact_reports, columns, controlled = build_and_check(

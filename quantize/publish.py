@@ -38,6 +38,9 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
         raise ValueError(f"zoo name must be a Python-identifier-like word, got {name!r}")
     manifest = load_manifest(artifact_dir)  # verifies every file's sha256
     require_passed_check(manifest, str(artifact_dir))  # the zoo ships only checked models
+    if manifest["accuracy"].get("inconclusive"):  # converted with --allow-weak-reference
+        print(f"warning: {artifact_dir}'s accuracy check was inconclusive: "
+              f"{manifest['accuracy']['inconclusive']}", file=sys.stderr)
     clean_leftovers(zoo_dir)
     model_files = {f: artifact_dir / f for f in manifest["files"]}
     extra_files = {p.name: p for p in artifact_dir.iterdir()

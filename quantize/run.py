@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-drop", type=float, default=1.0, metavar="AP",
                         help="largest allowed AP drop of an artifact below the reference, in "
                              "AP points (default 1.0; a negative value demands a gain)")
+    parser.add_argument("--allow-weak-reference", action="store_true",
+                        help="go on when the reference scores no more than --max-drop AP on "
+                             "the eval images (a smoke test on an untrained model): the check "
+                             "then cannot tell a broken artifact from a good one, and the "
+                             "manifests say it was inconclusive (default: stop with an error)")
     parser.add_argument("--max-float-layers", type=int, default=DEFAULT_MAX_FLOAT_LAYERS,
                         metavar="N",
                         help="accuracy control: when an INT8 artifact misses --max-drop, put "
@@ -164,6 +169,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> ConvertConfig
         keep_float=_keep_float(args.keep_float), device=args.device,
         double_scale=args.double_scale, float_precision=args.float_precision,
         weight_storage=args.weight_storage,
+        allow_weak_reference=args.allow_weak_reference,
         progress=not args.no_progress,
         command="python quantize/run.py " + shlex.join(argv))
 

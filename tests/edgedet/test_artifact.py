@@ -11,6 +11,7 @@ from edgedet.artifact import (
     Artifact,
     ManifestError,
     accuracy_section,
+    check_summary,
     load_manifest,
     make_manifest,
     sha256_file,
@@ -196,6 +197,19 @@ def test_accuracy_section_passes_within_max_drop() -> None:
     assert failed["passed"] is False and failed["eval_data"] == eval_data
 
 
+def test_a_check_whose_reference_scores_no_more_than_the_drop_fails() -> None:
+    # A reference at AP 0 (an untrained model, eval images without its classes): an artifact
+    # detecting nothing would show no drop, so the check proves nothing.
+    for reference in (0.0, 1.0):
+        vacuous = accuracy_section({"AP": 0.0, "reference_AP": reference,
+                                    "delta_AP": -reference}, 1.0, {})
+        assert vacuous["passed"] is False
+        assert "an artifact that detects nothing would pass" in vacuous["inconclusive"]
+        assert "inconclusive: the reference scores AP" in check_summary({"accuracy": vacuous})
+    assert accuracy_section({"AP": 1.1, "reference_AP": 1.1, "delta_AP": 0.0}, 1.0,
+                            {})["passed"] is True
+
+
 def test_write_artifact_hashes_and_manifest_last(tmp_path: Path) -> None:
     model_file = _file(tmp_path / "exported.onnx", b"onnx bytes")
     report = _file(tmp_path / "r.md", b"# report")
@@ -212,7 +226,7 @@ def test_staged_artifact_is_what_ships(tmp_path: Path) -> None:
     staged = Artifact.stage(tmp_path / "staged", {"model.onnx": source}, _without_files())
     assert not (staged.directory / "manifest.json").exists()  # staged only, not written
     assert staged.files == {"model.onnx": tmp_path / "staged" / "model.onnx"}
-    accuracy = accuracy_section({"AP": 1.0, "reference_AP": 1.0, "delta_AP": 0.0}, 1.0, {})
+    accuracy = accuracy_section({"AP": 30.0, "reference_AP": 30.0, "delta_AP": 0.0}, 1.0, {})
     out = write_artifact(tmp_path / "art", staged.files,
                          {**staged.manifest, "accuracy": accuracy})
     assert Artifact.load(out).manifest["accuracy"]["passed"] is True

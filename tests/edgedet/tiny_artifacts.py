@@ -237,7 +237,10 @@ def _accuracy_check(artifact: Artifact, model: nn.Module, backend: str) -> dict:
                                    run_detector(deployed.detect, samples, progress=False))
     eval_data = {"data": "synthetic:1", "seed": 1, "num_images": len(samples),
                  "sha256": images_sha256(samples)}
-    return accuracy_section(metrics, max_drop=1.0, eval_data=eval_data)
+    # Tiny heads score little or no AP on these images: the check is a smoke test, as
+    # quantize/run.py --allow-weak-reference runs it.
+    return accuracy_section(metrics, max_drop=1.0, eval_data=eval_data,
+                            allow_weak_reference=True)
 
 
 def planted_anchor() -> tuple[int, np.ndarray]:

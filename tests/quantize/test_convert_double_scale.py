@@ -38,7 +38,8 @@ def harnet_checkpoint(tmp_path_factory):
 def test_double_scale_artifact_is_built_checked_and_runs(harnet_checkpoint, tmp_path):
     report = convert(ConvertConfig(checkpoint=harnet_checkpoint, target="cpu",
                                    out=tmp_path / "out", precisions=("fp32",), eval_size=4,
-                                   double_scale=True, progress=False))
+                                   double_scale=True, progress=False,
+                                   allow_weak_reference=True))
     entry = report.artifacts[0]
     assert entry.passed and entry.double_scale is not None and entry.double_scale["passed"]
     assert entry.double_scale["delta_AP"] == pytest.approx(0.0, abs=0.05)
@@ -86,5 +87,5 @@ def test_models_whose_levels_do_not_pair_are_refused_before_any_work(tmp_path):
     passd = write_tiny_checkpoint(tmp_path / "passd")  # pairs: accepted
     report = convert(ConvertConfig(checkpoint=passd, target="cpu", out=tmp_path / "passd_out",
                                    precisions=("fp32",), eval_size=2, double_scale=True,
-                                   progress=False))
+                                   progress=False, allow_weak_reference=True))
     assert report.artifacts[0].double_scale is not None

@@ -28,7 +28,8 @@ def toy_tables(monkeypatch):
 def test_toy_target_and_backend_through_convert_and_detector(toy_tables, tmp_path: Path):
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt" / "tiny")
     report = convert(ConvertConfig(checkpoint=checkpoint, target="toy", out=tmp_path / "out",
-                                   name="tiny", eval_size=3, device="cpu", progress=False))
+                                   name="tiny", eval_size=3, device="cpu", progress=False,
+                                   allow_weak_reference=True))
     assert [(a.name, a.backend, a.precision) for a in report.artifacts] == [
         ("tiny_fp32", "toy", "fp32")]
     # The toy artifact holds the very same graph as the reference: no loss at all.
@@ -63,7 +64,8 @@ def test_toy_target_and_backend_through_convert_and_detector(toy_tables, tmp_pat
 def test_device_option_reaches_the_backend(toy_tables, tmp_path: Path):
     checkpoint = write_tiny_checkpoint(tmp_path / "ckpt" / "tiny")
     convert(ConvertConfig(checkpoint=checkpoint, target="toy", out=tmp_path / "out",
-                          name="tiny", eval_size=2, device="cpu", progress=False))
+                          name="tiny", eval_size=2, device="cpu", progress=False,
+                          allow_weak_reference=True))
     with pytest.raises(Exception, match="cpu only, not 'GPU'"):
         Detector(tmp_path / "out" / "tiny_fp32", device="GPU")
 
