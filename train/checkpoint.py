@@ -44,10 +44,11 @@ from edgedet.models.checkpoint import (
     CheckpointError,
     build_from_checkpoint,
     load_checkpoint,
+    short_reason,
 )
 
 __all__ = ["CheckpointError", "build_from_checkpoint", "load_checkpoint", "load_training_state",
-           "save_checkpoint", "save_training_state"]
+           "save_checkpoint", "save_training_state", "short_reason"]
 STATE_KEY = "state"
 FORMAT_VERSION = 1
 
@@ -181,13 +182,6 @@ def save_training_state(
     }
     data = save_safetensors_bytes(tensors, metadata={STATE_KEY: json.dumps(structure)})
     write_bytes_atomic(path, data)
-
-
-def short_reason(error: BaseException, limit: int = 300) -> str:
-    """``error``'s message on one line, cut to ``limit`` characters (a state-dict mismatch
-    lists every key: kilobytes on one line)."""
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def load_training_state(

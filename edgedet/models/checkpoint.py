@@ -46,6 +46,13 @@ def checkpoint_weights_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def short_reason(error: BaseException, limit: int = 300) -> str:
+    """``error``'s message on one line, cut to ``limit`` characters (a state-dict mismatch
+    lists every key: kilobytes on one line)."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict]:
     """``(state_dict, config)`` of a checkpoint given as ``X.safetensors``, ``X.json`` or ``X``."""
     weights_path = checkpoint_weights_path(path)
@@ -65,6 +72,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             from error
     if not isinstance(config, dict):
         raise CheckpointError(f"{weights_path}: its embedded config is not a JSON object")
+    broken = [name for name, tensor in state.items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:  # it would convert, and its accuracy check compare nothing with nothing
+        raise CheckpointError(f"{weights_path}: {len(broken)} of its {len(state)} tensors hold "
+                              f"NaN or infinite values ({', '.join(broken[:3])}"
+                              f"{', ...' if len(broken) > 3 else ''}): a diverged run?")
     return state, config
 
 
@@ -100,5 +113,5 @@ def build_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
         model.load_state_dict(state)
     except (RuntimeError, ChannelPlanError) as error:
         raise CheckpointError(f"{checkpoint_weights_path(path)}: weights do not fit "
-                              f"{architecture} ({error})") from error
+                              f"{architecture} ({short_reason(error)})") from error
     return model.eval(), config

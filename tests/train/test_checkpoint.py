@@ -69,6 +69,21 @@ def test_non_finite_weights_are_never_saved(tmp_path):
                             torch.optim.SGD(model.parameters(), lr=0.1), None, {})
 
 
+def test_non_finite_weights_written_elsewhere_are_refused_on_load(tmp_path):
+    # A file from another tool (or edited by hand) that save_checkpoint would have refused.
+    from safetensors.torch import save_file
+
+    from edgedet.models.checkpoint import CONFIG_KEY
+
+    state = {k: v.clone() for k, v in _tiny().state_dict().items()}
+    state["0.weight"][0, 0, 0, 0] = float("inf")
+    save_file(state, str(tmp_path / "nan.safetensors"),
+              metadata={CONFIG_KEY: json.dumps({"architecture": "x", "kwargs": {}})})
+    with pytest.raises(CheckpointError, match=r"nan\.safetensors: 1 of its 7 tensors hold NaN "
+                                              r"or infinite values \(0\.weight\)"):
+        load_checkpoint(tmp_path / "nan")
+
+
 def test_missing_and_foreign_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nothing")
