@@ -3,9 +3,11 @@
 ``Trainer.fit()`` runs the whole schedule. Exact resume rests on three things: the data
 order is a function of ``(seed, epoch)`` (``DistributedSampler.set_epoch``), each sample's
 augmentation a function of ``(seed, epoch, index)``, and the learning rate a function of the
-global iteration; the resume state restores model, optimiser, AMP scaler and every RNG.
-Checkpoints are written at the end of an epoch, so a run resumes at an epoch boundary.
-The evaluation pass lives in ``train/evaluation.py``, the metrics log in ``train/metrics_log.py``.
+global iteration; the resume state restores model, optimiser, AMP scaler and every RNG. It is
+written at each epoch's end before the evaluation (a resume evaluates that epoch first), after
+it with the ``last`` / ``best`` checkpoints, and within epochs every ``save_every_minutes``.
+The evaluation pass lives in ``train/evaluation.py``, the metrics log in ``train/metrics_log.py``,
+``TrainConfig`` in ``train/train_config.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from edgedet.decoder import HeadDecoder
 from edgedet.preprocess import PreprocessConfig
 from train.augment import RetinaAugmentation, SsdAugmentation
 from train.checkpoint import (
+    CheckpointError,
     load_training_state,
     save_checkpoint,
     save_training_state,
@@ -52,6 +55,7 @@ from train.graceful_stop import StopRequest, TrainingStopped
 from train.metrics_log import MetricsLog
 from train.models import family_defaults, is_harnet
 from train.schedule import LrSchedule, build_optimizer, set_lr
+from train.train_config import TrainConfig
 
 STATE_FILE = "last.state.safetensors"
 
@@ -72,47 +76,6 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.sampler) - self.start
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of a run (``train/main.py`` fills it from its flags).
-
-    ``batch_size`` is per process: the global batch is ``batch_size * world_size``.
-    ``warmup_iters`` None means min(500, one epoch).
-    ``optimizer`` is ``"sgd"`` (the papers') or ``"adamw"`` (``momentum`` is then its beta1).
-    ``freeze_bn`` keeps every BatchNorm layer on its running statistics during training (mmdet's
-    ``norm_eval``, usual with a pretrained backbone and small per-GPU batches).
-    ``channels_last`` keeps weights and images in channels-last memory format (faster convs
-    on CPU: +6% zoo PASSD, +12% paper-width PASSD in ``train/bench.py``).
-    ``save_every_minutes`` > 0 also writes the resume state within an epoch, at most that
-    often (0: at epoch ends only).
-    ``incremental_epochs`` > 0 trains HAR-Net's main network for that many epochs with the
-    spatial and channel attention switched off, then switches them on (HAR-Net sec. III-D).
-    """
-
-    epochs: int = 1
-    batch_size: int = 8
-    optimizer: str = "sgd"
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_iters: int | None = None
-    warmup_start_lr: float = 1e-6
-    lr_steps: tuple[float, ...] = ()
-    lr_gamma: float = 0.1
-    workers: int = 0
-    amp: str | None = None
-    eval_every: int = 1
-    seed: int = 0
-    clip_grad_norm: float = 0.0
-    max_bad_steps: int = 10
-    save_every_minutes: float = 0.0
-    channels_last: bool = False
-    incremental_epochs: int = 0
-    freeze_bn: bool = False
-    progress_bar: bool = True
-    extra_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _to_device(targets: list[dict[str, torch.Tensor]], device: torch.device
@@ -219,6 +182,8 @@ class Trainer:
         self.epoch = 0
         self.iteration = 0
         self.best_ap = -1.0
+        # The epoch that just ended is trained but not yet evaluated and checkpointed.
+        self.epoch_end_pending = False
         self.best_epoch = -1
         self.last_metrics: dict[str, float] | None = None
         self.consecutive_bad = 0
@@ -259,11 +224,19 @@ class Trainer:
                 "consecutive_bad": self.consecutive_bad, "skipped_steps": self.skipped_steps,
                 "world_size": self.info.world_size, "batch_size": self.config.batch_size,
                 "seed": self.config.seed, "batches_done": self.batches_done,
-                "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps}
+                "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
+                "epoch_end_pending": self.epoch_end_pending,
+                "preprocess": self.preprocess_config.to_dict()}
 
     def resume(self, state_path: str | Path) -> None:
         """Continue from a resume state written by ``save`` (see the module docstring)."""
         progress = load_training_state(state_path, self.model, self.optimizer, self.scaler)
+        before = progress.get("preprocess")  # (states written before 2026-12-06 lack it)
+        if before is not None and PreprocessConfig.from_dict(before) != self.preprocess_config:
+            # The rest of the run would train on other pixels, and its checkpoints would name
+            # only the second half's pre-processing.
+            raise CheckpointError(f"--resume: the run's pre-processing was {before}; give its "
+                                  "own --img-size, --resize and --interpolation")
         for key in ("world_size", "batch_size", "seed"):
             now = {"world_size": self.info.world_size, "batch_size": self.config.batch_size,
                    "seed": self.config.seed}[key]
@@ -281,6 +254,7 @@ class Trainer:
         self.batches_done = int(progress.get("batches_done", 0))
         self.epoch_sums = {k: float(v) for k, v in progress.get("epoch_sums", {}).items()}
         self.epoch_steps = int(progress.get("epoch_steps", 0))
+        self.epoch_end_pending = bool(progress.get("epoch_end_pending", False))
         # self.iteration counts the steps done: it is the index of the next step, which the
         # interrupted run may already have logged.
         self.log.truncate_from(self.iteration)
@@ -443,7 +417,8 @@ class Trainer:
         if self.val_loader is None:
             return None
         decoder = HeadDecoder.from_manifest(self.checkpoint_config())
-        return evaluate(self.model, self.val_loader, decoder, self.info, self.config.amp)
+        return evaluate(self.model, self.val_loader, decoder, self.info, self.config.amp,
+                        self.config.progress_bar)
 
     def _draw_curves(self) -> None:
         """Redraw ``curves.png`` (``train.curves``); a failure only warns: the picture is a
@@ -454,39 +429,52 @@ class Trainer:
             warnings.warn(f"could not draw {self.out_dir}/curves.png: {exc}", RuntimeWarning,
                           stacklevel=2)
 
+    def _train_one_epoch(self) -> None:
+        """One epoch and its log record; its weights on disk before it is evaluated."""
+        epoch_means = self.train_epoch()
+        self.epoch += 1
+        self.log.write({"type": "epoch", "epoch": self.epoch - 1,
+                        "iteration": self.iteration - 1, **epoch_means})
+        if self.info.is_main:
+            terms = ", ".join(f"{k} {v:.4f}" for k, v in epoch_means.items())
+            tqdm.write(f"epoch {self.epoch}/{self.config.epochs}: {terms}")
+        self.epoch_end_pending = True
+
+    def _finish_epoch(self) -> None:
+        """The evaluation (when due), then ``last`` / ``best`` and the resume state."""
+        cfg, info = self.config, self.info
+        is_best = False
+        due = cfg.eval_every > 0 and self.epoch % cfg.eval_every == 0
+        if due or self.epoch == cfg.epochs:
+            # A bad validation image, a crash or a kill during a long evaluation must not
+            # cost the epoch: a resume from this state evaluates it and carries on.
+            self.save_resume_state()
+            metrics = self.evaluate()
+            if info.is_main and metrics is not None:
+                self.last_metrics = metrics
+                is_best = metrics["AP"] > self.best_ap
+                if is_best:
+                    self.best_ap, self.best_epoch = metrics["AP"], self.epoch
+                self.log.write({"type": "eval", "epoch": self.epoch - 1,
+                                "iteration": self.iteration - 1, **metrics})
+                tqdm.write("val: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        self.epoch_end_pending = False
+        self.save(is_best)
+        if info.is_main and (due or self.epoch == cfg.epochs):
+            self._draw_curves()
+        barrier(info)
+
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``config.epochs``; return the final summary (rank 0)."""
-        cfg, info = self.config, self.info
+        cfg = self.config
         start = time.perf_counter()
         first_epoch = self.epoch
         self.stop_request.install()
         try:
-            while self.epoch < cfg.epochs:
-                epoch_means = self.train_epoch()
-                self.epoch += 1
-                record = {"type": "epoch", "epoch": self.epoch - 1,
-                          "iteration": self.iteration - 1, **epoch_means}
-                self.log.write(record)
-                if info.is_main:
-                    terms = ", ".join(f"{k} {v:.4f}" for k, v in epoch_means.items())
-                    tqdm.write(f"epoch {self.epoch}/{cfg.epochs}: {terms}")
-                is_best = False
-                due = cfg.eval_every > 0 and self.epoch % cfg.eval_every == 0
-                if due or self.epoch == cfg.epochs:
-                    metrics = self.evaluate()
-                    if info.is_main and metrics is not None:
-                        self.last_metrics = metrics
-                        is_best = metrics["AP"] > self.best_ap
-                        if is_best:
-                            self.best_ap, self.best_epoch = metrics["AP"], self.epoch
-                        self.log.write({"type": "eval", "epoch": self.epoch - 1,
-                                        "iteration": self.iteration - 1, **metrics})
-                        tqdm.write("val: " + ", ".join(f"{k} {v:.4f}"
-                                                       for k, v in metrics.items()))
-                self.save(is_best)
-                if info.is_main and (due or self.epoch == cfg.epochs):
-                    self._draw_curves()
-                barrier(info)
+            while self.epoch < cfg.epochs or self.epoch_end_pending:
+                if not self.epoch_end_pending:
+                    self._train_one_epoch()
+                self._finish_epoch()
         finally:
             self.stop_request.restore()
             self.log.close()

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from edgedet.data.coco import coco_annotations
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
@@ -56,6 +57,7 @@ def evaluate(
     decoder: HeadDecoder,
     info: DistInfo,
     amp: str | None = None,
+    progress: bool = False,
 ) -> dict[str, float] | None:
     """COCO box metrics of ``model`` on ``loader``'s images, through the SDK's decoder.
 
@@ -68,7 +70,10 @@ def evaluate(
     bare.eval()
     records: list[EvalRecord] = []
     results: list[dict] = []
-    for images, batch_records in loader:
+    # (COCO's val split takes minutes: a bar, on rank 0 and where the run shows its own.)
+    batches = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True,
+                   disable=not (info.is_main and progress))
+    for images, batch_records in batches:
         with _autocast(info.device, amp):
             outputs = bare(images.to(info.device, non_blocking=True))
         arrays = {name: outputs[name].float().cpu().numpy() for name in decoder.output_names}

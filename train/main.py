@@ -19,18 +19,19 @@ import json
 import math
 import random
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from edgedet._io import write_json_atomic
+from edgedet._io import DirectoryBusyError, exclusive_lock, write_json_atomic
 from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
 from train.checkpoint import CheckpointError, short_reason
 from train.data import build_augmentation, open_splits
 from train.distributed import DistInfo, cleanup, init_distributed
-from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError
+from train.engine import STATE_FILE, Trainer, TrainingDivergedError
 from train.graceful_stop import TrainingStopped
 from train.losses import build_criterion
 from train.models import (
@@ -42,6 +43,7 @@ from train.models import (
     models_table,
 )
 from train.schedule import parse_steps
+from train.train_config import TrainConfig
 
 EPILOG = f"""\
 models (--model NAME → builder in edgedet/models/):
@@ -233,7 +235,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     counts = {"--epochs": (args.epochs, 1), "--batch-size": (args.batch_size, 1),
               "--synthetic-train": (args.synthetic_train, 1),
               "--eval-every": (args.eval_every, 1), "--max-bad-steps": (args.max_bad_steps, 1),
-              "--synthetic-val": (args.synthetic_val, 0), "--workers": (args.workers, 0),
+              "--synthetic-val": (args.synthetic_val, 1), "--workers": (args.workers, 0),
               "--incremental-epochs": (args.incremental_epochs, 0),
               "--warmup-iters": (args.warmup_iters or 0, 0)}
     for flag, (value, least) in counts.items():
@@ -265,11 +267,26 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file; give the run's folder")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        parser.error(f"--out {args.out} lies under {above}, which is a file")
     held = [name for name in (STATE_FILE, "best.safetensors", "last.safetensors", "summary.json")
             if (out / name).is_file()]
     if args.resume is None and held:  # a new run would overwrite its checkpoints and logs
         parser.error(f"--out {args.out} already holds a run ({', '.join(held)}): continue it "
                      "with --resume, or give a new --out")
+
+
+def _without_worker_traceback(message: str) -> str:
+    """A DataLoader worker re-raises its error with the worker's whole traceback in the
+    message ("Caught DatasetError in DataLoader worker process 1. Original Traceback ...");
+    the error itself is its last line."""
+    if "in DataLoader worker process" not in message:
+        return message
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else message
+    _, colon, text = last.partition(": ")  # "edgedet.data.errors.DatasetError: ..."
+    return text if colon and text else last
 
 
 def seed_everything(seed: int) -> None:
@@ -401,6 +418,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         state = Path(args.resume) if args.resume else out_dir / STATE_FILE
         _check_resumed_preprocess(state, preprocess_config)
         trainer.resume(state)
+    else:  # a run killed before its first checkpoint left its log: start it afresh
+        trainer.log.truncate_from(0)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / "args.json", {k: v for k, v in vars(args).items()},
@@ -430,14 +449,23 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(parser, args)
     if args.qat and not args.init_checkpoint:
         parser.error("--qat fine-tunes a trained model: give it --init-checkpoint CKPT")
-    info = init_distributed(args.device)
+    try:
+        info = init_distributed(args.device)
+    except (RuntimeError, ValueError) as error:  # --device cuda on a machine without CUDA
+        parser.error(str(error))
     if info.device.type == "cuda":
         # Fixed input sizes: let cuDNN pick the fastest kernels once.
         torch.backends.cudnn.benchmark = True
     from edgedet.models.backbones.weights import BackboneWeightsError
 
     try:
-        run(args, info)
+        # Two runs writing one --out (a --resume typed while the run still goes) would
+        # interleave their checkpoints and logs: the second stops at once.
+        with exclusive_lock(args.out, "train/main.py") if info.is_main else nullcontext():
+            run(args, info)
+    except DirectoryBusyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except BackboneWeightsError as error:
         # A bad --backbone-weights FILE is a bad argument: exit 2, like argparse's errors.
         print(f"error: {error}", file=sys.stderr)
@@ -446,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(stopped), file=sys.stderr)
         return 128 + stopped.signal_number  # the shell's code for a signal's end
     except (TrainingDivergedError, CheckpointError, DatasetError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_without_worker_traceback(str(error))}", file=sys.stderr)
         return 1
     finally:
         cleanup()

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgedet._io import write_bytes_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -50,7 +52,8 @@ class MetricsLog:
                 continue
             if isinstance(record, dict) and record.get("iteration", 0) < next_iteration:
                 kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
+        # Atomically: a write cut short (a full disk) must not cost the records kept.
+        write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -11,10 +11,11 @@ from edgedet.head_decoding import decode_head_outputs
 from edgedet.preprocess import PreprocessConfig
 from train.checkpoint import load_checkpoint
 from train.distributed import DistInfo
-from train.engine import STATE_FILE, TrainConfig, Trainer, TrainingDivergedError
+from train.engine import STATE_FILE, Trainer, TrainingDivergedError
 from train.losses import build_criterion
 from train.metrics_log import read_metrics
 from train.models import build_model, family_defaults
+from train.train_config import TrainConfig
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 SCENES = SyntheticConfig(image_size=(64, 64), min_objects=1, max_objects=3,
@@ -210,6 +211,39 @@ def test_resume_after_an_interruption_mid_epoch_logs_every_step_once(tmp_path):
     assert [r["epoch"] for r in read_metrics(tmp_path, "eval")] == [0, 1, 2]
     # the curves were redrawn after each evaluation, from the whole (resumed) log
     assert cv2.imread(str(tmp_path / "curves.png")).shape == (428, 1280, 3)
+
+
+def test_a_failed_evaluation_costs_no_trained_epoch(tmp_path):
+    """The second epoch's evaluation fails (a corrupt validation image, a kill): its trained
+    weights are in the resume state, and the resumed run evaluates that epoch, writes its
+    checkpoints and goes on, without training it again."""
+    straight = tiny_trainer(tmp_path / "straight", epochs=3)
+    straight.fit()
+
+    first = tiny_trainer(tmp_path / "split", epochs=3)
+    original = first.evaluate
+
+    def evaluate():
+        if first.epoch == 2:
+            raise KeyboardInterrupt  # inside the evaluation of epoch 2
+        return original()
+
+    first.evaluate = evaluate
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = tiny_trainer(tmp_path / "split", epochs=3)
+    resumed.resume(tmp_path / "split" / STATE_FILE)
+    assert (resumed.epoch, resumed.iteration, resumed.epoch_end_pending) == (2, 4, True)
+    resumed.fit()
+    got, expected = read_metrics(tmp_path / "split"), read_metrics(tmp_path / "straight")
+    assert [r["iteration"] for r in got] == [0, 1, 2, 3, 4, 5]  # no step trained twice
+    assert [r["epoch"] for r in read_metrics(tmp_path / "split", "eval")] == [0, 1, 2]
+    for a, b in zip(got, expected, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    final_a, _ = load_checkpoint(tmp_path / "split" / "last")
+    final_b, _ = load_checkpoint(tmp_path / "straight" / "last")
+    for key in final_b:
+        torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6)
 
 
 def test_a_mid_epoch_resume_state_continues_the_epoch_exactly(tmp_path):

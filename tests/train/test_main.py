@@ -243,3 +243,38 @@ def test_the_interpolation_trained_with_is_the_checkpoints(tmp_path, capsys):
     assert "change the run's pre-processing (interpolation 'linear' -> 'area')" in err
     assert "Traceback" not in err
     assert _run([*run, "--epochs", "2", "--resume", "--interpolation", "linear"]) == 0
+
+
+def test_a_resume_state_remembers_the_pre_processing_without_last_json(tmp_path, capsys):
+    # Stopped inside its first epoch: a resume state but no last.json to compare with.
+    run = [*TINY, "--synthetic-size", "96x80", "--out", str(tmp_path / "r")]
+    assert _run([*run, "--epochs", "1", "--interpolation", "linear"]) == 0
+    for name in ("last.json", "last.safetensors", "best.json", "best.safetensors"):
+        (tmp_path / "r" / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    assert _run([*run, "--epochs", "2", "--resume"]) == 1  # --interpolation forgotten
+    err = capsys.readouterr().err
+    assert "the run's pre-processing was" in err and "'interpolation': 'linear'" in err
+
+
+def test_a_fresh_run_does_not_append_to_a_killed_runs_log(tmp_path):
+    # Killed before its first save: metrics.jsonl and args.json only; the same command again
+    # starts a run of its own, and its log holds its steps once.
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"type": "train", "iteration": 0, "loss": 9.0}\n'
+                                       '{"type": "train", "iteration": 1, "loss": 9.0}\n')
+    assert _run([*TINY, "--epochs", "1", "--out", str(out)]) == 0
+    records = read_metrics(out)
+    assert [r["iteration"] for r in records] == [0, 1]
+    assert all(r["loss"] != 9.0 for r in records)
+
+
+def test_a_data_loader_workers_error_is_reported_as_its_last_line():
+    from train.main import _without_worker_traceback
+
+    message = ("Caught DatasetError in DataLoader worker process 1.\nOriginal Traceback (most "
+               "recent call last):\n  File \"x.py\", line 3, in f\n    raise DatasetError(m)\n"
+               "edgedet.data.errors.DatasetError: images/7.jpg: not a readable image\n")
+    assert _without_worker_traceback(message) == "images/7.jpg: not a readable image"
+    assert _without_worker_traceback("plain: message") == "plain: message"
