@@ -67,6 +67,11 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         from edgedet.models.checkpoint import CheckpointError
         from edgedet.models.summary import summarize_checkpoint
 
+        if args.names or args.no_flops:  # they were silently ignored
+            raise CliError("--checkpoint measures that checkpoint against its full network, "
+                           "GFLOPs included: --names and --no-flops are for the paper "
+                           "configurations")
+
         try:
             measured = summarize_checkpoint(args.checkpoint)
         except CheckpointError as exc:  # a missing or unreadable file: named, no traceback

@@ -228,8 +228,13 @@ def convert(config: ConvertConfig) -> ConversionReport:
     """
     target = config.target_entry
     precisions = config.resolved_precisions()
-    model, checkpoint_config = build_from_checkpoint(config.checkpoint)
     checkpoint_path = checkpoint_weights_path(config.checkpoint)
+    checkpoint_sha256 = sha256_file(checkpoint_path)
+    model, checkpoint_config = build_from_checkpoint(config.checkpoint)
+    if sha256_file(checkpoint_path) != checkpoint_sha256:
+        # A training run replaced it meanwhile: the manifests would name other weights.
+        raise CheckpointError(f"{checkpoint_path} changed while it was read (a training run "
+                              "writing it?); convert a checkpoint nothing is writing")
     name = (config.name or checkpoint_config.get("model_name")
             or checkpoint_config["architecture"])
     try:
@@ -250,7 +255,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
         class_names, need_calibration="int8" in precisions)
     out = Path(config.out)
     source = {"checkpoint": str(checkpoint_path),
-              "checkpoint_sha256": sha256_file(checkpoint_path), "calibration": None}
+              "checkpoint_sha256": checkpoint_sha256, "calibration": None}
     with exclusive_lock(out, "quantize/run.py"):
         for note in clean_output_folder(out):
             say(config, f"cleaned up after an interrupted run: {note}")

@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--criterion", choices=sorted(CRITERIA), default="l2",
                         help="channel importance (default l2: group weight magnitude)")
     parser.add_argument("--round-to", type=int, default=16, help="channel counts stay "
-                        "multiples of this (default 16)")
+                        "multiples of this (default 16); the head convs a cross-level group "
+                        "norm follows lose channels group by group instead, so theirs stay "
+                        "multiples of its group count (16 in the edge HAR-Net)")
     parser.add_argument("--finetune-epochs", type=int, default=1, help="epochs per step "
                         "(default 1)")
     parser.add_argument("--finetune-images", type=int, default=2000, help="synthetic images "

@@ -63,7 +63,8 @@ class PruneConfig:
         target_flops_ratio: final GFLOPs as a fraction of the checkpoint's.
         steps: prune / fine-tune rounds.
         criterion: ``pruning.CRITERIA`` key.
-        round_to: channel counts stay multiples of this.
+        round_to: channel counts stay multiples of this (CLGN-normalised head convs: of
+            the CLGN's group count; ``pruning.prune_channels``).
         finetune_epochs, finetune_images: fine-tuning per step (synthetic data: images per
             epoch; other data: its whole train split).
         baseline: also fine-tune the unpruned model with the total fine-tuning budget, the

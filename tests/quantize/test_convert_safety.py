@@ -12,6 +12,7 @@ import pytest
 from edgedet._io import DirectoryBusyError, exclusive_lock
 from edgedet.artifact import UncheckedArtifactError, load_manifest
 from edgedet.detector import Detector
+from edgedet.models.checkpoint import CheckpointError
 from quantize.convert import ConvertConfig, convert
 from tests.quantize.tiny_checkpoint import write_tiny_checkpoint
 
@@ -82,3 +83,27 @@ def test_report_lists_where_each_artifact_went(checkpoint, tmp_path):
     assert report["passed"] is False
     assert report["artifacts"][0]["directory"].endswith("rejected/tiny_passd_fp32")
     assert not (out / "tiny_passd_fp32").exists()  # never a failed artifact at the name
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_refused(checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    import quantize.convert as convert_module
+
+    stem = tmp_path / "ckpt" / "tiny"
+    stem.parent.mkdir()
+    shutil.copy(checkpoint, stem.with_suffix(".safetensors"))
+    shutil.copy(checkpoint.with_suffix(".json"), stem.with_suffix(".json"))
+    original = convert_module.build_from_checkpoint
+
+    def build_then_a_trainer_saves(path):  # training's next save lands meanwhile
+        built = original(path)
+        data = bytearray(stem.with_suffix(".safetensors").read_bytes())
+        data[-1] ^= 1
+        stem.with_suffix(".safetensors").write_bytes(bytes(data))
+        return built
+
+    monkeypatch.setattr(convert_module, "build_from_checkpoint", build_then_a_trainer_saves)
+    with pytest.raises(CheckpointError, match="changed while it was read"):
+        _convert(stem, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

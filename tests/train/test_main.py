@@ -12,6 +12,7 @@ import torch
 
 from edgedet.data.synthetic import SYNTHETIC_CLASSES
 from train.checkpoint import load_checkpoint
+from train.engine import STATE_FILE
 from train.main import build_parser, main, seed_everything
 from train.metrics_log import read_metrics
 from train.models import build_model
@@ -278,3 +279,13 @@ def test_a_data_loader_workers_error_is_reported_as_its_last_line():
                "edgedet.data.errors.DatasetError: images/7.jpg: not a readable image\n")
     assert _without_worker_traceback(message) == "images/7.jpg: not a readable image"
     assert _without_worker_traceback("plain: message") == "plain: message"
+
+
+def test_resuming_another_folders_state_takes_its_best_checkpoint_along(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run([*TINY, "--epochs", "1", "--out", str(first), "--eval-every", "1"]) == 0
+    assert _run([*TINY, "--epochs", "1", "--out", str(second), "--resume",
+                 str(first / STATE_FILE)]) == 0  # nothing left to train: no new evaluation
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["best_epoch"] == 1
+    assert (second / "best.safetensors").read_bytes() == (first / "best.safetensors").read_bytes()

@@ -81,3 +81,7 @@ def test_summary_of_a_missing_or_corrupt_checkpoint_is_one_line(
     err = capsys.readouterr().err
     assert "broken.safetensors: not a readable safetensors file" in err
     assert "Traceback" not in err
+    for extra in (["--no-flops"], ["--names", "passd_mobilenet_320_coco"]):
+        assert main(["summary", "--checkpoint", str(tmp_path / "broken"), *extra]) == 2
+        assert "--names and --no-flops are for the paper configurations" in (
+            capsys.readouterr().err)
