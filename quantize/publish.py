@@ -23,6 +23,7 @@ from pathlib import Path
 from edgedet.artifact import (
     MANIFEST_NAME,
     ManifestError,
+    UncheckedArtifactError,
     load_manifest,
     require_passed_check,
 )
@@ -37,7 +38,12 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
     if not name.isidentifier():
         raise ValueError(f"zoo name must be a Python-identifier-like word, got {name!r}")
     manifest = load_manifest(artifact_dir)  # verifies every file's sha256
-    require_passed_check(manifest, str(artifact_dir))  # the zoo ships only checked models
+    try:  # the zoo ships only checked models
+        require_passed_check(manifest, str(artifact_dir))
+    except UncheckedArtifactError as error:  # its text offers --allow-unchecked: not here
+        problem = str(error).split("; its detections may be wrong")[0]
+        raise UncheckedArtifactError(f"{problem}; the zoo takes only artifacts that passed "
+                                     "their accuracy check (quantize/run.py)") from None
     if manifest["accuracy"].get("inconclusive"):  # converted with --allow-weak-reference
         print(f"warning: {artifact_dir}'s accuracy check was inconclusive: "
               f"{manifest['accuracy']['inconclusive']}", file=sys.stderr)

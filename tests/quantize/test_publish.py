@@ -42,7 +42,9 @@ def test_publish_refuses_a_corrupt_artifact_and_keeps_the_old_entry(artifact: Pa
 
 def test_publish_refuses_an_unchecked_artifact(tmp_path: Path) -> None:
     unchecked = write_artifact(tmp_path / "run" / "u", TinyHead("ssd", 3), "ssd", checked=False)
-    with pytest.raises(ManifestError, match="no accuracy check"):
+    with pytest.raises(ManifestError, match="no accuracy check") as refused:
         publish(unchecked, "u", tmp_path / "zoo")
+    assert "allow-unchecked" not in str(refused.value)  # publish has no such flag
+    assert "the zoo takes only artifacts that passed" in str(refused.value)
     assert not (tmp_path / "zoo" / "u").exists()
     assert main([str(unchecked), "--name", "u", "--zoo-dir", str(tmp_path / "zoo")]) == 2
