@@ -357,7 +357,7 @@ class VideoFileSource:
             raise SourceError(f"cannot open {description}")
         reported_fps = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps: float | None = reported_fps if 0 < reported_fps < 1000 else None
-        self._declared_frames = declared_frame_count(self._capture)
+        self._declared_frames = declared_frame_count(self._capture, path)
         self._frames_read = 0
 
     def read(self, stop: threading.Event) -> np.ndarray | None:

@@ -152,7 +152,7 @@ def anchor_spec_from_dict(data: dict) -> AnchorSpec:
     if kind == "grid":
         return GridAnchorSpec(
             image_size=tuple(data["image_size"]),
-            feature_sizes=tuples2(data["feature_sizes"]),
+            feature_sizes=_grid_sizes(data["feature_sizes"]),
             strides=tuple(data["strides"]),
             base_sizes=tuple(data["base_sizes"]),
             scales=tuple(data["scales"]),
@@ -161,7 +161,7 @@ def anchor_spec_from_dict(data: dict) -> AnchorSpec:
     if kind == "ssd":
         return SsdPriorSpec(
             image_size=tuple(data["image_size"]),
-            feature_sizes=tuples2(data["feature_sizes"]),
+            feature_sizes=_grid_sizes(data["feature_sizes"]),
             steps=tuple(data["steps"]),
             min_sizes=tuple(data["min_sizes"]),
             max_sizes=tuple(data["max_sizes"]),
@@ -169,6 +169,12 @@ def anchor_spec_from_dict(data: dict) -> AnchorSpec:
             clip=bool(data["clip"]),
         )
     raise ValueError(f"unknown anchor spec kind {kind!r} (expected 'grid' or 'ssd')")
+
+
+def _grid_sizes(sizes: list) -> tuple[tuple[int, int], ...]:
+    """Feature sizes read from JSON; a whole number written as ``8.0`` (another tool) is 8."""
+    return tuple(tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in size)
+                 for size in sizes)
 
 
 def _is_positive(value: object) -> bool:

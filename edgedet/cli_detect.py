@@ -137,7 +137,7 @@ def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
         capture.release()
         raise CliError(problem)
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    declared = declared_frame_count(capture)
+    declared = declared_frame_count(capture, source)
     writer = AtomicVideoWriter(args.save, fps) if args.save else None
     count = 0
     cut_short: str | None = None

@@ -58,9 +58,18 @@ def video_codecs(path: str | os.PathLike[str]) -> tuple[str, ...]:
     return codecs
 
 
-def declared_frame_count(capture: cv2.VideoCapture) -> int | None:
-    """The number of frames an opened video file's header declares, or None where it
-    declares none (a stream, a camera, a container without the count)."""
+# Containers whose frame count comes from an index of the frames. Elsewhere (WebM, MKV, GIF)
+# OpenCV estimates it as duration x nominal frame rate, far above the frames of a
+# variable-frame-rate file (a browser or screen recording), so a short read proves nothing.
+INDEXED_VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi")
+
+
+def declared_frame_count(capture: cv2.VideoCapture, path: str | os.PathLike[str]
+                         ) -> int | None:
+    """The number of frames the opened video file ``path``'s index declares, or None where
+    it declares none (a stream, a camera, a container without an index)."""
+    if Path(path).suffix.lower() not in INDEXED_VIDEO_SUFFIXES:
+        return None
     count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
     return int(count) if math.isfinite(count) and count > 0 else None
 
@@ -70,9 +79,8 @@ def early_end_problem(description: str, frames_read: int, declared: int | None) 
     corrupt, or None where that many is its end.
 
     OpenCV's ``read()`` fails alike at the end of a file and at a frame it cannot decode, so a
-    file cut short would otherwise pass for a shorter video. Where the header's count is an
-    estimate (duration x frame rate) it can exceed the true count by a little: 2% (at least
-    two frames) are let through.
+    file cut short would otherwise pass for a shorter video. 2% (at least two frames) are let
+    through, for an index that counts a frame OpenCV skips.
     """
     if declared is None or frames_read >= declared - max(2, declared // 50):
         return None
@@ -230,7 +238,7 @@ class AtomicVideoWriter:
         self._tmp_path.chmod(0o666 & ~umask)
         # On disk before the rename, as atomic_open does: after a power cut the name must not
         # point at a file whose data never reached the disk.
-        with open(self._tmp_path, "rb") as written_file:
+        with open(self._tmp_path, "r+b") as written_file:  # (Windows syncs writable ones)
             os.fsync(written_file.fileno())
         os.replace(self._tmp_path, self.path)
         self._tmp_path = None

@@ -35,8 +35,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from edgedet._io import write_bytes_atomic, write_json_atomic
+from edgedet.artifact import sha256_file
 from edgedet.decoder import HeadDecoder
-from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
+from edgedet.models.checkpoint import (
+    build_from_checkpoint,
+    checkpoint_weights_path,
+    load_checkpoint,
+)
 from edgedet.models.summary import WEIGHTED_LAYERS, count_gflops, count_parameters
 from edgedet.preprocess import PreprocessConfig
 from quantize.prune_allocation import (
@@ -250,11 +255,32 @@ _UNRECORDED_FIELDS = ("out", "progress", "baseline")
 RUN_FILE = "prune_run.json"
 
 
+_NEUTRAL_TRAINING_FLAGS = ("--workers", "--device", "--no-progress", "--synthetic-cache",
+                           "--save-every-min")
+
+
+def _result_flags(train_args: list[str]) -> list[str]:
+    """``train_args`` without the flags (and their values) that change no result, sorted by
+    flag so that their order does not count."""
+    flags: list[list[str]] = []
+    for arg in train_args:
+        if arg.startswith("--") or not flags:
+            flags.append([arg])
+        else:
+            flags[-1].append(arg)
+    kept = [f for f in flags if f[0].split("=")[0] not in _NEUTRAL_TRAINING_FLAGS]
+    return [a for f in sorted(kept) for a in f]
+
+
 def _claim_out(out: Path, config: PruneConfig) -> None:
     """Record the run's settings in ``out`` (first run), or refuse a rerun whose settings
     differ: resuming would reuse steps pruned for the old ones and log them as the new."""
     settings = {k: v for k, v in asdict(config).items() if k not in _UNRECORDED_FIELDS}
     settings = json.loads(json.dumps(settings))  # tuples as lists, as read back
+    # The checkpoint by its bytes, however its path is spelt; training flags that do not
+    # change the result left out.
+    settings["checkpoint"] = sha256_file(checkpoint_weights_path(config.checkpoint))
+    settings["train_args"] = _result_flags(list(config.train_args))
     recorded_path = out / RUN_FILE
     if not recorded_path.is_file():
         write_json_atomic(recorded_path, settings, indent=2)
@@ -263,7 +289,8 @@ def _claim_out(out: Path, config: PruneConfig) -> None:
     changed = sorted(k for k in set(settings) | set(recorded)
                      if settings.get(k) != recorded.get(k))
     if changed:
-        was = ", ".join(f"{k}={recorded.get(k)!r}" for k in changed)
+        was = ", ".join("checkpoint (other weights)" if k == "checkpoint"
+                        else f"{k}={recorded.get(k)!r}" for k in changed)
         raise ValueError(f"{out} holds a pruning run with other settings ({was}); rerun it "
                          "with those to resume, or give a new --out")
 

@@ -281,14 +281,22 @@ def prune_to_flops(model: nn.Module, input_size: tuple[int, int], target_gflops:
     # the layer altogether, so GFLOPs would rise again past it: every ratio stays below that.
     fixed = fixed_width_layers(model)
 
-    def ceiling(scope: nn.Module) -> float:
-        widths = [m.weight.shape[0] for m in scope.modules()
+    def ceiling(layers: list[nn.Module]) -> float:
+        widths = [m.weight.shape[0] for m in layers
                   if isinstance(m, nn.Conv2d | nn.Linear | DeformConv2d)
                   and not any(m is f for f in fixed)]
-        return min((1.0 - round_to / w for w in widths if w > round_to), default=0.0)
+        return min((1.0 - round_to / w for w in widths if w > round_to), default=1.0)
 
-    part_ceilings = {name: min(MAX_PART_RATIO, ceiling(model.get_submodule(name)))
-                     for name in weights}
+    part_layers = {name: list(model.get_submodule(name).modules()) for name in weights}
+    part_ceilings = {name: min(MAX_PART_RATIO, ceiling(layers))
+                     for name, layers in part_layers.items()}
+    in_parts = {id(m) for layers in part_layers.values() for m in layers}
+    # The global ratio reaches the layers outside every part; past the point where each part
+    # sits at its own ceiling, a larger one changes nothing in them.
+    high = ceiling([m for m in model.modules() if id(m) not in in_parts])
+    capped_at = [part_ceilings[name] / w for name, w in weights.items() if w > 0]
+    if capped_at:
+        high = min(high, max(capped_at))
 
     def part_ratios(ratio: float) -> dict[str, float]:
         return {name: min(part_ceilings[name], ratio * w) for name, w in weights.items()}
@@ -297,7 +305,7 @@ def prune_to_flops(model: nn.Module, input_size: tuple[int, int], target_gflops:
     if target_gflops >= gflops_before:
         raise ValueError(f"the model has {gflops_before:.3f} GFLOPs, already within the "
                          f"target {target_gflops:.3f}")
-    low, high = 0.0, min(0.95, ceiling(model))
+    low, high = 0.0, min(0.95, high)
     best: tuple[float, nn.Module, float] | None = None
     while high - low > tolerance / 2:
         ratio = (low + high) / 2

@@ -256,8 +256,11 @@ class Trainer:
         self.epoch_steps = int(progress.get("epoch_steps", 0))
         self.epoch_end_pending = bool(progress.get("epoch_end_pending", False))
         # self.iteration counts the steps done: it is the index of the next step, which the
-        # interrupted run may already have logged.
-        self.log.truncate_from(self.iteration)
+        # interrupted run may already have logged. A pending epoch end is evaluated again, so
+        # an evaluation record the interrupted run wrote for it goes too.
+        self.log.truncate_from(self.iteration, drop_last_eval=self.epoch_end_pending)
+        if self.epoch_end_pending:  # evaluated with the attention that epoch trained with
+            self._set_incremental_attention(self.epoch - 1)
 
     def save(self, is_best: bool) -> None:
         """Rank 0: ``last`` (+ ``best``) checkpoint and the resume state."""
@@ -331,9 +334,12 @@ class Trainer:
         self.consecutive_bad = 0
         return {k: float(v.detach().item()) for k, v in losses.items()}
 
-    def _set_incremental_attention(self) -> None:
+    def _set_incremental_attention(self, epoch: int | None = None) -> None:
+        """HAR-Net's attention as incremental training has it in ``epoch`` (default: the
+        epoch about to be trained)."""
         if self.incremental:
-            enabled = self.epoch >= self.config.incremental_epochs
+            epoch = self.epoch if epoch is None else epoch
+            enabled = epoch >= self.config.incremental_epochs
             self.bare.set_attention_enabled(spatial=enabled, channel=enabled)
 
     def train_epoch(self) -> dict[str, float]:

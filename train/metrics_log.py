@@ -30,7 +30,7 @@ class MetricsLog:
             else:
                 self.writer = SummaryWriter(str(out_dir / "tensorboard"))
 
-    def truncate_from(self, next_iteration: int) -> None:
+    def truncate_from(self, next_iteration: int, drop_last_eval: bool = False) -> None:
         """Drop the records written at step ``next_iteration`` or later, before a resume.
 
         ``next_iteration`` is the resume state's step counter: the number of steps done, which
@@ -50,8 +50,12 @@ class MetricsLog:
                 # A run killed in the middle of a write leaves a torn last line; it belongs to
                 # the interrupted part of the run and is rewritten after the resume.
                 continue
-            if isinstance(record, dict) and record.get("iteration", 0) < next_iteration:
-                kept.append(line)
+            if not isinstance(record, dict) or record.get("iteration", 0) >= next_iteration:
+                continue
+            if drop_last_eval and record.get("type") == "eval" and (
+                    record.get("iteration") == next_iteration - 1):
+                continue  # ``drop_last_eval``: the resumed run evaluates that epoch again
+            kept.append(line)
         # Atomically: a write cut short (a full disk) must not cost the records kept.
         write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 

@@ -78,3 +78,11 @@ def test_ssd_prior_sizes_are_checked_too() -> None:
     with pytest.raises(ValueError, match="anchor aspect_ratios must be"):
         SsdPriorSpec((300, 300), ((19, 19),), (16,), (60,), (111,), ((2, -3),))
     SsdPriorSpec((300, 300), ((19, 19),), (16,), (60,), (111,), ((),))  # squares only
+
+
+def test_whole_numbers_written_as_floats_read_as_feature_sizes() -> None:
+    spec = GridAnchorSpec((32, 32), ((4, 4),), (8,), (32.0,))
+    data = {**spec.to_dict(), "feature_sizes": [[4.0, 4.0]]}  # another tool's JSON
+    assert anchor_spec_from_dict(data) == spec
+    with pytest.raises(ValueError, match="whole numbers"):
+        anchor_spec_from_dict({**spec.to_dict(), "feature_sizes": [[4.5, 4.0]]})

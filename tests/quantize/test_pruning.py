@@ -170,6 +170,20 @@ def test_prune_to_flops_reaches_the_target_with_the_smallest_ratio():
         prune_to_flops(model, INPUT_SIZE, 2 * full)
 
 
+def test_part_weights_reach_targets_past_the_narrowest_layers_ceiling():
+    # Once pruned, the narrowest layers are 32 wide: no ratio may pass 0.5 there, but parts
+    # with weights below 1 still have room, and the bisection must search it.
+    step1 = prune_channels(tiny_harnet(), INPUT_SIZE, 0.4)
+    weights = {"backbone.conv1": 0.52, "backbone.layer1": 0.52, "backbone.layer2": 0.56,
+               "backbone.layer3": 0.64, "backbone.layer4": 2.0, "aligned_attention": 1.43,
+               "fpn": 0.64, "head.branches.cls": 0.39, "head.branches.box": 1.83}
+    target = 0.3 * count_gflops(step1, INPUT_SIZE)  # needs a ratio past 0.5
+    pruned, result = prune_to_flops(step1, INPUT_SIZE, target, part_weights=weights)
+    assert result.ratio > 0.5 and result.gflops_after <= target
+    widths = [m.weight.shape[0] for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert min(widths) >= 1
+
+
 def test_channel_plan_errors_name_the_problem():
     model = tiny_harnet()
     with pytest.raises(ChannelPlanError, match="not a tensor"):

@@ -66,6 +66,15 @@ def test_incremental_harnet_switches_attention_on_after_the_main_network(tmp_pat
     trainer.bare.set_attention_enabled = record
     trainer.fit()
     assert calls == [(False, False), (True, True)]
+    # A run resumed before evaluating epoch 1 evaluates it with that epoch's attention (off).
+    pending = _trainer(tmp_path, "harnet_resnet18_small", 64, epochs=2, incremental_epochs=1)
+    pending.epoch, pending.iteration, pending.epoch_end_pending = 1, 1, True
+    pending.save_resume_state()
+    resumed = _trainer(tmp_path, "harnet_resnet18_small", 64, epochs=2, incremental_epochs=1)
+    head = resumed.bare.head
+    assert head.spatial_attention_enabled and head.channel_attention_enabled  # as built
+    resumed.resume(tmp_path / STATE_FILE)
+    assert not head.spatial_attention_enabled and not head.channel_attention_enabled
     assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path))
     with pytest.raises(ValueError, match="HAR-Net"):
         _trainer(tmp_path, "passd_mobilenet", 64, epochs=1, incremental_epochs=1)
@@ -244,6 +253,28 @@ def test_a_failed_evaluation_costs_no_trained_epoch(tmp_path):
     final_b, _ = load_checkpoint(tmp_path / "straight" / "last")
     for key in final_b:
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_crash_while_saving_after_an_evaluation_logs_it_once(tmp_path):
+    """Epoch 2's evaluation is logged, then writing its checkpoints fails (a full disk): the
+    resumed run evaluates epoch 2 again, and the log holds that evaluation once."""
+    first = tiny_trainer(tmp_path, epochs=3)
+    original = first.save
+
+    def save(is_best):
+        if first.epoch == 2:
+            raise OSError("disk full")
+        return original(is_best)
+
+    first.save = save
+    with pytest.raises(OSError, match="disk full"):
+        first.fit()
+    assert [r["epoch"] for r in read_metrics(tmp_path, "eval")] == [0, 1]
+    resumed = tiny_trainer(tmp_path, epochs=3)
+    resumed.resume(tmp_path / STATE_FILE)
+    resumed.fit()
+    assert [r["epoch"] for r in read_metrics(tmp_path, "eval")] == [0, 1, 2]
+    assert [r["iteration"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3, 4, 5]
 
 
 def test_a_mid_epoch_resume_state_continues_the_epoch_exactly(tmp_path):
