@@ -136,7 +136,8 @@ def _detect_video(args: argparse.Namespace, source: Path, detector: Detector,
     if args.save and (problem := save_video_problem(args.save, source)):
         capture.release()
         raise CliError(problem)
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    reported_fps = capture.get(cv2.CAP_PROP_FPS)  # 0, NaN or thousands from some sources
+    fps = reported_fps if 0 < reported_fps < 1000 else 25.0
     declared = declared_frame_count(capture, source)
     writer = AtomicVideoWriter(args.save, fps) if args.save else None
     count = 0

@@ -99,6 +99,9 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
         preprocess = PreprocessConfig.from_dict(manifest["preprocess"])
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise fail(f"bad preprocess section: {exc!r}") from exc
+    unstated = [key for key in ("mean", "std") if key not in manifest["preprocess"]]
+    if unstated:  # PreprocessConfig's defaults (0 / 1) would feed raw pixel values silently
+        raise fail(f"preprocess lacks {unstated}: the normalisation the model was trained with")
     try:
         num_anchors = anchor_spec_from_dict(manifest["anchor_spec"]).num_anchors
     except (KeyError, TypeError, ValueError) as exc:

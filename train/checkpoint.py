@@ -50,6 +50,7 @@ from edgedet.models.checkpoint import (
 __all__ = ["CheckpointError", "build_from_checkpoint", "load_checkpoint", "load_training_state",
            "save_checkpoint", "save_training_state", "short_reason"]
 STATE_KEY = "state"
+STATE_FILE_SUFFIX = "*.state.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -198,7 +199,14 @@ def load_training_state(
     try:
         tensors = load_safetensors_bytes(path.read_bytes())
         with safe_open(str(path), framework="pt") as handle:
-            structure = json.loads((handle.metadata() or {})[STATE_KEY])
+            metadata = handle.metadata() or {}
+        if STATE_KEY not in metadata and CONFIG_KEY in metadata:
+            raise CheckpointError(f"{path} is a checkpoint, not a resume state: --resume "
+                                  f"takes the run's {STATE_FILE_SUFFIX} file; "
+                                  "--init-checkpoint starts a new run from a checkpoint")
+        structure = json.loads(metadata[STATE_KEY])
+    except CheckpointError:
+        raise
     except Exception as error:
         raise CheckpointError(f"{path}: not a readable resume state ({error})") from error
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

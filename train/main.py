@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
     g.add_argument("--out", default="runs/train", help="run directory (checkpoints, logs)")
-    g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
-                   help=f"continue a run exactly: a resume state file, or bare for "
+    g.add_argument("--resume", nargs="?", const="", default=None, metavar="STATE",
+                   help=f"continue a run exactly: a resume state file (*.state.safetensors, "
+                   f"not a checkpoint: --init-checkpoint starts from one), or bare for "
                    f"OUT/{STATE_FILE}")
     g.add_argument("--memory-format", choices=("channels_last", "contiguous"),
                    default="channels_last",

@@ -124,6 +124,7 @@ def test_missing_or_broken_manifest(artifact: Path, tmp_path: Path) -> None:
     ({"preprocess": {"input_size": [64, 48], "mean": [float("nan"), 0, 0], "std": [1, 1, 1]}},
      "mean and std need 3 finite values"),
     ({"preprocess": {"input_size": [64, 48], "pad_value": 999}}, "pad_value must be in 0..255"),
+    ({"preprocess": {"input_size": [64, 48]}}, r"preprocess lacks \['mean', 'std'\]"),
     ({"preprocess": {"input_size": [64, 48], "interpolation": "lanczos"}},
      "interpolation must be 'area' or 'linear'"),
     ({"accuracy": {"AP": "high", "reference_AP": 1, "delta_AP": 0, "max_drop": 1,

@@ -84,6 +84,14 @@ def test_non_finite_weights_written_elsewhere_are_refused_on_load(tmp_path):
         load_checkpoint(tmp_path / "nan")
 
 
+def test_a_checkpoint_given_as_a_resume_state_is_named_so(tmp_path):
+    model = _tiny()
+    save_checkpoint(tmp_path / "best", model, {"architecture": "x", "kwargs": {}})
+    with pytest.raises(CheckpointError, match="is a checkpoint, not a resume state"):
+        load_training_state(tmp_path / "best.safetensors", model,
+                            torch.optim.SGD(model.parameters(), lr=0.1), None)
+
+
 def test_missing_and_foreign_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nothing")
