@@ -43,6 +43,9 @@ def providers_for(device: str | None) -> list[str]:
         return [p for p in AUTO_PROVIDERS
                 if p in available or p == "CPUExecutionProvider"]
     names = [d.strip() for d in (device or "cpu").split(",") if d.strip()]
+    if not names:  # " " or "," would have run on the CPU without a word
+        raise BackendError(f"device {device!r} names no execution provider (cpu, cuda, "
+                           "tensorrt, ... or auto)")
     providers = [PROVIDER_ALIASES.get(n.lower(), n) for n in names]
     available = ort.get_available_providers()
     missing = [p for p in providers if p not in available]

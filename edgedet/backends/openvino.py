@@ -71,7 +71,9 @@ class OpenVinoBackend:
     def __init__(self, model_path: Path, threads: int | None = None,
                  device: str | None = None) -> None:
         self.model_path = Path(model_path)
-        device = device or "CPU"
+        # OpenVINO names devices in capitals ("CPU", "GPU.1", "AUTO:GPU,CPU"); "cpu" is the
+        # same request.
+        device = (device or "CPU").strip().upper()
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         self._core = ov.Core()
         self._model = model = self._read_model()
@@ -88,7 +90,7 @@ class OpenVinoBackend:
         if threads is not None and device == "CPU":  # a CPU-plugin setting only
             config["INFERENCE_NUM_THREADS"] = int(threads)
         known = [*self._core.available_devices, "AUTO", "MULTI", "HETERO", "BATCH"]
-        if device.split(":")[0].split(".")[0] not in known:
+        if not device or device.split(":")[0].split(".")[0] not in known:
             raise BackendError(f"openvino has no device {device!r} here; available: "
                                f"{', '.join(self._core.available_devices)} (or AUTO)")
         self._config = config

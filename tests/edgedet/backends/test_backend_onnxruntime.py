@@ -75,3 +75,6 @@ def test_device_chooses_execution_providers(tiny_onnx: tuple[Path, TinyHead]) ->
     # A provider this build lacks is named with the ones it has, not silently dropped.
     with pytest.raises(BackendError, match=r"no CUDAExecutionProvider here.*offers .*CPU"):
         create_backend("onnxruntime", tiny_onnx[0], device="cuda")
+    for blank in (" ", ","):  # ran on the CPU without a word
+        with pytest.raises(BackendError, match="names no execution provider"):
+            providers_for(blank)

@@ -119,6 +119,10 @@ def test_device_reaches_openvino(artifacts: dict[str, Path]) -> None:
     # A device this machine lacks is named with the ones it has.
     with pytest.raises(BackendError, match=r"no device 'NOSUCH' here; available: "):
         Detector(artifacts["ir"], device="NOSUCH")
+    # OpenVINO's names are capitals; "cpu" asks for the same device, " " for none.
+    assert Detector(artifacts["ir"], device="cpu").backend.device == "CPU"  # type: ignore
+    with pytest.raises(BackendError, match=r"no device '' here"):
+        Detector(artifacts["ir"], device=" ")
 
 
 @pytest.mark.parametrize("color_order", ["rgb", "bgr"])
