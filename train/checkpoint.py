@@ -47,8 +47,8 @@ from edgedet.models.checkpoint import (
     short_reason,
 )
 
-__all__ = ["CheckpointError", "build_from_checkpoint", "load_checkpoint", "load_training_state",
-           "save_checkpoint", "save_training_state", "short_reason"]
+__all__ = ["CheckpointError", "build_from_checkpoint", "carry_best_checkpoint", "load_checkpoint",
+           "load_training_state", "save_checkpoint", "save_training_state", "short_reason"]
 STATE_KEY = "state"
 STATE_FILE_SUFFIX = "*.state.safetensors"
 FORMAT_VERSION = 1
@@ -223,3 +223,17 @@ def load_training_state(
     if restore_rng:
         restore_rng_state(_join_tensors(structure["rng"], tensors))
     return structure["progress"]
+
+
+def carry_best_checkpoint(state_dir: Path, out_dir: Path) -> bool:
+    """For a run resumed from another folder's state into ``out_dir``: copy that run's
+    ``best`` along (the state's best AP refers to it). False where there is none to copy (the
+    caller then starts best tracking afresh); True when there was nothing to do."""
+    if state_dir.resolve() == out_dir.resolve():
+        return True
+    files = [state_dir / f"best{suffix}" for suffix in (".safetensors", ".json")]
+    if not all(f.is_file() for f in files):
+        return False
+    for source in files:
+        write_bytes_atomic(out_dir / source.name, source.read_bytes())
+    return True

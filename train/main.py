@@ -24,16 +24,11 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from edgedet._io import (
-    DirectoryBusyError,
-    exclusive_lock,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from edgedet._io import DirectoryBusyError, exclusive_lock, write_json_atomic
 from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
-from train.checkpoint import CheckpointError, short_reason
+from train.checkpoint import CheckpointError, carry_best_checkpoint, short_reason
 from train.data import build_augmentation, open_splits
 from train.distributed import DistInfo, cleanup, init_distributed
 from train.engine import STATE_FILE, Trainer, TrainingDivergedError
@@ -295,19 +290,6 @@ def _without_worker_traceback(message: str) -> str:
     return text if colon and text else last
 
 
-def _carry_best_checkpoint(state_dir: Path, out_dir: Path, trainer: Trainer) -> None:
-    """A run resumed from another folder's state into ``out_dir`` takes that run's ``best``
-    along (the state's best AP refers to it); without one, best tracking starts afresh."""
-    if not trainer.info.is_main or state_dir.resolve() == out_dir.resolve():
-        return
-    files = [state_dir / f"best{suffix}" for suffix in (".safetensors", ".json")]
-    if all(f.is_file() for f in files):
-        for source in files:
-            write_bytes_atomic(out_dir / source.name, source.read_bytes())
-    else:
-        trainer.best_ap, trainer.best_epoch = -1.0, -1
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -437,7 +419,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         state = Path(args.resume) if args.resume else out_dir / STATE_FILE
         _check_resumed_preprocess(state, preprocess_config)
         trainer.resume(state)
-        _carry_best_checkpoint(state.parent, out_dir, trainer)
+        if info.is_main and not carry_best_checkpoint(state.parent, out_dir):
+            trainer.best_ap, trainer.best_epoch = -1.0, -1  # nothing to compare a new best with
     else:  # a run killed before its first checkpoint left its log: start it afresh
         trainer.log.truncate_from(0)
     if info.is_main:
