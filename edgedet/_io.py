@@ -48,6 +48,19 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         handle.write(data)
 
 
+def folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be (or become) a folder to write into, as the end of a sentence
+    about it ("is a file", "lies under X, which is a file"), or None. For every command's
+    ``--out``, before it writes anything (``mkdir`` would fail with a bare OS error)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "is a file"
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        return f"lies under {above}, which is a file"
+    return None
+
+
 def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
     """Delete the ``.NAME.*.tmp`` files ``atomic_open`` left in ``directory`` when a process
     was killed mid-write; returns what was removed.

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedet._io import exclusive_lock
+from edgedet._io import exclusive_lock, folder_problem
 from edgedet.artifact import Artifact, sha256_file
 from edgedet.artifact_writer import clean_leftovers, write_artifact
 from edgedet.data.errors import DatasetError
@@ -151,11 +151,8 @@ class ConvertConfig:
                                       or self.name in (".", "..")):
             raise ValueError(f"name (--name) must be a plain file name (artifacts are "
                              f"OUT/NAME_<precision>), got {self.name!r}")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise ValueError(f"out (--out) {self.out} is a file; give the output folder")
-        above = next((p for p in Path(self.out).parents if p.exists()), None)
-        if above is not None and not above.is_dir():
-            raise ValueError(f"out (--out) {self.out} lies under {above}, which is a file")
+        if problem := folder_problem(self.out):
+            raise ValueError(f"out (--out) {self.out} {problem}; give the output folder")
         if self.device is not None:
             import torch
 

@@ -18,6 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from edgedet._io import folder_problem
 from edgedet.models.checkpoint import CheckpointError, load_checkpoint
 from quantize.prune_schedule import PruneConfig, format_log, run_schedule
 from quantize.pruning import CRITERIA
@@ -100,12 +101,8 @@ def main(argv: list[str] | None = None) -> int:
            args.val_images, args.sensitivity_images) < 1:
         parser.error("--steps, --finetune-epochs, --round-to, --finetune-images, "
                      "--val-images and --sensitivity-images must be at least 1")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {args.out} is a file; give the output folder")
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        parser.error(f"--out {args.out} lies under {above}, which is a file")
+    if problem := folder_problem(args.out):
+        parser.error(f"--out {args.out} {problem}; give the output folder")
     try:  # before --out is made
         _, checkpoint_config = load_checkpoint(args.checkpoint)
     except CheckpointError as error:

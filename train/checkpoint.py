@@ -200,14 +200,15 @@ def load_training_state(
         tensors = load_safetensors_bytes(path.read_bytes())
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        if STATE_KEY not in metadata and CONFIG_KEY in metadata:
-            raise CheckpointError(f"{path} is a checkpoint, not a resume state: --resume "
-                                  f"takes the run's {STATE_FILE_SUFFIX} file; "
-                                  "--init-checkpoint starts a new run from a checkpoint")
-        structure = json.loads(metadata[STATE_KEY])
-    except CheckpointError:
-        raise
     except Exception as error:
+        raise CheckpointError(f"{path}: not a readable resume state ({error})") from error
+    if STATE_KEY not in metadata and CONFIG_KEY in metadata:
+        raise CheckpointError(f"{path} is a checkpoint, not a resume state: --resume takes "
+                              f"the run's {STATE_FILE_SUFFIX} file; --init-checkpoint starts "
+                              "a new run from a checkpoint")
+    try:
+        structure = json.loads(metadata[STATE_KEY])
+    except (KeyError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable resume state ({error})") from error
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:

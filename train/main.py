@@ -24,7 +24,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from edgedet._io import DirectoryBusyError, exclusive_lock, write_json_atomic
+from edgedet._io import DirectoryBusyError, exclusive_lock, folder_problem, write_json_atomic
 from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
@@ -266,11 +266,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"--model-arg {key}: {args.model} takes none such; it takes "
                          f"{', '.join(takes)}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {args.out} is a file; give the run's folder")
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        parser.error(f"--out {args.out} lies under {above}, which is a file")
+    if problem := folder_problem(out):
+        parser.error(f"--out {args.out} {problem}; give the run's folder")
     held = [name for name in (STATE_FILE, "best.safetensors", "last.safetensors", "summary.json")
             if (out / name).is_file()]
     if args.resume is None and held:  # a new run would overwrite its checkpoints and logs
