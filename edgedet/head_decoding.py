@@ -21,11 +21,12 @@ Head families (the ``family`` string stored in checkpoints and manifests):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
-from edgedet.box_coding import decode, xyxy_to_cxcywh
+from edgedet import kernels
 
 HEAD_FAMILIES: tuple[str, ...] = ("ssd", "passd", "retinanet")
 # The raw outputs each family's decoding reads (others, e.g. PASSD's objectness, are training
@@ -37,7 +38,10 @@ DECODED_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 BoxWeights = tuple[float, float, float, float]
-# Logit margin of foreground_softmax's bound (float rounding must never drop an anchor).
+# The kernels' "no such output": an empty array of the output's width.
+_NO_PROPOSE = np.zeros((0, 4), np.float32)
+_NO_CONF = np.zeros((0, 1), np.float32)
+# Logit margin of _logit_bound (float rounding must never drop an anchor).
 _BOUND_MARGIN = 1e-3
 
 
@@ -49,56 +53,17 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
-def _row_max(columns: np.ndarray) -> np.ndarray:
-    """``columns.max(axis=1)`` of an ``(A, k)`` array, one column at a time: numpy's reduction
-    along a short row runs a k-long inner loop per anchor (0.34 ms on the zoo PASSD's
-    6 375 x 12 logits), k vectorised maxima over A take a sixth of that. Same values."""
-    best = columns[:, 0].copy()
-    for column in range(1, columns.shape[1]):
-        np.maximum(best, columns[:, column], out=best)
-    return best
-
-
 def _logit_bound(min_score: float) -> float:
-    """A logit below which ``sigmoid`` cannot exceed ``min_score`` (0 < min_score < 1), less a
-    margin so that float rounding never drops an anchor at the threshold."""
-    return float(np.log(min_score / (1.0 - min_score))) - _BOUND_MARGIN
+    """A logit (for softmax heads: a foreground-over-background margin) below which no score
+    can exceed ``min_score`` (0 < min_score < 1), less a margin so that float rounding never
+    drops an anchor at the threshold: ``sigmoid(l) <= min_score`` for ``l <= logit(min_score)``,
+    and a softmax class score ``p_k = 1 / sum_j exp(l_j - l_k) <= sigmoid(l_k - l_0)``."""
+    return math.log(min_score / (1.0 - min_score)) - _BOUND_MARGIN
 
 
-def _rows_reaching(margins: np.ndarray, min_score: float) -> np.ndarray:
-    """The anchors whose logit margin ``(A,)`` can give a score above ``min_score`` (> 0)."""
-    if min_score >= 1.0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(margins >= _logit_bound(min_score))
-
-
-def _rows_with_a_logit_reaching(logits: np.ndarray, min_score: float) -> np.ndarray:
-    """The rows of ``(A, K)`` sigmoid logits with a logit that can give a score above
-    ``min_score`` (> 0), ascending: ``_rows_reaching(_row_max(logits), min_score)``'s rows
-    from one comparison over the flat logits, 0.04 instead of 0.11 ms on HAR-Net's
-    15 354 x 12 (a row whose maximum is NaN may come in as well; its NaN scores never pass
-    selection)."""
-    if min_score >= 1.0:
-        return np.zeros(0, dtype=np.int64)
-    rows = np.flatnonzero(logits >= _logit_bound(min_score)) // logits.shape[1]
-    if rows.size < 2:
-        return rows
-    first = np.empty(rows.size, dtype=bool)  # rows is sorted: keep each row's first hit
-    first[0] = True
-    np.not_equal(rows[1:], rows[:-1], out=first[1:])
-    return rows[first]
-
-
-def _decode_rows(box_deltas: np.ndarray, priors_cxcywh: np.ndarray,
-                 box_coder_weights: BoxWeights, rows: np.ndarray | None,
-                 propose_deltas: np.ndarray | None = None) -> np.ndarray:
-    """``(n, 4)`` float32 boxes of ``rows`` only (None: all A). With ``propose_deltas`` the
-    priors are first moved by them (PASSD's two stages)."""
-    picked = slice(None) if rows is None else rows
-    priors = priors_cxcywh[picked]
-    if propose_deltas is not None:
-        priors = xyxy_to_cxcywh(decode(propose_deltas[picked], priors, box_coder_weights))
-    return decode(box_deltas[picked], priors, box_coder_weights).astype(np.float32)
+def _kernel_input(array: np.ndarray) -> np.ndarray:
+    """``array`` as the kernels take it: C-contiguous float32 (one compiled form each)."""
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 Candidates = tuple[np.ndarray | None, np.ndarray, np.ndarray]
@@ -124,44 +89,6 @@ def _softmax_logits(cls_logits: np.ndarray, num_anchors: int) -> np.ndarray:
     if cls_logits.shape[1] < 2:
         raise ValueError(f"softmax cls_logits need K+1 >= 2 columns, got {cls_logits.shape}")
     return cls_logits
-
-
-def foreground_softmax(cls_logits: np.ndarray, min_score: float = 0.0) -> np.ndarray:
-    """``softmax(cls_logits)[:, 1:]`` (background first) for the anchors that can score above
-    ``min_score``; the others get 0.
-
-    ``p_k = 1 / sum_j exp(l_j - l_k) <= sigmoid(l_k - l_0)``, so an anchor whose best
-    foreground logit is less than ``logit(min_score)`` above its background logit has no
-    class above ``min_score``, and selection (which drops scores at or below the threshold)
-    would discard it anyway. Most anchors of a frame are such background, and the softmax of
-    every anchor was half of the SDK's decoding time (0.6 of 1.2 ms on the zoo PASSD); the
-    rows it computes are computed exactly as before.
-
-    Args:
-        cls_logits: ``(A, K+1)`` float32 logits, background first.
-        min_score: the score threshold (0: every anchor).
-
-    Returns:
-        ``(A, K)`` float32 scores.
-    """
-    rows, scores = _foreground_softmax_rows(cls_logits, min_score)
-    if rows is None:
-        return scores
-    full = np.zeros((len(cls_logits), scores.shape[1]), dtype=np.float32)
-    full[rows] = scores
-    return full
-
-
-def _foreground_softmax_rows(cls_logits: np.ndarray, min_score: float
-                             ) -> tuple[np.ndarray | None, np.ndarray]:
-    """``(rows, scores (n, K))``: ``foreground_softmax``'s rows that can pass ``min_score``
-    (None: all) and only their scores."""
-    if min_score <= 0.0:
-        return None, np.ascontiguousarray(softmax(cls_logits)[:, 1:])
-    possible = _rows_reaching(_row_max(cls_logits[:, 1:]) - cls_logits[:, 0], min_score)
-    if not len(possible):
-        return possible, np.zeros((0, cls_logits.shape[1] - 1), dtype=np.float32)
-    return possible, np.ascontiguousarray(softmax(cls_logits[possible])[:, 1:])
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -204,7 +131,7 @@ def decode_ssd(
         priors_cxcywh: ``(A, 4)`` priors in input pixels.
         box_coder_weights: the model's box coder weights.
         min_score: anchors whose scores cannot exceed it may be returned with scores and
-            box 0 (``foreground_softmax``): selection drops them either way.
+            box 0 (``_logit_bound``): selection drops them either way.
 
     Returns:
         ``(boxes_xyxy (A, 4), scores (A, K))`` float32, boxes in input pixels.
@@ -225,10 +152,19 @@ def _ssd_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
         propose_deltas = _as_rows("propose_deltas", propose_deltas, num_anchors, 4)
     cls_logits = _softmax_logits(cls_logits, num_anchors)
     box_deltas = _as_rows("box_deltas", box_deltas, num_anchors, 4)
-    rows, scores = _foreground_softmax_rows(cls_logits, min_score)
-    # Both of PASSD's stages only for the anchors that can pass.
-    return rows, _decode_rows(box_deltas, priors_cxcywh, box_coder_weights, rows,
-                              propose_deltas), scores
+    if min_score >= 1.0:  # no softmax score exceeds 1
+        return (np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
+                np.zeros((0, cls_logits.shape[1] - 1), np.float32))
+    every_row = min_score <= 0.0
+    # An anchor whose best foreground logit is not logit(min_score) above its background
+    # logit has no class above min_score (_logit_bound): most of a frame's anchors. Both of
+    # PASSD's stages, too, only for the anchors that can pass.
+    rows, boxes, scores = kernels.softmax_candidates(
+        _kernel_input(cls_logits), _kernel_input(box_deltas),
+        _kernel_input(propose_deltas if propose_deltas is not None else _NO_PROPOSE),
+        _kernel_input(priors_cxcywh), _kernel_input(box_coder_weights),
+        np.float32(0.0 if every_row else _logit_bound(min_score)), every_row)
+    return (None if every_row else rows), boxes, scores
 
 
 def decode_passd(
@@ -296,12 +232,16 @@ def _retinanet_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
     box_deltas = _as_rows("box_deltas", box_deltas, num_anchors, 4)
     if conf_logits is not None:
         conf_logits = _as_rows("conf_logits", conf_logits, num_anchors, 1)
-    rows = _rows_with_a_logit_reaching(cls_logits, min_score) if min_score > 0.0 else None
-    picked = slice(None) if rows is None else rows
-    scores = sigmoid(cls_logits[picked])
-    if conf_logits is not None:
-        scores *= sigmoid(conf_logits[picked])
-    return rows, _decode_rows(box_deltas, priors_cxcywh, box_coder_weights, rows), scores
+    if min_score >= 1.0:  # no sigmoid score exceeds 1
+        return (np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
+                np.zeros((0, cls_logits.shape[1]), np.float32))
+    every_row = min_score <= 0.0
+    rows, boxes, scores = kernels.sigmoid_candidates(
+        _kernel_input(cls_logits), _kernel_input(box_deltas),
+        _kernel_input(conf_logits if conf_logits is not None else _NO_CONF),
+        _kernel_input(priors_cxcywh), _kernel_input(box_coder_weights),
+        np.float32(0.0 if every_row else _logit_bound(min_score)), every_row)
+    return (None if every_row else rows), boxes, scores
 
 
 def decode_head_outputs(

@@ -2,16 +2,20 @@
 
 Decoding deltas against anchors happens before this (``edgedet.box_coding.decode``); turning
 logits into probabilities (softmax / sigmoid) is the caller's too, since it depends on the
-head. This module only selects.
+head. This module only selects, in one compiled call (``edgedet.kernels.select_frame``) or,
+when more pairs pass than the top-k, numpy's top-k and one compiled call; the numpy functions
+of ``edgedet.boxes`` are the reference the kernels are tested against.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 
-from edgedet.boxes import batched_nms, batched_soft_nms, box_voting, topk_candidates
+from edgedet import kernels
+from edgedet.boxes import topk_candidates
 
 NmsMode = Literal["hard", "soft", "soft+voting"]
 NMS_MODES: tuple[str, ...] = ("hard", "soft", "soft+voting")
@@ -55,28 +59,34 @@ def select_detections(
         raise ValueError(
             f"scores must have shape ({boxes_xyxy.shape[0]}, K), got {scores.shape}"
         )
-    anchor_idx, class_ids, cand_scores = topk_candidates(scores, pre_nms_top_k, score_threshold)
-    cand_boxes = boxes_xyxy[anchor_idx]
-    if nms_mode == "hard":
-        keep = batched_nms(cand_boxes, cand_scores, class_ids, iou_threshold)[:max_detections]
-        return cand_boxes[keep], cand_scores[keep], class_ids[keep]
+    if not 0 <= iou_threshold <= 1 or not 0 <= voting_iou_threshold <= 1:
+        raise ValueError(f"IoU thresholds must be in [0, 1], got {iou_threshold} and "
+                         f"{voting_iou_threshold}")
+    if not soft_nms_sigma > 0:  # also nan
+        raise ValueError(f"soft_nms_sigma must be > 0, got {soft_nms_sigma}")
+    if not isinstance(pre_nms_top_k, int | np.integer) or pre_nms_top_k < 0:
+        raise ValueError(f"pre_nms_top_k must be a whole number >= 0 (0 = no limit), "
+                         f"got {pre_nms_top_k!r}")
+    if not isinstance(max_detections, int | np.integer) or max_detections < 0:
+        raise ValueError(f"max_detections must be a whole number >= 0, got {max_detections!r}")
+    if not math.isfinite(score_threshold):
+        raise ValueError(f"score_threshold must be finite, got {score_threshold}")
     # Soft-NMS prunes only boxes decayed below 0.001 (Bodla et al.'s setting), or below a
     # still lower caller threshold; the caller's threshold applies to the decayed scores after.
+    # Box voting keeps the Soft-NMS scores (Detectron's "ID" voting): HAR-Net's p = max_i p_i
+    # would lift every surviving duplicate back to its group's top score, undoing the
+    # rescoring Soft-NMS just did. The top box of a group gets max_i p_i either way.
     prune_threshold = score_threshold if 0 < score_threshold < 0.001 else 0.001
-    keep, new_scores, kept_iou = batched_soft_nms(
-        cand_boxes, cand_scores, class_ids, iou_threshold=iou_threshold,
-        sigma=soft_nms_sigma, score_threshold=prune_threshold, stop_at=score_threshold,
-        return_iou=True,
-    )
-    selected = np.flatnonzero(new_scores > score_threshold)[:max_detections]
-    keep, new_scores = keep[selected], new_scores[selected]
-    out_boxes, out_classes = cand_boxes[keep], class_ids[keep]
-    if nms_mode == "soft+voting":
-        # Scores stay the Soft-NMS ones (Detectron's "ID" voting): HAR-Net's p = max_i p_i
-        # would lift every surviving duplicate back to its group's top score, undoing the
-        # rescoring Soft-NMS just did. The top box of a group gets max_i p_i either way.
-        out_boxes, _ = box_voting(
-            out_boxes, out_classes, cand_boxes, cand_scores, class_ids, voting_iou_threshold,
-            kept_iou=None if kept_iou is None else kept_iou[selected],
-        )
-    return out_boxes, new_scores.astype(np.float32), out_classes
+    settings = (float(score_threshold), nms_mode != "hard", nms_mode == "soft+voting",
+                float(iou_threshold), float(soft_nms_sigma), float(prune_threshold),
+                int(max_detections), float(voting_iou_threshold))
+    *selected, cut = kernels.select_frame(np.ascontiguousarray(boxes_xyxy),
+                                          np.ascontiguousarray(scores), int(pre_nms_top_k),
+                                          *settings)
+    if not cut:
+        return selected[0], selected[1], selected[2]
+    # More pairs than pre_nms_top_k: numpy's cut, whose order of equal scores the kernel
+    # does not reproduce (select_frame's docstring).
+    anchor_idx, class_ids, cand_scores = topk_candidates(scores, pre_nms_top_k, score_threshold)
+    return kernels.select_candidates(np.ascontiguousarray(boxes_xyxy[anchor_idx]), cand_scores,
+                                     class_ids, *settings)

@@ -86,22 +86,28 @@ def test_softmax_and_sigmoid_are_stable_for_extreme_logits():
 
 
 @pytest.mark.parametrize("threshold", [0.01, 0.05, 0.4, 0.9])
-def test_foreground_softmax_skips_only_anchors_that_cannot_pass(threshold):
-    from edgedet.head_decoding import foreground_softmax, softmax
-
+def test_softmax_decoding_skips_only_anchors_that_cannot_pass(threshold):
     rng = np.random.default_rng(3)
     logits = rng.normal(0.0, 3.0, size=(5000, 13)).astype(np.float32)
     logits[:, 0] += 10.0  # mostly background, as a frame's anchors are
     # Rows sitting right at the bound: best foreground logit - background = logit(t).
     logits[:50, 1] = logits[:50, 0] + np.float32(np.log(threshold / (1 - threshold)))
+    logits[50, 4] = np.nan  # a NaN logit: its scores could never pass
+    outputs = {"cls_logits": logits, "box_deltas": np.zeros((5000, 4), np.float32)}
+    priors = np.tile(PRIORS, (5000, 1))
     full = np.ascontiguousarray(softmax(logits)[:, 1:])
-    fast = foreground_softmax(logits, threshold)
-    computed = fast.any(axis=1)
-    assert computed.sum() < len(logits) / 2  # the point: most rows are skipped
-    np.testing.assert_array_equal(fast[computed], full[computed])  # the same bits
-    assert np.all(full[~computed] <= threshold)  # a skipped row has nothing to select
-    np.testing.assert_array_equal(foreground_softmax(logits, 0.0), full)
-    assert not foreground_softmax(logits, 1.0).any()
+    rows, _, scores = decode_head_candidates("ssd", outputs, priors, SSD_WEIGHTS,
+                                             min_score=threshold)
+    assert len(rows) < len(logits) / 2  # the point: most rows are skipped
+    assert set(range(50)) <= set(rows.tolist()) and 50 not in rows
+    # The same values as numpy's softmax, up to the last bit of exp (the kernel's is libm's).
+    np.testing.assert_allclose(scores, full[rows], rtol=2e-6, atol=1e-12)
+    skipped = np.setdiff1d(np.arange(len(logits)), rows)
+    assert np.all(np.nan_to_num(full[skipped]) <= threshold)  # nothing to select there
+    _, _, every = decode_head_candidates("ssd", outputs, priors, SSD_WEIGHTS)
+    np.testing.assert_array_equal(every[rows], scores)  # row by row the same computation
+    none, _, _ = decode_head_candidates("ssd", outputs, priors, SSD_WEIGHTS, min_score=1.0)
+    assert len(none) == 0
 
 
 @pytest.mark.parametrize("family", ["ssd", "passd", "retinanet"])
@@ -161,23 +167,21 @@ def test_candidates_without_a_threshold_are_every_anchor() -> None:
 
 
 @pytest.mark.parametrize("threshold", [0.01, 0.4, 0.9, 1.0])
-def test_flat_candidate_rows_are_the_row_maximum_ones(threshold):
-    from edgedet.head_decoding import (
-        _logit_bound,
-        _row_max,
-        _rows_reaching,
-        _rows_with_a_logit_reaching,
-    )
+def test_sigmoid_candidate_rows_are_the_rows_whose_maximum_reaches_the_bound(threshold):
+    from edgedet.head_decoding import _logit_bound
 
     rng = np.random.default_rng(5)
     logits = rng.normal(-9.0, 2.0, size=(3000, 12)).astype(np.float32)
     if threshold < 1.0:
         logits[:40, 3] = _logit_bound(threshold)  # exactly at the bound
         logits[40:80] = _logit_bound(threshold) + 1.0  # every class of the row passes
-    expected = _rows_reaching(_row_max(logits), threshold)
-    actual = _rows_with_a_logit_reaching(logits, threshold)
-    np.testing.assert_array_equal(actual, expected)
-    assert threshold == 1.0 or 80 <= len(actual) < len(logits) / 2
-    one_hit = np.full((1, 12), -20.0, np.float32)
-    one_hit[0, 5] = 20.0
-    assert _rows_with_a_logit_reaching(one_hit, 0.5).tolist() == [0]
+        logits[80, 2] = np.nan  # NaN alone passes nothing
+    outputs = {"cls_logits": logits, "box_deltas": np.zeros((3000, 4), np.float32)}
+    priors = np.tile(PRIORS, (3000, 1))
+    rows, _, scores = decode_head_candidates("retinanet", outputs, priors, SSD_WEIGHTS,
+                                             min_score=threshold)
+    expected = (np.array([], np.int64) if threshold >= 1.0 else
+                np.flatnonzero((logits >= np.float32(_logit_bound(threshold))).any(axis=1)))
+    np.testing.assert_array_equal(rows, expected)
+    assert threshold == 1.0 or 80 <= len(rows) < len(logits) / 2
+    np.testing.assert_allclose(scores, sigmoid(logits[rows]), rtol=2e-6, atol=1e-30)
