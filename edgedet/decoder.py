@@ -82,14 +82,17 @@ class HeadDecoder:
             ``Detections`` in frame pixels, best score first.
         """
         xyxy, kept_scores, class_ids = self.select(*self.candidates(outputs))
-        frame_xyxy = transform.boxes_to_frame(xyxy)
-        # A box lying wholly in letterbox padding or off the frame clips to zero area; a NaN
-        # box (a model's NaN delta) fails the test too. The rest are what Detections checks
-        # for: clipped to the frame (finite), upright, scores above the threshold (finite),
-        # class ids from the score columns, so the checks are skipped.
-        visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
-        return Detections._unchecked(frame_xyxy[visible], kept_scores[visible],
-                                     class_ids[visible], self.class_names)
+        # Frame pixels, clipped; a box lying wholly in letterbox padding or off the frame
+        # clips to zero area and a NaN box (a model's NaN delta) fails the test too
+        # (kernels.frame_detections: FrameTransform.boxes_to_frame in one call). The rest are
+        # what Detections checks for: clipped to the frame (finite), upright, scores above
+        # the threshold (finite), class ids from the score columns, so the checks are skipped.
+        width, height = transform.frame_size
+        return Detections._unchecked(
+            *kernels.frame_detections(xyxy, kept_scores, class_ids, float(transform.scale_x),
+                                      float(transform.scale_y), float(transform.pad_x),
+                                      float(transform.pad_y), int(width), int(height)),
+            self.class_names)
 
     def candidates(self, outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The first step of a call: ``(boxes_xyxy (n, 4), scores (n, K))`` in input pixels,

@@ -1,4 +1,5 @@
-"""Compiled (numba) kernels of the per-frame decoding and selection.
+"""Compiled (numba) kernels of the per-frame work around the model: normalisation, decoding,
+selection and the mapping to frame pixels.
 
 Why compiled: with the caches as an INT8 inference leaves them, ``detect()``'s numpy decoding
 and selection cost 0.5-0.7 ms per frame on the zoo models, nearly all of it the fixed cost of a
@@ -188,9 +189,9 @@ def _iou(boxes, areas, i, j):  # type: ignore[no-untyped-def]
 def select_frame(boxes_xyxy, scores, pre_nms_top_k, score_threshold, soft, voting,
                  iou_threshold, sigma, prune_threshold, max_detections, voting_iou_threshold
                  ):  # type: ignore[no-untyped-def]
-    """``postprocess.select_detections`` in one call when at most ``pre_nms_top_k`` (anchor,
-    class) pairs score above the threshold (an application threshold's frame): the pairs in
-    ``boxes.topk_candidates``'s order (decreasing score, equal scores by index), then
+    """``postprocess.select_detections`` in one call, unless more than ``pre_nms_top_k``
+    (anchor, class) pairs score above the threshold with equal scores among the best: the
+    pairs in ``boxes.topk_candidates``'s order (decreasing score, equal scores by index), then
     ``select_candidates``.
 
     Args:
@@ -199,11 +200,11 @@ def select_frame(boxes_xyxy, scores, pre_nms_top_k, score_threshold, soft, votin
 
     Returns:
         ``select_candidates``'s three arrays and ``cut``: True when more pairs passed than
-        ``pre_nms_top_k``, and then the arrays are empty: the caller cuts with
-        ``boxes.topk_candidates``. Its partition leaves equal scores at and above the cut in
-        an order of its own, INT8 heads give many equal scores, and that order decides which
-        of two tied boxes NMS keeps: the zoo HAR-Net's evaluation AP moved by 0.06 with
-        equal scores in index order instead.
+        ``pre_nms_top_k`` and two of the best ``pre_nms_top_k + 1`` scores are equal, and
+        then the arrays are empty: the caller cuts with ``boxes.topk_candidates``. Its
+        partition leaves equal scores in an order of its own, INT8 heads give many equal
+        scores, and that order decides which of two tied boxes NMS keeps: the zoo HAR-Net's
+        evaluation AP moved by 0.06 with equal scores in index order instead.
     """
     num_classes = scores.shape[1]
     flat = scores.ravel()
@@ -212,9 +213,6 @@ def select_frame(boxes_xyxy, scores, pre_nms_top_k, score_threshold, soft, votin
     for index in range(flat.size):
         if flat[index] > threshold32:
             count += 1
-    if 0 < pre_nms_top_k < count:
-        return (np.empty((0, 4), np.float32), np.empty(0, np.float32),
-                np.empty(0, np.int64), True)
     candidates = np.empty(count, np.int64)
     count = 0
     for index in range(flat.size):
@@ -222,6 +220,15 @@ def select_frame(boxes_xyxy, scores, pre_nms_top_k, score_threshold, soft, votin
             candidates[count] = index
             count += 1
     candidates = candidates[np.argsort(-flat[candidates], kind="mergesort")]
+    if 0 < pre_nms_top_k < count:
+        # numpy's cut gives these same pairs in this same order when no two of the first
+        # k + 1 scores are equal; otherwise its order of the equal ones is its own.
+        for c in range(pre_nms_top_k):
+            if flat[candidates[c]] == flat[candidates[c + 1]]:
+                return (np.empty((0, 4), np.float32), np.empty(0, np.float32),
+                        np.empty(0, np.int64), True)
+        candidates = candidates[:pre_nms_top_k]
+        count = pre_nms_top_k
     boxes = np.empty((count, 4), np.float32)
     class_ids = np.empty(count, np.int64)
     for c in range(count):
@@ -388,8 +395,83 @@ def warm_up() -> None:
                           voting, 0.5, 0.5, 0.001, 100, 0.5)
     priors = np.array([[5, 5, 10, 10], [6, 6, 10, 10]], np.float32)
     weights = np.ones(4, np.float32)
+    frame_detections(boxes, scores[:, 0].copy(), np.zeros(2, np.int64), 0.5, 0.5, 0.0, 0.0,
+                     640, 480)
+    tables, sources = np.zeros((3, 256), np.float32), np.arange(3, dtype=np.int64)
+    for array in (tables, sources):  # as preprocess._channel_tables shares them
+        array.flags.writeable = False
+    table_to_nchw(np.zeros((2, 2, 3), np.uint8), tables, sources)
     for width in (0, 1):
         sigmoid_candidates(scores, boxes, np.zeros((2 * width, 1), np.float32), priors,
                            weights, np.float32(0.0), False)
         softmax_candidates(scores, boxes, np.zeros((2 * width, 4), np.float32), priors,
                            weights, np.float32(0.0), False)
+
+
+@njit(cache=True)
+def frame_detections(boxes_xyxy, scores, class_ids, scale_x, scale_y, pad_x, pad_y,
+                     frame_width, frame_height):  # type: ignore[no-untyped-def]
+    """``HeadDecoder``'s last step: input-pixel boxes to frame pixels, clipped to the frame
+    (``FrameTransform.boxes_to_frame``, float32, ``np.clip``'s order: NaN stays NaN, -0 becomes
+    0), and only the boxes left with a positive width and height (one wholly in letterbox
+    padding or off the frame clips to zero area; a NaN box fails the test too).
+
+    Args:
+        boxes_xyxy: ``(D, 4)`` float32. scores: ``(D,)`` float32. class_ids: ``(D,)`` int64.
+        scale_x, scale_y, pad_x, pad_y: the transform (``x_in = x * scale + pad``), floats.
+        frame_width, frame_height: ints.
+
+    Returns:
+        ``(boxes_xyxy (N, 4) float32, scores (N,) float32, class_ids (N,) int64)``.
+    """
+    scale = (np.float32(scale_x), np.float32(scale_y))
+    pad = (np.float32(pad_x), np.float32(pad_y))
+    limit = (np.float32(frame_width), np.float32(frame_height))
+    count = boxes_xyxy.shape[0]
+    mapped = np.empty((count, 4), np.float32)
+    visible = np.empty(count, np.bool_)
+    kept = 0
+    for i in range(count):
+        for m in range(4):
+            value = (boxes_xyxy[i, m] - pad[m % 2]) / scale[m % 2]
+            if value == value:  # np.clip: max(value, 0) then min(., limit), NaN kept
+                value = value if value > _ZERO else _ZERO
+                value = value if value < limit[m % 2] else limit[m % 2]
+            mapped[i, m] = value
+        visible[i] = mapped[i, 2] > mapped[i, 0] and mapped[i, 3] > mapped[i, 1]
+        kept += visible[i]
+    out_boxes = np.empty((kept, 4), np.float32)
+    out_scores = np.empty(kept, np.float32)
+    out_classes = np.empty(kept, np.int64)
+    row = 0
+    for i in range(count):
+        if visible[i]:
+            out_boxes[row] = mapped[i]
+            out_scores[row] = scores[i]
+            out_classes[row] = class_ids[i]
+            row += 1
+    return out_boxes, out_scores, out_classes
+
+
+@njit(cache=True)
+def table_to_nchw(image, tables, sources):  # type: ignore[no-untyped-def]
+    """``preprocess.normalize_to_nchw``: each pixel's channel value read from its 256-entry
+    table (the float32 result of ``(v - mean) / std`` for every uint8 level ``v``).
+
+    Args:
+        image: ``(H, W, 3)`` uint8, C-contiguous. tables: ``(3, 256)`` float32, in the
+            model's channel order. sources: ``(3,)`` int64, the image channel each model
+            channel reads (BGR frames into an RGB model: 2, 1, 0).
+
+    Returns:
+        ``(1, 3, H, W)`` float32.
+    """
+    height, width, _ = image.shape
+    out = np.empty((1, 3, height, width), np.float32)
+    for channel in range(3):
+        source = sources[channel]
+        table = tables[channel]
+        for y in range(height):
+            for x in range(width):
+                out[0, channel, y, x] = table[image[y, x, source]]
+    return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgedet import kernels
 from edgedet.box_coding import decode, xyxy_to_cxcywh
 from edgedet.boxes import batched_nms, batched_soft_nms, box_voting, topk_candidates
 from edgedet.head_decoding import decode_head_candidates, sigmoid, softmax
@@ -43,7 +44,7 @@ def reference_select(boxes_xyxy, scores, *, score_threshold, iou_threshold, max_
     return out_boxes, new_scores, out_classes
 
 
-def frame(seed: int, num_anchors: int, num_classes: int = 5):
+def frame(seed: int, num_anchors: int, num_classes: int = 5, quantized: bool = True):
     """Boxes in clusters (so that NMS has work), scores on a coarse grid (an INT8 head's many
     equal scores), a few NaN / inf / zero-area boxes."""
     rng = np.random.default_rng(seed)
@@ -55,7 +56,8 @@ def frame(seed: int, num_anchors: int, num_classes: int = 5):
     boxes[7, 2] = np.inf
     boxes[11, 2:] = boxes[11, :2]  # zero area
     scores = rng.beta(0.6, 2.5, (num_anchors, num_classes)).astype(np.float32)
-    scores = (np.round(scores * 64) / 64).astype(np.float32)
+    if quantized:
+        scores = (np.round(scores * 64) / 64).astype(np.float32)
     return boxes, scores
 
 
@@ -64,11 +66,13 @@ SETTINGS = [  # (threshold, top-k): an application threshold, evaluation's, a ti
 ]
 
 
+@pytest.mark.parametrize("quantized", [True, False])  # the top-k cut by numpy / the kernel
 @pytest.mark.parametrize("num_anchors", [40, 300, 900])
 @pytest.mark.parametrize(("threshold", "top_k"), SETTINGS)
-def test_hard_nms_selection_is_the_numpy_one_bit_for_bit(num_anchors, threshold, top_k):
+def test_hard_nms_selection_is_the_numpy_one_bit_for_bit(num_anchors, threshold, top_k,
+                                                         quantized):
     for seed in range(3):
-        boxes, scores = frame(seed, num_anchors)
+        boxes, scores = frame(seed, num_anchors, quantized=quantized)
         settings = dict(score_threshold=threshold, iou_threshold=0.45, max_detections=100,
                         pre_nms_top_k=top_k, nms_mode="hard")
         expected = reference_select(boxes, scores, **settings)
@@ -176,3 +180,30 @@ def test_softmax_decoding_is_numpy_s_to_the_last_bit(family, threshold):
     np.testing.assert_allclose(scores, softmax(cls_logits[rows])[:, 1:], rtol=2e-6,
                                atol=1e-30)
     assert_close_with_nans(boxes, decode(box_deltas[rows], moved[rows], WEIGHTS))
+
+
+def test_the_kernel_cuts_the_top_k_itself_unless_scores_tie():
+    boxes, scores = frame(0, 300, quantized=False)
+    settings = (0.05, False, False, 0.45, 0.5, 0.001, 100, 0.5)
+    *_, cut = kernels.select_frame(boxes, scores, 30, *settings)
+    assert not cut  # distinct scores: numpy's cut is the sorted prefix
+    boxes, scores = frame(0, 300)
+    *_, cut = kernels.select_frame(boxes, scores, 30, *settings)
+    assert cut  # equal scores among the best: numpy's order of them is its own
+
+
+def test_frame_detections_is_boxes_to_frame_then_the_visible_boxes():
+    from edgedet.preprocess import FrameTransform
+
+    transform = FrameTransform((500, 300), 0.64, 0.64, 0.0, 32.0)
+    boxes = np.array([[10, 40, 100, 120], [-5, 20, 600, 500], [10, 0, 50, 30],  # in pad
+                      [np.nan, 40, 60, 80], [-0.0, 32, 5, 40]], np.float32)
+    scores = np.arange(5, dtype=np.float32) / 10
+    classes = np.arange(5, dtype=np.int64)
+    out = kernels.frame_detections(boxes, scores, classes, 0.64, 0.64, 0.0, 32.0, 500, 300)
+    expected = transform.boxes_to_frame(boxes)
+    visible = (expected[:, 2] > expected[:, 0]) & (expected[:, 3] > expected[:, 1])
+    assert visible.tolist() == [True, True, False, False, True]
+    assert out[0].tobytes() == expected[visible].tobytes()  # -0.0 clipped to +0.0 too
+    np.testing.assert_array_equal(out[1], scores[visible])
+    np.testing.assert_array_equal(out[2], classes[visible])
