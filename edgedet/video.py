@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from types import TracebackType
 
@@ -167,12 +167,7 @@ class AtomicVideoWriter:
 
     def _open(self, width: int, height: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The temporary name keeps the extension: OpenCV picks the container from it.
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.", suffix=self.path.suffix, dir=self.path.parent
-        )
-        os.close(fd)
-        self._tmp_path = Path(tmp_name)
+        tmp_name = str(self._create_temporary())
         for codec in self._codecs:
             writer = cv2.VideoWriter(
                 tmp_name, cv2.VideoWriter_fourcc(*codec), self.fps, (width, height)
@@ -191,6 +186,29 @@ class AtomicVideoWriter:
             f"OpenCV cannot write {self.path}: no {self.path.suffix} codec "
             f"({', '.join(self._codecs)}) in this OpenCV build; try {' or '.join(others)}"
         )
+
+    def _create_temporary(self) -> Path:
+        """An empty hidden file beside ``path`` (mode 0600), named before it is made.
+
+        The name goes into ``_tmp_path`` before the file exists, so that ``discard`` removes
+        it whenever an interrupt lands (a SIGTERM is a KeyboardInterrupt in the CLI):
+        ``tempfile.mkstemp`` creates the file first, and an interrupt between that and
+        recording its name left the file behind. The name keeps the extension: OpenCV picks
+        the container from it. 16 random hex digits: a name that already exists is skipped,
+        never removed (``discard`` would only meet it if an interrupt hit that retry).
+        """
+        for _ in range(100):
+            candidate = self.path.parent / (
+                f".{self.path.stem}.{secrets.token_hex(8)}{self.path.suffix}")
+            self._tmp_path = candidate
+            try:
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                self._tmp_path = None
+                continue
+            os.close(fd)
+            return candidate
+        raise VideoWriteError(f"no free temporary name beside {self.path}")
 
     def write(self, frame: np.ndarray) -> None:
         """Append ``frame`` (BGR ``uint8 (H, W, 3)``). A video has one frame size, the first
@@ -232,7 +250,7 @@ class AtomicVideoWriter:
                     f"{self.path}: wrote {self.frames} frames but OpenCV reads back {written} "
                     f"(codec {self.codec!r})"
                 )
-        # mkstemp made the file 0600; give it the permissions a plain open() would have.
+        # The temporary file was made 0600; give it the permissions a plain open() would have.
         umask = os.umask(0)
         os.umask(umask)
         self._tmp_path.chmod(0o666 & ~umask)

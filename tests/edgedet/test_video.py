@@ -190,3 +190,30 @@ def test_early_end_problem_by_hand() -> None:
     assert early_end_problem("v.avi", 979, 1000) is not None
     problem = early_end_problem("v.avi", 20, 40)
     assert problem is not None and "v.avi ended after 20 of the 40 frames" in problem
+
+
+@pytest.mark.parametrize("where", ["after the file is made", "before it is made"])
+def test_an_interrupt_while_the_temporary_file_is_made_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    # A SIGTERM during `edgedet detect --save` arrives as a KeyboardInterrupt at any bytecode;
+    # with tempfile.mkstemp, one landing between the file's creation and the writer noting its
+    # name left a hidden temporary file (seen once in a loaded test run).
+    real_open, real_close = os.open, os.close
+
+    def interrupted_close(fd: int) -> None:
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    def interrupted_open(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    if where == "after the file is made":
+        monkeypatch.setattr(video.os, "close", interrupted_close)
+    else:
+        monkeypatch.setattr(video.os, "open", interrupted_open)
+    out = tmp_path / "out" / "drawn.mp4"
+    with pytest.raises(KeyboardInterrupt), AtomicVideoWriter(out, fps=10.0) as writer:
+        writer.write(_frame(40))
+    monkeypatch.setattr(video.os, "close", real_close)
+    monkeypatch.setattr(video.os, "open", real_open)
+    assert list(out.parent.iterdir()) == []
