@@ -103,8 +103,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def _as_rows(name: str, array: np.ndarray, num_anchors: int, width: int | None) -> np.ndarray:
-    """``array`` as ``(A, k)`` float32; a leading batch axis of 1 is dropped."""
-    array = np.asarray(array, dtype=np.float32)
+    """``array`` as ``(A, k)`` float32, C-contiguous (as the kernels take it); a leading
+    batch axis of 1 is dropped."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2 or array.shape[0] != num_anchors or (
@@ -160,8 +161,7 @@ def _ssd_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
     # logit has no class above min_score (_logit_bound): most of a frame's anchors. Both of
     # PASSD's stages, too, only for the anchors that can pass.
     rows, boxes, scores = kernels.softmax_candidates(
-        _kernel_input(cls_logits), _kernel_input(box_deltas),
-        _kernel_input(propose_deltas if propose_deltas is not None else _NO_PROPOSE),
+        cls_logits, box_deltas, propose_deltas if propose_deltas is not None else _NO_PROPOSE,
         _kernel_input(priors_cxcywh), _kernel_input(box_coder_weights),
         np.float32(0.0 if every_row else _logit_bound(min_score)), every_row)
     return (None if every_row else rows), boxes, scores
@@ -237,8 +237,7 @@ def _retinanet_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
                 np.zeros((0, cls_logits.shape[1]), np.float32))
     every_row = min_score <= 0.0
     rows, boxes, scores = kernels.sigmoid_candidates(
-        _kernel_input(cls_logits), _kernel_input(box_deltas),
-        _kernel_input(conf_logits if conf_logits is not None else _NO_CONF),
+        cls_logits, box_deltas, conf_logits if conf_logits is not None else _NO_CONF,
         _kernel_input(priors_cxcywh), _kernel_input(box_coder_weights),
         np.float32(0.0 if every_row else _logit_bound(min_score)), every_row)
     return (None if every_row else rows), boxes, scores
