@@ -1,8 +1,11 @@
-"""From one image's raw head outputs to per-anchor boxes and class scores (numpy, torch-free).
+"""From one image's raw head outputs to per-anchor boxes and class scores (torch-free).
 
 The models return raw head tensors (``forward_export``); decoding them against the anchors
 happens here, outside the network, so training evaluation and the runtime SDK share one
-implementation. The result feeds ``edgedet.postprocess.select_detections``.
+implementation. The result feeds ``edgedet.postprocess.select_detections``. The work is one
+compiled call per image (``edgedet.kernels``: ``sigmoid_candidates``, ``softmax_candidates``);
+``sigmoid``, ``softmax`` and ``edgedet.box_coding.decode`` are the numpy forms it is tested
+against.
 
 Head families (the ``family`` string stored in checkpoints and manifests):
 
