@@ -74,6 +74,12 @@ Candidates = tuple[np.ndarray | None, np.ndarray, np.ndarray]
 anchor indices, or None for all A anchors) with their boxes and class scores."""
 
 
+def _no_candidates(num_classes: int) -> Candidates:
+    """No anchor can pass: empty rows, boxes and ``(0, K)`` scores."""
+    return (np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
+            np.zeros((0, num_classes), np.float32))
+
+
 def _expand(candidates: Candidates, num_anchors: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidates → ``(boxes_xyxy (A, 4), scores (A, K))``, the other anchors 0."""
     rows, boxes_xyxy, scores = candidates
@@ -157,8 +163,7 @@ def _ssd_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
     cls_logits = _softmax_logits(cls_logits, num_anchors)
     box_deltas = _as_rows("box_deltas", box_deltas, num_anchors, 4)
     if min_score >= 1.0:  # no softmax score exceeds 1
-        return (np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
-                np.zeros((0, cls_logits.shape[1] - 1), np.float32))
+        return _no_candidates(cls_logits.shape[1] - 1)
     every_row = min_score <= 0.0
     # An anchor whose best foreground logit is not logit(min_score) above its background
     # logit has no class above min_score (_logit_bound): most of a frame's anchors. Both of
@@ -236,8 +241,7 @@ def _retinanet_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
     if conf_logits is not None:
         conf_logits = _as_rows("conf_logits", conf_logits, num_anchors, 1)
     if min_score >= 1.0:  # no sigmoid score exceeds 1
-        return (np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
-                np.zeros((0, cls_logits.shape[1]), np.float32))
+        return _no_candidates(cls_logits.shape[1])
     every_row = min_score <= 0.0
     rows, boxes, scores = kernels.sigmoid_candidates(
         cls_logits, box_deltas, conf_logits if conf_logits is not None else _NO_CONF,
