@@ -64,9 +64,18 @@ def _logit_bound(min_score: float) -> float:
     return math.log(min_score / (1.0 - min_score)) - _BOUND_MARGIN
 
 
-def _kernel_input(array: np.ndarray) -> np.ndarray:
-    """``array`` as the kernels take it: C-contiguous float32 (one compiled form each)."""
-    return np.ascontiguousarray(array, dtype=np.float32)
+def _priors_and_weights(priors_cxcywh: np.ndarray, box_coder_weights: BoxWeights
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(priors (A, 4), weights (4,))`` as the kernels take them: C-contiguous float32,
+    shapes checked (the kernels do not check bounds: a narrower array would be read past its
+    end)."""
+    priors = np.ascontiguousarray(priors_cxcywh, dtype=np.float32)
+    weights = np.ascontiguousarray(box_coder_weights, dtype=np.float32)
+    if priors.ndim != 2 or priors.shape[1] != 4:
+        raise ValueError(f"priors_cxcywh must have shape (A, 4), got {priors.shape}")
+    if weights.shape != (4,):
+        raise ValueError(f"box_coder_weights must be 4 numbers, got shape {weights.shape}")
+    return priors, weights
 
 
 Candidates = tuple[np.ndarray | None, np.ndarray, np.ndarray]
@@ -170,7 +179,7 @@ def _ssd_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
     # PASSD's stages, too, only for the anchors that can pass.
     rows, boxes, scores = kernels.softmax_candidates(
         cls_logits, box_deltas, propose_deltas if propose_deltas is not None else _NO_PROPOSE,
-        _kernel_input(priors_cxcywh), _kernel_input(box_coder_weights),
+        *_priors_and_weights(priors_cxcywh, box_coder_weights),
         np.float32(0.0 if every_row else _logit_bound(min_score)), every_row)
     return (None if every_row else rows), boxes, scores
 
@@ -245,7 +254,7 @@ def _retinanet_candidates(cls_logits: np.ndarray, box_deltas: np.ndarray,
     every_row = min_score <= 0.0
     rows, boxes, scores = kernels.sigmoid_candidates(
         cls_logits, box_deltas, conf_logits if conf_logits is not None else _NO_CONF,
-        _kernel_input(priors_cxcywh), _kernel_input(box_coder_weights),
+        *_priors_and_weights(priors_cxcywh, box_coder_weights),
         np.float32(0.0 if every_row else _logit_bound(min_score)), every_row)
     return (None if every_row else rows), boxes, scores
 

@@ -19,6 +19,7 @@ from edgedet.boxes import topk_candidates
 
 NmsMode = Literal["hard", "soft", "soft+voting"]
 NMS_MODES: tuple[str, ...] = ("hard", "soft", "soft+voting")
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def select_detections(
@@ -39,7 +40,7 @@ def select_detections(
         boxes_xyxy: ``(A, 4)`` decoded boxes, one per anchor.
         scores: ``(A, K)`` class probabilities (no background column).
         score_threshold: candidates at or below it are dropped before NMS.
-        iou_threshold: hard-NMS suppression threshold (also the linear Soft-NMS threshold).
+        iou_threshold: hard-NMS suppression threshold.
         max_detections: at most this many detections are returned.
         pre_nms_top_k: only the best ``pre_nms_top_k`` (anchor, class) pairs enter NMS
             (0 = no limit).
@@ -48,6 +49,13 @@ def select_detections(
 
     Returns:
         ``(xyxy (N, 4) float32, scores (N,) float32, class_ids (N,) int64)``, best first.
+
+    Raises:
+        ValueError: wrong shapes, an unknown mode, a top-k or ``max_detections`` that is not
+            a whole number >= 0, an IoU threshold outside [0, 1], ``soft_nms_sigma <= 0``, or
+            a NaN / infinite score threshold. (Until 2026-12-06 some of these passed: an
+            ``iou_threshold`` of 2 meant no suppression, ``max_detections=-1`` dropped the
+            last detection.)
     """
     if nms_mode not in NMS_MODES:
         raise ValueError(f"nms_mode must be one of {NMS_MODES}, got {nms_mode!r}")
@@ -77,12 +85,13 @@ def select_detections(
     # would lift every surviving duplicate back to its group's top score, undoing the
     # rescoring Soft-NMS just did. The top box of a group gets max_i p_i either way.
     prune_threshold = score_threshold if 0 < score_threshold < 0.001 else 0.001
+    # (The kernels take int64 counts; "more than any frame has" is the same as their maximum.)
     settings = (float(score_threshold), nms_mode != "hard", nms_mode == "soft+voting",
                 float(iou_threshold), float(soft_nms_sigma), float(prune_threshold),
-                int(max_detections), float(voting_iou_threshold))
+                min(int(max_detections), _INT64_MAX), float(voting_iou_threshold))
     *selected, cut = kernels.select_frame(np.ascontiguousarray(boxes_xyxy),
-                                          np.ascontiguousarray(scores), int(pre_nms_top_k),
-                                          *settings)
+                                          np.ascontiguousarray(scores),
+                                          min(int(pre_nms_top_k), _INT64_MAX), *settings)
     if not cut:
         return selected[0], selected[1], selected[2]
     # More pairs than pre_nms_top_k: numpy's cut, whose order of equal scores the kernel
