@@ -267,6 +267,19 @@ def test_prune_cli_rerun_rules(tmp_path, capsys):
     assert len(list(out.glob("step2/finetune.incomplete-*"))) == 1  # kept aside
 
 
+def test_prune_cli_refuses_an_out_folder_another_run_holds(tmp_path, capsys):
+    from edgedet._io import exclusive_lock
+    from quantize.prune import main
+
+    _tiny_checkpoint(tmp_path / "full")
+    out = tmp_path / "out"
+    with exclusive_lock(out, "quantize/prune.py"):
+        assert main(["--checkpoint", str(tmp_path / "full"), "--out", str(out),
+                     "--no-progress"]) == 2
+    assert "another quantize/prune.py is writing to" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == [".lock"]  # nothing pruned or written
+
+
 def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     from quantize.prune import main
 
