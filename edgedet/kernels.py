@@ -1,13 +1,12 @@
 """Compiled (numba) kernels of the per-frame work around the model: normalisation, decoding,
 selection and the mapping to frame pixels.
 
-Why compiled: with the caches as an INT8 inference leaves them, ``detect()``'s numpy decoding
-and selection cost 0.5-0.7 ms per frame on the zoo models, nearly all of it the fixed cost of a
-few hundred numpy calls whose code and data come back from memory after every inference
-(``docs/performance.md``), not arithmetic: a frame has 100-300 candidates. Each kernel here is
-one call doing what a chain of numpy calls did, element by element, in the same float32 /
-float64 precisions, the same comparisons against thresholds rounded the way numpy rounds them
-(a Python float against a float32 array compares in float32) and the same order of picks.
+Why compiled: after an INT8 inference, ``detect()``'s numpy decoding and selection cost
+0.5-0.7 ms per frame, nearly all of it a few hundred numpy calls whose code and data come back
+from memory (``docs/performance.md``), not arithmetic. Each kernel is one call doing what a
+chain of numpy calls did, element by element, in the same float32 / float64 precisions, with
+thresholds compared as numpy compares them (a Python float against a float32 array: in
+float32) and the same order of picks.
 
 What differs from the numpy forms in ``edgedet.head_decoding`` and ``edgedet.boxes`` (which
 stay as the readable reference the kernels are tested against): ``exp`` is numba's float32
@@ -19,20 +18,36 @@ Soft-NMS score after many decays; the detections, their order and boxes were the
 every test and zoo frame but two of 400 near-ties at evaluation settings. Hard NMS, the
 frame mapping and the normalisation are bit for bit.
 
-Every kernel takes C-contiguous arrays of fixed dtypes (the callers convert), so each
-compiles once per process for the SDK's calls (a read-only input array is another type and
-compiles once more); ``cache=True`` keeps the machine code on disk for the next process.
+The callers convert to C-contiguous arrays of fixed dtypes, so each kernel compiles once per
+process for the SDK's calls (a read-only array is another type: once more); the machine code
+is cached on disk for the next process.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import njit
 
 from edgedet.box_coding import BBOX_XFORM_CLIP
+
+
+def _compiled(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` with the machine code cached on disk, or without where no cache folder
+    is writable (a read-only install with a read-only home: numba refuses ``cache=True``
+    there at decoration, which would make ``import edgedet`` fail; the kernels then compile
+    in each process, about 5 s)."""
+    def compile_(function: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(**options)(function)
+    return compile_
+
 
 _CLIP32 = np.float32(BBOX_XFORM_CLIP)
 _ONE = np.float32(1.0)
@@ -40,19 +55,19 @@ _TWO = np.float32(2.0)
 _ZERO = np.float32(0.0)
 
 
-@njit(cache=True, inline="always")
+@_compiled(inline="always")
 def _fmin(a, b):  # type: ignore[no-untyped-def]
     """``np.minimum``: NaN if either is NaN (Python's ``min`` is not)."""
     return a if (a <= b or a != a) else b
 
 
-@njit(cache=True, inline="always")
+@_compiled(inline="always")
 def _fmax(a, b):  # type: ignore[no-untyped-def]
     """``np.maximum``: NaN if either is NaN."""
     return a if (a >= b or a != a) else b
 
 
-@njit(cache=True, inline="always")
+@_compiled(inline="always")
 def _sigmoid32(x):  # type: ignore[no-untyped-def]
     """``head_decoding.sigmoid`` of one float32: the two forms that never overflow."""
     if x >= _ZERO:
@@ -61,7 +76,7 @@ def _sigmoid32(x):  # type: ignore[no-untyped-def]
     return e / (_ONE + e)
 
 
-@njit(cache=True, inline="always")
+@_compiled(inline="always")
 def _decode_box(deltas, row, pcx, pcy, pw, ph, weights, out, out_row):  # type: ignore[no-untyped-def]
     """``box_coding.decode`` of ``deltas[row]`` against one prior (cx, cy, w, h) into
     ``out[out_row]`` (xyxy), float32 throughout."""
@@ -81,7 +96,7 @@ def _decode_box(deltas, row, pcx, pcy, pw, ph, weights, out, out_row):  # type: 
     out[out_row, 3] = cy + half_h
 
 
-@njit(cache=True)
+@_compiled()
 def sigmoid_candidates(cls_logits, box_deltas, conf_logits, priors_cxcywh, weights,
                        logit_bound, every_row):  # type: ignore[no-untyped-def]
     """RetinaNet-family decoding of the anchors with a class logit ``>= logit_bound``
@@ -122,7 +137,7 @@ def sigmoid_candidates(cls_logits, box_deltas, conf_logits, priors_cxcywh, weigh
     return rows[:n], boxes, scores
 
 
-@njit(cache=True)
+@_compiled()
 def softmax_candidates(cls_logits, box_deltas, propose_deltas, priors_cxcywh, weights,
                        margin_bound, every_row):  # type: ignore[no-untyped-def]
     """SSD / PASSD decoding (softmax, background at column 0) of the anchors whose best
@@ -185,7 +200,7 @@ def softmax_candidates(cls_logits, box_deltas, propose_deltas, priors_cxcywh, we
     return rows[:n], boxes, scores
 
 
-@njit(cache=True, inline="always")
+@_compiled(inline="always")
 def _iou(boxes, areas, i, j):  # type: ignore[no-untyped-def]
     """``boxes._iou_one_to_many``'s value for the pair (i, j), float32 (0 where the union is
     not positive, NaN included)."""
@@ -196,7 +211,7 @@ def _iou(boxes, areas, i, j):  # type: ignore[no-untyped-def]
     return inter / union if union > _ZERO else _ZERO
 
 
-@njit(cache=True)
+@_compiled()
 def select_frame(boxes_xyxy, scores, pre_nms_top_k, score_threshold, soft, voting,
                  iou_threshold, sigma, prune_threshold, max_detections, voting_iou_threshold
                  ):  # type: ignore[no-untyped-def]
@@ -253,7 +268,7 @@ def select_frame(boxes_xyxy, scores, pre_nms_top_k, score_threshold, soft, votin
     return out_boxes, out_scores, out_classes, False
 
 
-@njit(cache=True)
+@_compiled()
 def select_candidates(boxes, scores, class_ids, score_threshold, soft, voting, iou_threshold,
                       sigma, prune_threshold, max_detections, voting_iou_threshold
                       ):  # type: ignore[no-untyped-def]
@@ -356,7 +371,7 @@ def select_candidates(boxes, scores, class_ids, score_threshold, soft, voting, i
     return out_boxes, out_scores, out_classes
 
 
-@njit(cache=True, inline="always")
+@_compiled(inline="always")
 def _before(pick_scores, class_ids, picks, a, b):  # type: ignore[no-untyped-def]
     """Whether pick ``a`` sorts before pick ``b``: higher score, then lower class, then
     earlier pick."""
@@ -367,7 +382,7 @@ def _before(pick_scores, class_ids, picks, a, b):  # type: ignore[no-untyped-def
     return a < b
 
 
-@njit(cache=True)
+@_compiled()
 def _vote(boxes, cand_scores, class_ids, areas, i, iou_threshold, out, row):  # type: ignore[no-untyped-def]
     """``boxes.box_voting`` of pick ``i``: the score-weighted mean (float64) of its class's
     finite candidates with IoU ``>= iou_threshold``, into ``out[row]``; unchanged when none
@@ -400,10 +415,9 @@ def warm_up() -> None:
     load the cache)."""
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11]], np.float32)
     scores = np.array([[0.9, 0.1], [0.8, 0.2]], np.float32)
-    for soft, voting in ((False, False), (True, False), (True, True)):
-        select_frame(boxes, scores, 0, 0.5, soft, voting, 0.5, 0.5, 0.001, 100, 0.5)
-        select_candidates(boxes, scores[:, 0].copy(), np.zeros(2, np.int64), 0.5, soft,
-                          voting, 0.5, 0.5, 0.001, 100, 0.5)
+    select_frame(boxes, scores, 0, 0.5, True, True, 0.5, 0.5, 0.001, 100, 0.5)  # (the flags
+    select_candidates(boxes, scores[:, 0].copy(), np.zeros(2, np.int64), 0.5, False, False,
+                      0.5, 0.5, 0.001, 100, 0.5)  # are values, not types: one form each)
     priors = np.array([[5, 5, 10, 10], [6, 6, 10, 10]], np.float32)
     weights = np.ones(4, np.float32)
     frame_detections(boxes, scores[:, 0].copy(), np.zeros(2, np.int64), 0.5, 0.5, 0.0, 0.0,
@@ -419,7 +433,7 @@ def warm_up() -> None:
                            weights, np.float32(0.0), False)
 
 
-@njit(cache=True)
+@_compiled()
 def frame_detections(boxes_xyxy, scores, class_ids, scale_x, scale_y, pad_x, pad_y,
                      frame_width, frame_height):  # type: ignore[no-untyped-def]
     """``HeadDecoder``'s last step: input-pixel boxes to frame pixels, clipped to the frame
@@ -464,7 +478,7 @@ def frame_detections(boxes_xyxy, scores, class_ids, scale_x, scale_y, pad_x, pad
     return out_boxes, out_scores, out_classes
 
 
-@njit(cache=True)
+@_compiled()
 def table_to_nchw(image, tables, sources):  # type: ignore[no-untyped-def]
     """``preprocess.normalize_to_nchw``: each pixel's channel value read from its 256-entry
     table (the float32 result of ``(v - mean) / std`` for every uint8 level ``v``).

@@ -222,3 +222,21 @@ def test_counts_beyond_int64_mean_no_limit_and_narrow_priors_are_refused():
         decode_head_candidates("retinanet", outputs, np.ones((5, 2), np.float32), WEIGHTS)
     with pytest.raises(ValueError, match="box_coder_weights must be 4 numbers"):
         decode_head_candidates("ssd", outputs, np.ones((5, 4), np.float32), (1.0, 1.0))
+
+
+def test_the_kernels_compile_where_no_cache_folder_is_writable():
+    # numba refuses cache=True at decoration when no cache folder is writable (a read-only
+    # install with a read-only home), which made `import edgedet` fail there.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import numba.core.caching as caching\n"
+              "caching.CacheImpl._locator_classes = []  # no writable folder anywhere\n"
+              "from edgedet import kernels\n"
+              "kernels.warm_up()\n"
+              "print(type(kernels.select_frame._cache).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "NullCache"  # compiled, not cached
