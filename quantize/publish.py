@@ -20,6 +20,7 @@ import argparse
 import os
 from pathlib import Path
 
+from edgedet._io import DirectoryBusyError, exclusive_lock
 from edgedet.artifact import (
     MANIFEST_NAME,
     ManifestError,
@@ -47,13 +48,16 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
     if manifest["accuracy"].get("inconclusive"):  # converted with --allow-weak-reference
         print(f"warning: {artifact_dir}'s accuracy check was inconclusive: "
               f"{manifest['accuracy']['inconclusive']}", file=sys.stderr)
-    clean_leftovers(zoo_dir)
     model_files = {f: artifact_dir / f for f in manifest["files"]}
     extra_files = {p.name: p for p in artifact_dir.iterdir()
                    if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files}
     # The manifest keeps its files' hashes: write_artifact checks the copies against them.
     manifest = {**manifest, "name": name}
-    return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
+    # One publish at a time per zoo: clean_leftovers would take another run's staged copy
+    # (or the entry it just moved aside) for a killed run's and remove or restore it.
+    with exclusive_lock(zoo_dir, "quantize/publish.py"):
+        clean_leftovers(zoo_dir)
+        return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = publish(args.artifact, args.name, args.zoo_dir)
-    except (ManifestError, ValueError, OSError) as error:
+    except (ManifestError, ValueError, OSError, DirectoryBusyError) as error:
         print(f"publish: error: {error}", file=sys.stderr)
         return 2
     print(f"published {args.artifact} as zoo model {args.name!r}: {out}")

@@ -48,3 +48,17 @@ def test_publish_refuses_an_unchecked_artifact(tmp_path: Path) -> None:
     assert "the zoo takes only artifacts that passed" in str(refused.value)
     assert not (tmp_path / "zoo" / "u").exists()
     assert main([str(unchecked), "--name", "u", "--zoo-dir", str(tmp_path / "zoo")]) == 2
+
+
+def test_publish_stops_while_another_publish_holds_the_zoo(artifact: Path,
+                                                           tmp_path: Path) -> None:
+    from edgedet._io import DirectoryBusyError, exclusive_lock
+
+    zoo = tmp_path / "zoo"
+    with exclusive_lock(zoo, "quantize/publish.py"):
+        with pytest.raises(DirectoryBusyError, match=r"another quantize/publish\.py"):
+            publish(artifact, "tiny_model", zoo)
+        assert main([str(artifact), "--name", "tiny_model", "--zoo-dir", str(zoo)]) == 2
+    assert [p.name for p in zoo.iterdir()] == [".lock"]  # nothing staged, nothing cleaned
+    publish(artifact, "tiny_model", zoo)  # and once the other one is done
+    assert (zoo / "tiny_model" / "manifest.json").is_file()
