@@ -309,7 +309,7 @@ def decode_head_candidates(
     missing = needed - set(outputs)
     if missing:
         raise ValueError(f"{family} head outputs lack {sorted(missing)} (got {sorted(outputs)})")
-    priors_cxcywh = np.asarray(priors_cxcywh, dtype=np.float32)
+    # (The priors are converted and checked once, as the kernels take them.)
     if family == "retinanet":
         return _retinanet_candidates(outputs["cls_logits"], outputs["box_deltas"],
                                      priors_cxcywh, box_coder_weights,
