@@ -168,7 +168,10 @@ def _finetune(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
             raise RuntimeError(f"fine-tuning {init} failed (train/main.py exit {code})")
         seconds = time.perf_counter() - start
         summary = json.loads(summary_path.read_text())
-        summary["wall_seconds"] = seconds
+        # A resumed fine-tuning: its earlier runs' training time (up to the resume state)
+        # counts too, or the step's time would be only the part after the resume.
+        summary["wall_seconds"] = seconds + max(
+            0.0, float(summary.get("total_seconds", 0.0)) - float(summary["seconds"]))
         write_json_atomic(summary_path, summary, indent=2)
     summary = json.loads(summary_path.read_text())
     return float(summary["best_AP"]), float(summary.get("wall_seconds", summary["seconds"]))

@@ -193,6 +193,10 @@ class Trainer:
         self.batches_done = 0
         self.epoch_sums: dict[str, float] = {}
         self.epoch_steps = 0
+        # Training time of earlier runs of this schedule (up to the resume state they left)
+        # and when this run's fit() began: the resume state records their sum.
+        self.seconds_before = 0.0
+        self.fit_started: float | None = None
 
     # -- checkpoint config -------------------------------------------------------------------
 
@@ -226,7 +230,14 @@ class Trainer:
                 "seed": self.config.seed, "batches_done": self.batches_done,
                 "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
                 "epoch_end_pending": self.epoch_end_pending,
-                "preprocess": self.preprocess_config.to_dict()}
+                "preprocess": self.preprocess_config.to_dict(),
+                "seconds": self.seconds_trained()}
+
+    def seconds_trained(self) -> float:
+        """Seconds of ``fit()`` over every run of this schedule so far (a killed run counts
+        up to its last resume state: the work after it is done again)."""
+        running = 0.0 if self.fit_started is None else time.perf_counter() - self.fit_started
+        return self.seconds_before + running
 
     def resume(self, state_path: str | Path) -> None:
         """Continue from a resume state written by ``save`` (see the module docstring)."""
@@ -255,6 +266,7 @@ class Trainer:
         self.epoch_sums = {k: float(v) for k, v in progress.get("epoch_sums", {}).items()}
         self.epoch_steps = int(progress.get("epoch_steps", 0))
         self.epoch_end_pending = bool(progress.get("epoch_end_pending", False))
+        self.seconds_before = float(progress.get("seconds", 0.0))  # (older states lack it)
         # self.iteration counts the steps done: it is the index of the next step, which the
         # interrupted run may already have logged. A pending epoch end is evaluated again, so
         # an evaluation record the interrupted run wrote for it goes too.
@@ -473,7 +485,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train from ``self.epoch`` to ``config.epochs``; return the final summary (rank 0)."""
         cfg = self.config
-        start = time.perf_counter()
+        start = self.fit_started = time.perf_counter()
         first_epoch = self.epoch
         self.stop_request.install()
         try:
@@ -487,6 +499,7 @@ class Trainer:
         summary = {
             "epochs_run": self.epoch - first_epoch, "epochs": self.epoch,
             "iterations": self.iteration, "seconds": time.perf_counter() - start,
+            "total_seconds": self.seconds_trained(),
             "skipped_steps": self.skipped_steps, "best_AP": self.best_ap,
             "best_epoch": self.best_epoch, "last_metrics": self.last_metrics,
             "out_dir": str(self.out_dir), "config": asdict(cfg),

@@ -232,6 +232,21 @@ def test_prune_cli_prunes_fine_tunes_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     assert (tmp_path / "out" / "step1" / "finetune" / "best.safetensors").stat().st_mtime == mtime
     assert "step 1" in capsys.readouterr().out
+    # Killed after its last resume state, before its summary: the resumed fine-tuning has
+    # nothing left to train, and the step's time is still the first run's.
+    from safetensors import safe_open
+
+    from train.checkpoint import STATE_KEY
+    from train.engine import STATE_FILE
+
+    finetune = tmp_path / "out" / "step1" / "finetune"
+    (finetune / "summary.json").unlink()
+    with safe_open(str(finetune / STATE_FILE), framework="pt") as handle:
+        trained = json.loads(handle.metadata()[STATE_KEY])["progress"]["seconds"]
+    assert trained > 0
+    assert main(argv) == 0
+    (step,) = json.loads((tmp_path / "out" / "prune_log.json").read_text())["steps"]
+    assert step["finetune_seconds"] >= trained
 
 
 def test_prune_cli_rerun_rules(tmp_path, capsys):

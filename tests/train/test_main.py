@@ -48,6 +48,8 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _run([*TINY, "--epochs", "2", "--out", str(straight)]) == 0
     assert _run([*TINY, "--epochs", "1", "--out", str(split)]) == 0
+    first = json.loads((split / "summary.json").read_text())
+    assert first["total_seconds"] >= first["seconds"]
     assert _run([*TINY, "--epochs", "2", "--out", str(split), "--resume"]) == 0
     expected = read_metrics(straight)
     actual = read_metrics(split)
@@ -62,6 +64,9 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     assert config["epoch"] == 2 and config["metrics"]["AP"] >= 0
     summary = json.loads((split / "summary.json").read_text())
     assert summary["epochs_run"] == 1
+    # The training time counts the first run too, up to the resume state it left.
+    assert summary["seconds"] < summary["total_seconds"]
+    assert summary["total_seconds"] <= summary["seconds"] + first["total_seconds"] + 1e-6
 
 
 @pytest.mark.parametrize(("flags", "message"), [
