@@ -71,8 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "images each sensitivity probe is scored on (default 100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
-                        help="after --: extra train/main.py flags for fine-tuning")
+                        help="after --: extra train/main.py flags for fine-tuning (the "
+                        "optimiser, lr, --amp, --workers ...; not those prune.py sets itself: "
+                        "the model, input size, data, epochs, image counts, folders)")
     return parser
+
+
+# train/main.py flags that each fine-tuning gets from prune.py itself (the checkpoint's model
+# and input, the step's folders, the step's own budget); given after ``--`` they would win
+# over the generated ones (the last of a repeated flag counts) and silently change every
+# step. The value says where the setting comes from instead.
+_GENERATED_TRAINING_FLAGS = {
+    "model": "the checkpoint", "model_arg": "the checkpoint", "img_size": "the checkpoint",
+    "synthetic_size": "the checkpoint", "init_checkpoint": "each step's pruned model",
+    "out": "--out", "resume": "rerunning the same command", "data": "--data",
+    "epochs": "--finetune-epochs", "synthetic_train": "--finetune-images",
+    "synthetic_val": "--val-images", "distill_from": "--distill",
+}
 
 
 def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser) -> None:
@@ -84,6 +99,18 @@ def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser
 
     training = training_parser()
     training.prog = "quantize/prune.py ... --"
+    # Which generated flags the user gave, as argparse resolves them (abbreviations too):
+    # with those made optional and defaulting to None, any that is not None was given.
+    generated = [a for a in training._actions if a.dest in _GENERATED_TRAINING_FLAGS]
+    saved = [(a.required, a.default) for a in generated]
+    for action in generated:
+        action.required, action.default = False, None
+    given = vars(training.parse_args(train_args))
+    for action, (required, default) in zip(generated, saved, strict=True):
+        action.required, action.default = required, default
+    if clashes := [a for a in generated if given[a.dest] is not None]:
+        parser.error("; ".join(f"{a.option_strings[0]} after -- is set by quantize/prune.py "
+                               f"(from {_GENERATED_TRAINING_FLAGS[a.dest]})" for a in clashes))
     # The fine-tuning folders are made later; a fresh folder name stands in for them.
     stand_in = Path(tempfile.gettempdir()) / f"edgedet-prune-probe-{uuid.uuid4().hex}"
     probe = ["--model", next(iter(MODEL_BUILDERS)), *train_args, "--out", str(stand_in)]

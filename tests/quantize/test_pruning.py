@@ -321,7 +321,16 @@ def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     start = ["--checkpoint", str(tmp_path / "full"), "--out", str(tmp_path / "out")]
     for flags, message in ((["--finetune-images", "-5"], "must be at least 1"),
                            (["--", "--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
-                           (["--", "--lr", "nan"], "--lr must be a finite number")):
+                           (["--", "--lr", "nan"], "--lr must be a finite number"),
+                           # Flags each fine-tuning gets from prune.py would silently win.
+                           (["--", "--data", "coco:x"], "--data after -- is set by "
+                            "quantize/prune.py (from --data)"),
+                           (["--", "--epo", "3"], "--epochs after -- is set by "
+                            "quantize/prune.py (from --finetune-epochs)"),
+                           (["--", "--resume"], "--resume after -- is set by"),
+                           (["--", "--model-arg", "depth=1", "--out", "x"],
+                            "--model-arg after -- is set by quantize/prune.py (from the "
+                            "checkpoint); --out after -- is set by quantize/prune.py")):
         with pytest.raises(SystemExit):  # not after the first pruning step
             main([*start, *flags])
         assert message in capsys.readouterr().err
