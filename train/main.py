@@ -278,13 +278,20 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 def _without_worker_traceback(message: str) -> str:
     """A DataLoader worker re-raises its error with the worker's whole traceback in the
     message ("Caught DatasetError in DataLoader worker process 1. Original Traceback ...");
-    the error itself is its last line."""
+    the error itself is what follows the last frame: its first line not indented, which
+    names the type ("edgedet.data.errors.DatasetError: ..."), and every line after it (a
+    message can span lines)."""
     if "in DataLoader worker process" not in message:
         return message
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else message
-    _, colon, text = last.partition(": ")  # "edgedet.data.errors.DatasetError: ..."
-    return text if colon and text else last
+    lines = message.strip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    start = frames[-1] + 1 if frames else 0
+    # After the frame line come its source line and caret markers, indented.
+    while start < len(lines) - 1 and (not lines[start].strip() or lines[start][0].isspace()):
+        start += 1
+    first, *rest = lines[start:] or [message]
+    _, colon, text = first.partition(": ")
+    return "\n".join([text if colon and text else first, *rest])
 
 
 def seed_everything(seed: int) -> None:

@@ -276,7 +276,7 @@ def test_a_fresh_run_does_not_append_to_a_killed_runs_log(tmp_path):
     assert all(r["loss"] != 9.0 for r in records)
 
 
-def test_a_data_loader_workers_error_is_reported_as_its_last_line():
+def test_a_data_loader_workers_error_is_reported_without_the_traceback():
     from train.main import _without_worker_traceback
 
     message = ("Caught DatasetError in DataLoader worker process 1.\nOriginal Traceback (most "
@@ -284,6 +284,16 @@ def test_a_data_loader_workers_error_is_reported_as_its_last_line():
                "edgedet.data.errors.DatasetError: images/7.jpg: not a readable image\n")
     assert _without_worker_traceback(message) == "images/7.jpg: not a readable image"
     assert _without_worker_traceback("plain: message") == "plain: message"
+    # A message over several lines keeps them all; a chained error reports the last one.
+    message = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most "
+               "recent call last):\n  File \"a.py\", line 1, in g\n    open(p)\n"
+               "OSError: disk\n\nThe above exception was the direct cause of the following "
+               "exception:\n\nTraceback (most recent call last):\n  File \"x.py\", line 3, "
+               "in f\n    raise DatasetError(m)\n    ^^^^^^^^^^^^^^^^^^^\n"
+               "edgedet.data.errors.DatasetError: a.json: 2 problems:\n  box 1: negative width"
+               "\n  box 4: class 9 unknown\n")
+    assert _without_worker_traceback(message) == (
+        "a.json: 2 problems:\n  box 1: negative width\n  box 4: class 9 unknown")
 
 
 def test_resuming_another_folders_state_takes_its_best_checkpoint_along(tmp_path):
