@@ -26,7 +26,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +36,7 @@ import numpy as np
 # sources.demo_video calls it through this module (capture.render_synthetic_video), like all of
 # capture's names, so that a test or app replaces it here.
 from edgedet.data.synthetic_video import render_synthetic_video as render_synthetic_video
-from edgedet.image_io import ImageReadError, read_image
+from edgedet.image_io import ImageReadError, quiet_opencv, read_image
 from edgedet.video import declared_frame_count, early_end_problem
 
 # isort: split
@@ -209,18 +209,6 @@ class _Connection(threading.Thread):
         with quiet_opencv():  # its warnings about the open made to fail say nothing new
             _wake_fifo_reader(self._fifo_path)
             self.join(CLOSE_WAIT_S)
-
-
-@contextlib.contextmanager
-def quiet_opencv() -> Iterator[None]:
-    """OpenCV's own log silenced (it is process-wide: only around calls whose failure we
-    report ourselves)."""
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
 
 
 def _wake_fifo_reader(path: str) -> None:

@@ -15,7 +15,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -133,20 +133,37 @@ def image_problem(data: bytes) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own log while decoding: its "[ERROR] imdecode_..." lines for a bad
-    BMP or TIFF would only repeat, without the file name, what ``ImageReadError`` says."""
+def _opencv_log_level_calls() -> tuple[Callable[[], int], Callable[[int], object]] | None:
+    """OpenCV's ``(get, set)`` of its log level: ``cv2.utils.logging`` from OpenCV 5,
+    ``cv2.getLogLevel`` / ``cv2.setLogLevel`` in 4.x (the range the package allows); None
+    where a build has neither."""
     logging = getattr(getattr(cv2, "utils", None), "logging", None)
-    if logging is None:
+    if logging is not None:
+        return logging.getLogLevel, logging.setLogLevel
+    if hasattr(cv2, "getLogLevel") and hasattr(cv2, "setLogLevel"):
+        return cv2.getLogLevel, cv2.setLogLevel
+    return None
+
+
+_OPENCV_LOG_SILENT = 0  # cv::utils::logging::LOG_LEVEL_SILENT in every version
+
+
+@contextlib.contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log silenced for the block (it is process-wide: only around calls whose
+    failure we report ourselves, such as its "[ERROR] imdecode_..." lines for a bad BMP or
+    TIFF, which would only repeat, without the file name, what ``ImageReadError`` says)."""
+    calls = _opencv_log_level_calls()
+    if calls is None:
         yield
         return
-    previous = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    get_level, set_level = calls
+    previous = get_level()
+    set_level(_OPENCV_LOG_SILENT)
     try:
         yield
     finally:
-        logging.setLogLevel(previous)
+        set_level(previous)
 
 
 def read_image(path: str | os.PathLike[str], flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
@@ -171,7 +188,7 @@ def read_image(path: str | os.PathLike[str], flags: int = cv2.IMREAD_COLOR) -> n
     if problem is not None:
         # Rejected before decoding, so libjpeg/libpng print nothing of their own either.
         raise ImageReadError(path, problem)
-    with _quiet_opencv():
+    with quiet_opencv():
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None or image.size == 0:
         raise ImageReadError(path, "corrupt, or not an image format OpenCV reads")

@@ -2,6 +2,7 @@
 
 import os
 import struct
+import types
 from pathlib import Path
 
 import cv2
@@ -122,3 +123,23 @@ def test_a_truncated_bmp_is_left_to_the_decoder_which_rejects_it_quietly(
     with pytest.raises(ImageReadError, match=r"half\.bmp: corrupt"):
         read_image(path)
     assert "imdecode" not in capfd.readouterr().err  # OpenCV's own log is silenced
+
+
+@pytest.mark.parametrize("api", ["opencv5", "opencv4"])
+def test_quiet_opencv_silences_and_restores_the_log_level_in_both_apis(monkeypatch, api):
+    # OpenCV 5 has cv2.utils.logging; 4.x (which the package allows) only cv2.getLogLevel /
+    # cv2.setLogLevel: the app's camera probe failed with AttributeError there.
+    from edgedet.image_io import quiet_opencv
+
+    levels = [4]
+    fake = types.SimpleNamespace(getLogLevel=lambda: levels[-1],
+                                 setLogLevel=lambda level: levels.append(level))
+    if api == "opencv5":
+        monkeypatch.setattr(cv2, "utils", types.SimpleNamespace(logging=fake), raising=False)
+    else:
+        monkeypatch.setattr(cv2, "utils", types.SimpleNamespace(), raising=False)
+        monkeypatch.setattr(cv2, "getLogLevel", fake.getLogLevel, raising=False)
+        monkeypatch.setattr(cv2, "setLogLevel", fake.setLogLevel, raising=False)
+    with quiet_opencv():
+        assert levels[-1] == 0  # LOG_LEVEL_SILENT
+    assert levels == [4, 0, 4]
