@@ -192,6 +192,28 @@ def test_the_kernel_cuts_the_top_k_itself_unless_scores_tie():
     assert cut  # equal scores among the best: numpy's order of them is its own
 
 
+def test_the_kernels_cut_partitions_and_keeps_ties_just_below_it_out():
+    # The kernel finds the best k + 1 by a partition: scores equal to the (k + 1)-th best
+    # below it (here 200 copies) are gathered but must not count as a tie of the best k + 1
+    # or change which k go on; a tie inside the best k + 1 still hands the cut to numpy.
+    boxes, scores = frame(1, 900, quantized=False)
+    flat = scores.ravel()
+    order = np.argsort(-flat, kind="stable")
+    flat[order[30:230]] = flat[order[30]]  # ranks 31..230 all equal the 31st best score
+    settings = dict(score_threshold=0.05, iou_threshold=0.45, max_detections=100,
+                    pre_nms_top_k=30, nms_mode="hard")
+    *_, cut = kernels.select_frame(boxes, scores, 30, 0.05, False, False, 0.45, 0.5, 0.001,
+                                   100, 0.5)
+    assert not cut
+    for a, e in zip(select_detections(boxes, scores, **settings),
+                    reference_select(boxes, scores, **settings), strict=True):
+        np.testing.assert_array_equal(a, e)
+    flat[order[29]] = flat[order[30]]  # now the 30th and 31st best tie
+    *_, cut = kernels.select_frame(boxes, scores, 30, 0.05, False, False, 0.45, 0.5, 0.001,
+                                   100, 0.5)
+    assert cut
+
+
 def test_frame_detections_is_boxes_to_frame_then_the_visible_boxes():
     from edgedet.preprocess import FrameTransform
 
