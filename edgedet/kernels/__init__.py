@@ -21,20 +21,40 @@ frame mapping and the normalisation are bit for bit.
 The callers convert to C-contiguous arrays of fixed dtypes, so each kernel compiles once per
 process for the SDK's calls (a read-only array is another type: once more); the machine code
 is cached on disk for the next process.
+
+The kernel modules (and numba, about half of ``import edgedet``'s time) load at the first use
+of a kernel (``warm_up`` when a ``HeadDecoder`` is built), not when ``edgedet`` is imported:
+the command line's ``--help`` and the commands that decode nothing do not wait for them.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgedet.kernels.decode import sigmoid_candidates, softmax_candidates
-from edgedet.kernels.frame import frame_detections, table_to_nchw
-from edgedet.kernels.select import select_candidates, select_frame
+if TYPE_CHECKING:
+    from edgedet.kernels.decode import sigmoid_candidates, softmax_candidates
+    from edgedet.kernels.frame import frame_detections, table_to_nchw
+    from edgedet.kernels.select import select_candidates, select_frame
 
 __all__ = ["frame_detections", "select_candidates", "select_frame", "sigmoid_candidates",
            "softmax_candidates", "table_to_nchw", "warm_up"]
+
+_MODULE_OF = {"sigmoid_candidates": "decode", "softmax_candidates": "decode",
+              "frame_detections": "frame", "table_to_nchw": "frame",
+              "select_candidates": "select", "select_frame": "select"}
+
+
+def __getattr__(name: str) -> Any:
+    """A kernel, its module imported at the first access (then a plain module attribute)."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    kernel = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = kernel
+    return kernel
 
 
 @functools.cache
@@ -43,6 +63,10 @@ def warm_up() -> None:
     once per process: ``HeadDecoder`` calls this when it is built, so that the first frame
     does not wait for the compiler (about 5 s on a fresh install, a quarter of a second to
     load the cache)."""
+    from edgedet.kernels.decode import sigmoid_candidates, softmax_candidates
+    from edgedet.kernels.frame import frame_detections, table_to_nchw
+    from edgedet.kernels.select import select_candidates, select_frame
+
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11]], np.float32)
     scores = np.array([[0.9, 0.1], [0.8, 0.2]], np.float32)
     select_frame(boxes, scores, 0, 0.5, True, True, 0.5, 0.5, 0.001, 100, 0.5)  # (the flags

@@ -262,3 +262,25 @@ def test_the_kernels_compile_where_no_cache_folder_is_writable():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "NullCache"  # compiled, not cached
+
+
+def test_import_edgedet_leaves_numba_for_the_first_kernel():
+    # numba is about half of `import edgedet`: the command line's --help and the commands
+    # that decode nothing do not load it; the first kernel access does.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import sys\n"
+              "import edgedet\n"
+              "from edgedet import decoder, postprocess, preprocess, kernels\n"
+              "print('numba' in sys.modules)\n"
+              "kernels.select_frame\n"
+              "print('numba' in sys.modules)\n"
+              "print(kernels.select_frame is kernels.select.select_frame)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'no_such_kernel'"):
+        kernels.no_such_kernel  # noqa: B018
