@@ -88,8 +88,10 @@ def exclusive_lock(directory: str | os.PathLike[str], what: str = "run") -> Iter
     """Hold an exclusive lock on ``directory`` (a ``.lock`` file in it) for the block.
 
     Two runs writing the same output folder would delete each other's temporaries and race
-    for the artifact names; the second one stops at once with ``DirectoryBusyError``. The lock
-    is released by the OS when the process dies, so a killed run never leaves it held.
+    for the artifact names; the second one stops at once with ``DirectoryBusyError``, which
+    names the holder (``what`` and its process id, written into the lock file: a training
+    run's folder refuses ``quantize/run.py`` as well as a second training). The lock is
+    released by the OS when the process dies, so a killed run never leaves it held.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,14 +100,29 @@ def exclusive_lock(directory: str | os.PathLike[str], what: str = "run") -> Iter
     except ImportError:  # not POSIX: no advisory locks; runs are trusted not to overlap
         yield
         return
-    with open(directory / ".lock", "a") as handle:
+    lock_path = directory / ".lock"
+    with open(lock_path, "a") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DirectoryBusyError(f"another {what} is writing to {directory} (it holds "
-                                     f"{directory / '.lock'}); wait for it or use another "
-                                     "output folder") from None
+            raise DirectoryBusyError(f"{what} cannot write to {directory}: "
+                                     f"{_lock_holder(lock_path)} is writing there (it holds "
+                                     f"{lock_path}); wait for it or use another output "
+                                     "folder") from None
         try:
+            handle.truncate(0)  # (append mode: the write lands at the new end, 0)
+            handle.write(f"{what} (pid {os.getpid()})\n")
+            handle.flush()
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _lock_holder(lock_path: Path) -> str:
+    """Who holds ``lock_path``, as its holder wrote it ("train/main.py (pid 123)"); "another
+    process" where it wrote nothing readable (yet)."""
+    try:
+        holder = lock_path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        holder = ""
+    return f"another process, {holder}," if holder else "another process"

@@ -5,6 +5,7 @@ never write one folder at once."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,10 @@ def test_the_next_run_cleans_up_after_a_killed_one(checkpoint, tmp_path):
 
 def test_two_runs_never_write_one_folder(checkpoint, tmp_path):
     out = tmp_path / "out"
-    with exclusive_lock(out), pytest.raises(DirectoryBusyError, match=r"another quantize/run\.py"):
-        _convert(checkpoint, out)
+    with exclusive_lock(out, "train/main.py"), pytest.raises(
+            DirectoryBusyError, match=r"quantize/run\.py cannot write to .*: another process, "
+                                      rf"train/main\.py \(pid {os.getpid()}\), is writing"):
+        _convert(checkpoint, out)  # e.g. a training run's folder, while it trains
     assert not list(out.glob("tiny_*"))
 
 

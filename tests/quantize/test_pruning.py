@@ -291,7 +291,7 @@ def test_prune_cli_refuses_an_out_folder_another_run_holds(tmp_path, capsys):
     with exclusive_lock(out, "quantize/prune.py"):
         assert main(["--checkpoint", str(tmp_path / "full"), "--out", str(out),
                      "--no-progress"]) == 2
-    assert "another quantize/prune.py is writing to" in capsys.readouterr().err
+    assert "another process, quantize/prune.py (pid" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == [".lock"]  # nothing pruned or written
 
 

@@ -56,7 +56,7 @@ def test_publish_stops_while_another_publish_holds_the_zoo(artifact: Path,
 
     zoo = tmp_path / "zoo"
     with exclusive_lock(zoo, "quantize/publish.py"):
-        with pytest.raises(DirectoryBusyError, match=r"another quantize/publish\.py"):
+        with pytest.raises(DirectoryBusyError, match=r"another process, quantize/publish\.py"):
             publish(artifact, "tiny_model", zoo)
         assert main([str(artifact), "--name", "tiny_model", "--zoo-dir", str(zoo)]) == 2
     assert [p.name for p in zoo.iterdir()] == [".lock"]  # nothing staged, nothing cleaned

@@ -304,3 +304,17 @@ def test_resuming_another_folders_state_takes_its_best_checkpoint_along(tmp_path
     summary = json.loads((second / "summary.json").read_text())
     assert summary["best_epoch"] == 1
     assert (second / "best.safetensors").read_bytes() == (first / "best.safetensors").read_bytes()
+
+
+def test_a_folder_another_process_writes_is_refused_naming_that_process(tmp_path, capsys):
+    # e.g. `quantize/run.py --out` given the folder of a run still training, or the reverse:
+    # the lock file names its holder.
+    from edgedet._io import exclusive_lock
+
+    out = tmp_path / "run"
+    with exclusive_lock(out, "quantize/run.py"):
+        assert _run([*TINY, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (f"train/main.py cannot write to {out}: another process, quantize/run.py "
+            f"(pid {os.getpid()}), is writing there") in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
