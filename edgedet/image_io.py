@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -146,24 +147,36 @@ def _opencv_log_level_calls() -> tuple[Callable[[], int], Callable[[int], object
 
 
 _OPENCV_LOG_SILENT = 0  # cv::utils::logging::LOG_LEVEL_SILENT in every version
+# OpenCV's level is process-wide: blocks in several threads (a camera closing while an
+# image decodes) share one silence, and only the last to leave restores the level; saved
+# and restored per block, two blocks ending out of order left the log silent for good.
+_quiet_lock = threading.Lock()
+_quiet_state = {"depth": 0, "saved": 0}
 
 
 @contextlib.contextmanager
 def quiet_opencv() -> Iterator[None]:
     """OpenCV's own log silenced for the block (it is process-wide: only around calls whose
     failure we report ourselves, such as its "[ERROR] imdecode_..." lines for a bad BMP or
-    TIFF, which would only repeat, without the file name, what ``ImageReadError`` says)."""
+    TIFF, which would only repeat, without the file name, what ``ImageReadError`` says).
+    Blocks may nest and overlap across threads."""
     calls = _opencv_log_level_calls()
     if calls is None:
         yield
         return
     get_level, set_level = calls
-    previous = get_level()
-    set_level(_OPENCV_LOG_SILENT)
+    with _quiet_lock:
+        if _quiet_state["depth"] == 0:
+            _quiet_state["saved"] = get_level()
+            set_level(_OPENCV_LOG_SILENT)
+        _quiet_state["depth"] += 1
     try:
         yield
     finally:
-        set_level(previous)
+        with _quiet_lock:
+            _quiet_state["depth"] -= 1
+            if _quiet_state["depth"] == 0:
+                set_level(_quiet_state["saved"])
 
 
 def read_image(path: str | os.PathLike[str], flags: int = cv2.IMREAD_COLOR) -> np.ndarray:

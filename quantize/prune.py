@@ -73,26 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("train_args", nargs=argparse.REMAINDER,
                         help="after --: extra train/main.py flags for fine-tuning (the "
                         "optimiser, lr, --amp, --workers ...; not those prune.py sets itself: "
-                        "the model, input size, data, epochs, image counts, folders)")
+                        "the model, input size, data and validation data, epochs, image "
+                        "counts, folders)")
     return parser
 
 
 # train/main.py flags that each fine-tuning gets from prune.py itself (the checkpoint's model
-# and input, the step's folders, the step's own budget); given after ``--`` they would win
-# over the generated ones (the last of a repeated flag counts) and silently change every
-# step. The value says where the setting comes from instead.
+# and input, the step's folders, the step's own budget) or whose data prune.py's own scoring
+# of each step would not see (it reads --data's default validation split). Given after ``--``
+# they would win over the generated ones (the last of a repeated flag counts; --resume and
+# --distill-from come last and would be lost instead) and silently change every step, or
+# score the fine-tuning on other images than the pruning. The value says what sets it.
 _GENERATED_TRAINING_FLAGS = {
     "model": "the checkpoint", "model_arg": "the checkpoint", "img_size": "the checkpoint",
     "synthetic_size": "the checkpoint", "init_checkpoint": "each step's pruned model",
     "out": "--out", "resume": "rerunning the same command", "data": "--data",
     "epochs": "--finetune-epochs", "synthetic_train": "--finetune-images",
     "synthetic_val": "--val-images", "distill_from": "--distill",
+    "val_data": "--data (its validation split scores every step)",
+    "val_split": "--data (its validation split scores every step)",
+    "synthetic_seed": "prune.py: seeds 0 and 1, the validation one scoring every step",
 }
 
 
-def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser) -> None:
+def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser,
+                          distill: bool) -> None:
     """The flags after ``--`` as train/main.py would take them, checked now rather than after
-    the first pruning step (the model and data flags come from the checkpoint later)."""
+    the first pruning step (the model and data flags come from the checkpoint later).
+    Without ``--distill``, ``--distill-from TEACHER`` is the user's to give (every step and
+    the baseline then learn from that teacher)."""
     from train.main import build_parser as training_parser
     from train.main import check_arguments
     from train.models import MODEL_BUILDERS
@@ -101,7 +110,8 @@ def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser
     training.prog = "quantize/prune.py ... --"
     # Which generated flags the user gave, as argparse resolves them (abbreviations too):
     # with those made optional and defaulting to None, any that is not None was given.
-    generated = [a for a in training._actions if a.dest in _GENERATED_TRAINING_FLAGS]
+    generated = [a for a in training._actions if a.dest in _GENERATED_TRAINING_FLAGS
+                 and (distill or a.dest != "distill_from")]
     saved = [(a.required, a.default) for a in generated]
     for action in generated:
         action.required, action.default = False, None
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"model ({family!r} head); quantize/prune.py prunes the RetinaNet family "
                      "(HAR-Net, DSANet, RetinaNet)")
     train_args = [a for a in args.train_args if a != "--"]
-    _check_training_flags(train_args, parser)
+    _check_training_flags(train_args, parser, args.distill)
     config = PruneConfig(
         checkpoint=args.checkpoint, out=args.out, target_flops_ratio=args.target_flops,
         steps=args.steps, criterion=args.criterion, round_to=args.round_to,

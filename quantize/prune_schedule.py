@@ -174,7 +174,10 @@ def _finetune(config: PruneConfig, ckpt_config: dict, init: Path, out: Path,
             0.0, float(summary.get("total_seconds", 0.0)) - float(summary["seconds"]))
         write_json_atomic(summary_path, summary, indent=2)
     summary = json.loads(summary_path.read_text())
-    return float(summary["best_AP"]), float(summary.get("wall_seconds", summary["seconds"]))
+    # (Without wall_seconds, a kill between train/main.py's summary and the line above: its
+    # training time over every run.)
+    seconds = summary.get("wall_seconds", summary.get("total_seconds", summary["seconds"]))
+    return float(summary["best_AP"]), float(seconds)
 
 
 def _train_flag(config: PruneConfig, flag: str) -> str | None:

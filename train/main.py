@@ -278,20 +278,27 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 def _without_worker_traceback(message: str) -> str:
     """A DataLoader worker re-raises its error with the worker's whole traceback in the
     message ("Caught DatasetError in DataLoader worker process 1. Original Traceback ...");
-    the error itself is what follows the last frame: its first line not indented, which
+    the error itself follows the last traceback's frames: its first line not indented, which
     names the type ("edgedet.data.errors.DatasetError: ..."), and every line after it (a
-    message can span lines)."""
+    message can span lines, indented ones too)."""
     if "in DataLoader worker process" not in message:
         return message
-    lines = message.strip().splitlines()
-    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
-    start = frames[-1] + 1 if frames else 0
-    # After the frame line come its source line and caret markers, indented.
+    lines = message.strip("\n").splitlines()
+    starts = [i for i, line in enumerate(lines)  # "Original Traceback ..." first, then plain
+              if line.endswith("Traceback (most recent call last):") and not line[0].isspace()]
+    if not starts:
+        return message
+    start = starts[-1] + 1
+    # The frames: "  File ..." lines, their source lines and caret markers, all indented.
     while start < len(lines) - 1 and (not lines[start].strip() or lines[start][0].isspace()):
         start += 1
-    first, *rest = lines[start:] or [message]
-    _, colon, text = first.partition(": ")
-    return "\n".join([text if colon and text else first, *rest])
+    first, *rest = lines[start:]
+    name, colon, text = first.partition(": ")
+    if colon and name and " " not in name:  # "module.Type: text" (a type has no spaces)
+        first = text
+    elif first.endswith(":") and " " not in first:  # "module.Type:" (an empty first line)
+        first = ""
+    return "\n".join([first, *rest]).strip("\n")
 
 
 def seed_everything(seed: int) -> None:

@@ -48,6 +48,10 @@ _MODULE_OF = {"sigmoid_candidates": "decode", "softmax_candidates": "decode",
               "select_candidates": "select", "select_frame": "select"}
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_MODULE_OF})
+
+
 def __getattr__(name: str) -> Any:
     """A kernel, its module imported at the first access (then a plain module attribute)."""
     if name not in _MODULE_OF:

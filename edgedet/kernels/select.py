@@ -58,7 +58,8 @@ def select_frame(boxes_xyxy, scores, pre_nms_top_k, score_threshold, soft, votin
     if 0 < pre_nms_top_k < count:
         # Only the best k + 1 are needed in order: those scoring at least the (k + 1)-th
         # best score (found by a partition, not a sort of every pair: evaluation frames pass
-        # 10 000+), sorted; with ties at that score a few more, which sort after them.
+        # 10 000+), sorted, with every pair tied at that score (all of them when every score
+        # is equal), which sort after the better ones.
         negated = -flat[candidates]
         kth_best = -np.partition(negated, pre_nms_top_k)[pre_nms_top_k]
         candidates = candidates[-negated >= kth_best]

@@ -143,3 +143,12 @@ def test_quiet_opencv_silences_and_restores_the_log_level_in_both_apis(monkeypat
     with quiet_opencv():
         assert levels[-1] == 0  # LOG_LEVEL_SILENT
     assert levels == [4, 0, 4]
+    # Overlapping blocks (two threads) that end out of order: the level comes back once the
+    # last one ends, not when the first that saved it does.
+    first, second = quiet_opencv(), quiet_opencv()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert levels[-1] == 0
+    second.__exit__(None, None, None)
+    assert levels[-1] == 4

@@ -226,14 +226,17 @@ def test_a_fragile_layer_fails_plain_ptq_and_passes_with_accuracy_control(tmp_pa
     # check rests on the AP difference alone (--allow-weak-reference; the 1x check, with
     # its reference at AP 100, is conclusive).
     # The other layers' INT8 noise moves this random-weight model's AP by a few points from
-    # step to step, depending on the images (OpenCV 4 draws them a little differently: there
-    # the steps after the fragile pair went -11.9, -13.3, -3.1, -8.6 and never reached -0.5),
-    # so the controlled run is held to 5 points: plain PTQ is at -95 either way.
+    # step to step, depending on the images. OpenCV 4 draws them a little differently, and
+    # there the steps after the fragile pair went -11.9, -13.3, -3.1, -8.6 and never reached
+    # -0.5, so under OpenCV 4 the controlled run is held to 5 points (plain PTQ is at -95
+    # either way); on the images the zoo's checks use, to 0.5.
+    max_drop = 0.5 if int(cv2.__version__.split(".")[0]) >= 5 else 5.0
     controlled = run_script(*int8, "--out", str(tmp_path / "ac"), "--max-float-layers", "16",
-                            "--double-scale", "--allow-weak-reference", "--max-drop", "5")
+                            "--double-scale", "--allow-weak-reference",
+                            "--max-drop", str(max_drop))
     assert controlled.returncode == 0, controlled.stderr
     manifest = load_manifest(tmp_path / "ac" / "tiny_passd_int8")
-    assert manifest["accuracy"]["passed"] and manifest["accuracy"]["delta_AP"] >= -5
+    assert manifest["accuracy"]["passed"] and manifest["accuracy"]["delta_AP"] >= -max_drop
     assert "inconclusive" not in manifest["accuracy"]
     assert "inconclusive" in manifest["double_scale"]["accuracy"]
     section = manifest["accuracy_control"]

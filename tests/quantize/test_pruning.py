@@ -328,6 +328,11 @@ def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
                            (["--", "--epo", "3"], "--epochs after -- is set by "
                             "quantize/prune.py (from --finetune-epochs)"),
                            (["--", "--resume"], "--resume after -- is set by"),
+                           (["--", "--val-data", "coco:x"], "--val-data after -- is set by"),
+                           (["--", "--synthetic-seed", "5"], "--synthetic-seed after --"),
+                           (["--distill", "--", "--distill-from", "x"],
+                            "--distill-from after -- is set by quantize/prune.py (from "
+                            "--distill)"),
                            (["--", "--model-arg", "depth=1", "--out", "x"],
                             "--model-arg after -- is set by quantize/prune.py (from the "
                             "checkpoint); --out after -- is set by quantize/prune.py")):
@@ -335,6 +340,11 @@ def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
             main([*start, *flags])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    # Without --distill a teacher of the user's own is theirs to give (steps and baseline).
+    from quantize.prune import _check_training_flags, build_parser
+
+    _check_training_flags(["--distill-from", str(tmp_path / "full")], build_parser(),
+                          distill=False)
 
 
 @pytest.mark.slow  # a second prune + fine-tune + baseline (about 40 s alone on 2 cores)

@@ -294,6 +294,15 @@ def test_a_data_loader_workers_error_is_reported_without_the_traceback():
                "\n  box 4: class 9 unknown\n")
     assert _without_worker_traceback(message) == (
         "a.json: 2 problems:\n  box 1: negative width\n  box 4: class 9 unknown")
+    # Message lines that look like frames, and a message that starts on its second line.
+    frames = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most "
+              "recent call last):\n  File \"x.py\", line 3, in f\n    raise DatasetError(m)\n")
+    assert _without_worker_traceback(
+        frames + "edgedet.data.errors.DatasetError: x.json: 2 problems:\n  File name 'a.jpg' "
+        "missing\n  box 3 negative\n") == (
+        "x.json: 2 problems:\n  File name 'a.jpg' missing\n  box 3 negative")
+    assert _without_worker_traceback(
+        frames + "edgedet.data.errors.DatasetError: \nsecond line\n") == "second line"
 
 
 def test_resuming_another_folders_state_takes_its_best_checkpoint_along(tmp_path):
