@@ -246,41 +246,40 @@ def test_counts_beyond_int64_mean_no_limit_and_narrow_priors_are_refused():
         decode_head_candidates("ssd", outputs, np.ones((5, 4), np.float32), (1.0, 1.0))
 
 
-def test_the_kernels_compile_where_no_cache_folder_is_writable():
-    # numba refuses cache=True at decoration when no cache folder is writable (a read-only
-    # install with a read-only home), which made `import edgedet` fail there.
+def _fresh_interpreter(script: str) -> str:
+    """``script``'s stdout, run by a new Python in the repository (it must exit 0)."""
     import subprocess
     import sys
     from pathlib import Path
 
-    script = ("import numba.core.caching as caching\n"
-              "caching.CacheImpl._locator_classes = []  # no writable folder anywhere\n"
-              "from edgedet import kernels\n"
-              "kernels.warm_up()\n"
-              "print(type(kernels.select_frame._cache).__name__)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "NullCache"  # compiled, not cached
+    return done.stdout
+
+
+def test_the_kernels_compile_where_no_cache_folder_is_writable():
+    # numba refuses cache=True at decoration when no cache folder is writable (a read-only
+    # install with a read-only home), which made `import edgedet` fail there.
+    out = _fresh_interpreter("import numba.core.caching as caching\n"
+                             "caching.CacheImpl._locator_classes = []  # no writable folder\n"
+                             "from edgedet import kernels\n"
+                             "kernels.warm_up()\n"
+                             "print(type(kernels.select_frame._cache).__name__)\n")
+    assert out.strip() == "NullCache"  # compiled, not cached
 
 
 def test_import_edgedet_leaves_numba_for_the_first_kernel():
     # numba is about half of `import edgedet`: the command line's --help and the commands
     # that decode nothing do not load it; the first kernel access does.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = ("import sys\n"
-              "import edgedet\n"
-              "from edgedet import decoder, postprocess, preprocess, kernels\n"
-              "print('numba' in sys.modules)\n"
-              "kernels.select_frame\n"
-              "print('numba' in sys.modules)\n"
-              "print(kernels.select_frame is kernels.select.select_frame)\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True", "True"]
+    out = _fresh_interpreter("import sys\n"
+                             "import edgedet\n"
+                             "from edgedet import decoder, postprocess, preprocess, kernels\n"
+                             "print('numba' in sys.modules)\n"
+                             "kernels.select_frame\n"
+                             "print('numba' in sys.modules)\n"
+                             "print(kernels.select_frame is kernels.select.select_frame)\n")
+    assert out.split() == ["False", "True", "True"]
+    assert "select_frame" in dir(kernels)
     with pytest.raises(AttributeError, match="no attribute 'no_such_kernel'"):
         kernels.no_such_kernel  # noqa: B018
