@@ -11,14 +11,15 @@ detections back to the original image and the ground truth for COCO evaluation.
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from edgedet.data.annotated import AnnotatedImageDataset
 from edgedet.data.coco import CocoDataset
@@ -262,3 +263,17 @@ def worker_init_fn(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+class ResumableSampler(Sampler[int]):
+    """``sampler``'s order for the epoch from its ``start``-th index on (mid-epoch resume)."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler = sampler
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start

@@ -12,19 +12,18 @@ The evaluation pass lives in ``train/evaluation.py``, the metrics log in ``train
 
 from __future__ import annotations
 
-import itertools
 import math
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from edgedet._io import remove_stale_temporaries
@@ -43,6 +42,7 @@ from train.checkpoint import (
 from train.curves import write_curves
 from train.data import (
     EvalDataset,
+    ResumableSampler,
     TrainingDataset,
     collate_eval,
     collate_training,
@@ -62,20 +62,6 @@ STATE_FILE = "last.state.safetensors"
 
 class TrainingDivergedError(RuntimeError):
     """The loss stayed NaN/inf for too many consecutive steps."""
-
-
-class ResumableSampler(Sampler[int]):
-    """``sampler``'s order for the epoch from its ``start``-th index on (mid-epoch resume)."""
-
-    def __init__(self, sampler: DistributedSampler) -> None:
-        self.sampler = sampler
-        self.start = 0
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.start, None)
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.start
 
 
 def _to_device(targets: list[dict[str, torch.Tensor]], device: torch.device
