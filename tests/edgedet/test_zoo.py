@@ -117,8 +117,8 @@ def _reproduces_checked_ap(name: str, double_scale: bool) -> None:
         digest.update(str(sample.image.shape).encode())
         digest.update(sample.image.tobytes())
     if digest.hexdigest() != eval_data["sha256"] and int(cv2.__version__.split(".")[0]) < 5:
-        # The generator draws with OpenCV, whose 4.x line renders some edges and blurs a
-        # little differently from the 5.x that drew the checks' images (numpy's random
+        # The generator draws with OpenCV, whose 4.x line renders 0-5% of an image's pixel
+        # values differently from the 5.x that drew the checks' images (numpy's random
         # streams agree: the boxes are the same). The package allows OpenCV 4 (JetPack
         # ships it), so there the recorded AP is not reproducible, not wrong.
         pytest.skip(f"OpenCV {cv2.__version__} draws the synthetic eval images differently "
