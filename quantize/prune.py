@@ -106,18 +106,16 @@ def _check_training_flags(train_args: list[str], parser: argparse.ArgumentParser
     from train.main import check_arguments
     from train.models import MODEL_BUILDERS
 
-    training = training_parser()
-    training.prog = "quantize/prune.py ... --"
-    # Which generated flags the user gave, as argparse resolves them (abbreviations too):
-    # with those made optional and defaulting to None, any that is not None was given.
-    generated = [a for a in training._actions if a.dest in _GENERATED_TRAINING_FLAGS
+    training, finder = training_parser(), training_parser()
+    training.prog = finder.prog = "quantize/prune.py ... --"
+    # Which generated flags the user gave, as argparse resolves them (abbreviations too): on
+    # a second parser whose generated flags are optional and default to None, any that is
+    # not None was given.
+    generated = [a for a in finder._actions if a.dest in _GENERATED_TRAINING_FLAGS
                  and (distill or a.dest != "distill_from")]
-    saved = [(a.required, a.default) for a in generated]
     for action in generated:
         action.required, action.default = False, None
-    given = vars(training.parse_args(train_args))
-    for action, (required, default) in zip(generated, saved, strict=True):
-        action.required, action.default = required, default
+    given = vars(finder.parse_args(train_args))
     if clashes := [a for a in generated if given[a.dest] is not None]:
         parser.error("; ".join(f"{a.option_strings[0]} after -- is set by quantize/prune.py "
                                f"(from {_GENERATED_TRAINING_FLAGS[a.dest]})" for a in clashes))
