@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from edgedet._io import DirectoryBusyError, exclusive_lock
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,30 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([1 if flag else 0], device=info.device)
     dist.broadcast(value, src=0)
     return bool(value.item())
+
+
+@contextmanager
+def locked_by_main_rank(folder: str | os.PathLike[str], holder: str, info: DistInfo
+                        ) -> Iterator[None]:
+    """Rank 0 holds ``exclusive_lock(folder, holder)`` for the block; every rank learns first
+    whether it got it.
+
+    Without that exchange a second ``torchrun`` job on a busy folder stopped on rank 0 while
+    its other ranks waited in DDP's constructor for a rank 0 that had left, until torchrun
+    killed them. Now rank 0 re-raises its own error (``DirectoryBusyError`` naming the
+    holder, or whatever else stopped the lock) and the other ranks raise a
+    ``DirectoryBusyError`` of their own, all before any training starts.
+    """
+    with ExitStack() as stack:
+        problem: BaseException | None = None
+        if info.is_main:
+            try:
+                stack.enter_context(exclusive_lock(folder, holder))
+            except Exception as error:  # any failure: the other ranks must hear of it too
+                problem = error
+        if not broadcast_flag(problem is None, info):
+            if problem is not None:
+                raise problem
+            raise DirectoryBusyError(f"rank {info.rank} stops: rank 0 could not take "
+                                     f"{folder} (its error says why)")
+        yield

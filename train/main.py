@@ -19,18 +19,17 @@ import json
 import math
 import random
 import warnings
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 
-from edgedet._io import DirectoryBusyError, exclusive_lock, folder_problem, write_json_atomic
+from edgedet._io import DirectoryBusyError, folder_problem, write_json_atomic
 from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
 from train.checkpoint import CheckpointError, carry_best_checkpoint, short_reason
 from train.data import build_augmentation, open_splits
-from train.distributed import DistInfo, cleanup, init_distributed
+from train.distributed import DistInfo, cleanup, init_distributed, locked_by_main_rank
 from train.engine import STATE_FILE, Trainer, TrainingDivergedError
 from train.graceful_stop import TrainingStopped
 from train.losses import build_criterion
@@ -474,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # Two runs writing one --out (a --resume typed while the run still goes) would
-        # interleave their checkpoints and logs: the second stops at once.
-        with exclusive_lock(args.out, "train/main.py") if info.is_main else nullcontext():
+        # interleave their checkpoints and logs: the second stops at once, on every rank.
+        with locked_by_main_rank(args.out, "train/main.py", info):
             run(args, info)
     except DirectoryBusyError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,7 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from train.distributed import DistInfo, all_true, all_true_each
+from edgedet._io import DirectoryBusyError, exclusive_lock
+from train.distributed import DistInfo, all_true, all_true_each, locked_by_main_rank
 
 # Rank 0 has a mid-epoch save due and no signal; rank 1 has no clock vote (True) and a signal.
 FLAGS = {0: [True, True, False], 1: [True, False, False]}
@@ -30,6 +31,39 @@ def test_each_flag_is_true_only_where_every_rank_says_so(tmp_path) -> None:
     mp.spawn(_rank, args=(str(tmp_path),), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1] == [[True, False, False], False]
+
+
+def _rank_locking(rank: int, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank,
+                            world_size=2)
+    try:
+        info = DistInfo(rank, 2, rank, torch.device("cpu"))
+        try:
+            with locked_by_main_rank(f"{out_dir}/run", "train/main.py", info):
+                outcome = "entered"
+        except DirectoryBusyError as error:
+            outcome = str(error)
+        # Had a rank gone on, this collective would pair with nothing and hang the test.
+        all_true(True, info)
+    finally:
+        dist.destroy_process_group()
+    with open(f"{out_dir}/rank{rank}.json", "w") as file:
+        json.dump(outcome, file)
+
+
+def test_a_busy_folder_stops_every_rank_before_training(tmp_path) -> None:
+    """Rank 0 cannot take the folder (this process holds it): rank 1 must hear so and stop
+    too, not go on to wait for rank 0 in DDP's constructor."""
+    with exclusive_lock(tmp_path / "run", "quantize/run.py"):
+        mp.spawn(_rank_locking, args=(str(tmp_path),), nprocs=2, join=True)
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert "quantize/run.py (pid" in outcomes[0]
+    assert outcomes[1].startswith("rank 1 stops: rank 0 could not take")
+    # Free folder: every rank enters, rank 0 holding the lock.
+    (tmp_path / "store").unlink(missing_ok=True)
+    mp.spawn(_rank_locking, args=(str(tmp_path),), nprocs=2, join=True)
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert outcomes == ["entered", "entered"]
 
 
 def test_a_world_of_one_needs_no_process_group() -> None:
