@@ -1,9 +1,11 @@
 """Output distillation: a frozen teacher's dense predictions as extra soft targets.
 
-Used to fine-tune a pruned detector from the model it was pruned from (``quantize/prune.py
---distill``): the teacher is that model, so distillation spends no training beyond its
-forward passes. Student and teacher predict over the same anchors (pruning keeps the heads'
-outputs), so their outputs compare anchor by anchor; no feature adapters are needed.
+Used to fine-tune a pruned detector: from the model it was pruned from (``quantize/prune.py
+--distill``), which spends no training beyond the teacher's forward passes, or from the
+unpruned model trained as long as the pruned one (``train/main.py --distill-from``: how the
+zoo's pruned HAR-Net was fine-tuned, README "Pruned HAR-Net"). Student and teacher predict
+over the same anchors (pruning keeps the heads' outputs), so their outputs compare anchor by
+anchor; no feature adapters are needed.
 
 For the RetinaNet family (sigmoid classification: HAR-Net, DSANet), per anchor ``a`` and class
 ``k``, with ``t = sigmoid(teacher logit)`` and ``s = sigmoid(student logit)``:
