@@ -1,6 +1,6 @@
 """Runtime latency of a pruned HAR-Net against the unpruned architecture, INT8, one run.
 
-    python benchmarks/prune_latency.py [--checkpoint checkpoints/harnet_pruned_ft/best]
+    python benchmarks/prune_latency.py [--checkpoint checkpoints/harnet_pruned_distilled/best]
         [--threads 2] [--rounds 20] [--calls 3]
 
 Latency does not depend on the weights' values, so the unpruned side is the pruned
@@ -43,15 +43,16 @@ from edgedet.models.builders import builder_of
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.summary import count_gflops
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints/harnet_pruned_ft/best"
+DEFAULT_CHECKPOINT = (Path(__file__).resolve().parents[1]
+                      / "checkpoints/harnet_pruned_distilled/best")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="a pruned checkpoint (its config holds the channel plan; default: "
-                             "the repository's checkpoints/harnet_pruned_ft/best, from any "
-                             "working directory)")
+                             "the repository's checkpoints/harnet_pruned_distilled/best, "
+                             "from any working directory)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=3)
