@@ -134,8 +134,8 @@ def locked_by_main_rank(folder: str | os.PathLike[str], holder: str, info: DistI
         if info.is_main:
             try:
                 stack.enter_context(exclusive_lock(folder, holder))
-            except Exception as error:  # any failure: the other ranks must hear of it too
-                problem = error
+            except BaseException as error:  # any failure, an interrupt too: the other
+                problem = error                # ranks must hear of it before rank 0 leaves
         if not broadcast_flag(problem is None, info):
             if problem is not None:
                 raise problem

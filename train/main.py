@@ -220,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(train/qat.py). Use a small lr, e.g. adamw 1e-4, and 1-2 epochs")
     g.add_argument("--distill-from", default=None, metavar="CKPT",
                    help="also learn from this frozen teacher's predictions over the same "
-                        "anchors (RetinaNet family: HAR-Net, DSANet), e.g. the unpruned model "
-                        "a pruned student came from (train/distill.py)")
+                        "anchors (RetinaNet family: HAR-Net, DSANet), e.g. for a pruned "
+                        "student the unpruned model trained as long, or the model it was "
+                        "pruned from (quantize/prune.py --distill; train/distill.py)")
     g.add_argument("--distill-weight", type=float, default=1.0, metavar="W",
                    help="weight of the distillation terms in the loss (default 1.0)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
