@@ -13,7 +13,8 @@ the merge is the SDK's ordinary one with the merged priors::
 
 One departure from that, measured: the shared levels at the coarse end take the 1x run alone
 (``coarse_levels_from_1x``; ``COARSE_LEVELS_FROM_1X`` for new artifacts). A model trained at
-one input size has never seen its coarsest 2x maps: the pruned HAR-Net's 2x ``P7'`` scores
+one input size has never seen its coarsest 2x maps: the pruned HAR-Net's 2x ``P7'`` (the
+zoo's model until 2026-12-06, ``checkpoints/harnet_pruned_ft``) scores
 0.99-0.999 on any frame, a black one included, and averaged with the 1x ``P6`` it put a box
 over the whole frame above the 0.4 application threshold in nearly every image (229 such
 boxes in the 200 eval images). Large objects are the 1x run's to find (single-scale APl 61.7;
