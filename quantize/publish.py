@@ -5,7 +5,9 @@
 The artifact's file hashes are verified first; the copy is assembled beside the zoo entry and
 renamed into place (via ``edgedet.artifact.write_artifact``), so a failed publish never
 leaves a half-written zoo model. The manifest's ``name`` becomes the zoo name; the report
-files travel with it.
+files travel with it. A double-scale 2x model (``quantize/run.py --double-scale``) travels only
+if its own accuracy check passed: otherwise the entry is published without it (a warning
+says so), since ``Detector(..., double_scale=True)`` would refuse it anyway.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ use_repo_root(__file__)
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from edgedet._io import DirectoryBusyError, exclusive_lock
 from edgedet.artifact import (
     MANIFEST_NAME,
     ManifestError,
     UncheckedArtifactError,
+    double_scale_files,
     load_manifest,
     require_passed_check,
 )
@@ -48,16 +52,37 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
     if manifest["accuracy"].get("inconclusive"):  # converted with --allow-weak-reference
         print(f"warning: {artifact_dir}'s accuracy check was inconclusive: "
               f"{manifest['accuracy']['inconclusive']}", file=sys.stderr)
-    model_files = {f: artifact_dir / f for f in manifest["files"]}
+    shipped = _without_unchecked_second_scale(manifest, artifact_dir)
+    dropped = set(double_scale_files(manifest)) - set(double_scale_files(shipped))
+    model_files = {f: artifact_dir / f for f in shipped["files"]}
     extra_files = {p.name: p for p in artifact_dir.iterdir()
-                   if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files}
+                   if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files
+                   and p.name not in dropped}
     # The manifest keeps its files' hashes: write_artifact checks the copies against them.
-    manifest = {**manifest, "name": name}
+    manifest = {**shipped, "name": name}
     # One publish at a time per zoo: clean_leftovers would take another run's staged copy
     # (or the entry it just moved aside) for a killed run's and remove or restore it.
     with exclusive_lock(zoo_dir, "quantize/publish.py"):
         clean_leftovers(zoo_dir)
         return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
+
+
+def _without_unchecked_second_scale(manifest: dict[str, Any], artifact_dir: Path
+                                    ) -> dict[str, Any]:
+    """``manifest`` less its 2x model (section and files) unless that model's check passed."""
+    section = manifest.get("double_scale")
+    if not section:
+        return manifest
+    accuracy = section.get("accuracy")
+    if accuracy and accuracy.get("passed"):
+        return manifest
+    why = ("failed its accuracy check" if accuracy
+           else "has no accuracy check")
+    print(f"warning: {artifact_dir}'s double-scale 2x model ({', '.join(section['files'])}) "
+          f"{why}; publishing without it", file=sys.stderr)
+    files = {name: digest for name, digest in manifest["files"].items()
+             if name not in set(section["files"])}
+    return {**manifest, "files": files, "double_scale": None}
 
 
 def main(argv: list[str] | None = None) -> int:

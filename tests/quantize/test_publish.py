@@ -3,9 +3,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedet.artifact import ManifestError, load_manifest
+from edgedet._io import write_json_atomic
+from edgedet.artifact import ManifestError, load_manifest, sha256_file
 from edgedet.detector import Detector
+from edgedet.double_scale import DoubleScaleError
 from quantize.publish import main, publish
+from tests.edgedet.test_detector_double_scale import write_constant_artifact
 from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 
 
@@ -62,3 +65,31 @@ def test_publish_stops_while_another_publish_holds_the_zoo(artifact: Path,
     assert [p.name for p in zoo.iterdir()] == [".lock"]  # nothing staged, nothing cleaned
     publish(artifact, "tiny_model", zoo)  # and once the other one is done
     assert (zoo / "tiny_model" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("second_check", ["passed", "failed", "missing"])
+def test_publish_ships_a_2x_model_only_if_its_own_check_passed(tmp_path: Path, capsys,
+                                                               second_check: str) -> None:
+    source = write_constant_artifact(tmp_path / "run" / "constant")
+    manifest_path = source / "manifest.json"
+    manifest = load_manifest(source)
+    if second_check != "passed":
+        accuracy = manifest["double_scale"]["accuracy"]
+        manifest["double_scale"]["accuracy"] = (
+            None if second_check == "missing" else {**accuracy, "passed": False})
+    write_json_atomic(manifest_path, manifest)
+    out = publish(source, "constant", tmp_path / "zoo")
+    published = load_manifest(out)  # hashes verified
+    frame = np.zeros((64, 64, 3), np.uint8)
+    assert len(Detector(out).detect(frame)) == len(Detector(source).detect(frame))
+    if second_check == "passed":
+        assert published["double_scale"] == manifest["double_scale"]
+        assert sha256_file(out / "model_2x.onnx") == manifest["files"]["model_2x.onnx"]
+        assert capsys.readouterr().err == ""
+        return
+    assert published["double_scale"] is None
+    assert list(published["files"]) == ["model.onnx"]
+    assert not (out / "model_2x.onnx").exists()
+    assert "publishing without it" in capsys.readouterr().err
+    with pytest.raises(DoubleScaleError, match="no 2x model"):
+        Detector(out, double_scale=True)
