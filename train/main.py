@@ -27,6 +27,7 @@ from edgedet._io import DirectoryBusyError, folder_problem, write_json_atomic
 from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
+from train.amp import training_amp
 from train.checkpoint import CheckpointError, carry_best_checkpoint, short_reason
 from train.data import build_augmentation, open_splits
 from train.distributed import DistInfo, cleanup, init_distributed, locked_by_main_rank
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto = CUDA when available")
     g.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), default=None,
                    help="mixed precision: bf16 (default when given bare) or fp16 with loss "
-                   "scaling")
+                   "scaling; ignored on a CPU without native instructions for it (train/amp.py)")
     g.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
     g.add_argument("--out", default="runs/train", help="run directory (checkpoints, logs)")
@@ -349,6 +350,7 @@ def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
 
 
 def run(args: argparse.Namespace, info: DistInfo) -> dict:
+    args.amp = training_amp(args.amp, info.device.type, announce=info.is_main)  # args.json too
     paper_size = default_img_size(args.model)
     img_size = args.img_size or (
         (paper_size, paper_size) if isinstance(paper_size, int) else tuple(paper_size))
