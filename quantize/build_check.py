@@ -168,7 +168,8 @@ class Builder:
             keep_float_categories=self._scope(trial.float_categories),
             float_layers=trial.float_layers, calibration_method=trial.calibration,
             float_precision=self.config.float_precision,
-            weight_storage=self.config.weight_storage)
+            weight_storage=self.config.weight_storage,
+            int8_weight_bits=self.config.int8_weight_bits)
 
     def add_second_scale(self, artifact: Artifact, trial: Trial | None = None) -> Artifact:
         """``artifact`` plus its 2x model for double-scale testing, built like it (same

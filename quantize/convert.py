@@ -95,6 +95,9 @@ class ConvertConfig:
         weight_storage: the dtype the artifacts' model files store float weights in, one of
             the target's ``weight_storages`` (default float32; ``float16`` on cpu halves a
             float model's file, compute stays float32: ``quantize.weight_storage``).
+        int8_weight_bits: INT8 weights in 8 bits (default) or, on the cpu target, 7: for
+            x86 CPUs without VNNI, whose INT8 kernels can clip 8-bit weights
+            (``quantize.ptq_onnx.QdqScheme.weight_bits``).
         allow_weak_reference: go on when the reference scores no more than ``max_drop`` AP
             on the eval images (an untrained model in a smoke test of the pipeline): the
             check then rests on the AP difference alone, which cannot tell a broken artifact
@@ -122,6 +125,7 @@ class ConvertConfig:
     double_scale: bool = False
     float_precision: str = "f32"
     weight_storage: str = "float32"
+    int8_weight_bits: int = 8
     allow_weak_reference: bool = False
     progress: bool = True
     command: str | None = None
@@ -147,6 +151,10 @@ class ConvertConfig:
             raise ValueError(f"target {target.name!r} stores float weights as "
                              f"{' or '.join(target.weight_storages)}; got weight storage "
                              f"{self.weight_storage!r}")
+        if self.int8_weight_bits not in target.int8_weight_bits:
+            raise ValueError(f"target {target.name!r} builds INT8 weights of "
+                             f"{' or '.join(map(str, target.int8_weight_bits))} bits; got "
+                             f"{self.int8_weight_bits}")
         if self.name is not None and (not self.name or self.name != Path(self.name).name
                                       or self.name in (".", "..")):
             raise ValueError(f"name (--name) must be a plain file name (artifacts are "

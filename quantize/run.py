@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "and cast to float32 when the model loads (about half the file of "
                              "a float model, compute unchanged), and the accuracy check "
                              "measures the stored file")
+    parser.add_argument("--int8-weight-bits", type=int, default=8,
+                        choices=sorted({b for t in TARGETS.values() for b in t.int8_weight_bits}),
+                        help="range of INT8 weights (default 8); cpu also takes 7, for x86 "
+                             "CPUs without VNNI (AVX2 or AVX-512 only), whose ONNX Runtime "
+                             "INT8 kernels can clip sums of 8-bit weights (run the conversion "
+                             "on such a CPU: its accuracy check then measures what they do)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -168,7 +174,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> ConvertConfig
         sensitivity_images=args.sensitivity_images,
         keep_float=_keep_float(args.keep_float), device=args.device,
         double_scale=args.double_scale, float_precision=args.float_precision,
-        weight_storage=args.weight_storage,
+        weight_storage=args.weight_storage, int8_weight_bits=args.int8_weight_bits,
         allow_weak_reference=args.allow_weak_reference,
         progress=not args.no_progress,
         command="python quantize/run.py " + shlex.join(argv))

@@ -13,30 +13,15 @@ x86 on Linux), the flag is kept as given.
 
 from __future__ import annotations
 
-import platform
 import warnings
-from pathlib import Path
+
+from edgedet.cpu_features import x86_cpu_flags
 
 # /proc/cpuinfo flags of the instructions that make each autocast precision fast on x86.
 NATIVE_FLAGS: dict[str, frozenset[str]] = {
     "bf16": frozenset({"avx512_bf16", "amx_bf16"}),
     "fp16": frozenset({"avx512_fp16", "amx_fp16"}),
 }
-
-
-def x86_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
-    """The CPU's feature flags on x86 Linux; None where they cannot be read."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
-        return None
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return None
 
 
 def cpu_amp(amp: str | None, flags: frozenset[str] | None) -> tuple[str | None, str | None]:

@@ -41,6 +41,8 @@ class BuildRequest:
         calibration_method: one of the target's ``calibration_methods`` (None: its default).
         float_precision: one of the target's ``float_precisions``: what an INT8 artifact's
             ops left in float compute in (``f32``, or e.g. ``bf16`` on OpenVINO).
+        int8_weight_bits: one of the target's ``int8_weight_bits``: the range of INT8
+            weights (7: for CPUs without VNNI, ``quantize.ptq_onnx.QdqScheme.weight_bits``).
     """
 
     precision: str
@@ -55,6 +57,7 @@ class BuildRequest:
     calibration_method: str | None = None
     float_precision: str = "f32"
     weight_storage: str = "float32"
+    int8_weight_bits: int = 8
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class Target:
             (``--float-precision``), the default first.
         weight_storages: the dtypes its model files can store float weights in
             (``--weight-storage``), the default first.
+        int8_weight_bits: the INT8 weight ranges it can build (``--int8-weight-bits``), the
+            default first.
     """
 
     name: str
@@ -109,6 +114,7 @@ class Target:
     sampler: str = "gather"
     float_precisions: tuple[str, ...] = ("f32",)
     weight_storages: tuple[str, ...] = ("float32",)
+    int8_weight_bits: tuple[int, ...] = (8,)
 
     @property
     def accuracy_backend(self) -> str:

@@ -8,6 +8,13 @@ import pytest
 import edgedet
 from edgedet import zoo
 from edgedet.artifact import format_version_for, load_manifest
+from edgedet.cpu_features import x86_cpu_flags
+
+# Every zoo check ran on x86 CPUs with AVX-512 VNNI and BF16 (README, "The zoo"). Elsewhere the
+# same files compute other values: OpenVINO runs its float ops in f32 instead of bf16, INT8
+# sums without VNNI add pairs in 16 bits, and OpenCV / numpy take other SIMD paths when the
+# eval images are drawn (an AVX2 EPYC drew them with another sha256 and the same reference AP).
+CHECKED_ON_FLAGS = frozenset({"avx512_vnni", "avx512_bf16"})
 
 
 def _fake_model(root: Path, name: str, ap: float | None) -> Path:
@@ -123,15 +130,22 @@ def _reproduces_checked_ap(name: str, double_scale: bool) -> None:
         # ships it), so there the recorded AP is not reproducible, not wrong.
         pytest.skip(f"OpenCV {cv2.__version__} draws the synthetic eval images differently "
                     "from the OpenCV 5 that drew the check's: its AP cannot be reproduced here")
-    assert digest.hexdigest() == eval_data["sha256"]  # the very images of the check
+    flags = x86_cpu_flags()
+    same_cpu_class = flags is not None and flags >= CHECKED_ON_FLAGS
+    if same_cpu_class:
+        assert digest.hexdigest() == eval_data["sha256"]  # the very images of the check
     results = []
     for sample in samples:
         found = detector.detect(sample.image)
         results += detections_to_coco_results(sample.image_id, found.xyxy, found.scores,
                                               found.class_ids)
     metrics = evaluate_coco(samples_to_coco_gt(samples, detector.class_names), results)
-    # 0.05 AP points: ONNX Runtime's INT8 kernels may sum in another order across threads.
-    assert pytest.approx(accuracy["AP"], abs=0.05) == 100.0 * metrics.AP
+    if same_cpu_class and digest.hexdigest() == eval_data["sha256"]:
+        # 0.05 AP points: ONNX Runtime's INT8 kernels may sum in another order across threads.
+        assert pytest.approx(accuracy["AP"], abs=0.05) == 100.0 * metrics.AP
+    else:  # another kind of CPU: the check's own bound, around the AP it recorded (measured
+        # on an AVX2 EPYC: every ONNX Runtime file within 0.07, OpenVINO's in f32 up to +0.68)
+        assert pytest.approx(accuracy["AP"], abs=accuracy["max_drop"]) == 100.0 * metrics.AP
 
 
 @pytest.mark.parametrize("name", zoo.list_models())

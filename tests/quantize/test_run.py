@@ -115,8 +115,11 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
                                  # only openvino lets float ops run in bf16
                                  ("--float-precision", "bf16", "float precision 'bf16'"),
                                  # only cpu stores float weights as float16
-                                 ("--weight-storage", "float16", "weight storage 'float16'")):
-        target = "openvino" if flag == "--weight-storage" else "cpu"
+                                 ("--weight-storage", "float16", "weight storage 'float16'"),
+                                 # only cpu builds 7-bit INT8 weights
+                                 ("--int8-weight-bits", "7", "INT8 weights of 8 bits"),
+                                 ("--int8-weight-bits", "6", "--int8-weight-bits")):
+        target = "openvino" if flag in ("--weight-storage", "--int8-weight-bits") else "cpu"
         bad = run_script("--checkpoint", str(checkpoint), "--target", target, "--out",
                          str(tmp_path / "o"), *SMALL, flag, value)  # the flag wins
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
@@ -132,7 +135,7 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
     assert help_text.returncode == 0
     for flag in ("--precision", "--calib-data", "--eval-size", "--max-drop", "--keep-float",
                  "--max-float-layers", "--float-step", "--sensitivity-images",
-                 "--float-precision", "--weight-storage"):
+                 "--float-precision", "--weight-storage", "--int8-weight-bits"):
         assert flag in help_text.stdout
 
 
@@ -150,6 +153,21 @@ def test_cpu_float16_weight_storage_is_checked_and_recorded(checkpoint, tmp_path
     # float16 weights move the detections only by their rounding: the check measured it.
     assert abs(manifest["accuracy"]["delta_AP"]) <= 1.0
     assert "float16" in (out / "report.md").read_text()
+
+
+def test_cpu_7bit_int8_weights_are_built_checked_and_recorded(checkpoint, tmp_path):
+    import onnx
+
+    out = tmp_path / "w7"
+    result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
+                        "--precision", "int8", "--int8-weight-bits", "7", *SMALL)
+    assert result.returncode == 0, result.stderr
+    manifest = check_artifact(out / "tiny_passd_int8", "int8", "onnxruntime")
+    assert manifest["int8_weight_bits"] == 7
+    model = onnx.load(str(out / "tiny_passd_int8" / "model.onnx"))
+    weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert weights and max(int(abs(w.astype(int)).max()) for w in weights) == 64
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import train.amp as amp_module
-from train.amp import cpu_amp, training_amp, x86_cpu_flags
+from train.amp import cpu_amp, training_amp
 from train.main import main
 
 AVX2_ONLY = frozenset({"fpu", "sse2", "avx", "avx2", "fma", "avx512f"})
@@ -33,17 +33,6 @@ def test_autocast_is_kept_only_with_the_instructions_for_it(amp, flags, kept):
 def test_unknown_flags_and_no_amp_change_nothing():
     assert cpu_amp("bf16", None) == ("bf16", None)
     assert cpu_amp(None, AVX2_ONLY) == (None, None)
-
-
-def test_flags_are_read_from_cpuinfo_on_x86_only(tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n"
-                       "\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n")
-    monkeypatch.setattr(amp_module.platform, "machine", lambda: "x86_64")
-    assert x86_cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
-    assert x86_cpu_flags(tmp_path / "missing") is None
-    monkeypatch.setattr(amp_module.platform, "machine", lambda: "aarch64")
-    assert x86_cpu_flags(cpuinfo) is None
 
 
 def test_only_the_cpu_is_checked_and_only_the_main_rank_warns(monkeypatch):

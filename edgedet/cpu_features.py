@@ -1,0 +1,36 @@
+"""The x86 instruction-set extensions that change what INT8 and bf16 compute here.
+
+Two kinds of x86 CPU matter to this project: with VNNI (``avx512_vnni`` / ``avx_vnni``) the
+INT8 dot products of ONNX Runtime and OpenVINO add u8 x s8 products in 32 bits; without it
+(AVX2, or AVX-512 alone) they add pairs of products in 16 bits first, which clip for large
+8-bit weights (``quantize/run.py --int8-weight-bits 7`` avoids it). And PyTorch's bf16 / fp16
+autocast is fast only with AVX-512 BF16 / FP16 or AMX (``train/amp.py``).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+def x86_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The CPU's feature flags on x86 Linux; None where they cannot be read."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return None
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def int8_sums_can_clip() -> bool:
+    """True on an x86 CPU known to lack VNNI (its INT8 kernels add pairs in 16 bits)."""
+    flags = x86_cpu_flags()
+    return flags is not None and not flags & VNNI_FLAGS

@@ -1,0 +1,33 @@
+"""``edgedet.cpu_features``: the x86 flags read from /proc/cpuinfo, and what they say."""
+
+import pytest
+
+import edgedet.cpu_features as features
+from edgedet.cpu_features import int8_sums_can_clip, x86_cpu_flags
+
+CPUINFO = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 {extra}\n\n"
+           "processor\t: 1\nflags\t\t: fpu avx2 {extra}\n")
+
+
+def test_flags_are_read_from_cpuinfo_on_x86_only(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(extra="avx512_bf16"))
+    monkeypatch.setattr(features.platform, "machine", lambda: "x86_64")
+    assert x86_cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+    assert x86_cpu_flags(tmp_path / "missing") is None
+    (tmp_path / "no_flags").write_text("processor\t: 0\n")
+    assert x86_cpu_flags(tmp_path / "no_flags") is None
+    monkeypatch.setattr(features.platform, "machine", lambda: "aarch64")
+    assert x86_cpu_flags(cpuinfo) is None
+
+
+@pytest.mark.parametrize(("flags", "clips"), [
+    (frozenset({"avx2"}), True),
+    (frozenset({"avx2", "avx512f", "avx512bw"}), True),
+    (frozenset({"avx2", "avx512_vnni"}), False),
+    (frozenset({"avx2", "avx_vnni"}), False),
+    (None, False),  # not x86 / unreadable: not known to clip
+])
+def test_int8_sums_clip_only_without_vnni(monkeypatch, flags, clips):
+    monkeypatch.setattr(features, "x86_cpu_flags", lambda: flags)
+    assert int8_sums_can_clip() is clips
