@@ -10,10 +10,11 @@ from edgedet import zoo
 from edgedet.artifact import format_version_for, load_manifest
 from edgedet.cpu_features import x86_cpu_flags
 
-# Every zoo check ran on x86 CPUs with AVX-512 VNNI and BF16 (README, "The zoo"). Elsewhere the
-# same files compute other values: OpenVINO runs its float ops in f32 instead of bf16, INT8
-# sums without VNNI add pairs in 16 bits, and OpenCV / numpy take other SIMD paths when the
-# eval images are drawn (an AVX2 EPYC drew them with another sha256 and the same reference AP).
+# Every zoo check ran on x86 CPUs with AVX-512 VNNI and BF16 (README, "On x86 CPUs without
+# AVX-512 VNNI or BF16"). Elsewhere the same files compute other values: OpenVINO runs its
+# float ops in f32 instead of bf16, INT8 sums without VNNI add pairs in 16 bits, and OpenCV /
+# numpy take other SIMD paths when the eval images are drawn (an AVX2 EPYC drew them with
+# another sha256 and the same reference AP).
 CHECKED_ON_FLAGS = frozenset({"avx512_vnni", "avx512_bf16"})
 
 
