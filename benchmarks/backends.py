@@ -25,7 +25,7 @@ import argparse
 import json
 
 from benchmarks.common.args import require_at_least, require_zoo_models
-from benchmarks.common.timing import Timed, time_interleaved
+from benchmarks.common.timing import Timed, machine_description, time_interleaved
 from benchmarks.core_latency import CoreLatencyProbe
 from edgedet import Detector
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
@@ -93,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [_row(spec, detector, item, items[0])
             for spec, detector, item in zip(args.models, detectors, items, strict=True)]
     if args.json:
-        print(json.dumps({"threads": args.threads, "rounds": args.rounds, "calls": args.calls,
+        print(json.dumps({"machine": machine_description(), "threads": args.threads,
+                          "rounds": args.rounds, "calls": args.calls,
                           "frame_size": [width, height], "core_round_trips_ns": readings,
                           "models": rows}))
         return 0
-    print(f"{args.rounds} interleaved rounds x {args.calls} calls, frame {width}x{height}, "
+    print(f"{machine_description()}: {args.rounds} interleaved rounds x {args.calls} calls, "
+          f"frame {width}x{height}, "
           f"threads {args.threads or 'runtime default'}; runtime / detect() p50 ms, speed-up "
           "= the first model's runtime / this one's; near / far: the calls made on near / far "
           "CPUs (benchmarks/core_latency.py)")

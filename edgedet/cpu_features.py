@@ -30,6 +30,17 @@ def x86_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | Non
     return None
 
 
+def describe(flags: frozenset[str] | None) -> str:
+    """The extensions that change this project's figures, e.g. ``AVX-512, VNNI, BF16`` or
+    ``AVX2, no VNNI, no BF16``; ``instruction set unknown`` without flags."""
+    if flags is None:
+        return "instruction set unknown"
+    level = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    vnni = "VNNI" if flags & VNNI_FLAGS else "no VNNI"
+    bf16 = "BF16" if flags & {"avx512_bf16", "amx_bf16"} else "no BF16"
+    return f"{level}, {vnni}, {bf16}"
+
+
 def int8_sums_can_clip() -> bool:
     """True on an x86 CPU known to lack VNNI (its INT8 kernels add pairs in 16 bits)."""
     flags = x86_cpu_flags()

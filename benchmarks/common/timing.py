@@ -23,12 +23,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.core_latency import CoreLatencyProbe, placement
+from edgedet import cpu_features
 
 
 def machine_description() -> str:
-    """The CPU model and how many CPUs this process may use, e.g. ``AMD EPYC, 2 CPUs``: the
-    cloud machine behind "the 2-core CPU" has changed between sessions, and ratios measured
-    on one do not carry over to another."""
+    """The CPU model, how many CPUs this process may use and the extensions that change INT8
+    and bf16 speed, e.g. ``AMD EPYC, 2 CPUs, AVX2, no VNNI, no BF16``: the cloud machine
+    behind "the 2-core CPU" has changed between sessions (once to one with the same model
+    name and no AVX-512), and ratios measured on one do not carry over to another."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -37,7 +39,7 @@ def machine_description() -> str:
     except OSError:
         pass
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cpus} CPUs"
+    return f"{model}, {cpus} CPUs, {cpu_features.describe(cpu_features.x86_cpu_flags())}"
 
 
 # A median of one placement needs this many calls of the item in it, else it is None.

@@ -3,7 +3,7 @@
 import pytest
 
 import edgedet.cpu_features as features
-from edgedet.cpu_features import int8_sums_can_clip, x86_cpu_flags
+from edgedet.cpu_features import describe, int8_sums_can_clip, x86_cpu_flags
 
 CPUINFO = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 {extra}\n\n"
            "processor\t: 1\nflags\t\t: fpu avx2 {extra}\n")
@@ -31,3 +31,12 @@ def test_flags_are_read_from_cpuinfo_on_x86_only(tmp_path, monkeypatch):
 def test_int8_sums_clip_only_without_vnni(monkeypatch, flags, clips):
     monkeypatch.setattr(features, "x86_cpu_flags", lambda: flags)
     assert int8_sums_can_clip() is clips
+
+
+def test_the_description_names_what_changes_int8_and_bf16_speed():
+    assert describe(None) == "instruction set unknown"
+    assert describe(frozenset({"avx2"})) == "AVX2, no VNNI, no BF16"
+    assert describe(frozenset({"avx2", "avx_vnni"})) == "AVX2, VNNI, no BF16"
+    assert describe(frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})) == (
+        "AVX-512, VNNI, BF16")
+    assert describe(frozenset({"sse2"})) == "no AVX2, no VNNI, no BF16"
