@@ -135,7 +135,9 @@ def accuracy_section(metrics: Mapping[str, Any], max_drop: float,
             no more than ``max_drop`` (a smoke test on an untrained model).
 
     Returns:
-        ``{**metrics, "max_drop", "passed", "eval_data"}``; passed means
+        ``{**metrics, "max_drop", "passed", "eval_data"}`` (the conversion pipeline adds
+        ``checked_on``: the CPU and its kind, ``edgedet.cpu_features.host_description``);
+        passed means
         ``-delta_AP <= max_drop`` and a reference AP above ``max_drop``: at or below it, an
         artifact that detects nothing would pass too, so the check proves nothing and fails
         unless ``allow_weak_reference`` (``"inconclusive"`` says why either way).

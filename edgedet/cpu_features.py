@@ -41,6 +41,25 @@ def describe(flags: frozenset[str] | None) -> str:
     return f"{level}, {vnni}, {bf16}"
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (e.g. ``AMD EPYC``), else what ``platform``
+    knows."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo
+                         if line.startswith("model name")), model)
+    except OSError:
+        return model
+
+
+def host_description() -> str:
+    """The CPU model and its kind, e.g. ``AMD EPYC, AVX2, no VNNI, no BF16``: recorded with
+    each accuracy check (``checked_on``), since INT8 and bf16 compute differently on CPUs of
+    another kind."""
+    return f"{cpu_model_name()}, {describe(x86_cpu_flags())}"
+
+
 def int8_sums_can_clip() -> bool:
     """True on an x86 CPU known to lack VNNI (its INT8 kernels add pairs in 16 bits)."""
     flags = x86_cpu_flags()

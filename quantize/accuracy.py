@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from edgedet.artifact import Artifact, accuracy_section
 from edgedet.boxes import box_iou
+from edgedet.cpu_features import host_description
 from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco, samples_to_coco_gt
 from edgedet.data.sample import Sample
 from edgedet.detections import Detections
@@ -239,5 +240,7 @@ class AccuracyCheck:
         run = run_detector(detector.detect, self.samples, self.progress, what)
         metrics = compare_to_reference(self.samples, tuple(artifact.manifest["class_names"]),
                                        reference_run, reference_metrics, run)
-        return accuracy_section(metrics, self.max_drop, self.eval_data,
-                                self.allow_weak_reference), run
+        section = accuracy_section(metrics, self.max_drop, self.eval_data,
+                                   self.allow_weak_reference)
+        # INT8 (VNNI or not) and OpenVINO's float ops (bf16 or not) depend on the kind of CPU.
+        return {**section, "checked_on": host_description()}, run

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -31,15 +30,9 @@ def machine_description() -> str:
     and bf16 speed, e.g. ``AMD EPYC, 2 CPUs, AVX2, no VNNI, no BF16``: the cloud machine
     behind "the 2-core CPU" has changed between sessions (once to one with the same model
     name and no AVX-512), and ratios measured on one do not carry over to another."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                          if line.startswith("model name")), model)
-    except OSError:
-        pass
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cpus} CPUs, {cpu_features.describe(cpu_features.x86_cpu_flags())}"
+    kind = cpu_features.describe(cpu_features.x86_cpu_flags())
+    return f"{cpu_features.cpu_model_name()}, {cpus} CPUs, {kind}"
 
 
 # A median of one placement needs this many calls of the item in it, else it is None.

@@ -8,14 +8,15 @@ import pytest
 import edgedet
 from edgedet import zoo
 from edgedet.artifact import format_version_for, load_manifest
-from edgedet.cpu_features import x86_cpu_flags
+from edgedet.cpu_features import describe, x86_cpu_flags
 
-# Every zoo check ran on x86 CPUs with AVX-512 VNNI and BF16 (README, "On x86 CPUs without
-# AVX-512 VNNI or BF16"). Elsewhere the same files compute other values: OpenVINO runs its
-# float ops in f32 instead of bf16, INT8 sums without VNNI add pairs in 16 bits, and OpenCV /
-# numpy take other SIMD paths when the eval images are drawn (an AVX2 EPYC drew them with
-# another sha256 and the same reference AP).
-CHECKED_ON_FLAGS = frozenset({"avx512_vnni", "avx512_bf16"})
+# The kind of CPU a check ran on (``accuracy["checked_on"]``, recorded since 2026-12-06; every
+# zoo check before ran on AVX-512 VNNI + BF16 CPUs: README, "On x86 CPUs without AVX-512 VNNI
+# or BF16"). On another kind the same files compute other values: OpenVINO runs its float ops
+# in f32 instead of bf16, INT8 sums without VNNI add pairs in 16 bits, and OpenCV / numpy take
+# other SIMD paths when the eval images are drawn (an AVX2 EPYC drew them with another sha256
+# and the same reference AP).
+CHECKED_ON_BEFORE_IT_WAS_RECORDED = "AVX-512, VNNI, BF16"
 
 
 def _fake_model(root: Path, name: str, ap: float | None) -> Path:
@@ -131,8 +132,8 @@ def _reproduces_checked_ap(name: str, double_scale: bool) -> None:
         # ships it), so there the recorded AP is not reproducible, not wrong.
         pytest.skip(f"OpenCV {cv2.__version__} draws the synthetic eval images differently "
                     "from the OpenCV 5 that drew the check's: its AP cannot be reproduced here")
-    flags = x86_cpu_flags()
-    same_cpu_class = flags is not None and flags >= CHECKED_ON_FLAGS
+    checked_on = accuracy.get("checked_on", CHECKED_ON_BEFORE_IT_WAS_RECORDED)
+    same_cpu_class = checked_on.endswith(describe(x86_cpu_flags()))
     if same_cpu_class:
         assert digest.hexdigest() == eval_data["sha256"]  # the very images of the check
     results = []

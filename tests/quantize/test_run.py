@@ -158,12 +158,15 @@ def test_cpu_float16_weight_storage_is_checked_and_recorded(checkpoint, tmp_path
 def test_cpu_7bit_int8_weights_are_built_checked_and_recorded(checkpoint, tmp_path):
     import onnx
 
+    from edgedet.cpu_features import host_description
+
     out = tmp_path / "w7"
     result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
                         "--precision", "int8", "--int8-weight-bits", "7", *SMALL)
     assert result.returncode == 0, result.stderr
     manifest = check_artifact(out / "tiny_passd_int8", "int8", "onnxruntime")
     assert manifest["int8_weight_bits"] == 7
+    assert manifest["accuracy"]["checked_on"] == host_description()  # what INT8 ran on
     model = onnx.load(str(out / "tiny_passd_int8" / "model.onnx"))
     weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer
                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
