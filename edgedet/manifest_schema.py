@@ -36,7 +36,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 # float_precision (OpenVINO INT8: what its float ops compute in; the IR itself carries the
 # hint the backend applies, quantize/openvino_precision.py), weight_storage (float16: the
 # model file stores its float weights as float16 behind casts to float32;
-# quantize/weight_storage.py).
+# quantize/weight_storage.py), int8_weight_bits (7: the INT8 weights of an ONNX Runtime model
+# in -64..64, for x86 CPUs without VNNI; absent: 8).
 REQUIRED_KEYS: tuple[str, ...] = (
     "format_version", "name", "head_family", "class_names", "preprocess", "anchor_spec",
     "box_coder_weights", "outputs", "input", "precision", "backend", "files",

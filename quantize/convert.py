@@ -155,6 +155,9 @@ class ConvertConfig:
             raise ValueError(f"target {target.name!r} builds INT8 weights of "
                              f"{' or '.join(map(str, target.int8_weight_bits))} bits; got "
                              f"{self.int8_weight_bits}")
+        if self.int8_weight_bits != 8 and self.precisions == ("fp32",):
+            raise ValueError(f"int8_weight_bits (--int8-weight-bits) {self.int8_weight_bits} "
+                             "shapes INT8 artifacts, and precisions ('fp32',) builds none")
         if self.name is not None and (not self.name or self.name != Path(self.name).name
                                       or self.name in (".", "..")):
             raise ValueError(f"name (--name) must be a plain file name (artifacts are "

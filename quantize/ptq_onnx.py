@@ -68,7 +68,8 @@ class QdqScheme:
             pooled pyramid) to this many in front of the convs reading them
             (``quantize.pad_input_channels``: ONNX Runtime's INT8 conv is slow on 3
             channels); 0 leaves them.
-        weight_bits: 8, or 7 (ONNX Runtime's ``reduce_range``: weights in -64..64). On x86
+        weight_bits: 8, or 7 (ONNX Runtime's ``reduce_range``: weights in -64..64, and any
+            other constant it quantizes in 7 bits too; activations stay 8-bit). On x86
             CPUs without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of products in 16
             bits, which clip for 8-bit weights (2 x 255 x 127 > 32767) and never for 7-bit
             ones; VNNI CPUs add in 32 bits and lose nothing with 8.
@@ -86,6 +87,10 @@ class QdqScheme:
     input_channel_multiple: int = 0
     weight_bits: int = 8
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.weight_bits not in (7, 8):
+            raise ValueError(f"INT8 weights take 8 or 7 bits, got weight_bits={self.weight_bits}")
 
 
 # A MatMul's constant right operand (..., K, N) has its output channels on the last axis;
@@ -243,7 +248,9 @@ def quantize_onnx(
             quantize_static(
                 str(fp32_path), str(tmp_path), _ImagesReader(calibration_images, input_name),
                 quant_format=QuantFormat.QDQ, per_channel=True,
-                reduce_range=scheme.weight_bits == 7,  # weights only (activations: 8 bits)
+                # 7 bits for every constant initializer it quantizes (the weights, constant
+                # operands); activations keep 8.
+                reduce_range=scheme.weight_bits == 7,
                 activation_type=scheme.activation_type, weight_type=QuantType.QInt8,
                 calibrate_method=scheme.calibration,
                 op_types_to_quantize=list(scheme.op_types) if scheme.op_types else None,

@@ -79,9 +79,11 @@ def _without_unchecked_second_scale(manifest: dict[str, Any], artifact_dir: Path
     why = ("failed its accuracy check" if accuracy
            else "has no accuracy check")
     print(f"warning: {artifact_dir}'s double-scale 2x model ({', '.join(section['files'])}) "
-          f"{why}; publishing without it", file=sys.stderr)
+          f"{why}; publishing without it (the report files still describe it)",
+          file=sys.stderr)
+    second_files = set(section["files"])
     files = {name: digest for name, digest in manifest["files"].items()
-             if name not in set(section["files"])}
+             if name not in second_files}
     return {**manifest, "files": files, "double_scale": None}
 
 

@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA when available")
     g.add_argument("--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), default=None,
-                   help="mixed precision: bf16 (default when given bare) or fp16 with loss "
-                   "scaling; ignored on a CPU without native instructions for it (train/amp.py)")
+                   help="mixed precision: bf16 (default when given bare) or fp16 with loss scaling;"
+                   " ignored on a CPU without native instructions for it (train/amp.py)")
     g.add_argument("--sync-bn", action="store_true",
                    help="SyncBatchNorm across GPUs under torchrun (CUDA only)")
     g.add_argument("--out", default="runs/train", help="run directory (checkpoints, logs)")
@@ -350,7 +350,7 @@ def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
 
 
 def run(args: argparse.Namespace, info: DistInfo) -> dict:
-    args.amp = training_amp(args.amp, info.device.type, announce=info.is_main)  # args.json too
+    args.amp_requested, args.amp = args.amp, training_amp(args.amp, info.device.type, info.is_main)
     paper_size = default_img_size(args.model)
     img_size = args.img_size or (
         (paper_size, paper_size) if isinstance(paper_size, int) else tuple(paper_size))
@@ -438,8 +438,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         trainer.log.truncate_from(0)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "args.json", {k: v for k, v in vars(args).items()},
-                          indent=2)
+        write_json_atomic(out_dir / "args.json", dict(vars(args)), indent=2)
         print(f"{args.model} ({defaults.family}) on {info.device} x{info.world_size}, input "
               f"{img_size[0]}x{img_size[1]}, {splits.description}")
         print(f"schedule: {args.optimizer} lr {lr:g}, warm-up {warmup} iters, steps "
@@ -448,8 +447,8 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
     summary = trainer.fit()
     if info.is_main:
         write_json_atomic(out_dir / "summary.json", summary, indent=2)
-        best = f"{summary['best_AP']:.4f} (epoch {summary['best_epoch']})" \
-            if summary["best_epoch"] >= 0 else "-"
+        best = (f"{summary['best_AP']:.4f} (epoch {summary['best_epoch']})"
+                if summary["best_epoch"] >= 0 else "-")
         last = summary["last_metrics"] or {}
         print(f"done: {summary['epochs_run']} epochs, {summary['iterations']} iterations in "
               f"{summary['seconds']:.0f} s, {summary['skipped_steps']} skipped steps; "

@@ -15,6 +15,7 @@ from quantize.weight_storage import WEIGHT_STORAGES, store_file_float16
 def build(request: BuildRequest) -> BuiltModel:
     name = f"{MODEL_STEM}.onnx"
     extra: dict[str, int | str] = {}
+    notes: list[str] = []
     if request.precision == "fp32":
         path, kept = request.onnx_fp32, []
     else:
@@ -28,14 +29,16 @@ def build(request: BuildRequest) -> BuiltModel:
         kept = list(request.keep_float)
         if request.int8_weight_bits != 8:
             extra["int8_weight_bits"] = request.int8_weight_bits
+            notes.append(f"INT8 weights in {request.int8_weight_bits} bits (-64..64): no sum "
+                         "clips on x86 CPUs without VNNI")
     if request.weight_storage == "float32":
-        return BuiltModel({name: path}, kept, manifest_extra=extra)
+        return BuiltModel({name: path}, kept, manifest_extra=extra, notes=tuple(notes))
     stored = store_file_float16(
         path, request.work_dir / f"{path.stem}_{request.precision}_{request.weight_storage}.onnx")
     return BuiltModel({name: stored}, kept,
                       manifest_extra={**extra, "weight_storage": request.weight_storage},
-                      notes=("float weights stored as float16 and cast to float32 when the "
-                             "model loads; compute is float32",))
+                      notes=(*notes, "float weights stored as float16 and cast to float32 when "
+                             "the model loads; compute is float32"))
 
 
 TARGET = Target(

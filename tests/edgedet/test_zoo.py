@@ -142,12 +142,15 @@ def _reproduces_checked_ap(name: str, double_scale: bool) -> None:
         results += detections_to_coco_results(sample.image_id, found.xyxy, found.scores,
                                               found.class_ids)
     metrics = evaluate_coco(samples_to_coco_gt(samples, detector.class_names), results)
-    if same_cpu_class and digest.hexdigest() == eval_data["sha256"]:
+    ap = 100.0 * metrics.AP
+    if same_cpu_class:
         # 0.05 AP points: ONNX Runtime's INT8 kernels may sum in another order across threads.
-        assert pytest.approx(accuracy["AP"], abs=0.05) == 100.0 * metrics.AP
-    else:  # another kind of CPU: the check's own bound, around the AP it recorded (measured
-        # on an AVX2 EPYC: every ONNX Runtime file within 0.07, OpenVINO's in f32 up to +0.68)
-        assert pytest.approx(accuracy["AP"], abs=accuracy["max_drop"]) == 100.0 * metrics.AP
+        assert pytest.approx(accuracy["AP"], abs=0.05) == ap
+    else:  # another kind of CPU: the check's own pass rule against its recorded reference,
+        # and no further than that from the AP it recorded (measured on an AVX2 EPYC: the
+        # ONNX Runtime files within 0.07 of it, the bf16-checked IR +0.68 in f32).
+        assert ap >= accuracy["reference_AP"] - accuracy["max_drop"]
+        assert pytest.approx(accuracy["AP"], abs=accuracy["max_drop"]) == ap
 
 
 @pytest.mark.parametrize("name", zoo.list_models())

@@ -10,14 +10,20 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgedet.cpu_features import int8_sums_can_clip
 from quantize.pad_input_channels import pad_input_channels
 
 SIZE = 9
-# The hand-made int8 weights stay within 7 bits (-64..63). On x86 CPUs without VNNI, ONNX
-# Runtime's u8 x s8 kernels add pairs of products in 16 bits, which saturate for 8-bit weights
-# (255 x 127 x 2 > 32767), and the 4th, padded channel changes which products pair up: the
-# bits then differ where the sums clip (seen on an AVX2 EPYC). With 7-bit weights no pair
-# clips, so "the same bits" holds on every CPU, as it does with 8 bits on VNNI CPUs.
+# The hand-made int8 weights use the full 8 bits, except on x86 CPUs without VNNI: there ONNX
+# Runtime's u8 x s8 kernels add pairs of products in 16 bits, which clip for 8-bit weights
+# (255 x 127 x 2 > 32767), and the 4th, padded channel changes which products pair up, so the
+# bits differ where the sums clip (seen on an AVX2 EPYC). With 7-bit weights (-64..63), what a
+# conversion for such a CPU builds (--int8-weight-bits 7), no pair clips.
+WEIGHT_MAX = 63 if int8_sums_can_clip() else 127
+
+
+def _int8_weights(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(-WEIGHT_MAX, WEIGHT_MAX + 1, shape).astype(np.int8)
 
 
 def _requantize(tensor: str, name: str, zero: str = "y_zero") -> list[onnx.NodeProto]:
@@ -41,7 +47,7 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
     ``expose`` (that tensor also a graph output), ``relu_zero`` (the zero point after conv A's
     Relu: ONNX Runtime fuses the conv only with 0), the rest as named."""
     rng = np.random.default_rng(0)
-    weight_a = rng.integers(-64, 64, (5, channels, 3, 3)).astype(np.int8)
+    weight_a = _int8_weights(rng, (5, channels, 3, 3))
     b_in = channels // conv_b_group
     b_out = 6 if conv_b_group == 1 else channels
     weight_b = rng.integers(-60, 60, (b_out, b_in, 1, 1)).astype(np.int8)
@@ -84,8 +90,7 @@ def _qdq_model(*, conv_b_group: int = 1, share_weight: bool = False, channels: i
         nodes += _requantize("y_b", "out_b")
         outputs.append("out_b")
     if quantized_pool:
-        initializers += [numpy_helper.from_array(rng.integers(-64, 64, (4, channels, 3, 3))
-                                                 .astype(np.int8), "w_p"),
+        initializers += [numpy_helper.from_array(_int8_weights(rng, (4, channels, 3, 3)), "w_p"),
                          numpy_helper.from_array(np.float32(0.01), "w_p_scale"),
                          numpy_helper.from_array(np.float32(0.04), "p_scale"),
                          numpy_helper.from_array(np.uint8(100), "p_zero")]
@@ -278,8 +283,7 @@ def _strided_model(kernel: int, stride: int, pads: list[int], height: int, width
     initializers = [
         numpy_helper.from_array(np.float32(0.03), "x_scale"),
         numpy_helper.from_array(np.uint8(77), "x_zero"),
-        numpy_helper.from_array(rng.integers(-64, 64, (8, 3, kernel, kernel)).astype(np.int8),
-                                "w"),
+        numpy_helper.from_array(_int8_weights(rng, (8, 3, kernel, kernel)), "w"),
         numpy_helper.from_array(rng.uniform(0.001, 0.01, 8).astype(np.float32), "w_scale"),
         numpy_helper.from_array(np.full(8, weight_zero, np.int8), "w_zero"),
         numpy_helper.from_array(np.float32(0.05), "y_scale"),

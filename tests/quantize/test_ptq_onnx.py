@@ -261,12 +261,12 @@ def test_a_float_layer_sharing_its_weight_with_int8_layers_reads_the_float_weigh
 
 
 @pytest.mark.parametrize("bits", [8, 7])
-def test_weight_bits_set_the_range_of_every_int8_weight(exported, tmp_path, bits):
-    _, input_size, fp32_path = exported("passd_mobilenet")
-    kept = flatten(find_kept_out_nodes(onnx.load(str(fp32_path))))
-    out = quantize_onnx(fp32_path, tmp_path / "int8.onnx",
-                        synthetic_inputs(input_size, 2, CALIBRATION_SEED), kept,
-                        scheme=replace(ONNXRUNTIME_CPU, weight_bits=bits))
+def test_weight_bits_set_the_range_of_every_int8_weight(passd_int8, tmp_path, bits):
+    fp32_path, out, kept, input_size = passd_int8  # built with the default, 8 bits
+    if bits != 8:
+        out = quantize_onnx(fp32_path, tmp_path / "int8.onnx",
+                            synthetic_inputs(input_size, 2, CALIBRATION_SEED), flatten(kept),
+                            scheme=replace(ONNXRUNTIME_CPU, weight_bits=bits))
     model = onnx.load(str(out))
     weight_dq = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
     arrays = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -276,3 +276,16 @@ def test_weight_bits_set_the_range_of_every_int8_weight(exported, tmp_path, bits
     largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
     # Symmetric per-channel: each channel's largest weight maps to the end of the range.
     assert largest == (127 if bits == 8 else 64)
+
+
+def test_weight_bits_other_than_8_or_7_and_7_bits_without_int8_are_refused():
+    from quantize.convert import ConvertConfig
+
+    with pytest.raises(ValueError, match="8 or 7 bits"):
+        replace(ONNXRUNTIME_CPU, weight_bits=6)
+    with pytest.raises(ValueError, match="builds none"):
+        ConvertConfig(checkpoint="c", target="cpu", out="o", precisions=("fp32",),
+                      int8_weight_bits=7)
+    with pytest.raises(ValueError, match="INT8 weights of 8 bits"):
+        ConvertConfig(checkpoint="c", target="openvino", out="o", int8_weight_bits=7)
+    ConvertConfig(checkpoint="c", target="cpu", out="o", int8_weight_bits=7)  # fp32 + int8
