@@ -13,6 +13,9 @@ import platform
 from pathlib import Path
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+# What makes PyTorch's (and OpenVINO's) bf16 / fp16 compute fast rather than emulated.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+FP16_FLAGS = frozenset({"avx512_fp16", "amx_fp16"})
 
 
 def x86_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
@@ -37,7 +40,7 @@ def describe(flags: frozenset[str] | None) -> str:
         return "instruction set unknown"
     level = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     vnni = "VNNI" if flags & VNNI_FLAGS else "no VNNI"
-    bf16 = "BF16" if flags & {"avx512_bf16", "amx_bf16"} else "no BF16"
+    bf16 = "BF16" if flags & BF16_FLAGS else "no BF16"
     return f"{level}, {vnni}, {bf16}"
 
 

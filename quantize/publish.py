@@ -28,7 +28,6 @@ from edgedet.artifact import (
     MANIFEST_NAME,
     ManifestError,
     UncheckedArtifactError,
-    double_scale_files,
     load_manifest,
     require_passed_check,
 )
@@ -53,7 +52,7 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
         print(f"warning: {artifact_dir}'s accuracy check was inconclusive: "
               f"{manifest['accuracy']['inconclusive']}", file=sys.stderr)
     shipped = _without_unchecked_second_scale(manifest, artifact_dir)
-    dropped = set(double_scale_files(manifest)) - set(double_scale_files(shipped))
+    dropped = set(manifest["files"]) - set(shipped["files"])
     model_files = {f: artifact_dir / f for f in shipped["files"]}
     extra_files = {p.name: p for p in artifact_dir.iterdir()
                    if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files
@@ -76,8 +75,7 @@ def _without_unchecked_second_scale(manifest: dict[str, Any], artifact_dir: Path
     accuracy = section.get("accuracy")
     if accuracy and accuracy.get("passed"):
         return manifest
-    why = ("failed its accuracy check" if accuracy
-           else "has no accuracy check")
+    why = "failed its accuracy check" if accuracy else "has no accuracy check"
     print(f"warning: {artifact_dir}'s double-scale 2x model ({', '.join(section['files'])}) "
           f"{why}; publishing without it (the report files still describe it)",
           file=sys.stderr)

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import warnings
 
-from edgedet.cpu_features import x86_cpu_flags
+from edgedet.cpu_features import BF16_FLAGS, FP16_FLAGS, x86_cpu_flags
 
 # /proc/cpuinfo flags of the instructions that make each autocast precision fast on x86.
-NATIVE_FLAGS: dict[str, frozenset[str]] = {
-    "bf16": frozenset({"avx512_bf16", "amx_bf16"}),
-    "fp16": frozenset({"avx512_fp16", "amx_fp16"}),
-}
+NATIVE_FLAGS: dict[str, frozenset[str]] = {"bf16": BF16_FLAGS, "fp16": FP16_FLAGS}
 
 
 def cpu_amp(amp: str | None, flags: frozenset[str] | None) -> tuple[str | None, str | None]:
