@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 
 import pytest
+
+# pyproject.toml runs four worker processes (-n 4), more than a 2-core machine has cores. Each
+# torch in them would start one OpenMP thread per core, and OpenMP threads spin while they
+# wait, so the workers took turns burning each other's time: on 2 cores the same test files
+# ran 1.4-1.6x longer than with one thread per worker (tests/quantize/test_pruning.py and
+# tests/edgedet/models, 154-177 s against 107-109 s). The variable also reaches the CLIs that
+# tests start as child processes. A thread count set by the user is kept.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)
