@@ -48,6 +48,17 @@ SIGNATURE = "serving_default"
 CALIBRATION_METHODS = ("moving-average", "minmax")
 # TFLite ops whose second input is a weight tensor.
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+# XNNPACK, the CPU kernels LiteRT applies by default, got an int8 MEAN wrong once it reduced
+# more than 8 192 elements (ai-edge-litert 2.3.0, measured on one-op files against LiteRT's
+# own kernels: right at 8 192, wrong from 8 448 on, for any zero point, whenever the int8
+# values summed beyond 2^20 in magnitude; e.g. zero point -128, every input at it: -128
+# expected, 120 returned). HAR-Net's cross-level group norm averages 6 channels over every
+# pyramid position (10 236 elements at 320x256): its INT8 file scored 16.93 AP with XNNPACK
+# and 33.16 with LiteRT's own kernels (fp32 33.74). Such reductions stay in float; the ones
+# within the limit (CLSE's squeeze over 1 706 positions) stay INT8.
+XNNPACK_INT8_REDUCTION_LIMIT = 8192
+LONG_REDUCTION_OPS = ("MEAN",)
+LONG_REDUCTIONS = "long reductions"
 
 
 class TFLiteGraph:
@@ -76,6 +87,8 @@ class TFLiteGraph:
         self.scopes: dict[str, str] = {}
         self.opcodes: dict[str, str] = {}
         self.weights: dict[str, np.ndarray] = {}
+        # Elements each output value of a reduction op sums over (LONG_REDUCTION_OPS).
+        self.reduction_sizes: dict[str, int] = {}
         for i, op in enumerate(graph.operators):
             code = model.operatorCodes[op.opcodeIndex]
             opcode = code_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
@@ -85,6 +98,10 @@ class TFLiteGraph:
             self.nodes.append(ScopeNode(name, ONNX_OP_TYPE.get(opcode, opcode), inputs, outputs))
             self.scopes[name] = flatbuffer.get_op_scope(op, graph.tensors)
             self.opcodes[name] = opcode
+            if opcode in LONG_REDUCTION_OPS and op.inputs[0] >= 0 and op.outputs[0] >= 0:
+                reduced = int(np.prod(graph.tensors[op.inputs[0]].shape))
+                kept_size = int(np.prod(graph.tensors[op.outputs[0]].shape))
+                self.reduction_sizes[name] = reduced // max(1, kept_size)
             if opcode in WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
                 data = flatbuffer.get_tensor_data(graph.tensors[op.inputs[1]], model.buffers)
                 if data is not None:
@@ -192,7 +209,8 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration: Sequence[np.nd
         calibration_method: one of ``CALIBRATION_METHODS`` (None: the first).
 
     Returns:
-        ``(out_path, {category: names of the TFLite ops kept float, "i:OPCODE"})``.
+        ``(out_path, {category: names of the TFLite ops kept float, "i:OPCODE"})``: the
+        ``keep_float`` categories, ``LONG_REDUCTIONS`` and ``"accuracy control"``.
     """
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
 
@@ -201,6 +219,11 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration: Sequence[np.nd
     graph = TFLiteGraph(fp32_path)
     kept = {category: names for category, names in graph.kept_out(keep_float).items()
             if names}
+    claimed = {n for names in kept.values() for n in names}
+    long_reductions = [name for name, size in graph.reduction_sizes.items()
+                       if size > XNNPACK_INT8_REDUCTION_LIMIT and name not in claimed]
+    if long_reductions:
+        kept[LONG_REDUCTIONS] = long_reductions
     if float_layers:
         if onnx_path is None:
             raise ValueError("float_layers needs the ONNX export to find them in the file")

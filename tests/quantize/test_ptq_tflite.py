@@ -1,9 +1,11 @@
-"""``quantize.ptq_tflite.calibrate``: how the calibration images' ranges become one range."""
+"""``quantize.ptq_tflite``: how the calibration images' ranges become one range, and the
+reductions kept in float for XNNPACK."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from quantize.ptq_tflite import SIGNATURE, calibrate
 
@@ -51,3 +53,48 @@ def test_moving_average_is_the_quantizers_own():
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown calibration method 'entropy'"):
         calibrate(FakeQuantizer(), samples((0, 1)), "entropy")
+
+
+class TwoMeans(torch.nn.Module):
+    """A 1x1 conv + ReLU (non-negative: zero point -128 in INT8), then its mean per channel
+    over 96 x 96 = 9 216 positions and over a 64 x 64 corner (4 096)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = torch.relu(self.conv(images))
+        return {"long": features.mean(dim=(2, 3)),
+                "short": features[:, :, :64, :64].mean(dim=(2, 3))}
+
+
+def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
+    # XNNPACK (LiteRT's default CPU kernels) returned 0.114 for every channel of the long
+    # mean of this model in INT8, against 0.051-0.114 in float (quantize/ptq_tflite.py).
+    litert_torch = pytest.importorskip("litert_torch", reason="needs edgedet[tflite-export]")
+    from edgedet.backends.tflite import TFLiteBackend
+    from quantize.ptq_tflite import (
+        LONG_REDUCTIONS,
+        XNNPACK_INT8_REDUCTION_LIMIT,
+        TFLiteGraph,
+        quantize_tflite,
+    )
+
+    torch.manual_seed(0)
+    model = TwoMeans().eval()
+    fp32 = tmp_path / "fp32.tflite"
+    litert_torch.convert(model, sample_kwargs={"images": torch.zeros(1, 3, 96, 96)}
+                         ).export(str(fp32))
+    sizes = TFLiteGraph(fp32).reduction_sizes
+    assert sorted(sizes.values()) == [4096, 9216]
+    assert 4096 <= XNNPACK_INT8_REDUCTION_LIMIT < 9216
+    images = [np.random.default_rng(i).normal(0, 1, (1, 3, 96, 96)).astype(np.float32)
+              for i in range(4)]
+    path, kept = quantize_tflite(fp32, tmp_path / "int8.tflite", images, ())
+    assert kept == {LONG_REDUCTIONS: [n for n, size in sizes.items() if size == 9216]}
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images[0]))
+    got = TFLiteBackend(path, threads=1).run(images[0])  # XNNPACK, as deployed
+    for key in ("long", "short"):  # the short one in INT8: a few steps of its scale
+        np.testing.assert_allclose(got[key], expected[key].numpy(), atol=2e-3, err_msg=key)
