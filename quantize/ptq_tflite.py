@@ -48,17 +48,31 @@ SIGNATURE = "serving_default"
 CALIBRATION_METHODS = ("moving-average", "minmax")
 # TFLite ops whose second input is a weight tensor.
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-# XNNPACK, the CPU kernels LiteRT applies by default, got an int8 MEAN wrong once it reduced
-# more than 8 192 elements (ai-edge-litert 2.3.0, measured on one-op files against LiteRT's
-# own kernels: right at 8 192, wrong from 8 448 on, for any zero point, whenever the int8
-# values summed beyond 2^20 in magnitude; e.g. zero point -128, every input at it: -128
-# expected, 120 returned). HAR-Net's cross-level group norm averages 6 channels over every
-# pyramid position (10 236 elements at 320x256): its INT8 file scored 16.93 AP with XNNPACK
-# and 33.16 with LiteRT's own kernels (fp32 33.74). Such reductions stay in float; the ones
-# within the limit (CLSE's squeeze over 1 706 positions) stay INT8.
+# XNNPACK, the CPU kernels LiteRT applies by default, got int8 MEAN and SUM wrong over long
+# reductions (ai-edge-litert 2.3.0 on an AVX2 CPU without VNNI; whether other CPUs or
+# versions do the same was not established). On one-op files against LiteRT's own kernels,
+# every input at the zero point: right up to 8 200 elements, wrong from 8 256 on with zero
+# point -128 (MEAN returned 126 ... -25 for -128), when the reduced axes are the innermost
+# ones and the int8 values sum beyond about 2^20 in magnitude; over outer axes (NHWC) it was
+# right. No reduction of at most 8 192 elements can sum beyond 2^20 (8 192 x 128), so longer
+# ones stay in float, outer axes included (a float MEAN costs nothing measurable here).
+# HAR-Net's cross-level group norm averages 6 channels over every pyramid position (10 236
+# elements at 320x256): its INT8 file scored 16.93 AP with XNNPACK and 33.16 with LiteRT's
+# own kernels (fp32 33.74). CLSE's squeeze (1 706 positions) stays INT8.
 XNNPACK_INT8_REDUCTION_LIMIT = 8192
-LONG_REDUCTION_OPS = ("MEAN",)
+LONG_REDUCTION_OPS = ("MEAN", "SUM")
 LONG_REDUCTIONS = "long reductions"
+
+
+def _reduction_size(dims: Sequence[int] | None, axes: np.ndarray | None) -> int | None:
+    """How many input elements each output value of a reduction sums over: the product of
+    the input's ``dims`` (-1 where unknown) at ``axes``; None where that is unknown."""
+    if dims is None or axes is None:
+        return None
+    picked = [int(dims[int(a)]) for a in np.asarray(axes).ravel() if -len(dims) <= a < len(dims)]
+    if len(picked) != np.asarray(axes).size or min([*picked, 1]) < 1:
+        return None
+    return int(np.prod(picked))
 
 
 class TFLiteGraph:
@@ -83,12 +97,25 @@ class TFLiteGraph:
             return (buffer.data is not None and len(buffer.data) > 0) or \
                 bool(getattr(buffer, "offset", 0) > 1)
 
+        def reduction_inputs(op: Any) -> tuple[list[int] | None, np.ndarray | None]:
+            """A reduction's input dims (its shape signature's, -1 where dynamic) and its
+            constant axes (None where either is missing)."""
+            if len(op.inputs) < 2 or min(op.inputs[:2]) < 0:
+                return None, None
+            data, axes = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
+            dims = next((d for d in (getattr(data, "shapeSignature", None), data.shape)
+                         if d is not None and len(d) > 0), None)
+            values = flatbuffer.get_tensor_data(axes, model.buffers)
+            return (None if dims is None else [int(d) for d in dims],
+                    None if values is None else np.asarray(values))
+
         self.nodes: list[ScopeNode] = []
         self.scopes: dict[str, str] = {}
         self.opcodes: dict[str, str] = {}
         self.weights: dict[str, np.ndarray] = {}
-        # Elements each output value of a reduction op sums over (LONG_REDUCTION_OPS).
-        self.reduction_sizes: dict[str, int] = {}
+        # Elements each output value of a reduction op sums over (LONG_REDUCTION_OPS; None:
+        # unknown, treated as long).
+        self.reduction_sizes: dict[str, int | None] = {}
         for i, op in enumerate(graph.operators):
             code = model.operatorCodes[op.opcodeIndex]
             opcode = code_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
@@ -98,10 +125,8 @@ class TFLiteGraph:
             self.nodes.append(ScopeNode(name, ONNX_OP_TYPE.get(opcode, opcode), inputs, outputs))
             self.scopes[name] = flatbuffer.get_op_scope(op, graph.tensors)
             self.opcodes[name] = opcode
-            if opcode in LONG_REDUCTION_OPS and op.inputs[0] >= 0 and op.outputs[0] >= 0:
-                reduced = int(np.prod(graph.tensors[op.inputs[0]].shape))
-                kept_size = int(np.prod(graph.tensors[op.outputs[0]].shape))
-                self.reduction_sizes[name] = reduced // max(1, kept_size)
+            if opcode in LONG_REDUCTION_OPS:
+                self.reduction_sizes[name] = _reduction_size(*reduction_inputs(op))
             if opcode in WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
                 data = flatbuffer.get_tensor_data(graph.tensors[op.inputs[1]], model.buffers)
                 if data is not None:
@@ -221,7 +246,8 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration: Sequence[np.nd
             if names}
     claimed = {n for names in kept.values() for n in names}
     long_reductions = [name for name, size in graph.reduction_sizes.items()
-                       if size > XNNPACK_INT8_REDUCTION_LIMIT and name not in claimed]
+                       if (size is None or size > XNNPACK_INT8_REDUCTION_LIMIT)
+                       and name not in claimed]
     if long_reductions:
         kept[LONG_REDUCTIONS] = long_reductions
     if float_layers:

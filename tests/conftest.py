@@ -12,13 +12,17 @@ import pytest
 # torch in them would start one OpenMP thread per core, and OpenMP threads spin while they
 # wait, so the workers took turns burning each other's time: on 2 cores the same test files
 # ran 1.4-1.6x longer than with one thread per worker (tests/quantize/test_pruning.py and
-# tests/edgedet/models, 154-177 s against 107-109 s). The variable also reaches the CLIs that
-# tests start as child processes. A thread count set by the user is kept.
-if "PYTEST_XDIST_WORKER" in os.environ:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+# tests/edgedet/models, 154-177 s against 107-109 s). So each worker gets its share of the
+# cores; the variable also reaches the CLIs that tests start as child processes. A thread
+# count set by the user is kept.
+if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    _threads = max(1, _cores // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
     import torch
 
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(autouse=True)

@@ -55,9 +55,10 @@ def test_unknown_method():
         calibrate(FakeQuantizer(), samples((0, 1)), "entropy")
 
 
-class TwoMeans(torch.nn.Module):
-    """A 1x1 conv + ReLU (non-negative: zero point -128 in INT8), then its mean per channel
-    over 96 x 96 = 9 216 positions and over a 64 x 64 corner (4 096)."""
+class Reductions(torch.nn.Module):
+    """A 1x1 conv + ReLU (non-negative: zero point -128 in INT8), then per channel its mean
+    over 96 x 96 = 9 216 positions, its sum over 96 x 95 = 9 120 (over the same positions the
+    converter would turn the mean into that sum) and its mean over a 64 x 64 corner (4 096)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,7 +66,7 @@ class TwoMeans(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         features = torch.relu(self.conv(images))
-        return {"long": features.mean(dim=(2, 3)),
+        return {"long": features.mean(dim=(2, 3)), "long_sum": features[..., :95].sum(dim=(2, 3)),
                 "short": features[:, :, :64, :64].mean(dim=(2, 3))}
 
 
@@ -82,19 +83,32 @@ def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
     )
 
     torch.manual_seed(0)
-    model = TwoMeans().eval()
+    model = Reductions().eval()
     fp32 = tmp_path / "fp32.tflite"
     litert_torch.convert(model, sample_kwargs={"images": torch.zeros(1, 3, 96, 96)}
                          ).export(str(fp32))
     sizes = TFLiteGraph(fp32).reduction_sizes
-    assert sorted(sizes.values()) == [4096, 9216]
+    assert sorted(sizes.values()) == [4096, 9120, 9216]
     assert 4096 <= XNNPACK_INT8_REDUCTION_LIMIT < 9216
     images = [np.random.default_rng(i).normal(0, 1, (1, 3, 96, 96)).astype(np.float32)
               for i in range(4)]
     path, kept = quantize_tflite(fp32, tmp_path / "int8.tflite", images, ())
-    assert kept == {LONG_REDUCTIONS: [n for n, size in sizes.items() if size == 9216]}
+    assert list(kept) == [LONG_REDUCTIONS]
+    assert set(kept[LONG_REDUCTIONS]) == {n for n, size in sizes.items() if size > 4096}
     with torch.no_grad():
         expected = model(torch.from_numpy(images[0]))
     got = TFLiteBackend(path, threads=1).run(images[0])  # XNNPACK, as deployed
     for key in ("long", "short"):  # the short one in INT8: a few steps of its scale
         np.testing.assert_allclose(got[key], expected[key].numpy(), atol=2e-3, err_msg=key)
+    np.testing.assert_allclose(got["long_sum"], expected["long_sum"].numpy(), rtol=1e-2)
+
+
+def test_a_reduction_size_is_unknown_where_a_dim_or_the_axes_are():
+    from quantize.ptq_tflite import _reduction_size
+
+    assert _reduction_size([1, 16, 6, 1706], np.array([2, 3])) == 10236
+    assert _reduction_size([-1, 16, 6, 1706], np.array([-2, -1])) == 10236  # batch: not reduced
+    assert _reduction_size([1, 16, -1, 1706], np.array([2, 3])) is None
+    assert _reduction_size(None, np.array([2])) is None
+    assert _reduction_size([1, 4], None) is None
+    assert _reduction_size([1, 4], np.array([5])) is None
