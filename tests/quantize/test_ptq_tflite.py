@@ -75,6 +75,7 @@ def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
     # mean of this model in INT8, against 0.051-0.114 in float (quantize/ptq_tflite.py).
     litert_torch = pytest.importorskip("litert_torch", reason="needs edgedet[tflite-export]")
     from edgedet.backends.tflite import TFLiteBackend
+    from quantize.export_tflite import captured_output
     from quantize.ptq_tflite import (
         LONG_REDUCTIONS,
         XNNPACK_INT8_REDUCTION_LIMIT,
@@ -85,8 +86,9 @@ def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
     torch.manual_seed(0)
     model = Reductions().eval()
     fp32 = tmp_path / "fp32.tflite"
-    litert_torch.convert(model, sample_kwargs={"images": torch.zeros(1, 3, 96, 96)}
-                         ).export(str(fp32))
+    with captured_output("litert-torch"):  # its deprecation warnings, as export_tflite does
+        litert_torch.convert(model, sample_kwargs={"images": torch.zeros(1, 3, 96, 96)}
+                             ).export(str(fp32))
     sizes = TFLiteGraph(fp32).reduction_sizes
     assert sorted(sizes.values()) == [4096, 9120, 9216]
     assert 4096 <= XNNPACK_INT8_REDUCTION_LIMIT < 9216
