@@ -53,9 +53,10 @@ WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV
 # versions do the same was not established). On one-op files against LiteRT's own kernels,
 # every input at the zero point: right up to 8 200 elements, wrong from 8 256 on with zero
 # point -128 (MEAN returned 126 ... -25 for -128), when the reduced axes are the innermost
-# ones and the int8 values sum beyond about 2^20 in magnitude; over outer axes (NHWC) it was
-# right. No reduction of at most 8 192 elements can sum beyond 2^20 (8 192 x 128), so longer
-# ones stay in float, outer axes included (a float MEAN costs nothing measurable here).
+# ones and (inferred from three zero points) the int8 values sum beyond about 2^20 in
+# magnitude; over outer axes (NHWC) it was right. No reduction of at most 8 192 elements can
+# sum beyond 2^20 (8 192 x 128), so longer ones stay in float, outer axes included (a float
+# MEAN costs nothing measurable here).
 # HAR-Net's cross-level group norm averages 6 channels over every pyramid position (10 236
 # elements at 320x256): its INT8 file scored 16.93 AP with XNNPACK and 33.16 with LiteRT's
 # own kernels (fp32 33.74). CLSE's squeeze (1 706 positions) stays INT8.
@@ -69,8 +70,11 @@ def _reduction_size(dims: Sequence[int] | None, axes: np.ndarray | None) -> int 
     the input's ``dims`` (-1 where unknown) at ``axes``; None where that is unknown."""
     if dims is None or axes is None:
         return None
-    picked = [int(dims[int(a)]) for a in np.asarray(axes).ravel() if -len(dims) <= a < len(dims)]
-    if len(picked) != np.asarray(axes).size or min([*picked, 1]) < 1:
+    flat = [int(a) for a in np.asarray(axes).ravel()]
+    if any(not -len(dims) <= a < len(dims) for a in flat):
+        return None
+    picked = [int(dims[a]) for a in {a % len(dims) for a in flat}]  # a repeated axis once
+    if min([*picked, 1]) < 1:
         return None
     return int(np.prod(picked))
 
@@ -105,7 +109,8 @@ class TFLiteGraph:
             data, axes = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
             dims = next((d for d in (getattr(data, "shapeSignature", None), data.shape)
                          if d is not None and len(d) > 0), None)
-            values = flatbuffer.get_tensor_data(axes, model.buffers)
+            values = (flatbuffer.get_tensor_data(axes, model.buffers)
+                      if is_constant(op.inputs[1]) else None)
             return (None if dims is None else [int(d) for d in dims],
                     None if values is None else np.asarray(values))
 
