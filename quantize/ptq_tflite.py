@@ -26,6 +26,7 @@ import numpy as np
 
 from edgedet._io import write_bytes_atomic
 from edgedet.artifact import INPUT_NAME
+from edgedet.backends import xnnpack_int8
 from quantize.export_tflite import captured_output
 from quantize.int8_scope import ScopeNode, find_kept_out
 
@@ -48,35 +49,9 @@ SIGNATURE = "serving_default"
 CALIBRATION_METHODS = ("moving-average", "minmax")
 # TFLite ops whose second input is a weight tensor.
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-# XNNPACK, the CPU kernels LiteRT applies by default, got int8 MEAN and SUM wrong over long
-# reductions (ai-edge-litert 2.3.0 on an AVX2 CPU without VNNI; whether other CPUs or
-# versions do the same was not established). On one-op files against LiteRT's own kernels,
-# every input at the zero point: right up to 8 200 elements, wrong from 8 256 on with zero
-# point -128 (MEAN returned 126 ... -25 for -128), when the reduced axes are the innermost
-# ones and (inferred from three zero points) the int8 values sum beyond about 2^20 in
-# magnitude; over outer axes (NHWC) it was right. No reduction of at most 8 192 elements can
-# sum beyond 2^20 (8 192 x 128), so longer ones stay in float, outer axes included (a float
-# MEAN costs nothing measurable here).
-# HAR-Net's cross-level group norm averages 6 channels over every pyramid position (10 236
-# elements at 320x256): its INT8 file scored 16.93 AP with XNNPACK and 33.16 with LiteRT's
-# own kernels (fp32 33.74). CLSE's squeeze (1 706 positions) stays INT8.
-XNNPACK_INT8_REDUCTION_LIMIT = 8192
-LONG_REDUCTION_OPS = ("MEAN", "SUM")
+# Ops kept in float because XNNPACK computes them wrong in INT8
+# (``edgedet.backends.xnnpack_int8``): the report's and manifest's name for them.
 LONG_REDUCTIONS = "long reductions"
-
-
-def _reduction_size(dims: Sequence[int] | None, axes: np.ndarray | None) -> int | None:
-    """How many input elements each output value of a reduction sums over: the product of
-    the input's ``dims`` (-1 where unknown) at ``axes``; None where that is unknown."""
-    if dims is None or axes is None:
-        return None
-    flat = [int(a) for a in np.asarray(axes).ravel()]
-    if any(not -len(dims) <= a < len(dims) for a in flat):
-        return None
-    picked = [int(dims[a]) for a in {a % len(dims) for a in flat}]  # a repeated axis once
-    if min([*picked, 1]) < 1:
-        return None
-    return int(np.prod(picked))
 
 
 class TFLiteGraph:
@@ -118,7 +93,7 @@ class TFLiteGraph:
         self.scopes: dict[str, str] = {}
         self.opcodes: dict[str, str] = {}
         self.weights: dict[str, np.ndarray] = {}
-        # Elements each output value of a reduction op sums over (LONG_REDUCTION_OPS; None:
+        # Elements each output value of a reduction op sums over (MEAN, SUM; None:
         # unknown, treated as long).
         self.reduction_sizes: dict[str, int | None] = {}
         for i, op in enumerate(graph.operators):
@@ -130,8 +105,9 @@ class TFLiteGraph:
             self.nodes.append(ScopeNode(name, ONNX_OP_TYPE.get(opcode, opcode), inputs, outputs))
             self.scopes[name] = flatbuffer.get_op_scope(op, graph.tensors)
             self.opcodes[name] = opcode
-            if opcode in LONG_REDUCTION_OPS:
-                self.reduction_sizes[name] = _reduction_size(*reduction_inputs(op))
+            if opcode in xnnpack_int8.REDUCTION_OPS:
+                self.reduction_sizes[name] = xnnpack_int8.reduction_size(
+                    *reduction_inputs(op))
             if opcode in WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
                 data = flatbuffer.get_tensor_data(graph.tensors[op.inputs[1]], model.buffers)
                 if data is not None:
@@ -251,8 +227,7 @@ def quantize_tflite(fp32_path: Path, out_path: Path, calibration: Sequence[np.nd
             if names}
     claimed = {n for names in kept.values() for n in names}
     long_reductions = [name for name, size in graph.reduction_sizes.items()
-                       if (size is None or size > XNNPACK_INT8_REDUCTION_LIMIT)
-                       and name not in claimed]
+                       if xnnpack_int8.is_long(size) and name not in claimed]
     if long_reductions:
         kept[LONG_REDUCTIONS] = long_reductions
     if float_layers:

@@ -4,7 +4,10 @@ The interpreter comes from ``ai_edge_litert.interpreter`` (LiteRT), else from
 ``tflite_runtime.interpreter`` (the older package some boards ship; tested with
 ai-edge-litert only). Its CPU kernels run through the XNNPACK delegate, which both apply by
 default, on ``threads`` threads (None: the cores this process may use, like the other
-backends; the interpreter's own default is one).
+backends; the interpreter's own default is one). A file with an int8 MEAN or SUM over more
+than 8 192 elements, which XNNPACK can compute wrongly (``edgedet.backends.xnnpack_int8``;
+the tflite conversion target keeps those in float), runs on LiteRT's own kernels instead,
+with a warning that says so (right, but slower).
 
 What a ``.tflite`` file must be for this backend (what the ``tflite`` conversion target
 writes):
@@ -43,12 +46,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgedet.backends import BACKENDS, BackendError, BackendUnavailableError
+from edgedet.backends import BACKENDS, BackendError, BackendUnavailableError, xnnpack_int8
 
 
 def interpreter_class() -> tuple[type, str]:
@@ -79,6 +84,35 @@ def _usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def long_int8_reductions(interpreter: Any) -> list[str]:
+    """The int8 / uint8 MEAN and SUM ops of ``interpreter``'s model that reduce more than
+    ``xnnpack_int8.INT8_REDUCTION_LIMIT`` elements (or an unknown number), as ``"MEAN over
+    10236"`` strings in graph order; empty where the runtime cannot list its ops."""
+    if not hasattr(interpreter, "_get_ops_details"):  # private; LiteRT and tflite-runtime have it
+        return []
+    ops = interpreter._get_ops_details()  # also lists DELEGATE nodes, which are not reductions
+    tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+    # Axes come from constant tensors only: nothing computes them and they are not inputs.
+    computed = {int(i) for op in ops for i in op["outputs"]}
+    computed |= {int(d["index"]) for d in interpreter.get_input_details()}
+    found = []
+    for op in ops:
+        inputs = [int(i) for i in op["inputs"]]
+        if op["op_name"] not in xnnpack_int8.REDUCTION_OPS or len(inputs) < 2:
+            continue
+        data = tensors.get(inputs[0])
+        if data is None or np.dtype(data["dtype"]) not in (np.dtype(np.int8), np.dtype(np.uint8)):
+            continue
+        dims = data.get("shape_signature")
+        if dims is None or len(dims) == 0:
+            dims = data["shape"]
+        axes = None if inputs[1] in computed else interpreter.get_tensor(inputs[1])
+        size = xnnpack_int8.reduction_size([int(d) for d in dims], axes)
+        if xnnpack_int8.is_long(size):
+            found.append(f"{op['op_name']} over {size if size is not None else 'unknown'}")
+    return found
 
 
 def _layout(shape: tuple[int, ...], path: Path) -> str:
@@ -149,6 +183,8 @@ class TFLiteBackend:
             here).
         runtime: the module the interpreter came from (``ai_edge_litert.interpreter`` or
             ``tflite_runtime.interpreter``).
+        kernels: ``"xnnpack"`` (the default delegate) or ``"builtin"`` (LiteRT's own kernels,
+            for a file with long int8 reductions).
 
     Raises:
         BackendError: ``device`` is not the CPU, or the file cannot be loaded (naming it), or
@@ -167,11 +203,12 @@ class TFLiteBackend:
         if self.threads < 1:
             raise BackendError(f"threads must be None or >= 1, got {threads!r}")
         self.runtime = RUNTIME_MODULE
+        self.kernels = "xnnpack"
         try:
-            self._interpreter = Interpreter(model_path=str(self.model_path),
-                                            num_threads=self.threads)
-            # Now, so that ops this runtime lacks surface here rather than at the first run.
-            self._interpreter.allocate_tensors()
+            self._interpreter = self._open(builtin_kernels=False)
+            long_reductions = long_int8_reductions(self._interpreter)
+            if long_reductions:
+                self._interpreter = self._fall_back_to_builtin_kernels(long_reductions)
             signatures = self._interpreter.get_signature_list()
             self._runner = None
             if signatures:
@@ -208,6 +245,42 @@ class TFLiteBackend:
         nchw = model_shape if self.layout == "nchw" else (
             model_shape[0], model_shape[3], model_shape[1], model_shape[2])
         self.input_shape: tuple[int | None, ...] = tuple(d if d >= 0 else None for d in nchw)
+
+    def _open(self, builtin_kernels: bool) -> Any:
+        """The file's interpreter, tensors allocated (so that ops this runtime lacks surface
+        here rather than at the first run); on LiteRT's own kernels if ``builtin_kernels``
+        (else its default, XNNPACK)."""
+        extra = {}
+        if builtin_kernels:
+            resolver = sys.modules[Interpreter.__module__].OpResolverType
+            extra["experimental_op_resolver_type"] = \
+                resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads,
+                                  **extra)
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def _fall_back_to_builtin_kernels(self, long_reductions: list[str]) -> Any:
+        """An interpreter that computes ``long_reductions`` right (module docstring)."""
+        ops = ", ".join(long_reductions)
+        try:
+            interpreter = self._open(builtin_kernels=True)
+        except (AttributeError, TypeError):  # a runtime without the resolver choice
+            warnings.warn(f"{self.model_path}: int8 {ops}: XNNPACK, LiteRT's default CPU "
+                          f"kernels, can compute int8 reductions over more than "
+                          f"{xnnpack_int8.INT8_REDUCTION_LIMIT} elements wrongly, and "
+                          f"{self.runtime} cannot run without it; re-convert the file with "
+                          "'quantize/run.py --target tflite', which keeps them in float",
+                          stacklevel=4)
+            return self._interpreter
+        warnings.warn(f"{self.model_path}: int8 {ops}: XNNPACK, LiteRT's default CPU kernels, "
+                      f"can compute int8 reductions over more than "
+                      f"{xnnpack_int8.INT8_REDUCTION_LIMIT} elements wrongly, so this file runs "
+                      "on LiteRT's own kernels (right, but about 3x slower on HAR-Net); "
+                      "re-convert it with 'quantize/run.py --target tflite', which keeps them in "
+                      "float", stacklevel=4)
+        self.kernels = "builtin"
+        return interpreter
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``images (N, 3, H, W) float32`` → ``{output name: float32 array}`` (new arrays)."""

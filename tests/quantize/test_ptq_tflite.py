@@ -72,16 +72,12 @@ class Reductions(torch.nn.Module):
 
 def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
     # XNNPACK (LiteRT's default CPU kernels) returned 0.114 for every channel of the long
-    # mean of this model in INT8, against 0.051-0.114 in float (quantize/ptq_tflite.py).
+    # mean of this model in INT8, against 0.051-0.114 in float (edgedet/backends/xnnpack_int8.py).
     litert_torch = pytest.importorskip("litert_torch", reason="needs edgedet[tflite-export]")
     from edgedet.backends.tflite import TFLiteBackend
+    from edgedet.backends.xnnpack_int8 import INT8_REDUCTION_LIMIT
     from quantize.export_tflite import captured_output
-    from quantize.ptq_tflite import (
-        LONG_REDUCTIONS,
-        XNNPACK_INT8_REDUCTION_LIMIT,
-        TFLiteGraph,
-        quantize_tflite,
-    )
+    from quantize.ptq_tflite import LONG_REDUCTIONS, TFLiteGraph, quantize_tflite
 
     torch.manual_seed(0)
     model = Reductions().eval()
@@ -91,7 +87,7 @@ def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
                              ).export(str(fp32))
     sizes = TFLiteGraph(fp32).reduction_sizes
     assert sorted(sizes.values(), key=str) == [4096, 9120, 9216]
-    assert 4096 <= XNNPACK_INT8_REDUCTION_LIMIT < 9216
+    assert 4096 <= INT8_REDUCTION_LIMIT < 9216
     images = [np.random.default_rng(i).normal(0, 1, (1, 3, 96, 96)).astype(np.float32)
               for i in range(4)]
     path, kept = quantize_tflite(fp32, tmp_path / "int8.tflite", images, ())
@@ -99,20 +95,9 @@ def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
     assert set(kept[LONG_REDUCTIONS]) == {n for n, size in sizes.items() if size > 4096}
     with torch.no_grad():
         expected = model(torch.from_numpy(images[0]))
-    got = TFLiteBackend(path, threads=1).run(images[0])  # XNNPACK, as deployed
+    backend = TFLiteBackend(path, threads=1)
+    assert backend.kernels == "xnnpack"  # nothing long left in int8: no fallback
+    got = backend.run(images[0])
     for key in ("long", "short"):  # the short one in INT8: a few steps of its scale
         np.testing.assert_allclose(got[key], expected[key].numpy(), atol=2e-3, err_msg=key)
     np.testing.assert_allclose(got["long_sum"], expected["long_sum"].numpy(), rtol=1e-2)
-
-
-def test_a_reduction_size_is_unknown_where_a_dim_or_the_axes_are():
-    from quantize.ptq_tflite import _reduction_size
-
-    assert _reduction_size([1, 16, 6, 1706], np.array([2, 3])) == 10236
-    assert _reduction_size([-1, 16, 6, 1706], np.array([-2, -1])) == 10236  # batch: not reduced
-    assert _reduction_size([1, 16, -1, 1706], np.array([2, 3])) is None
-    assert _reduction_size(None, np.array([2])) is None
-    assert _reduction_size([1, 4], None) is None
-    assert _reduction_size([1, 4], np.array([5])) is None
-    assert _reduction_size([1, 16, 6, 1706], np.array([3, -1])) == 1706  # an axis counts once
-    assert _reduction_size([1, 16, 6, 1706], np.array(2)) == 6
