@@ -1,4 +1,5 @@
-"""The x86 instruction-set extensions that change what INT8 and bf16 compute here.
+"""The x86 instruction-set extensions that change what INT8 and bf16 compute here, and how
+many cores this process may use.
 
 Two kinds of x86 CPU matter to this project: with VNNI (``avx512_vnni`` / ``avx_vnni``) the
 INT8 dot products of ONNX Runtime and OpenVINO add u8 x s8 products in 32 bits; without it
@@ -9,6 +10,8 @@ autocast is fast only with AVX-512 BF16 / FP16 or AMX (``train/amp.py``).
 
 from __future__ import annotations
 
+import math
+import os
 import platform
 from pathlib import Path
 
@@ -67,3 +70,33 @@ def int8_sums_can_clip() -> bool:
     """True on an x86 CPU known to lack VNNI (its INT8 kernels add pairs in 16 bits)."""
     flags = x86_cpu_flags()
     return flags is not None and not flags & VNNI_FLAGS
+
+
+def _cgroup_cpu_limit(root: Path) -> float | None:
+    """The CPUs' worth of time a cgroup quota allows (cgroup v2 ``cpu.max``, else v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) under ``root``; None without a quota."""
+    try:
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
+        if quota.strip() != "max":
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota
+    (rounded up; a quota of 1.5 CPUs counts 2), at least 1. The default thread count of the
+    backends that pick their own (``edgedet/backends/tflite.py``) and of the test workers."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    limit = _cgroup_cpu_limit(cgroup_root)
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)

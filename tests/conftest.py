@@ -16,9 +16,10 @@ import pytest
 # cores; the variable also reaches the CLIs that tests start as child processes. A thread
 # count set by the user is kept.
 if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
-    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    _threads = max(1, _cores // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    from edgedet.cpu_features import usable_cores
+
+    _workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    _threads = max(1, usable_cores() // _workers)
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     import torch
 

@@ -11,7 +11,6 @@ of each CPU placement can be reported apart (``Timed.p50(where)``).
 from __future__ import annotations
 
 import functools
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ def machine_description() -> str:
     and bf16 speed, e.g. ``AMD EPYC, 2 CPUs, AVX2, no VNNI, no BF16``: the cloud machine
     behind "the 2-core CPU" has changed between sessions (once to one with the same model
     name and no AVX-512), and ratios measured on one do not carry over to another."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpu_features.usable_cores()
     kind = cpu_features.describe(cpu_features.x86_cpu_flags())
     return f"{cpu_features.cpu_model_name()}, {cpus} CPUs, {kind}"
 

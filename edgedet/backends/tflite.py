@@ -45,7 +45,6 @@ thread its own ``TFLiteBackend``.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from edgedet import cpu_features
 from edgedet.backends import BACKENDS, BackendError, BackendUnavailableError, xnnpack_int8
 
 
@@ -77,13 +77,6 @@ def interpreter_class() -> tuple[type, str]:
 
 
 Interpreter, RUNTIME_MODULE = interpreter_class()
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (its affinity where the OS tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def long_int8_reductions(interpreter: Any) -> list[str]:
@@ -199,7 +192,7 @@ class TFLiteBackend:
         if device is not None and device.strip().lower() != "cpu":
             raise BackendError(f"the tflite backend runs on the CPU only (device 'cpu'), not "
                                f"{device!r}")
-        self.threads = int(threads) if threads is not None else _usable_cores()
+        self.threads = int(threads) if threads is not None else cpu_features.usable_cores()
         if self.threads < 1:
             raise BackendError(f"threads must be None or >= 1, got {threads!r}")
         self.runtime = RUNTIME_MODULE

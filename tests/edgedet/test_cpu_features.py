@@ -40,3 +40,24 @@ def test_the_description_names_what_changes_int8_and_bf16_speed():
     assert describe(frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})) == (
         "AVX-512, VNNI, BF16")
     assert describe(frozenset({"sse2"})) == "no AVX2, no VNNI, no BF16"
+
+
+@pytest.mark.parametrize(("files", "cores"), [
+    ({}, 8),  # no cgroup files: the affinity
+    ({"cpu.max": "max 100000\n"}, 8),  # v2, no quota
+    ({"cpu.max": "150000 100000\n"}, 2),  # v2, 1.5 CPUs: rounded up
+    ({"cpu.max": "400000 100000\n"}, 4),
+    ({"cpu.max": "5000 100000\n"}, 1),  # at least one
+    ({"cpu.max": "garbage\n"}, 8),  # unreadable: ignored
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 8),  # v1, none
+    ({"cpu.max": "1600000 100000\n"}, 8),  # a quota above the affinity: the affinity
+])
+def test_usable_cores_is_the_affinity_capped_by_a_cgroup_quota(tmp_path, monkeypatch, files,
+                                                               cores):
+    monkeypatch.setattr(features.os, "sched_getaffinity", lambda pid: set(range(8)),
+                        raising=False)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert features.usable_cores(tmp_path) == cores
