@@ -7,7 +7,9 @@ renamed into place (via ``edgedet.artifact.write_artifact``), so a failed publis
 leaves a half-written zoo model. The manifest's ``name`` becomes the zoo name; the report
 files travel with it. A double-scale 2x model (``quantize/run.py --double-scale``) travels only
 if its own accuracy check passed: otherwise the entry is published without it (a warning
-says so), since ``Detector(..., double_scale=True)`` would refuse it anyway.
+says so), since ``Detector(..., double_scale=True)`` would refuse it anyway, and the copies of
+``report.md`` and ``report.json`` say at their top that the entry does not carry the 2x model
+they also describe.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 import argparse
+import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from edgedet.artifact import (
 )
 from edgedet.artifact_writer import clean_leftovers, write_artifact
 from edgedet.zoo import ZOO_DIR
+from quantize.report import REPORT_JSON, REPORT_MD
 
 
 def publish(artifact_dir: str | os.PathLike[str], name: str,
@@ -51,7 +56,7 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
     if manifest["accuracy"].get("inconclusive"):  # converted with --allow-weak-reference
         print(f"warning: {artifact_dir}'s accuracy check was inconclusive: "
               f"{manifest['accuracy']['inconclusive']}", file=sys.stderr)
-    shipped = _without_unchecked_second_scale(manifest, artifact_dir)
+    shipped, left_out = _without_unchecked_second_scale(manifest, artifact_dir)
     dropped = set(manifest["files"]) - set(shipped["files"])
     model_files = {f: artifact_dir / f for f in shipped["files"]}
     extra_files = {p.name: p for p in artifact_dir.iterdir()
@@ -59,30 +64,64 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
                    and p.name not in dropped}
     # The manifest keeps its files' hashes: write_artifact checks the copies against them.
     manifest = {**shipped, "name": name}
-    # One publish at a time per zoo: clean_leftovers would take another run's staged copy
-    # (or the entry it just moved aside) for a killed run's and remove or restore it.
-    with exclusive_lock(zoo_dir, "quantize/publish.py"):
-        clean_leftovers(zoo_dir)
-        return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
+    with tempfile.TemporaryDirectory(prefix="edgedet-publish-") as scratch:
+        if left_out:
+            extra_files.update(_reports_saying_what_was_left_out(extra_files, name, left_out,
+                                                                 Path(scratch)))
+        # One publish at a time per zoo: clean_leftovers would take another run's staged copy
+        # (or the entry it just moved aside) for a killed run's and remove or restore it.
+        with exclusive_lock(zoo_dir, "quantize/publish.py"):
+            clean_leftovers(zoo_dir)
+            return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
 
 
 def _without_unchecked_second_scale(manifest: dict[str, Any], artifact_dir: Path
-                                    ) -> dict[str, Any]:
-    """``manifest`` less its 2x model (section and files) unless that model's check passed."""
+                                    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(manifest, None)``, or ``manifest`` less its 2x model (section and files) unless that
+    model's check passed, with ``{"files": [...], "why": ...}`` saying what was left out."""
     section = manifest.get("double_scale")
     if not section:
-        return manifest
+        return manifest, None
     accuracy = section.get("accuracy")
     if accuracy and accuracy.get("passed"):
-        return manifest
+        return manifest, None
     why = "failed its accuracy check" if accuracy else "has no accuracy check"
     print(f"warning: {artifact_dir}'s double-scale 2x model ({', '.join(section['files'])}) "
-          f"{why}; publishing without it (the report files still describe it)",
+          f"{why}; publishing without it (the copied reports say so at their top)",
           file=sys.stderr)
     second_files = set(section["files"])
     files = {name: digest for name, digest in manifest["files"].items()
              if name not in second_files}
-    return {**manifest, "files": files, "double_scale": None}
+    return ({**manifest, "files": files, "double_scale": None},
+            {"files": sorted(second_files), "why": why})
+
+
+def _reports_saying_what_was_left_out(extra_files: dict[str, Path], name: str,
+                                      left_out: dict[str, Any], scratch: Path
+                                      ) -> dict[str, Path]:
+    """Copies of the artifact's ``report.md`` / ``report.json`` (those it has) in ``scratch``
+    that open with what the zoo entry ``name`` does not carry."""
+    files = ", ".join(left_out["files"])
+    replaced: dict[str, Path] = {}
+    if REPORT_MD in extra_files:
+        text = extra_files[REPORT_MD].read_text(encoding="utf-8")
+        note = (f"> **Published as zoo model `{name}` without its double-scale 2x model** "
+                f"({files}): that model {left_out['why']}. What this report says about the "
+                "2x model describes a file this zoo entry does not carry.\n\n")
+        replaced[REPORT_MD] = scratch / REPORT_MD
+        replaced[REPORT_MD].write_text(note + text, encoding="utf-8")
+    if REPORT_JSON in extra_files:
+        try:
+            report = json.loads(extra_files[REPORT_JSON].read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{extra_files[REPORT_JSON]} is not readable JSON: {error}"
+                             ) from error
+        if isinstance(report, dict):
+            report = {"published_without": {"double_scale": left_out}, **report}
+            replaced[REPORT_JSON] = scratch / REPORT_JSON
+            replaced[REPORT_JSON].write_text(json.dumps(report, indent=2) + "\n",
+                                             encoding="utf-8")
+    return replaced
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,8 @@ def test_publish_ships_a_2x_model_only_if_its_own_check_passed(tmp_path: Path, c
         manifest["double_scale"]["accuracy"] = (
             None if second_check == "missing" else {**accuracy, "passed": False})
     write_json_atomic(manifest_path, manifest)
+    (source / "report.md").write_text("# Accuracy report\n\n| 2x row |\n")
+    write_json_atomic(source / "report.json", {"name": "constant", "double_scale": {"ap": 1}})
     out = publish(source, "constant", tmp_path / "zoo")
     published = load_manifest(out)  # hashes verified
     frame = np.zeros((64, 64, 3), np.uint8)
@@ -91,5 +94,15 @@ def test_publish_ships_a_2x_model_only_if_its_own_check_passed(tmp_path: Path, c
     assert list(published["files"]) == ["model.onnx"]
     assert not (out / "model_2x.onnx").exists()
     assert "publishing without it" in capsys.readouterr().err
+    why = "failed its accuracy check" if second_check == "failed" else "has no accuracy check"
+    report_md = (out / "report.md").read_text()
+    assert report_md.startswith("> **Published as zoo model `constant` without its "
+                                "double-scale 2x model** (model_2x.onnx): that model " + why)
+    assert report_md.endswith("# Accuracy report\n\n| 2x row |\n")
+    report = json.loads((out / "report.json").read_text())
+    assert report == {"published_without": {"double_scale": {"files": ["model_2x.onnx"],
+                                                             "why": why}},
+                      "name": "constant", "double_scale": {"ap": 1}}
+    assert (source / "report.md").read_text() == "# Accuracy report\n\n| 2x row |\n"
     with pytest.raises(DoubleScaleError, match="no 2x model"):
         Detector(out, double_scale=True)
