@@ -136,13 +136,15 @@ def image_problem(data: bytes) -> str | None:
 
 def _opencv_log_level_calls() -> tuple[Callable[[], int], Callable[[int], object]] | None:
     """OpenCV's ``(get, set)`` of its log level: ``cv2.utils.logging`` from OpenCV 5,
-    ``cv2.getLogLevel`` / ``cv2.setLogLevel`` in 4.x (the range the package allows); None
-    where a build has neither."""
-    logging = getattr(getattr(cv2, "utils", None), "logging", None)
-    if logging is not None:
-        return logging.getLogLevel, logging.setLogLevel
-    if hasattr(cv2, "getLogLevel") and hasattr(cv2, "setLogLevel"):
-        return cv2.getLogLevel, cv2.setLogLevel
+    ``cv2.getLogLevel`` / ``cv2.setLogLevel`` in 4.x (the range the package allows), or
+    ``cv2.utils.getLogLevel`` / ``setLogLevel`` (where an open OpenCV pull request would put
+    them); None where a build has none of these."""
+    utils = getattr(cv2, "utils", None)
+    for owner in (getattr(utils, "logging", None), utils, cv2):
+        get_level = getattr(owner, "getLogLevel", None)
+        set_level = getattr(owner, "setLogLevel", None)
+        if callable(get_level) and callable(set_level):
+            return get_level, set_level
     return None
 
 

@@ -125,7 +125,7 @@ def test_a_truncated_bmp_is_left_to_the_decoder_which_rejects_it_quietly(
     assert "imdecode" not in capfd.readouterr().err  # OpenCV's own log is silenced
 
 
-@pytest.mark.parametrize("api", ["opencv5", "opencv4"])
+@pytest.mark.parametrize("api", ["opencv5", "opencv4", "utils"])
 def test_quiet_opencv_silences_and_restores_the_log_level_in_both_apis(monkeypatch, api):
     # OpenCV 5 has cv2.utils.logging; 4.x (which the package allows) only cv2.getLogLevel /
     # cv2.setLogLevel: the app's camera probe failed with AttributeError there.
@@ -136,6 +136,10 @@ def test_quiet_opencv_silences_and_restores_the_log_level_in_both_apis(monkeypat
                                  setLogLevel=lambda level: levels.append(level))
     if api == "opencv5":
         monkeypatch.setattr(cv2, "utils", types.SimpleNamespace(logging=fake), raising=False)
+    elif api == "utils":  # cv2.utils.setLogLevel, as an open OpenCV pull request has it
+        monkeypatch.setattr(cv2, "utils", fake, raising=False)
+        monkeypatch.delattr(cv2, "getLogLevel", raising=False)
+        monkeypatch.delattr(cv2, "setLogLevel", raising=False)
     else:
         monkeypatch.setattr(cv2, "utils", types.SimpleNamespace(), raising=False)
         monkeypatch.setattr(cv2, "getLogLevel", fake.getLogLevel, raising=False)
