@@ -48,6 +48,7 @@ from sources import cache_dir as cache_dir
 from sources import demo_video as demo_video
 from sources import file_url_path as file_url_path
 from sources import gstreamer_available as gstreamer_available
+from sources import local_source_path as local_source_path
 from sources import open_camera_or_demo as open_camera_or_demo
 from sources import open_csi_camera as open_csi_camera
 from sources import open_source as open_source

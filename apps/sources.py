@@ -191,6 +191,19 @@ def file_url_path(url: str) -> Path:
     return Path(urllib.request.url2pathname(parts.path))
 
 
+def local_source_path(spec: str | None) -> Path | None:
+    """The local file or folder a ``--source`` names (a path or a ``file:`` URL), or None
+    for a camera, a stream, the demo or a ``file:`` URL of another host."""
+    if not spec or spec == "demo" or spec.isdigit() or spec.lower().startswith("csi:"):
+        return None
+    if spec.lower().startswith("file:"):
+        try:
+            return file_url_path(spec)
+        except capture.SourceError:  # open_source reports it
+            return None
+    return None if "://" in spec else Path(spec)
+
+
 def open_source(spec: str | None) -> capture.FrameSource:
     """``--source``: None (camera 0, else demo), ``demo``, a camera index, a CSI camera
     (``csi://N?...``), a stream URL, a folder of images, an image, a video file or a FIFO (a

@@ -108,7 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="write the annotated video (.mp4 or .avi)")
     args = parser.parse_args(argv)
     check_common_arguments(parser, args)
-    if args.save is not None and (problem := save_video_problem(args.save, args.source or None)):
+    if args.save is not None and (
+            problem := save_video_problem(args.save, capture.local_source_path(args.source))):
         parser.error(problem)
     return args
 

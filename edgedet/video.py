@@ -37,7 +37,7 @@ def save_video_problem(path: Path, source: str | os.PathLike[str] | None = None)
     if path.is_dir():
         return f"--save {path} is a folder; give the video file to write"
     if source is not None and path.exists() and Path(source).exists() \
-            and Path(source).resolve() == path.resolve():
+            and os.path.samefile(source, path):  # links and hard links too
         return f"--save {path} is the source: the annotated video would replace it"
     return None
 

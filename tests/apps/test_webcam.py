@@ -166,12 +166,16 @@ def test_save_never_replaces_the_source(app, tmp_path: Path,
     video.write_bytes(b"a recording")
     folder = tmp_path / "clips.mp4"  # a folder, though its name ends like a video
     folder.mkdir()
+    linked = tmp_path / "linked.mp4"
+    os.link(video, linked)
     for argv in (["--source", str(video), "--save", str(video)],
+                 ["--source", video.as_uri(), "--save", str(video)],  # a file:// URL
+                 ["--source", str(video), "--save", str(linked)],  # a hard link to it
                  ["--source", str(video), "--save", str(folder)]):
         with pytest.raises(SystemExit):
             app.parse_args(argv)
     err = capsys.readouterr().err
-    assert "is the source" in err and "is a folder" in err
+    assert err.count("is the source") == 3 and "is a folder" in err
     assert video.read_bytes() == b"a recording"
 
 
