@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
             "images or a video file. Prints one line per image / frame (label, score, box "
             "x1 y1 x2 y2 in pixels), or JSON lines with --json. --save writes the annotated "
             "result: an image file for an image, a folder for a folder, an .mp4/.avi file for "
-            "a video. A missing, corrupt or truncated image is an error naming the file (exit "
+            "a video. A missing, corrupt or truncated image (or one too small for --tiles) is "
+            "an error naming the file (exit "
             "status 2); in a folder, each such image is reported on stderr and skipped, the "
             "others are processed, and the command then exits with status 2."
         ),

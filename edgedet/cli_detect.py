@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import stat
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from edgedet._io import write_bytes_atomic
     from edgedet.draw import draw_detections
     from edgedet.image_io import ImageReadError, read_image
+    from edgedet.preprocess import FrameError
 
     source = Path(args.source)
     if not source.exists():
@@ -64,19 +66,20 @@ def cmd_detect(args: argparse.Namespace) -> int:
                   if source.is_dir() else [source])
         if not images:
             raise CliError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source}")
-        unreadable = []
+        skipped = []
         for path in images:
             try:
                 frame = read_image(path)
-            except ImageReadError as exc:
+                detections = detector.detect(frame)
+            except (ImageReadError, FrameError) as exc:  # unreadable, or unusable (--tiles)
+                problem = str(exc) if isinstance(exc, ImageReadError) else f"{path}: {exc}"
                 if not source.is_dir():
-                    raise CliError(str(exc)) from exc
+                    raise CliError(problem) from exc
                 # One bad file must not cost the rest of the folder: report it, go on, and
                 # fail at the end so that scripts still notice.
-                print(f"edgedet detect: skipped: {exc}", file=sys.stderr)
-                unreadable.append(path)
+                print(f"edgedet detect: skipped: {problem}", file=sys.stderr)
+                skipped.append(path)
                 continue
-            detections = detector.detect(frame)
             report(path.name, detections)
             if args.save:
                 out = args.save / path.name if source.is_dir() else args.save
@@ -94,10 +97,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
                     write_bytes_atomic(out, encoded.tobytes())
                 except OSError as exc:  # its message names the temporary file
                     raise CliError(f"cannot write {out}: {exc.strerror or exc}") from exc
-        if unreadable:
-            raise CliError(f"{len(unreadable)} of {len(images)} images in {source} could not be "
-                           f"read (listed above); the other {len(images) - len(unreadable)} "
-                           "were processed")
+        if skipped:
+            raise CliError(f"{len(skipped)} of {len(images)} images in {source} were skipped "
+                           f"(listed above); the other {len(images) - len(skipped)} were "
+                           "processed")
         return 0
     return _detect_video(args, source, detector, report)
 
@@ -106,7 +109,7 @@ def _check_save(source: Path, save: Path) -> None:
     """Refuse a ``--save`` that would overwrite the source or cannot take the output."""
     import cv2
 
-    if save.exists() and save.resolve() == source.resolve():
+    if save.exists() and os.path.samefile(save, source):  # links and hard links too
         raise CliError(f"--save {save} is the source: the annotated copy would replace it")
     if source.is_dir():
         if save.exists() and not save.is_dir():

@@ -161,14 +161,37 @@ def test_detect_a_folder_reports_each_bad_image_processes_the_rest_and_fails(
                       "truncated JPEG (the file ends before its end-of-image marker)")
     assert err[1] == (f"edgedet detect: skipped: cannot read image {folder / 'c_cut.png'}: "
                       "truncated PNG (the file ends before its IEND chunk)")
-    assert err[2:] == [f"edgedet detect: error: 2 of 4 images in {folder} could not be read "
+    assert err[2:] == [f"edgedet detect: error: 2 of 4 images in {folder} were skipped "
                        "(listed above); the other 2 were processed"]
+
+
+def test_detect_a_folder_skips_an_image_too_small_for_the_tiles(
+    models: dict[str, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((48, 64, 3), 30, np.uint8))
+    cv2.imwrite(str(folder / "b_tiny.png"), np.full((1, 1, 3), 30, np.uint8))
+    cv2.imwrite(str(folder / "c.png"), np.full((48, 64, 3), 30, np.uint8))
+    assert main(["detect", "--model", str(models["planted"]), str(folder), "--json",
+                 "--tiles", "2"]) == 2
+    captured = capfd.readouterr()
+    assert [json.loads(line)["source"] for line in captured.out.splitlines()] == [
+        "a.png", "c.png"]
+    err = captured.err.splitlines()
+    assert err[0].startswith(f"edgedet detect: skipped: {folder / 'b_tiny.png'}: a 1x1 frame")
+    assert err[1:] == [f"edgedet detect: error: 1 of 3 images in {folder} were skipped "
+                       "(listed above); the other 2 were processed"]
+    assert main(["detect", "--model", str(models["planted"]), str(folder / "b_tiny.png"),
+                 "--tiles", "2"]) == 2
+    assert f"error: {folder / 'b_tiny.png'}: a 1x1 frame" in capfd.readouterr().err
 
 
 def test_detect_help_documents_bad_images() -> None:
     detect = build_parser()._subparsers._group_actions[0].choices["detect"]
     text = " ".join(detect.format_help().split())
-    assert "truncated image is an error naming the file (exit status 2)" in text
+    assert ("truncated image (or one too small for --tiles) is an error naming the file "
+            "(exit status 2)") in text
     assert "reported on stderr and skipped, the others are processed" in text
 
 
