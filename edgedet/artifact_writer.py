@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgedet._io import remove_stale_temporaries, write_json_atomic
+from edgedet._io import current_umask, remove_stale_temporaries, write_json_atomic
 from edgedet.artifact import (
     MANIFEST_NAME,
     ManifestError,
@@ -64,9 +64,7 @@ def write_artifact(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
     # mkdtemp makes a 0700 folder; the artifact should be readable like any other folder.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging.chmod(0o777 & ~current_umask())
     try:
         for name, source in {**(extra_files or {}), **model_files}.items():
             shutil.copyfile(source, staging / name)

@@ -17,6 +17,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
+from edgedet._io import current_umask
 from edgedet.preprocess import PreprocessConfig, require_bgr_frame, resize_to_input
 
 # File suffix (lower case) -> FourCC codes to try, in order. OpenCV picks the container from
@@ -251,9 +252,7 @@ class AtomicVideoWriter:
                     f"(codec {self.codec!r})"
                 )
         # The temporary file was made 0600; give it the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        self._tmp_path.chmod(0o666 & ~umask)
+        self._tmp_path.chmod(0o666 & ~current_umask())
         # On disk before the rename, as atomic_open does: after a power cut the name must not
         # point at a file whose data never reached the disk.
         with open(self._tmp_path, "r+b") as written_file:  # (Windows syncs writable ones)

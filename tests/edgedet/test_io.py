@@ -1,0 +1,53 @@
+"""``edgedet._io``: atomic writes keep the permissions a plain open() would give."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from edgedet import _io
+from edgedet._io import current_umask, write_bytes_atomic, write_json_atomic
+
+LINUX_PROC = Path("/proc/self/status").is_file()
+
+
+@pytest.fixture()
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_atomic_writes_get_the_umask_s_permissions(tmp_path: Path, umask_027) -> None:
+    write_bytes_atomic(tmp_path / "a.bin", b"x")
+    write_json_atomic(tmp_path / "b.json", {"a": 1})
+    for name in ("a.bin", "b.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640
+    assert current_umask() == 0o027
+
+
+@pytest.mark.skipif(not LINUX_PROC, reason="reads /proc/self/status")
+def test_the_umask_is_read_without_setting_it(umask_027, monkeypatch) -> None:
+    # Setting it, even briefly, gave files other threads created at that moment mode 0666.
+    def no_umask(mask: int) -> int:
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(_io.os, "umask", no_umask)
+    assert current_umask() == 0o027
+
+
+def test_without_proc_the_umask_is_read_by_setting_it_back(umask_027, monkeypatch) -> None:
+    real_open = builtins.open
+
+    def no_proc(file, *args, **kwargs):
+        if str(file) == "/proc/self/status":
+            raise FileNotFoundError(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert current_umask() == 0o027
+    assert current_umask() == 0o027  # and left as it was
