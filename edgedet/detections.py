@@ -8,6 +8,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def row_index(index: int | slice | np.ndarray | Sequence[int]) -> slice | np.ndarray:
+    """A ``Detections`` index as numpy indexes its arrays: an int keeps the ``(N, 4)`` shape
+    (one row), a list or tuple becomes an array (``[]``: an empty selection, not a float
+    array numpy refuses)."""
+    if isinstance(index, int | np.integer):
+        index = [int(index)]
+    if isinstance(index, list | tuple):
+        index = np.asarray(index, dtype=np.int64 if len(index) == 0 else None)
+    return index
+
+
 @dataclass(frozen=True, eq=False)
 class Detections:
     """Detections of one frame.
@@ -106,10 +117,7 @@ class Detections:
         return int(self.xyxy.shape[0])
 
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> Detections:
-        if isinstance(index, int | np.integer):
-            index = [int(index)]  # keep the (N, 4) shape for a single detection
-        if isinstance(index, list | tuple):  # [] (nothing selected) is an empty selection
-            index = np.asarray(index, dtype=np.int64 if len(index) == 0 else None)
+        index = row_index(index)
         if isinstance(index, np.ndarray) and index.dtype == bool and index.shape != (len(self),):
             raise IndexError(
                 f"boolean mask of shape {index.shape} does not match {len(self)} detections"

@@ -370,7 +370,7 @@ class Detector:
             FrameError: naming the index of the first bad frame.
         """
         if isinstance(frames, np.ndarray) and (frames.ndim == 2 or (
-                frames.ndim == 3 and frames.shape[-1] in (3, 4))):
+                frames.ndim == 3 and frames.shape[-1] in (1, 3, 4))):
             # Iterating one frame would detect on each of its rows as a gray frame.
             raise FrameError(f"detect_batch takes a sequence of frames, got one frame of shape "
                              f"{frames.shape}: use detect(frame) or detect_batch([frame])")

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from edgedet.detections import Detections
+from edgedet.detections import Detections, row_index
 
 TRACK_EXTRA = "track"
 INSTALL_HINT = f"pip install 'edgedet[{TRACK_EXTRA}]' (supervision>=0.30,<0.31)"
@@ -93,11 +93,8 @@ class TrackedDetections(Detections):
     def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> TrackedDetections:
         selected = super().__getitem__(index)  # checks the index (a mask of the wrong length)
         # The same normalisation as Detections.__getitem__, so that ids follow their rows.
-        if isinstance(index, int | np.integer):
-            index = [int(index)]
-        index = np.asarray(index) if isinstance(index, list | tuple) else index
         return TrackedDetections(selected.xyxy, selected.scores, selected.class_ids,
-                                 selected.class_names, self.track_ids[index])
+                                 selected.class_names, self.track_ids[row_index(index)])
 
     def __repr__(self) -> str:
         return (f"TrackedDetections(n={len(self)}, classes={len(self.class_names)}, "

@@ -185,6 +185,8 @@ def test_detect_batch_names_the_bad_frame(artifacts: dict[str, Path]) -> None:
         detector.detect_batch([_frames(1)[0], np.zeros((4, 4, 5), np.uint8)])
     with pytest.raises(FrameError, match="got one frame of shape"):
         detector.detect_batch(_frames(1)[0])  # not a batch: its rows would be gray frames
+    with pytest.raises(FrameError, match="got one frame of shape"):
+        detector.detect_batch(np.zeros((48, 64, 1), np.uint8))  # one gray frame, (H, W, 1)
     with pytest.raises(ValueError, match="N >= 1"):
         detector.run_model(np.zeros((0, 3, 48, 64), np.float32))
     height, width = 48, 64

@@ -173,6 +173,8 @@ def test_tracked_detections_index_with_their_ids() -> None:
                                 [0, 1, 2], CLASSES, [7, 3, 9])
     assert tracked[tracked.scores > 0.6].track_ids.tolist() == [7, 9]
     assert tracked[1].track_ids.tolist() == [3] and tracked[[2, 0]].track_ids.tolist() == [9, 7]
+    nothing = tracked[[]]  # an empty selection, as for Detections
+    assert len(nothing) == 0 and nothing.track_ids.shape == (0,)
     assert tracked.sorted_by_score().track_ids.tolist() == [7, 9, 3]
     assert len(TrackedDetections.empty(CLASSES)) == 0
     assert isinstance(tracked, Detections)  # drawing, JSON and the apps take either
