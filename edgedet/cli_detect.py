@@ -36,14 +36,8 @@ def _detections_json(name: str, detections: Detections) -> str:
 def cmd_detect(args: argparse.Namespace) -> int:
     """``edgedet detect``: print (and with ``--save`` draw) the detections of every image of
     SOURCE or frame of a video; everything about ``--save`` is checked before the model
-    loads."""
-    import cv2
-
-    from edgedet._io import write_bytes_atomic
-    from edgedet.draw import draw_detections
-    from edgedet.image_io import ImageReadError, read_image
-    from edgedet.preprocess import FrameError
-
+    loads. When standard output's reader leaves (``| head -1``), it stops quietly with
+    status 141, or with ``--save`` goes on writing the annotated files without printing."""
     source = Path(args.source)
     if not source.exists():
         raise CliError(f"source not found: {source} (give an image, a folder of images or a "
@@ -57,8 +51,42 @@ def cmd_detect(args: argparse.Namespace) -> int:
         _check_save(source, args.save)
     detector = load_detector(args)
 
+    reader_gone = False
+
     def report(name: str, detections: Detections) -> None:
-        print(_detections_json(name, detections) if args.json else _describe(name, detections))
+        nonlocal reader_gone
+        if reader_gone:
+            return
+        try:  # flushed per line, so that a reader that left is noticed here
+            print(_detections_json(name, detections) if args.json
+                  else _describe(name, detections), flush=True)
+        except BrokenPipeError:  # e.g. `edgedet detect ... | head -1`
+            reader_gone = True
+            devnull = os.open(os.devnull, os.O_WRONLY)  # so that no later flush fails
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            if not args.save:  # nothing left to do; with --save, the files still get written
+                raise _ReaderGoneError from None
+
+    try:
+        return _detect_each(args, source, detector, report)
+    except _ReaderGoneError:
+        return 128 + 13  # what a shell reports for a command ended by SIGPIPE
+
+
+class _ReaderGoneError(Exception):
+    """Standard output's reader closed it and nothing else is being written."""
+
+
+def _detect_each(args: argparse.Namespace, source: Path, detector: Detector,
+                 report: Callable[[str, Detections], None]) -> int:
+    """Detect on every image of ``source`` (or frame of its video) and ``report`` each."""
+    import cv2
+
+    from edgedet._io import write_bytes_atomic
+    from edgedet.draw import draw_detections
+    from edgedet.image_io import ImageReadError, read_image
+    from edgedet.preprocess import FrameError
 
     if source.is_dir() or source.suffix.lower() in IMAGE_SUFFIXES:
         images = (sorted(p for p in source.iterdir()

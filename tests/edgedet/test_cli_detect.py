@@ -363,3 +363,32 @@ def test_detect_refuses_a_named_pipe_instead_of_waiting_for_a_writer(
     os.mkfifo(pipe)
     assert main(["detect", "--model", str(models["tiny"]), str(pipe)]) == 2
     assert "named pipe" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "pipe"), reason="POSIX pipes")
+@pytest.mark.parametrize("save", [False, True])
+def test_a_reader_that_closes_stdout_ends_quietly_and_saves_what_was_asked(
+        models: dict[str, Path], tmp_path: Path, save: bool) -> None:
+    # `edgedet detect ... | head -1`: the reader is gone before the first line here (its end
+    # of the pipe closed before the command starts), so the first print meets it.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(folder / name), np.full((48, 64, 3), 30, np.uint8))
+    out = tmp_path / "out"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "edgedet", "detect", "--model", str(models["tiny"]),
+             str(folder), *(["--save", str(out)] if save else [])],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, timeout=300)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr and "error" not in done.stderr, done.stderr
+    if save:  # the annotated images are still written
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    else:
+        assert done.returncode == 141, done.stderr  # as a shell reports an end by SIGPIPE
+        assert not out.exists()
