@@ -165,14 +165,23 @@ class Detector:
             if self.fallback_reason is not None and device is None:
                 device = "auto"  # the fallback's best devices, as the native runtime's GPU
             model_file = model_file_for(self.backend_name, main_model_files(self._manifest))
-            self._backend: InferenceBackend = create_backend(
-                self.backend_name, self.artifact_dir / model_file,
-                threads=self.options.threads, device=device)
-            if self.options.double_scale and self._manifest.get("double_scale"):
-                double_scale_backend = create_backend(
-                    self.backend_name, self.artifact_dir / model_file_for(
-                        self.backend_name, double_scale_files(self._manifest)),
+            try:
+                self._backend: InferenceBackend = create_backend(
+                    self.backend_name, self.artifact_dir / model_file,
                     threads=self.options.threads, device=device)
+                if self.options.double_scale and self._manifest.get("double_scale"):
+                    double_scale_backend = create_backend(
+                        self.backend_name, self.artifact_dir / model_file_for(
+                            self.backend_name, double_scale_files(self._manifest)),
+                        threads=self.options.threads, device=device)
+            except BackendError as error:
+                if self.fallback_reason is None:
+                    raise
+                # Else the error names a runtime the user never asked for (a TensorRT
+                # artifact's device "cuda:0" refused by ONNX Runtime, its fallback).
+                raise type(error)(f"{self._manifest['backend']} is not used here "
+                                  f"({self.fallback_reason}), so {self.backend_name} runs "
+                                  f"this model, and: {error}") from error
         else:
             self.backend_name = backend.name
             self._backend = backend

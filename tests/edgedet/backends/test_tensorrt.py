@@ -96,6 +96,10 @@ def test_the_fallback_gets_device_auto_only_when_none_was_given(
     Detector(trt_artifact, device="cpu")
     Detector(trt_artifact, backend="onnxruntime")
     assert devices == ["auto", "cpu", None]
+    # A TensorRT device the fallback does not know: the error says why ONNX Runtime runs it.
+    with pytest.raises(BackendError, match=r"^tensorrt is not used here \(tensorrt not "
+                                           r"installed\), so onnxruntime runs this model, and: "):
+        Detector(trt_artifact, device="bogus:7")
 
 
 def test_an_explicit_tensorrt_that_is_missing_says_what_to_install(
