@@ -8,6 +8,7 @@ same ``edgedet.decoder.HeadDecoder``.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,13 @@ class TorchBackend:
                  device: str | torch.device | None = None,
                  model_path: str | Path = "<in memory>") -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = as_detection_model(model)
+        model = as_detection_model(model)
+        first = next(model.parameters(), None)  # type: ignore[attr-defined]
+        if first is not None and first.device != self.device:
+            # A copy on the device: the caller's model stays where it is (the conversion
+            # pipeline exports and calibrates the same model on the CPU after this check).
+            model = copy.deepcopy(model)
+        self.model = model
         self.model.eval().to(self.device)  # type: ignore[attr-defined]
         self.model_path = Path(model_path)
         self.output_names: tuple[str, ...] = tuple(self.model.export_output_names)
