@@ -10,6 +10,7 @@ INT8 one under accuracy control of its own started from its 1x model's trial.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from edgedet.artifact import DOUBLE_SCALE_STEM, MODEL_STEM, Artifact
+from edgedet.artifact import DOUBLE_SCALE_STEM, MANIFEST_NAME, MODEL_STEM, Artifact
 from edgedet.double_scale import COARSE_LEVELS_FROM_1X
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import AccuracyCheck
@@ -58,6 +59,9 @@ class ArtifactReport:
     notes: list[str] = field(default_factory=list)
     # Double-scale testing's accuracy section (None: the artifact has no 2x model).
     double_scale: dict[str, Any] | None = None
+    # Where a checked artifact of the same name stayed because this one's check was
+    # inconclusive (--allow-weak-reference); this one then goes to rejected/.
+    kept_instead: str | None = None
 
 
 class Builder:
@@ -234,16 +238,32 @@ def build_and_check(config: ConvertConfig, builder: Builder, check: AccuracyChec
                 controlled[f"{artifact.name}, 2x model (double-scale testing)"] = (
                     artifact.manifest["double_scale"]["accuracy_control"])
         passed = bool(accuracy["passed"])
+        in_place = Path(config.out) / artifact.name
+        kept_instead = None
+        if passed and accuracy.get("inconclusive") and _conclusively_checked(in_place):
+            # --allow-weak-reference: a smoke test's artifact never replaces a checked one.
+            passed, kept_instead = False, str(in_place)
         reports.append(ArtifactReport(
             name=artifact.name,
-            directory=str(Path(config.out) / ("" if passed else REJECTED_DIR) / artifact.name),
+            directory=str(in_place if passed else Path(config.out) / REJECTED_DIR
+                          / artifact.name),
             backend=builder.target.backend, precision=str(artifact.manifest["precision"]),
             size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
             passed=passed, accuracy=accuracy, checked_on=check.backend,
-            notes=builder.notes.get(artifact.name, []), double_scale=double_scale))
+            notes=builder.notes.get(artifact.name, []), double_scale=double_scale,
+            kept_instead=kept_instead))
         staged.append(artifact)
         columns[f"{artifact.name} ({check.backend})"] = run.detections
     return staged, reports, columns, controlled
+
+
+def _conclusively_checked(directory: Path) -> bool:
+    """Whether ``directory`` holds an artifact whose accuracy check passed conclusively."""
+    try:
+        accuracy = json.loads((directory / MANIFEST_NAME).read_text()).get("accuracy") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(accuracy.get("passed")) and not accuracy.get("inconclusive")
 
 
 def _controlled_int8(config: ConvertConfig, builder: Builder, check: AccuracyCheck

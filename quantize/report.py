@@ -163,6 +163,12 @@ def _number(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _verdict(passed: bool, accuracy: Mapping[str, Any]) -> str:
+    """The check column: pass / FAIL, marked where the check proved nothing."""
+    return ("pass" if passed else "FAIL") + (" (inconclusive)" if accuracy.get("inconclusive")
+                                             else "")
+
+
 def _mib(size_bytes: int) -> str:
     return f"{size_bytes / 2**20:.2f}"
 
@@ -234,7 +240,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{_number(acc['APm'])} | {_number(acc['APl'])} | {acc['delta_AP']:+.2f} | "
             f"{acc['agreement']:.3f} | {acc['mean_iou']:.3f} | "
             f"{_number(acc['latency_p50_ms'])} | {_mib(art['size_bytes'])} | "
-            f"{'pass' if art['passed'] else 'FAIL'} |")
+            f"{_verdict(art['passed'], acc)} |")
         two = art.get("double_scale")
         if two:  # HAR-Net's double-scale testing, against the reference's own
             lines.append(
@@ -244,7 +250,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{_number(two['APm'])} | {_number(two['APl'])} | {two['delta_AP']:+.2f} | "
                 f"{two['agreement']:.3f} | {two['mean_iou']:.3f} | "
                 f"{_number(two['latency_p50_ms'])} | (both models) | "
-                f"{'pass' if two['passed'] else 'FAIL'} |")
+                f"{_verdict(two['passed'], two)} |")
+    inconclusive = [f"- **{art['name']}**: {art['accuracy']['inconclusive']}"
+                    + (f"; not put in place: `{art['kept_instead']}` holds a conclusively "
+                       "checked artifact, which stays" if art.get("kept_instead") else "")
+                    for art in report["artifacts"] if art["accuracy"].get("inconclusive")]
+    if inconclusive:  # --allow-weak-reference
+        lines += ["", "**Inconclusive checks** (`--allow-weak-reference`): the reference is "
+                  "too weak for the check to tell a broken artifact from a good one.", "",
+                  *inconclusive]
     notes = [(art["name"], art.get("checked_on"), art.get("notes") or [])
              for art in report["artifacts"]]
     if any(n or (c and c != a["backend"]) for (_, c, n), a in zip(notes, report["artifacts"],

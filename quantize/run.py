@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="go on when the reference scores no more than --max-drop AP on "
                              "the eval images (a smoke test on an untrained model): the check "
                              "then cannot tell a broken artifact from a good one, and the "
-                             "manifests say it was inconclusive (default: stop with an error)")
+                             "manifests and the report say it was inconclusive; such an "
+                             "artifact never replaces a conclusively checked one of the same "
+                             "name, it goes to OUT/rejected/ (default: stop with an error)")
     parser.add_argument("--max-float-layers", type=int, default=DEFAULT_MAX_FLOAT_LAYERS,
                         metavar="N",
                         help="accuracy control: when an INT8 artifact misses --max-drop, put "
@@ -189,6 +191,11 @@ def _print_summary(report: ConversionReport, out: str) -> None:
               f"{acc['delta_AP']:+.2f}), agreement {acc['agreement']:.3f}, p50 "
               f"{acc['latency_p50_ms']:.1f} ms, {art.size_bytes / 2**20:.2f} MiB -> "
               f"{'pass' if art.passed else 'FAIL'}: {art.directory}")
+        if acc.get("inconclusive"):
+            print(f"  inconclusive check: {acc['inconclusive']}")
+        if art.kept_instead:
+            print(f"  not put in place: {art.kept_instead} holds a conclusively checked "
+                  "artifact, which stays")
         if art.double_scale is not None:
             two = art.double_scale
             print(f"  double-scale testing: AP {two['AP']:.2f} (reference "

@@ -50,6 +50,28 @@ def test_a_failing_rerun_keeps_the_passing_artifact(checkpoint, tmp_path):
     assert not rejected.exists()
 
 
+def test_an_inconclusive_check_never_replaces_a_conclusively_checked_artifact(checkpoint,
+                                                                               tmp_path):
+    out = tmp_path / "out"
+    _convert(checkpoint, out)  # inconclusive (an untrained model), nothing there: in place
+    in_place = out / "tiny_passd_fp32"
+    manifest = json.loads((in_place / "manifest.json").read_text())
+    assert manifest["accuracy"]["passed"] and manifest["accuracy"]["inconclusive"]
+    del manifest["accuracy"]["inconclusive"]  # stands in for a real, conclusive check
+    (in_place / "manifest.json").write_text(json.dumps(manifest))
+    good = (in_place / "manifest.json").read_bytes()
+
+    report = _convert(checkpoint, out)  # --allow-weak-reference again: a smoke test
+    entry = report.artifacts[0]
+    assert not report.passed and not entry.passed and entry.kept_instead == str(in_place)
+    assert entry.directory == str(out / "rejected" / "tiny_passd_fp32")
+    assert (in_place / "manifest.json").read_bytes() == good
+    assert load_manifest(entry.directory)["accuracy"]["inconclusive"]
+    text = (out / "report.md").read_text()
+    assert "FAIL (inconclusive)" in text and "**Inconclusive checks**" in text
+    assert f"not put in place: `{in_place}` holds a conclusively checked artifact" in text
+
+
 def test_the_next_run_cleans_up_after_a_killed_one(checkpoint, tmp_path):
     out = tmp_path / "out"
     _convert(checkpoint, out)
