@@ -187,8 +187,10 @@ class ConvertConfig:
         return self.precisions or self.target_entry.precisions
 
     def resolved_keep_float(self) -> tuple[str, ...]:
-        return (self.target_entry.default_keep_float if self.keep_float is None
-                else self.keep_float)
+        """``keep_float`` (None: the target's default) plus what the target always keeps."""
+        chosen = (self.target_entry.default_keep_float if self.keep_float is None
+                  else self.keep_float)
+        return tuple(dict.fromkeys((*chosen, *self.target_entry.required_keep_float)))
 
 
 @dataclass

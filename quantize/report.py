@@ -271,8 +271,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"- **{name}** ({runs_on}): " + "; ".join(texts) + ".")
     lines += ["", "## Kept out of INT8", ""]
     kept = report.get("kept_out_of_int8")
-    if not kept:
+    if not any(art["precision"] == "int8" for art in report["artifacts"]):
         lines.append("No INT8 artifact was produced.")
+    elif not kept:
+        lines.append("No op category was kept in float (`--keep-float none`); the notes above "
+                     "name anything a target keeps in float on its own graph.")
     else:
         lines.append("These ops run in float inside the INT8 models (found on the graph by "
                      "structure, `quantize/int8_scope.py`):")

@@ -83,6 +83,8 @@ class Target:
         precisions: the artifacts it can build, in build order.
         default_keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 by default,
             with the reason in the target's module.
+        required_keep_float: categories kept out of INT8 whatever ``--keep-float`` says (its
+            runtime's rules need them in float); the run's scope always includes them.
         build: ``BuildRequest -> BuiltModel``.
         check_backend: the ``edgedet.backends`` entry the accuracy check runs the artifacts
             on when ``backend`` cannot run on this machine (None: ``backend`` itself).
@@ -108,6 +110,7 @@ class Target:
     precisions: tuple[str, ...]
     default_keep_float: tuple[str, ...]
     build: Callable[[BuildRequest], BuiltModel]
+    required_keep_float: tuple[str, ...] = ()
     check_backend: str | None = None
     calibration_methods: tuple[str, ...] = ()
     rounds_outputs: bool = False

@@ -105,6 +105,7 @@ TARGET = Target(
     # Only the inputs of weighted layers are quantized and their outputs stay float, so the
     # head's raw logits and box deltas are never rounded to INT8 (no need to keep the head).
     default_keep_float=REQUIRED_FLOAT,
+    required_keep_float=REQUIRED_FLOAT,
     build=build,
     # TensorRT cannot run without an NVIDIA GPU: the check runs the same ONNX on ONNX Runtime.
     check_backend="onnxruntime",

@@ -104,3 +104,17 @@ def test_a_rules_violation_stops_the_run_before_anything_is_written(checkpoint, 
     err = capsys.readouterr().err
     assert "TensorRT explicit-quantization rule" in err and str(violation) in err
     assert not list((tmp_path / "b").glob("tiny_passd_*"))
+
+
+def test_the_required_float_scope_is_in_the_run_s_scope_whatever_keep_float_says(tmp_path):
+    # The report's "Kept out of INT8" comes from the run's scope: with --keep-float none it
+    # listed nothing while the INT8 model kept TensorRT's required scope in float.
+    config = ConvertConfig(checkpoint=tmp_path / "c", target="jetson", out=tmp_path / "o",
+                           keep_float=(), **SMALL)
+    assert config.resolved_keep_float() == jetson.REQUIRED_FLOAT
+    more = ConvertConfig(checkpoint=tmp_path / "c", target="jetson", out=tmp_path / "o",
+                         keep_float=("head",), **SMALL)
+    assert more.resolved_keep_float() == ("head", *jetson.REQUIRED_FLOAT)
+    cpu = ConvertConfig(checkpoint=tmp_path / "c", target="cpu", out=tmp_path / "o",
+                        keep_float=(), **SMALL)
+    assert cpu.resolved_keep_float() == ()
