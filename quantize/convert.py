@@ -155,9 +155,17 @@ class ConvertConfig:
             raise ValueError(f"target {target.name!r} builds INT8 weights of "
                              f"{' or '.join(map(str, target.int8_weight_bits))} bits; got "
                              f"{self.int8_weight_bits}")
-        if self.int8_weight_bits != 8 and self.precisions == ("fp32",):
-            raise ValueError(f"int8_weight_bits (--int8-weight-bits) {self.int8_weight_bits} "
-                             "shapes INT8 artifacts, and precisions ('fp32',) builds none")
+        if "int8" not in self.resolved_precisions():
+            # Settings that shape INT8 artifacts only: given for a run that builds none, they
+            # would be accepted and ignored.
+            int8_only = {"int8_weight_bits (--int8-weight-bits)": self.int8_weight_bits != 8,
+                         "float_precision (--float-precision)": self.float_precision != "f32",
+                         "keep_float (--keep-float)": self.keep_float is not None,
+                         "calib_data (--calib-data)": self.calib_data != "synthetic"}
+            given = [name for name, changed in int8_only.items() if changed]
+            if given:
+                raise ValueError(f"{', '.join(given)} shape INT8 artifacts, and precisions "
+                                 f"{self.resolved_precisions()} builds none")
         if self.name is not None and (not self.name or self.name != Path(self.name).name
                                       or self.name in (".", "..")):
             raise ValueError(f"name (--name) must be a plain file name (artifacts are "
@@ -174,6 +182,12 @@ class ConvertConfig:
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ValueError(f"device (--device) {self.device!r}: this torch build sees "
                                  "no CUDA device")
+            try:  # e.g. "mps" on a build without it, "cuda:3" on a machine with one GPU
+                torch.empty(0, device=device)
+            except (RuntimeError, AssertionError) as error:
+                first = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ValueError(f"device (--device) {self.device!r} cannot be used here: "
+                                 f"{first.split('. ')[0]}") from error
         bad = [c for c in self.keep_float or () if c not in CATEGORIES]
         if bad:
             raise ValueError(f"keep_float: unknown categories {bad}; choose from "

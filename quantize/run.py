@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args, argv)
         report = convert(config)
-    except (CheckpointError, DatasetError, ExportError, ValueError, FileNotFoundError,
-            DirectoryBusyError) as error:
+    except (CheckpointError, DatasetError, ExportError, ValueError, OSError,
+            DirectoryBusyError) as error:  # OSError: a missing file, an --out it cannot write
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print_summary(report, args.out)

@@ -289,3 +289,10 @@ def test_weight_bits_other_than_8_or_7_and_7_bits_without_int8_are_refused():
     with pytest.raises(ValueError, match="INT8 weights of 8 bits"):
         ConvertConfig(checkpoint="c", target="openvino", out="o", int8_weight_bits=7)
     ConvertConfig(checkpoint="c", target="cpu", out="o", int8_weight_bits=7)  # fp32 + int8
+    # The other INT8-only settings, likewise (they were accepted and ignored).
+    for changes in ({"float_precision": "bf16"}, {"keep_float": ()},
+                    {"calib_data": "coco:/nowhere"}):
+        with pytest.raises(ValueError, match="shape INT8 artifacts, and precisions"):
+            ConvertConfig(checkpoint="c", target="openvino", out="o", precisions=("fp32",),
+                          **changes)
+        ConvertConfig(checkpoint="c", target="openvino", out="o", **changes)

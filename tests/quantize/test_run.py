@@ -110,6 +110,8 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
                                  ("--out", str(tmp_path / "a_file" / "x"), "which is a file"),
                                  *([("--device", "cuda", "sees no CUDA device")]
                                    if not torch.cuda.is_available() else []),
+                                 *([("--device", "mps", "'mps' cannot be used here")]
+                                   if not torch.backends.mps.is_available() else []),
                                  ("--float-step", "0", "--float-step"),
                                  ("--sensitivity-images", "0", "--sensitivity-images"),
                                  # only openvino lets float ops run in bf16
@@ -124,6 +126,11 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
                          str(tmp_path / "o"), *SMALL, flag, value)  # the flag wins
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr and not (tmp_path / "o").exists()
+    if Path("/proc/self").is_dir():  # an --out the OS will not create: an error, no traceback
+        unwritable = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
+                                "/proc/edgedet-test-out", *SMALL)
+        assert unwritable.returncode == 2 and "/proc/edgedet-test-out" in unwritable.stderr
+        assert "Traceback" not in unwritable.stderr
     no_objects = tmp_path / "no_objects"
     write_coco_dataset([Sample(np.full((64, 64, 3), i, np.uint8), np.zeros((0, 4), np.float32),
                                np.zeros(0, np.int64), image_id=i + 1, file_name=f"{i}.png")
