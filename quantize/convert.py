@@ -167,9 +167,10 @@ class ConvertConfig:
                 raise ValueError(f"{', '.join(given)} shape INT8 artifacts, and precisions "
                                  f"{self.resolved_precisions()} builds none")
         if self.name is not None and (not self.name or self.name != Path(self.name).name
-                                      or self.name in (".", "..")):
-            raise ValueError(f"name (--name) must be a plain file name (artifacts are "
-                             f"OUT/NAME_<precision>), got {self.name!r}")
+                                      or self.name.startswith(".")):
+            # A leading dot would also read as a killed run's leftover (".NAME.old-...").
+            raise ValueError(f"name (--name) must be a plain file name not starting with a "
+                             f"dot (artifacts are OUT/NAME_<precision>), got {self.name!r}")
         if problem := folder_problem(self.out):
             raise ValueError(f"out (--out) {self.out} {problem}; give the output folder")
         if self.device is not None:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgedet.models.builders import builder_of
-from edgedet.models.checkpoint import build_from_checkpoint
+from edgedet.models.checkpoint import CheckpointError, build_from_checkpoint
 from edgedet.models.daipnet import daipnet_vgg16, daipnet_vgg16_small
 from edgedet.models.deform_conv import DeformConv2d
 from edgedet.models.dsanet import dsanet_resnet18_small, dsanet_resnet50, dsanet_resnet101
@@ -174,7 +174,13 @@ def summarize_checkpoint(path: str) -> CheckpointSummary:
     model, config = build_from_checkpoint(path)
     full = builder_of(config["architecture"])(**config["kwargs"])
     size = config.get("preprocess", {}).get("input_size") or config["kwargs"]["img_size"]
-    input_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    try:
+        input_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    except (TypeError, ValueError, IndexError):
+        input_size = (0, 0)
+    if min(input_size) < 1:
+        raise CheckpointError(f"{path}: input size {size!r} in its config is not a width and "
+                              "height of at least 1 pixel")
     full_widths = {name: module.weight.shape[0] for name, module in full.named_modules()
                    if isinstance(module, WEIGHTED_LAYERS)}
     narrowed = {name: (int(full_widths[name]), int(module.weight.shape[0]))

@@ -105,6 +105,8 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
                                  ("--max-drop", "nan", "--max-drop"),
                                  ("--name", "../escape", "--name"),
                                  ("--name", "a/b", "--name"),
+                                 # would read as a killed run's leftover (".x.old-...")
+                                 ("--name", ".v2.old-a", "not starting with a dot"),
                                  ("--device", "bogus", "--device"),
                                  ("--out", str(tmp_path / "a_file"), "is a file"),
                                  ("--out", str(tmp_path / "a_file" / "x"), "which is a file"),

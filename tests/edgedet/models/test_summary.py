@@ -85,3 +85,24 @@ def test_summary_of_a_missing_or_corrupt_checkpoint_is_one_line(
         assert main(["summary", "--checkpoint", str(tmp_path / "broken"), *extra]) == 2
         assert "--names and --no-flops are for the paper configurations" in (
             capsys.readouterr().err)
+
+
+def test_summary_of_a_checkpoint_with_a_bad_input_size_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from tests.quantize.tiny_checkpoint import write_tiny_checkpoint
+
+    weights = write_tiny_checkpoint(tmp_path / "tiny")
+    with safe_open(str(weights), "pt") as handle:  # the config travels in the metadata too
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata()
+    config = json.loads(metadata["config"])
+    config["preprocess"]["input_size"] = [0, 0]
+    save_file(tensors, str(weights), metadata={**metadata, "config": json.dumps(config)})
+    weights.with_suffix(".json").write_text(json.dumps(config))
+    assert main(["summary", "--checkpoint", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "input size [0, 0] in its config is not a width and height" in err
+    assert "Traceback" not in err
