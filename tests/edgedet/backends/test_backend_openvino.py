@@ -178,3 +178,13 @@ def test_detector_hands_openvino_resized_frames(artifacts: dict[str, Path]) -> N
         with pytest.raises(FrameError, match="got \\(0, 48, 64, 3\\)"):
             detector.run_frames(resized[None][:0])
 
+
+
+def test_threads_reach_the_cpu_plugin_behind_auto(artifacts: dict[str, Path]) -> None:
+    # AUTO refuses INFERENCE_NUM_THREADS in its own config; the thread count was dropped.
+    backend = OpenVinoBackend(artifacts["ir"] / "model.xml", threads=1, device="AUTO:CPU")
+    assert backend._core.get_property("CPU", "INFERENCE_NUM_THREADS") == 1
+    frame = np.zeros((1, 3, *backend.input_shape[2:]), np.float32)
+    assert set(backend.run(frame)) == set(backend.output_names)
+    plain = OpenVinoBackend(artifacts["ir"] / "model.xml", threads=1)  # CPU: its own config
+    assert plain._core.get_property("CPU", "INFERENCE_NUM_THREADS") == 0  # untouched default
