@@ -131,7 +131,11 @@ def _control_lines(controlled: Mapping[str, Mapping[str, Any]]) -> list[str]:
         categories = entry.get("float_categories") or []
         passed = any(step["passed"] for step in entry["steps"])
         chosen = "Shipped" if passed else "Best step (outside `--max-drop`: rejected)"
-        lines += ["", f"{chosen}: calibration `{entry.get('calibration') or 'default'}`, "
+        # The method by name, as the step rows give it (the entry's None means the default).
+        step = next((s for s in entry["steps"] if s["passed"]),
+                    max(entry["steps"], key=lambda s: s["delta_AP"], default={}))
+        calibration = entry.get("calibration") or step.get("calibration") or "default"
+        lines += ["", f"{chosen}: calibration `{calibration}`, "
                       + (f"{', '.join(f'`{c}`' for c in categories)} back in float "
                          "(beyond the target's own scope; \"Kept out of INT8\" lists "
                          "them too), "
@@ -301,7 +305,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any],
                  picture: np.ndarray) -> list[Path]:
     """Write ``report.json``, ``report.md`` and ``comparison.png`` (and ``sensitivity.png``
-    when accuracy control ranked layers) into ``out_dir``; returns the paths written."""
+    when accuracy control ranked layers, else remove an earlier one) into ``out_dir``;
+    returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / REPORT_JSON, dict(report), indent=2)
@@ -315,4 +320,6 @@ def write_report(out_dir: str | os.PathLike[str], report: Mapping[str, Any],
         plot = sensitivity_picture(entry["ranking"], [f["node"] for f in entry["float_layers"]],
                                    f"{name}: most harmful INT8 layers")
         written.append(write_picture(out_dir / SENSITIVITY_PICTURE, plot))
+    else:  # an earlier run's plot would sit beside a report that does not mention it
+        (out_dir / SENSITIVITY_PICTURE).unlink(missing_ok=True)
     return written

@@ -20,7 +20,7 @@ def test_a_passing_artifact_is_shipped_and_a_failing_one_is_called_rejected():
             "float_layers": floated}}))
     first, second = text.split("### m_int8, 2x model")
     assert "| 1 | +2 float: a, b | minmax | 2 | -0.50 | 29.50 | 10.00 | pass |" in first
-    assert "Shipped: calibration `default`, 2 weight layer(s)" in first
+    assert "Shipped: calibration `minmax`, 2 weight layer(s)" in first  # the step's method
     assert "Shipped" not in second
     assert "Best step (outside `--max-drop`: rejected)" in second and "| miss |" in second
     assert _control_lines({}) == []
@@ -31,6 +31,6 @@ def test_a_scope_put_back_in_float_is_named_with_the_shipped_step():
         "m_int8": {"steps": [step(0, False, -1.5), step(1, True, -0.5)],
                    "calibration": None, "float_categories": ["sampling_reads"],
                    "float_layers": []}}))
-    assert ("Shipped: calibration `default`, `sampling_reads` back in float (beyond the "
+    assert ("Shipped: calibration `minmax`, `sampling_reads` back in float (beyond the "
             "target's own scope; \"Kept out of INT8\" lists them too), 0 weight layer(s) "
             "returned to float.") in text
