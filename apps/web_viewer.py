@@ -143,6 +143,8 @@ class DetectionLoop(threading.Thread):
                     return
             if frame is not None or self.reopen is None or self._stop_event.is_set():
                 return
+            if played == 0:  # nothing readable in a whole pass: looping would spin forever
+                raise SourceError(f"no frame could be read from {source.description}")
             # --loop: the file ended; play it again from the start, with new tracks.
             self._end_grabber()
             with self._lock:
@@ -220,6 +222,9 @@ async def serve(args: argparse.Namespace, detector: Detector, step: FrameStep,
             await _first_of(asyncio.sleep(args.linger), stopped.wait())
         log(f"{worker.frames} frames" + (f", {worker.dropped} stale frames dropped"
                                          if source.live else ""))
+        if worker.error is None and worker.frames == 0:  # e.g. a folder of unreadable images
+            log(f"error: no frame could be read from {source.description}")
+            return 1
         return 1 if worker.error is not None else 0
     finally:
         worker.stop()

@@ -305,6 +305,17 @@ def test_help_and_one_line_errors(viewer, models: dict[str, Path], tmp_path: Pat
         port = taken.getsockname()[1]
         assert viewer.main([*tiny, "--source", "demo", "--port", str(port)]) == 1
     assert f"error: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    # A folder with no readable image: an error, with --loop too (it re-read the folder
+    # forever, 21 000 log lines in 20 s).
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_bytes(b"junk")
+    for loop in ([], ["--loop"]):
+        assert viewer.main([*tiny, "--source", str(junk), "--port", "0", "--linger", "0",
+                            *loop]) == 1
+        err = capsys.readouterr().err
+        assert "no frame could be read from" in err, err
+        assert err.count("skipping unreadable image") <= 2
     # The optional extras, named when missing.
     monkeypatch.setitem(sys.modules, "supervision", None)
     assert viewer.main([*tiny, "--source", "demo", "--track"]) == 1
