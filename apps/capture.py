@@ -46,6 +46,7 @@ from sources import CSI_RANGES as CSI_RANGES
 from sources import CsiCamera as CsiCamera
 from sources import cache_dir as cache_dir
 from sources import demo_video as demo_video
+from sources import demo_video_path as demo_video_path
 from sources import file_url_path as file_url_path
 from sources import gstreamer_available as gstreamer_available
 from sources import local_source_path as local_source_path

@@ -156,12 +156,31 @@ def cache_dir() -> Path:
     return Path(base) / "edgedet"
 
 
-def demo_video() -> Path:
-    """The built-in demo video, rendered into the cache on first use."""
-    frames, seed = capture.DEMO_FRAMES, capture.DEMO_SEED
-    path = cache_dir() / f"demo_seed{seed}_{frames}frames.mp4"
+def demo_video_path() -> Path:
+    """Where the built-in demo video is cached (it may not be rendered yet)."""
+    return cache_dir() / f"demo_seed{capture.DEMO_SEED}_{capture.DEMO_FRAMES}frames.mp4"
+
+
+def _cached_frame_count(path: Path) -> int | None:
+    """The frames ``path``'s index declares; None where it is missing or unreadable."""
     if not path.is_file():
-        capture.log(f"rendering the demo video once ({frames} frames) into {path}")
+        return None
+    with capture.quiet_opencv():
+        video = cv2.VideoCapture(str(path))
+        try:
+            return capture.declared_frame_count(video, path) if video.isOpened() else None
+        finally:
+            video.release()
+
+
+def demo_video() -> Path:
+    """The built-in demo video, rendered into the cache on first use (and again when the
+    cached file is not the whole demo: cut short, corrupt or replaced)."""
+    frames, seed = capture.DEMO_FRAMES, capture.DEMO_SEED
+    path = demo_video_path()
+    if _cached_frame_count(path) != frames:
+        what = "again: the cached copy is not the whole demo" if path.exists() else "once"
+        capture.log(f"rendering the demo video {what} ({frames} frames) into {path}")
         capture.render_synthetic_video(path, num_frames=frames, seed=seed, fps=capture.DEMO_FPS,
                                        progress=False)
     return path
@@ -192,9 +211,12 @@ def file_url_path(url: str) -> Path:
 
 
 def local_source_path(spec: str | None) -> Path | None:
-    """The local file or folder a ``--source`` names (a path or a ``file:`` URL), or None
-    for a camera, a stream, the demo or a ``file:`` URL of another host."""
-    if not spec or spec == "demo" or spec.isdigit() or spec.lower().startswith("csi:"):
+    """The local file or folder a ``--source`` names (a path, a ``file:`` URL, the cached
+    demo video for ``demo`` or no source), or None for a camera, a stream or a ``file:`` URL
+    of another host."""
+    if not spec or spec == "demo":  # no source: the demo where no camera opens
+        return demo_video_path()
+    if spec.isdigit() or spec.lower().startswith("csi:"):
         return None
     if spec.lower().startswith("file:"):
         try:

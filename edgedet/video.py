@@ -17,7 +17,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
-from edgedet._io import current_umask
+from edgedet._io import current_umask, folder_problem
 from edgedet.preprocess import PreprocessConfig, require_bgr_frame, resize_to_input
 
 # File suffix (lower case) -> FourCC codes to try, in order. OpenCV picks the container from
@@ -37,6 +37,8 @@ def save_video_problem(path: Path, source: str | os.PathLike[str] | None = None)
         return f"--save needs a {' or '.join(VIDEO_CODECS)} file, got {path}"
     if path.is_dir():
         return f"--save {path} is a folder; give the video file to write"
+    if problem := folder_problem(path.parent):  # else a bare "File exists" after the run
+        return f"--save {path}: its folder {path.parent} {problem}"
     if source is not None and path.exists() and Path(source).exists() \
             and os.path.samefile(source, path):  # links and hard links too
         return f"--save {path} is the source: the annotated video would replace it"

@@ -9,6 +9,7 @@ config.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -233,6 +234,16 @@ def _render_video_frame(
     return frame, sample
 
 
+def _described_video(ground_truth: Path) -> str | None:
+    """The video file name a ground truth this module wrote names (``info.video``)."""
+    try:
+        info = json.loads(ground_truth.read_text(encoding="utf-8")).get("info") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    video = info.get("video") if isinstance(info, dict) else None
+    return str(video) if video else None
+
+
 def render_synthetic_video(
     path: str | os.PathLike[str],
     num_frames: int,
@@ -263,6 +274,11 @@ def render_synthetic_video(
         raise DatasetError(f"{ground_truth} exists and is not a ground truth edgedet wrote: "
                            f"the video's ground truth would replace it; move it or write the "
                            f"video elsewhere")
+    described = _described_video(ground_truth)
+    if described not in (None, path.name) and (path.parent / described).exists():
+        raise DatasetError(f"{ground_truth} is the ground truth of {path.parent / described}, "
+                           f"which would keep the labels of {path.name}; write the video under "
+                           "another name")
     if not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
         raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
     if not fps > 0:

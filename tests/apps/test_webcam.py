@@ -29,10 +29,19 @@ def test_demo_runs_headless_and_saves_every_frame(app, capture, models: dict[str
     err = capsys.readouterr().err
     assert "rendering the demo video once" in err and "saved" in err
     # The second run uses the cached video and renders nothing.
+    render = capture.render_synthetic_video
     monkeypatch.setattr(capture, "render_synthetic_video",
                         lambda *a, **k: pytest.fail("demo rendered twice"))
     assert app.main([*argv, "--max-frames", "5"]) == 0
     assert _count_frames(out) == 5
+    # A cached copy that is not the whole demo (cut short, or replaced) is rendered again.
+    monkeypatch.setattr(capture, "render_synthetic_video", render)
+    demo = capture.demo_video_path()
+    demo.write_bytes(demo.read_bytes()[:2000])
+    capsys.readouterr()
+    assert app.main([*argv, "--max-frames", "2"]) == 0
+    assert "rendering the demo video again" in capsys.readouterr().err
+    assert _count_frames(demo) == 12
 
 
 def test_no_camera_falls_back_to_the_demo(app, capture, models: dict[str, Path],
@@ -177,6 +186,19 @@ def test_save_never_replaces_the_source(app, tmp_path: Path,
     err = capsys.readouterr().err
     assert err.count("is the source") == 3 and "is a folder" in err
     assert video.read_bytes() == b"a recording"
+
+
+def test_save_never_replaces_the_cached_demo(app, capture, tmp_path: Path, monkeypatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # A 5-frame annotated clip took the demo's place, and every later run played it.
+    monkeypatch.setenv("EDGEDET_CACHE_DIR", str(tmp_path))
+    demo = capture.demo_video_path()
+    demo.write_bytes(b"the demo")
+    for source in (["--source", "demo"], []):  # no source: the demo where no camera opens
+        with pytest.raises(SystemExit):
+            app.parse_args([*source, "--save", str(demo)])
+        assert "is the source" in capsys.readouterr().err
+    assert demo.read_bytes() == b"the demo"
 
 
 def test_a_folder_with_no_readable_image_is_an_error(app, models: dict[str, Path],

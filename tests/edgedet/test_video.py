@@ -160,6 +160,9 @@ def test_save_video_problem_names_each_problem(tmp_path: Path) -> None:
     assert "is a folder" in save_video_problem(tmp_path / "dir.mp4")
     assert "is the source" in save_video_problem(tmp_path / "." / "in.mp4", source)
     assert save_video_problem(tmp_path / "out.mp4", "0") is None  # a camera index
+    (tmp_path / "notes.txt").write_text("x")
+    assert "its folder" in save_video_problem(tmp_path / "notes.txt" / "out.mp4")
+    assert "which is a file" in save_video_problem(tmp_path / "notes.txt" / "a" / "out.mp4")
 
 
 def test_a_file_cut_short_is_told_from_its_end(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import (
     SYNTHETIC_CLASSES,
     SyntheticConfig,
@@ -194,6 +195,17 @@ def test_video_rejects_unknown_extension_and_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="extension"):
         render_synthetic_video(tmp_path / "demo.gif", 3, config=SMALL, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_video_never_takes_the_ground_truth_of_another_video(tmp_path):
+    first = render_synthetic_video(tmp_path / "x.mp4", 2, seed=1, config=SMALL, progress=False)
+    truth = (tmp_path / "x.json").read_bytes()
+    with pytest.raises(DatasetError, match=r"x\.json is the ground truth of .*x\.mp4"):
+        render_synthetic_video(tmp_path / "x.avi", 2, seed=2, config=SMALL, progress=False)
+    assert (tmp_path / "x.json").read_bytes() == truth and not (tmp_path / "x.avi").exists()
+    render_synthetic_video(first, 2, seed=3, config=SMALL, progress=False)  # its own: rewritten
+    first.unlink()  # once the other video is gone, its ground truth may go too
+    render_synthetic_video(tmp_path / "x.avi", 2, seed=2, config=SMALL, progress=False)
 
 
 @pytest.mark.parametrize(
