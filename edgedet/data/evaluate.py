@@ -94,6 +94,7 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
     if not isinstance(listed, list):
         raise DatasetError(f"{source}: expected a list under 'annotations'")
     annotations = []
+    degenerate = []
     for index, annotation in enumerate(listed):
         bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
@@ -101,6 +102,12 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
         if bbox[2] < 0 or bbox[3] < 0:  # pycocotools scored it against nothing (AP fell)
             raise DatasetError(f"{source}: annotation {index} has bbox {bbox}, a negative width "
                                f"or height (COCO boxes are [x, y, width, height])")
+        if bbox[2] == 0 or bbox[3] == 0:
+            # No box can overlap it, so pycocotools counted it as missed (a ground truth
+            # scored against itself read AP 0.5); the dataset readers leave such boxes out,
+            # and so does the evaluation, so that both score the same objects.
+            degenerate.append(index)
+            continue
         # pycocotools would silently leave such an object out (AP -1 if it was the only one).
         for key, known in (("image_id", image_ids), ("category_id", category_ids)):
             if annotation.get(key) not in known:
@@ -117,6 +124,10 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
         annotation.setdefault("area", float(bbox[2]) * float(bbox[3]))
         annotation.setdefault("iscrowd", 0)
         annotations.append(annotation)
+    if degenerate:
+        warnings.warn(f"{source}: left out {len(degenerate)} annotation(s) with a zero width or "
+                      f"height (the first: annotation {degenerate[0]}), as the dataset readers "
+                      "do", stacklevel=2)
     ids = [annotation.get("id") for annotation in annotations]
     # COCOeval takes an id of 0 as "unmatched", so ids must be unique and positive.
     if not all(_is_int(i) and i > 0 for i in ids) or len(set(ids)) != len(ids):

@@ -308,3 +308,18 @@ def test_predictions_that_look_like_corner_boxes_are_warned_about() -> None:
         warnings.simplefilter("error")  # right ones, and too few to judge, stay quiet
         evaluate_coco(ground_truth, _as_predictions(_ground_truth()) * 3)
         evaluate_coco(ground_truth, corners[:5])
+
+
+def test_a_zero_width_ground_truth_box_is_left_out_as_the_readers_do() -> None:
+    # It read AP 0.505 for a ground truth scored against itself (nothing can overlap it).
+    ground_truth = _ground_truth()
+    ground_truth["annotations"].append({**ground_truth["annotations"][0], "id": 999,
+                                        "bbox": [150, 150, 0, 20]})
+    predictions = _as_predictions(_ground_truth())
+    with pytest.warns(UserWarning, match=r"left out 1 annotation\(s\) with a zero width"):
+        metrics = evaluate_coco(ground_truth, predictions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        expected = evaluate_coco(_ground_truth(), predictions)
+    assert metrics.AP > 0.99
+    assert abs(metrics.AP - expected.AP) < 1e-9
