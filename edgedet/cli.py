@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the models shipped in the zoo",
         description="List the zoo models installed with edgedet (usable by name in "
         "Detector(NAME) and --model NAME): architecture, precision, backend, input size, "
-        "classes, size of the model files and AP from the conversion's accuracy check.",
+        "classes, size of the model files (MB) and AP from the conversion's accuracy check "
+        "(COCO AP@[.50:.95] in points, 0-100, on its eval images; `edgedet eval` prints "
+        "fractions, 0-1).",
     )
     models.add_argument("--json", action="store_true", help="print a JSON list")
     models.set_defaults(func=_cmd_models)
@@ -380,7 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, where a reader that left is caught, not at the exit
+        return status
+    except BrokenPipeError:  # e.g. `edgedet models --json | head -1`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)  # so that the exit's flush does not fail
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13  # what a shell reports for a command ended by SIGPIPE
     except (CliError, ValueError, OSError) as exc:
         if os.environ.get("EDGEDET_DEBUG"):
             raise

@@ -93,4 +93,16 @@ def model_summary(artifact_dir: str | os.PathLike[str]) -> dict:
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ManifestError(f"{manifest_path}: not a readable artifact manifest ({exc})"
                             ) from exc
+    # The listing formats these; a mistyped one must be named here, not crash it there.
+    for key in ("name", "architecture", "precision", "backend"):
+        if summary[key] is not None and not isinstance(summary[key], str):
+            raise ManifestError(f"{manifest_path}: {key} is {summary[key]!r}, not a string")
+    size = summary["input_size"]
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise ManifestError(f"{manifest_path}: preprocess.input_size is {size!r}, not "
+                            "[width, height]")
+    ap = summary["AP"]
+    if ap is not None and (isinstance(ap, bool) or not isinstance(ap, int | float)):
+        raise ManifestError(f"{manifest_path}: accuracy.AP is {ap!r}, not a number")
     return summary

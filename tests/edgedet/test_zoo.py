@@ -1,5 +1,8 @@
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -171,12 +174,31 @@ def test_edgedet_models_skips_a_broken_entry_and_lists_the_rest(
 
     _fake_model(fake_zoo, "good", 0.5)
     for name, text in (("list", "[]"), ("empty", "{}"), ("not_json", "{"),
-                       ("null_preprocess", '{"preprocess": null}')):
+                       ("null_preprocess", '{"preprocess": null}'),
+                       ("int_size", '{"preprocess": {"input_size": 320}}'),  # crashed the table
+                       ("int_architecture", '{"architecture": 5}'),
+                       ("text_ap", '{"accuracy": {"AP": "high"}}')):
         (fake_zoo / name).mkdir()
         (fake_zoo / name / "manifest.json").write_text(text)
     assert main(["models"]) == 0
     out, err = capsys.readouterr()
     assert "good" in out and "skipped list:" in err and "not_json" in err
+    assert "input_size is 320, not [width, height]" in err
+    assert "architecture is 5, not a string" in err and "accuracy.AP is 'high'" in err
     assert "Traceback" not in err
     with pytest.raises(zoo.ManifestError, match="not a readable artifact manifest"):
         zoo.model_summary(fake_zoo / "list")
+
+
+@pytest.mark.skipif(not hasattr(os, "pipe"), reason="POSIX pipes")
+def test_edgedet_models_into_a_closed_pipe_ends_quietly() -> None:
+    # `edgedet models --json | head -c 10`: "[Errno 32] Broken pipe" and exit status 2.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "edgedet", "models", "--json"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr
