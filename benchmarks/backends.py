@@ -28,16 +28,28 @@ from benchmarks.common.args import require_at_least, require_zoo_models
 from benchmarks.common.timing import Timed, machine_description, time_interleaved
 from benchmarks.core_latency import CoreLatencyProbe
 from edgedet import Detector
+from edgedet.backends import BACKENDS
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 
 PLACEMENTS = (None, "near", "far")
 
 
-def _load(spec: str, threads: int | None) -> Detector:
+def _parse(spec: str) -> tuple[str, str, bool]:
+    """``(model, backend, double_scale)`` of ``MODEL[@BACKEND][+2x]`` (ValueError if not)."""
     double_scale = spec.endswith("+2x")
-    path, _, backend = spec.removesuffix("+2x").partition("@")
-    return Detector(path, backend=backend or "auto", threads=threads,
-                    double_scale=double_scale)
+    model, _, backend = spec.removesuffix("+2x").partition("@")
+    if not model or "+" in spec.removesuffix("+2x"):
+        raise ValueError(f"{spec!r}: expected MODEL, MODEL@BACKEND, MODEL+2x or "
+                         "MODEL@BACKEND+2x")
+    if backend and backend not in BACKENDS:
+        raise ValueError(f"{spec!r}: unknown backend {backend!r}; choose one of "
+                         f"{', '.join(BACKENDS)}")
+    return model, backend or "auto", double_scale
+
+
+def _load(spec: str, threads: int | None) -> Detector:
+    model, backend, double_scale = _parse(spec)
+    return Detector(model, backend=backend, threads=threads, double_scale=double_scale)
 
 
 def _row(spec: str, detector: Detector, item: Timed, reference: Timed) -> dict:
@@ -76,10 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds and --calls must be >= 1, --warmup >= 0")
     require_at_least(parser, 1, threads=args.threads)
     require_at_least(parser, 32, frame_size=min(args.frame_size))
-    require_zoo_models(parser, (spec.split("@")[0].split("+")[0] for spec in args.models))
+    try:
+        parsed = [_parse(spec) for spec in args.models]
+    except ValueError as error:
+        parser.error(str(error))
+    require_zoo_models(parser, (model for model, _, _ in parsed))
 
     with CoreLatencyProbe() as probe:
-        detectors = [_load(spec, args.threads) for spec in args.models]
+        try:
+            detectors = [_load(spec, args.threads) for spec in args.models]
+        except (ValueError, OSError, RuntimeError) as error:  # a backend or model it refuses
+            parser.error(str(error))
         width, height = args.frame_size
         frame = SyntheticScenes(1, seed=0,
                                 config=SyntheticConfig(image_size=(width, height)))[0].image

@@ -165,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     truth = video.with_suffix(".json")
     if not video.is_file() or not truth.is_file():
         parser.error(f"--video: needs {video} and its ground truth {truth}")
-    coco = json.loads(truth.read_text())
+    try:
+        coco = json.loads(truth.read_text(encoding="utf-8"))
+        coco["annotations"], coco["images"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        parser.error(f"--video: {truth} is not a COCO ground truth ({error!r})")
     frames = read_frames(video, args.every, args.frames)
     if not args.json:
         print(f"video {video.name}: {len(frames)} frames, one every {args.every}")

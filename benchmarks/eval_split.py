@@ -14,6 +14,7 @@ figure, compare speeds with ``benchmarks/speed.py``).
 from __future__ import annotations
 
 from edgedet._repo import use_repo_root
+from edgedet.backends import BACKENDS
 
 use_repo_root(__file__)
 
@@ -67,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--images must be >= 1")
     if args.seed < 0:
         parser.error("--seed must be >= 0")
-    models = require_zoo_models(parser, args.models.split(",") if args.models
-                                else list_models())
+    if args.backend not in (*BACKENDS, "auto"):
+        parser.error(f"--backend {args.backend!r}: choose auto or one of {', '.join(BACKENDS)}")
+    if args.models is not None and not [m for m in args.models.split(",") if m.strip()]:
+        parser.error("--models: give at least one model (leave it out for every zoo model)")
+    models = require_zoo_models(parser, [m.strip() for m in args.models.split(",") if m.strip()]
+                                if args.models is not None else list_models())
     if not args.json:
         print(f"synthetic split seed {args.seed}, {args.images} images, evaluation settings")
         print(f"{'model':<28} {'backend':<12} " + " ".join(f"{k:>5}" for k in KEYS)

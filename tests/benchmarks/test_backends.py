@@ -27,3 +27,12 @@ def test_backends_json_has_each_models_figures_per_placement(capsys):
         assert row["runtime_p50_ms_near"] is None and row["speedup_vs_first_far"] is None
     readings = report["core_round_trips_ns"]
     assert readings == [] or len(readings) == 3  # before the round, then after each model
+
+
+def test_a_bad_model_spec_is_an_argument_error(capsys):
+    for spec, message in (("passd_mobilenet_int8@bogus", "unknown backend 'bogus'"),
+                          ("passd_mobilenet_int8+3x", "expected MODEL, MODEL@BACKEND")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([spec, "--rounds", "1"])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err

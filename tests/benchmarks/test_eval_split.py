@@ -24,6 +24,10 @@ def test_scores_a_zoo_model_like_the_accuracy_check_on_another_seed(capsys):
     assert [row[k] for k in KEYS] == pytest.approx([want[k] for k in KEYS])
 
 
-def test_bad_arguments_are_refused():
-    with pytest.raises(SystemExit):
-        main(["--images", "0"])
+def test_bad_arguments_are_refused(capsys):
+    for argv, message in ((["--images", "0"], "--images"),
+                          (["--backend", "bogus"], "--backend 'bogus'"),  # a traceback before
+                          (["--models", ""], "give at least one model")):  # ran every model
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
