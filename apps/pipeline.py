@@ -90,6 +90,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``parser.error`` (exit status 2) for values argparse cannot check itself."""
+    if args.source == "":  # a path would read it as the current folder
+        parser.error("--source is empty; give a camera index, a file, a folder, a URL or demo")
     if args.max_frames is not None and args.max_frames < 1:
         parser.error("--max-frames must be >= 1")
     if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:

@@ -275,8 +275,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     check_common_arguments(parser, args)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be from 0 to 65535, got {args.port}")
-    if args.linger < 0:
-        parser.error(f"--linger must be >= 0, got {args.linger}")
+    if not 0 <= args.linger < float("inf"):  # nan too
+        parser.error(f"--linger must be a number of seconds >= 0, got {args.linger}")
     return args
 
 

@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="COCO dataset folder (with annotations.json) or annotations file")
     ev.add_argument("--json", action="store_true",
                     help="print one JSON object with keys AP, AP50, AP75, APs, APm, APl, AR")
-    ev.add_argument("--verbose", action="store_true", help="show pycocotools' own output")
+    ev.add_argument("--verbose", action="store_true",
+                    help="show pycocotools' own output (on stderr)")
     ev.set_defaults(func=_cmd_eval)
 
     summary = sub.add_parser(

@@ -6,6 +6,7 @@ import contextlib
 import io
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -51,9 +52,11 @@ class CocoMetrics:
 
 @contextlib.contextmanager
 def _quiet(verbose: bool) -> Iterator[None]:
-    """Swallow pycocotools' progress prints unless ``verbose``."""
+    """Swallow pycocotools' progress prints unless ``verbose``; then they go to stderr, so
+    that stdout carries only the caller's results (``edgedet eval --json``)."""
     if verbose:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     else:
         with contextlib.redirect_stdout(io.StringIO()):
             yield

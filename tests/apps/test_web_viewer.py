@@ -290,7 +290,8 @@ def test_help_and_one_line_errors(viewer, models: dict[str, Path], tmp_path: Pat
     for option in ("--source", "--host", "--port", "--track", "--loop", "--linger",
                    "--max-frames", "/api/health"):
         assert option in help_text
-    for bad in (["--port", "70000"], ["--linger", "-1"], ["--max-frames", "0"]):
+    for bad in (["--port", "70000"], ["--linger", "-1"], ["--linger", "nan"],
+                ["--max-frames", "0"], ["--source", ""]):
         with pytest.raises(SystemExit):
             viewer.parse_args(bad)
     tiny = ["--model", str(models["tiny"])]

@@ -175,7 +175,8 @@ def test_quiet_unless_verbose(capsys: pytest.CaptureFixture[str]) -> None:
     evaluate_coco(_ground_truth(), _as_predictions(_ground_truth()))
     assert capsys.readouterr().out == ""
     evaluate_coco(_ground_truth(), _as_predictions(_ground_truth()), verbose=True)
-    assert "Average Precision" in capsys.readouterr().out
+    out, err = capsys.readouterr()  # on stderr: stdout is the caller's (eval --json)
+    assert "Average Precision" in err and out == ""
 
 
 def _samples() -> list[Sample]:
