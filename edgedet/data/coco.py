@@ -52,6 +52,9 @@ def coco_annotations(image_id: int, boxes_xyxy: np.ndarray, class_ids: np.ndarra
 WRITER = "edgedet"
 # Where the annotations of the dataset being replaced wait until the new ones are in place.
 _PREVIOUS_ANNOTATIONS = ".annotations.json.previous"
+# The images a run is writing, one name per line, each added before its file is written: a
+# run interrupted before its annotations leaves them listed here for the next run to remove.
+_WRITING_IMAGES = ".images-being-written"
 
 
 def write_coco_dataset(
@@ -70,7 +73,8 @@ def write_coco_dataset(
     first, so an interrupted run leaves a folder without ``annotations.json`` (which no
     reader takes for a dataset), never new images under old labels. Once the new annotations
     are in place, the images only the earlier ones listed are removed (a smaller dataset
-    written again leaves no orphans); no other file is touched.
+    written again leaves no orphans, nor does a run after an interrupted one: each image's name
+    is logged before it is written); no other file is touched.
 
     Returns:
         The path of the annotations file.
@@ -84,27 +88,35 @@ def write_coco_dataset(
     image_dir.mkdir(parents=True, exist_ok=True)
     ann_path = out_dir / "annotations.json"
     previous = out_dir / _PREVIOUS_ANNOTATIONS
-    earlier = _listed_images(ann_path) | _listed_images(previous)
-    if ann_path.exists():
+    writing = out_dir / _WRITING_IMAGES
+    earlier = _listed_images(ann_path) | _listed_images(previous) | _written_names(writing)
+    if ann_path.exists() or earlier:
         write_json_atomic(previous, {"images": [{"file_name": name} for name in sorted(earlier)]})
-        ann_path.unlink()
+        ann_path.unlink(missing_ok=True)
     images: list[dict] = []
     annotations: list[dict] = []
-    for sample in samples:
-        file_name = sample.file_name or f"{sample.image_id:06d}{image_ext}"
-        ok, encoded = cv2.imencode(Path(file_name).suffix or image_ext, sample.image)
-        if not ok:
-            raise OSError(f"OpenCV could not encode image {file_name!r}")
-        write_bytes_atomic(image_dir / file_name, encoded.tobytes())
-        images.append(
-            {
-                "id": int(sample.image_id),
-                "file_name": file_name,
-                "width": sample.width,
-                "height": sample.height,
-            }
-        )
-        annotations.extend(sample_to_coco_annotations(sample, first_ann_id=len(annotations) + 1))
+    log = open(writing, "w", encoding="utf-8")  # noqa: SIM115 - closed below, or by the error
+    try:
+        for sample in samples:
+            file_name = sample.file_name or f"{sample.image_id:06d}{image_ext}"
+            ok, encoded = cv2.imencode(Path(file_name).suffix or image_ext, sample.image)
+            if not ok:
+                raise OSError(f"OpenCV could not encode image {file_name!r}")
+            log.write(file_name + "\n")
+            log.flush()
+            write_bytes_atomic(image_dir / file_name, encoded.tobytes())
+            images.append(
+                {
+                    "id": int(sample.image_id),
+                    "file_name": file_name,
+                    "width": sample.width,
+                    "height": sample.height,
+                }
+            )
+            annotations.extend(sample_to_coco_annotations(sample,
+                                                          first_ann_id=len(annotations) + 1))
+    finally:
+        log.close()
     dataset = {
         "info": {**(info or {"description": "written by edgedet"}), "writer": WRITER},
         "images": images,
@@ -120,7 +132,16 @@ def write_coco_dataset(
         if image_dir.resolve() in orphan.resolve().parents:  # never outside images/
             orphan.unlink(missing_ok=True)
     previous.unlink(missing_ok=True)
+    writing.unlink(missing_ok=True)
     return ann_path
+
+
+def _written_names(log: Path) -> set[str]:
+    """The image names an interrupted run's log lists (none without one)."""
+    try:
+        return {line for line in log.read_text(encoding="utf-8").splitlines() if line}
+    except (OSError, UnicodeDecodeError):
+        return set()
 
 
 def check_dataset_folder(out_dir: Path) -> None:
@@ -131,7 +152,7 @@ def check_dataset_folder(out_dir: Path) -> None:
         raise DatasetError(f"{out_dir} is a file; give a folder for the dataset")
     if not out_dir.is_dir() or all(entry.name.startswith(".") for entry in out_dir.iterdir()):
         return  # new, or empty but for hidden files (a file manager's .DS_Store)
-    if ((out_dir / _PREVIOUS_ANNOTATIONS).is_file()
+    if ((out_dir / _PREVIOUS_ANNOTATIONS).is_file() or (out_dir / _WRITING_IMAGES).is_file()
             or written_by_edgedet(out_dir / "annotations.json")):
         return
     found = sorted(entry.name for entry in out_dir.iterdir() if not entry.name.startswith("."))

@@ -257,3 +257,27 @@ def test_malformed_annotation_fields_are_named(tmp_path: Path, change, message: 
     path.write_text(json.dumps(dataset))
     with pytest.raises(DatasetError, match=message):
         CocoDataset(tmp_path)
+
+
+def test_a_run_after_an_interrupted_one_leaves_none_of_its_images(tmp_path: Path) -> None:
+    # An interrupted `edgedet synth` left 138 images that no later run removed.
+    big = SyntheticScenes(5, seed=2, config=SyntheticConfig(image_size=(64, 48)))
+    small = SyntheticScenes(1, seed=3, config=SyntheticConfig(image_size=(64, 48)))
+
+    def stopped_after(count: int):
+        yield from list(big)[:count]
+        raise KeyboardInterrupt
+
+    for earlier in ([], list(SyntheticScenes(2, seed=0,
+                                             config=SyntheticConfig(image_size=(64, 48))))):
+        out = tmp_path / f"after_{len(earlier)}"
+        if earlier:  # a finished dataset first; else the interrupted run is the first one
+            write_coco_dataset(earlier, out, big.class_names)
+        with pytest.raises(KeyboardInterrupt):
+            write_coco_dataset(stopped_after(4), out, big.class_names)
+        assert len(list((out / "images").iterdir())) >= 4
+        write_coco_dataset(list(small), out, small.class_names)  # allowed, and cleans up
+        listed = [image["file_name"] for image in
+                  json.loads((out / "annotations.json").read_text())["images"]]
+        assert sorted(p.name for p in (out / "images").iterdir()) == sorted(listed)
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
