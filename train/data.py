@@ -11,6 +11,7 @@ detections back to the original image and the ground truth for COCO evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from edgedet.data.annotated import AnnotatedImageDataset
 from edgedet.data.coco import CocoDataset
@@ -263,6 +264,22 @@ def worker_init_fn(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+@contextlib.contextmanager
+def loader_batches(loader: DataLoader) -> Iterator[Iterator]:
+    """``iter(loader)`` whose worker processes are stopped when the block ends, an error
+    included. Workers ignore SIGTERM (``worker_init_fn``), so workers left to the interpreter's
+    exit, which stops them with SIGTERM and then waits, kept a failed run from exiting (a
+    broken validation image with ``--workers 1``: the error printed, then a hang)."""
+    iterator = iter(loader)
+    try:
+        yield iterator
+    finally:
+        # Private but stable since torch 1.x; a single-process iterator has none.
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 class ResumableSampler(Sampler[int]):

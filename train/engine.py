@@ -46,6 +46,7 @@ from train.data import (
     TrainingDataset,
     collate_eval,
     collate_training,
+    loader_batches,
     worker_init_fn,
 )
 from train.distill import OutputDistillation
@@ -356,36 +357,37 @@ class Trainer:
         sums, steps = self.epoch_sums, self.epoch_steps
         start = last_save = time.perf_counter()
         new_steps = 0
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   disable=not (info.is_main and cfg.progress_bar), leave=False,
-                   dynamic_ncols=True, initial=self.batches_done, total=batches)
-        for images, targets in bar:
-            lr = self.schedule(self.iteration)
-            losses = self._train_step(images, targets)
-            self.batches_done += 1
-            if losses is not None:
-                # Logged values are averages over the ranks: the whole global batch.
-                losses = mean_over_ranks(losses, info)
-                steps += 1
-                new_steps += 1
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                self.epoch_steps = steps
-                elapsed = time.perf_counter() - start
-                images_per_s = new_steps * cfg.batch_size * info.world_size / max(elapsed,
-                                                                                   1e-9)
-                self.log.write({"type": "train", "epoch": self.epoch,
-                                "iteration": self.iteration - 1, "lr": lr, **losses,
-                                "images_per_s": images_per_s})
-                bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()},
-                                 "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"})
-            save_due, stop = self._save_and_stop_agreed(last_save)
-            if save_due or stop:
-                self.save_resume_state()
-                last_save = time.perf_counter()
-            if stop:
-                raise self._stopped()
-        bar.close()
+        with loader_batches(self.train_loader) as iterator:
+            bar = tqdm(iterator, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                       disable=not (info.is_main and cfg.progress_bar), leave=False,
+                       dynamic_ncols=True, initial=self.batches_done, total=batches)
+            for images, targets in bar:
+                lr = self.schedule(self.iteration)
+                losses = self._train_step(images, targets)
+                self.batches_done += 1
+                if losses is not None:
+                    # Logged values are averages over the ranks: the whole global batch.
+                    losses = mean_over_ranks(losses, info)
+                    steps += 1
+                    new_steps += 1
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    self.epoch_steps = steps
+                    elapsed = time.perf_counter() - start
+                    images_per_s = new_steps * cfg.batch_size * info.world_size / max(elapsed,
+                                                                                       1e-9)
+                    self.log.write({"type": "train", "epoch": self.epoch,
+                                    "iteration": self.iteration - 1, "lr": lr, **losses,
+                                    "images_per_s": images_per_s})
+                    bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()},
+                                     "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.1f}"})
+                save_due, stop = self._save_and_stop_agreed(last_save)
+                if save_due or stop:
+                    self.save_resume_state()
+                    last_save = time.perf_counter()
+                if stop:
+                    raise self._stopped()
+            bar.close()
         means = {k: v / max(steps, 1) for k, v in sums.items()}
         elapsed = time.perf_counter() - start
         means["images_per_s"] = len(self.train_loader) * cfg.batch_size * info.world_size / \

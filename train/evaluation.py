@@ -21,7 +21,7 @@ from edgedet.data.evaluate import detections_to_coco_results, evaluate_coco
 from edgedet.decoder import HeadDecoder
 from edgedet.preprocess import FrameTransform
 from train.checkpoint import unwrap
-from train.data import EvalRecord
+from train.data import EvalRecord, loader_batches
 from train.distributed import DistInfo, gather_objects
 
 
@@ -71,19 +71,21 @@ def evaluate(
     records: list[EvalRecord] = []
     results: list[dict] = []
     # (COCO's val split takes minutes: a bar, on rank 0 and where the run shows its own.)
-    batches = tqdm(loader, desc="evaluating", leave=False, dynamic_ncols=True,
-                   disable=not (info.is_main and progress))
-    for images, batch_records in batches:
-        with _autocast(info.device, amp):
-            outputs = bare(images.to(info.device, non_blocking=True))
-        arrays = {name: outputs[name].float().cpu().numpy() for name in decoder.output_names}
-        transforms = [FrameTransform((r.width, r.height), r.scale_x, r.scale_y, r.pad_x,
-                                     r.pad_y) for r in batch_records]
-        for record, found in zip(batch_records, decoder.decode_batch(arrays, transforms),
-                                 strict=True):
-            results.extend(detections_to_coco_results(record.image_id, found.xyxy,
-                                                      found.scores, found.class_ids))
-            records.append(record)
+    with loader_batches(loader) as iterator:
+        batches = tqdm(iterator, desc="evaluating", leave=False, dynamic_ncols=True,
+                       disable=not (info.is_main and progress), total=len(loader))
+        for images, batch_records in batches:
+            with _autocast(info.device, amp):
+                outputs = bare(images.to(info.device, non_blocking=True))
+            arrays = {name: outputs[name].float().cpu().numpy()
+                      for name in decoder.output_names}
+            transforms = [FrameTransform((r.width, r.height), r.scale_x, r.scale_y, r.pad_x,
+                                         r.pad_y) for r in batch_records]
+            for record, found in zip(batch_records, decoder.decode_batch(arrays, transforms),
+                                     strict=True):
+                results.extend(detections_to_coco_results(record.image_id, found.xyxy,
+                                                          found.scores, found.class_ids))
+                records.append(record)
     bare.train(was_training)
     gathered = gather_objects((records, results), info)
     if not info.is_main:

@@ -124,3 +124,32 @@ def test_open_splits_synthetic_cache(tmp_path):
         np.testing.assert_array_equal(rendered.image, stored.image)
         np.testing.assert_array_equal(rendered.boxes_xyxy, stored.boxes_xyxy)
     assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 2
+
+
+class _BrokenAt(torch.utils.data.Dataset):
+    """Items 0..7; item 2 raises, as a corrupt image does."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> int:
+        if index == 2:
+            raise ValueError("cannot read image 2")
+        return index
+
+
+def test_loader_batches_stops_its_workers_when_the_block_fails() -> None:
+    # Workers ignore SIGTERM; left to the interpreter's exit (SIGTERM, then wait) they kept a
+    # run that had printed its error from exiting.
+    from train.data import loader_batches, worker_init_fn
+
+    loader = DataLoader(_BrokenAt(), batch_size=1, num_workers=1, worker_init_fn=worker_init_fn)
+    workers = []
+    with pytest.raises(ValueError, match="cannot read image 2"), \
+            loader_batches(loader) as iterator:
+        workers = list(iterator._workers)
+        for _ in iterator:
+            pass
+    for worker in workers:
+        worker.join(timeout=30)
+        assert not worker.is_alive()
