@@ -294,3 +294,29 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.sampler) - self.start
+
+
+def without_worker_traceback(message: str) -> str:
+    """A DataLoader worker re-raises its error with the worker's whole traceback in the
+    message ("Caught DatasetError in DataLoader worker process 1. Original Traceback ...");
+    the error itself follows the last traceback's frames: its first line not indented, which
+    names the type ("edgedet.data.errors.DatasetError: ..."), and every line after it (a
+    message can span lines, indented ones too)."""
+    if "in DataLoader worker process" not in message:
+        return message
+    lines = message.strip("\n").splitlines()
+    starts = [i for i, line in enumerate(lines)  # "Original Traceback ..." first, then plain
+              if line.endswith("Traceback (most recent call last):") and not line[0].isspace()]
+    if not starts:
+        return message
+    start = starts[-1] + 1
+    # The frames: "  File ..." lines, their source lines and caret markers, all indented.
+    while start < len(lines) - 1 and (not lines[start].strip() or lines[start][0].isspace()):
+        start += 1
+    first, *rest = lines[start:]
+    name, colon, text = first.partition(": ")
+    if colon and name and " " not in name:  # "module.Type: text" (a type has no spaces)
+        first = text
+    elif first.endswith(":") and " " not in first:  # "module.Type:" (an empty first line)
+        first = ""
+    return "\n".join([first, *rest]).strip("\n")

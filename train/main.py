@@ -29,7 +29,7 @@ from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
 from train.amp import training_amp
 from train.checkpoint import CheckpointError, carry_best_checkpoint, short_reason
-from train.data import build_augmentation, open_splits
+from train.data import build_augmentation, open_splits, without_worker_traceback
 from train.distributed import DistInfo, cleanup, init_distributed, locked_by_main_rank
 from train.engine import STATE_FILE, Trainer, TrainingDivergedError
 from train.graceful_stop import TrainingStopped
@@ -274,32 +274,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.resume is None and held:  # a new run would overwrite its checkpoints and logs
         parser.error(f"--out {args.out} already holds a run ({', '.join(held)}): continue it "
                      "with --resume, or give a new --out")
-
-
-def _without_worker_traceback(message: str) -> str:
-    """A DataLoader worker re-raises its error with the worker's whole traceback in the
-    message ("Caught DatasetError in DataLoader worker process 1. Original Traceback ...");
-    the error itself follows the last traceback's frames: its first line not indented, which
-    names the type ("edgedet.data.errors.DatasetError: ..."), and every line after it (a
-    message can span lines, indented ones too)."""
-    if "in DataLoader worker process" not in message:
-        return message
-    lines = message.strip("\n").splitlines()
-    starts = [i for i, line in enumerate(lines)  # "Original Traceback ..." first, then plain
-              if line.endswith("Traceback (most recent call last):") and not line[0].isspace()]
-    if not starts:
-        return message
-    start = starts[-1] + 1
-    # The frames: "  File ..." lines, their source lines and caret markers, all indented.
-    while start < len(lines) - 1 and (not lines[start].strip() or lines[start][0].isspace()):
-        start += 1
-    first, *rest = lines[start:]
-    name, colon, text = first.partition(": ")
-    if colon and name and " " not in name:  # "module.Type: text" (a type has no spaces)
-        first = text
-    elif first.endswith(":") and " " not in first:  # "module.Type:" (an empty first line)
-        first = ""
-    return "\n".join([first, *rest]).strip("\n")
+    if args.resume and held and Path(args.resume).resolve().parent != out.resolve():
+        parser.error(f"--out {args.out} already holds a run ({', '.join(held)}), and --resume "
+                     f"{args.resume} is another folder's: continuing that one here would "
+                     "overwrite it; give a new --out")
 
 
 def seed_everything(seed: int) -> None:
@@ -489,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(stopped), file=sys.stderr)
         return 128 + stopped.signal_number  # the shell's code for a signal's end
     except (TrainingDivergedError, CheckpointError, DatasetError) as error:
-        print(f"error: {_without_worker_traceback(str(error))}", file=sys.stderr)
+        print(f"error: {without_worker_traceback(str(error))}", file=sys.stderr)
         return 1
     finally:
         cleanup()

@@ -107,6 +107,15 @@ def test_out_must_be_a_folder_and_a_batch_needs_enough_images(tmp_path, capsys):
         _run([*TINY, "--out", str(earlier)])
     assert "already holds a run (best.safetensors)" in capsys.readouterr().err
     assert [p.name for p in earlier.iterdir()] == ["best.safetensors"]
+    # Another folder's resume state continued here would overwrite this run too.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "last.state.safetensors").write_bytes(b"state")
+    with pytest.raises(SystemExit):
+        _run([*TINY, "--out", str(earlier), "--resume", str(other / "last.state.safetensors")])
+    assert "is another folder's: continuing that one here would overwrite it" in (
+        capsys.readouterr().err)
+    assert [p.name for p in earlier.iterdir()] == ["best.safetensors"]
     # 8 training images, batch 16: a one-line dataset error, not a traceback.
     assert _run([*TINY, "--batch-size", "16", "--epochs", "1",
                  "--out", str(tmp_path / "run")]) == 1
@@ -277,13 +286,13 @@ def test_a_fresh_run_does_not_append_to_a_killed_runs_log(tmp_path):
 
 
 def test_a_data_loader_workers_error_is_reported_without_the_traceback():
-    from train.main import _without_worker_traceback
+    from train.data import without_worker_traceback
 
     message = ("Caught DatasetError in DataLoader worker process 1.\nOriginal Traceback (most "
                "recent call last):\n  File \"x.py\", line 3, in f\n    raise DatasetError(m)\n"
                "edgedet.data.errors.DatasetError: images/7.jpg: not a readable image\n")
-    assert _without_worker_traceback(message) == "images/7.jpg: not a readable image"
-    assert _without_worker_traceback("plain: message") == "plain: message"
+    assert without_worker_traceback(message) == "images/7.jpg: not a readable image"
+    assert without_worker_traceback("plain: message") == "plain: message"
     # A message over several lines keeps them all; a chained error reports the last one.
     message = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most "
                "recent call last):\n  File \"a.py\", line 1, in g\n    open(p)\n"
@@ -292,16 +301,16 @@ def test_a_data_loader_workers_error_is_reported_without_the_traceback():
                "in f\n    raise DatasetError(m)\n    ^^^^^^^^^^^^^^^^^^^\n"
                "edgedet.data.errors.DatasetError: a.json: 2 problems:\n  box 1: negative width"
                "\n  box 4: class 9 unknown\n")
-    assert _without_worker_traceback(message) == (
+    assert without_worker_traceback(message) == (
         "a.json: 2 problems:\n  box 1: negative width\n  box 4: class 9 unknown")
     # Message lines that look like frames, and a message that starts on its second line.
     frames = ("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most "
               "recent call last):\n  File \"x.py\", line 3, in f\n    raise DatasetError(m)\n")
-    assert _without_worker_traceback(
+    assert without_worker_traceback(
         frames + "edgedet.data.errors.DatasetError: x.json: 2 problems:\n  File name 'a.jpg' "
         "missing\n  box 3 negative\n") == (
         "x.json: 2 problems:\n  File name 'a.jpg' missing\n  box 3 negative")
-    assert _without_worker_traceback(
+    assert without_worker_traceback(
         frames + "edgedet.data.errors.DatasetError: \nsecond line\n") == "second line"
 
 
