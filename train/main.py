@@ -327,6 +327,11 @@ def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
             from error
 
 
+class SetupError(Exception):
+    """A setting the run cannot work with, found while building the model, the teacher or
+    the trainer (before anything is written): exit 2, like argparse's errors."""
+
+
 def run(args: argparse.Namespace, info: DistInfo) -> dict:
     args.amp_requested, args.amp = args.amp, training_amp(args.amp, info.device.type, info.is_main)
     paper_size = default_img_size(args.model)
@@ -341,7 +346,11 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
                          train_split=args.train_split, val_split=args.val_split,
                          val_data=args.val_data)
     seed_everything(args.seed)
-    model = build_model(args.model, len(splits.class_names), img_size, **dict(args.model_arg))
+    try:
+        model = build_model(args.model, len(splits.class_names), img_size,
+                            **dict(args.model_arg))
+    except (ValueError, TypeError) as error:  # e.g. --model-arg width_mult=0
+        raise SetupError(f"--model {args.model} (--model-arg): {error}") from error
     defaults = family_defaults(model)
     if args.backbone_weights:
         from edgedet.models.backbones.weights import load_backbone_weights
@@ -374,9 +383,12 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
     if args.distill_from:
         from train.distill import load_distillation
 
-        distillation = load_distillation(args.distill_from, model, img_size, info.device,
-                                         args.distill_weight,
-                                         args.memory_format == "channels_last")
+        try:
+            distillation = load_distillation(args.distill_from, model, img_size, info.device,
+                                             args.distill_weight,
+                                             args.memory_format == "channels_last")
+        except ValueError as error:  # a teacher of another family, classes or anchors
+            raise SetupError(f"--distill-from {args.distill_from}: {error}") from error
     if args.optimizer == "adamw":
         lr = args.lr if args.lr is not None else 1e-3
         weight_decay = args.weight_decay if args.weight_decay is not None else 0.05
@@ -403,8 +415,13 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
                          if args.data == "synthetic" else {})},
     )
     out_dir = Path(args.out)
-    trainer = Trainer(model, criterion, splits.train, splits.val, splits.class_names,
-                      preprocess_config, augmentation, config, out_dir, info, distillation)
+    try:
+        trainer = Trainer(model, criterion, splits.train, splits.val, splits.class_names,
+                          preprocess_config, augmentation, config, out_dir, info, distillation)
+    except DatasetError:
+        raise
+    except ValueError as error:  # e.g. --incremental-epochs for a model without attention
+        raise SetupError(str(error)) from error
     warmup = trainer.schedule.warmup_iters
     if args.resume is not None:
         state = Path(args.resume) if args.resume else out_dir / STATE_FILE
@@ -466,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as stopped:
         print(str(stopped), file=sys.stderr)
         return 128 + stopped.signal_number  # the shell's code for a signal's end
+    except SetupError as error:  # a bad setting found while setting the run up: exit 2
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (TrainingDivergedError, CheckpointError, DatasetError) as error:
         print(f"error: {without_worker_traceback(str(error))}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ DSANet (16 img/iter)    0.01       -             9 (mmdet: 8, 11) 12
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,6 +100,8 @@ def parse_steps(text: str) -> tuple[float, ...]:
         steps = tuple(float(v) for v in text.split(","))
     except ValueError as error:
         raise ValueError(f"--lr-steps must be comma-separated epochs, got {text!r}") from error
+    if not all(math.isfinite(v) for v in steps):
+        raise ValueError(f"--lr-steps must be finite epochs, got {text!r}")
     if list(steps) != sorted(steps) or min(steps) < 0:
         raise ValueError(f"--lr-steps must be increasing non-negative epochs, got {text!r}")
     return steps

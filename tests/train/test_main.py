@@ -80,6 +80,8 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     (["--lr-steps", "abc"], "--lr-steps must be comma-separated epochs"),
     (["--lr-steps", "5,2"], "--lr-steps must be increasing"),
     (["--model-arg", "bogus=1"], "--model-arg bogus: passd_mobilenet takes none such"),
+    (["--lr-steps", "nan"], "--lr-steps must be finite epochs"),  # crashed at the first step
+    (["--lr-steps", "0.5,inf"], "--lr-steps must be finite epochs"),
 ])
 def test_values_that_cannot_work_are_refused_before_the_run_is_touched(tmp_path, capsys,
                                                                        flags, message):
@@ -93,6 +95,21 @@ def test_values_that_cannot_work_are_refused_before_the_run_is_touched(tmp_path,
     assert message in err and "Traceback" not in err
     assert [p.name for p in run.iterdir()] == ["summary.json"]  # the earlier run untouched
     assert (run / "summary.json").read_text() == '{"best_AP": 0.5}'
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--incremental-epochs", "1"], "--incremental-epochs applies to HAR-Net models only"),
+    (["--model-arg", "width_mult=0"], "width_mult must be > 0"),
+    (["--model-arg", "width_mult=abc"], "could not convert string to float: 'abc'"),
+])
+def test_settings_found_bad_while_setting_up_exit_2_with_one_line(tmp_path, capsys, flags,
+                                                                  message):
+    # They were raw tracebacks (exit 1) from the model builder and the trainer.
+    run = tmp_path / "run"
+    assert _run([*TINY, "--epochs", "1", "--out", str(run), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert [p.name for p in run.iterdir() if p.name != ".lock"] == []  # nothing written
 
 
 def test_out_must_be_a_folder_and_a_batch_needs_enough_images(tmp_path, capsys):
