@@ -29,6 +29,7 @@ from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
 from train.amp import training_amp
 from train.checkpoint import CheckpointError, carry_best_checkpoint, short_reason
+from train.cli_types import parse_minutes, parse_model_arg, parse_size
 from train.data import build_augmentation, open_splits, without_worker_traceback
 from train.distributed import DistInfo, cleanup, init_distributed, locked_by_main_rank
 from train.engine import STATE_FILE, Trainer, TrainingDivergedError
@@ -63,43 +64,6 @@ examples:
   python train/main.py --model passd_mobilenet --data synthetic --out runs/p --resume
 """
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"320"`` → (320, 320); ``"1000x600"`` → (1000, 600) as (width, height)."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"--img-size: expected N or WxH, got {text!r}") \
-            from error
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 32:
-        raise argparse.ArgumentTypeError(f"--img-size: expected N or WxH >= 32, got {text!r}")
-    return parts[0], parts[1]
-
-
-
-def parse_minutes(text: str) -> float:
-    """A number of minutes >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"expected minutes >= 0, got {text!r}")
-    return value
-
-
-def parse_model_arg(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` → ``(key, value)``, the value JSON-decoded when it parses."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value: object = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -266,6 +230,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         if key not in takes:
             parser.error(f"--model-arg {key}: {args.model} takes none such; it takes "
                          f"{', '.join(takes)}")
+    synthetic = "synthetic" in (args.data, args.val_data)
+    ignored = [flag for flag, given in (
+        ("--train-split", args.train_split is not None and args.data == "synthetic"),
+        ("--val-split", args.val_split is not None and args.data == "synthetic"
+         and args.val_data is None),
+        ("--synthetic-size", args.synthetic_size is not None and not synthetic),
+        ("--synthetic-cache", args.synthetic_cache is not None and not synthetic)) if given]
+    if ignored:  # they would be accepted and do nothing
+        parser.error(f"{', '.join(ignored)} do nothing with --data {args.data}")
     out = Path(args.out)
     if problem := folder_problem(out):
         parser.error(f"--out {args.out} {problem}; give the run's folder")

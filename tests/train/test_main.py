@@ -80,6 +80,10 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
     (["--lr-steps", "abc"], "--lr-steps must be comma-separated epochs"),
     (["--lr-steps", "5,2"], "--lr-steps must be increasing"),
     (["--model-arg", "bogus=1"], "--model-arg bogus: passd_mobilenet takes none such"),
+    (["--train-split", "x", "--val-split", "y"],  # accepted, and did nothing
+     "--train-split, --val-split do nothing with --data synthetic"),
+    (["--data", "coco:/nowhere", "--synthetic-size", "640x480"],
+     "--synthetic-size do nothing with --data coco:/nowhere"),
     (["--lr-steps", "nan"], "--lr-steps must be finite epochs"),  # crashed at the first step
     (["--lr-steps", "0.5,inf"], "--lr-steps must be finite epochs"),
 ])
