@@ -275,7 +275,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     check_common_arguments(parser, args)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be from 0 to 65535, got {args.port}")
-    if not 0 <= args.linger < float("inf"):  # nan too
+    if not args.linger >= 0:  # nan too (inf: until Ctrl-C)
         parser.error(f"--linger must be a number of seconds >= 0, got {args.linger}")
     return args
 

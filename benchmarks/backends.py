@@ -41,8 +41,8 @@ def _parse(spec: str) -> tuple[str, str, bool]:
     if not model or "+" in spec.removesuffix("+2x"):
         raise ValueError(f"{spec!r}: expected MODEL, MODEL@BACKEND, MODEL+2x or "
                          "MODEL@BACKEND+2x")
-    if backend and backend not in BACKENDS:
-        raise ValueError(f"{spec!r}: unknown backend {backend!r}; choose one of "
+    if backend and backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"{spec!r}: unknown backend {backend!r}; choose auto or one of "
                          f"{', '.join(BACKENDS)}")
     return model, backend or "auto", double_scale
 

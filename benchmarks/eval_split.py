@@ -14,7 +14,6 @@ figure, compare speeds with ``benchmarks/speed.py``).
 from __future__ import annotations
 
 from edgedet._repo import use_repo_root
-from edgedet.backends import BACKENDS
 
 use_repo_root(__file__)
 
@@ -24,6 +23,7 @@ import statistics
 from collections.abc import Sequence
 
 from benchmarks.common.args import require_zoo_models
+from edgedet.backends import BACKENDS
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.detector import Detector
 from edgedet.zoo import list_models

@@ -376,6 +376,19 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "overlapping crops and merge (N*N+1 model runs per image; default 1)")
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (POLLERR on its write
+    end); True where that cannot be asked, as the pipe error most likely was stdout's."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no stdout fd
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the process's own command: a SIGTERM stops it like Ctrl-C, so that a
         # file being written is finished or removed, never left as a hidden temporary file
@@ -386,11 +399,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = int(args.func(args))
         sys.stdout.flush()  # here, where a reader that left is caught, not at the exit
         return status
-    except BrokenPipeError:  # e.g. `edgedet models --json | head -1`: the reader left
-        devnull = os.open(os.devnull, os.O_WRONLY)  # so that the exit's flush does not fail
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 128 + 13  # what a shell reports for a command ended by SIGPIPE
+    except BrokenPipeError as exc:  # e.g. `edgedet models --json | head -1`: the reader left
+        if _stdout_reader_gone():
+            devnull = os.open(os.devnull, os.O_WRONLY)  # so that the exit's flush cannot fail
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return 128 + 13  # what a shell reports for a command ended by SIGPIPE
+        print(f"edgedet {args.command}: error: {exc}", file=sys.stderr)  # another pipe's
+        return 2
     except (CliError, ValueError, OSError) as exc:
         if os.environ.get("EDGEDET_DEBUG"):
             raise

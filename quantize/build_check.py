@@ -59,8 +59,9 @@ class ArtifactReport:
     notes: list[str] = field(default_factory=list)
     # Double-scale testing's accuracy section (None: the artifact has no 2x model).
     double_scale: dict[str, Any] | None = None
-    # Where a checked artifact of the same name stayed because this one's check was
-    # inconclusive (--allow-weak-reference); this one then goes to rejected/.
+    # Where a conclusively checked artifact of the same name stayed because this one's check
+    # was inconclusive (--allow-weak-reference); this one then goes to rejected/ (passed, but
+    # not put in place).
     kept_instead: str | None = None
 
 
@@ -241,12 +242,13 @@ def build_and_check(config: ConvertConfig, builder: Builder, check: AccuracyChec
         in_place = Path(config.out) / artifact.name
         kept_instead = None
         if passed and accuracy.get("inconclusive") and _conclusively_checked(in_place):
-            # --allow-weak-reference: a smoke test's artifact never replaces a checked one.
-            passed, kept_instead = False, str(in_place)
+            # --allow-weak-reference: a smoke test's artifact never replaces a checked one;
+            # it goes beside the rejected ones (its check passed, but proved nothing).
+            kept_instead = str(in_place)
         reports.append(ArtifactReport(
             name=artifact.name,
-            directory=str(in_place if passed else Path(config.out) / REJECTED_DIR
-                          / artifact.name),
+            directory=str(in_place if passed and kept_instead is None
+                          else Path(config.out) / REJECTED_DIR / artifact.name),
             backend=builder.target.backend, precision=str(artifact.manifest["precision"]),
             size_bytes=sum(p.stat().st_size for p in artifact.files.values()),
             passed=passed, accuracy=accuracy, checked_on=check.backend,

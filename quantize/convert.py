@@ -101,8 +101,10 @@ class ConvertConfig:
         allow_weak_reference: go on when the reference scores no more than ``max_drop`` AP
             on the eval images (an untrained model in a smoke test of the pipeline): the
             check then rests on the AP difference alone, which cannot tell a broken artifact
-            from a good one, and the accuracy sections say so (``"inconclusive"``). Without
-            it such a run stops with an error.
+            from a good one, and the accuracy sections say so (``"inconclusive"``); such an
+            artifact never replaces one whose check was conclusive (it goes to
+            ``out/rejected/``, ``ArtifactReport.kept_instead``). Without it such a run stops
+            with an error.
         progress: progress bars and step messages.
         command: how the run was started, for the report (default: this config).
     """
@@ -337,7 +339,7 @@ def _publish(out: Path, work: Path, staged: list[Artifact], report: ConversionRe
     for artifact, entry in zip(staged, report.artifacts, strict=True):
         write_artifact(entry.directory, artifact.files,
                        {**artifact.manifest, "accuracy": entry.accuracy}, extras)
-        if entry.passed:  # a rejected copy of an earlier run is stale now
+        if entry.passed and entry.kept_instead is None:  # an earlier rejected copy is stale
             shutil.rmtree(out / REJECTED_DIR / artifact.name, ignore_errors=True)
     write_report(out, report.to_dict(), picture)
 

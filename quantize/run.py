@@ -7,6 +7,7 @@ A thin command line over ``quantize.convert``; run ``python quantize/run.py --he
 
 from __future__ import annotations
 
+import os
 import sys
 
 from edgedet._repo import use_repo_root
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         report = convert(config)
     except (CheckpointError, DatasetError, ExportError, ValueError, OSError,
             DirectoryBusyError) as error:  # OSError: a missing file, an --out it cannot write
+        if os.environ.get("EDGEDET_DEBUG"):  # the whole traceback
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print_summary(report, args.out)

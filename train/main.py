@@ -17,6 +17,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import random
 import warnings
 
@@ -247,7 +248,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if args.resume is None and held:  # a new run would overwrite its checkpoints and logs
         parser.error(f"--out {args.out} already holds a run ({', '.join(held)}): continue it "
                      "with --resume, or give a new --out")
-    if args.resume and held and Path(args.resume).resolve().parent != out.resolve():
+    if args.resume and held and Path(args.resume).parent.resolve() != out.resolve():
         parser.error(f"--out {args.out} already holds a run ({', '.join(held)}), and --resume "
                      f"{args.resume} is another folder's: continuing that one here would "
                      "overwrite it; give a new --out")
@@ -457,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         print(str(stopped), file=sys.stderr)
         return 128 + stopped.signal_number  # the shell's code for a signal's end
     except SetupError as error:  # a bad setting found while setting the run up: exit 2
+        if os.environ.get("EDGEDET_DEBUG"):  # the traceback of what the builder raised
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (TrainingDivergedError, CheckpointError, DatasetError) as error:

@@ -105,12 +105,6 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
         if bbox[2] < 0 or bbox[3] < 0:  # pycocotools scored it against nothing (AP fell)
             raise DatasetError(f"{source}: annotation {index} has bbox {bbox}, a negative width "
                                f"or height (COCO boxes are [x, y, width, height])")
-        if bbox[2] == 0 or bbox[3] == 0:
-            # No box can overlap it, so pycocotools counted it as missed (a ground truth
-            # scored against itself read AP 0.5); the dataset readers leave such boxes out,
-            # and so does the evaluation, so that both score the same objects.
-            degenerate.append(index)
-            continue
         # pycocotools would silently leave such an object out (AP -1 if it was the only one).
         for key, known in (("image_id", image_ids), ("category_id", category_ids)):
             if annotation.get(key) not in known:
@@ -118,6 +112,12 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
                                    f"{annotation.get(key)!r}, which the ground truth does not "
                                    f"list")
         crowd_flag(annotation, source)
+        if bbox[2] == 0 or bbox[3] == 0:
+            # No box can overlap it, so pycocotools counted it as missed (a ground truth
+            # scored against itself read AP 0.5); the dataset readers leave such boxes out,
+            # and so does the evaluation, so that both score the same objects.
+            degenerate.append(index)
+            continue
         if "area" in annotation and not (_is_number(annotation["area"])
                                          and annotation["area"] >= 0):
             raise DatasetError(f"{source}: annotation {index} has area {annotation['area']!r}")

@@ -36,7 +36,9 @@ class TorchBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = as_detection_model(model)
         first = next(model.parameters(), None)  # type: ignore[attr-defined]
-        if first is not None and first.device != self.device:
+        moves = first is not None and (first.device.type != self.device.type or (
+            self.device.index is not None and first.device.index != self.device.index))
+        if moves:  # ("cuda" is wherever "cuda:0" already is)
             # A copy on the device: the caller's model stays where it is (the conversion
             # pipeline exports and calibrates the same model on the CPU after this check).
             model = copy.deepcopy(model)

@@ -144,6 +144,7 @@ def test_a_runtime_without_the_choice_of_kernels_keeps_xnnpack_and_says_so(
             raise TypeError("unexpected keyword argument 'experimental_op_resolver_type'")
         return real(*args, **kwargs)
 
+    without_resolver.__module__ = real.__module__  # where the backend finds OpResolverType
     monkeypatch.setattr(tflite, "Interpreter", without_resolver)
     with pytest.warns(UserWarning, match="cannot run without it; re-convert"):
         backend = tflite.TFLiteBackend(path, threads=1)
