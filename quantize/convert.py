@@ -85,7 +85,7 @@ class ConvertConfig:
         float_step: weight layers returned to float per accuracy-control step.
         sensitivity_images: calibration images the sensitivity ranking runs on.
         keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 (default: the
-            target's ``default_keep_float``).
+            target's ``default_keep_float``; its ``required_keep_float`` are kept anyway).
         device: torch device of the reference (default CUDA when available).
         double_scale: also build and check each artifact's 2x model for HAR-Net's
             double-scale testing (grid anchors only: HAR-Net, DSANet, PASSD).
