@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,10 @@ def save_training_state(
     write_bytes_atomic(path, data)
 
 
+# Optimiser settings a resume state restores, whatever the command line says now.
+_KEPT_BY_STATE = ("weight_decay", "momentum", "betas")
+
+
 def load_training_state(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -211,6 +216,7 @@ def load_training_state(
     except (KeyError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable resume state ({error})") from error
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    given = [{k: g[k] for k in _KEPT_BY_STATE if k in g} for g in optimizer.param_groups]
     try:
         unwrap(model).load_state_dict(model_state)
         optimizer.load_state_dict(_join_tensors(structure["optimizer"], tensors))
@@ -218,6 +224,11 @@ def load_training_state(
         raise CheckpointError(f"{path}: this resume state does not fit the model and optimiser "
                               f"of these flags (give the run's own --model, --model-arg and "
                               f"--optimizer): {short_reason(error)}") from error
+    for key in sorted({k for group in given for k in group}):
+        kept = {str(g[key]) for g in optimizer.param_groups if key in g}
+        if kept != {str(g[key]) for g in given if key in g}:  # the state's values win
+            warnings.warn(f"--resume keeps the run's optimiser {key} ({', '.join(sorted(kept))}), "
+                          "not the value given now", stacklevel=3)
     scaler_state = _join_tensors(structure["scaler"], tensors)
     if scaler is not None and scaler_state:
         scaler.load_state_dict(scaler_state)

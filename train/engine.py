@@ -229,6 +229,9 @@ class Trainer:
     def resume(self, state_path: str | Path) -> None:
         """Continue from a resume state written by ``save`` (see the module docstring)."""
         progress = load_training_state(state_path, self.model, self.optimizer, self.scaler)
+        if int(progress["epoch"]) > self.config.epochs:
+            raise CheckpointError(f"--epochs {self.config.epochs} is below the "
+                                  f"{progress['epoch']} epochs the run has done")
         before = progress.get("preprocess")  # (states written before 2026-12-06 lack it)
         if before is not None and PreprocessConfig.from_dict(before) != self.preprocess_config:
             # The rest of the run would train on other pixels, and its checkpoints would name

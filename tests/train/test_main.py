@@ -357,3 +357,17 @@ def test_a_folder_another_process_writes_is_refused_naming_that_process(tmp_path
     assert (f"train/main.py cannot write to {out}: another process, quantize/run.py "
             f"(pid {os.getpid()}), is writing there") in err
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+
+
+def test_a_resume_says_which_optimiser_settings_the_state_keeps(tmp_path, capsys):
+    # The state's weight decay won silently while args.json recorded the new value.
+    run = tmp_path / "run"
+    assert _run([*TINY, "--epochs", "2", "--out", str(run)]) == 0
+    with pytest.warns(UserWarning, match=r"--resume keeps the run's optimiser weight_decay "
+                                         r"\(0\.0005\), not the value given now"):
+        assert main([*TINY, "--epochs", "2", "--out", str(run), "--resume",
+                     "--weight-decay", "0.1"]) == 0
+    capsys.readouterr()
+    # Fewer epochs than the run has done: an error, not a run that does nothing.
+    assert _run([*TINY, "--epochs", "1", "--out", str(run), "--resume"]) == 1
+    assert "--epochs 1 is below the 2 epochs the run has done" in capsys.readouterr().err
