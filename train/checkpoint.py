@@ -190,6 +190,13 @@ def save_training_state(
 _KEPT_BY_STATE = ("weight_decay", "momentum", "betas")
 
 
+def _setting(value: Any) -> Any:
+    """An optimiser setting comparable across a save (``betas`` come back as a list)."""
+    if isinstance(value, list | tuple):
+        return tuple(float(v) for v in value)
+    return float(value) if isinstance(value, int | float) else value
+
+
 def load_training_state(
     path: str | os.PathLike[str],
     model: nn.Module,
@@ -216,7 +223,8 @@ def load_training_state(
     except (KeyError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable resume state ({error})") from error
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    given = [{k: g[k] for k in _KEPT_BY_STATE if k in g} for g in optimizer.param_groups]
+    given = [{k: _setting(g[k]) for k in _KEPT_BY_STATE if k in g}
+             for g in optimizer.param_groups]
     try:
         unwrap(model).load_state_dict(model_state)
         optimizer.load_state_dict(_join_tensors(structure["optimizer"], tensors))
@@ -225,10 +233,11 @@ def load_training_state(
                               f"of these flags (give the run's own --model, --model-arg and "
                               f"--optimizer): {short_reason(error)}") from error
     for key in sorted({k for group in given for k in group}):
-        kept = {str(g[key]) for g in optimizer.param_groups if key in g}
-        if kept != {str(g[key]) for g in given if key in g}:  # the state's values win
-            warnings.warn(f"--resume keeps the run's optimiser {key} ({', '.join(sorted(kept))}), "
-                          "not the value given now", stacklevel=3)
+        kept = {_setting(g[key]) for g in optimizer.param_groups if key in g}
+        if kept != {g[key] for g in given if key in g}:  # the state's values win
+            shown = ", ".join(sorted(map(str, kept)))
+            warnings.warn(f"--resume keeps the run's optimiser {key} ({shown}), not the value "
+                          "given now", stacklevel=3)
     scaler_state = _join_tensors(structure["scaler"], tensors)
     if scaler is not None and scaler_state:
         scaler.load_state_dict(scaler_state)

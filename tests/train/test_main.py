@@ -363,6 +363,13 @@ def test_a_resume_says_which_optimiser_settings_the_state_keeps(tmp_path, capsys
     # The state's weight decay won silently while args.json recorded the new value.
     run = tmp_path / "run"
     assert _run([*TINY, "--epochs", "2", "--out", str(run)]) == 0
+    adamw = tmp_path / "adamw"  # the same settings again: no word (betas come back a list)
+    assert _run([*TINY, "--epochs", "1", "--optimizer", "adamw", "--out", str(adamw)]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*PASSD img_size")
+        assert main([*TINY, "--epochs", "2", "--optimizer", "adamw", "--out", str(adamw),
+                     "--resume"]) == 0
     with pytest.warns(UserWarning, match=r"--resume keeps the run's optimiser weight_decay "
                                          r"\(0\.0005\), not the value given now"):
         assert main([*TINY, "--epochs", "2", "--out", str(run), "--resume",
