@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgedet import cli_detect, cli_engine
-from edgedet.cli_common import CliError, load_detector, path_argument
+from edgedet.cli_common import (
+    SIGPIPE_STATUS,
+    CliError,
+    detach_stdout,
+    load_detector,
+    path_argument,
+)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -401,10 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except BrokenPipeError as exc:  # e.g. `edgedet models --json | head -1`: the reader left
         if _stdout_reader_gone():
-            devnull = os.open(os.devnull, os.O_WRONLY)  # so that the exit's flush cannot fail
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-            return 128 + 13  # what a shell reports for a command ended by SIGPIPE
+            detach_stdout()
+            return SIGPIPE_STATUS
         print(f"edgedet {args.command}: error: {exc}", file=sys.stderr)  # another pipe's
         return 2
     except (CliError, ValueError, OSError) as exc:

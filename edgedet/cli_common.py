@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,18 @@ class CliError(Exception):
 
 # The files `edgedet detect` takes as images (a folder's other files are not read).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+# What a shell reports for a command ended by SIGPIPE: its stdout's reader left (``| head``).
+SIGPIPE_STATUS = 128 + 13
+
+
+def detach_stdout() -> None:
+    """Point standard output at the null device once its reader has left, so that no later
+    write or the interpreter's exit-time flush fails on the broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def path_argument(text: str) -> Path:

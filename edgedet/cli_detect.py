@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgedet.cli_common import IMAGE_SUFFIXES, CliError, load_detector
+from edgedet.cli_common import (
+    IMAGE_SUFFIXES,
+    SIGPIPE_STATUS,
+    CliError,
+    detach_stdout,
+    load_detector,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,16 +68,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
                   else _describe(name, detections), flush=True)
         except BrokenPipeError:  # e.g. `edgedet detect ... | head -1`
             reader_gone = True
-            devnull = os.open(os.devnull, os.O_WRONLY)  # so that no later flush fails
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            detach_stdout()
             if not args.save:  # nothing left to do; with --save, the files still get written
                 raise _ReaderGoneError from None
 
     try:
         return _detect_each(args, source, detector, report)
     except _ReaderGoneError:
-        return 128 + 13  # what a shell reports for a command ended by SIGPIPE
+        return SIGPIPE_STATUS
 
 
 class _ReaderGoneError(Exception):
