@@ -123,13 +123,39 @@ def exclusive_lock(directory: str | os.PathLike[str], what: str = "run") -> Iter
                                      f"{_lock_holder(lock_path)} is writing there (it holds "
                                      f"{lock_path}); wait for it or use another output "
                                      "folder") from None
+        _HELD_LOCK_FDS.add(handle.fileno())
         try:
             handle.truncate(0)  # (append mode: the write lands at the new end, 0)
             handle.write(f"{what} (pid {os.getpid()})\n")
             handle.flush()
             yield
         finally:
+            _HELD_LOCK_FDS.discard(handle.fileno())
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# An flock belongs to the open file, which a forked child (a DataLoader worker) shares: after
+# a kill -9 of the run, its orphaned workers would keep the folder locked until they exit.
+# Each child points its copies of the lock descriptors at /dev/null instead (dup2, so the
+# child's file objects stay valid); the parent's lock is untouched, as it still has the file.
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    if not _HELD_LOCK_FDS:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in _HELD_LOCK_FDS:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def _lock_holder(lock_path: Path) -> str:

@@ -51,3 +51,39 @@ def test_without_proc_the_umask_is_read_by_setting_it_back(umask_027, monkeypatc
     monkeypatch.setattr(builtins, "open", no_proc)
     assert current_umask() == 0o027
     assert current_umask() == 0o027  # and left as it was
+
+
+def test_a_killed_process_s_forked_children_do_not_keep_its_folder_locked(tmp_path: Path) -> None:
+    # A DataLoader worker is a forked child; after a kill -9 of the run it lives on for a while
+    # and, sharing the lock's open file, used to keep the folder locked until it exited.
+    import signal
+    import subprocess
+    import sys
+
+    from edgedet._io import DirectoryBusyError, exclusive_lock
+
+    script = (
+        "import os, signal, sys, time\n"
+        "from edgedet._io import exclusive_lock\n"
+        "with exclusive_lock(sys.argv[1], 'test'):\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        null = os.open(os.devnull, os.O_RDWR)\n"  # (the test's pipes close now)
+        "        os.dup2(null, 1)\n"
+        "        os.dup2(null, 2)\n"
+        "        time.sleep(120)\n"
+        "        os._exit(0)\n"
+        "    print(child, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    orphan = int(run.stdout.split()[0])
+    try:
+        os.kill(orphan, 0)  # the orphan is alive while the folder is locked again
+        with exclusive_lock(tmp_path, "second run"):
+            pass
+    except DirectoryBusyError as error:
+        raise AssertionError(f"the orphaned child kept the lock: {error}") from None
+    finally:
+        os.kill(orphan, signal.SIGKILL)
