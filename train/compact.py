@@ -61,13 +61,15 @@ def _outputs(model: torch.nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
     return [v.float() for v in values if isinstance(v, torch.Tensor)]
 
 
-def compact(src: str | Path, dst: str | Path, max_output_diff: float = 1e-2) -> float:
+def compact(src: str | Path, dst: str | Path, max_output_diff: float = 1e-2,
+            overwrite: bool = False) -> float:
     """Write the float16 copy of checkpoint ``src`` to ``dst``; returns the measured output
     difference (max |fp16 - fp32| / max |fp32| over the model's outputs, one random input).
 
     Raises:
-        CheckpointError: unreadable source, values that do not fit, or outputs that moved more
-            than ``max_output_diff``. Nothing is written then.
+        CheckpointError: unreadable source, values that do not fit, outputs that moved more
+            than ``max_output_diff``, or a checkpoint already at ``dst`` without ``overwrite``
+            (a committed zoo source is replaced only on purpose). Nothing is written then.
     """
     if not max_output_diff >= 0:  # nan would accept any change
         raise CheckpointError(f"max_output_diff must be a number >= 0, got {max_output_diff}")
@@ -76,6 +78,11 @@ def compact(src: str | Path, dst: str | Path, max_output_diff: float = 1e-2) -> 
             src).resolve():
         raise CheckpointError(f"{dst}: the destination is the source checkpoint; the float32 "
                               "original would be lost (give another destination)")
+    existing = [p for p in (dst.with_name(dst.name + ".safetensors"),
+                            dst.with_name(dst.name + ".json")) if p.exists()]
+    if existing and not overwrite:
+        raise CheckpointError(f"{existing[0]} already exists; pass --overwrite to replace it "
+                              "(the old checkpoint is kept until the new one is checked)")
     state, config = load_checkpoint(src)
     halved = half_state(state)
     config = {**config, "stored_dtype": "float16"}
@@ -118,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-output-diff", type=float, default=1e-2,
                         help="largest accepted output change relative to the output range "
                              "(default 1e-2)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a checkpoint already at DST (refused without it)")
     args = parser.parse_args(argv)
     try:
-        diff = compact(args.src, args.dst, args.max_output_diff)
+        diff = compact(args.src, args.dst, args.max_output_diff, args.overwrite)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

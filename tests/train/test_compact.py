@@ -74,3 +74,18 @@ def test_the_source_is_never_overwritten_and_bad_limits_are_refused(tmp_path):
     # A destination given with its suffix writes X.safetensors, not X.safetensors.safetensors.
     assert main([str(src), str(tmp_path / "half.safetensors")]) == 0
     assert sorted(p.name for p in tmp_path.glob("half*")) == ["half.json", "half.safetensors"]
+
+
+def test_an_existing_destination_is_replaced_only_with_overwrite(tmp_path, capsys):
+    _saved(tmp_path)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    assert main([str(src), str(dst)]) == 0
+    (tmp_path / "dst.safetensors").write_bytes(b"the committed zoo source")
+    assert main([str(src), str(dst)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "dst.safetensors").read_bytes() == b"the committed zoo source"
+    (tmp_path / "dst.safetensors").unlink()  # a lone .json counts as a checkpoint there too
+    with pytest.raises(CheckpointError, match=r"dst\.json already exists"):
+        compact(src, dst)
+    assert main([str(src), str(dst), "--overwrite"]) == 0
+    assert load_checkpoint(dst)[1]["stored_dtype"] == "float16"
