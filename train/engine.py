@@ -55,6 +55,7 @@ from train.evaluation import _autocast, evaluate
 from train.graceful_stop import StopRequest, TrainingStopped
 from train.metrics_log import MetricsLog
 from train.models import family_defaults, is_harnet
+from train.qat import activation_ranges, restore_activation_ranges
 from train.schedule import LrSchedule, build_optimizer, set_lr
 from train.train_config import TrainConfig
 
@@ -218,7 +219,7 @@ class Trainer:
                 "epoch_sums": dict(self.epoch_sums), "epoch_steps": self.epoch_steps,
                 "epoch_end_pending": self.epoch_end_pending,
                 "preprocess": self.preprocess_config.to_dict(),
-                "seconds": self.seconds_trained()}
+                "qat_ranges": activation_ranges(self.bare), "seconds": self.seconds_trained()}
 
     def seconds_trained(self) -> float:
         """Seconds of ``fit()`` over every run of this schedule so far (a killed run counts
@@ -257,6 +258,7 @@ class Trainer:
         self.epoch_steps = int(progress.get("epoch_steps", 0))
         self.epoch_end_pending = bool(progress.get("epoch_end_pending", False))
         self.seconds_before = float(progress.get("seconds", 0.0))  # (older states lack it)
+        restore_activation_ranges(self.bare, progress.get("qat_ranges") or {})
         # self.iteration counts the steps done: it is the index of the next step, which the
         # interrupted run may already have logged. A pending epoch end is evaluated again, so
         # an evaluation record the interrupted run wrote for it goes too.

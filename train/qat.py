@@ -20,17 +20,22 @@ while the targets quantize with their own tools (ONNX Runtime's QDQ, NNCF on the
 ai-edge-quantizer, TensorRT's rules). QAT here changes only the weights, so its checkpoint is
 a plain safetensors + JSON checkpoint that every target converts, checks and ships exactly as
 it would the original; the ranges are re-calibrated by the target on the QAT weights.
-The simulation is no part of the checkpoint: nothing is added to the state dict.
+The simulation is no part of the checkpoint: nothing is added to the state dict. The
+activation ranges are part of a run's resume state (``activation_ranges``), so a killed QAT
+run continues exactly.
 """
 
 from __future__ import annotations
 
 import types
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from train.checkpoint import CheckpointError
 
 # Momentum of the activation ranges' moving average (per training batch).
 RANGE_MOMENTUM = 0.9
@@ -130,3 +135,39 @@ def enable_qat(model: nn.Module) -> int:
     model.forward = types.MethodType(forward_with_int8, model)  # type: ignore[method-assign]
     model.qat_enabled = True  # type: ignore[assignment]
     return len(modules)
+
+
+def _range_hooks(model: nn.Module) -> dict[str, ActivationRange]:
+    return {name: hook for name, module in model.named_modules()
+            for hook in module._forward_pre_hooks.values() if isinstance(hook, ActivationRange)}
+
+
+def activation_ranges(model: nn.Module) -> dict[str, list[float] | None]:
+    """Each simulated layer's moving input range, by module name (None before its first batch);
+    empty for a model without QAT. JSON-ready: floats survive a JSON round trip exactly."""
+    return {name: None if hook.low is None or hook.high is None else [hook.low, hook.high]
+            for name, hook in _range_hooks(model).items()}
+
+
+def restore_activation_ranges(model: nn.Module, ranges: dict[str, list[float] | None]) -> None:
+    """Put back what ``activation_ranges`` returned (a resume).
+
+    Raises:
+        CheckpointError: the state is a QAT run's and the model simulates nothing (or other
+            layers).
+    """
+    hooks = _range_hooks(model)
+    if not ranges:
+        if hooks:
+            warnings.warn("the resume state holds no QAT activation ranges (the run trained "
+                          "without --qat, or before they were saved): they start again from "
+                          "the next batch", stacklevel=2)
+        return
+    if not hooks:
+        raise CheckpointError("--resume: the run trained with --qat; resume it with --qat")
+    if set(hooks) != set(ranges):
+        raise CheckpointError("--resume: the state's QAT layers are not this model's")
+    for name, hook in hooks.items():
+        saved = ranges[name]
+        hook.low, hook.high = (None, None) if saved is None else (float(saved[0]),
+                                                                  float(saved[1]))

@@ -98,3 +98,27 @@ def test_qat_needs_a_checkpoint_that_fits(tmp_path, capsys):
     assert _run([*wider, "--epochs", "1", "--out", str(tmp_path / "y"), "--init-checkpoint",
                  str(tmp_path / "base" / "last"), "--qat"]) == 1
     assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_a_qat_run_resumes_exactly_with_its_activation_ranges(tmp_path, capsys):
+    from train.metrics_log import read_metrics
+
+    assert _run([*TINY, "--epochs", "1", "--out", str(tmp_path / "base")]) == 0
+    qat = [*TINY, "--lr", "1e-3", "--qat", "--init-checkpoint", str(tmp_path / "base" / "last")]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _run([*qat, "--epochs", "2", "--out", str(straight)]) == 0
+    assert _run([*qat, "--epochs", "1", "--out", str(split)]) == 0
+    # The state is a QAT run's: resuming it without --qat would train something else.
+    without_qat = [a for a in qat if a != "--qat"]
+    assert _run([*without_qat, "--epochs", "2", "--out", str(split), "--resume"]) == 1
+    assert "resume it with --qat" in capsys.readouterr().err
+    assert _run([*qat, "--epochs", "2", "--out", str(split), "--resume"]) == 0
+    # The ranges are moving averages: restarted at the resume, the first step would differ.
+    actual, expected = read_metrics(split), read_metrics(straight)
+    assert [r["iteration"] for r in actual] == [r["iteration"] for r in expected]
+    for a, b in zip(actual, expected, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+    final_a, _ = load_checkpoint(split / "last")
+    final_b, _ = load_checkpoint(straight / "last")
+    for k in final_b:
+        torch.testing.assert_close(final_a[k], final_b[k], rtol=1e-5, atol=1e-6)
