@@ -44,7 +44,7 @@ from train.models import (
     family_defaults,
     models_table,
 )
-from train.schedule import parse_steps
+from train.schedule import flag_values, parse_steps
 from train.train_config import TrainConfig
 
 EPILOG = f"""\
@@ -407,7 +407,9 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict:
         trainer.log.truncate_from(0)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "args.json", dict(vars(args)), indent=2)
+        # A resume keeps the state's optimiser settings: the record says what the run uses.
+        write_json_atomic(out_dir / "args.json",
+                          {**vars(args), **flag_values(trainer.optimizer)}, indent=2)
         print(f"{args.model} ({defaults.family}) on {info.device} x{info.world_size}, input "
               f"{img_size[0]}x{img_size[1]}, {splits.description}")
         print(f"schedule: {args.optimizer} lr {lr:g}, warm-up {warmup} iters, steps "

@@ -87,6 +87,15 @@ def build_optimizer(name: str, model: nn.Module, lr: float, momentum: float,
     raise ValueError(f"unknown optimizer {name!r} (sgd or adamw)")
 
 
+def flag_values(optimizer: optim.Optimizer) -> dict[str, float]:
+    """The ``--weight-decay`` and ``--momentum`` an optimiser built by ``build_optimizer`` has
+    now (a resumed one keeps its state's): the first group is the decayed one in both, and
+    AdamW's beta1 is ``--momentum``."""
+    group = optimizer.param_groups[0]
+    momentum = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
+    return {"weight_decay": float(group["weight_decay"]), "momentum": float(momentum)}
+
+
 def set_lr(optimizer: optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

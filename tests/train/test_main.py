@@ -375,6 +375,8 @@ def test_a_resume_says_which_optimiser_settings_the_state_keeps(tmp_path, capsys
         assert main([*TINY, "--epochs", "2", "--out", str(run), "--resume",
                      "--weight-decay", "0.1"]) == 0
     capsys.readouterr()
+    recorded = json.loads((run / "args.json").read_text())  # what the run used, not 0.1
+    assert recorded["weight_decay"] == 0.0005 and recorded["momentum"] == 0.9
     # Fewer epochs than the run has done: an error, not a run that does nothing.
     assert _run([*TINY, "--epochs", "1", "--out", str(run), "--resume"]) == 1
     assert "--epochs 1 is below the 2 epochs the run has done" in capsys.readouterr().err

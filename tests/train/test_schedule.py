@@ -1,7 +1,15 @@
 import pytest
 import torch
+from torch import nn
 
-from train.schedule import LrSchedule, build_optimizer, build_sgd, parse_steps, set_lr
+from train.schedule import (
+    LrSchedule,
+    build_optimizer,
+    build_sgd,
+    flag_values,
+    parse_steps,
+    set_lr,
+)
 
 
 def test_warmup_then_step_decay():
@@ -51,3 +59,11 @@ def test_build_optimizer_names():
     assert isinstance(build_optimizer("sgd", model, 0.1, 0.9, 0.0), torch.optim.SGD)
     with pytest.raises(ValueError, match="sgd or adamw"):
         build_optimizer("lion", model, 0.1, 0.9, 0.0)
+
+
+def test_flag_values_read_back_what_build_optimizer_was_given():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert flag_values(build_optimizer("sgd", model, 0.1, 0.8, 1e-3)) == {
+        "weight_decay": 1e-3, "momentum": 0.8}
+    assert flag_values(build_optimizer("adamw", model, 1e-4, 0.85, 0.05)) == {
+        "weight_decay": 0.05, "momentum": 0.85}  # (beta1; the BatchNorm group has no decay)
