@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib-data", default="synthetic", metavar="SPEC",
                         help=f"INT8 calibration images (default synthetic, seed "
                              f"{CALIBRATION_SEED})")
-    parser.add_argument("--calib-size", type=int, default=128, metavar="N",
+    parser.add_argument("--calib-size", type=int, default=None, metavar="N",
                         help="calibration images (default 128)")
     parser.add_argument("--eval-data", default="synthetic", metavar="SPEC",
                         help=f"images of the accuracy check (default synthetic, seed "
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "manifests and the report say it was inconclusive; such an "
                              "artifact never replaces a conclusively checked one of the same "
                              "name, it goes to OUT/rejected/ (default: stop with an error)")
-    parser.add_argument("--max-float-layers", type=int, default=DEFAULT_MAX_FLOAT_LAYERS,
+    parser.add_argument("--max-float-layers", type=int, default=None,
                         metavar="N",
                         help="accuracy control: when an INT8 artifact misses --max-drop, put "
                              "back in float what the target lets into INT8 beyond the common "
@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "harmful weight layers (sensitivity ranking) to float, --float-step "
                              f"at a time, up to N (default {DEFAULT_MAX_FLOAT_LAYERS}; 0: plain "
                              "PTQ, --max-drop only gates)")
-    parser.add_argument("--float-step", type=int, default=DEFAULT_STEP, metavar="K",
+    parser.add_argument("--float-step", type=int, default=None, metavar="K",
                         help=f"weight layers returned to float per step (default {DEFAULT_STEP})")
-    parser.add_argument("--sensitivity-images", type=int, default=DEFAULT_IMAGES, metavar="N",
+    parser.add_argument("--sensitivity-images", type=int, default=None, metavar="N",
                         help="calibration images the sensitivity ranking runs on (default "
                              f"{DEFAULT_IMAGES})")
     parser.add_argument("--keep-float", default=None, metavar="LIST",
@@ -168,19 +168,28 @@ def _keep_float(value: str | None) -> tuple[str, ...] | None:
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> ConvertConfig:
     """The ``ConvertConfig`` of parsed command-line arguments (ValueError for bad values)."""
-    return ConvertConfig(
+    # INT8 tuning flags default to None here, so a value given can be told from none: given
+    # for a run that builds no INT8 artifact, they would be accepted and ignored.
+    int8_tuning = {"calib_size": args.calib_size, "max_float_layers": args.max_float_layers,
+                   "float_step": args.float_step, "sensitivity_images": args.sensitivity_images}
+    config = ConvertConfig(
         checkpoint=args.checkpoint, target=args.target, out=args.out, name=args.name,
         precisions=None if args.precision == "both" else (args.precision,),
-        calib_data=args.calib_data, calib_size=args.calib_size, eval_data=args.eval_data,
+        calib_data=args.calib_data, eval_data=args.eval_data,
         eval_size=args.eval_size, max_drop=args.max_drop,
-        max_float_layers=args.max_float_layers, float_step=args.float_step,
-        sensitivity_images=args.sensitivity_images,
+        **{field: value for field, value in int8_tuning.items() if value is not None},
         keep_float=_keep_float(args.keep_float), device=args.device,
         double_scale=args.double_scale, float_precision=args.float_precision,
         weight_storage=args.weight_storage, int8_weight_bits=args.int8_weight_bits,
         allow_weak_reference=args.allow_weak_reference,
         progress=not args.no_progress,
         command="python quantize/run.py " + shlex.join(argv))
+    given = ["--" + field.replace("_", "-") for field, value in int8_tuning.items()
+             if value is not None]
+    if given and "int8" not in config.resolved_precisions():
+        raise ValueError(f"{', '.join(given)} tune INT8 artifacts, and precisions "
+                         f"{config.resolved_precisions()} builds none")
+    return config
 
 
 def _print_summary(report: ConversionReport, out: str) -> None:

@@ -17,6 +17,8 @@ from edgedet.data.coco import write_coco_dataset
 from edgedet.data.sample import Sample
 from edgedet.data.synthetic import SYNTHETIC_CLASSES
 from edgedet.detector import Detector
+from quantize.run import build_parser, config_from_args
+from quantize.sensitivity import DEFAULT_IMAGES
 from tests.quantize.tiny_checkpoint import INPUT_SIZE, write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,6 +26,7 @@ RUN = str(REPO_ROOT / "quantize" / "run.py")
 # An untrained model scores no AP: the check rests on the AP difference (smoke test).
 SMALL = ["--calib-size", "4", "--eval-size", "3", "--no-progress", "--device", "cpu",
          "--allow-weak-reference"]
+FP32_SMALL = SMALL[2:]  # (--calib-size is refused where no INT8 artifact is built)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,7 @@ def test_cpu_both_precisions_end_to_end(checkpoint, tmp_path):
 def test_impossible_max_drop_exits_non_zero(checkpoint, tmp_path):
     result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
                         str(tmp_path / "fail"), "--precision", "fp32", "--max-drop", "-1",
-                        *SMALL)
+                        *FP32_SMALL)
     assert result.returncode == 1
     assert "accuracy check failed" in result.stderr and "tiny_passd_fp32" in result.stderr
     assert (tmp_path / "fail" / "report.md").is_file()
@@ -151,7 +154,7 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
 def test_cpu_float16_weight_storage_is_checked_and_recorded(checkpoint, tmp_path):
     out = tmp_path / "half"
     result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
-                        "--precision", "fp32", "--weight-storage", "float16", *SMALL)
+                        "--precision", "fp32", "--weight-storage", "float16", *FP32_SMALL)
     assert result.returncode == 0, result.stderr
     manifest = check_artifact(out / "tiny_passd_fp32", "fp32", "onnxruntime")
     assert manifest["weight_storage"] == "float16"
@@ -196,3 +199,16 @@ def test_openvino_both_precisions_end_to_end(checkpoint, tmp_path):
     from quantize.ptq_openvino import fake_quantize_count
 
     assert fake_quantize_count(out / "tiny_passd_int8" / "model.xml") > 0
+
+
+@pytest.mark.parametrize("flag", ["--calib-size", "--max-float-layers", "--float-step",
+                                  "--sensitivity-images"])
+def test_int8_tuning_flags_are_refused_for_a_run_without_int8(flag):
+    # They have defaults, so a value given was accepted and silently did nothing.
+    argv = ["--checkpoint", "c", "--target", "cpu", "--out", "o", flag, "3"]
+    with pytest.raises(ValueError, match=f"{flag} tune INT8 artifacts, and precisions "):
+        config_from_args(build_parser().parse_args([*argv, "--precision", "fp32"]), argv)
+    config = config_from_args(build_parser().parse_args(argv), argv)  # fp32 + int8: used
+    assert getattr(config, flag[2:].replace("-", "_")) == 3
+    defaults = config_from_args(build_parser().parse_args(argv[:6]), argv[:6])
+    assert (defaults.calib_size, defaults.sensitivity_images) == (128, DEFAULT_IMAGES)
