@@ -128,10 +128,12 @@ def _training_argv(config: PruneConfig, ckpt_config: dict, init: Path, out: Path
     data = config.data or ckpt_config.get("data") or "synthetic"
     argv = ["--model", ckpt_config["architecture"], "--init-checkpoint", str(init),
             "--img-size", f"{width}x{height}", "--data", data, "--epochs", str(epochs),
-            "--out", str(out), "--synthetic-train", str(config.finetune_images),
-            "--synthetic-val", str(config.val_images)]
-    if data == "synthetic" and ckpt_config.get("synthetic_size"):
-        argv += ["--synthetic-size", "x".join(str(v) for v in ckpt_config["synthetic_size"])]
+            "--out", str(out)]
+    if data == "synthetic":  # (train/main.py refuses these flags with real data)
+        argv += ["--synthetic-train", str(config.finetune_images),
+                 "--synthetic-val", str(config.val_images)]
+        if ckpt_config.get("synthetic_size"):
+            argv += ["--synthetic-size", "x".join(str(v) for v in ckpt_config["synthetic_size"])]
     for key, value in kwargs.items():
         if key not in ("num_classes", "img_size"):
             argv += ["--model-arg", f"{key}={json.dumps(value)}"]

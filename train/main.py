@@ -47,6 +47,8 @@ from train.models import (
 from train.schedule import flag_values, parse_steps
 from train.train_config import TrainConfig
 
+SYNTHETIC_TRAIN, SYNTHETIC_VAL = 2000, 200  # default --synthetic-train / --synthetic-val
+
 EPILOG = f"""\
 models (--model NAME → builder in edgedet/models/):
 {models_table()}
@@ -82,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split name for training (VOC default trainval, YOLO/COCO train)")
     g.add_argument("--val-split", default=None,
                    help="split name for validation (VOC default test, YOLO/COCO val)")
-    g.add_argument("--synthetic-train", type=int, default=2000, metavar="N",
-                   help="synthetic training images (default 2000)")
-    g.add_argument("--synthetic-val", type=int, default=200, metavar="M",
-                   help="synthetic validation images (default 200)")
+    g.add_argument("--synthetic-train", type=int, default=None, metavar="N",
+                   help=f"synthetic training images (default {SYNTHETIC_TRAIN})")
+    g.add_argument("--synthetic-val", type=int, default=None, metavar="M",
+                   help=f"synthetic validation images (default {SYNTHETIC_VAL})")
     g.add_argument("--synthetic-seed", type=int, default=0, metavar="S",
                    help="seed of the synthetic training images; validation uses S+1")
     g.add_argument("--img-size", type=parse_size, default=None, metavar="N|WxH",
@@ -199,6 +201,26 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     """Refuse (exit 2) every value that cannot work before any data, model or file is touched
     (a run of 0 epochs would still rewrite OUT's args.json and summary.json), and an --out
     that already holds a run unless it is resumed (a new run would overwrite it)."""
+    synthetic = "synthetic" in (args.data, args.val_data)
+    # (--val-split picks the split of a voc: / yolo: --val-data; a coco: one names its file.)
+    val_from_data = args.val_data is None
+    ignored = [flag for flag, given in (
+        ("--train-split", args.train_split is not None and args.data == "synthetic"),
+        ("--val-split", args.val_split is not None and (
+            args.data == "synthetic" if val_from_data else args.val_data == "synthetic"
+            or args.val_data.startswith("coco:"))),
+        ("--synthetic-train", args.synthetic_train is not None and args.data != "synthetic"),
+        ("--synthetic-val", args.synthetic_val is not None
+         and (args.data != "synthetic" or not val_from_data)),
+        ("--synthetic-size", args.synthetic_size is not None and not synthetic),
+        ("--synthetic-cache", args.synthetic_cache is not None and not synthetic)) if given]
+    if ignored:  # they would be accepted and do nothing
+        data = args.data if val_from_data else f"{args.data} --val-data {args.val_data}"
+        parser.error(f"{', '.join(ignored)} do nothing with --data {data}")
+    # Defaults of None tell a value given from none (above); the run uses these.
+    args.synthetic_train = SYNTHETIC_TRAIN if args.synthetic_train is None else \
+        args.synthetic_train
+    args.synthetic_val = SYNTHETIC_VAL if args.synthetic_val is None else args.synthetic_val
     counts = {"--epochs": (args.epochs, 1), "--batch-size": (args.batch_size, 1),
               "--synthetic-train": (args.synthetic_train, 1),
               "--eval-every": (args.eval_every, 1), "--max-bad-steps": (args.max_bad_steps, 1),
@@ -231,15 +253,6 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         if key not in takes:
             parser.error(f"--model-arg {key}: {args.model} takes none such; it takes "
                          f"{', '.join(takes)}")
-    synthetic = "synthetic" in (args.data, args.val_data)
-    ignored = [flag for flag, given in (
-        ("--train-split", args.train_split is not None and args.data == "synthetic"),
-        ("--val-split", args.val_split is not None and args.data == "synthetic"
-         and args.val_data is None),
-        ("--synthetic-size", args.synthetic_size is not None and not synthetic),
-        ("--synthetic-cache", args.synthetic_cache is not None and not synthetic)) if given]
-    if ignored:  # they would be accepted and do nothing
-        parser.error(f"{', '.join(ignored)} do nothing with --data {args.data}")
     out = Path(args.out)
     if problem := folder_problem(out):
         parser.error(f"--out {args.out} {problem}; give the run's folder")

@@ -383,3 +383,23 @@ def test_validation_ap_reads_the_fine_tunings_scene_cache_and_device(tmp_path):
     (folder,) = (tmp_path / "cache").glob("seed1-*")
     assert len(list(folder.glob("*.npz"))) == 3
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_fine_tuning_flags_pass_train_main_s_checks_on_real_and_synthetic_data(tmp_path):
+    # train/main.py refuses synthetic counts with real data; the schedule gives them only for
+    # synthetic data.
+    from pathlib import Path
+
+    from quantize.prune_schedule import PruneConfig, _training_argv
+    from train.main import build_parser, check_arguments
+
+    ckpt_config = {"architecture": "harnet_resnet18_small", "kwargs": {"num_classes": 3},
+                   "preprocess": {"input_size": [64, 64]}, "synthetic_size": [96, 64]}
+    for data, synthetic in (("yolo:/d", False), ("synthetic", True)):
+        config = PruneConfig(checkpoint="c", out=str(tmp_path), data=data, finetune_images=7)
+        argv = _training_argv(config, ckpt_config, Path("init"), tmp_path / "ft", 1)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        check_arguments(parser, args)  # no SystemExit
+        assert ("--synthetic-train" in argv) == synthetic
+        assert args.synthetic_train == (7 if synthetic else 2000)

@@ -13,7 +13,7 @@ import torch
 from edgedet.data.synthetic import SYNTHETIC_CLASSES
 from train.checkpoint import load_checkpoint
 from train.engine import STATE_FILE
-from train.main import build_parser, main, seed_everything
+from train.main import build_parser, check_arguments, main, seed_everything
 from train.metrics_log import read_metrics
 from train.models import build_model
 
@@ -84,6 +84,12 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
      "--train-split, --val-split do nothing with --data synthetic"),
     (["--data", "coco:/nowhere", "--synthetic-size", "640x480"],
      "--synthetic-size do nothing with --data coco:/nowhere"),
+    # Synthetic counts with real data, and a split of a --val-data that has none: they were
+    # accepted and did nothing.
+    (["--data", "coco:/nowhere"], "--synthetic-train, --synthetic-val do nothing with --data "
+                                  "coco:/nowhere"),
+    (["--val-data", "yolo:/v"], "--synthetic-val do nothing with --data synthetic --val-data"),
+    (["--val-data", "coco:/v.json", "--val-split", "x"], "--val-split, --synthetic-val do"),
     (["--lr-steps", "nan"], "--lr-steps must be finite epochs"),  # crashed at the first step
     (["--lr-steps", "0.5,inf"], "--lr-steps must be finite epochs"),
 ])
@@ -99,6 +105,16 @@ def test_values_that_cannot_work_are_refused_before_the_run_is_touched(tmp_path,
     assert message in err and "Traceback" not in err
     assert [p.name for p in run.iterdir()] == ["summary.json"]  # the earlier run untouched
     assert (run / "summary.json").read_text() == '{"best_AP": 0.5}'
+
+
+def test_data_flags_the_run_uses_are_accepted_and_the_counts_get_their_defaults(tmp_path):
+    parser = build_parser()
+    for flags in (["--data", "synthetic"], ["--data", "voc:/d", "--val-data", "yolo:/v",
+                                            "--val-split", "test", "--train-split", "train"]):
+        args = parser.parse_args(["--model", "passd_mobilenet", *flags, "--out",
+                                  str(tmp_path / "run")])
+        check_arguments(parser, args)  # no SystemExit
+        assert (args.synthetic_train, args.synthetic_val) == (2000, 200)
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -154,8 +170,11 @@ def test_a_resume_state_of_another_model_is_a_one_line_error(tmp_path, capsys):
     assert "Traceback" not in err and len(err) < 1000  # not every key of the state dict
 
 
+REAL_DATA_TINY = [a for a in TINY if a not in ("--synthetic-train", "--synthetic-val", "8", "2")]
+
+
 def test_bad_data_spec_is_a_clear_error(tmp_path, capsys):
-    assert _run([*TINY, "--data", "coco:/no/such/dir", "--out", str(tmp_path)]) == 1
+    assert _run([*REAL_DATA_TINY, "--data", "coco:/no/such/dir", "--out", str(tmp_path)]) == 1
     assert "no/such/dir" in capsys.readouterr().err
 
 
