@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from edgedet import Detector
+from edgedet._io import error_text
 
 # isort: split
 # Sibling modules, not a package: run as a script, this file's folder is on sys.path.
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         source = open_source(args.source)
     # a bad model / backend / source, or --track without the track extra
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
-        log(f"error: {exc}")
+        log(f"error: {error_text(exc)}")
         return 1
     try:
         return asyncio.run(serve(args, detector, step, source, stop))

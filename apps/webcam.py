@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from edgedet._io import error_text
 from edgedet.cli_common import path_argument
 from edgedet.video import AtomicVideoWriter, save_video_problem
 
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(args.source)
     # a bad model / backend / source, or --track without the track extra
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
-        log(f"error: {exc}")
+        log(f"error: {error_text(exc)}")
         return 1
     show = not args.headless and open_window()
     if not show and not args.headless:
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         status = 130
     # source given up, the video cannot be written, or a model whose outputs do not fit
     except (SourceError, OSError, ValueError) as exc:
-        log(f"error: {exc}")
+        log(f"error: {error_text(exc)}")
         status = 1
     except BaseException:
         if writer is not None:

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+def error_text(error: BaseException) -> str:
+    """One line for the user: ``str(error)``, but an ``OSError`` of a path as "PATH: reason"
+    instead of Python's "[Errno 20] Not a directory: 'PATH'", with what to do about a file
+    standing where a folder of the path should be (``mkdir`` under a file)."""
+    if not isinstance(error, OSError) or not error.strerror or error.filename is None:
+        return str(error)
+    path = os.fsdecode(error.filename)
+    if error.errno == errno.ENOTDIR or (error.errno == errno.EEXIST and os.path.isfile(path)):
+        return (f"{path}: a file stands where a folder of this path should be; give a path "
+                "under a folder")
+    return f"{path}: {error.strerror[:1].lower()}{error.strerror[1:]}"
 
 
 def current_umask() -> int:

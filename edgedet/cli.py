@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgedet import cli_detect, cli_engine
+from edgedet._io import error_text
 from edgedet.cli_common import (
     SIGPIPE_STATUS,
     CliError,
@@ -414,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, ValueError, OSError) as exc:
         if os.environ.get("EDGEDET_DEBUG"):
             raise
-        print(f"edgedet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"edgedet {args.command}: error: {error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

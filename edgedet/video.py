@@ -24,8 +24,9 @@ from edgedet.preprocess import PreprocessConfig, require_bgr_frame, resize_to_in
 # the suffix and the codec from the FourCC; these two ship with every OpenCV build's FFmpeg
 # (or its built-in MJPEG writer), unlike H.264, which depends on how OpenCV was built.
 VIDEO_CODECS: dict[str, tuple[str, ...]] = {".mp4": ("mp4v",), ".avi": ("MJPG",)}
-# Frame rates above this are no camera's; a writer that fails to open at one is blamed on it.
-_MAX_COMMON_FPS = 1000.0
+# Frame rates outside these are no camera's; a writer that fails to open at one is blamed on
+# it (FFmpeg's encoders refuse a time base from about 0.005 fps down and 65536 fps up).
+_MIN_COMMON_FPS, _MAX_COMMON_FPS = 0.01, 1000.0
 
 
 def save_video_problem(path: Path, source: str | os.PathLike[str] | None = None) -> str | None:
@@ -180,10 +181,10 @@ class AtomicVideoWriter:
                 return
             writer.release()
         self.discard()
-        if self.fps > _MAX_COMMON_FPS:  # MP4 refuses 65536 fps and up: not a missing codec
+        if not _MIN_COMMON_FPS <= self.fps <= _MAX_COMMON_FPS:  # not a missing codec
             raise VideoWriteError(
-                f"OpenCV cannot write {self.path} at {self.fps:g} fps; give a frame rate of "
-                f"at most {_MAX_COMMON_FPS:g}")
+                f"OpenCV cannot write {self.path} at {self.fps:g} fps; give a frame rate "
+                f"from {_MIN_COMMON_FPS:g} to {_MAX_COMMON_FPS:g}")
         others = [suffix for suffix in VIDEO_CODECS if suffix != self.path.suffix.lower()]
         raise VideoWriteError(
             f"OpenCV cannot write {self.path}: no {self.path.suffix} codec "

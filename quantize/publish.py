@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgedet._io import DirectoryBusyError, exclusive_lock
+from edgedet._io import DirectoryBusyError, error_text, exclusive_lock
 from edgedet.artifact import (
     MANIFEST_NAME,
     ManifestError,
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = publish(args.artifact, args.name, args.zoo_dir)
     except (ManifestError, ValueError, OSError, DirectoryBusyError) as error:
-        print(f"publish: error: {error}", file=sys.stderr)
+        print(f"publish: error: {error_text(error)}", file=sys.stderr)
         return 2
     print(f"published {args.artifact} as zoo model {args.name!r}: {out}")
     return 0

@@ -17,7 +17,7 @@ use_repo_root(__file__)
 import argparse
 import shlex
 
-from edgedet._io import DirectoryBusyError
+from edgedet._io import DirectoryBusyError, error_text
 from edgedet.data.errors import DatasetError
 from edgedet.models.checkpoint import CheckpointError
 from quantize.accuracy_control import DEFAULT_MAX_FLOAT_LAYERS, DEFAULT_STEP
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             DirectoryBusyError) as error:  # OSError: a missing file, an --out it cannot write
         if os.environ.get("EDGEDET_DEBUG"):  # the whole traceback
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_text(error)}", file=sys.stderr)
         return 2
     _print_summary(report, args.out)
     if report.failed:

@@ -26,7 +26,7 @@ import numpy as np
 if __name__ == "__main__":  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgedet._io import write_bytes_atomic
+from edgedet._io import error_text, write_bytes_atomic
 from train.metrics_log import METRICS_FILE, read_metrics
 
 CURVES_FILE = "curves.png"
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(write_curves(args.run_dir, args.out))
     except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_text(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -82,8 +82,12 @@ def test_synth_refuses_what_it_would_overwrite(tmp_path: Path,
         "not a dataset edgedet wrote": ["--out", str(theirs)],
         "not a ground truth edgedet wrote": ["--video", str(tmp_path / "demo.mp4"),
                                              "--frames", "2"],
-        "at most 1000": ["--video", str(tmp_path / "fast.mp4"), "--frames", "2",
-                         "--fps", "65536"],
+        "from 0.01 to 1000": ["--video", str(tmp_path / "fast.mp4"), "--frames", "2",
+                              "--fps", "65536"],
+        "at 0.001 fps; give a frame rate from 0.01": ["--video", str(tmp_path / "slow.mp4"),
+                                                      "--frames", "2", "--fps", "0.001"],
+        "a file stands where a folder of this path should be": [
+            "--video", str(ground_truth / "v.avi"), "--frames", "2"],
         "not both": ["--video", str(tmp_path / "v.avi"), "--out", str(tmp_path / "ds")],
     }
     for message, arguments in cases.items():
@@ -95,6 +99,7 @@ def test_synth_refuses_what_it_would_overwrite(tmp_path: Path,
     assert (theirs / "images" / "000000.jpg").read_bytes() == b"their photo"
     assert ground_truth.read_text() == '{"their": "labels"}'
     assert not (tmp_path / "demo.mp4").exists() and not (tmp_path / "fast.mp4").exists()
+    assert not (tmp_path / "slow.mp4").exists()
     # its own outputs it writes again, and small frames render (a short side of 32-39 px
     # failed in the distractor sizes)
     video = tmp_path / "small.avi"

@@ -87,3 +87,22 @@ def test_a_killed_process_s_forked_children_do_not_keep_its_folder_locked(tmp_pa
         raise AssertionError(f"the orphaned child kept the lock: {error}") from None
     finally:
         os.kill(orphan, signal.SIGKILL)
+
+
+def test_error_text_names_the_path_and_says_what_is_wrong(tmp_path: Path) -> None:
+    from edgedet._io import error_text
+
+    (tmp_path / "a_file").write_text("x")
+    errors = []
+    for attempt in (lambda: (tmp_path / "a_file" / "sub").mkdir(parents=True, exist_ok=True),
+                    lambda: (tmp_path / "a_file").mkdir(parents=True, exist_ok=True),
+                    lambda: (tmp_path / "missing.txt").read_text()):
+        with pytest.raises(OSError) as caught:
+            attempt()
+        errors.append(error_text(caught.value))
+    assert errors[0] == errors[1].replace("a_file", "a_file/sub") == (
+        f"{tmp_path / 'a_file' / 'sub'}: a file stands where a folder of this path should be; "
+        "give a path under a folder")
+    assert errors[2] == f"{tmp_path / 'missing.txt'}: no such file or directory"
+    assert error_text(ValueError("plain")) == "plain"
+    assert error_text(OSError("no path")) == "no path"

@@ -60,3 +60,6 @@ def test_cli(tmp_path, capsys) -> None:
     out = tmp_path / "elsewhere.png"
     assert main([str(tmp_path), "--out", str(out)]) == 0
     assert out.is_file() and not (tmp_path / "curves.png").exists()
+    capsys.readouterr()
+    assert main([str(tmp_path), "--out", str(out / "under_a_file.png")]) == 1
+    assert "elsewhere.png: a file stands where a folder" in capsys.readouterr().err
