@@ -77,7 +77,7 @@ class Builder:
         self.name, self.source, self.work = name, source, work
         self.input_size = preprocess_config.input_size
         self.calibration = calibration
-        say(config, f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
+        say(f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
                      f"{self.input_size[0]}x{self.input_size[1]}, {self.target.sampler} "
                      f"sampling")
         self.rewritten = rewrite_for_export(model, self.target.sampler)
@@ -101,7 +101,7 @@ class Builder:
         if config.double_scale:
             width, height = self.input_size
             self.size_2x = (2 * width, 2 * height)
-            say(config, f"exporting the 2x model for double-scale testing, input "
+            say(f"exporting the 2x model for double-scale testing, input "
                          f"{2 * width}x{2 * height}")
             (work / "x2").mkdir()
             self.onnx_fp32_2x = export_onnx(self.rewritten, work / "x2" / "model.onnx",
@@ -119,7 +119,7 @@ class Builder:
         stage it under the work folder."""
         trial = trial or Trial()
         artifact_name = f"{self.name}_{precision}"
-        say(self.config, f"building {artifact_name} for {self.target.backend}")
+        say(f"building {artifact_name} for {self.target.backend}")
         built = self.target.build(self._request(precision, trial, self.onnx_fp32,
                                                 self.input_size, self.work,
                                                 self.calibration_arrays))
@@ -183,7 +183,7 @@ class Builder:
         assert self.size_2x is not None, "the run was not configured for double-scale testing"
         trial = trial or Trial()
         precision = str(artifact.manifest["precision"])
-        say(self.config, f"building the 2x model of {artifact.name}")
+        say(f"building the 2x model of {artifact.name}")
         built = self.target.build(self._request(precision, trial, self.onnx_fp32_2x,
                                                 self.size_2x, self.work / "x2",
                                                 self.calibration_arrays_2x))
@@ -201,7 +201,7 @@ class Builder:
 
     def rank(self) -> list[LayerSensitivity]:
         """The sensitivity ranking of the weight layers the target puts in INT8."""
-        say(self.config, f"ranking {len(self.units)} INT8 layers by sensitivity")
+        say(f"ranking {len(self.units)} INT8 layers by sensitivity")
         assert self.calibration_arrays is not None
         return rank_layers(self.onnx_fp32, self.calibration_arrays, self.keep_float,
                            quantize_outputs=self.target.rounds_outputs,
@@ -279,7 +279,7 @@ def _controlled_int8(config: ConvertConfig, builder: Builder, check: AccuracyChe
 
     control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
     outcome = control(evaluate, control_config, builder.target.calibration_methods,
-                      builder.rank, say=lambda message: say(config, message),
+                      builder.rank, say=say,
                       scope_fallback=scope_fallback(config))
     if not outcome.ranking:  # passed without the fallback: rank anyway, for the report
         outcome.ranking = builder.rank()
@@ -318,7 +318,7 @@ def _with_second_scale(config: ConvertConfig, builder: Builder, check: AccuracyC
     ranking = outcome.ranking  # the 1x model's: both sizes have the same layers
     control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
     second = control(evaluate, control_config, builder.target.calibration_methods,
-                     lambda: ranking, say=lambda message: say(config, f"2x model: {message}"),
+                     lambda: ranking, say=lambda message: say(f"2x model: {message}"),
                      start=outcome.chosen.trial, start_action="the 1x model's INT8 settings",
                      scope_fallback=scope_fallback(config))
     second.ranking = ranking
@@ -335,7 +335,7 @@ def _with_control_section(artifact: Artifact, outcome: ControlOutcome) -> Artifa
     return Artifact(artifact.directory, manifest)
 
 
-def say(config: ConvertConfig, message: str) -> None:
-    """A progress line, unless the run is quiet."""
-    if config.progress:
-        print(message, flush=True)
+def say(message: str) -> None:
+    """A step message (a handful per run, one line each: a log without progress bars still
+    says what the run did)."""
+    print(message, flush=True)

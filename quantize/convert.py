@@ -105,7 +105,7 @@ class ConvertConfig:
             artifact never replaces one whose check was conclusive (it goes to
             ``out/rejected/``, ``ArtifactReport.kept_instead``). Without it such a run stops
             with an error.
-        progress: progress bars and step messages.
+        progress: progress bars (step messages always print).
         command: how the run was started, for the report (default: this config).
     """
 
@@ -285,7 +285,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
               "checkpoint_sha256": checkpoint_sha256, "calibration": None}
     with exclusive_lock(out, "quantize/run.py"):
         for note in clean_output_folder(out):
-            say(config, f"cleaned up after an interrupted run: {note}")
+            say(f"cleaned up after an interrupted run: {note}")
         with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=out) as tmp:
             work = Path(tmp)
             builder = Builder(config, model, checkpoint_config, name, source, work,
@@ -293,7 +293,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
             check = AccuracyCheck(model, evaluation.samples, evaluation.describe(),
                                   config.max_drop, target.accuracy_backend, config.device,
                                   config.progress, config.allow_weak_reference)
-            say(config, f"accuracy check on {len(evaluation.samples)} images of "
+            say(f"accuracy check on {len(evaluation.samples)} images of "
                          f"{evaluation.spec}")
             staged, artifact_reports, columns, controlled = build_and_check(
                 config, builder, check)

@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "CPUs without VNNI (AVX2 or AVX-512 only), whose ONNX Runtime "
                              "INT8 kernels can clip sums of 8-bit weights (run the conversion "
                              "on such a CPU: its accuracy check then measures what they do)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (step messages still print: for logs)")
     return parser
 
 
