@@ -383,6 +383,11 @@ class ImageFolderSource:
         self._next = 0
         self.description = description
 
+    @property
+    def count(self) -> int:
+        """How many images the source plays."""
+        return len(self._paths)
+
     def read(self, stop: threading.Event) -> np.ndarray | None:
         while self._next < len(self._paths) and not stop.is_set():
             path = self._paths[self._next]

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from edgedet import Detections, Detector
+from edgedet import Detections, Detector, FrameError
 from edgedet.backends import BACKENDS
 from edgedet.draw import draw_detections, draw_text_panel
 from edgedet.options import APPLICATION_SCORE_THRESHOLD, MAX_TILES
@@ -32,7 +32,7 @@ from edgedet.track import TrackedDetections, Tracker, TrackerOptions
 
 # isort: split
 # A sibling module, not a package: run as a script, the app's folder is on sys.path.
-from capture import log
+from capture import ImageFolderSource, log
 
 DEFAULT_MODEL = "passd_mobilenet_int8"
 SOURCE_HELP = ("0 (camera index), csi://0 (Jetson CSI camera; optionally "
@@ -192,6 +192,16 @@ class FrameStep:
         """Start a new stream (e.g. a video played again): the tracker forgets its tracks."""
         if self.tracker is not None:
             self.tracker.reset()
+
+
+def skip_unusable_image(source: object, frame: np.ndarray, error: FrameError) -> None:
+    """Log and go on past an image of a folder the model cannot take (smaller than --tiles
+    needs), as ``edgedet detect`` does: the folder's other images may be fine. From any other
+    source ``error`` is raised again (a camera's or video's frames all have one size)."""
+    if not isinstance(source, ImageFolderSource) or source.count < 2:
+        raise error
+    height, width = frame.shape[:2]
+    log(f"skipping a {width}x{height} image of {source.description}: {error}")
 
 
 def interruptible(app: Callable[[], int]) -> int:

@@ -45,7 +45,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgedet import Detector
+from edgedet import Detector, FrameError
 from edgedet._io import error_text
 
 # isort: split
@@ -61,6 +61,7 @@ from pipeline import (
     load_detector,
     make_tracker,
     run_as_script,
+    skip_unusable_image,
 )
 from web_server import FrameHub, is_loopback, make_app, model_info, web
 
@@ -137,7 +138,10 @@ class DetectionLoop(threading.Thread):
                 frame = self.grabber.get()  # bounded: a dead source raises SourceError
                 if frame is None or self._stop_event.is_set():
                     break
-                self._publish(frame)
+                try:
+                    self._publish(frame)
+                except FrameError as exc:
+                    skip_unusable_image(source, frame, exc)
                 played += 1
                 # A file at its own pace: wait until the next frame is due.
                 if self._stop_event.wait(max(0.0, started + played * pace_s - time.monotonic())):

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from edgedet import FrameError
 from edgedet._io import error_text
 from edgedet.cli_common import path_argument
 from edgedet.video import AtomicVideoWriter, save_video_problem
@@ -52,6 +53,7 @@ from pipeline import (
     load_detector,
     make_tracker,
     run_as_script,
+    skip_unusable_image,
 )
 
 # capture's messages (retries, reconnects, the demo fallback) read as this app's own.
@@ -142,7 +144,11 @@ def run(args: argparse.Namespace) -> int:
             frame = grabber.get()  # bounded: a dead source raises SourceError
             if frame is None:
                 break
-            result = step(frame)
+            try:
+                result = step(frame)
+            except FrameError as exc:
+                skip_unusable_image(source, frame, exc)
+                continue
             latencies_s.append(result.detect_s)
             fps, canvas = result.fps, result.canvas
             if writer is not None:

@@ -404,3 +404,16 @@ def test_the_page_shows_frames_and_detections_in_headless_chromium(
         assert image is not None and image.shape == (800, 1280, 3)
         print(f"screenshot: {screenshot}")
     assert app.exit_status() == 0
+
+
+def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
+        viewer, models: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, size in (("a.png", (48, 64)), ("b_tiny.png", (1, 1)), ("c.png", (48, 64))):
+        cv2.imwrite(str(folder / name), np.full((*size, 3), 30, np.uint8))
+    assert viewer.main(["--model", str(models["planted"]), "--source", str(folder), "--tiles",
+                        "2", "--port", "0", "--linger", "0"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipping a 1x1 image of folder {folder}: a 1x1 frame" in err and "error" not in err

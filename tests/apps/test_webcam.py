@@ -285,3 +285,22 @@ def test_track_runs_and_a_missing_extra_is_named(app, models: dict[str, Path], t
     assert app.main(argv) == 1
     assert "error: tracking needs the optional 'track' extra: pip install 'edgedet[track]'" in (
         capsys.readouterr().err)
+
+
+def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
+        app, models: dict[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # It stopped the app; `edgedet detect` skips it, and the folder's other images are fine.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, size in (("a.png", (48, 64)), ("b_tiny.png", (1, 1)), ("c.png", (48, 64))):
+        cv2.imwrite(str(folder / name), np.full((*size, 3), 30, np.uint8))
+    out = tmp_path / "tiles.avi"
+    assert app.main(["--source", str(folder), "--model", str(models["planted"]), "--tiles",
+                     "2", "--save", str(out)]) == 0
+    assert len(read_video_frames(out)) == 2
+    assert f"skipping a 1x1 image of folder {folder}: a 1x1 frame" in capsys.readouterr().err
+    # One image (or a camera, a video: all its frames have one size): an error, as before.
+    assert app.main(["--source", str(folder / "b_tiny.png"), "--model", str(models["planted"]),
+                     "--tiles", "2", "--headless"]) == 1
+    assert "a 1x1 frame is too small for 2x2 tiles" in capsys.readouterr().err
