@@ -221,15 +221,16 @@ async def serve(args: argparse.Namespace, detector: Detector, step: FrameStep,
             return 0
         if worker.error is not None:
             log(f"error: {worker.error}")
+        elif worker.frames == 0:  # e.g. a folder of unreadable images: no last frame to serve
+            log(f"error: no frame could be read from {source.description}")
+            return 1
         if args.linger > 0:
+            served = "the error" if worker.frames == 0 else "the last frame"
             log(f"{'source lost' if worker.error else 'done'} after {worker.frames} frames; "
-                f"serving the last frame for {args.linger:g} s more")
+                f"serving {served} for {args.linger:g} s more")
             await _first_of(asyncio.sleep(args.linger), stopped.wait())
         log(f"{worker.frames} frames" + (f", {worker.dropped} stale frames dropped"
                                          if source.live else ""))
-        if worker.error is None and worker.frames == 0:  # e.g. a folder of unreadable images
-            log(f"error: no frame could be read from {source.description}")
-            return 1
         return 1 if worker.error is not None else 0
     finally:
         worker.stop()
