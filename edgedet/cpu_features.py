@@ -72,31 +72,66 @@ def int8_sums_can_clip() -> bool:
     return flags is not None and not flags & VNNI_FLAGS
 
 
-def _cgroup_cpu_limit(root: Path) -> float | None:
-    """The CPUs' worth of time a cgroup quota allows (cgroup v2 ``cpu.max``, else v1
-    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) under ``root``; None without a quota."""
+def _own_cgroups(proc_cgroup: Path) -> tuple[str, str]:
+    """This process's cgroup v2 path and v1 ``cpu`` controller path ("/" where unknown)."""
+    v2, v1 = "/", "/"
     try:
-        quota, _, period = (root / "cpu.max").read_text().partition(" ")
-        if quota.strip() != "max":
-            return int(quota) / int(period)
-        return None
+        for line in proc_cgroup.read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0" and not controllers:
+                v2 = path
+            elif "cpu" in controllers.split(","):
+                v1 = path
     except (OSError, ValueError):
         pass
-    try:
-        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-    except (OSError, ValueError):
-        return None
+    return v2, v1
+
+
+def _with_ancestors(base: Path, path: str) -> list[Path]:
+    """``base/path`` and each folder above it up to ``base``: a quota on any of them holds."""
+    folder = base / path.strip("/")
+    return [folder, *[p for p in folder.parents if p == base or base in p.parents]]
+
+
+def _quota_v2(folder: Path) -> float | None:
+    quota, _, period = (folder / "cpu.max").read_text().partition(" ")
+    return None if quota.strip() == "max" else int(quota) / int(period)
+
+
+def _quota_v1(folder: Path) -> float | None:
+    quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+    period_us = int((folder / "cpu.cfs_period_us").read_text())
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
-def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+def _cgroup_cpu_limit(root: Path, proc_cgroup: Path) -> float | None:
+    """The CPUs' worth of time the tightest cgroup quota over this process allows (cgroup v2
+    ``cpu.max``, else v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, on its own cgroup and
+    every one above it, under ``root``); None without a quota."""
+    v2, v1 = _own_cgroups(proc_cgroup)
+    limits = []
+    for read, folders in ((_quota_v2, _with_ancestors(root, v2)),
+                          (_quota_v1, _with_ancestors(root / "cpu", v1))):
+        for folder in folders:
+            try:
+                limit = read(folder)
+            except (OSError, ValueError):
+                continue
+            if limit is not None:
+                limits.append(limit)
+        if limits:
+            break
+    return min(limits) if limits else None
+
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                 proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
     """The cores this process may use: its CPU affinity, capped by a container's CPU quota
     (rounded up; a quota of 1.5 CPUs counts 2), at least 1. The default thread count of the
     backends that pick their own (``edgedet/backends/tflite.py``) and of the test workers."""
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
-    limit = _cgroup_cpu_limit(cgroup_root)
+    limit = _cgroup_cpu_limit(cgroup_root, proc_cgroup)
     if limit is not None:
         cores = min(cores, math.ceil(limit))
     return max(1, cores)

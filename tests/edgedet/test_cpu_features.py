@@ -61,3 +61,26 @@ def test_usable_cores_is_the_affinity_capped_by_a_cgroup_quota(tmp_path, monkeyp
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert features.usable_cores(tmp_path) == cores
+
+
+@pytest.mark.parametrize(("own", "files", "cores"), [
+    # A quota on the process's own nested cgroup, or on one above it, holds.
+    ("0::/app/worker\n", {"app/worker/cpu.max": "200000 100000\n",
+                          "cpu.max": "max 100000\n"}, 2),
+    ("0::/app/worker\n", {"app/cpu.max": "300000 100000\n",
+                          "app/worker/cpu.max": "max 100000\n"}, 3),
+    ("0::/app/worker\n", {"cpu.max": "500000 100000\n", "app/cpu.max": "700000 100000\n"}, 5),
+    ("4:cpu,cpuacct:/docker/abc\n0::/\n",  # v1: the cpu controller's own path
+     {"cpu/docker/abc/cpu.cfs_quota_us": "150000\n",
+      "cpu/docker/abc/cpu.cfs_period_us": "100000\n"}, 2),
+])
+def test_usable_cores_reads_the_quota_of_the_process_s_own_cgroup(tmp_path, monkeypatch, own,
+                                                                   files, cores):
+    monkeypatch.setattr(features.os, "sched_getaffinity", lambda pid: set(range(8)),
+                        raising=False)
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "self_cgroup").write_text(own)
+    assert features.usable_cores(root, tmp_path / "self_cgroup") == cores
