@@ -210,6 +210,7 @@ class EvalRecord:
     boxes_xyxy: np.ndarray
     class_ids: np.ndarray
     iscrowd: np.ndarray
+    areas: np.ndarray | None = None  # the file's object areas (``Sample.areas``)
 
 
 class EvalDataset(Dataset):
@@ -230,7 +231,7 @@ class EvalDataset(Dataset):
             scale_x=transform.scale_x, scale_y=transform.scale_y,
             pad_x=transform.pad_x, pad_y=transform.pad_y,
             boxes_xyxy=sample.boxes_xyxy, class_ids=sample.class_ids,
-            iscrowd=np.asarray(sample.iscrowd, dtype=bool),
+            iscrowd=np.asarray(sample.iscrowd, dtype=bool), areas=sample.areas,
         )
         return torch.from_numpy(tensor[0]), record
 

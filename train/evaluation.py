@@ -45,7 +45,8 @@ def _coco_ground_truth(records: Sequence[EvalRecord], class_names: Sequence[str]
                        "file_name": str(record.image_id)})
         annotations.extend(coco_annotations(record.image_id, record.boxes_xyxy,
                                             record.class_ids, record.iscrowd,
-                                            first_ann_id=len(annotations) + 1))
+                                            first_ann_id=len(annotations) + 1,
+                                            areas=record.areas))
     return {"images": images, "annotations": annotations,
             "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
 

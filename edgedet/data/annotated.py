@@ -52,6 +52,7 @@ class ImageRecord:
         class_ids: ``(N,) int64`` 0-based class indices.
         iscrowd: ``(N,) bool`` regions evaluation ignores (COCO crowd, VOC difficult).
         boxes_are_relative: see ``boxes_xyxy``.
+        areas: ``(N,) float32`` object areas the file gives (COCO), or None (``Sample.areas``).
     """
 
     image_path: Path
@@ -61,6 +62,7 @@ class ImageRecord:
     class_ids: np.ndarray
     iscrowd: np.ndarray
     boxes_are_relative: bool = False
+    areas: np.ndarray | None = None
 
 
 class AnnotatedImageDataset(Sequence[Sample]):
@@ -111,6 +113,7 @@ class AnnotatedImageDataset(Sequence[Sample]):
             image_id=record.image_id,
             file_name=record.file_name,
             iscrowd=record.iscrowd.copy(),
+            areas=None if record.areas is None else record.areas.copy(),
         )
 
     def __repr__(self) -> str:

@@ -22,24 +22,27 @@ from edgedet.data.sample import Sample
 def sample_to_coco_annotations(sample: Sample, first_ann_id: int) -> list[dict]:
     """COCO ``annotations`` entries for one sample (category ids are class id + 1)."""
     return coco_annotations(sample.image_id, sample.boxes_xyxy, sample.class_ids,
-                            sample.iscrowd, first_ann_id)
+                            sample.iscrowd, first_ann_id, sample.areas)
 
 
 def coco_annotations(image_id: int, boxes_xyxy: np.ndarray, class_ids: np.ndarray,
-                     iscrowd: np.ndarray | None, first_ann_id: int) -> list[dict]:
+                     iscrowd: np.ndarray | None, first_ann_id: int,
+                     areas: np.ndarray | None = None) -> list[dict]:
     """COCO ``annotations`` entries of one image's boxes (``(N, 4)`` xyxy pixels, 0-based
-    class ids → category ids ``1..K``; coordinates rounded to 0.01 pixel)."""
+    class ids → category ids ``1..K``; coordinates rounded to 0.01 pixel); ``area`` is
+    ``areas[k]`` where given (the file's), else the box's."""
     anns = []
     for k, (box, cls) in enumerate(zip(boxes_xyxy, class_ids, strict=True)):
         x1, y1, x2, y2 = (float(v) for v in box)
         w, h = x2 - x1, y2 - y1
+        area = w * h if areas is None else float(areas[k])
         anns.append(
             {
                 "id": first_ann_id + k,
                 "image_id": int(image_id),
                 "category_id": int(cls) + 1,
                 "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
-                "area": round(w * h, 2),
+                "area": round(area, 2),
                 "iscrowd": int(bool(iscrowd[k])) if iscrowd is not None else 0,
             }
         )
@@ -232,6 +235,19 @@ def _bbox_xywh(annotation: dict, source: Path) -> tuple[float, float, float, flo
     return x, y, w, h
 
 
+def _area(annotation: dict, box_area: float, source: Path) -> float:
+    """The annotation's ``area`` (pycocotools sorts objects into APs / APm / APl by it, and
+    for a segmented object it is the mask's, not the box's), else the box's."""
+    if "area" not in annotation:
+        return box_area
+    area = annotation["area"]
+    if isinstance(area, bool) or not isinstance(area, Real) or not (math.isfinite(area)
+                                                                    and area >= 0):
+        raise DatasetError(f"{source}: annotation id {annotation.get('id')!r} has area "
+                           f"{area!r}; expected a finite number >= 0")
+    return float(area)
+
+
 class CocoDataset(AnnotatedImageDataset):
     """A COCO-JSON object-detection dataset as a ``Sequence[Sample]``.
 
@@ -316,7 +332,7 @@ class CocoDataset(AnnotatedImageDataset):
 
         records = []
         for image in images:
-            boxes_xyxy, class_ids, iscrowd = [], [], []
+            boxes_xyxy, class_ids, iscrowd, areas = [], [], [], []
             for annotation in annotations_of_image[image["id"]]:
                 category_id = _int_field(
                     annotation, "category_id", "an annotation", annotation_file
@@ -332,6 +348,7 @@ class CocoDataset(AnnotatedImageDataset):
                 boxes_xyxy.append((x, y, x + w, y + h))
                 class_ids.append(class_of_category[category_id])
                 iscrowd.append(crowd_flag(annotation, annotation_file))
+                areas.append(_area(annotation, w * h, annotation_file))
             records.append(
                 ImageRecord(
                     image_path=self.image_dir / image["file_name"],
@@ -340,6 +357,7 @@ class CocoDataset(AnnotatedImageDataset):
                     boxes_xyxy=np.array(boxes_xyxy, np.float32).reshape(-1, 4),
                     class_ids=np.array(class_ids, np.int64),
                     iscrowd=np.array(iscrowd, bool),
+                    areas=np.array(areas, np.float32),
                 )
             )
         super().__init__(records, class_names, source=str(annotation_file))

@@ -21,6 +21,9 @@ class Sample:
         file_name: image path relative to the dataset's image folder.
         iscrowd: ``(N,) bool``; crowd / "difficult" regions evaluation ignores. Defaults to
             all False.
+        areas: ``(N,) float32`` object areas in pixels as the dataset file gives them (COCO's
+            ``area``, a segmentation's, which sorts objects into small / medium / large for
+            APs / APm / APl); None: each box's width x height.
     """
 
     image: np.ndarray
@@ -29,6 +32,7 @@ class Sample:
     image_id: int = 0
     file_name: str = ""
     iscrowd: np.ndarray | None = None
+    areas: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes_xyxy = np.asarray(self.boxes_xyxy, dtype=np.float32).reshape(-1, 4)
@@ -42,6 +46,11 @@ class Sample:
             self.iscrowd = np.zeros(len(self.class_ids), dtype=bool)
         else:
             self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(-1)
+        if self.areas is not None:
+            self.areas = np.asarray(self.areas, dtype=np.float32).reshape(-1)
+            if len(self.areas) != len(self.class_ids):
+                raise ValueError(f"Sample {self.file_name!r}: {len(self.areas)} areas but "
+                                 f"{len(self.class_ids)} boxes")
 
     @property
     def height(self) -> int:

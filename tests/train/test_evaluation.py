@@ -47,3 +47,22 @@ def test_training_eval_ap_is_the_reference_ap(tmp_path):
     assert training is not None
     assert {k: 100.0 * v if v >= 0 else -1.0 for k, v in training.items()} == pytest.approx(
         checked, abs=1e-6)
+
+
+def test_training_s_ground_truth_keeps_the_file_s_object_areas():
+    # The same ground truth as edgedet.data.evaluate.samples_to_coco_gt, areas included (they
+    # sort objects into APs / APm / APl).
+    import numpy as np
+
+    from edgedet.data.evaluate import samples_to_coco_gt
+    from edgedet.data.sample import Sample
+    from train.data import EvalDataset
+    from train.evaluation import _coco_ground_truth
+
+    sample = Sample(image=np.zeros((48, 64, 3), np.uint8), boxes_xyxy=[[0, 0, 40, 40]],
+                    class_ids=[0], image_id=5, areas=[500.0])
+    config = PreprocessConfig(input_size=(64, 48))
+    _, record = EvalDataset([sample], config)[0]
+    ours = _coco_ground_truth([record], ["a"])["annotations"]
+    sdk = samples_to_coco_gt([sample], ["a"])["annotations"]
+    assert [a["area"] for a in ours] == [a["area"] for a in sdk] == [500.0]

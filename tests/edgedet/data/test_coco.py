@@ -248,6 +248,8 @@ def test_an_interrupted_rewrite_never_looks_like_a_whole_dataset(tmp_path: Path)
 @pytest.mark.parametrize(("change", "message"), [
     (lambda d: d.update(annotations=None), "expected a list under 'annotations'"),
     (lambda d: d["annotations"][0].update(iscrowd="0"), "iscrowd '0'; expected 0 or 1"),
+    (lambda d: d["annotations"][0].update(area=-1), "area -1; expected a finite number >= 0"),
+    (lambda d: d["annotations"][0].update(area="5"), "area '5'; expected a finite number"),
 ])
 def test_malformed_annotation_fields_are_named(tmp_path: Path, change, message: str) -> None:
     scenes = SyntheticScenes(2, seed=0, config=SyntheticConfig(image_size=(64, 48)))
@@ -281,3 +283,25 @@ def test_a_run_after_an_interrupted_one_leaves_none_of_its_images(tmp_path: Path
                   json.loads((out / "annotations.json").read_text())["images"]]
         assert sorted(p.name for p in (out / "images").iterdir()) == sorted(listed)
         assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_file_s_object_areas_reach_the_evaluation(tmp_path: Path) -> None:
+    # pycocotools sorts objects into small / medium / large by `area` (a segmented object's
+    # is its mask's): a 40 x 40 box with area 500 is small (< 32^2), by its box medium. The
+    # reader recomputed it from the box, so APs / APm of training and conversion differed
+    # from `edgedet eval` on the same file.
+    from edgedet.data.evaluate import evaluate_coco, samples_to_coco_gt
+
+    dataset = _coco_dict()
+    dataset["annotations"][0]["area"] = 500.0  # its box: 30 x 15 = 450
+    dataset["annotations"][2]["bbox"] = [0, 0, 30, 38]
+    dataset["annotations"][2]["area"] = 2000.0  # its box: 1140, small; the file says medium
+    path = _write_dataset(tmp_path, dataset)
+    samples = list(CocoDataset(tmp_path))
+    np.testing.assert_allclose(samples[0].areas, [500.0, 6.0])  # (the second: no area given)
+    ground_truth = samples_to_coco_gt(samples, ("person", "dog", "toothbrush"))
+    assert [a["area"] for a in ground_truth["annotations"]] == [500.0, 6.0, 2000.0]
+    # Each scored against itself: the medium object is there in both (by its box it was not).
+    from_file, from_samples = evaluate_coco(path, path), evaluate_coco(ground_truth, ground_truth)
+    assert from_file.APm == pytest.approx(1.0) and from_samples.APm == pytest.approx(1.0)
+    assert from_file.APs == pytest.approx(1.0) and from_samples.APs == pytest.approx(1.0)
