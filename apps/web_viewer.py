@@ -133,13 +133,14 @@ class DetectionLoop(threading.Thread):
         while self.max_frames is None or self.frames < self.max_frames:
             source = self.grabber.source
             pace_s = 1.0 / source.fps if source.fps and not source.live else 0.0
-            started, played = time.monotonic(), 0
+            started, played, published = time.monotonic(), 0, 0
             while self.max_frames is None or self.frames < self.max_frames:
                 frame = self.grabber.get()  # bounded: a dead source raises SourceError
                 if frame is None or self._stop_event.is_set():
                     break
                 try:
                     self._publish(frame)
+                    published += 1
                 except FrameError as exc:
                     skip_unusable_image(source, frame, exc)
                 played += 1
@@ -148,7 +149,7 @@ class DetectionLoop(threading.Thread):
                     return
             if frame is not None or self.reopen is None or self._stop_event.is_set():
                 return
-            if played == 0:  # nothing readable in a whole pass: looping would spin forever
+            if published == 0:  # nothing usable in a whole pass: looping would spin forever
                 raise SourceError(f"no frame could be read from {source.description}")
             # --loop: the file ended; play it again from the start, with new tracks.
             self._end_grabber()

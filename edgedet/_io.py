@@ -14,15 +14,20 @@ from typing import IO, Any
 
 def error_text(error: BaseException) -> str:
     """One line for the user: ``str(error)``, but an ``OSError`` of a path as "PATH: reason"
-    instead of Python's "[Errno 20] Not a directory: 'PATH'", with what to do about a file
-    standing where a folder of the path should be (``mkdir`` under a file)."""
-    if not isinstance(error, OSError) or not error.strerror or error.filename is None:
-        return str(error)
-    path = os.fsdecode(error.filename)
-    if error.errno == errno.ENOTDIR or (error.errno == errno.EEXIST and os.path.isfile(path)):
-        return (f"{path}: a file stands where a folder of this path should be; give a path "
+    (or "SOURCE -> DESTINATION: reason" for a rename) instead of Python's "[Errno 20] Not a
+    directory: 'PATH'", with what to do about a file standing where a folder of the path
+    should be (``mkdir`` under a file)."""
+    paths = [error.filename, error.filename2] if isinstance(error, OSError) else []
+    if not (isinstance(error, OSError) and error.strerror and paths[0] is not None
+            and all(p is None or isinstance(p, str | bytes | os.PathLike) for p in paths)):
+        return str(error)  # (a file descriptor's error has an int for its file name)
+    where = " -> ".join(os.fsdecode(p) for p in paths if p is not None)
+    if error.errno == errno.ENOTDIR and error.filename2 is None:
+        return (f"{where}: a file stands where a folder of this path should be; give a path "
                 "under a folder")
-    return f"{path}: {error.strerror[:1].lower()}{error.strerror[1:]}"
+    if error.errno == errno.EEXIST and os.path.isfile(os.fsdecode(paths[0])):
+        return f"{where}: a file already exists there"
+    return f"{where}: {error.strerror[:1].lower()}{error.strerror[1:]}"
 
 
 def current_umask() -> int:

@@ -22,7 +22,8 @@ a plain safetensors + JSON checkpoint that every target converts, checks and shi
 it would the original; the ranges are re-calibrated by the target on the QAT weights.
 The simulation is no part of the checkpoint: nothing is added to the state dict. The
 activation ranges are part of a run's resume state (``activation_ranges``), so a killed QAT
-run continues exactly.
+run continues exactly in one process. Under DDP each rank keeps ranges of its own batches
+and only rank 0's are saved: a resume gives every rank those (close, not identical).
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ def _bbox_xywh(annotation: dict, source: Path) -> tuple[float, float, float, flo
 def _area(annotation: dict, box_area: float, source: Path) -> float:
     """The annotation's ``area`` (pycocotools sorts objects into APs / APm / APl by it, and
     for a segmented object it is the mask's, not the box's), else the box's."""
-    if "area" not in annotation:
+    if annotation.get("area") is None:
         return box_area
     area = annotation["area"]
     if isinstance(area, bool) or not isinstance(area, Real) or not (math.isfinite(area)

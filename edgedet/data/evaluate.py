@@ -118,13 +118,15 @@ def _load_ground_truth(ground_truth: str | os.PathLike[str] | dict) -> tuple[dic
             # and so does the evaluation, so that both score the same objects.
             degenerate.append(index)
             continue
-        if "area" in annotation and not (_is_number(annotation["area"])
-                                         and annotation["area"] >= 0):
+        if annotation.get("area") is not None and not (_is_number(annotation["area"])
+                                                       and annotation["area"] >= 0):
             raise DatasetError(f"{source}: annotation {index} has area {annotation['area']!r}")
         annotation = dict(annotation)
         # pycocotools buckets objects into small/medium/large by 'area' and skips crowds by
-        # 'iscrowd'; a hand-made ground truth may lack both.
-        annotation.setdefault("area", float(bbox[2]) * float(bbox[3]))
+        # 'iscrowd'; a hand-made ground truth may lack both (an area of null counts as none,
+        # as the dataset readers take it).
+        if annotation.get("area") is None:
+            annotation["area"] = float(bbox[2]) * float(bbox[3])
         annotation.setdefault("iscrowd", 0)
         annotations.append(annotation)
     if degenerate:

@@ -418,3 +418,11 @@ def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
                         "2", "--port", "0", "--linger", "0"]) == 0
     err = capsys.readouterr().err
     assert f"skipping a 1x1 image of folder {folder}: a 1x1 frame" in err and "error" not in err
+    # Every image too small, with --loop: an error, not an endless pass over the folder.
+    (folder / "a.png").unlink()
+    (folder / "c.png").unlink()
+    cv2.imwrite(str(folder / "d_tiny.png"), np.full((1, 1, 3), 30, np.uint8))
+    assert viewer.main(["--model", str(models["planted"]), "--source", str(folder), "--tiles",
+                        "2", "--port", "0", "--linger", "0", "--loop"]) == 1
+    err = capsys.readouterr().err
+    assert "no frame could be read from" in err and err.count("skipping a 1x1 image") == 2

@@ -100,9 +100,17 @@ def test_error_text_names_the_path_and_says_what_is_wrong(tmp_path: Path) -> Non
         with pytest.raises(OSError) as caught:
             attempt()
         errors.append(error_text(caught.value))
-    assert errors[0] == errors[1].replace("a_file", "a_file/sub") == (
-        f"{tmp_path / 'a_file' / 'sub'}: a file stands where a folder of this path should be; "
-        "give a path under a folder")
+    assert errors[0] == (f"{tmp_path / 'a_file' / 'sub'}: a file stands where a folder of this "
+                         "path should be; give a path under a folder")
+    assert errors[1] == f"{tmp_path / 'a_file'}: a file already exists there"
     assert errors[2] == f"{tmp_path / 'missing.txt'}: no such file or directory"
+    (tmp_path / "a_folder").mkdir()
+    with pytest.raises(OSError) as caught:  # a rename names both ends
+        os.replace(tmp_path / "a_file", tmp_path / "a_folder")
+    assert error_text(caught.value) == (f"{tmp_path / 'a_file'} -> {tmp_path / 'a_folder'}: "
+                                        "is a directory")
+    with pytest.raises(OSError) as caught:  # a file descriptor's: its own text
+        os.stat(99999)
+    assert error_text(caught.value) == str(caught.value)
     assert error_text(ValueError("plain")) == "plain"
     assert error_text(OSError("no path")) == "no path"

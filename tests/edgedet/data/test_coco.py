@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -294,14 +295,17 @@ def test_the_file_s_object_areas_reach_the_evaluation(tmp_path: Path) -> None:
 
     dataset = _coco_dict()
     dataset["annotations"][0]["area"] = 500.0  # its box: 30 x 15 = 450
+    dataset["annotations"][1]["area"] = None  # (as good as none: the box's)
     dataset["annotations"][2]["bbox"] = [0, 0, 30, 38]
-    dataset["annotations"][2]["area"] = 2000.0  # its box: 1140, small; the file says medium
+    dataset["annotations"][2]["area"] = 900.0  # its box: 1140, medium; the file says small
     path = _write_dataset(tmp_path, dataset)
     samples = list(CocoDataset(tmp_path))
-    np.testing.assert_allclose(samples[0].areas, [500.0, 6.0])  # (the second: no area given)
+    np.testing.assert_allclose(samples[0].areas, [500.0, 6.0])
     ground_truth = samples_to_coco_gt(samples, ("person", "dog", "toothbrush"))
-    assert [a["area"] for a in ground_truth["annotations"]] == [500.0, 6.0, 2000.0]
-    # Each scored against itself: the medium object is there in both (by its box it was not).
+    assert [a["area"] for a in ground_truth["annotations"]] == [500.0, 6.0, 900.0]
+    # Each scored against itself: no medium object in either (by its box there was one).
     from_file, from_samples = evaluate_coco(path, path), evaluate_coco(ground_truth, ground_truth)
-    assert from_file.APm == pytest.approx(1.0) and from_samples.APm == pytest.approx(1.0)
-    assert from_file.APs == pytest.approx(1.0) and from_samples.APs == pytest.approx(1.0)
+    assert from_file.APm == from_samples.APm == -1.0
+    by_boxes = samples_to_coco_gt([replace(s, areas=None) for s in samples],
+                                  ("person", "dog", "toothbrush"))
+    assert evaluate_coco(by_boxes, by_boxes).APm == pytest.approx(1.0)
