@@ -36,8 +36,9 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -227,11 +228,17 @@ class Artifact:
 
     directory: Path
     manifest: Mapping[str, Any]
+    # The model files' bytes as checked against their sha256 (``load`` with ``verify_files``,
+    # ``verify_files()``): a backend loads these, not the file again, so the model it runs is
+    # the one checked even if the file is replaced or rewritten meanwhile.
+    contents: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], verify_files: bool = True) -> Artifact:
-        """The artifact in ``directory`` (see ``load_manifest``)."""
-        return cls(Path(directory), load_manifest(directory, verify_files))
+        """The artifact in ``directory`` (see ``load_manifest``), with the verified
+        ``contents`` of its model files when ``verify_files``."""
+        manifest, contents = _load(Path(directory), verify_files)
+        return cls(Path(directory), manifest, contents)
 
     @classmethod
     def stage(cls, directory: str | os.PathLike[str],
@@ -266,9 +273,72 @@ class Artifact:
         """``{name in the artifact: path}`` of the model files."""
         return {name: self.directory / name for name in self.manifest["files"]}
 
-    def verify_files(self) -> None:
-        """Check every model file against its sha256 (``ManifestError`` naming a bad one)."""
-        verify_artifact_files(self.directory, self.manifest)
+    def verify_files(self) -> Mapping[str, bytes]:
+        """Check every model file against its sha256 (``ManifestError`` naming a bad one);
+        returns their contents as checked."""
+        with _FolderReader(self.directory) as folder:
+            return _verified_contents(folder, self.manifest)
+
+
+class _FolderReader:
+    """Reads the files of one artifact folder through one open handle of the folder.
+
+    ``quantize/publish.py`` replaces a zoo entry by exchanging two folders in one rename, so
+    a reader opening each file by its path could get the old manifest and the new model file
+    (a review's 40-second race: 2.4% of loads mixed). Through the folder's handle every file
+    comes from the folder as it was when it was opened. Where the OS cannot open files
+    relative to a folder (Windows), the paths are used.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fd: int | None = None
+        if not directory.is_dir():
+            raise ManifestError(f"artifact directory not found: {directory}")
+        if os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY"):
+            try:
+                self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise ManifestError(f"cannot open artifact directory {directory}: "
+                                    f"{exc.strerror}") from exc
+
+    def __enter__(self) -> _FolderReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self, name: str) -> bytes | None:
+        """The bytes of file ``name`` in the folder; None when it is not a file there."""
+        try:
+            if self._fd is None:
+                return (self.directory / name).read_bytes()
+            fd = os.open(name, os.O_RDONLY, dir_fd=self._fd)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return handle.read()
+
+
+def _load(artifact_dir: Path, verify_files: bool) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and (when ``verify_files``) the checked model files' bytes, both read
+    through one handle of the folder (``_FolderReader``)."""
+    manifest_path = artifact_dir / MANIFEST_NAME
+    with _FolderReader(artifact_dir) as folder:
+        raw = folder.read(MANIFEST_NAME)
+        if raw is None:
+            raise ManifestError(f"{manifest_path} not found: not an edgedet artifact directory "
+                                "(the conversion pipeline writes manifest.json last)")
+        try:
+            manifest = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        validate_manifest(manifest, source=str(manifest_path))
+        return manifest, _verified_contents(folder, manifest) if verify_files else {}
 
 
 def load_manifest(artifact_dir: str | os.PathLike[str], verify_files: bool = True) -> dict:
@@ -282,21 +352,7 @@ def load_manifest(artifact_dir: str | os.PathLike[str], verify_files: bool = Tru
             lacks / mistypes a field the runtime needs, or a listed file is missing or its
             sha256 differs (the message names the file).
     """
-    artifact_dir = Path(artifact_dir)
-    manifest_path = artifact_dir / MANIFEST_NAME
-    if not artifact_dir.is_dir():
-        raise ManifestError(f"artifact directory not found: {artifact_dir}")
-    if not manifest_path.is_file():
-        raise ManifestError(f"{manifest_path} not found: not an edgedet artifact directory "
-                            "(the conversion pipeline writes manifest.json last)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    validate_manifest(manifest, source=str(manifest_path))
-    if verify_files:
-        verify_artifact_files(artifact_dir, manifest)
-    return manifest
+    return _load(Path(artifact_dir), verify_files)[0]
 
 
 def verify_artifact_files(artifact_dir: str | os.PathLike[str], manifest: Mapping) -> None:
@@ -305,18 +361,26 @@ def verify_artifact_files(artifact_dir: str | os.PathLike[str], manifest: Mappin
     Raises:
         ManifestError: naming the first missing or mismatching file.
     """
-    artifact_dir = Path(artifact_dir)
+    with _FolderReader(Path(artifact_dir)) as folder:
+        _verified_contents(folder, manifest)
+
+
+def _verified_contents(folder: _FolderReader, manifest: Mapping) -> dict[str, bytes]:
+    contents = {}
     for name, expected in manifest["files"].items():
-        path = artifact_dir / name
-        if not path.is_file():
+        path = folder.directory / name
+        data = folder.read(name)
+        if data is None:
             raise ManifestError(f"model file missing: {path} (listed in {MANIFEST_NAME})")
-        actual = sha256_file(path)
+        actual = hashlib.sha256(data).hexdigest()
         if actual != expected.lower():
             raise ManifestError(
                 f"model file {path} is corrupt or truncated: sha256 {actual[:16]}... "
-                f"({path.stat().st_size} bytes) does not match {expected[:16]}... from "
+                f"({len(data)} bytes) does not match {expected[:16]}... from "
                 f"{MANIFEST_NAME}; re-copy or re-export the artifact"
             )
+        contents[name] = data
+    return contents
 
 
 def check_file_name(out_dir: Path, name: str) -> None:

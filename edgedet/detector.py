@@ -144,10 +144,11 @@ class Detector:
         _check_arguments(name_or_path, backend, options, allow_unchecked, settings)
         if isinstance(name_or_path, Artifact):
             artifact = name_or_path
-            artifact.verify_files()
+            contents = artifact.verify_files()
         else:
             artifact = Artifact.load(resolve_model(
                 name_or_path, backend if isinstance(backend, str) and backend != "auto" else None))
+            contents = artifact.contents
         if not allow_unchecked:
             require_passed_check(artifact.manifest, str(artifact.directory))
         self.artifact_dir: Path = artifact.directory
@@ -166,14 +167,15 @@ class Detector:
                 device = "auto"  # the fallback's best devices, as the native runtime's GPU
             model_file = model_file_for(self.backend_name, main_model_files(self._manifest))
             try:
+                # The runtimes load the bytes just checked, not the files again.
                 self._backend: InferenceBackend = create_backend(
                     self.backend_name, self.artifact_dir / model_file,
-                    threads=self.options.threads, device=device)
+                    threads=self.options.threads, device=device, contents=contents)
                 if self.options.double_scale and self._manifest.get("double_scale"):
                     double_scale_backend = create_backend(
                         self.backend_name, self.artifact_dir / model_file_for(
                             self.backend_name, double_scale_files(self._manifest)),
-                        threads=self.options.threads, device=device)
+                        threads=self.options.threads, device=device, contents=contents)
             except BackendError as error:
                 if self.fallback_reason is None:
                     raise

@@ -7,7 +7,9 @@ model's outputs by name. Everything before (pre-processing) and after (decoding,
 which ``detect()`` then uses instead of numpy's normalisation (OpenVINO's PrePostProcessor).
 
 Adding a backend is one file in this folder (a class meeting ``InferenceBackend`` whose
-constructor takes ``(model_path, threads=None, device=None)``) plus one ``BackendSpec`` in
+constructor takes ``(model_path, threads=None, device=None, contents=None)``, ``contents``
+being the artifact's checked file bytes by name, which it loads instead of reading
+``model_path`` again where its runtime can) plus one ``BackendSpec`` in
 ``BACKENDS``. Which model file a backend loads from an artifact is the first of its
 ``suffixes`` found there (``model_file_for``): OpenVINO reads its IR and also ONNX, so an ONNX
 artifact runs on either.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -175,12 +177,17 @@ def model_file_for(backend: str, files: list[str]) -> str:
 
 
 def create_backend(name: str, model_path: Path, threads: int | None = None,
-                   device: str | None = None) -> InferenceBackend:
+                   device: str | None = None,
+                   contents: Mapping[str, bytes] | None = None) -> InferenceBackend:
     """Load ``model_path`` with backend ``name``.
 
     Args:
         threads: intra-op threads (None = the runtime's default, usually all cores).
         device: where the runtime runs the model (``BackendSpec.device_help``; None = its CPU).
+        contents: the artifact's files as checked (``Artifact.contents``, by file name):
+            the runtime loads these, not the file again, so the model it runs (in every
+            thread of a per-thread backend too) is the one checked, even if the file is
+            replaced or rewritten meanwhile; None reads ``model_path``.
 
     Raises:
         BackendUnavailableError: the runtime is not installed.
@@ -195,7 +202,10 @@ def create_backend(name: str, model_path: Path, threads: int | None = None,
     backend_class = getattr(importlib.import_module(module_name), class_name)
 
     def load() -> InferenceBackend:
-        return backend_class(Path(model_path), threads=threads, device=device)
+        if contents is None:
+            return backend_class(Path(model_path), threads=threads, device=device)
+        return backend_class(Path(model_path), threads=threads, device=device,
+                             contents=contents)
 
     return _PerThread(load) if spec.session_per_thread else load()
 

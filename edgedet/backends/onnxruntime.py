@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -89,13 +90,16 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, threads: int | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, contents: Mapping[str, bytes] | None = None
+                 ) -> None:
         self.model_path = Path(model_path)
         options = session_options(threads)
         providers = providers_for(device)
+        model = (contents or {}).get(self.model_path.name)
         try:
-            self._session = ort.InferenceSession(str(self.model_path), options,
-                                                 providers=providers)
+            self._session = ort.InferenceSession(
+                model if model is not None else str(self.model_path), options,
+                providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise BackendError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
         self.providers: tuple[str, ...] = tuple(self._session.get_providers())

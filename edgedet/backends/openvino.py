@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,14 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, model_path: Path, threads: int | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, contents: Mapping[str, bytes] | None = None
+                 ) -> None:
         self.model_path = Path(model_path)
+        # Its file and weights only (kept: OpenVINO may read the weights from this memory for
+        # as long as it runs).
+        needed = (self.model_path.name, self.model_path.with_suffix(".bin").name)
+        self._contents = {name: data for name, data in (contents or {}).items()
+                          if name in needed}
         # OpenVINO names devices in capitals ("CPU", "GPU.1", "AUTO:GPU,CPU"); "cpu" is the
         # same request.
         device = (device or "CPU").strip().upper()
@@ -109,8 +116,20 @@ class OpenVinoBackend:
         self._float_lock = threading.Lock()
 
     def _read_model(self) -> ov.Model:
+        model = self._contents.get(self.model_path.name)
+        weights = self._contents.get(self.model_path.with_suffix(".bin").name)
         try:
-            return self._core.read_model(str(self.model_path))
+            if model is None:
+                return self._core.read_model(str(self.model_path))
+            if self.model_path.suffix.lower() == ".xml":  # an IR: its weights beside it
+                if weights is None:
+                    raise BackendError(f"openvino cannot load {self.model_path}: its weights "
+                                       f"{self.model_path.with_suffix('.bin').name} are not "
+                                       "among the artifact's files")
+                return self._core.read_model(model, ov.Tensor(np.frombuffer(weights, np.uint8)))
+            return self._core.read_model(model)
+        except BackendError:
+            raise
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise BackendError(f"openvino cannot load {self.model_path}: {exc}") from exc
 

@@ -16,7 +16,9 @@ comes with JetPack (``python3-libnvinfer``; give the venv ``--system-site-packag
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,13 +151,20 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, model_path: Path, threads: int | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, contents: Mapping[str, bytes] | None = None
+                 ) -> None:
         del threads  # TensorRT runs on the GPU; there is no CPU thread pool to size
         self.model_path = Path(model_path)
         self.device_index = cuda_device_index(device)
         self._buffers: dict[str, int] = {}
         self._stream: Any = None
         self.key = engine_key(self.model_path, self.device_index)  # checks the index too
+        # TensorRT's parser reads the file itself (so that external data resolves); the key
+        # hashed it, which must still be the file that was checked.
+        checked = (contents or {}).get(self.model_path.name)
+        if checked is not None and hashlib.sha256(checked).hexdigest() != self.key.model_sha256:
+            raise BackendError(f"{self.model_path} changed after its artifact was checked; "
+                               "load the artifact again")
         use_device(self.device_index)
         artifact = self.model_path.parent
         self.engine_path = find_or_build(

@@ -47,6 +47,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,8 +188,11 @@ class TFLiteBackend:
     name = "tflite"
 
     def __init__(self, model_path: Path, threads: int | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, contents: Mapping[str, bytes] | None = None
+                 ) -> None:
         self.model_path = Path(model_path)
+        # The interpreter reads the model from this memory for as long as it runs.
+        self._model_content = (contents or {}).get(self.model_path.name)
         if device is not None and device.strip().lower() != "cpu":
             raise BackendError(f"the tflite backend runs on the CPU only (device 'cpu'), not "
                                f"{device!r}")
@@ -248,8 +252,9 @@ class TFLiteBackend:
             resolver = sys.modules[Interpreter.__module__].OpResolverType
             extra["experimental_op_resolver_type"] = \
                 resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads,
-                                  **extra)
+        source = ({"model_content": self._model_content} if self._model_content is not None
+                  else {"model_path": str(self.model_path)})
+        interpreter = Interpreter(**source, num_threads=self.threads, **extra)
         interpreter.allocate_tensors()
         return interpreter
 

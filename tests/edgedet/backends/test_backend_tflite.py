@@ -431,3 +431,22 @@ def test_int16_tensors_are_quantized_and_dequantized() -> None:
                                   np.array([-1.0, 0.5, 1.5, 16383.5], dtype=np.float32))
     with pytest.raises(BackendError, match="int16"):
         _to_model_type(values, {"name": "x", "dtype": np.int32, "quantization": (1.0, 0)})
+
+
+def test_checked_contents_are_what_runs_in_every_thread(models: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    # Detector hands the backend the artifact's bytes as checked; each thread's interpreter
+    # is built from them, not from the file, which may have changed since.
+    copy = tmp_path / "model.tflite"
+    copy.write_bytes(models["nhwc"].read_bytes())
+    backend = create_backend("tflite", copy, contents={copy.name: copy.read_bytes()})
+    images = _images(seed=3)
+    expected = backend.run(images)
+    copy.write_bytes(b"not a model any more")
+    results: list[dict[str, np.ndarray]] = []
+    other = threading.Thread(target=lambda: results.append(backend.run(images)))
+    other.start()
+    other.join()
+    assert len(results) == 1
+    for name in expected:
+        np.testing.assert_array_equal(results[0][name], expected[name])

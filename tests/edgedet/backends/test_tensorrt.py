@@ -87,9 +87,10 @@ def test_the_fallback_gets_device_auto_only_when_none_was_given(
     devices: list[str | None] = []
 
     def spy(name: str, model_path: Path, threads: int | None = None,
-            device: str | None = None) -> object:
+            device: str | None = None, contents: dict | None = None) -> object:
         devices.append(device)
-        return create_backend(name, model_path, threads=threads, device=device)
+        return create_backend(name, model_path, threads=threads, device=device,
+                              contents=contents)
 
     monkeypatch.setattr("edgedet.detector.create_backend", spy)
     Detector(trt_artifact)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,15 @@ class ToyBackend:
     name = "toy"
 
     def __init__(self, model_path: Path, threads: int | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, contents: Mapping[str, bytes] | None = None
+                 ) -> None:
         if device not in (None, "cpu"):
             raise BackendError(f"toy backend runs on cpu only, not {device!r}")
         self.model_path = Path(model_path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
-        self._session = ort.InferenceSession(str(model_path), options,
-                                             providers=["CPUExecutionProvider"])
+        model = (contents or {}).get(self.model_path.name, str(model_path))
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self._owner = threading.get_ident()
         with LOCK:
             self.number = next(SESSIONS)
