@@ -266,3 +266,32 @@ def test_concurrent_callers_build_once(tmp_path: Path) -> None:
         thread.join()
     assert len(calls) == 1 and len(set(paths)) == 1 and len(paths) == 4
     assert load_engine(paths[0], _key()) == ENGINE
+
+
+def test_a_reader_during_another_process_s_save_waits_for_it(tmp_path: Path) -> None:
+    # The quick look without the lock found the engine of a save in progress without its
+    # sidecar (written last) and called it stale ("rebuild with --rebuild"); it now looks
+    # again under the build lock, which the saver holds.
+    from edgedet.engine_cache import _build_lock
+
+    path = engine_path(tmp_path, _key())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saving, reader_started = threading.Event(), threading.Event()
+
+    def saver() -> None:
+        with _build_lock(path):
+            path.write_bytes(ENGINE)  # the engine is in place, its sidecar not yet
+            saving.set()
+            reader_started.wait(30)
+            time.sleep(0.3)  # (the reader is then past its quick look, at the lock)
+            save_engine(path, ENGINE, _key())
+
+    thread = threading.Thread(target=saver)
+    thread.start()
+    assert saving.wait(30)
+    reader_started.set()
+    try:
+        found = find_or_build(tmp_path, _key(), lambda: pytest.fail("must not build"))
+    finally:
+        thread.join()
+    assert found == path and load_engine(path, _key()) == ENGINE
