@@ -118,7 +118,9 @@ class Detector:
         **overrides: individual ``DetectorOptions`` fields, e.g. ``score_threshold=0.3``,
             ``device="GPU"`` or ``double_scale=True``.
 
-    ``detect`` and ``detect_batch`` may be called from several threads at once.
+    ``detect`` and ``detect_batch`` may be called from several threads at once. ``close()``
+    (or a ``with`` block) releases the runtimes' sessions at once rather than when the
+    Detector is collected.
 
     Attributes:
         backend_name: the runtime the model runs on.
@@ -159,6 +161,8 @@ class Detector:
             DetectorOptions.from_manifest({}, **overrides)  # rejects unknown names
             self.options = dataclasses.replace(options, **overrides)  # type: ignore[arg-type]
         self.fallback_reason: str | None = None
+        self._closed = False
+        self._own_backends: list[InferenceBackend] = []  # made here, so closed by close()
         if isinstance(backend, str):
             name, self.fallback_reason = _choose_backend(backend, self._manifest)
             self.backend_name: str = name
@@ -171,11 +175,13 @@ class Detector:
                 self._backend: InferenceBackend = create_backend(
                     self.backend_name, self.artifact_dir / model_file,
                     threads=self.options.threads, device=device, contents=contents)
+                self._own_backends.append(self._backend)
                 if self.options.double_scale and self._manifest.get("double_scale"):
                     double_scale_backend = create_backend(
                         self.backend_name, self.artifact_dir / model_file_for(
                             self.backend_name, double_scale_files(self._manifest)),
                         threads=self.options.threads, device=device, contents=contents)
+                    self._own_backends.append(double_scale_backend)
             except BackendError as error:
                 if self.fallback_reason is None:
                     raise
@@ -334,11 +340,37 @@ class Detector:
                           inputs: np.ndarray) -> dict[str, np.ndarray]:
         """``run(inputs)``, in chunks of the model's batch where it was exported with a fixed
         one (usually 1)."""
+        if self._closed:  # (every run of the model comes through here)
+            raise RuntimeError(f"{self.name}: this Detector is closed")
         limit = self._backend.input_shape[0]
         if limit is None or limit == len(inputs):
             return run(inputs)
         chunks = [run(inputs[i:i + limit]) for i in range(0, len(inputs), limit)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+    def close(self) -> None:
+        """Release the runtime sessions this Detector made (GPU memory, a TensorRT context,
+        the 2x model's too) now; calls after it raise ``RuntimeError``. A backend given as an
+        object stays open: it is the caller's. Closing twice does nothing more. Not while
+        another thread is inside ``detect``: its run could lose its session mid-call."""
+        if self._closed:
+            return
+        self._closed = True
+        self._frame_runner = None
+        for backend in self._own_backends:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+        self._own_backends.clear()
+        self._backend = _ClosedBackend(self._backend)
+        if self._second_scale is not None:
+            self._second_scale.backend = _ClosedBackend(self._second_scale.backend)
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def detect(self, frame: np.ndarray) -> Detections:
         """Detect objects in one BGR ``uint8 (H, W, 3)`` frame of any size.
@@ -409,6 +441,20 @@ class Detector:
             return []
         outputs = self.run_frames(np.stack(inputs))
         return self.decoder.decode_batch(outputs, transforms)
+
+
+class _ClosedBackend:
+    """What a closed Detector keeps of a backend: its description, not its session."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.name = backend.name
+        self.model_path = backend.model_path
+        self.input_name = backend.input_name
+        self.output_names = backend.output_names
+        self.input_shape = backend.input_shape
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        raise RuntimeError(f"{self.model_path}: its Detector is closed")
 
 
 def _choose_backend(requested: str, manifest: Mapping) -> tuple[str, str | None]:

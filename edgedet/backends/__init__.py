@@ -222,6 +222,8 @@ class _PerThread:
         self._local = threading.local()
         first = load()
         self._local.session = first
+        self._sessions = [first]  # every thread's, for close()
+        self._lock = threading.Lock()
         self.name: str = first.name
         self.model_path: Path = first.model_path
         self.input_name: str = first.input_name
@@ -232,4 +234,16 @@ class _PerThread:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self._load()
+            with self._lock:
+                self._sessions.append(session)
         return session.run(images)
+
+    def close(self) -> None:
+        """Close every thread's session (those with a ``close``) and let them go."""
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        self._local = threading.local()
+        for session in sessions:
+            close = getattr(session, "close", None)
+            if callable(close):
+                close()

@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgedet.backends import BackendError, BackendSpec
+from edgedet.backends.onnxruntime import OnnxRuntimeBackend
 
 SPEC = BackendSpec("toy", module="onnxruntime", pip_package="onnxruntime",
                    implementation="tests.edgedet.backends.toy_backend:ToyBackend",
@@ -53,3 +54,13 @@ class ToyBackend:
             raise RuntimeError("a toy session was shared between threads")
         outputs = self._session.run(list(self.output_names), {self.input_name: images})
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+CLOSED: list[int] = []
+
+
+class ClosableOrtBackend(OnnxRuntimeBackend):
+    """ONNX Runtime with a ``close`` that records itself (as TensorRT's frees its context)."""
+
+    def close(self) -> None:
+        CLOSED.append(id(self))

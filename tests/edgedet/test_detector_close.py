@@ -1,0 +1,53 @@
+"""Detector.close() and the with block: sessions released, later calls refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgedet import Detector
+from edgedet.backends import BACKENDS
+from tests.edgedet.backends.toy_backend import CLOSED
+from tests.edgedet.backends.toy_backend import ClosableOrtBackend as ClosableBackend
+from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
+
+FRAME = np.zeros((48, 64, 3), np.uint8)
+
+
+@pytest.fixture
+def artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setitem(BACKENDS, "closable", dataclasses.replace(
+        BACKENDS["onnxruntime"], name="closable", session_per_thread=True,
+        implementation="tests.edgedet.backends.toy_backend:ClosableOrtBackend"))
+    CLOSED.clear()
+    return write_artifact(tmp_path / "a", TinyHead("ssd"), "ssd")
+
+
+def test_close_releases_every_thread_s_session_and_refuses_later_calls(artifact: Path) -> None:
+    with Detector(artifact, backend="closable") as detector:
+        detector.detect(FRAME)
+        other = threading.Thread(target=lambda: detector.detect(FRAME))  # a second session
+        other.start()
+        other.join()
+    assert len(set(CLOSED)) == 2
+    for call in (lambda: detector.detect(FRAME), lambda: detector.detect_batch([FRAME]),
+                 lambda: detector.run_model(np.zeros((1, 3, 48, 64), np.float32))):
+        with pytest.raises(RuntimeError, match="this Detector is closed"):
+            call()
+    detector.close()  # twice: nothing more
+    assert len(CLOSED) == 2
+    assert "tiny" in repr(detector) and detector.input_size == (64, 48)
+
+
+def test_a_backend_given_as_an_object_is_the_caller_s_and_stays_open(artifact: Path) -> None:
+    backend = ClosableBackend(artifact / "model.onnx")
+    detector = Detector(artifact, backend=backend)
+    before = detector.detect(FRAME)
+    detector.close()
+    assert CLOSED == []
+    assert Detector(artifact, backend=backend).detect(FRAME).scores.tolist() == \
+        before.scores.tolist()
