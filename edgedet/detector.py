@@ -156,10 +156,10 @@ class Detector:
         self.artifact_dir: Path = artifact.directory
         self._manifest = dict(artifact.manifest)
         if options is None:
-            self.options = DetectorOptions.from_manifest(self._manifest, settings, **overrides)
+            self._options = DetectorOptions.from_manifest(self._manifest, settings, **overrides)
         else:
             DetectorOptions.from_manifest({}, **overrides)  # rejects unknown names
-            self.options = dataclasses.replace(options, **overrides)  # type: ignore[arg-type]
+            self._options = dataclasses.replace(options, **overrides)  # type: ignore[arg-type]
         self.fallback_reason: str | None = None
         self._closed = False
         self._own_backends: list[InferenceBackend] = []  # made here, so closed by close()
@@ -237,6 +237,12 @@ class Detector:
         ):
             raise ManifestError(f"{path} takes input of shape {list(shape)} but the manifest's "
                                 f"preprocess makes (N, 3, {height}, {width})")
+
+    @property
+    def options(self) -> DetectorOptions:
+        """The options in force (read-only: the decoder and backends were built from them;
+        load another ``Detector`` for others)."""
+        return self._options
 
     @property
     def info(self) -> dict:

@@ -51,3 +51,10 @@ def test_a_backend_given_as_an_object_is_the_caller_s_and_stays_open(artifact: P
     assert CLOSED == []
     assert Detector(artifact, backend=backend).detect(FRAME).scores.tolist() == \
         before.scores.tolist()
+
+
+def test_options_are_read_only(artifact: Path) -> None:
+    # Reassigned, they reached tiling but not the decoder built from them.
+    detector = Detector(artifact)
+    with pytest.raises(AttributeError):
+        detector.options = dataclasses.replace(detector.options, score_threshold=0.99)
