@@ -22,11 +22,12 @@ def error_text(error: BaseException) -> str:
             and all(p is None or isinstance(p, str | bytes | os.PathLike) for p in paths)):
         return str(error)  # (a file descriptor's error has an int for its file name)
     where = " -> ".join(os.fsdecode(p) for p in paths if p is not None)
-    if error.errno == errno.ENOTDIR and error.filename2 is None:
+    # (EEXIST on a file reaches the user from mkdir(exist_ok=True) only: the exclusive
+    # creates of temporary files here pick another name.)
+    if error.filename2 is None and (error.errno == errno.ENOTDIR or (
+            error.errno == errno.EEXIST and os.path.isfile(os.fsdecode(paths[0])))):
         return (f"{where}: a file stands where a folder of this path should be; give a path "
                 "under a folder")
-    if error.errno == errno.EEXIST and os.path.isfile(os.fsdecode(paths[0])):
-        return f"{where}: a file already exists there"
     return f"{where}: {error.strerror[:1].lower()}{error.strerror[1:]}"
 
 

@@ -311,17 +311,25 @@ class _FolderReader:
             self._fd = None
 
     def read(self, name: str) -> bytes | None:
-        """The bytes of file ``name`` in the folder; None when it is not a file there."""
-        try:
-            if self._fd is None:
-                return (self.directory / name).read_bytes()
-            fd = os.open(name, os.O_RDONLY, dir_fd=self._fd)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        """The bytes of file ``name`` in the folder; None when it is not a regular file there
+        (missing, a folder, a FIFO that would block)."""
+        if self._fd is None:
+            path = self.directory / name
+            return path.read_bytes() if path.is_file() else None
+        try:  # (non-blocking: opening a FIFO would wait for a writer)
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=self._fd)
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        with os.fdopen(fd, "rb") as handle:
+        try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
-            return handle.read()
+            os.set_blocking(fd, True)
+            chunks = []
+            while chunk := os.read(fd, _HASH_CHUNK_BYTES):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
 
 def _load(artifact_dir: Path, verify_files: bool) -> tuple[dict, dict[str, bytes]]:

@@ -145,8 +145,8 @@ class Detector:
                  **overrides: object) -> None:
         _check_arguments(name_or_path, backend, options, allow_unchecked, settings)
         if isinstance(name_or_path, Artifact):
-            artifact = name_or_path
-            contents = artifact.verify_files()
+            artifact = name_or_path  # (verified when it was loaded, or now: a staged one)
+            contents = artifact.contents or artifact.verify_files()
         else:
             artifact = Artifact.load(resolve_model(
                 name_or_path, backend if isinstance(backend, str) and backend != "auto" else None))

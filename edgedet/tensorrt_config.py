@@ -31,9 +31,18 @@ def builder_flags_for(onnx_path: str | os.PathLike[str]) -> tuple[str, ...]:
         BackendError: the file cannot be read or is not an ONNX model.
     """
     try:
-        ops = set(onnx_op_types(Path(onnx_path).read_bytes()))
-    except (OSError, ValueError) as exc:
+        data = Path(onnx_path).read_bytes()
+    except OSError as exc:
         raise BackendError(f"cannot read {onnx_path} as an ONNX model: {exc}") from exc
+    return builder_flags_of(data, str(onnx_path))
+
+
+def builder_flags_of(onnx_bytes: bytes, source: str) -> tuple[str, ...]:
+    """``builder_flags_for`` of a model's bytes (``source`` names it in errors)."""
+    try:
+        ops = set(onnx_op_types(onnx_bytes))
+    except ValueError as exc:
+        raise BackendError(f"cannot read {source} as an ONNX model: {exc}") from exc
     return ("fp16", "int8") if ops & QDQ_OPS else ("fp16",)
 
 

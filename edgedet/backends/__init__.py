@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -200,12 +202,16 @@ def create_backend(name: str, model_path: Path, threads: int | None = None,
             f"(or pip install 'edgedet[{name}]')")
     module_name, _, class_name = spec.implementation.partition(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
+    model_path = Path(model_path)
+    # Only the model file and the weights beside it (an OpenVINO IR's .bin): a per-thread
+    # backend keeps these for its threads' sessions, not the whole artifact (a 2x model).
+    needed = (model_path.name, model_path.with_suffix(".bin").name)
+    extra = {}
+    if contents is not None and "contents" in inspect.signature(backend_class).parameters:
+        extra["contents"] = {name: contents[name] for name in needed if name in contents}
 
     def load() -> InferenceBackend:
-        if contents is None:
-            return backend_class(Path(model_path), threads=threads, device=device)
-        return backend_class(Path(model_path), threads=threads, device=device,
-                             contents=contents)
+        return backend_class(model_path, threads=threads, device=device, **extra)
 
     return _PerThread(load) if spec.session_per_thread else load()
 
@@ -222,8 +228,10 @@ class _PerThread:
         self._local = threading.local()
         first = load()
         self._local.session = first
-        self._sessions = [first]  # every thread's, for close()
+        # Every live thread's, for close(); weak, so a thread that ends frees its session.
+        self._sessions: weakref.WeakSet[InferenceBackend] = weakref.WeakSet([first])
         self._lock = threading.Lock()
+        self._closed = False
         self.name: str = first.name
         self.model_path: Path = first.model_path
         self.input_name: str = first.input_name
@@ -231,17 +239,22 @@ class _PerThread:
         self.input_shape: tuple[int | None, ...] = first.input_shape
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise RuntimeError(f"{self.model_path}: the backend is closed")
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self._load()
             with self._lock:
-                self._sessions.append(session)
+                self._sessions.add(session)
         return session.run(images)
 
     def close(self) -> None:
-        """Close every thread's session (those with a ``close``) and let them go."""
+        """Close every live thread's session (those with a ``close``) and let them go; later
+        runs raise ``RuntimeError``."""
         with self._lock:
-            sessions, self._sessions = self._sessions, []
+            self._closed = True
+            sessions = list(self._sessions)
+            self._sessions.clear()
         self._local = threading.local()
         for session in sessions:
             close = getattr(session, "close", None)

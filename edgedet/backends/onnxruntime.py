@@ -95,11 +95,19 @@ class OnnxRuntimeBackend:
         self.model_path = Path(model_path)
         options = session_options(threads)
         providers = providers_for(device)
+        # From the checked bytes (which the session keeps: one more copy of the model); a
+        # model with external data loads by path, whose folder resolves it.
         model = (contents or {}).get(self.model_path.name)
         try:
-            self._session = ort.InferenceSession(
-                model if model is not None else str(self.model_path), options,
-                providers=providers)
+            try:
+                self._session = ort.InferenceSession(
+                    model if model is not None else str(self.model_path), options,
+                    providers=providers)
+            except Exception as exc:
+                if model is None or "external data" not in str(exc).lower():
+                    raise
+                self._session = ort.InferenceSession(str(self.model_path), options,
+                                                     providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable models
             raise BackendError(f"onnxruntime cannot load {self.model_path}: {exc}") from exc
         self.providers: tuple[str, ...] = tuple(self._session.get_providers())

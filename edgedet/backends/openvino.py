@@ -73,8 +73,7 @@ class OpenVinoBackend:
                  device: str | None = None, contents: Mapping[str, bytes] | None = None
                  ) -> None:
         self.model_path = Path(model_path)
-        # Its file and weights only (kept: OpenVINO may read the weights from this memory for
-        # as long as it runs).
+        # Its file and weights only, until read_model has them.
         needed = (self.model_path.name, self.model_path.with_suffix(".bin").name)
         self._contents = {name: data for name, data in (contents or {}).items()
                           if name in needed}
@@ -84,6 +83,7 @@ class OpenVinoBackend:
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         self._core = ov.Core()
         self._model = model = self._read_model()
+        self._contents = {}  # (read_model copied the weights: they are OpenVINO's now)
         # OpenVINO's CPU plugin runs float ops in bf16 where the CPU supports it. Keep them f32
         # unless the IR asks otherwise: in fp32 artifacts bf16 moves boxes and scores away
         # from the exported reference, and in INT8 artifacts the ops kept out of INT8 (P&A

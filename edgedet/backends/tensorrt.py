@@ -34,7 +34,12 @@ from edgedet.engine_cache import (
     find_or_build,
     load_engine,
 )
-from edgedet.tensorrt_config import builder_flags_for, cuda_device_index, workspace_mb
+from edgedet.tensorrt_config import (
+    builder_flags_for,
+    builder_flags_of,
+    cuda_device_index,
+    workspace_mb,
+)
 
 try:  # cuda-python >= 12.6 moved the runtime bindings; older releases have cuda.cudart
     from cuda.bindings import runtime as cudart
@@ -78,17 +83,23 @@ def gpu_properties(device_index: int) -> tuple[str, str]:
 
 
 def engine_key(model_path: str | os.PathLike[str], device_index: int = 0,
-               workspace: int | None = None) -> EngineKey:
+               workspace: int | None = None, model_bytes: bytes | None = None) -> EngineKey:
     """The cache key of ``model_path``'s engine on GPU ``device_index`` with this TensorRT.
 
     Args:
         workspace: builder workspace in MB (None: ``$EDGEDET_TRT_WORKSPACE_MB`` or 1024).
+        model_bytes: the file's bytes as its artifact check read them (the key is then
+            theirs, whatever the file holds now).
     """
     gpu_name, capability = gpu_properties(device_index)
-    return EngineKey(model_sha256=sha256_file(model_path), tensorrt_version=trt.__version__,
+    if model_bytes is None:
+        sha256, flags = sha256_file(model_path), builder_flags_for(model_path)
+    else:
+        sha256 = hashlib.sha256(model_bytes).hexdigest()
+        flags = builder_flags_of(model_bytes, str(model_path))
+    return EngineKey(model_sha256=sha256, tensorrt_version=trt.__version__,
                      gpu_name=gpu_name, compute_capability=capability,
-                     builder_flags=builder_flags_for(model_path),
-                     workspace_mb=workspace_mb(workspace))
+                     builder_flags=flags, workspace_mb=workspace_mb(workspace))
 
 
 def build_engine_bytes(onnx_path: str | os.PathLike[str], flags: tuple[str, ...],
@@ -158,20 +169,15 @@ class TensorRTBackend:
         self.device_index = cuda_device_index(device)
         self._buffers: dict[str, int] = {}
         self._stream: Any = None
-        self.key = engine_key(self.model_path, self.device_index)  # checks the index too
-        # TensorRT's parser reads the file itself (so that external data resolves); the key
-        # hashed it, which must still be the file that was checked.
-        checked = (contents or {}).get(self.model_path.name)
-        if checked is not None and hashlib.sha256(checked).hexdigest() != self.key.model_sha256:
-            raise BackendError(f"{self.model_path} changed after its artifact was checked; "
-                               "load the artifact again")
+        # The key is the checked bytes' (each thread's instance finds the same engine, even
+        # after the file was replaced); it checks the device index too.
+        self.key = engine_key(self.model_path, self.device_index,
+                              model_bytes=(contents or {}).get(self.model_path.name))
         use_device(self.device_index)
         artifact = self.model_path.parent
         self.engine_path = find_or_build(
             default_cache_dir(), self.key,
-            lambda: build_engine_bytes(self.model_path, self.key.builder_flags,
-                                       self.key.workspace_mb),
-            artifact=artifact)
+            self._build, artifact=artifact)
         data = load_engine(self.engine_path, self.key, artifact=artifact)
         # The runtime must outlive its engine (TensorRT 8 frees the engine through it).
         self._runtime = trt.Runtime(_LOGGER)
@@ -188,6 +194,16 @@ class TensorRTBackend:
             raise BackendError(f"TensorRT cannot create an execution context for "
                                f"{self.engine_path} (out of GPU memory?)")
         self._allocate()
+
+    def _build(self) -> bytes:
+        """A new engine from the model file, which TensorRT's parser reads itself (external
+        data resolves from the file's folder): only while it is still the file the key was
+        made of, or the cache would file another model's engine under it."""
+        if sha256_file(self.model_path) != self.key.model_sha256:
+            raise BackendError(f"{self.model_path} changed after its artifact was checked; "
+                               "load the artifact again to build its engine")
+        return build_engine_bytes(self.model_path, self.key.builder_flags,
+                                  self.key.workspace_mb)
 
     def _allocate(self) -> None:
         """Device buffers for every I/O tensor (static shapes) and a stream."""

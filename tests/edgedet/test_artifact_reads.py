@@ -78,3 +78,51 @@ def test_the_runtime_runs_the_checked_bytes_even_if_the_files_change(
     other.start()
     other.join()
     assert len(results) == 2 and all(_same(before, result) for result in results)
+
+
+def test_what_is_not_a_regular_file_is_missing_and_leaves_no_descriptor(tmp_path: Path) -> None:
+    # A folder where a file should be raised IsADirectoryError and leaked its descriptor; a
+    # FIFO blocked the load for good.
+    from edgedet.artifact import ManifestError
+
+    artifact = write_artifact(tmp_path / "a", TinyHead("ssd"), "ssd")
+    (artifact / "model.onnx").unlink()
+    fds = len(os.listdir("/proc/self/fd")) if Path("/proc/self/fd").is_dir() else None
+    for make in (lambda p: p.mkdir(), os.mkfifo):
+        make(artifact / "model.onnx")
+        with pytest.raises(ManifestError, match="model file missing"):
+            Artifact.load(artifact)
+        os.rmdir(artifact / "model.onnx") if (artifact / "model.onnx").is_dir() else \
+            (artifact / "model.onnx").unlink()
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_threads_that_end_free_their_sessions(tmp_path: Path, monkeypatch) -> None:
+    # A per-thread backend kept every ended thread's session until close() (a thread per
+    # request grew without bound).
+    import gc
+
+    artifact = write_artifact(tmp_path / "a", TinyHead("ssd"), "ssd")
+    monkeypatch.setitem(BACKENDS, "ort_per_thread", dataclasses.replace(
+        BACKENDS["onnxruntime"], name="ort_per_thread", session_per_thread=True))
+    detector = Detector(artifact, backend="ort_per_thread")
+    for _ in range(5):
+        thread = threading.Thread(target=lambda: detector.detect(FRAME))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(detector.backend._sessions) == 1  # the first thread's, which is still here
+    detector.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        detector.backend.run(np.zeros((1, 3, 48, 64), np.float32))
+
+
+def test_a_backend_whose_constructor_predates_contents_still_loads(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    artifact = write_artifact(tmp_path / "a", TinyHead("ssd"), "ssd")
+    monkeypatch.setitem(BACKENDS, "legacy", dataclasses.replace(
+        BACKENDS["onnxruntime"], name="legacy",
+        implementation="tests.edgedet.backends.toy_backend:LegacyOrtBackend"))
+    assert _same(Detector(artifact, backend="legacy").detect(FRAME),
+                 Detector(artifact).detect(FRAME))

@@ -28,11 +28,20 @@ def artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_close_releases_every_thread_s_session_and_refuses_later_calls(artifact: Path) -> None:
+    ran, release = threading.Event(), threading.Event()
+
+    def second_thread() -> None:  # a second session, alive until after the close
+        detector.detect(FRAME)
+        ran.set()
+        release.wait(60)
+
     with Detector(artifact, backend="closable") as detector:
         detector.detect(FRAME)
-        other = threading.Thread(target=lambda: detector.detect(FRAME))  # a second session
+        other = threading.Thread(target=second_thread)
         other.start()
-        other.join()
+        assert ran.wait(60)
+    release.set()
+    other.join()
     assert len(set(CLOSED)) == 2
     for call in (lambda: detector.detect(FRAME), lambda: detector.detect_batch([FRAME]),
                  lambda: detector.run_model(np.zeros((1, 3, 48, 64), np.float32))):

@@ -64,3 +64,16 @@ class ClosableOrtBackend(OnnxRuntimeBackend):
 
     def close(self) -> None:
         CLOSED.append(id(self))
+
+
+class LegacyOrtBackend:
+    """A backend written before ``contents`` (its constructor does not take it)."""
+
+    name = "legacy"
+
+    def __init__(self, model_path: Path, threads: int | None = None,
+                 device: str | None = None) -> None:
+        inner = OnnxRuntimeBackend(model_path, threads, device)
+        self.model_path, self.run = inner.model_path, inner.run
+        self.input_name, self.output_names = inner.input_name, inner.output_names
+        self.input_shape = inner.input_shape
