@@ -64,6 +64,7 @@ from edgedet.preprocess import (
     resize_to_input,
     validate_frame,
 )
+from edgedet.run_gate import ClosedBackend, RunGate
 from edgedet.tiling import merge_tiles, tile_grid
 from edgedet.zoo import resolve_model
 
@@ -161,7 +162,7 @@ class Detector:
             DetectorOptions.from_manifest({}, **overrides)  # rejects unknown names
             self._options = dataclasses.replace(options, **overrides)  # type: ignore[arg-type]
         self.fallback_reason: str | None = None
-        self._closed = False
+        self._gate = RunGate(str(self._manifest.get("name", self.artifact_dir)))
         self._own_backends: list[InferenceBackend] = []  # made here, so closed by close()
         if isinstance(backend, str):
             name, self.fallback_reason = _choose_backend(backend, self._manifest)
@@ -346,31 +347,29 @@ class Detector:
                           inputs: np.ndarray) -> dict[str, np.ndarray]:
         """``run(inputs)``, in chunks of the model's batch where it was exported with a fixed
         one (usually 1)."""
-        if self._closed:  # (every run of the model comes through here)
-            raise RuntimeError(f"{self.name}: this Detector is closed")
-        limit = self._backend.input_shape[0]
-        if limit is None or limit == len(inputs):
-            return run(inputs)
-        chunks = [run(inputs[i:i + limit]) for i in range(0, len(inputs), limit)]
+        with self._gate.running():  # (every run of the model comes through here)
+            limit = self._backend.input_shape[0]
+            if limit is None or limit == len(inputs):
+                return run(inputs)
+            chunks = [run(inputs[i:i + limit]) for i in range(0, len(inputs), limit)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
     def close(self) -> None:
         """Release the runtime sessions this Detector made (GPU memory, a TensorRT context,
         the 2x model's too) now; calls after it raise ``RuntimeError``. A backend given as an
-        object stays open: it is the caller's. Closing twice does nothing more. Not while
-        another thread is inside ``detect``: its run could lose its session mid-call."""
-        if self._closed:
+        object stays open: it is the caller's. Closing twice does nothing more. Runs other
+        threads have in progress finish first (their next one raises)."""
+        if not self._gate.close():
             return
-        self._closed = True
         self._frame_runner = None
         for backend in self._own_backends:
             close = getattr(backend, "close", None)
             if callable(close):
                 close()
         self._own_backends.clear()
-        self._backend = _ClosedBackend(self._backend)
+        self._backend = ClosedBackend(self._backend)
         if self._second_scale is not None:
-            self._second_scale.backend = _ClosedBackend(self._second_scale.backend)
+            self._second_scale.backend = ClosedBackend(self._second_scale.backend)
 
     def __enter__(self) -> Detector:
         return self
@@ -409,7 +408,8 @@ class Detector:
         resized, transform = resize_to_input(frame, self.preprocess_config)
         outputs = self.run_frames(resized[None])
         if self._second_scale is not None:
-            outputs = self._second_scale.merge(frame, outputs)
+            with self._gate.running():
+                outputs = self._second_scale.merge(frame, outputs)
         return self.decoder(outputs, transform)
 
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
@@ -447,20 +447,6 @@ class Detector:
             return []
         outputs = self.run_frames(np.stack(inputs))
         return self.decoder.decode_batch(outputs, transforms)
-
-
-class _ClosedBackend:
-    """What a closed Detector keeps of a backend: its description, not its session."""
-
-    def __init__(self, backend: InferenceBackend) -> None:
-        self.name = backend.name
-        self.model_path = backend.model_path
-        self.input_name = backend.input_name
-        self.output_names = backend.output_names
-        self.input_shape = backend.input_shape
-
-    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        raise RuntimeError(f"{self.model_path}: its Detector is closed")
 
 
 def _choose_backend(requested: str, manifest: Mapping) -> tuple[str, str | None]:

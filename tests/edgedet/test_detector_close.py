@@ -67,3 +67,41 @@ def test_options_are_read_only(artifact: Path) -> None:
     detector = Detector(artifact)
     with pytest.raises(AttributeError):
         detector.options = dataclasses.replace(detector.options, score_threshold=0.99)
+
+
+def test_close_waits_for_a_run_in_progress_then_refuses_new_ones(
+        artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It freed the sessions under a run another thread had in progress (a TensorRT context
+    # and its GPU buffers).
+    from tests.edgedet.backends.toy_backend import BlockingOrtBackend
+
+    monkeypatch.setitem(BACKENDS, "blocking", dataclasses.replace(
+        BACKENDS["onnxruntime"], name="blocking",
+        implementation="tests.edgedet.backends.toy_backend:BlockingOrtBackend"))
+    BlockingOrtBackend.ENTERED.clear()
+    BlockingOrtBackend.RELEASE.clear()
+    detector = Detector(artifact, backend="blocking")
+    events: list[str] = []
+
+    def detect() -> None:
+        detector.detect(FRAME)
+        events.append("run finished")
+
+    def close() -> None:
+        detector.close()
+        events.append("closed")
+
+    runner = threading.Thread(target=detect)
+    runner.start()
+    assert BlockingOrtBackend.ENTERED.wait(60)
+    closer = threading.Thread(target=close)
+    closer.start()
+    closer.join(0.5)
+    assert events == [] and closer.is_alive()  # close waits for the run
+    BlockingOrtBackend.RELEASE.set()
+    runner.join(60)
+    closer.join(60)
+    assert sorted(events) == ["closed", "run finished"]  # (the run was not cut short)
+    assert len(CLOSED) == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        detector.detect(FRAME)

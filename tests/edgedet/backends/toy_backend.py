@@ -77,3 +77,15 @@ class LegacyOrtBackend:
         self.model_path, self.run = inner.model_path, inner.run
         self.input_name, self.output_names = inner.input_name, inner.output_names
         self.input_shape = inner.input_shape
+
+
+class BlockingOrtBackend(ClosableOrtBackend):
+    """Its runs wait for ``RELEASE`` once ``ENTERED`` is set (a run still in progress)."""
+
+    ENTERED = threading.Event()
+    RELEASE = threading.Event()
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        BlockingOrtBackend.ENTERED.set()
+        BlockingOrtBackend.RELEASE.wait(60)
+        return super().run(images)
