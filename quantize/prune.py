@@ -51,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "multiples of its group count (16 in the edge HAR-Net)")
     parser.add_argument("--finetune-epochs", type=int, default=1, help="epochs per step "
                         "(default 1)")
-    parser.add_argument("--finetune-images", type=int, default=2000, help="synthetic images "
-                        "per fine-tuning epoch (default 2000)")
+    parser.add_argument("--finetune-images", type=int, default=None, help="synthetic images "
+                        "per fine-tuning epoch (default 2000; synthetic data only)")
     parser.add_argument("--data", default=None, help="fine-tuning data as train/main.py "
                         "--data (default: the checkpoint's)")
-    parser.add_argument("--val-images", type=int, default=200, help="synthetic validation "
-                        "images (default 200)")
+    parser.add_argument("--val-images", type=int, default=None, help="synthetic validation "
+                        "images (default 200; synthetic data only)")
     parser.add_argument("--no-baseline", action="store_true", help="skip fine-tuning the "
                         "unpruned model with the same budget (the comparison)")
     parser.add_argument("--distill", action="store_true", help="fine-tune the pruned steps "
@@ -132,16 +132,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 < args.target_flops < 1.0:
         parser.error(f"--target-flops must be between 0 and 1, got {args.target_flops}")
+    try:  # before --out is made
+        _, checkpoint_config = load_checkpoint(args.checkpoint)
+    except CheckpointError as error:
+        parser.error(str(error))
+    # Synthetic counts with real data would be accepted and do nothing (None: not given).
+    data = args.data or checkpoint_config.get("data") or "synthetic"
+    given = [flag for flag, value in (("--finetune-images", args.finetune_images),
+                                      ("--val-images", args.val_images)) if value is not None]
+    if given and data != "synthetic":
+        parser.error(f"{', '.join(given)} do nothing with --data {data} (they count synthetic "
+                     "images)")
+    args.finetune_images = 2000 if args.finetune_images is None else args.finetune_images
+    args.val_images = 200 if args.val_images is None else args.val_images
     if min(args.steps, args.finetune_epochs, args.round_to, args.finetune_images,
            args.val_images, args.sensitivity_images) < 1:
         parser.error("--steps, --finetune-epochs, --round-to, --finetune-images, "
                      "--val-images and --sensitivity-images must be at least 1")
     if problem := folder_problem(args.out):
         parser.error(f"--out {args.out} {problem}; give the output folder")
-    try:  # before --out is made
-        _, checkpoint_config = load_checkpoint(args.checkpoint)
-    except CheckpointError as error:
-        parser.error(str(error))
     family = checkpoint_config.get("head_family")
     if family not in PRUNABLE_FAMILIES:
         # Their P&A / SSD graphs are not what the channel couplings here were written and

@@ -320,6 +320,10 @@ def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     _tiny_checkpoint(tmp_path / "full")
     start = ["--checkpoint", str(tmp_path / "full"), "--out", str(tmp_path / "out")]
     for flags, message in ((["--finetune-images", "-5"], "must be at least 1"),
+                           # Synthetic counts with real data: accepted and ignored before.
+                           (["--data", "coco:x", "--finetune-images", "100", "--val-images",
+                             "9"], "--finetune-images, --val-images do nothing with --data "
+                            "coco:x"),
                            (["--", "--bogus-flag", "1"], "unrecognized arguments: --bogus-flag"),
                            (["--", "--lr", "nan"], "--lr must be a finite number"),
                            # Flags each fine-tuning gets from prune.py would silently win.
