@@ -343,7 +343,7 @@ def _load(artifact_dir: Path, verify_files: bool) -> tuple[dict, dict[str, bytes
                                 "(the conversion pipeline writes manifest.json last)")
         try:
             manifest = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"{manifest_path} is not valid JSON: {exc}") from exc
         validate_manifest(manifest, source=str(manifest_path))
         return manifest, _verified_contents(folder, manifest) if verify_files else {}

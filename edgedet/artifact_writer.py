@@ -69,10 +69,13 @@ def write_artifact(
         for name, source in {**(extra_files or {}), **model_files}.items():
             shutil.copyfile(source, staging / name)
         files = {name: sha256_file(staging / name) for name in model_files}
-        expected = manifest.get("files")
-        if expected and dict(expected) != files:
+        expected = {name: str(digest).lower() for name, digest in
+                    (manifest.get("files") or {}).items()}
+        if expected and expected != files:
+            differ = sorted(set(expected) ^ set(files)) or sorted(
+                name for name in files if expected[name] != files[name])
             raise ManifestError(f"{out_dir}: the model files differ from the manifest's "
-                                f"hashes ({sorted(expected)} vs {sorted(files)})")
+                                f"hashes: {', '.join(differ)}")
         full = {**manifest, "files": files}
         validate_manifest(full, source=f"manifest for {out_dir}")
         write_json_atomic(staging / MANIFEST_NAME, full, indent=2)
@@ -125,6 +128,14 @@ def _exchange_directories(first: Path, second: Path) -> bool:
     return result == 0
 
 
+def _remove(path: Path) -> None:
+    """A folder with what it holds, or a file or link (an entry that was one, swapped out)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def clean_leftovers(directory: str | os.PathLike[str]) -> list[str]:
     """Undo what a killed ``write_artifact`` left in ``directory``; returns what it did.
 
@@ -139,17 +150,18 @@ def clean_leftovers(directory: str | os.PathLike[str]) -> list[str]:
         return done
     for path in sorted(directory.iterdir()):
         name = path.name
-        if not (name.startswith(".") and path.is_dir()):
+        if not (name.startswith(".") and (path.is_dir() or path.is_symlink()
+                                          or path.is_file())):
             continue
         stem, new, _ = name[1:].rpartition(".new-")
         if new and stem:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
             done.append(f"removed unfinished {name}")
             continue
         stem, old, _ = name[1:].rpartition(".old-")
         if old and stem:
             if (directory / stem).exists():
-                shutil.rmtree(path, ignore_errors=True)
+                _remove(path)
                 done.append(f"removed replaced {name}")
             else:
                 os.replace(path, directory / stem)

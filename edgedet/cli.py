@@ -191,8 +191,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     rows, broken = [], []
     for name in list_models():
-        try:
-            rows.append(model_summary(ZOO_DIR / name))
+        try:  # named as Detector(name) loads it, whatever its manifest calls it
+            rows.append({**model_summary(ZOO_DIR / name), "name": name})
         except ManifestError as exc:  # one broken entry must not hide the others
             broken.append(f"{name}: {exc}")
     for line in broken:

@@ -7,6 +7,7 @@ conversion pipeline wrote into the package; ``Detector("<name>")`` loads it offl
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -16,10 +17,15 @@ ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
 
 def list_models() -> list[str]:
-    """Names of the models shipped in the zoo (sorted; empty when none are installed)."""
+    """Names of the models shipped in the zoo (sorted; empty when none are installed).
+
+    Hidden folders are not models: ``.NAME.new-*`` / ``.NAME.old-*`` are a publish's staged
+    copy and the entry it moved aside (``quantize/publish.py``), in place for a moment, or
+    until the next publish after a killed one."""
     if not ZOO_DIR.is_dir():
         return []
-    return sorted(p.name for p in ZOO_DIR.iterdir() if (p / MANIFEST_NAME).is_file())
+    return sorted(p.name for p in ZOO_DIR.iterdir()
+                  if not p.name.startswith(".") and (p / MANIFEST_NAME).is_file())
 
 
 def zoo_model_dir(name: str) -> Path:
@@ -38,18 +44,19 @@ def zoo_model_dir(name: str) -> Path:
 def resolve_model(name_or_path: str | os.PathLike[str], backend: str | None = None) -> Path:
     """A zoo name or an artifact directory → the artifact directory to load.
 
-    An existing directory wins over a zoo model of the same name: a path is the more explicit
-    request. A zoo model is built for one backend; its builds for other backends are the zoo
-    models named ``<name>_<backend>`` (``passd_mobilenet_int8_openvino``), and asking for
-    ``name`` with such a ``backend`` loads that sibling.
+    An existing artifact directory wins over a zoo model of the same name: a path is the more
+    explicit request (a folder without a manifest does not hide a zoo model). A zoo model is
+    built for one backend; its builds for other backends are the zoo models named
+    ``<name>_<backend>`` (``passd_mobilenet_int8_openvino``), and asking for ``name`` with
+    such a ``backend`` loads that sibling.
 
     Raises:
         ValueError: neither an existing directory nor a zoo model name.
     """
     path = Path(name_or_path)
-    if path.is_dir():
-        return path
     name = os.fspath(name_or_path)
+    if path.is_dir() and ((path / MANIFEST_NAME).exists() or name not in list_models()):
+        return path
     if backend is not None and f"{name}_{backend}" in list_models():
         return ZOO_DIR / f"{name}_{backend}"
     if name in list_models():
@@ -90,7 +97,7 @@ def model_summary(artifact_dir: str | os.PathLike[str]) -> dict:
             "AP": accuracy.get("AP"),
             "path": str(artifact_dir),
         }
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise ManifestError(f"{manifest_path}: not a readable artifact manifest ({exc})"
                             ) from exc
     # The listing formats these; a mistyped one must be named here, not crash it there.
@@ -103,6 +110,7 @@ def model_summary(artifact_dir: str | os.PathLike[str]) -> dict:
         raise ManifestError(f"{manifest_path}: preprocess.input_size is {size!r}, not "
                             "[width, height]")
     ap = summary["AP"]
-    if ap is not None and (isinstance(ap, bool) or not isinstance(ap, int | float)):
+    if ap is not None and (isinstance(ap, bool) or not isinstance(ap, int | float)
+                           or not math.isfinite(ap)):  # (and JSON has no NaN to list)
         raise ManifestError(f"{manifest_path}: accuracy.AP is {ap!r}, not a number")
     return summary

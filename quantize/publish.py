@@ -29,7 +29,6 @@ from typing import Any
 
 from edgedet._io import DirectoryBusyError, error_text, exclusive_lock
 from edgedet.artifact import (
-    MANIFEST_NAME,
     ManifestError,
     UncheckedArtifactError,
     load_manifest,
@@ -41,8 +40,14 @@ from quantize.report import REPORT_JSON, REPORT_MD
 
 
 def publish(artifact_dir: str | os.PathLike[str], name: str,
-            zoo_dir: str | os.PathLike[str] = ZOO_DIR) -> Path:
-    """Copy ``artifact_dir`` to ``zoo_dir/name`` with the manifest renamed; returns the copy."""
+            zoo_dir: str | os.PathLike[str] = ZOO_DIR, allow_inconclusive: bool = False
+            ) -> Path:
+    """Copy ``artifact_dir`` to ``zoo_dir/name`` with the manifest renamed; returns the copy.
+
+    The copy carries the model files, the manifest and the conversion report (``report.*``
+    and the ``*.png`` pictures); an inconclusive check (``--allow-weak-reference``: it proved
+    nothing) is refused unless ``allow_inconclusive``, and a 2x model whose check was
+    inconclusive is left out likewise."""
     artifact_dir = Path(artifact_dir)
     if not name.isidentifier():
         raise ValueError(f"zoo name must be a Python-identifier-like word, got {name!r}")
@@ -54,14 +59,19 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
         raise UncheckedArtifactError(f"{problem}; the zoo takes only artifacts that passed "
                                      "their accuracy check (quantize/run.py)") from None
     if manifest["accuracy"].get("inconclusive"):  # converted with --allow-weak-reference
+        if not allow_inconclusive:
+            raise ValueError(f"{artifact_dir}'s accuracy check was inconclusive "
+                             f"({manifest['accuracy']['inconclusive']}): it shows nothing "
+                             "about the model; --allow-inconclusive publishes it anyway")
         print(f"warning: {artifact_dir}'s accuracy check was inconclusive: "
               f"{manifest['accuracy']['inconclusive']}", file=sys.stderr)
-    shipped, left_out = _without_unchecked_second_scale(manifest, artifact_dir)
-    dropped = set(manifest["files"]) - set(shipped["files"])
+    shipped, left_out = _without_unchecked_second_scale(manifest, artifact_dir,
+                                                        allow_inconclusive)
     model_files = {f: artifact_dir / f for f in shipped["files"]}
+    # The report travels; hidden files (temporaries, a lock) and anything else do not.
     extra_files = {p.name: p for p in artifact_dir.iterdir()
-                   if p.is_file() and p.name != MANIFEST_NAME and p.name not in model_files
-                   and p.name not in dropped}
+                   if p.is_file() and not p.name.startswith(".")
+                   and (p.name in (REPORT_MD, REPORT_JSON) or p.suffix.lower() == ".png")}
     # The manifest keeps its files' hashes: write_artifact checks the copies against them.
     manifest = {**shipped, "name": name}
     with tempfile.TemporaryDirectory(prefix="edgedet-publish-") as scratch:
@@ -75,17 +85,21 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
             return write_artifact(Path(zoo_dir) / name, model_files, manifest, extra_files)
 
 
-def _without_unchecked_second_scale(manifest: dict[str, Any], artifact_dir: Path
+def _without_unchecked_second_scale(manifest: dict[str, Any], artifact_dir: Path,
+                                    allow_inconclusive: bool = False
                                     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``(manifest, None)``, or ``manifest`` less its 2x model (section and files) unless that
-    model's check passed, with ``{"files": [...], "why": ...}`` saying what was left out."""
+    model's check passed (conclusively, or ``allow_inconclusive``), with ``{"files": [...],
+    "why": ...}`` saying what was left out."""
     section = manifest.get("double_scale")
     if not section:
         return manifest, None
     accuracy = section.get("accuracy")
-    if accuracy and accuracy.get("passed"):
+    inconclusive = bool(accuracy and accuracy.get("inconclusive")) and not allow_inconclusive
+    if accuracy and accuracy.get("passed") and not inconclusive:
         return manifest, None
-    why = "failed its accuracy check" if accuracy else "has no accuracy check"
+    why = ("passed an inconclusive accuracy check" if inconclusive
+           else "failed its accuracy check" if accuracy else "has no accuracy check")
     print(f"warning: {artifact_dir}'s double-scale 2x model ({', '.join(section['files'])}) "
           f"{why}; publishing without it (the copied reports say so at their top)",
           file=sys.stderr)
@@ -133,9 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="zoo name, e.g. passd_mobilenet_int8")
     parser.add_argument("--zoo-dir", type=Path, default=ZOO_DIR,
                         help="zoo folder (default: the package's edgedet/zoo)")
+    parser.add_argument("--allow-inconclusive", action="store_true",
+                        help="publish an artifact whose check was inconclusive (converted with "
+                        "--allow-weak-reference; refused by default), and its 2x model in that "
+                        "case (left out by default)")
     args = parser.parse_args(argv)
     try:
-        out = publish(args.artifact, args.name, args.zoo_dir)
+        out = publish(args.artifact, args.name, args.zoo_dir, args.allow_inconclusive)
     except (ManifestError, ValueError, OSError, DirectoryBusyError) as error:
         print(f"publish: error: {error_text(error)}", file=sys.stderr)
         return 2

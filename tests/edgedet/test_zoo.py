@@ -177,7 +177,9 @@ def test_edgedet_models_skips_a_broken_entry_and_lists_the_rest(
                        ("null_preprocess", '{"preprocess": null}'),
                        ("int_size", '{"preprocess": {"input_size": 320}}'),  # crashed the table
                        ("int_architecture", '{"architecture": 5}'),
-                       ("text_ap", '{"accuracy": {"AP": "high"}}')):
+                       ("text_ap", '{"accuracy": {"AP": "high"}}'),
+                       ("nan_ap", '{"accuracy": {"AP": NaN}}'),  # (--json printed NaN)
+                       ("deep", "[" * 100_000 + "]" * 100_000)):  # (RecursionError)
         (fake_zoo / name).mkdir()
         (fake_zoo / name / "manifest.json").write_text(text)
     assert main(["models"]) == 0
@@ -185,7 +187,11 @@ def test_edgedet_models_skips_a_broken_entry_and_lists_the_rest(
     assert "good" in out and "skipped list:" in err and "not_json" in err
     assert "input_size is 320, not [width, height]" in err
     assert "architecture is 5, not a string" in err and "accuracy.AP is 'high'" in err
+    assert "accuracy.AP is nan" in err and "skipped deep:" in err
     assert "Traceback" not in err
+    assert main(["models", "--json"]) == 0
+    names = [row["name"] for row in json.loads(capsys.readouterr().out)]  # strict: no NaN
+    assert "good" in names and "nan_ap" not in names and "deep" not in names
     with pytest.raises(zoo.ManifestError, match="not a readable artifact manifest"):
         zoo.model_summary(fake_zoo / "list")
 
@@ -202,3 +208,22 @@ def test_edgedet_models_into_a_closed_pipe_ends_quietly() -> None:
         os.close(write_end)
     assert done.returncode == 141, done.stderr
     assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_listing_names_entries_as_they_load_and_hides_a_publish_s_staging(
+        fake_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgedet.cli import main
+
+    _fake_model(fake_zoo, "good", 0.5)
+    _fake_model(fake_zoo, ".good.new-abc123", 0.5)  # a publish's staged copy
+    renamed = _fake_model(fake_zoo, "renamed", 0.4)  # its manifest calls it otherwise
+    manifest = json.loads((renamed / "manifest.json").read_text())
+    (renamed / "manifest.json").write_text(json.dumps({**manifest, "name": "good"}))
+    assert zoo.list_models() == ["good", "renamed"]
+    assert main(["models", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["good", "renamed"]
+    # An empty folder of the same name in the current folder does not hide the zoo model.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "good").mkdir()
+    assert zoo.resolve_model("good") == fake_zoo / "good"

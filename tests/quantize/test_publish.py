@@ -17,6 +17,12 @@ from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 def artifact(tmp_path: Path) -> Path:
     out = write_artifact(tmp_path / "run" / "tiny_int8", TinyHead("ssd", 3), "ssd")
     (out / "report.md").write_text("# report\n")
+    # The tiny model's own check cannot tell (its reference scores AP 0); here it stands
+    # for a conclusively checked artifact.
+    manifest = load_manifest(out)
+    manifest["accuracy"] = {k: v for k, v in manifest["accuracy"].items()
+                            if k != "inconclusive"}
+    write_json_atomic(out / "manifest.json", manifest)
     return out
 
 
@@ -68,7 +74,7 @@ def test_publish_stops_while_another_publish_holds_the_zoo(artifact: Path,
     assert (zoo / "tiny_model" / "manifest.json").is_file()
 
 
-@pytest.mark.parametrize("second_check", ["passed", "failed", "missing"])
+@pytest.mark.parametrize("second_check", ["passed", "failed", "missing", "inconclusive"])
 def test_publish_ships_a_2x_model_only_if_its_own_check_passed(tmp_path: Path, capsys,
                                                                second_check: str) -> None:
     source = write_constant_artifact(tmp_path / "run" / "constant")
@@ -77,7 +83,8 @@ def test_publish_ships_a_2x_model_only_if_its_own_check_passed(tmp_path: Path, c
     if second_check != "passed":
         accuracy = manifest["double_scale"]["accuracy"]
         manifest["double_scale"]["accuracy"] = (
-            None if second_check == "missing" else {**accuracy, "passed": False})
+            None if second_check == "missing" else {**accuracy, "passed": False}
+            if second_check == "failed" else {**accuracy, "inconclusive": "a weak reference"})
     write_json_atomic(manifest_path, manifest)
     (source / "report.md").write_text("# Accuracy report\n\n| 2x row |\n")
     write_json_atomic(source / "report.json", {"name": "constant", "double_scale": {"ap": 1}})
@@ -94,7 +101,8 @@ def test_publish_ships_a_2x_model_only_if_its_own_check_passed(tmp_path: Path, c
     assert list(published["files"]) == ["model.onnx"]
     assert not (out / "model_2x.onnx").exists()
     assert "publishing without it" in capsys.readouterr().err
-    why = "failed its accuracy check" if second_check == "failed" else "has no accuracy check"
+    why = {"failed": "failed its accuracy check", "missing": "has no accuracy check",
+           "inconclusive": "passed an inconclusive accuracy check"}[second_check]
     report_md = (out / "report.md").read_text()
     assert report_md.startswith("> **Published as zoo model `constant` without its "
                                 "double-scale 2x model** (model_2x.onnx): that model " + why)
@@ -106,3 +114,46 @@ def test_publish_ships_a_2x_model_only_if_its_own_check_passed(tmp_path: Path, c
     assert (source / "report.md").read_text() == "# Accuracy report\n\n| 2x row |\n"
     with pytest.raises(DoubleScaleError, match="no 2x model"):
         Detector(out, double_scale=True)
+
+
+def test_an_inconclusive_check_and_stray_files_do_not_reach_the_zoo(artifact: Path,
+                                                                   tmp_path: Path, capsys) -> None:
+    # An inconclusive check (--allow-weak-reference) was published with a warning only, and
+    # every file of the folder travelled (a lock, temporaries, a stray array).
+    manifest = load_manifest(artifact)
+    manifest["accuracy"] = {**manifest["accuracy"], "inconclusive": "the reference scores 0"}
+    manifest["files"] = {k: v.upper() for k, v in manifest["files"].items()}  # (allowed)
+    write_json_atomic(artifact / "manifest.json", manifest)
+    for stray in (".lock", ".report.json.k3j2.tmp", "scratch.npy"):
+        (artifact / stray).write_text("x")
+    (artifact / "comparison.png").write_bytes(b"png")
+    with pytest.raises(ValueError, match=r"inconclusive .*--allow-inconclusive"):
+        publish(artifact, "tiny", tmp_path / "zoo")
+    assert not (tmp_path / "zoo" / "tiny").exists()
+    assert main([str(artifact), "--name", "tiny", "--zoo-dir", str(tmp_path / "zoo"),
+                 "--allow-inconclusive"]) == 0
+    assert "was inconclusive" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "zoo" / "tiny").iterdir()) == [
+        "comparison.png", "manifest.json", "model.onnx", "report.md"]
+
+
+def test_a_killed_publish_s_hidden_folders_are_no_models_and_are_cleaned(
+        artifact: Path, tmp_path: Path, monkeypatch) -> None:
+    from edgedet import zoo
+    from edgedet.artifact_writer import clean_leftovers
+
+    root = tmp_path / "zoo"
+    publish(artifact, "tiny", root)
+    staged = root / ".tiny.new-abc123"  # a staged copy a kill left, manifest and all
+    staged.mkdir()
+    for f in (root / "tiny").iterdir():
+        (staged / f.name).write_bytes(f.read_bytes())
+    link = root / ".other.new-def456"  # an entry that was a link, swapped out
+    link.symlink_to(root / "tiny")
+    monkeypatch.setattr(zoo, "ZOO_DIR", root)
+    assert zoo.list_models() == ["tiny"]
+    done = clean_leftovers(root)
+    assert sorted(done) == ["removed unfinished .other.new-def456",
+                            "removed unfinished .tiny.new-abc123"]
+    assert sorted(p.name for p in root.iterdir() if p.name != ".lock") == ["tiny"]
+    assert (root / "tiny" / "manifest.json").is_file()
