@@ -23,6 +23,7 @@ use_repo_root(__file__)
 import argparse
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,12 @@ from edgedet.artifact import (
     require_passed_check,
 )
 from edgedet.artifact_writer import clean_leftovers, write_artifact
+from edgedet.backends import BACKENDS
 from edgedet.zoo import ZOO_DIR
 from quantize.report import REPORT_JSON, REPORT_MD
+
+_WINDOWS_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                                   *(f"lpt{i}" for i in range(10))})
 
 
 def publish(artifact_dir: str | os.PathLike[str], name: str,
@@ -49,9 +54,18 @@ def publish(artifact_dir: str | os.PathLike[str], name: str,
     nothing) is refused unless ``allow_inconclusive``, and a 2x model whose check was
     inconclusive is left out likewise."""
     artifact_dir = Path(artifact_dir)
-    if not name.isidentifier():
-        raise ValueError(f"zoo name must be a Python-identifier-like word, got {name!r}")
+    # Lower-case ASCII: no two entries that one folder holds on a case-insensitive disk, no
+    # look-alike letters; not a name Windows reserves for devices.
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in _WINDOWS_DEVICE_NAMES:
+        raise ValueError(f"zoo name must be lower-case letters, digits and underscores, "
+                         f"starting with a letter (and not a Windows device name), got {name!r}")
     manifest = load_manifest(artifact_dir)  # verifies every file's sha256
+    suffix = next((b for b in BACKENDS if name.endswith(f"_{b}")), None)
+    if suffix is not None and manifest["backend"] != suffix:
+        # Detector("X", backend=suffix) loads the entry named X_<suffix> for that backend.
+        raise ValueError(f"zoo name {name!r} says backend {suffix!r}, but the artifact is a "
+                         f"{manifest['backend']} build; name it without that suffix, or "
+                         f"'..._{manifest['backend']}'")
     try:  # the zoo ships only checked models
         require_passed_check(manifest, str(artifact_dir))
     except UncheckedArtifactError as error:  # its text offers --allow-unchecked: not here

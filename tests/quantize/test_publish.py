@@ -157,3 +157,23 @@ def test_a_killed_publish_s_hidden_folders_are_no_models_and_are_cleaned(
                             "removed unfinished .tiny.new-abc123"]
     assert sorted(p.name for p in root.iterdir() if p.name != ".lock") == ["tiny"]
     assert (root / "tiny" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["Tiny", "tiny-model", "ｔｉｎｙ", "con", "com1", "__pycache__",
+                                  "1tiny", "", "../x", "a/b"])
+def test_zoo_names_are_lower_case_ascii_words(artifact: Path, tmp_path: Path,
+                                              name: str) -> None:
+    # isidentifier() let through names one folder holds on a case-insensitive disk beside
+    # another ("Tiny" / "tiny"), full-width letters, Windows device names, __pycache__.
+    with pytest.raises(ValueError, match="lower-case letters, digits and underscores"):
+        publish(artifact, name, tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").iterdir())
+
+
+def test_a_backend_suffix_in_the_name_must_be_the_artifact_s_backend(artifact: Path,
+                                                                     tmp_path: Path) -> None:
+    # Detector("tiny", backend="openvino") loads an entry named tiny_openvino for OpenVINO.
+    with pytest.raises(ValueError, match="says backend 'openvino', but the artifact is a "
+                                         "onnxruntime build"):
+        publish(artifact, "tiny_openvino", tmp_path / "zoo")
+    assert publish(artifact, "tiny_onnxruntime", tmp_path / "zoo").name == "tiny_onnxruntime"
