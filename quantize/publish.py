@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -166,11 +167,17 @@ def main(argv: list[str] | None = None) -> int:
                         "--allow-weak-reference; refused by default), and its 2x model in that "
                         "case (left out by default)")
     args = parser.parse_args(argv)
+    if argv is None:  # the process's own command: a SIGTERM stops it like Ctrl-C, so that
+        # the staged copy is removed now rather than by the next publish
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         out = publish(args.artifact, args.name, args.zoo_dir, args.allow_inconclusive)
     except (ManifestError, ValueError, OSError, DirectoryBusyError) as error:
         print(f"publish: error: {error_text(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("publish: interrupted; the zoo entry is as it was", file=sys.stderr)
+        return 130
     print(f"published {args.artifact} as zoo model {args.name!r}: {out}")
     return 0
 

@@ -177,3 +177,22 @@ def test_a_backend_suffix_in_the_name_must_be_the_artifact_s_backend(artifact: P
                                          "onnxruntime build"):
         publish(artifact, "tiny_openvino", tmp_path / "zoo")
     assert publish(artifact, "tiny_onnxruntime", tmp_path / "zoo").name == "tiny_onnxruntime"
+
+
+def test_an_interrupted_publish_leaves_the_entry_as_it_was(artifact: Path, tmp_path: Path,
+                                                          monkeypatch, capsys) -> None:
+    # (A SIGTERM is an interrupt too when publish.py runs as its own command.)
+    import edgedet.artifact_writer as writer
+
+    zoo = tmp_path / "zoo"
+    publish(artifact, "tiny", zoo)
+    before = (zoo / "tiny" / "manifest.json").read_bytes()
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_replace_directory", interrupted)
+    assert main([str(artifact), "--name", "tiny", "--zoo-dir", str(zoo)]) == 130
+    assert "interrupted; the zoo entry is as it was" in capsys.readouterr().err
+    assert (zoo / "tiny" / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in zoo.iterdir()) == [".lock", "tiny"]  # no staged copy left
