@@ -52,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-epochs", type=int, default=1, help="epochs per step "
                         "(default 1)")
     parser.add_argument("--finetune-images", type=int, default=None, help="synthetic images "
-                        "per fine-tuning epoch (default 2000; synthetic data only)")
+                        f"per fine-tuning epoch (default {PruneConfig.finetune_images}; "
+                        "synthetic data only)")
     parser.add_argument("--data", default=None, help="fine-tuning data as train/main.py "
                         "--data (default: the checkpoint's)")
     parser.add_argument("--val-images", type=int, default=None, help="synthetic validation "
-                        "images (default 200; synthetic data only)")
+                        f"images (default {PruneConfig.val_images}; synthetic data only)")
     parser.add_argument("--no-baseline", action="store_true", help="skip fine-tuning the "
                         "unpruned model with the same budget (the comparison)")
     parser.add_argument("--distill", action="store_true", help="fine-tune the pruned steps "
@@ -143,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     if given and data != "synthetic":
         parser.error(f"{', '.join(given)} do nothing with --data {data} (they count synthetic "
                      "images)")
-    args.finetune_images = 2000 if args.finetune_images is None else args.finetune_images
-    args.val_images = 200 if args.val_images is None else args.val_images
+    if args.finetune_images is None:
+        args.finetune_images = PruneConfig.finetune_images
+    if args.val_images is None:
+        args.val_images = PruneConfig.val_images
     if min(args.steps, args.finetune_epochs, args.round_to, args.finetune_images,
            args.val_images, args.sensitivity_images) < 1:
         parser.error("--steps, --finetune-epochs, --round-to, --finetune-images, "

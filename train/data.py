@@ -61,12 +61,16 @@ def _coco_split(root: Path, split: str) -> CocoDataset | None:
     return None
 
 
+# Synthetic images per split when none are asked for (train/main.py --synthetic-train / -val).
+SYNTHETIC_TRAIN, SYNTHETIC_VAL = 2000, 200
+
+
 def open_splits(
     data: str,
     *,
     img_size: tuple[int, int],
-    synthetic_train: int = 2000,
-    synthetic_val: int = 200,
+    synthetic_train: int = SYNTHETIC_TRAIN,
+    synthetic_val: int = SYNTHETIC_VAL,
     synthetic_seed: int = 0,
     synthetic_config: SyntheticConfig | None = None,
     synthetic_cache: str | None = None,

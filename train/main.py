@@ -31,7 +31,13 @@ from edgedet.preprocess import PreprocessConfig
 from train.amp import training_amp
 from train.checkpoint import CheckpointError, carry_best_checkpoint, short_reason
 from train.cli_types import parse_minutes, parse_model_arg, parse_size
-from train.data import build_augmentation, open_splits, without_worker_traceback
+from train.data import (
+    SYNTHETIC_TRAIN,
+    SYNTHETIC_VAL,
+    build_augmentation,
+    open_splits,
+    without_worker_traceback,
+)
 from train.distributed import DistInfo, cleanup, init_distributed, locked_by_main_rank
 from train.engine import STATE_FILE, Trainer, TrainingDivergedError
 from train.graceful_stop import TrainingStopped
@@ -46,8 +52,6 @@ from train.models import (
 )
 from train.schedule import flag_values, parse_steps
 from train.train_config import TrainConfig
-
-SYNTHETIC_TRAIN, SYNTHETIC_VAL = 2000, 200  # default --synthetic-train / --synthetic-val
 
 EPILOG = f"""\
 models (--model NAME → builder in edgedet/models/):
