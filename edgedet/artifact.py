@@ -324,10 +324,8 @@ class _FolderReader:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
             os.set_blocking(fd, True)
-            chunks = []
-            while chunk := os.read(fd, _HASH_CHUNK_BYTES):
-                chunks.append(chunk)
-            return b"".join(chunks)
+            with open(fd, "rb", closefd=False) as handle:
+                return handle.read()
         finally:
             os.close(fd)
 

@@ -215,11 +215,10 @@ def find_or_build(cache_dir: str | os.PathLike[str], key: EngineKey,
     """
     path = engine_path(cache_dir, key)
     if not rebuild and path.exists():
-        try:
+        # Stale, or another process is saving it right now: look again under its lock.
+        with contextlib.suppress(StaleEngineError):
             load_engine(path, key, artifact=artifact)
             return path
-        except StaleEngineError:
-            pass  # or another process is saving it right now: look again under its lock
     with _build_lock(path):
         if not rebuild and path.exists():
             load_engine(path, key, artifact=artifact)

@@ -73,17 +73,13 @@ class OpenVinoBackend:
                  device: str | None = None, contents: Mapping[str, bytes] | None = None
                  ) -> None:
         self.model_path = Path(model_path)
-        # Its file and weights only, until read_model has them.
-        needed = (self.model_path.name, self.model_path.with_suffix(".bin").name)
-        self._contents = {name: data for name, data in (contents or {}).items()
-                          if name in needed}
         # OpenVINO names devices in capitals ("CPU", "GPU.1", "AUTO:GPU,CPU"); "cpu" is the
         # same request.
         device = (device or "CPU").strip().upper()
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
         self._core = ov.Core()
-        self._model = model = self._read_model()
-        self._contents = {}  # (read_model copied the weights: they are OpenVINO's now)
+        # (read_model copies the weights: the bytes are not needed after it)
+        self._model = model = self._read_model(contents or {})
         # OpenVINO's CPU plugin runs float ops in bf16 where the CPU supports it. Keep them f32
         # unless the IR asks otherwise: in fp32 artifacts bf16 moves boxes and scores away
         # from the exported reference, and in INT8 artifacts the ops kept out of INT8 (P&A
@@ -115,9 +111,11 @@ class OpenVinoBackend:
         self._float: _Compiled | None = None
         self._float_lock = threading.Lock()
 
-    def _read_model(self) -> ov.Model:
-        model = self._contents.get(self.model_path.name)
-        weights = self._contents.get(self.model_path.with_suffix(".bin").name)
+    def _read_model(self, contents: Mapping[str, bytes]) -> ov.Model:
+        """The model from the checked ``contents`` (an IR's weights beside it), else from
+        the file."""
+        model = contents.get(self.model_path.name)
+        weights = contents.get(self.model_path.with_suffix(".bin").name)
         try:
             if model is None:
                 return self._core.read_model(str(self.model_path))

@@ -82,7 +82,7 @@ def test_a_killed_process_s_forked_children_do_not_keep_its_folder_locked(tmp_pa
     try:
         os.kill(orphan, 0)  # the orphan is alive while the folder is locked again
         with exclusive_lock(tmp_path, "second run"):
-            pass
+            assert (tmp_path / ".lock").read_text() == f"second run (pid {os.getpid()})\n"
     except DirectoryBusyError as error:
         raise AssertionError(f"the orphaned child kept the lock: {error}") from None
     finally:
