@@ -206,13 +206,14 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     (a run of 0 epochs would still rewrite OUT's args.json and summary.json), and an --out
     that already holds a run unless it is resumed (a new run would overwrite it)."""
     synthetic = "synthetic" in (args.data, args.val_data)
-    # (--val-split picks the split of a voc: / yolo: --val-data; a coco: one names its file.)
     val_from_data = args.val_data is None
+    # --val-split picks a split of --data, or of a voc: / yolo: --val-data (a coco: one names
+    # its file, a synthetic one has none).
+    val_has_no_splits = (args.data == "synthetic" if val_from_data
+                         else args.val_data == "synthetic" or args.val_data.startswith("coco:"))
     ignored = [flag for flag, given in (
         ("--train-split", args.train_split is not None and args.data == "synthetic"),
-        ("--val-split", args.val_split is not None and (
-            args.data == "synthetic" if val_from_data else args.val_data == "synthetic"
-            or args.val_data.startswith("coco:"))),
+        ("--val-split", args.val_split is not None and val_has_no_splits),
         ("--synthetic-train", args.synthetic_train is not None and args.data != "synthetic"),
         ("--synthetic-val", args.synthetic_val is not None
          and (args.data != "synthetic" or not val_from_data)),

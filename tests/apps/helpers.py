@@ -115,3 +115,11 @@ class FifoFeeder(threading.Thread):
         with contextlib.suppress(OSError):
             os.close(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK))
         self.join(10)
+
+
+def write_gray_images(folder: Path, sizes: dict[str, tuple[int, int]]) -> Path:
+    """``folder`` with one flat gray image per ``{file name: (height, width)}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, size in sizes.items():
+        cv2.imwrite(str(folder / name), np.full((*size, 3), 30, np.uint8))
+    return folder

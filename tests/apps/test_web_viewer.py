@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.apps.helpers import APPS, REPO, FakeLiveSource
+from tests.apps.helpers import APPS, REPO, FakeLiveSource, write_gray_images
 
 pytest.importorskip("aiohttp", reason="the 'web' extra (aiohttp) is not installed")
 
@@ -410,10 +410,8 @@ def test_the_page_shows_frames_and_detections_in_headless_chromium(
 def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
         viewer, models: dict[str, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name, size in (("a.png", (48, 64)), ("b_tiny.png", (1, 1)), ("c.png", (48, 64))):
-        cv2.imwrite(str(folder / name), np.full((*size, 3), 30, np.uint8))
+    folder = write_gray_images(tmp_path / "images", {"a.png": (48, 64), "b_tiny.png": (1, 1),
+                                                     "c.png": (48, 64)})
     assert viewer.main(["--model", str(models["planted"]), "--source", str(folder), "--tiles",
                         "2", "--port", "0", "--linger", "0"]) == 0
     err = capsys.readouterr().err
@@ -421,7 +419,7 @@ def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
     # Every image too small, with --loop: an error, not an endless pass over the folder.
     (folder / "a.png").unlink()
     (folder / "c.png").unlink()
-    cv2.imwrite(str(folder / "d_tiny.png"), np.full((1, 1, 3), 30, np.uint8))
+    write_gray_images(folder, {"d_tiny.png": (1, 1)})
     assert viewer.main(["--model", str(models["planted"]), "--source", str(folder), "--tiles",
                         "2", "--port", "0", "--linger", "0", "--loop"]) == 1
     err = capsys.readouterr().err

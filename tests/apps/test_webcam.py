@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgedet.video import read_video_frames
-from tests.apps.helpers import APPS, REPO, WEBCAM_PY, FakeLiveSource
+from tests.apps.helpers import APPS, REPO, WEBCAM_PY, FakeLiveSource, write_gray_images
 from tests.apps.helpers import count_frames as _count_frames
 from tests.edgedet.tiny_artifacts import TinyHead, write_artifact
 
@@ -291,10 +291,8 @@ def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
         app, models: dict[str, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     # It stopped the app; `edgedet detect` skips it, and the folder's other images are fine.
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name, size in (("a.png", (48, 64)), ("b_tiny.png", (1, 1)), ("c.png", (48, 64))):
-        cv2.imwrite(str(folder / name), np.full((*size, 3), 30, np.uint8))
+    folder = write_gray_images(tmp_path / "images", {"a.png": (48, 64), "b_tiny.png": (1, 1),
+                                                     "c.png": (48, 64)})
     out = tmp_path / "tiles.avi"
     assert app.main(["--source", str(folder), "--model", str(models["planted"]), "--tiles",
                      "2", "--save", str(out)]) == 0
