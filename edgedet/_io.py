@@ -117,6 +117,17 @@ class DirectoryBusyError(RuntimeError):
     """Another process holds the lock of a directory it is writing."""
 
 
+class OutputFolderError(OSError):
+    """An output folder that cannot be created or locked (a read-only or virtual file system,
+    no permission): the message names the folder and the OS's reason."""
+
+
+def _folder_error(what: str, verb: str, directory: Path, error: OSError) -> OutputFolderError:
+    reason = error_text(error)
+    reason = reason.removeprefix(f"{directory}: ")  # (mkdir's error names the folder again)
+    return OutputFolderError(f"{what} cannot {verb} {directory}: {reason}")
+
+
 @contextlib.contextmanager
 def exclusive_lock(directory: str | os.PathLike[str], what: str = "run") -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (a ``.lock`` file in it) for the block.
@@ -125,17 +136,25 @@ def exclusive_lock(directory: str | os.PathLike[str], what: str = "run") -> Iter
     for the artifact names; the second one stops at once with ``DirectoryBusyError``, which
     names the holder (``what`` and its process id, written into the lock file: a training
     run's folder refuses ``quantize/run.py`` as well as a second training). The lock is
-    released by the OS when the process dies, so a killed run never leaves it held.
+    released by the OS when the process dies, so a killed run never leaves it held. A folder
+    the OS will not create, or whose lock file it will not open, is an ``OutputFolderError``
+    naming it (every command's bad ``--out``: exit 2, one line).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    lock_path = directory / ".lock"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         import fcntl
     except ImportError:  # not POSIX: no advisory locks; runs are trusted not to overlap
         yield
         return
-    lock_path = directory / ".lock"
-    with open(lock_path, "a") as handle:
+    except OSError as error:
+        raise _folder_error(what, "create", directory, error) from error
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as error:
+        raise _folder_error(what, "write to", directory, error) from error
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -251,7 +251,8 @@ def convert(config: ConvertConfig) -> ConversionReport:
     fails goes to ``out/rejected/NAME_<precision>`` with its report, and ``report.passed``
     says whether all passed. Raises ``CheckpointError``, ``DatasetError``, ``ExportError`` or
     ``ValueError`` for bad input, before anything is written to ``out``, and
-    ``DirectoryBusyError`` when another run is writing to ``out``.
+    ``DirectoryBusyError`` when another run is writing to ``out`` (``OutputFolderError``
+    when ``out`` cannot be created).
     """
     target = config.target_entry
     precisions = config.resolved_precisions()

@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from edgedet._io import DirectoryBusyError, exclusive_lock, folder_problem
+from edgedet._io import DirectoryBusyError, OutputFolderError, exclusive_lock, folder_problem
 from edgedet.models.checkpoint import CheckpointError, load_checkpoint
 from quantize.prune_schedule import PruneConfig, format_log, run_schedule
 from quantize.pruning import CRITERIA
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         # One run per --out: two would prune, fine-tune and move aside the same steps.
         with exclusive_lock(args.out, "quantize/prune.py"):
             log = run_schedule(config)
-    except DirectoryBusyError as error:
+    except (DirectoryBusyError, OutputFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as error:

@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import torch
 
-from edgedet._io import DirectoryBusyError, folder_problem, write_json_atomic
+from edgedet._io import DirectoryBusyError, OutputFolderError, folder_problem, write_json_atomic
 from edgedet.data.errors import DatasetError
 from edgedet.data.synthetic import SyntheticConfig
 from edgedet.preprocess import PreprocessConfig
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         # interleave their checkpoints and logs: the second stops at once, on every rank.
         with locked_by_main_rank(args.out, "train/main.py", info):
             run(args, info)
-    except DirectoryBusyError as error:
+    except (DirectoryBusyError, OutputFolderError) as error:  # a bad --out: exit 2
         print(f"error: {error}", file=sys.stderr)
         return 2
     except BackboneWeightsError as error:

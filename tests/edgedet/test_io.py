@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from edgedet import _io
-from edgedet._io import current_umask, write_bytes_atomic, write_json_atomic
+from edgedet._io import (
+    OutputFolderError,
+    current_umask,
+    exclusive_lock,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 LINUX_PROC = Path("/proc/self/status").is_file()
 
@@ -115,3 +121,26 @@ def test_error_text_names_the_path_and_says_what_is_wrong(tmp_path: Path) -> Non
     assert error_text(caught.value) == str(caught.value)
     assert error_text(ValueError("plain")) == "plain"
     assert error_text(OSError("no path")) == "no path"
+
+
+def test_a_folder_that_cannot_be_created_or_locked_is_an_error_naming_it(tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    (tmp_path / "file").write_text("x")
+    run = tmp_path / "file" / "run"
+    with pytest.raises(OutputFolderError) as error, exclusive_lock(run, "x"):
+        pass
+    assert str(error.value) == (f"x cannot create {run}: a file stands where a folder of this "
+                                "path should be; give a path under a folder")
+    real_open = builtins.open
+
+    def no_lock_file(file, *args, **kwargs):
+        if str(file).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_lock_file)
+    with pytest.raises(OutputFolderError) as error, exclusive_lock(tmp_path / "run", "x"):
+        pass
+    assert str(error.value) == (f"x cannot write to {tmp_path}/run: {tmp_path}/run/.lock: "
+                                "permission denied")
+    assert isinstance(error.value, OSError)  # callers that catch OSError still do

@@ -378,6 +378,20 @@ def test_a_folder_another_process_writes_is_refused_naming_that_process(tmp_path
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
 
 
+def test_an_out_folder_the_os_will_not_create_is_a_one_line_error(tmp_path, capsys,
+                                                                   monkeypatch):
+    # e.g. --out /sys/run or a read-only mount: mkdir's own error, not a traceback.
+    def refused(self, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    out = tmp_path / "run"
+    assert _run([*TINY, "--epochs", "1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: train/main.py cannot create {out}: operation not permitted")
+    assert not out.exists()
+
+
 def test_a_resume_says_which_optimiser_settings_the_state_keeps(tmp_path, capsys):
     # The state's weight decay won silently while args.json recorded the new value.
     run = tmp_path / "run"
