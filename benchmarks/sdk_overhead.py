@@ -65,8 +65,10 @@ EVICTION_BYTES = 96 * 2**20
 
 
 def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[float]],
-                caches: str = "cold", eviction_buffer: np.ndarray | None = None) -> None:
-    """One ``detect()`` of ``frame``, stage by stage, appending ms to ``times``.
+                caches: str = "cold", eviction_buffer: np.ndarray | None = None
+                ) -> dict[str, np.ndarray]:
+    """One ``detect()`` of ``frame``, stage by stage, appending ms to ``times``; returns the
+    raw outputs its runtime stage gave (for checking that the stages are ``detect()``'s).
 
     ``caches``: ``cold`` runs the stages as ``detect()`` does, right after an inference;
     ``warm`` runs each stage once untimed right before its timed call (the floor a stage
@@ -103,6 +105,7 @@ def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[flo
         outputs = timed("runtime", detector.backend.run, images)
     boxes_xyxy, scores = timed("decode", decoder.candidates, outputs)
     timed("select", decoder.select, boxes_xyxy, scores)
+    return outputs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,8 +165,9 @@ def test_bad_sources_and_models_give_one_line_errors(
     assert "--allow-unchecked" in capsys.readouterr().err
     assert app.main(["--model", str(unchecked), "--source", "demo", "--max-frames", "1",
                      "--headless", "--allow-unchecked"]) == 0
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         app.parse_args(["--save", "out.gif"])
+    assert stopped.value.code == 2 and "--save" in capsys.readouterr().err
 
 
 def test_save_never_replaces_the_source(app, tmp_path: Path,

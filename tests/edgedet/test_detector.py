@@ -200,7 +200,9 @@ def test_gray_and_bgra_frames_are_accepted(artifacts: dict[str, Path]) -> None:
     detector = Detector(artifacts["ssd"])
     bgr = _frames(1)[0]
     gray = bgr[:, :, 0]
-    assert isinstance(len(detector.detect(gray)), int)
+    from_gray = detector.detect(gray)
+    assert len(from_gray) > 0  # (the random model finds boxes in noise)
+    _assert_same(from_gray, detector.detect(np.dstack([gray, gray, gray])))
     bgra = np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)])
     _assert_same(detector.detect(bgra), detector.detect(bgr))
 
@@ -341,7 +343,8 @@ def test_the_sdk_loads_and_detects_with_torch_unimportable(artifacts: dict[str, 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert int(result.stdout) >= 0
+    expected = Detector(artifacts["ssd"]).detect(np.zeros((96, 128, 3), np.uint8))
+    assert int(result.stdout) == len(expected)
 
 
 def test_an_unchecked_or_failed_artifact_is_refused_unless_allowed(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedet.backends import BACKENDS
+from edgedet.backends import BACKENDS, BackendError
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.detector import Detector
 from quantize.convert import ConvertConfig, convert
@@ -32,8 +32,9 @@ def test_toy_target_and_backend_through_convert_and_detector(toy_tables, tmp_pat
                                    allow_weak_reference=True))
     assert [(a.name, a.backend, a.precision) for a in report.artifacts] == [
         ("tiny_fp32", "toy", "fp32")]
-    # The toy artifact holds the very same graph as the reference: no loss at all.
-    assert report.passed and report.artifacts[0].accuracy["delta_AP"] == pytest.approx(0.0)
+    # (The untrained checkpoint scores AP 0 on both sides, so the gate says little here;
+    # what this test checks is the plumbing: the toy target's file, backend and threads.)
+    assert report.passed and report.artifacts[0].accuracy["reference_AP"] == 0.0
     assert report.to_dict()["target"] == "toy"
 
     detector = Detector(tmp_path / "out" / "tiny_fp32")  # "auto": the manifest's backend
@@ -66,7 +67,7 @@ def test_device_option_reaches_the_backend(toy_tables, tmp_path: Path):
     convert(ConvertConfig(checkpoint=checkpoint, target="toy", out=tmp_path / "out",
                           name="tiny", eval_size=2, device="cpu", progress=False,
                           allow_weak_reference=True))
-    with pytest.raises(Exception, match="cpu only, not 'GPU'"):
+    with pytest.raises(BackendError, match="cpu only, not 'GPU'"):
         Detector(tmp_path / "out" / "tiny_fp32", device="GPU")
 
 
