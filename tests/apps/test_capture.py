@@ -42,7 +42,11 @@ def test_live_sources_drop_stale_frames(capture) -> None:
     grabber.start()
     try:
         first = frame_number(grabber.get(5.0))
-        time.sleep(0.2)  # a slow detector: ~100 frames arrive meanwhile
+        # A slow detector: 20 more frames arrive before it asks again (waited for by
+        # count, not by time, so a loaded machine cannot make the test fail).
+        deadline = time.monotonic() + 30.0
+        while source.produced < first + 22 and time.monotonic() < deadline:
+            time.sleep(0.01)
         second = frame_number(grabber.get(5.0))
     finally:
         grabber.stop()
