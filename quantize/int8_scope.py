@@ -21,13 +21,15 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
                positions whose weights are mostly tiny; 8 bits of it is mostly zeros.
 ``masks``      sigmoid masks (HAR-Net spatial attention, CLSE channel weights): ``Sigmoid``
                and the ``Mul`` that applies it; a mask in [0, 1] multiplies whole feature maps.
-``norms``      (off by default; on for ONNX Runtime) normalisations whose statistics are
-               computed at run time (HAR-Net's cross-level group norm: an
-               ``InstanceNormalization`` over the joined levels) with the ops that join the
-               levels before them (Reshape, Concat) and split them after, including the
-               per-channel affine (``Mul`` / ``Add`` by a constant). In INT8 ONNX Runtime
-               re-quantizes the joined map between each of these data moves; in float they
-               cost less, and the statistics are exact.
+``norms``      (off by default; on for ONNX Runtime and TFLite) normalisations whose
+               statistics are computed at run time (HAR-Net's cross-level group norm: an
+               ``InstanceNormalization`` over the joined levels in ONNX; in TFLite, which has
+               no such op, the mean, variance, ``Rsqrt``, scale and shift written out) with
+               the ops that join the levels before them (Reshape, Concat) and split them
+               after, including the per-channel affine (``Mul`` / ``Add`` by a constant). In
+               INT8 ONNX Runtime re-quantizes the joined map between each of these data
+               moves; in float they cost less, and the statistics are exact. Written out,
+               each step of the statistics is rounded to INT8 on its own scale.
 ``input_pools``  (off by default; on for ONNX Runtime) max pools of the input image itself
                (DAIPNet's image pyramid): a max commutes with INT8's rounding, so pooling in
                float changes no value, and ONNX Runtime runs a uint8 ``MaxPool`` on the
@@ -88,6 +90,11 @@ _WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
 # Ops that only move or reshape data: a mask reaching its Mul through them is still a mask.
 _LAYOUT_OPS = ("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Identity")
 _NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
+# A normalisation written out op by op (TFLite has no group norm op: litert-torch emits a
+# mean, the centred square, a second mean, 1/sqrt(var + eps) and the scale and shift) is
+# found from its ``Rsqrt``: these are the ops its statistics and their application consist of.
+_NORM_MATH_OPS = ("ReduceMean", "Sub", "Mul", "Add", "Div", "Pow", "SquaredDifference",
+                  "Rsqrt", "Sqrt", "Reciprocal")
 # What carries several levels into one normalisation and back out: layout ops, and the joins
 # and splits between the levels.
 _JOIN_OPS = (*_LAYOUT_OPS, "Concat", "Slice", "Split")
@@ -235,18 +242,97 @@ def _mask_nodes(graph: _Graph) -> set[str]:
     return found
 
 
-def _norm_nodes(graph: _Graph) -> set[str]:
-    """Each normalisation, the joins / layout ops feeding it back to the first other op, and
-    after it the splits, layout ops and per-channel affine (``Mul`` / ``Add`` with a constant
-    operand) up to the first other op (the activation that follows)."""
-    norms = [n for n in graph.nodes if n.op_type in _NORM_OPS]
-    found = {n.name for n in norms}
-    stack = [t for n in norms for t in graph.activation_inputs(n)]
+def _math_above(graph: _Graph, root: ScopeNode, op_types: Sequence[str]) -> dict[str, ScopeNode]:
+    """The ``op_types`` nodes computing ``root``'s inputs, up to the first other op."""
+    found: dict[str, ScopeNode] = {}
+    stack = list(graph.activation_inputs(root))
     while stack:
         node = graph.producer.get(stack.pop())
-        if node is not None and node.op_type in _JOIN_OPS and node.name not in found:
-            found.add(node.name)
+        if node is not None and node.op_type in op_types and node.name not in found \
+                and not graph.is_weight_layer(node):
+            found[node.name] = node
             stack.extend(graph.activation_inputs(node))
+    return found
+
+
+def _reaches_a_mean(graph: _Graph, tensor: str, within: dict[str, ScopeNode]) -> bool:
+    seen: set[str] = set()
+    pending = [tensor]
+    while pending:
+        node = graph.producer.get(pending.pop())
+        if node is None or node.name not in within or node.name in seen:
+            continue
+        if node.op_type == "ReduceMean":
+            return True
+        seen.add(node.name)
+        pending.extend(graph.activation_inputs(node))
+    return False
+
+
+def _written_out_norms(graph: _Graph) -> tuple[set[str], set[str]]:
+    """``(node names, input tensors)`` of the normalisations written out as ops (see
+    ``_NORM_MATH_OPS``). Each ``Rsqrt`` whose inputs come, through that math, from a
+    ``ReduceMean`` is one; its input is what the first mean averages (a mean not computed
+    from another mean), its statistics are the math between that input and the ``Rsqrt``,
+    and its application is every op after the statistics whose activation inputs are the
+    statistics or the input alone (the scale and shift, then the splits and layout ops): the
+    activation that follows, or a residual ``Add`` of another branch, is not."""
+    math = (*_NORM_MATH_OPS, *_LAYOUT_OPS)
+    found: set[str] = set()
+    inputs: set[str] = set()
+    for root in (n for n in graph.nodes if n.op_type == "Rsqrt"):
+        above = _math_above(graph, root, math)
+        sources = {n.inputs[0] for n in above.values() if n.op_type == "ReduceMean"
+                   and not _reaches_a_mean(graph, n.inputs[0], above)}
+        if not sources:
+            continue
+        inputs |= sources
+        # The same values before a layout op count as the input (the scale applies to the
+        # joined levels before they were grouped for the statistics).
+        aliases, pending = set(sources), list(sources)
+        while pending:
+            node = graph.producer.get(pending.pop())
+            if node is not None and node.op_type in _LAYOUT_OPS:
+                fresh = set(graph.activation_inputs(node)) - aliases
+                aliases |= fresh
+                pending.extend(fresh)
+        derived, members, changed = set(aliases), set(), True
+        while changed:  # op by op, until nothing more joins
+            changed = False
+            for node in graph.nodes:
+                if node.name in members or graph.is_weight_layer(node):
+                    continue
+                operands = graph.activation_inputs(node)
+                if node.name in above:  # the statistics: the math fed by the input
+                    wanted = any(t in derived for t in operands)
+                else:  # the application
+                    wanted = (node.op_type in (*math, *_JOIN_OPS) and bool(operands)
+                              and all(t in derived for t in operands)
+                              and any(t not in aliases for t in operands))
+                if wanted:
+                    members.add(node.name)
+                    derived.update(node.outputs)
+                    changed = True
+        found |= members
+    return found, inputs
+
+
+def _norm_nodes(graph: _Graph) -> set[str]:
+    """Each normalisation (an op, or written out: ``_written_out_norms``), the joins / layout
+    ops feeding it back to the first other op, and after it the splits, layout ops and
+    per-channel affine (``Mul`` / ``Add`` with a constant operand) up to the first other op
+    (the activation that follows)."""
+    norms = [n for n in graph.nodes if n.op_type in _NORM_OPS]
+    written_out, written_out_inputs = _written_out_norms(graph)
+    found = {n.name for n in norms} | written_out
+    stack = [t for n in norms for t in graph.activation_inputs(n)] + list(written_out_inputs)
+    joined: set[str] = set()
+    while stack:
+        node = graph.producer.get(stack.pop())
+        if node is not None and node.op_type in _JOIN_OPS and node.name not in joined:
+            joined.add(node.name)
+            stack.extend(graph.activation_inputs(node))
+    found |= joined
     pending = list(norms)
     while pending:
         for output in pending.pop().outputs:

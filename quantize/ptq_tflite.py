@@ -37,6 +37,12 @@ ONNX_OP_TYPE = {
     "GATHER_ND": "Gather", "LOGISTIC": "Sigmoid", "SOFTMAX": "Softmax", "MUL": "Mul",
     "RESHAPE": "Reshape", "TRANSPOSE": "Transpose", "EXPAND_DIMS": "Unsqueeze",
     "SQUEEZE": "Squeeze", "BROADCAST_TO": "Expand",
+    # a group norm, written out (quantize.int8_scope finds it from its RSQRT), and the joins
+    # and splits of the pyramid levels around it
+    "MEAN": "ReduceMean", "SUB": "Sub", "ADD": "Add", "DIV": "Div", "POW": "Pow",
+    "SQUARED_DIFFERENCE": "SquaredDifference", "RSQRT": "Rsqrt", "SQRT": "Sqrt",
+    "CONCATENATION": "Concat", "SLICE": "Slice", "STRIDED_SLICE": "Slice", "SPLIT": "Split",
+    "SPLIT_V": "Split",
 }
 SIGNATURE = "serving_default"
 # How one activation range comes from the calibration images' ranges (the default first).

@@ -101,3 +101,48 @@ def test_reductions_past_xnnpacks_int8_limit_stay_float(tmp_path):
     for key in ("long", "short"):  # the short one in INT8: a few steps of its scale
         np.testing.assert_allclose(got[key], expected[key].numpy(), atol=2e-3, err_msg=key)
     np.testing.assert_allclose(got["long_sum"], expected["long_sum"].numpy(), rtol=1e-2)
+
+
+class TwoLevelNorm(torch.nn.Module):
+    """Two pyramid levels through a shared 1x1 conv, HAR-Net's cross-level group norm, ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from edgedet.models.attention import CrossLevelGroupNorm
+
+        self.conv = torch.nn.Conv2d(3, 8, 1)
+        self.norm = CrossLevelGroupNorm(8, num_groups=2)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 2.0)
+            self.norm.bias.uniform_(-1.0, 1.0)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        levels = [self.conv(images), self.conv(torch.nn.functional.avg_pool2d(images, 2))]
+        fine, coarse = (torch.relu(level) for level in self.norm(levels))
+        return {"fine": fine, "coarse": coarse}
+
+
+def test_a_written_out_group_norm_is_found_in_the_tflite_file(tmp_path):
+    # litert-torch writes the group norm as MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, ADD: the
+    # "norms" rule must find it there as it finds ONNX's InstanceNormalization, and the tflite
+    # target keeps it in float (in INT8 it cost the pruned HAR-Net's 2x model 3.4 AP).
+    litert_torch = pytest.importorskip("litert_torch", reason="needs edgedet[tflite-export]")
+    from quantize.export_tflite import captured_output
+    from quantize.ptq_tflite import TFLiteGraph
+    from quantize.targets.tflite import TARGET
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "fp32.tflite"
+    with captured_output("litert-torch"):
+        litert_torch.convert(TwoLevelNorm().eval(),
+                             sample_kwargs={"images": torch.zeros(1, 3, 16, 16)}).export(str(fp32))
+    graph = TFLiteGraph(fp32)
+    norms = set(graph.kept_out(["norms"])["norms"])
+    opcodes = [graph.opcodes[n.name] for n in graph.nodes]
+    in_norms = sorted({graph.opcodes[name] for name in norms})
+    assert {"MEAN", "RSQRT", "CONCATENATION"} <= set(in_norms)
+    assert not {"CONV_2D", "RELU", "AVERAGE_POOL_2D"} & set(in_norms)
+    # every mean and rsqrt of the file is the norm's; the convs, pool and ReLUs are not
+    assert sum(graph.opcodes[name] in ("MEAN", "RSQRT") for name in norms) == sum(
+        op in ("MEAN", "RSQRT") for op in opcodes)
+    assert "norms" in TARGET.default_keep_float
