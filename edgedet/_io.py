@@ -123,6 +123,7 @@ class OutputFolderError(OSError):
 
 
 def _folder_error(what: str, verb: str, directory: Path, error: OSError) -> OutputFolderError:
+    """``what cannot VERB DIRECTORY: reason`` for an ``OSError`` of making or locking it."""
     reason = error_text(error)
     reason = reason.removeprefix(f"{directory}: ")  # (mkdir's error names the folder again)
     return OutputFolderError(f"{what} cannot {verb} {directory}: {reason}")

@@ -68,9 +68,11 @@ CATEGORIES: dict[str, str] = {
                  "round to zero",
     "masks": "sigmoid masks (spatial attention, channel weights) and the Mul that applies "
              "them: a mask in [0, 1] scales whole feature maps",
-    "norms": "run-time normalisations (HAR-Net's cross-level group norm) and the ops that "
-             "join the pyramid levels for them, split them after and apply the per-channel "
-             "affine: in INT8 each of these data moves is another quantize / dequantize",
+    "norms": "run-time normalisations (HAR-Net's cross-level group norm; in TFLite written "
+             "out as mean, variance, rsqrt, scale and shift) and the ops that join the "
+             "pyramid levels for them, split them after and apply the per-channel affine: in "
+             "INT8 each of these data moves is another quantize / dequantize, and each "
+             "written-out step is rounded on its own scale",
     "input_pools": "max pools of the input image (DAIPNet's image pyramid): a max commutes "
                    "with INT8 rounding, so float pooling changes no value, and ONNX Runtime "
                    "pools uint8 channels-first maps slowly",
@@ -242,20 +244,33 @@ def _mask_nodes(graph: _Graph) -> set[str]:
     return found
 
 
-def _math_above(graph: _Graph, root: ScopeNode, op_types: Sequence[str]) -> dict[str, ScopeNode]:
-    """The ``op_types`` nodes computing ``root``'s inputs, up to the first other op."""
+def _math_above(graph: _Graph, root: ScopeNode, op_types: Sequence[str],
+                stop: frozenset[str] = frozenset()) -> dict[str, ScopeNode]:
+    """The ``op_types`` nodes computing ``root``'s inputs, up to the first other op or a
+    tensor in ``stop``."""
     found: dict[str, ScopeNode] = {}
-    stack = list(graph.activation_inputs(root))
+    stack = [t for t in graph.activation_inputs(root) if t not in stop]
     while stack:
         node = graph.producer.get(stack.pop())
-        if node is not None and node.op_type in op_types and node.name not in found \
-                and not graph.is_weight_layer(node):
-            found[node.name] = node
-            stack.extend(graph.activation_inputs(node))
+        if (node is None or node.op_type not in op_types or node.name in found
+                or graph.is_weight_layer(node)):
+            continue
+        found[node.name] = node
+        stack.extend(t for t in graph.activation_inputs(node) if t not in stop)
     return found
 
 
+def _layout_source(graph: _Graph, tensor: str) -> str:
+    """The tensor that ``tensor`` is a reshaped / transposed view of (itself if none)."""
+    node = graph.producer.get(tensor)
+    while node is not None and node.op_type in _LAYOUT_OPS and graph.activation_inputs(node):
+        tensor = graph.activation_inputs(node)[0]
+        node = graph.producer.get(tensor)
+    return tensor
+
+
 def _reaches_a_mean(graph: _Graph, tensor: str, within: dict[str, ScopeNode]) -> bool:
+    """Whether ``tensor`` is computed, through the nodes ``within``, from a ``ReduceMean``."""
     seen: set[str] = set()
     pending = [tensor]
     while pending:
@@ -269,23 +284,45 @@ def _reaches_a_mean(graph: _Graph, tensor: str, within: dict[str, ScopeNode]) ->
     return False
 
 
+def _statistics_inputs(graph: _Graph, above: dict[str, ScopeNode]) -> set[str]:
+    """What a written-out norm's statistics are of: the input ``x`` of a mean that is taken
+    off ``x`` itself (``x - mean(x)``, the centring: ``Sub`` or ``SquaredDifference``); where
+    the variance is written without centring (``mean(x*x) - mean(x)^2``), the input of each
+    mean not computed from another mean."""
+    centred = set()
+    for node in above.values():
+        if node.op_type not in ("Sub", "SquaredDifference") or len(node.inputs) < 2:
+            continue
+        for x, m in (node.inputs[:2], node.inputs[1::-1]):
+            mean = graph.producer.get(_layout_source(graph, m))
+            if (mean is not None and mean.op_type == "ReduceMean"
+                    and _layout_source(graph, mean.inputs[0]) == _layout_source(graph, x)):
+                centred.add(mean.inputs[0])
+    return centred or {n.inputs[0] for n in above.values() if n.op_type == "ReduceMean"
+                       and not _reaches_a_mean(graph, n.inputs[0], above)}
+
+
 def _written_out_norms(graph: _Graph) -> tuple[set[str], set[str]]:
     """``(node names, input tensors)`` of the normalisations written out as ops (see
     ``_NORM_MATH_OPS``). Each ``Rsqrt`` whose inputs come, through that math, from a
-    ``ReduceMean`` is one; its input is what the first mean averages (a mean not computed
-    from another mean), its statistics are the math between that input and the ``Rsqrt``,
-    and its application is every op after the statistics whose activation inputs are the
-    statistics or the input alone (the scale and shift, then the splits and layout ops): the
-    activation that follows, or a residual ``Add`` of another branch, is not."""
+    ``ReduceMean`` is one; its input is what its statistics are of
+    (``_statistics_inputs``), its statistics are the math between that input and the
+    ``Rsqrt``, and its application is every op after the statistics whose activation inputs
+    are the statistics or, for the ``Mul`` that scales it and the ``Sub`` that centres it,
+    the input (then the splits, layout ops and any further affine steps, as for a norm op).
+    The activation that follows, and a residual ``Add`` (of the input or another branch),
+    are not. A norm written with ``Sqrt`` and a division instead of ``Rsqrt`` (no converter
+    here writes one) is not found."""
     math = (*_NORM_MATH_OPS, *_LAYOUT_OPS)
     found: set[str] = set()
     inputs: set[str] = set()
     for root in (n for n in graph.nodes if n.op_type == "Rsqrt"):
-        above = _math_above(graph, root, math)
-        sources = {n.inputs[0] for n in above.values() if n.op_type == "ReduceMean"
-                   and not _reaches_a_mean(graph, n.inputs[0], above)}
+        sources = _statistics_inputs(graph, _math_above(graph, root, math))
         if not sources:
             continue
+        # Bounded by its input, so that a norm fed (through math ops) by another norm does
+        # not take that one's ops as its statistics.
+        above = _math_above(graph, root, math, stop=frozenset(sources))
         inputs |= sources
         # The same values before a layout op count as the input (the scale applies to the
         # joined levels before they were grouped for the statistics).
@@ -306,9 +343,11 @@ def _written_out_norms(graph: _Graph) -> tuple[set[str], set[str]]:
                 if node.name in above:  # the statistics: the math fed by the input
                     wanted = any(t in derived for t in operands)
                 else:  # the application
+                    on_input = any(t in aliases for t in operands)
                     wanted = (node.op_type in (*math, *_JOIN_OPS) and bool(operands)
                               and all(t in derived for t in operands)
-                              and any(t not in aliases for t in operands))
+                              and not all(t in aliases for t in operands)
+                              and (not on_input or node.op_type in ("Mul", "Sub")))
                 if wanted:
                     members.add(node.name)
                     derived.update(node.outputs)

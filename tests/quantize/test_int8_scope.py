@@ -154,6 +154,25 @@ def test_a_group_norm_written_out_as_ops_is_a_norm_too():
         "t0", "t1", "flat0", "flat1", "join", "groups", "mean", "centre", "square", "var", "eps",
         "var4d", "rsqrt", "gamma", "mu_k", "shift0", "beta", "k_c", "b_c", "scale", "shift",
         "part0", "part1"])}
+    # Two layer norms written out, the second fed by a residual Add of the first's output
+    # and a conv of it, and followed by a residual Add of its own input: each norm is its
+    # own eight ops, the residual Adds neither's.
+    def layer_norm(n: str, x: str) -> list[ScopeNode]:
+        return [_node(f"mean{n}", "ReduceMean", f"{x} axes", f"m{n}"),
+                _node(f"centre{n}", "Sub", f"{x} m{n}", f"d{n}"),
+                _node(f"square{n}", "Mul", f"d{n} d{n}", f"q{n}"),
+                _node(f"var{n}", "ReduceMean", f"q{n} axes", f"v{n}"),
+                _node(f"eps{n}", "Add", f"v{n} epsilon", f"e{n}"),
+                _node(f"rsqrt{n}", "Rsqrt", f"e{n}", f"r{n}"),
+                _node(f"scale{n}", "Mul", f"d{n} r{n}", f"y{n}"),
+                _node(f"shift{n}", "Add", f"y{n} beta_c", f"z{n}")]
+
+    chained = [_node("conv0", "Conv", "x0 w", "h"), *layer_norm("1", "h"),
+               _node("conv1", "Conv", "z1 w", "c"), _node("residual", "Add", "z1 c", "s"),
+               *layer_norm("2", "s"), _node("around", "Add", "z2 s", "out")]
+    kept = find_kept_out(chained, {"w", "axes", "epsilon", "beta_c"}, {"out"}, ["norms"])
+    assert kept == {"norms": sorted(n.name for n in chained if n.name[-1] in "12"
+                                    and n.op_type != "Conv")}
     # Without the rsqrt (a mean and a difference alone) nothing is a norm.
     plain = [n for n in nodes if n.name in ("conv0", "conv1", "mean", "centre")]
     assert find_kept_out(plain, constants, {"d"}, ["norms"]) == {"norms": []}

@@ -295,6 +295,24 @@ def test_prune_cli_refuses_an_out_folder_another_run_holds(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == [".lock"]  # nothing pruned or written
 
 
+def test_prune_cli_names_an_out_folder_the_os_will_not_create(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from quantize.prune import main
+
+    _tiny_checkpoint(tmp_path / "full")
+
+    def refused(self, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(tmp_path / "full"), "--out", str(out),
+                 "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: quantize/prune.py cannot create {out}: operation not permitted")
+
+
 def test_prune_cli_refuses_bad_flags(tmp_path, capsys):
     from quantize.prune import main
 
