@@ -332,7 +332,7 @@ def test_topk_candidates() -> None:
     np.testing.assert_allclose(values, [0.9, 0.7, 0.5])
     anchors, _, values = topk_candidates(scores, k=0, score_threshold=0.05)
     assert len(values) == 5  # k=0: no limit, 0.02 dropped
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"scores must have shape \(A, K\)"):
         topk_candidates(scores.ravel(), k=3)
 
 

@@ -79,7 +79,8 @@ def test_key_dict_round_trip() -> None:
     assert EngineKey.from_dict(data) == key
     for bad in ([], {**data, "extra": 1}, {k: v for k, v in data.items() if k != "gpu_name"},
                 {**data, "gpu_name": 7}, {**data, "builder_flags": "fp16"}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"an engine key needs exactly the fields|"
+                                             r"engine key fields have the wrong types"):
             EngineKey.from_dict(bad)
 
 

@@ -30,7 +30,7 @@ def test_tile_grid_hand_values() -> None:
 
 @pytest.mark.parametrize("bad", [dict(tiles=0), dict(overlap=1.0), dict(overlap=-0.1)])
 def test_tile_grid_rejects_bad_settings(bad: dict) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"tiles must be >= 1|tile overlap must be in \[0, 1\)"):
         tile_grid((640, 480), bad.get("tiles", 2), bad.get("overlap", 0.25))
     with pytest.raises(ValueError, match="too small"):
         tile_grid((3, 3), 4, 0.0)
@@ -96,5 +96,6 @@ def test_tiled_detect_rejects_bad_frames_and_options(planted: Path) -> None:
     with pytest.raises(FrameError, match="too small"):
         Detector(planted, tiles=8).detect(np.zeros((3, 3, 3), np.uint8))
     for bad in (dict(tiles=0), dict(tiles=9), dict(tiles=2.0), dict(tile_overlap=0.9)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"tiles must be an integer from 1 to 8|"
+                                             r"tile_overlap must be from 0 to 0\.75"):
             Detector(planted, **bad)
