@@ -15,10 +15,11 @@ artifact's 2x model and the raw outputs are merged (``edgedet.double_scale``) be
 With ``tiles=n`` (tiled inference, for small objects) the frame also runs as an ``n x n`` grid
 of overlapping crops, each as above, and the detections are merged (``edgedet.tiling``).
 
-Only the model itself runs in the inference runtime; decoding and NMS are numpy, identical for
-every backend and precision. The backend is any ``InferenceBackend``: one of the table in
-``edgedet.backends`` by name, or an instance (the conversion pipeline passes its PyTorch
-reference this way, so the reference is scored by exactly this code).
+Only the model itself runs in the inference runtime; decoding and NMS are the SDK's own
+(numpy and compiled kernels, ``edgedet.decoder``), identical for every backend and
+precision. The backend is any ``InferenceBackend``: one of the table in ``edgedet.backends``
+by name, or an instance (the conversion pipeline passes its PyTorch reference this way, so
+the reference is scored by exactly this code).
 """
 
 from __future__ import annotations

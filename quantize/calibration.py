@@ -12,7 +12,7 @@ calibration    2     INT8 calibration: disjoint from both
 =============  ====  ===============================================================
 
 A dataset is named by a spec: ``synthetic`` (default seed of its role), ``synthetic:SEED``,
-or ``coco:PATH`` / ``voc:PATH`` / ``yolo:PATH`` (``edgedet.data.open_dataset``). Synthetic
+or ``coco:PATH`` / ``voc:PATH`` / ``yolo:PATH`` (``edgedet.data.datasets.open_dataset``). Synthetic
 images are rendered at the size training used (the checkpoint's ``synthetic_size``, recorded
 by ``train/main.py``; the model's input size for checkpoints without it).
 """

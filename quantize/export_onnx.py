@@ -2,7 +2,7 @@
 
 The graph has one input ``images`` ``(batch, 3, H, W)`` float32 (already preprocessed, see the
 manifest's ``preprocess``) and the raw head tensors as outputs, named by the model's
-``export_output_names``; decoding and NMS stay outside (the SDK does them in numpy).
+``export_output_names``; decoding and NMS stay outside (the SDK does them, ``edgedet.decoder``).
 Detectors are rewritten first (``quantize.rewrites.rewrite_for_export``) unless they already
 were, so the graph holds only standard ops that ONNX Runtime, OpenVINO and TensorRT run.
 
