@@ -201,7 +201,16 @@ def _differences(found: EngineKey, expected: EngineKey) -> str:
 def find_or_build(cache_dir: str | os.PathLike[str], key: EngineKey,
                   build: Callable[[], bytes], *, rebuild: bool = False,
                   artifact: str | os.PathLike[str] | None = None) -> Path:
-    """The path of a valid cached engine for ``key``, calling ``build`` only when needed.
+    """The path of a valid cached engine for ``key`` (``find_or_load``'s path)."""
+    return find_or_load(cache_dir, key, build, rebuild=rebuild, artifact=artifact)[0]
+
+
+def find_or_load(cache_dir: str | os.PathLike[str], key: EngineKey,
+                 build: Callable[[], bytes], *, rebuild: bool = False,
+                 artifact: str | os.PathLike[str] | None = None) -> tuple[Path, bytes]:
+    """``(path, bytes)`` of a valid cached engine for ``key``, calling ``build`` only when
+    needed: the bytes are the ones checked (or built and saved), so a caller deserializes
+    them without reading the file again.
 
     Without an engine file for ``key``, ``build()`` makes one and it is saved. With one that is
     valid, it is reused. With one that is stale (``load_engine``'s checks), ``StaleEngineError``
@@ -217,14 +226,13 @@ def find_or_build(cache_dir: str | os.PathLike[str], key: EngineKey,
     if not rebuild and path.exists():
         # Stale, or another process is saving it right now: look again under its lock.
         with contextlib.suppress(StaleEngineError):
-            load_engine(path, key, artifact=artifact)
-            return path
+            return path, load_engine(path, key, artifact=artifact)
     with _build_lock(path):
         if not rebuild and path.exists():
-            load_engine(path, key, artifact=artifact)
-            return path
-        save_engine(path, build(), key)
-    return path
+            return path, load_engine(path, key, artifact=artifact)
+        data = build()
+        save_engine(path, data, key)
+    return path, data
 
 
 @contextlib.contextmanager

@@ -31,8 +31,7 @@ from edgedet.engine_cache import (
     EngineKey,
     StaleEngineError,
     default_cache_dir,
-    find_or_build,
-    load_engine,
+    find_or_load,
 )
 from edgedet.tensorrt_config import (
     builder_flags_for,
@@ -175,10 +174,9 @@ class TensorRTBackend:
                               model_bytes=(contents or {}).get(self.model_path.name))
         use_device(self.device_index)
         artifact = self.model_path.parent
-        self.engine_path = find_or_build(
+        self.engine_path, data = find_or_load(
             default_cache_dir(), self.key,
             self._build, artifact=artifact)
-        data = load_engine(self.engine_path, self.key, artifact=artifact)
         # The runtime must outlive its engine (TensorRT 8 frees the engine through it).
         self._runtime = trt.Runtime(_LOGGER)
         try:

@@ -17,6 +17,7 @@ from edgedet.engine_cache import (
     default_cache_dir,
     engine_path,
     find_or_build,
+    find_or_load,
     load_engine,
     save_engine,
     sidecar_path,
@@ -226,6 +227,27 @@ def test_find_or_build_builds_once_then_reuses(tmp_path: Path) -> None:
     # Another key is another file, built once too.
     other = find_or_build(tmp_path / "cache", _key(tensorrt_version="10.3.0"), build)
     assert other != path and len(calls) == 2
+
+
+def test_find_or_load_hands_over_the_bytes_it_checked_or_built(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    # The TensorRT backend deserializes these bytes: the engine file is read once per load
+    # (it was read again after the check), and a built engine is not read back at all.
+    import edgedet.engine_cache as engine_cache
+
+    reads: list[Path] = []
+    real_load = engine_cache.load_engine
+
+    def counting(path, key, **kwargs):
+        reads.append(Path(path))
+        return real_load(path, key, **kwargs)
+
+    monkeypatch.setattr(engine_cache, "load_engine", counting)
+    path, data = find_or_load(tmp_path, _key(), lambda: ENGINE)
+    assert (path, data, reads) == (engine_path(tmp_path, _key()), ENGINE, [])
+    again, data = find_or_load(tmp_path, _key(), lambda: pytest.fail("must not build"))
+    assert (again, data, reads) == (path, ENGINE, [path])
 
 
 def test_find_or_build_refuses_a_stale_engine_unless_rebuilding(tmp_path: Path) -> None:
