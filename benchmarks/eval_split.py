@@ -20,10 +20,11 @@ use_repo_root(__file__)
 import argparse
 import json
 import statistics
+import sys
 from collections.abc import Sequence
 
 from benchmarks.common.args import require_zoo_models
-from edgedet.backends import BACKENDS
+from edgedet.backends import BACKENDS, BackendError
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.detector import Detector
 from edgedet.zoo import list_models
@@ -78,14 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"synthetic split seed {args.seed}, {args.images} images, evaluation settings")
         print(f"{'model':<28} {'backend':<12} " + " ".join(f"{k:>5}" for k in KEYS)
               + "  p50 ms")
+    measured = 0
     for model in models:
-        row = measure(model, args.seed, args.images, args.backend, progress=not args.json)
+        try:
+            row = measure(model, args.seed, args.images, args.backend, progress=not args.json)
+        except BackendError as error:  # e.g. a _tflite zoo file under --backend openvino
+            print(f"{model}: skipped, {error}", file=sys.stderr)
+            continue
+        measured += 1
         if args.json:
             print(json.dumps(row))
         else:
             print(f"{row['model']:<28} {row['backend']:<12} "
                   + " ".join(f"{row[k]:>5.1f}" for k in KEYS)
                   + f"  {row['detect_p50_ms']:>6.1f}")
+    if not measured:
+        print(f"error: no model ran on --backend {args.backend}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -112,7 +112,8 @@ class Detector:
         settings: ``"application"`` (default): the manifest's post-processing with its
             application score threshold (``manifest["application"]``, what the camera app
             draws); ``"evaluation"``: the papers' evaluation settings the accuracy check used
-            (score threshold 0.01, for AP). Not with ``options``, which replaces them.
+            (``manifest["postprocess"]``: score threshold 0.01 or 0.05 by family, for AP).
+            Not with ``options``, which replaces them.
         allow_unchecked: load an artifact whose accuracy check failed or never ran (refused by
             default: ``UncheckedArtifactError``, a ``ManifestError``).
         double_scale_backend: with a loaded ``backend`` and ``double_scale=True``, the loaded

@@ -9,7 +9,8 @@ that breaks one stops the run with the list of violations.
 
 The accuracy check runs the artifacts here with ONNX Runtime on the CPU: it executes the QDQ
 arithmetic (INT8-rounded activations and weights, float accumulation), which is what
-TensorRT's INT8 kernels compute up to the order of float operations.
+TensorRT's INT8 kernels compute up to the order of float operations; the ops kept out of INT8
+run in fp32 there and in FP16 on TensorRT, which the check does not measure (no GPU here).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ CHECK_NOTES = {
             "FP16 kernels, whose rounding (about 3 significant digits) this check does not "
             "measure",
     "int8": "checked with ONNX Runtime on the CPU, which executes the QDQ arithmetic "
-            "(INT8-rounded activations and weights, float accumulation); TensorRT's INT8 and "
-            "FP16 kernels compute the same up to the order of float operations, so its "
-            "detections may differ slightly",
+            "(INT8-rounded activations and weights, float accumulation) and the ops kept out "
+            "of INT8 in fp32; TensorRT runs those ops with FP16 kernels, whose rounding (about "
+            "3 significant digits) and range (up to 65 504: a normalisation's squared "
+            "deviations can exceed it unless TensorRT accumulates them in fp32) this check "
+            "does not measure",
 }
 
 

@@ -24,6 +24,18 @@ def test_scores_a_zoo_model_like_the_accuracy_check_on_another_seed(capsys):
     assert [row[k] for k in KEYS] == pytest.approx([want[k] for k in KEYS])
 
 
+def test_a_model_the_backend_cannot_read_is_skipped_by_name(capsys):
+    # The zoo's _tflite files under --backend openvino: the others still run.
+    assert main(["--models", "passd_mobilenet_int8_tflite,passd_mobilenet_int8", "--images",
+                 "1", "--backend", "openvino", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["model"] for line in out.splitlines()] == ["passd_mobilenet_int8"]
+    assert "passd_mobilenet_int8_tflite: skipped, backend 'openvino' reads" in err
+    assert main(["--models", "passd_mobilenet_int8_tflite", "--images", "1", "--backend",
+                 "openvino"]) == 2
+    assert "error: no model ran on --backend openvino" in capsys.readouterr().err
+
+
 def test_bad_arguments_are_refused(capsys):
     for argv, message in ((["--images", "0"], "--images"),
                           (["--backend", "bogus"], "--backend 'bogus'"),  # a traceback before
