@@ -135,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "reads" not in str(error):  # a file it cannot read is no failure
                     print(f"{name} on {backend}: {error}", file=sys.stderr)
                 continue
-            entries.append((name, backend, detector, {stage: [] for stage in STAGES}))
+            # A zoo name with a build for this backend loads that sibling (NAME_openvino,
+            # NAME_tflite): its row carries the sibling's name, and a whole-zoo run times it
+            # once, not once under each name.
+            loaded = str(detector.info.get("name") or Path(name).name)
+            if any((e[0], e[1]) == (loaded, backend) for e in entries):
+                detector.close()
+                continue
+            entries.append((loaded, backend, detector, {stage: [] for stage in STAGES}))
     if not entries:
         print("nothing to time: no zoo model loads on an installed backend", file=sys.stderr)
         return 1

@@ -44,7 +44,8 @@ def test_sdk_overhead_json_has_every_stage(capsys, caches):
     report = json.loads(capsys.readouterr().out)
     assert report["rounds"] == 1 and report["rows"] and report["caches"] == caches
     for row in report["rows"]:
-        assert row["model"] == "harnet_pruned_int8"
+        # each backend's own build of it where the zoo has one (NAME_openvino, NAME_tflite)
+        assert row["model"] in ("harnet_pruned_int8", f"harnet_pruned_int8_{row['backend']}")
         runtime_normalises = row["backend"] == "openvino"
         for stage in STAGES:
             if stage == "normalise" and runtime_normalises:
@@ -53,6 +54,17 @@ def test_sdk_overhead_json_has_every_stage(capsys, caches):
                 assert row[stage] > 0, stage
         sdk = row["resize"] + row["normalise"] + row["decode"] + row["select"]
         assert row["overhead"] == pytest.approx(sdk / row["runtime"])
+
+
+def test_a_zoo_model_and_its_backend_build_are_timed_once_under_its_own_name(capsys):
+    pytest.importorskip("ai_edge_litert")
+    assert main(["--zoo", "harnet_pruned_int8", "harnet_pruned_int8_tflite", "--frames", "1",
+                 "--rounds", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    pairs = [(row["model"], row["backend"]) for row in rows]
+    assert len(pairs) == len(set(pairs))  # each file once
+    assert ("harnet_pruned_int8_tflite", "tflite") in pairs
+    assert ("harnet_pruned_int8", "tflite") not in pairs  # the sibling, not under the base name
 
 
 def test_warm_runs_each_stage_twice_and_cold_infers_before_the_frame_stages():
