@@ -51,9 +51,14 @@ exactly the conv it replaces.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import onnx
+
+from quantize.scope_graph import LAYOUT_OPS, ScopeGraph, ScopeNode, onnx_scope_nodes
+from quantize.scope_norms import norm_nodes
+
+__all__ = ["CATEGORIES", "DEFAULT_KEEP_FLOAT", "ScopeNode", "find_kept_out",
+           "find_kept_out_nodes", "flatten", "layer_units", "onnx_scope_nodes"]
 
 CATEGORIES: dict[str, str] = {
     "sampling": "P&A / deformable sampling math (sampling points, Gather indices, bilinear "
@@ -88,104 +93,8 @@ DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("sampling", "sampling_reads", "attention"
 # Each target (quantize/targets/) starts from these and says why it adds or drops any
 # (openvino drops sampling_reads; accuracy control can put a dropped one back).
 
-_WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
-# Ops that only move or reshape data: a mask reaching its Mul through them is still a mask.
-_LAYOUT_OPS = ("Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Identity")
-_NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
-# A normalisation written out op by op (TFLite has no group norm op: litert-torch emits a
-# mean, the centred square, a second mean, 1/sqrt(var + eps) and the scale and shift) is
-# found from its ``Rsqrt``: these are the ops its statistics and their application consist of.
-_NORM_MATH_OPS = ("ReduceMean", "Sub", "Mul", "Add", "Div", "Pow", "SquaredDifference",
-                  "Rsqrt", "Sqrt", "Reciprocal")
-# What carries several levels into one normalisation and back out: layout ops, and the joins
-# and splits between the levels.
-_JOIN_OPS = (*_LAYOUT_OPS, "Concat", "Slice", "Split")
 
-
-@dataclass(frozen=True)
-class ScopeNode:
-    """One op of a graph, as the scope rules see it: a unique name, an ONNX op type (other
-    formats translate theirs, e.g. TFLite ``CONV_2D`` -> ``Conv``), input and output tensor
-    names."""
-
-    name: str
-    op_type: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-
-def onnx_scope_nodes(model: onnx.ModelProto) -> tuple[list[ScopeNode], set[str], set[str]]:
-    """``(nodes, constant tensor names, graph output names)`` of an ONNX model."""
-    graph = model.graph
-    nodes = [ScopeNode(n.name, n.op_type, tuple(n.input), tuple(n.output)) for n in graph.node]
-    constants = {init.name for init in graph.initializer}
-    constants.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
-    return nodes, constants, {o.name for o in graph.output}
-
-
-class _Graph:
-    """Producer / consumer maps of a graph, and which tensors are constants."""
-
-    def __init__(self, nodes: Sequence[ScopeNode], constants: set[str],
-                 outputs: set[str]) -> None:
-        self.nodes = list(nodes)
-        self.constants = set(constants)
-        self.producer: dict[str, ScopeNode] = {o: n for n in self.nodes for o in n.outputs}
-        self.consumers: dict[str, list[ScopeNode]] = {}
-        for node in self.nodes:
-            for name in node.inputs:
-                self.consumers.setdefault(name, []).append(node)
-        self.outputs = set(outputs)
-
-    def is_constant(self, tensor: str) -> bool:
-        return tensor in self.constants or tensor == ""
-
-    def is_weight_layer(self, node: ScopeNode) -> bool:
-        if node.op_type in _WEIGHT_OPS:
-            return True
-        return node.op_type == "MatMul" and any(self.is_constant(t) for t in node.inputs)
-
-    def activation_inputs(self, node: ScopeNode) -> list[str]:
-        return [t for t in node.inputs if not self.is_constant(t)]
-
-    def backward(self, tensors: Iterable[str]) -> set[str]:
-        """Names of the nodes computing ``tensors``, searched up to (not into) weight layers."""
-        found: set[str] = set()
-        stack = [t for t in tensors if not self.is_constant(t)]
-        while stack:
-            node = self.producer.get(stack.pop())
-            if node is None or node.name in found or self.is_weight_layer(node):
-                continue
-            if node.op_type == "Constant":
-                continue
-            found.add(node.name)
-            stack.extend(self.activation_inputs(node))
-        return found
-
-    def forward(self, node_names: Iterable[str]) -> set[str]:
-        """Nodes fed by ``node_names`` up to (not into) the next weight layer."""
-        by_name = {n.name: n for n in self.nodes}
-        found: set[str] = set()
-        stack = [by_name[name] for name in node_names]
-        while stack:
-            node = stack.pop()
-            for output in node.outputs:
-                for consumer in self.consumers.get(output, []):
-                    if consumer.name in found or self.is_weight_layer(consumer):
-                        continue
-                    found.add(consumer.name)
-                    stack.append(consumer)
-        return found
-
-    def comes_from(self, tensor: str, op_type: str) -> bool:
-        """True when ``tensor`` is an ``op_type`` output, possibly through layout-only ops."""
-        node = self.producer.get(tensor)
-        while node is not None and node.op_type in _LAYOUT_OPS:
-            node = self.producer.get(node.inputs[0])
-        return node is not None and node.op_type == op_type
-
-
-def _sampling_reads(graph: _Graph) -> tuple[list[ScopeNode], list[ScopeNode], set[str]]:
+def _sampling_reads(graph: ScopeGraph) -> tuple[list[ScopeNode], list[ScopeNode], set[str]]:
     """``(reads, tap sums, the "sampling_reads" node names)``.
 
     A read is a ``Gather`` with computed indices and data (embedding-style Gathers of constant
@@ -204,13 +113,13 @@ def _sampling_reads(graph: _Graph) -> tuple[list[ScopeNode], list[ScopeNode], se
         reads.append(node)
         names.add(node.name)
         source = graph.producer.get(node.inputs[0])
-        while source is not None and source.op_type in _LAYOUT_OPS:
+        while source is not None and source.op_type in LAYOUT_OPS:
             names.add(source.name)
             source = graph.producer.get(source.inputs[0])
         pending = [node] if gather else []
         while pending:
             for consumer in graph.consumers.get(pending.pop().outputs[0], []):
-                if consumer.op_type in _LAYOUT_OPS:
+                if consumer.op_type in LAYOUT_OPS:
                     names.add(consumer.name)
                     pending.append(consumer)
                 elif (consumer.op_type == "MatMul" and not graph.is_weight_layer(consumer)
@@ -220,7 +129,7 @@ def _sampling_reads(graph: _Graph) -> tuple[list[ScopeNode], list[ScopeNode], se
     return reads, tap_sums, names
 
 
-def _sampling_nodes(graph: _Graph, reads: list[ScopeNode], tap_sums: list[ScopeNode]
+def _sampling_nodes(graph: ScopeGraph, reads: list[ScopeNode], tap_sums: list[ScopeNode]
                     ) -> set[str]:
     """The reads and tap sums, everything computing their inputs back to the weight layers
     (the coordinates, row indices and bilinear weights; the tables' layout ops too), and what
@@ -230,161 +139,21 @@ def _sampling_nodes(graph: _Graph, reads: list[ScopeNode], tap_sums: list[ScopeN
     return seeds | upstream | graph.forward(seeds | upstream)
 
 
-def _attention_nodes(graph: _Graph, exclude: set[str]) -> set[str]:
+def _attention_nodes(graph: ScopeGraph, exclude: set[str]) -> set[str]:
     found = {n.name for n in graph.nodes if n.op_type == "Softmax"}
     found |= {n.name for n in graph.nodes
               if n.op_type == "MatMul" and not graph.is_weight_layer(n) and n.name not in exclude}
     return found
 
 
-def _mask_nodes(graph: _Graph) -> set[str]:
+def _mask_nodes(graph: ScopeGraph) -> set[str]:
     found = {n.name for n in graph.nodes if n.op_type == "Sigmoid"}
     found |= {n.name for n in graph.nodes
               if n.op_type == "Mul" and any(graph.comes_from(t, "Sigmoid") for t in n.inputs)}
     return found
 
 
-def _math_above(graph: _Graph, root: ScopeNode, op_types: Sequence[str],
-                stop: frozenset[str] = frozenset()) -> dict[str, ScopeNode]:
-    """The ``op_types`` nodes computing ``root``'s inputs, up to the first other op or a
-    tensor in ``stop``."""
-    found: dict[str, ScopeNode] = {}
-    stack = [t for t in graph.activation_inputs(root) if t not in stop]
-    while stack:
-        node = graph.producer.get(stack.pop())
-        if (node is None or node.op_type not in op_types or node.name in found
-                or graph.is_weight_layer(node)):
-            continue
-        found[node.name] = node
-        stack.extend(t for t in graph.activation_inputs(node) if t not in stop)
-    return found
-
-
-def _layout_source(graph: _Graph, tensor: str) -> str:
-    """The tensor that ``tensor`` is a reshaped / transposed view of (itself if none)."""
-    node = graph.producer.get(tensor)
-    while node is not None and node.op_type in _LAYOUT_OPS and graph.activation_inputs(node):
-        tensor = graph.activation_inputs(node)[0]
-        node = graph.producer.get(tensor)
-    return tensor
-
-
-def _reaches_a_mean(graph: _Graph, tensor: str, within: dict[str, ScopeNode]) -> bool:
-    """Whether ``tensor`` is computed, through the nodes ``within``, from a ``ReduceMean``."""
-    seen: set[str] = set()
-    pending = [tensor]
-    while pending:
-        node = graph.producer.get(pending.pop())
-        if node is None or node.name not in within or node.name in seen:
-            continue
-        if node.op_type == "ReduceMean":
-            return True
-        seen.add(node.name)
-        pending.extend(graph.activation_inputs(node))
-    return False
-
-
-def _statistics_inputs(graph: _Graph, above: dict[str, ScopeNode]) -> set[str]:
-    """What a written-out norm's statistics are of: the input ``x`` of a mean that is taken
-    off ``x`` itself (``x - mean(x)``, the centring: ``Sub`` or ``SquaredDifference``); where
-    the variance is written without centring (``mean(x*x) - mean(x)^2``), the input of each
-    mean not computed from another mean."""
-    centred = set()
-    for node in above.values():
-        if node.op_type not in ("Sub", "SquaredDifference") or len(node.inputs) < 2:
-            continue
-        for x, m in (node.inputs[:2], node.inputs[1::-1]):
-            mean = graph.producer.get(_layout_source(graph, m))
-            if (mean is not None and mean.op_type == "ReduceMean"
-                    and _layout_source(graph, mean.inputs[0]) == _layout_source(graph, x)):
-                centred.add(mean.inputs[0])
-    return centred or {n.inputs[0] for n in above.values() if n.op_type == "ReduceMean"
-                       and not _reaches_a_mean(graph, n.inputs[0], above)}
-
-
-def _written_out_norms(graph: _Graph) -> tuple[set[str], set[str]]:
-    """``(node names, input tensors)`` of the normalisations written out as ops (see
-    ``_NORM_MATH_OPS``). Each ``Rsqrt`` whose inputs come, through that math, from a
-    ``ReduceMean`` is one; its input is what its statistics are of
-    (``_statistics_inputs``), its statistics are the math between that input and the
-    ``Rsqrt``, and its application is every op after the statistics whose activation inputs
-    are the statistics or, for the ``Mul`` that scales it and the ``Sub`` that centres it,
-    the input (then the splits, layout ops and any further affine steps, as for a norm op).
-    The activation that follows, and a residual ``Add`` (of the input or another branch),
-    are not. A norm written with ``Sqrt`` and a division instead of ``Rsqrt`` (no converter
-    here writes one) is not found."""
-    math = (*_NORM_MATH_OPS, *_LAYOUT_OPS)
-    found: set[str] = set()
-    inputs: set[str] = set()
-    for root in (n for n in graph.nodes if n.op_type == "Rsqrt"):
-        sources = _statistics_inputs(graph, _math_above(graph, root, math))
-        if not sources:
-            continue
-        # Bounded by its input, so that a norm fed (through math ops) by another norm does
-        # not take that one's ops as its statistics.
-        above = _math_above(graph, root, math, stop=frozenset(sources))
-        inputs |= sources
-        # The same values before a layout op count as the input (the scale applies to the
-        # joined levels before they were grouped for the statistics).
-        aliases, pending = set(sources), list(sources)
-        while pending:
-            node = graph.producer.get(pending.pop())
-            if node is not None and node.op_type in _LAYOUT_OPS:
-                fresh = set(graph.activation_inputs(node)) - aliases
-                aliases |= fresh
-                pending.extend(fresh)
-        derived, members, changed = set(aliases), set(), True
-        while changed:  # op by op, until nothing more joins
-            changed = False
-            for node in graph.nodes:
-                if node.name in members or graph.is_weight_layer(node):
-                    continue
-                operands = graph.activation_inputs(node)
-                if node.name in above:  # the statistics: the math fed by the input
-                    wanted = any(t in derived for t in operands)
-                else:  # the application
-                    on_input = any(t in aliases for t in operands)
-                    wanted = (node.op_type in (*math, *_JOIN_OPS) and bool(operands)
-                              and all(t in derived for t in operands)
-                              and not all(t in aliases for t in operands)
-                              and (not on_input or node.op_type in ("Mul", "Sub")))
-                if wanted:
-                    members.add(node.name)
-                    derived.update(node.outputs)
-                    changed = True
-        found |= members
-    return found, inputs
-
-
-def _norm_nodes(graph: _Graph) -> set[str]:
-    """Each normalisation (an op, or written out: ``_written_out_norms``), the joins / layout
-    ops feeding it back to the first other op, and after it the splits, layout ops and
-    per-channel affine (``Mul`` / ``Add`` with a constant operand) up to the first other op
-    (the activation that follows)."""
-    norms = [n for n in graph.nodes if n.op_type in _NORM_OPS]
-    written_out, written_out_inputs = _written_out_norms(graph)
-    found = {n.name for n in norms} | written_out
-    stack = [t for n in norms for t in graph.activation_inputs(n)] + list(written_out_inputs)
-    joined: set[str] = set()
-    while stack:
-        node = graph.producer.get(stack.pop())
-        if node is not None and node.op_type in _JOIN_OPS and node.name not in joined:
-            joined.add(node.name)
-            stack.extend(graph.activation_inputs(node))
-    found |= joined
-    pending = list(norms)
-    while pending:
-        for output in pending.pop().outputs:
-            for consumer in graph.consumers.get(output, []):
-                affine = (consumer.op_type in ("Mul", "Add")
-                          and len(graph.activation_inputs(consumer)) == 1)
-                if consumer.name not in found and (consumer.op_type in _JOIN_OPS or affine):
-                    found.add(consumer.name)
-                    pending.append(consumer)
-    return found
-
-
-def _input_pool_nodes(graph: _Graph) -> set[str]:
+def _input_pool_nodes(graph: ScopeGraph) -> set[str]:
     """``MaxPool`` s whose input comes from a graph input through other ``MaxPool`` s and
     layout ops only (not from a constant, not through any other op)."""
     found: set[str] = set()
@@ -393,7 +162,7 @@ def _input_pool_nodes(graph: _Graph) -> set[str]:
             continue
         chain, tensor = [node], node.inputs[0]
         source = graph.producer.get(tensor)
-        while source is not None and (source.op_type in _LAYOUT_OPS
+        while source is not None and (source.op_type in LAYOUT_OPS
                                       or source.op_type == "MaxPool"):
             chain.append(source)
             tensor = source.inputs[0]
@@ -403,7 +172,7 @@ def _input_pool_nodes(graph: _Graph) -> set[str]:
     return found
 
 
-def _head_nodes(graph: _Graph) -> tuple[set[str], set[str]]:
+def _head_nodes(graph: ScopeGraph) -> tuple[set[str], set[str]]:
     """``(head layers, output tail)``: the weight layers whose output reaches a graph output
     without another weight layer, and the nodes on those paths after them (the Reshape /
     Transpose / Concat that flatten the levels)."""
@@ -444,7 +213,7 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
     if unknown:
         raise ValueError(f"unknown keep-float categories {unknown}; choose from "
                          f"{', '.join(CATEGORIES)}")
-    graph = _Graph(nodes, constants, outputs)
+    graph = ScopeGraph(nodes, constants, outputs)
     sampling_reads, tap_sums, reads = _sampling_reads(graph)
     sampling = _sampling_nodes(graph, sampling_reads, tap_sums)
     heads, output_tail = _head_nodes(graph)
@@ -453,7 +222,7 @@ def find_kept_out(nodes: Sequence[ScopeNode], constants: set[str], outputs: set[
         "sampling_reads": reads,
         "attention": _attention_nodes(graph, exclude=sampling),
         "masks": _mask_nodes(graph),
-        "norms": _norm_nodes(graph),
+        "norms": norm_nodes(graph),
         "input_pools": _input_pool_nodes(graph),
         "head": heads | output_tail,
         "outputs": output_tail,
@@ -481,7 +250,7 @@ def layer_units(model: onnx.ModelProto, kept_float: Iterable[str] = ()) -> dict[
         ``{weight layer node name: [that name, *tail node names]}`` in graph order.
     """
     nodes, constants, outputs = onnx_scope_nodes(model)
-    graph = _Graph(nodes, constants, outputs)
+    graph = ScopeGraph(nodes, constants, outputs)
     excluded = set(kept_float)
     units: dict[str, list[str]] = {}
     for node in graph.nodes:

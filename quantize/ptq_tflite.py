@@ -37,10 +37,10 @@ ONNX_OP_TYPE = {
     "GATHER_ND": "Gather", "LOGISTIC": "Sigmoid", "SOFTMAX": "Softmax", "MUL": "Mul",
     "RESHAPE": "Reshape", "TRANSPOSE": "Transpose", "EXPAND_DIMS": "Unsqueeze",
     "SQUEEZE": "Squeeze", "BROADCAST_TO": "Expand",
-    # a group norm, written out (quantize.int8_scope finds it from its RSQRT), and the joins
-    # and splits of the pyramid levels around it
-    "MEAN": "ReduceMean", "SUB": "Sub", "ADD": "Add", "DIV": "Div", "POW": "Pow",
-    "SQUARED_DIFFERENCE": "SquaredDifference", "RSQRT": "Rsqrt", "SQRT": "Sqrt",
+    # a group norm, written out (quantize.scope_norms finds it from its RSQRT or SQRT), and
+    # the joins and splits of the pyramid levels around it
+    "MEAN": "ReduceMean", "SUM": "ReduceSum", "SUB": "Sub", "ADD": "Add", "DIV": "Div",
+    "POW": "Pow", "SQUARED_DIFFERENCE": "SquaredDifference", "RSQRT": "Rsqrt", "SQRT": "Sqrt",
     "CONCATENATION": "Concat", "SLICE": "Slice", "STRIDED_SLICE": "Slice", "SPLIT": "Split",
     "SPLIT_V": "Split",
 }

@@ -9,8 +9,6 @@ from onnx import TensorProto, helper
 from quantize.int8_scope import (
     CATEGORIES,
     DEFAULT_KEEP_FLOAT,
-    ScopeNode,
-    find_kept_out,
     find_kept_out_nodes,
     flatten,
 )
@@ -111,71 +109,6 @@ def test_norms_are_the_joined_levels_their_normalisation_and_affine():
     kept = find_kept_out_nodes(helper.make_model(graph), ["norms"])
     assert kept == {"norms": ["flat0", "flat1", "join", "level0", "level1", "norm", "scale",
                               "shift", "split", "to_channels", "to_groups"]}
-
-
-def _node(name: str, op_type: str, inputs: str, outputs: str) -> ScopeNode:
-    return ScopeNode(name, op_type, tuple(inputs.split()), tuple(outputs.split()))
-
-
-def test_a_group_norm_written_out_as_ops_is_a_norm_too():
-    # CLGN as litert-torch writes it into a TFLite file (op types translated), after two
-    # levels' convs: join, mean, centred square, mean, + eps, rsqrt, scale and shift (of the
-    # joined levels before their grouping), split; then a ReLU on one level and, on the other,
-    # a residual Add of another branch and a Mul by a constant: neither is the norm's.
-    nodes = [
-        _node("conv0", "Conv", "x0 w", "c0"), _node("conv1", "Conv", "x1 w", "c1"),
-        _node("t0", "Transpose", "c0 perm", "n0"), _node("t1", "Transpose", "c1 perm", "n1"),
-        _node("flat0", "Reshape", "n0 s", "f0"), _node("flat1", "Reshape", "n1 s", "f1"),
-        _node("join", "Concat", "f0 f1", "joined"),
-        _node("groups", "Reshape", "joined g", "grouped"),
-        _node("mean", "ReduceMean", "grouped axes", "mu"),
-        _node("centre", "Sub", "grouped mu", "d"),
-        _node("square", "Mul", "d d", "d2"),
-        _node("var", "ReduceMean", "d2 axes", "v"),
-        _node("eps", "Add", "v epsilon", "ve"),
-        _node("var4d", "Reshape", "ve s4", "ve4"),
-        _node("rsqrt", "Rsqrt", "ve4", "r"),
-        _node("gamma", "Mul", "r gamma_c", "k"),
-        _node("mu_k", "Mul", "mu minus", "mm"),
-        _node("shift0", "Mul", "mm k", "b0"),
-        _node("beta", "Add", "b0 beta_c", "b"),
-        _node("k_c", "Reshape", "k s3", "kc"), _node("b_c", "Reshape", "b s3", "bc"),
-        _node("scale", "Mul", "joined kc", "y"),
-        _node("shift", "Add", "y bc", "z"),
-        _node("part0", "Slice", "z a0 e0", "p0"), _node("part1", "Slice", "z a1 e1", "p1"),
-        _node("relu", "Relu", "p0", "out0"),
-        _node("residual", "Add", "p1 other", "sum1"),
-        _node("doubled", "Mul", "sum1 two", "out1"),
-    ]
-    constants = {"w", "perm", "s", "g", "axes", "epsilon", "s4", "gamma_c", "minus", "beta_c",
-                 "s3", "a0", "e0", "a1", "e1", "two"}
-    kept = find_kept_out(nodes, constants, {"out0", "out1"}, ["norms"])
-    assert kept == {"norms": sorted([
-        "t0", "t1", "flat0", "flat1", "join", "groups", "mean", "centre", "square", "var", "eps",
-        "var4d", "rsqrt", "gamma", "mu_k", "shift0", "beta", "k_c", "b_c", "scale", "shift",
-        "part0", "part1"])}
-    # Two layer norms written out, the second fed by a residual Add of the first's output
-    # and a conv of it, and followed by a residual Add of its own input: each norm is its
-    # own eight ops, the residual Adds neither's.
-    def layer_norm(n: str, x: str) -> list[ScopeNode]:
-        return [_node(f"mean{n}", "ReduceMean", f"{x} axes", f"m{n}"),
-                _node(f"centre{n}", "Sub", f"{x} m{n}", f"d{n}"),
-                _node(f"square{n}", "Mul", f"d{n} d{n}", f"q{n}"),
-                _node(f"var{n}", "ReduceMean", f"q{n} axes", f"v{n}"),
-                _node(f"eps{n}", "Add", f"v{n} epsilon", f"e{n}"),
-                _node(f"rsqrt{n}", "Rsqrt", f"e{n}", f"r{n}"),
-                _node(f"scale{n}", "Mul", f"d{n} r{n}", f"y{n}"),
-                _node(f"shift{n}", "Add", f"y{n} beta_c", f"z{n}")]
-
-    chained = [_node("conv0", "Conv", "x0 w", "h"), *layer_norm("1", "h"),
-               _node("conv1", "Conv", "z1 w", "c"), _node("residual", "Add", "z1 c", "s"),
-               *layer_norm("2", "s"), _node("around", "Add", "z2 s", "out")]
-    kept = find_kept_out(chained, {"w", "axes", "epsilon", "beta_c"}, {"out"}, ["norms"])
-    assert kept == {"norms": sorted(n.name for n in chained if n.name[-1] in "12"
-                                    and n.op_type != "Conv")}
-    # Without the rsqrt (a mean and a difference alone) nothing is a norm.
-    plain = [n for n in nodes if n.name in ("conv0", "conv1", "mean", "centre")]
-    assert find_kept_out(plain, constants, {"d"}, ["norms"]) == {"norms": []}
 
 
 @pytest.mark.parametrize("name", ["passd_mobilenet", "dsanet_resnet18", "daipnet_vgg16"])
