@@ -5,7 +5,8 @@ in ``steps`` steps, each shrinking the GFLOPs by the same factor (``pruning.prun
 each followed by ``finetune_epochs`` epochs of ``train/main.py`` started from the pruned
 weights (``--init-checkpoint``: the channel plan travels in the checkpoint config). Per step
 it logs the channel ratio, GFLOPs, parameters and the validation AP right after pruning and
-after fine-tuning to ``OUT/prune_log.json`` (and prints a table).
+after fine-tuning to ``OUT/prune_log.json`` (and prints a table), next to the same figures of
+the checkpoint it started from (its AP measured on the same split).
 
 Layout of ``OUT``::
 
@@ -303,6 +304,15 @@ def _claim_out(out: Path, config: PruneConfig) -> None:
                          "with those to resume, or give a new --out")
 
 
+def _recorded_start_ap(log_path: Path) -> float | None:
+    """The start AP an earlier run of this schedule measured, or None (no log, or unreadable:
+    then it is measured again)."""
+    try:
+        return float(json.loads(log_path.read_text())["start"]["ap"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_schedule(config: PruneConfig) -> dict[str, Any]:
     """Run (or resume) the schedule; returns the log written to ``OUT/prune_log.json``."""
     out = Path(config.out)
@@ -312,10 +322,15 @@ def run_schedule(config: PruneConfig) -> dict[str, Any]:
     _, full_config = load_checkpoint(config.checkpoint)
     input_size = tuple(int(v) for v in full_config["preprocess"]["input_size"])
     gflops = count_gflops(model, input_size)  # type: ignore[arg-type]
+    # The start's AP is measured on the split every step's AP is (the checkpoint's own record
+    # may come from another split or size); a resumed run reads it back.
+    start_ap = _recorded_start_ap(out / "prune_log.json")
+    if start_ap is None:
+        start_ap = validation_ap(model, full_config, config)
     log: dict[str, Any] = {
         "config": asdict(config), "start": {
-            "gflops": gflops, "params_m": count_parameters(model) / 1e6,
-            "ap": float((full_config.get("metrics") or {}).get("AP", float("nan")))},
+            "gflops": gflops, "params_m": count_parameters(model) / 1e6, "ap": start_ap,
+            "ap_recorded": (full_config.get("metrics") or {}).get("AP")},
         "steps": [],
     }
     targets = geometric_targets(gflops, config.target_flops_ratio, config.steps)

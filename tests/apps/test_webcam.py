@@ -303,3 +303,36 @@ def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
     assert app.main(["--source", str(folder / "b_tiny.png"), "--model", str(models["planted"]),
                      "--tiles", "2", "--headless"]) == 1
     assert "a 1x1 frame is too small for 2x2 tiles" in capsys.readouterr().err
+
+
+# The mission's camera models as the README runs them (each backend the zoo has a build for,
+# and HAR-Net's double-scale testing), on the built-in demo.
+ZOO_CAMERA_RUNS = [
+    ["--model", "passd_mobilenet_int8"],
+    ["--model", "harnet_pruned_int8"],
+    ["--model", "harnet_pruned_int8", "--backend", "openvino"],
+    ["--model", "harnet_pruned_int8", "--backend", "tflite"],
+    ["--model", "harnet_pruned_int8", "--double-scale"],
+]
+
+
+@pytest.mark.parametrize("argv", ZOO_CAMERA_RUNS, ids=" ".join)
+def test_the_zoo_camera_models_find_the_demo_s_objects(app, argv: list[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgedet
+
+    if argv[1] not in edgedet.list_models():
+        pytest.skip(f"{argv[1]} is not in this package's zoo")
+    found: list[int] = []
+    step_class = app.FrameStep
+
+    class CountingStep(step_class):  # type: ignore[misc, valid-type]
+        def __call__(self, frame: np.ndarray):
+            result = super().__call__(frame)
+            found.append(len(result.detections))
+            return result
+
+    monkeypatch.setattr(app, "FrameStep", CountingStep)
+    assert app.main([*argv, "--source", "demo", "--headless", "--max-frames", "4"]) == 0
+    # The demo shows several shapes in every frame, at the application threshold (0.4).
+    assert len(found) == 4 and min(found) >= 1, found

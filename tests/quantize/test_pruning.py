@@ -14,11 +14,12 @@ from torch import nn
 from edgedet.data.synthetic import SYNTHETIC_CLASSES
 from edgedet.models.attention import CrossLevelGroupNorm
 from edgedet.models.channel_plan import ChannelPlanError, apply_channel_plan
-from edgedet.models.checkpoint import build_from_checkpoint
+from edgedet.models.checkpoint import build_from_checkpoint, load_checkpoint
 from edgedet.models.harnet import harnet_resnet18_small
 from edgedet.models.summary import count_gflops, summarize_checkpoint
 from edgedet.preprocess import PreprocessConfig
 from quantize.export_onnx import export_onnx
+from quantize.prune_schedule import PruneConfig, validation_ap
 from quantize.pruning import prune_channels, prune_to_flops, pruned_config
 from tests.quantize.conftest import he_normal, randomise
 from train.checkpoint import save_checkpoint
@@ -38,8 +39,16 @@ def tiny_harnet() -> nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def pruned_pair() -> tuple[nn.Module, nn.Module]:
+# How the shipped model was pruned (``prune.py --allocation sensitivity --steps 2``): two steps,
+# each part of the network by its own ratio (``prune_to_flops``'s part weights become these).
+STEPS_BY_PART = [
+    (0.25, {"head.branches.box": 0.5, "backbone.layer4": 0.5, "fpn": 0.125}),
+    (0.2, {"head.branches.cls": 0.4, "backbone.layer3": 0.35, "aligned_attention": 0.3}),
+]
+
+
+@pytest.fixture(scope="module", params=["uniform", "by_part_in_two_steps"])
+def pruned_pair(request) -> tuple[nn.Module, nn.Module]:
     model = tiny_harnet()
     # Tag every CLGN channel with its index in the bias (the criterion reads weights only),
     # so the test can tell which channels survived.
@@ -52,7 +61,12 @@ def pruned_pair() -> tuple[nn.Module, nn.Module]:
             se = model.head.branches[task].channel_attention
             se.fc2.bias.copy_(torch.arange(se.fc2.out_features, dtype=torch.float32))
             se.fc1.weight[0] = torch.arange(se.fc1.in_features, dtype=torch.float32) * 1e-3
-    pruned = prune_channels(copy.deepcopy(model), INPUT_SIZE, ratio=0.3)
+    pruned = copy.deepcopy(model)
+    if request.param == "uniform":
+        prune_channels(pruned, INPUT_SIZE, ratio=0.3)
+    else:
+        for ratio, part_ratios in STEPS_BY_PART:
+            prune_channels(pruned, INPUT_SIZE, ratio, part_ratios=part_ratios)
     return model, pruned
 
 
@@ -206,7 +220,7 @@ def _tiny_checkpoint(stem) -> None:
               "postprocess": {"score_threshold": 0.05, "iou_threshold": 0.5,
                               "pre_nms_top_k": 100, "max_detections": 100},
               "data": "synthetic", "synthetic_size": list(INPUT_SIZE),
-              "metrics": {"AP": 0.0}}
+              "metrics": {"AP": 0.5}}  # not what this random model scores
     save_checkpoint(stem, model, config)
 
 
@@ -222,6 +236,11 @@ def test_prune_cli_prunes_fine_tunes_and_resumes(tmp_path, capsys):
     log = json.loads((tmp_path / "out" / "prune_log.json").read_text())
     (step,) = log["steps"]
     assert step["gflops"] <= 0.6 * log["start"]["gflops"]
+    # The start's AP is measured on the steps' split, not copied from the checkpoint's record.
+    assert log["start"]["ap_recorded"] == 0.5
+    assert log["start"]["ap"] == pytest.approx(validation_ap(
+        build_from_checkpoint(tmp_path / "full")[0], load_checkpoint(tmp_path / "full")[1],
+        PruneConfig(checkpoint=str(tmp_path / "full"), out="", val_images=4, progress=False)))
     assert (tmp_path / "out" / "pruned.safetensors").is_file()
     # Fine-tuning kept the plan: the result rebuilds at the pruned widths.
     model, config = build_from_checkpoint(tmp_path / "out" / "pruned")
