@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantize.ptq_tflite import SIGNATURE, calibrate
+from quantize.ptq_tflite import CALIBRATION_METHODS, SIGNATURE, calibrate, widen_constant_ranges
 
 
 class FakeQuantizer:
@@ -53,6 +53,61 @@ def test_moving_average_is_the_quantizers_own():
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown calibration method 'entropy'"):
         calibrate(FakeQuantizer(), samples((0, 1)), "entropy")
+
+
+def test_a_constant_tensor_gets_a_range_xnnpack_takes():
+    # All-zero images: the range is [0, 0], which ai-edge-quantizer would turn into a scale of
+    # 1e-9 / 255; both merge methods widen it to [0, 1]. A real range stays as it was.
+    for method in CALIBRATION_METHODS:
+        zero = calibrate(FakeQuantizer(), samples((0, 0), (0, 0)), method)["x"]
+        assert (zero["min"].tolist(), zero["max"].tolist()) == ([0.0], [1.0]), method
+        real = calibrate(FakeQuantizer(), samples((-1e-3, 1e-3)), method)["x"]
+        assert (real["min"].tolist(), real["max"].tolist()) == ([pytest.approx(-1e-3)],
+                                                                [pytest.approx(1e-3)])
+    per_channel = {"y": {"min": np.array([0.0, -2.0]), "max": np.array([0.0, 3.0])}, "z": {}}
+    assert widen_constant_ranges(per_channel) == ["y"]
+    assert per_channel["y"]["min"].tolist() == [0.0, -2.0]
+    assert per_channel["y"]["max"].tolist() == [1.0, 3.0]
+
+
+class DeadReLU(torch.nn.Module):
+    """conv -> ReLU that no image wakes (zero weights, bias -1) -> conv: the pruned HAR-Net's
+    spatial attention has such a layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.dead = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.last = torch.nn.Conv2d(8, 4, 3, padding=1)
+        with torch.no_grad():
+            self.dead.weight.zero_()
+            self.dead.bias.fill_(-1.0)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = torch.relu(self.dead(torch.relu(self.first(images))))
+        return {"out": self.last(hidden)}
+
+
+def test_a_dead_relu_leaves_a_file_xnnpack_runs(tmp_path):
+    litert_torch = pytest.importorskip("litert_torch", reason="needs edgedet[tflite-export]")
+    from edgedet.backends.tflite import TFLiteBackend
+    from quantize.export_tflite import captured_output
+    from quantize.ptq_tflite import quantize_tflite
+
+    torch.manual_seed(0)
+    model = DeadReLU().eval()
+    fp32 = tmp_path / "fp32.tflite"
+    with captured_output("litert-torch"):
+        litert_torch.convert(model, sample_kwargs={"images": torch.zeros(1, 3, 32, 32)}
+                             ).export(str(fp32))
+    images = [np.random.default_rng(i).normal(0, 1, (1, 3, 32, 32)).astype(np.float32)
+              for i in range(4)]
+    path, _ = quantize_tflite(fp32, tmp_path / "int8.tflite", images, ())
+    backend = TFLiteBackend(path, threads=1)  # XNNPACK refused the file before the fix
+    assert backend.kernels == "xnnpack"
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images[0]))["out"].numpy()  # the last conv's bias
+    np.testing.assert_allclose(backend.run(images[0])["out"], expected, atol=0.02)
 
 
 class Reductions(torch.nn.Module):
