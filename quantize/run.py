@@ -18,6 +18,7 @@ import argparse
 import shlex
 
 from edgedet._io import DirectoryBusyError, error_text
+from edgedet.backends import BackendError
 from edgedet.data.errors import DatasetError
 from edgedet.models.checkpoint import CheckpointError
 from quantize.accuracy_control import DEFAULT_MAX_FLOAT_LAYERS, DEFAULT_STEP
@@ -222,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args, argv)
         report = convert(config)
+    # OSError: a missing file, an --out it cannot write; BackendError: a built model its own
+    # runtime cannot load (the check loads each artifact as a user would)
     except (CheckpointError, DatasetError, ExportError, ValueError, OSError,
-            DirectoryBusyError) as error:  # OSError: a missing file, an --out it cannot write
+            DirectoryBusyError, BackendError) as error:
         if os.environ.get("EDGEDET_DEBUG"):  # the whole traceback
             raise
         print(f"error: {error_text(error)}", file=sys.stderr)

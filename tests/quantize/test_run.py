@@ -175,6 +175,27 @@ def test_bad_inputs_exit_2_with_a_message(checkpoint, tmp_path):
         assert flag in help_text.stdout
 
 
+def test_an_artifact_its_runtime_cannot_load_is_a_one_line_error(checkpoint, tmp_path,
+                                                                 monkeypatch, capsys):
+    # As LiteRT's XNNPACK refused a built file ("failed to create XNNPACK runtime"): the
+    # check loads each artifact with its backend, and that failure ends the run with exit 2
+    # and the backend's message, not a traceback; nothing is published.
+    from edgedet.backends import BackendError
+    from quantize import accuracy
+    from quantize.run import main
+
+    def refuse(artifact, **kwargs):
+        raise BackendError(f"onnxruntime cannot load {artifact}: failed to prepare")
+
+    monkeypatch.setattr(accuracy, "Detector", refuse)
+    out = tmp_path / "o"
+    assert main(["--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
+                 "--precision", "fp32", *FP32_SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load" in err and "failed to prepare" in err and "Traceback" not in err
+    assert not (out / "tiny_passd_fp32").exists()
+
+
 def test_cpu_float16_weight_storage_is_checked_and_recorded(checkpoint, tmp_path):
     out = tmp_path / "half"
     result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
