@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -305,12 +306,15 @@ def _claim_out(out: Path, config: PruneConfig) -> None:
 
 
 def _recorded_start_ap(log_path: Path) -> float | None:
-    """The start AP an earlier run of this schedule measured, or None (no log, or unreadable:
-    then it is measured again)."""
+    """The start AP an earlier run of this schedule measured, or None (then it is measured
+    again): no log, an unreadable one, or one written before the start AP was measured (no
+    ``ap_recorded`` beside it: its AP was the checkpoint's record, or NaN)."""
     try:
-        return float(json.loads(log_path.read_text())["start"]["ap"])
+        start = json.loads(log_path.read_text())["start"]
+        ap = float(start["ap"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return ap if "ap_recorded" in start and math.isfinite(ap) else None
 
 
 def run_schedule(config: PruneConfig) -> dict[str, Any]:

@@ -182,28 +182,29 @@ def scope_regex(scopes: Sequence[str]) -> str:
     return "^(?:" + "|".join(re.escape(s) for s in sorted(set(scopes))) + ")$"
 
 
-# The range given to a tensor that calibration saw (all but) constant, e.g. a ReLU dead on
-# every image (the pruned HAR-Net's spatial attention has one): ai-edge-quantizer gives such a
+# The range given to a tensor calibration saw zero everywhere, e.g. a ReLU dead on every
+# image (the pruned HAR-Net's spatial attention has one): ai-edge-quantizer gives such a
 # tensor a scale of 1e-9 / 255, and XNNPACK refuses the whole file ("failed to create XNNPACK
 # runtime"), since the conv reading it then requantizes by input scale x weight scale /
-# output scale ~ 1e-13, outside the [2^-32, 256) its kernels take. Any normal scale holds a
-# constant zero exactly; [0, 1] (scale 1/255) keeps both convs' ratios in range.
-CONSTANT_RANGE_BELOW = 1e-6
-CONSTANT_TENSOR_RANGE = (0.0, 1.0)
+# output scale ~ 1e-13, outside the [2^-32, 256) its kernels take. Any normal scale holds
+# zero exactly; [0, 1] (scale 1/255) keeps both convs' ratios in range. Only values within
+# ZERO_BELOW of zero count: a tensor with a real range, however small, keeps it.
+ZERO_BELOW = 1e-6
+ZERO_TENSOR_RANGE = (0.0, 1.0)
 
 
-def widen_constant_ranges(ranges: dict[str, dict[str, Any]]) -> list[str]:
-    """Give each tensor whose range is narrower than ``CONSTANT_RANGE_BELOW`` (per tensor or
-    per channel) ``CONSTANT_TENSOR_RANGE`` around it, in place; returns their names."""
+def widen_zero_ranges(ranges: dict[str, dict[str, Any]]) -> list[str]:
+    """Give each tensor (or channel) whose range lies within ``ZERO_BELOW`` of zero the range
+    ``ZERO_TENSOR_RANGE``, in place; returns the names of the tensors widened."""
     widened = []
     for name, qsv in ranges.items():
         if not qsv or "min" not in qsv or "max" not in qsv:
             continue
         low, high = np.asarray(qsv["min"]), np.asarray(qsv["max"])
-        constant = (high - low) < CONSTANT_RANGE_BELOW
-        if np.any(constant):
-            qsv["min"] = np.where(constant, np.minimum(low, CONSTANT_TENSOR_RANGE[0]), low)
-            qsv["max"] = np.where(constant, np.maximum(high, CONSTANT_TENSOR_RANGE[1]), high)
+        zero = np.maximum(np.abs(low), np.abs(high)) < ZERO_BELOW
+        if np.any(zero):
+            qsv["min"] = np.where(zero, np.minimum(low, ZERO_TENSOR_RANGE[0]), low)
+            qsv["max"] = np.where(zero, np.maximum(high, ZERO_TENSOR_RANGE[1]), high)
             widened.append(name)
     return widened
 
@@ -211,12 +212,12 @@ def widen_constant_ranges(ranges: dict[str, dict[str, Any]]) -> list[str]:
 def calibrate(engine: Any, samples: Sequence[dict[str, np.ndarray]], method: str
               ) -> dict[str, dict[str, Any]]:
     """Activation ranges ``{tensor name: {"min", "max", ...}}`` of ``engine`` (an
-    ai-edge-quantizer ``Quantizer``) over ``samples``, merged by ``method``; a constant
-    tensor's range widened (``widen_constant_ranges``)."""
+    ai-edge-quantizer ``Quantizer``) over ``samples``, merged by ``method``; an all-zero
+    tensor's range widened (``widen_zero_ranges``)."""
     threads = min(2, os.cpu_count() or 1)
     if method == "moving-average":
         ranges = engine.calibrate({SIGNATURE: list(samples)}, num_threads=threads)
-        widen_constant_ranges(ranges)
+        widen_zero_ranges(ranges)
         return ranges
     if method != "minmax":
         raise ValueError(f"unknown calibration method {method!r}; choose from "
@@ -230,7 +231,7 @@ def calibrate(engine: Any, samples: Sequence[dict[str, np.ndarray]], method: str
                 continue
             merged[name] = {**seen, "min": np.minimum(seen["min"], qsv["min"]),
                             "max": np.maximum(seen["max"], qsv["max"])}
-    widen_constant_ranges(merged)
+    widen_zero_ranges(merged)
     return merged
 
 

@@ -19,8 +19,6 @@ NORM_OPS = ("InstanceNormalization", "GroupNormalization", "LayerNormalization")
 # The ops a written-out normalisation's statistics and their application consist of.
 NORM_MATH_OPS = ("ReduceMean", "ReduceSum", "Sub", "Mul", "Add", "Div", "Pow",
                  "SquaredDifference", "Rsqrt", "Sqrt", "Reciprocal")
-# The square roots a written-out normalisation is found from.
-_ROOT_OPS = ("Rsqrt", "Sqrt")
 _MEAN_OPS = ("ReduceMean", "ReduceSum")
 # What carries several levels into one normalisation and back out: layout ops, and the joins
 # and splits between the levels.
@@ -97,9 +95,15 @@ def _statistics_inputs(graph: ScopeGraph, above: dict[str, ScopeNode]) -> set[st
             if (averaged is not None
                     and _layout_source(graph, averaged) == _layout_source(graph, x)):
                 centred.add(averaged)
-    means = (_mean_of(graph, node) for node in above.values())
-    return centred or {_squared(graph, x) for x in means
-                       if x is not None and not _reaches_a_mean(graph, x, above)}
+    if centred:
+        return centred
+    means = [x for x in (_mean_of(graph, node) for node in above.values())
+             if x is not None and not _reaches_a_mean(graph, x, above)]
+    # Without centring, a variance or root mean square is a mean of a square: without one,
+    # a mean under a square root is some other statistic (e.g. a pooled feature).
+    if not any(_squared(graph, x) != x for x in means):
+        return set()
+    return {_squared(graph, x) for x in means}
 
 
 def _squared(graph: ScopeGraph, tensor: str) -> str:
@@ -112,19 +116,40 @@ def _squared(graph: ScopeGraph, tensor: str) -> str:
     return tensor
 
 
+def _divides(graph: ScopeGraph, root: ScopeNode) -> bool:
+    """Whether ``root`` (a ``Sqrt``) is a divisor: read as the second input of a ``Div`` or
+    by a ``Reciprocal``, through layout ops. (A square root read otherwise, e.g. a standard
+    deviation pooled as a feature, does not normalise.)"""
+    pending, seen = list(root.outputs), set()
+    while pending:
+        tensor = pending.pop()
+        for consumer in graph.consumers.get(tensor, []):
+            if consumer.name in seen:
+                continue
+            seen.add(consumer.name)
+            if consumer.op_type == "Reciprocal" or (
+                    consumer.op_type == "Div" and consumer.inputs[1:2] == (tensor,)):
+                return True
+            if consumer.op_type in LAYOUT_OPS:
+                pending.extend(consumer.outputs)
+    return False
+
+
 def _written_out_norms(graph: ScopeGraph) -> tuple[set[str], set[str]]:
     """``(node names, input tensors)`` of the normalisations written out as ops (see
-    ``NORM_MATH_OPS``). Each square root (``_ROOT_OPS``) whose inputs come, through that math,
-    from a mean is one; its input is what its statistics are of (``_statistics_inputs``), its
-    statistics are the math between that input and the root, and its application is every op
-    after the statistics whose activation inputs are the statistics or, for the ``Mul`` that
-    scales it, the ``Div`` that divides it and the ``Sub`` that centres it, the input (then
-    the splits, layout ops and any further affine steps, as for a norm op). The activation
-    that follows, and a residual ``Add`` (of the input or another branch), are not."""
+    ``NORM_MATH_OPS``). Each ``Rsqrt``, or ``Sqrt`` that divides (``_divides``), whose
+    inputs come, through that math, from a mean is one; its input is what its statistics are
+    of (``_statistics_inputs``), its statistics are the math between that input and the
+    root, and its application is every op after the statistics whose activation inputs are
+    the statistics or, for the ``Mul`` that scales it, the ``Div`` that divides it and the
+    ``Sub`` that centres it, the input (then the splits, layout ops and any further affine
+    steps, as for a norm op). The activation that follows, and a residual ``Add`` (of the
+    input or another branch), are not."""
     math = (*NORM_MATH_OPS, *LAYOUT_OPS)
     found: set[str] = set()
     inputs: set[str] = set()
-    for root in (n for n in graph.nodes if n.op_type in _ROOT_OPS):
+    for root in (n for n in graph.nodes if n.op_type == "Rsqrt"
+                 or (n.op_type == "Sqrt" and _divides(graph, n))):
         sources = _statistics_inputs(graph, _math_above(graph, root, math))
         if not sources:
             continue

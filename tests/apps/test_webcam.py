@@ -323,6 +323,9 @@ def test_the_zoo_camera_models_find_the_demo_s_objects(app, argv: list[str],
 
     if argv[1] not in edgedet.list_models():
         pytest.skip(f"{argv[1]} is not in this package's zoo")
+    runtime = {"openvino": "openvino", "tflite": "ai_edge_litert"}
+    if "--backend" in argv:
+        pytest.importorskip(runtime[argv[argv.index("--backend") + 1]])
     found: list[int] = []
     step_class = app.FrameStep
 

@@ -39,8 +39,9 @@ def tiny_harnet() -> nn.Module:
     return model.eval()
 
 
-# How the shipped model was pruned (``prune.py --allocation sensitivity --steps 2``): two steps,
-# each part of the network by its own ratio (``prune_to_flops``'s part weights become these).
+# Pruned as the shipped model was (``prune.py --allocation sensitivity --steps 2``): two steps,
+# some parts of the network by their own ratio (``prune_to_flops``'s part weights become such
+# ratios; these values are the test's own).
 STEPS_BY_PART = [
     (0.25, {"head.branches.box": 0.5, "backbone.layer4": 0.5, "fpn": 0.125}),
     (0.2, {"head.branches.cls": 0.4, "backbone.layer3": 0.35, "aligned_attention": 0.3}),
@@ -246,7 +247,15 @@ def test_prune_cli_prunes_fine_tunes_and_resumes(tmp_path, capsys):
     model, config = build_from_checkpoint(tmp_path / "out" / "pruned")
     assert config["channel_plan"] and config["postprocess"]["nms_mode"] == "soft+voting"
     assert count_gflops(model, INPUT_SIZE) == pytest.approx(step["gflops"])
-    # A second run reads the finished step back instead of pruning and training again.
+    # A second run reads the finished step back instead of pruning and training again, and
+    # the start AP too (a log from before it was measured, without "ap_recorded", is not).
+    from quantize import prune_schedule
+
+    assert prune_schedule._recorded_start_ap(tmp_path / "out" / "prune_log.json") == \
+        log["start"]["ap"]
+    old_log = tmp_path / "old_log.json"
+    old_log.write_text(json.dumps({"start": {"ap": 0.5}}))
+    assert prune_schedule._recorded_start_ap(old_log) is None
     mtime = (tmp_path / "out" / "step1" / "finetune" / "best.safetensors").stat().st_mtime
     assert main(argv) == 0
     assert (tmp_path / "out" / "step1" / "finetune" / "best.safetensors").stat().st_mtime == mtime

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantize.ptq_tflite import CALIBRATION_METHODS, SIGNATURE, calibrate, widen_constant_ranges
+from quantize.ptq_tflite import CALIBRATION_METHODS, SIGNATURE, calibrate, widen_zero_ranges
 
 
 class FakeQuantizer:
@@ -55,19 +55,21 @@ def test_unknown_method():
         calibrate(FakeQuantizer(), samples((0, 1)), "entropy")
 
 
-def test_a_constant_tensor_gets_a_range_xnnpack_takes():
+def test_an_all_zero_tensor_gets_a_range_xnnpack_takes():
     # All-zero images: the range is [0, 0], which ai-edge-quantizer would turn into a scale of
-    # 1e-9 / 255; both merge methods widen it to [0, 1]. A real range stays as it was.
+    # 1e-9 / 255; both merge methods widen it to [0, 1]. A real range, however small, and a
+    # constant other than zero stay as they were.
     for method in CALIBRATION_METHODS:
         zero = calibrate(FakeQuantizer(), samples((0, 0), (0, 0)), method)["x"]
         assert (zero["min"].tolist(), zero["max"].tolist()) == ([0.0], [1.0]), method
         real = calibrate(FakeQuantizer(), samples((-1e-3, 1e-3)), method)["x"]
         assert (real["min"].tolist(), real["max"].tolist()) == ([pytest.approx(-1e-3)],
                                                                 [pytest.approx(1e-3)])
-    per_channel = {"y": {"min": np.array([0.0, -2.0]), "max": np.array([0.0, 3.0])}, "z": {}}
-    assert widen_constant_ranges(per_channel) == ["y"]
-    assert per_channel["y"]["min"].tolist() == [0.0, -2.0]
-    assert per_channel["y"]["max"].tolist() == [1.0, 3.0]
+    per_channel = {"y": {"min": np.array([0.0, -2.0, 5.0]), "max": np.array([0.0, 3.0, 5.0])},
+                   "z": {}}
+    assert widen_zero_ranges(per_channel) == ["y"]
+    assert per_channel["y"]["min"].tolist() == [0.0, -2.0, 5.0]
+    assert per_channel["y"]["max"].tolist() == [1.0, 3.0, 5.0]
 
 
 class DeadReLU(torch.nn.Module):

@@ -184,7 +184,13 @@ def test_an_artifact_its_runtime_cannot_load_is_a_one_line_error(checkpoint, tmp
     from quantize import accuracy
     from quantize.run import main
 
+    real_detector = accuracy.Detector
+    refused = []
+
     def refuse(artifact, **kwargs):
+        if not isinstance(kwargs.get("backend"), str):  # the PyTorch reference: a real one
+            return real_detector(artifact, **kwargs)
+        refused.append(kwargs["backend"])
         raise BackendError(f"onnxruntime cannot load {artifact}: failed to prepare")
 
     monkeypatch.setattr(accuracy, "Detector", refuse)
@@ -192,6 +198,7 @@ def test_an_artifact_its_runtime_cannot_load_is_a_one_line_error(checkpoint, tmp
     assert main(["--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
                  "--precision", "fp32", *FP32_SMALL]) == 2
     err = capsys.readouterr().err
+    assert refused == ["onnxruntime"]  # the artifact's own load, after the reference ran
     assert "cannot load" in err and "failed to prepare" in err and "Traceback" not in err
     assert not (out / "tiny_passd_fp32").exists()
 

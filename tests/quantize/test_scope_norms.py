@@ -122,7 +122,7 @@ def test_a_root_mean_square_norm_divides_its_input():
     assert kept == {"norms": sorted(n.name for n in norm)}
 
 
-def test_a_square_root_without_a_mean_is_not_a_norm():
+def test_square_roots_and_means_that_do_not_normalise_are_not_norms():
     # A box's size sqrt(w * h) dividing an offset (the kind of math box decoding writes), and a
     # sum that no constant turns into a mean: neither is a normalisation.
     nodes = [_node("conv", "Conv", "x w", "c"),
@@ -132,3 +132,21 @@ def test_a_square_root_without_a_mean_is_not_a_norm():
              _node("norm", "Rsqrt", "d", "r"), _node("apply", "Mul", "c r", "out")]
     kept = find_kept_out(nodes, {"w", "axes"}, {"o", "out"}, ["norms"])
     assert kept == {"norms": []}
+    # A standard deviation pooled as a feature (SRM-style channel statistics: concat(mean,
+    # sqrt(var)) into a fully connected layer): its Sqrt divides nothing.
+    pooled = [_node("conv", "Conv", "x w", "h"), _node("mean", "ReduceMean", "h axes", "m"),
+              _node("centre", "Sub", "h m", "d"), _node("square", "Mul", "d d", "q"),
+              _node("var", "ReduceMean", "q axes", "v"), _node("eps", "Add", "v epsilon", "e"),
+              _node("std", "Sqrt", "e", "sd"), _node("stats", "Concat", "m sd", "f"),
+              _node("fc", "Gemm", "f w2", "out")]
+    assert find_kept_out(pooled, {"w", "w2", "axes", "epsilon"}, {"out"},
+                         ["norms"]) == {"norms": []}
+    # A distribution decode (sum of softmax x projection, times the stride) whose width and
+    # height's sqrt(w * h) divides an offset: a sum times a constant above a dividing Sqrt,
+    # but no square of what the "mean" is taken of, so no statistics.
+    decode = [_node("conv", "Conv", "x w", "c"), _node("soft", "Softmax", "c", "p"),
+              _node("proj", "Mul", "p bins", "pb"), _node("sum", "ReduceSum", "pb axes", "sm"),
+              _node("stride", "Mul", "sm s8", "wh"), _node("area", "Mul", "wh wh2", "a"),
+              _node("size", "Sqrt", "a", "sz"), _node("rel", "Div", "c sz", "out")]
+    assert find_kept_out(decode, {"w", "bins", "axes", "s8", "wh2"}, {"out"},
+                         ["norms"]) == {"norms": []}
