@@ -88,9 +88,15 @@ class ScopeGraph:
                     stack.append(consumer)
         return found
 
+    def layout_source(self, tensor: str) -> str:
+        """The tensor that ``tensor`` is a reshaped / transposed view of (itself if none)."""
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in LAYOUT_OPS and self.activation_inputs(node):
+            tensor = self.activation_inputs(node)[0]
+            node = self.producer.get(tensor)
+        return tensor
+
     def comes_from(self, tensor: str, op_type: str) -> bool:
         """True when ``tensor`` is an ``op_type`` output, possibly through layout-only ops."""
-        node = self.producer.get(tensor)
-        while node is not None and node.op_type in LAYOUT_OPS:
-            node = self.producer.get(node.inputs[0])
+        node = self.producer.get(self.layout_source(tensor))
         return node is not None and node.op_type == op_type

@@ -41,15 +41,6 @@ def _math_above(graph: ScopeGraph, root: ScopeNode, op_types: Sequence[str],
     return found
 
 
-def _layout_source(graph: ScopeGraph, tensor: str) -> str:
-    """The tensor that ``tensor`` is a reshaped / transposed view of (itself if none)."""
-    node = graph.producer.get(tensor)
-    while node is not None and node.op_type in LAYOUT_OPS and graph.activation_inputs(node):
-        tensor = graph.activation_inputs(node)[0]
-        node = graph.producer.get(tensor)
-    return tensor
-
-
 def _mean_of(graph: ScopeGraph, node: ScopeNode | None) -> str | None:
     """The tensor ``node`` computes the mean of, or None: a ``ReduceMean``'s input, or a
     ``ReduceSum``'s input where ``node`` multiplies that sum by a constant or divides it by
@@ -59,7 +50,7 @@ def _mean_of(graph: ScopeGraph, node: ScopeNode | None) -> str | None:
     if (node is not None and node.op_type in ("Mul", "Div")
             and len(graph.activation_inputs(node)) == 1
             and (node.op_type == "Mul" or not graph.is_constant(node.inputs[0]))):
-        summed = graph.producer.get(_layout_source(graph, graph.activation_inputs(node)[0]))
+        summed = graph.producer.get(graph.layout_source(graph.activation_inputs(node)[0]))
         if summed is not None and summed.op_type == "ReduceSum":
             return summed.inputs[0]
     return None
@@ -91,9 +82,9 @@ def _statistics_inputs(graph: ScopeGraph, above: dict[str, ScopeNode]) -> set[st
         if node.op_type not in ("Sub", "SquaredDifference") or len(node.inputs) < 2:
             continue
         for x, m in (node.inputs[:2], node.inputs[1::-1]):
-            averaged = _mean_of(graph, graph.producer.get(_layout_source(graph, m)))
+            averaged = _mean_of(graph, graph.producer.get(graph.layout_source(m)))
             if (averaged is not None
-                    and _layout_source(graph, averaged) == _layout_source(graph, x)):
+                    and graph.layout_source(averaged) == graph.layout_source(x)):
                 centred.add(averaged)
     if centred:
         return centred
