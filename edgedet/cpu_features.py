@@ -13,12 +13,21 @@ from __future__ import annotations
 import math
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 # What makes PyTorch's (and OpenVINO's) bf16 / fp16 compute fast rather than emulated.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 FP16_FLAGS = frozenset({"avx512_fp16", "amx_fp16"})
+# Intel's tile units: OpenVINO's CPU plugin (oneDNN) runs INT8 and bf16 convolutions and
+# matrix products on them where present (its profile names the kernels ``*_amx_*``). They
+# change speed, not results (INT8 sums stay exact in 32 bits), so they are part of the speed
+# description only.
+AMX_FLAGS = frozenset({"amx_int8", "amx_bf16"})
+# oneDNN's cap on the instruction set it may use, honoured by OpenVINO's CPU plugin:
+# ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`` runs this CPU's kernels as on one without AMX.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def x86_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
@@ -45,6 +54,22 @@ def describe(flags: frozenset[str] | None) -> str:
     vnni = "VNNI" if flags & VNNI_FLAGS else "no VNNI"
     bf16 = "BF16" if flags & BF16_FLAGS else "no BF16"
     return f"{level}, {vnni}, {bf16}"
+
+
+def describe_for_speed(flags: frozenset[str] | None,
+                       environ: Mapping[str, str] | None = None) -> str:
+    """``describe`` plus what changes speed but not results: AMX, and a oneDNN instruction
+    set cap set in the environment, e.g. ``AVX-512, VNNI, BF16, AMX`` or ``AVX-512, VNNI,
+    BF16, AMX, ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``. Measured on the AMX CPU of 2026-12-07:
+    OpenVINO's bf16 default ran the paper-width PASSD 2.7x faster than f32 (1.75x in issue
+    15's figures), and the pruned HAR-Net's INT8 IR took 0.75x the unpruned one's time, 0.54x
+    with AMX capped off (ONNX Runtime does not read the cap)."""
+    text = describe(flags)
+    if flags is not None and "avx512f" in flags:
+        text += ", AMX" if flags & AMX_FLAGS else ", no AMX"
+    environ = os.environ if environ is None else environ
+    caps = [f"{name}={environ[name]}" for name in ISA_CAP_VARIABLES if environ.get(name)]
+    return ", ".join([text, *caps])
 
 
 def cpu_model_name() -> str:

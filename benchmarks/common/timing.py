@@ -26,11 +26,12 @@ from edgedet import cpu_features
 
 def machine_description() -> str:
     """The CPU model, how many CPUs this process may use and the extensions that change INT8
-    and bf16 speed, e.g. ``AMD EPYC, 2 CPUs, AVX2, no VNNI, no BF16``: the cloud machine
-    behind "the 2-core CPU" has changed between sessions (once to one with the same model
-    name and no AVX-512), and ratios measured on one do not carry over to another."""
+    and bf16 speed, e.g. ``AMD EPYC, 2 CPUs, AVX2, no VNNI, no BF16`` or ``Intel(R) Xeon(R)
+    Processor, 2 CPUs, AVX-512, VNNI, BF16, AMX``: the cloud machine behind "the 2-core CPU"
+    has changed between sessions (to one with the same model name and no AVX-512, to one with
+    AMX), and ratios measured on one do not carry over to another."""
     cpus = cpu_features.usable_cores()
-    kind = cpu_features.describe(cpu_features.x86_cpu_flags())
+    kind = cpu_features.describe_for_speed(cpu_features.x86_cpu_flags())
     return f"{cpu_features.cpu_model_name()}, {cpus} CPUs, {kind}"
 
 

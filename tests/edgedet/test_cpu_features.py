@@ -3,7 +3,12 @@
 import pytest
 
 import edgedet.cpu_features as features
-from edgedet.cpu_features import describe, int8_sums_can_clip, x86_cpu_flags
+from edgedet.cpu_features import (
+    describe,
+    describe_for_speed,
+    int8_sums_can_clip,
+    x86_cpu_flags,
+)
 
 CPUINFO = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 {extra}\n\n"
            "processor\t: 1\nflags\t\t: fpu avx2 {extra}\n")
@@ -40,6 +45,21 @@ def test_the_description_names_what_changes_int8_and_bf16_speed():
     assert describe(frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})) == (
         "AVX-512, VNNI, BF16")
     assert describe(frozenset({"sse2"})) == "no AVX2, no VNNI, no BF16"
+    # AMX changes speed, not results: the accuracy description (checked_on) leaves it out.
+    assert describe(frozenset({"avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"})) == (
+        "AVX-512, VNNI, BF16")
+
+
+def test_the_speed_description_adds_amx_and_a_onednn_cap():
+    amx = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
+    assert describe_for_speed(amx, {}) == "AVX-512, VNNI, BF16, AMX"
+    assert describe_for_speed(amx - {"amx_bf16", "amx_int8"}, {}) == (
+        "AVX-512, VNNI, BF16, no AMX")
+    assert describe_for_speed(amx, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "PATH": "/"}) == (
+        "AVX-512, VNNI, BF16, AMX, ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI")
+    # AMX exists only beside AVX-512: an AVX2 CPU's description does not mention it.
+    assert describe_for_speed(frozenset({"avx2"}), {}) == "AVX2, no VNNI, no BF16"
+    assert describe_for_speed(None, {}) == "instruction set unknown"
 
 
 @pytest.mark.parametrize(("files", "cores"), [
