@@ -63,7 +63,7 @@ def describe_for_speed(flags: frozenset[str] | None,
     BF16, AMX, ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI``. Measured on the AMX CPU of 2026-12-07:
     OpenVINO's bf16 default ran the paper-width PASSD 2.7x faster than f32 (1.75x in issue
     15's figures), and the pruned HAR-Net's INT8 IR took 0.75x the unpruned one's time, 0.54x
-    with AMX capped off (ONNX Runtime does not read the cap)."""
+    with AMX capped off (ONNX Runtime's figures did not move with it)."""
     text = describe(flags)
     if flags is not None and "avx512f" in flags:
         text += ", AMX" if flags & AMX_FLAGS else ", no AMX"

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from benchmarks.pa_attend_conv import attend_variants, random_attend_conv
 from benchmarks.speed import main
 
 pytest.importorskip("onnxruntime")
@@ -37,7 +38,8 @@ def test_speed_json_has_every_figure_of_the_timed_sections(capsys):
     for row in report["int8_vs_fp32"]:
         assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["int8_ms"])
     variants = [row["variant"] for row in report["attend"]]
-    assert len(variants) == 6 and variants[-1].startswith("plain 3x3 conv")
+    assert variants == list(attend_variants(random_attend_conv(8, 5, 2), 8.0))
+    assert variants[-1].startswith("plain 3x3 conv")
     for row in report["attend"]:
         for key in ("onnxruntime_ms", "openvino_ms", "onnxruntime_vs_plain", "openvino_vs_plain"):
             assert row[key] > 0, key
