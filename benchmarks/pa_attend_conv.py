@@ -12,7 +12,11 @@ is the speed floor. Prints one table: variant, ORT ms, OpenVINO ms (f32), OpenVI
 an IR), max |diff| vs the training module (ONNX Runtime's output); then each variant's ratio
 to the plain conv per runtime. Each runtime is timed in its own phase (see ``main``). The
 rewrite (``quantize.rewrites.pa_head``) has two samplers, "project, then Gather" and
-"project, then GridSample"; each target picks one.
+"project, then GridSample"; each target picks one. One variant ends outside the runtime:
+"project in the runtime, tap sum in a compiled kernel" (``benchmarks.common.tap_sum_kernel``,
+timed with that step), a measurement of splitting the stage between runtime and SDK, which
+nothing ships. Every variant's outputs land in buffers reused across calls (ONNX Runtime's
+``IOBinding``, OpenVINO's own output tensors), as a loop over frames can run a model.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,8 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 from benchmarks.common.args import require_at_least
+from benchmarks.common.tap_sum_kernel import tap_sum
+from benchmarks.common.timing import bound_ort_call
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,
     box_sampling_points,
@@ -197,6 +203,41 @@ class TallMapGridSample(nn.Module):
         return (out + self.bias).reshape(n, h * w * a, o)
 
 
+class ProjectThenKernel(nn.Module):
+    """Projection (a channels-last MatMul) and planar sampling points in the runtime, the tap
+    sum in a compiled kernel after it (``benchmarks.common.tap_sum_kernel``): what splitting
+    the attend stage between runtime and SDK would cost. The runtime's outputs are the table
+    and the points; ``finish`` turns them into the head output ``(N, H*W*A, O)`` (batch 1)."""
+
+    output_names = ("table", "points")
+
+    def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
+        super().__init__()
+        self.packed = PackedBoxOffsetConv([conv])  # the gather sampler's channels-last table
+        self.stride = stride
+        self.map_size = (0, 0)  # (H, W) of the last forward (the export's: shapes are static)
+
+    def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> tuple[Tensor, Tensor]:
+        n, c, h, w = features.shape
+        a, t = self.packed.num_anchors, self.packed.num_taps
+        self.map_size = (int(h), int(w))  # ints even while the exporter traces
+        # The table leaves the runtime as the product's own output: a Reshape at a graph
+        # output made ONNX Runtime copy its 14 MB (1.3 ms); numpy reshapes it for free.
+        table = torch.matmul(features.reshape(n, c, h * w).transpose(1, 2),
+                             self.packed.projection)  # (N, H*W, A*T*O)
+        points = planar_sampling_points(boxes_cxcywh, self.stride).reshape(n, a, t, h * w, 2)
+        return table, points
+
+    def finish(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        """The runtime's ``(table, points)`` -> ``(1, H*W*A, O)``."""
+        table, points = (np.asarray(o) for o in outputs)
+        groups, taps = points.shape[1:3]
+        table = table[0].reshape(table.shape[1], groups, taps, -1)
+        out = tap_sum(table, points[0], *self.map_size)  # (H*W, A, O)
+        bias = self.packed.bias.detach().numpy().astype(out.dtype)
+        return (out + bias).reshape(1, -1, out.shape[-1])
+
+
 class PlainConv(nn.Module):
     """A 3x3 conv with the same weights at fixed taps: the speed floor, not equivalent.
 
@@ -252,18 +293,33 @@ def attend_variants(conv: BoxOffsetConv2d, stride: float) -> dict[str, nn.Module
         "project, then Gather (sampler gather)": ProjectThenGather(conv, stride),
         "W @ F, one GridSample, sum (not adopted)": PlanarProjectionThenGridSample(conv, stride),
         "tall stacked map, one GridSample (not adopted)": TallMapGridSample(conv, stride),
+        "project in the runtime, tap sum in a compiled kernel": ProjectThenKernel(conv, stride),
         PLAIN_CONV: PlainConv(conv),
     }
 
 
+def head_output(module: nn.Module, outputs: Any) -> np.ndarray:
+    """A variant's result from its runtime's outputs (ONNX Runtime's list, OpenVINO's dict):
+    the one output, or what the variant's ``finish`` makes of them outside the runtime."""
+    values = list(outputs.values()) if hasattr(outputs, "values") else list(outputs)
+    finish = getattr(module, "finish", None)
+    return finish(values) if finish is not None else values[0]
+
+
+def _head_runner(run: Callable[[dict], Any], module: nn.Module
+                 ) -> Callable[[dict], np.ndarray]:
+    return lambda feed: head_output(module, run(feed))
+
+
 def export_variant(module: nn.Module, features: Tensor, boxes: Tensor, path: Path) -> Path:
     """``module`` as an fp32 ONNX file with inputs ``features`` and ``boxes`` (a variant that
-    ignores the boxes has no ``boxes`` input) and output ``out``."""
+    ignores the boxes has no ``boxes`` input) and output ``out`` (or the module's
+    ``output_names``: a variant that ``finish``-es outside the runtime)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's shape warnings: shapes are static
         torch.onnx.export(module.eval(), (features, boxes), str(path), dynamo=False,
                           opset_version=17, input_names=["features", "boxes"],
-                          output_names=["out"])
+                          output_names=list(getattr(module, "output_names", ("out",))))
     return path
 
 
@@ -318,10 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         feeds = {name: {i.name: inputs[i.name] for i in onnx.load(str(path)).graph.input}
                  for name, path in paths.items()}
         for runtime, make in phases:
-            runners = {name: make(path) for name, path in paths.items()}
+            runners = {name: _head_runner(make(path), variants[name])
+                       for name, path in paths.items()}
             if runtime == "onnxruntime":
                 for name, run in runners.items():
-                    out = torch.from_numpy(np.asarray(run(feeds[name])[0])).double()
+                    out = torch.from_numpy(np.asarray(run(feeds[name]))).double()
                     if out.dim() == 4:
                         out = out.permute(0, 2, 3, 1).reshape(1, -1, args.outputs)
                     diffs[name] = float((out - reference_flat).abs().max())
@@ -364,19 +421,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ort_runner(ort: Any, path: Path, threads: int) -> Callable[[dict], object]:
     """An ONNX Runtime session of ``path`` with the SDK backend's options, as a call on a
-    feed."""
+    feed, its outputs written into arrays allocated at the feed's first call (as
+    ``speed.py`` times the variants)."""
     from edgedet.backends.onnxruntime import session_options
 
     session = ort.InferenceSession(str(path), session_options(threads),
                                    providers=["CPUExecutionProvider"])
-    return lambda feed: session.run(None, feed)
+    calls: dict[int, Callable[[], object]] = {}  # outputs bound once per feed (IOBinding)
+
+    def run(feed: dict) -> object:
+        if id(feed) not in calls:
+            calls[id(feed)] = bound_ort_call(session, feed)
+        return calls[id(feed)]()
+    return run
 
 
 def _openvino_runner(core: Any, path: Path, precision: str,
                      threads: int) -> Callable[[dict], object]:
     """``path`` compiled by OpenVINO at ``precision``: ``f32``, or ``bf16`` with the sampling
     coordinates marked ``precise`` (f32), as the openvino target's ``--float-precision bf16``
-    builds an IR (``quantize.openvino_precision``)."""
+    builds an IR (``quantize.openvino_precision``); the call returns the request's own output
+    tensors (no copy)."""
     import openvino as ov
 
     source = str(path)
@@ -392,7 +457,7 @@ def _openvino_runner(core: Any, path: Path, precision: str,
         "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",
     }).create_infer_request()
-    return lambda feed: request.infer(feed)
+    return lambda feed: request.infer(feed, share_outputs=True)
 
 
 if __name__ == "__main__":

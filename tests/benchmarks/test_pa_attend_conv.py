@@ -36,6 +36,9 @@ def test_every_variant_equals_the_training_module(size: int) -> None:
         for name, module in variants.items():
             if name == PLAIN_CONV:
                 continue
-            got = _head_layout(module.double()(features, boxes), 5)
+            got = module.double()(features, boxes)
+            if hasattr(module, "finish"):  # its last step runs after the runtime, on numpy
+                got = torch.from_numpy(module.finish([t.numpy() for t in got]))
+            got = _head_layout(got, 5)
             assert got.shape == expected.shape, name
             assert torch.allclose(got, expected, atol=1e-9), name
