@@ -144,8 +144,9 @@ class ProjectThenGather(nn.Module):
 
 class PlanarProjectionThenGridSample(nn.Module):
     """Projection as ``W @ F`` (planar output: no reorder for GridSample), one GridSample of
-    every (anchor, tap) map, sum over taps. Measured 2026-12-07 on the AMX CPU and not
-    adopted: 2.62x / 2.13x the plain conv (ORT / OV) against the shipped 2.07x / 2.39x."""
+    every (anchor, tap) map, sum over taps. Output ``(N, H*W*A, O)``. Measured 2026-12-07 on
+    the AMX CPU and not adopted: 2.04-2.11x / 2.13-2.40x the plain conv (ORT / OV) in three
+    runs, the shipped forms 2.08-2.16x / 2.23-2.45x in the same runs: no better."""
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
         super().__init__()
@@ -169,11 +170,15 @@ class PlanarProjectionThenGridSample(nn.Module):
 class TallMapGridSample(nn.Module):
     """Every (anchor, tap) map stacked into one tall map, ``GAP`` zero rows after each (so a
     corner outside a map reads zeros, never the next map), and one GridSample of the ``O``
-    channels with the taps innermost in the grid, then a sum over them. Not exact to fp32's
-    last bits: the tall map's normalised y carries about 30x the rounding (error 5.5e-4
-    against 2.7e-5). Measured 2026-12-07 on the AMX CPU and not adopted: 2.83x / 2.13x."""
+    channels with the taps innermost in the grid, then a sum over them. Output
+    ``(N, H*W*A, O)``. Not exact to fp32's last bits: the tall map's normalised y carries
+    about 30x the rounding (error about 5e-4 against 2.4-2.7e-5). Measured 2026-12-07 on the
+    AMX CPU and not adopted: 2.71-2.83x / 2.13-2.32x in three runs."""
 
-    GAP = 3  # y is clamped to [-2, H + 1], so corners reach rows -2 .. H + 2 of a map
+    # y is clamped to [-2, H + 1]: corners reach rows -2 .. H + 2 of a map. Two zero rows
+    # suffice in exact arithmetic (row H + 2 is reached only at y = H + 1, with weight 0);
+    # the third also absorbs the rounding of the normalised coordinate.
+    GAP = 3
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
         super().__init__()
@@ -205,16 +210,19 @@ class TallMapGridSample(nn.Module):
 
 class ProjectThenKernel(nn.Module):
     """Projection (a channels-last MatMul) and planar sampling points in the runtime, the tap
-    sum in a compiled kernel after it (``benchmarks.common.tap_sum_kernel``): what splitting
-    the attend stage between runtime and SDK would cost. The runtime's outputs are the table
-    and the points; ``finish`` turns them into the head output ``(N, H*W*A, O)`` (batch 1)."""
+    sum in a compiled kernel after it (``benchmarks.common.tap_sum_kernel``, on ``threads``
+    threads): what splitting the attend stage between runtime and SDK would cost. The
+    runtime's outputs are the table ``(N, H*W, A*T*O)`` and the points ``(N, A, T, H*W, 2)``;
+    ``finish`` turns them into the head output ``(N, H*W*A, O)`` (batch 1)."""
 
     output_names = ("table", "points")
 
-    def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
+    def __init__(self, conv: BoxOffsetConv2d, stride: float, threads: int | None = None
+                 ) -> None:
         super().__init__()
         self.packed = PackedBoxOffsetConv([conv])  # the gather sampler's channels-last table
         self.stride = stride
+        self.threads = threads
         self.map_size = (0, 0)  # (H, W) of the last forward (the export's: shapes are static)
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> tuple[Tensor, Tensor]:
@@ -233,7 +241,7 @@ class ProjectThenKernel(nn.Module):
         table, points = (np.asarray(o) for o in outputs)
         groups, taps = points.shape[1:3]
         table = table[0].reshape(table.shape[1], groups, taps, -1)
-        out = tap_sum(table, points[0], *self.map_size)  # (H*W, A, O)
+        out = tap_sum(table, points[0], *self.map_size, threads=self.threads)  # (H*W, A, O)
         bias = self.packed.bias.detach().numpy().astype(out.dtype)
         return (out + bias).reshape(1, -1, out.shape[-1])
 
@@ -283,8 +291,10 @@ def random_attend_conv(channels: int, outputs: int, anchors: int) -> BoxOffsetCo
     return conv
 
 
-def attend_variants(conv: BoxOffsetConv2d, stride: float) -> dict[str, nn.Module]:
-    """Every export variant of ``conv`` by name, the plain-conv floor (``PLAIN_CONV``) last."""
+def attend_variants(conv: BoxOffsetConv2d, stride: float, threads: int | None = None
+                    ) -> dict[str, nn.Module]:
+    """Every export variant of ``conv`` by name, the plain-conv floor (``PLAIN_CONV``) last;
+    ``threads``: those of the one variant that computes outside the runtime."""
     return {
         "training module (grid_sample C ch, einsum)": TrainingModule(conv, stride),
         "grid_sample C ch, then MatMul": SampleThenMatmul(conv, stride),
@@ -293,14 +303,16 @@ def attend_variants(conv: BoxOffsetConv2d, stride: float) -> dict[str, nn.Module
         "project, then Gather (sampler gather)": ProjectThenGather(conv, stride),
         "W @ F, one GridSample, sum (not adopted)": PlanarProjectionThenGridSample(conv, stride),
         "tall stacked map, one GridSample (not adopted)": TallMapGridSample(conv, stride),
-        "project in the runtime, tap sum in a compiled kernel": ProjectThenKernel(conv, stride),
+        "project in the runtime, tap sum in a compiled kernel": ProjectThenKernel(conv, stride,
+                                                                                  threads),
         PLAIN_CONV: PlainConv(conv),
     }
 
 
 def head_output(module: nn.Module, outputs: Any) -> np.ndarray:
-    """A variant's result from its runtime's outputs (ONNX Runtime's list, OpenVINO's dict):
-    the one output, or what the variant's ``finish`` makes of them outside the runtime."""
+    """A variant's result from its runtime's outputs (ONNX Runtime's list, OpenVINO's dict,
+    in the graph's output order): the one output (``(N, A*O, H, W)`` or ``(N, H*W*A, O)``),
+    or what the variant's ``finish`` makes of them outside the runtime."""
     values = list(outputs.values()) if hasattr(outputs, "values") else list(outputs)
     finish = getattr(module, "finish", None)
     return finish(values) if finish is not None else values[0]
@@ -308,6 +320,7 @@ def head_output(module: nn.Module, outputs: Any) -> np.ndarray:
 
 def _head_runner(run: Callable[[dict], Any], module: nn.Module
                  ) -> Callable[[dict], np.ndarray]:
+    """``run`` (a runtime's call on a feed) followed by ``head_output``."""
     return lambda feed: head_output(module, run(feed))
 
 
@@ -345,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     features = torch.randn(1, args.channels, args.size, args.size, generator=generator)
     boxes = _random_boxes(args.size, args.stride, args.anchors, generator)
     stride = float(args.stride)
-    variants = attend_variants(conv, stride)
+    variants = attend_variants(conv, stride, args.threads)
     with torch.no_grad():  # float64: the reference's own rounding stays far below fp32's
         reference = TrainingModule(copy.deepcopy(conv).double(), stride)(features.double(),
                                                                         boxes.double())
@@ -403,12 +416,13 @@ def main(argv: list[str] | None = None) -> int:
           f"openvino {ov.__version__}; "
           f"diff vs the training module in float64 (ORT); OV bf16: bf16 inference with the "
           f"sampling coordinates kept f32, as --float-precision bf16 builds the OpenVINO IR")
-    print(f"| {'variant':<48} | {'ORT ms':>7} | {'OV ms':>7} | {'OV bf16 ms':>10} | "
+    width = max(len(name) for name in variants)
+    print(f"| {'variant':<{width}} | {'ORT ms':>7} | {'OV ms':>7} | {'OV bf16 ms':>10} | "
           f"{'max abs diff':>12} |")
-    print(f"|{'-' * 50}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 14}|")
+    print(f"|{'-' * (width + 2)}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 14}|")
     for name in variants:
         ort_ms, ov_ms, bf16_ms = medians[name]
-        print(f"| {name:<48} | {ort_ms:7.2f} | {ov_ms:7.2f} | {bf16_ms:10.2f} | "
+        print(f"| {name:<{width}} | {ort_ms:7.2f} | {ov_ms:7.2f} | {bf16_ms:10.2f} | "
               f"{diffs[name]:12.2e} |")
     floor = medians[PLAIN_CONV]
     print("attend / plain conv (ORT, OV, OV bf16):")

@@ -231,7 +231,8 @@ def paper_width_items(work_dir: Path, threads: int) -> list[Timed]:
 def attend_items(work_dir: Path, threads: int, channels: int, size: int) -> list[Timed]:
     """Export each attend-conv variant to ONNX and time it on ONNX Runtime and OpenVINO."""
     variants = pa.attend_variants(
-        pa.random_attend_conv(channels, ATTEND_OUTPUTS, ATTEND_ANCHORS), float(ATTEND_STRIDE))
+        pa.random_attend_conv(channels, ATTEND_OUTPUTS, ATTEND_ANCHORS), float(ATTEND_STRIDE),
+        threads)
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(1, channels, size, size, generator=generator)
     boxes = pa._random_boxes(size, ATTEND_STRIDE, ATTEND_ANCHORS, generator)

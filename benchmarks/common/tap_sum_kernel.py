@@ -6,7 +6,8 @@ level's 3.5 M samples on the AMX CPU), OpenVINO's ``Gather`` of table rows runs 
 kernel and writes every corner row out before a batch of one-row products sums them
 (``docs/performance_amx.md``). This kernel does the same sum straight from a channels-last
 table: for each position and anchor, each tap's four corner rows are read and added in place,
-the inner loop over the contiguous outputs. ``benchmarks/pa_attend_conv.py`` times it behind a
+the inner loop over the contiguous outputs, positions split over the threads.
+``benchmarks/pa_attend_conv.py`` times it behind a
 runtime that computes the projection and the sampling points (the variant "project in the
 runtime, tap sum in a compiled kernel"), to measure what a split of the attend stage between
 runtime and SDK would cost; nothing in the SDK runs it.
@@ -18,6 +19,7 @@ order: equal to float32 rounding.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -36,8 +38,11 @@ def _tap_sum(table, points, height, width, bounds, out):  # type: ignore[no-unty
             acc = out[p, g]
             acc[:] = 0
             for t in range(taps):
-                x = min(max(points[g, t, p, 0], low), x_high)
-                y = min(max(points[g, t, p, 1], low), y_high)
+                x, y = points[g, t, p, 0], points[g, t, p, 1]
+                if x != x or y != y:  # NaN: reads nothing (the rewrite's Gather would fail)
+                    continue
+                x = min(max(x, low), x_high)
+                y = min(max(y, low), y_high)
                 x0, y0 = np.floor(x), np.floor(y)
                 fx, fy = x - x0, y - y0
                 ix, iy = int(x0), int(y0)
@@ -56,7 +61,8 @@ def _tap_sum(table, points, height, width, bounds, out):  # type: ignore[no-unty
                             acc[o] += weight * row[o]
 
 
-def tap_sum(table: np.ndarray, points_xy: np.ndarray, height: int, width: int) -> np.ndarray:
+def tap_sum(table: np.ndarray, points_xy: np.ndarray, height: int, width: int,
+            threads: int | None = None) -> np.ndarray:
     """Sum over taps of bilinear samples, each tap read from its own map.
 
     Args:
@@ -65,6 +71,8 @@ def tap_sum(table: np.ndarray, points_xy: np.ndarray, height: int, width: int) -
         points_xy: ``(G, T, P, 2)`` sampling points ``(x, y)`` in map coordinates (the
             planar layout of ``quantize.rewrites.pa_head.planar_sampling_points``).
         height, width: the map's ``H`` and ``W``.
+        threads: how many threads the kernel runs on (default: numba's, every CPU it sees);
+            a benchmark gives the runtimes' count, so that no variant gets more cores.
 
     Returns:
         ``(P, G, O)`` in ``table``'s dtype.
@@ -79,5 +87,7 @@ def tap_sum(table: np.ndarray, points_xy: np.ndarray, height: int, width: int) -
     points_xy = np.ascontiguousarray(points_xy, dtype=table.dtype)
     out = np.empty((points_xy.shape[2], table.shape[1], table.shape[3]), table.dtype)
     bounds = np.array([-2, width + 1, height + 1, 1], table.dtype)
+    if threads is not None:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     _tap_sum(table, points_xy, height, width, bounds, out)
     return out

@@ -3,6 +3,7 @@ module's function (the plain conv, the speed floor, excepted)."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +43,31 @@ def test_every_variant_equals_the_training_module(size: int) -> None:
             got = _head_layout(got, 5)
             assert got.shape == expected.shape, name
             assert torch.allclose(got, expected, atol=1e-9), name
+
+
+def test_the_kernel_variant_reads_both_runtimes_outputs_in_order(tmp_path) -> None:
+    # head_output takes the runtime's outputs in the graph's order (table, points): ONNX
+    # Runtime's list from bound buffers and OpenVINO's dict of shared tensors alike.
+    pytest.importorskip("onnxruntime")
+    ov = pytest.importorskip("openvino")
+    import onnxruntime as ort
+
+    from benchmarks.common.timing import bound_ort_call
+    from benchmarks.pa_attend_conv import ProjectThenKernel, export_variant, head_output
+
+    conv = random_attend_conv(8, 5, 2)
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(1, 8, 4, 6, generator=generator)  # not square: H and W apart
+    boxes = _random_boxes(6, 8, 2, generator)[:, :4]
+    with torch.no_grad():
+        expected = _head_layout(TrainingModule(copy.deepcopy(conv), 8.0)(features, boxes), 5)
+    module = ProjectThenKernel(conv, 8.0, threads=1)
+    path = export_variant(module, features, boxes, tmp_path / "kernel.onnx")
+    feed = {"features": features.numpy(), "boxes": boxes.numpy()}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from_ort = head_output(module, bound_ort_call(session, feed)())
+    request = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+                                      ).create_infer_request()
+    from_openvino = head_output(module, request.infer(feed, share_outputs=True))
+    for got in (from_ort, from_openvino):
+        assert torch.allclose(torch.from_numpy(np.asarray(got)), expected, atol=1e-5)
