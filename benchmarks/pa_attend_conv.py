@@ -145,8 +145,8 @@ class ProjectThenGather(nn.Module):
 class PlanarProjectionThenGridSample(nn.Module):
     """Projection as ``W @ F`` (planar output: no reorder for GridSample), one GridSample of
     every (anchor, tap) map, sum over taps. Output ``(N, H*W*A, O)``. Measured 2026-12-07 on
-    the AMX CPU and not adopted: 2.04-2.11x / 2.13-2.40x the plain conv (ORT / OV) in three
-    runs, the shipped forms 2.08-2.16x / 2.23-2.45x in the same runs: no better."""
+    the AMX CPU and not adopted: 2.03-2.11x / 2.13-2.40x the plain conv (ORT / OV) in four
+    runs, the shipped forms 2.08-2.16x / 2.27-2.45x in the same runs: no better."""
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
         super().__init__()
@@ -173,7 +173,7 @@ class TallMapGridSample(nn.Module):
     channels with the taps innermost in the grid, then a sum over them. Output
     ``(N, H*W*A, O)``. Not exact to fp32's last bits: the tall map's normalised y carries
     about 30x the rounding (error about 5e-4 against 2.4-2.7e-5). Measured 2026-12-07 on the
-    AMX CPU and not adopted: 2.71-2.83x / 2.13-2.32x in three runs."""
+    AMX CPU and not adopted: 2.71-2.82x / 2.18-2.32x in four runs."""
 
     # y is clamped to [-2, H + 1]: corners reach rows -2 .. H + 2 of a map. Two zero rows
     # suffice in exact arithmetic (row H + 2 is reached only at y = H + 1, with weight 0);

@@ -39,7 +39,9 @@ markdown tables:
    model.
 3. Attend stage: the export variants of PASSD's P&A attend conv (the classes of
    ``benchmarks/pa_attend_conv.py``) at the paper's largest level (256 channels, 3 anchors x
-   81 outputs, 40x40 map), fp32, against a plain 3x3 conv of the same size.
+   81 outputs, 40x40 map), fp32, against a plain 3x3 conv of the same size; each variant's
+   outputs written into buffers reused across calls, and the one variant that ends outside
+   the runtime (its tap sum in a compiled kernel) timed with that step.
 
 Last, the headline figures (issue 15's targets) over all calls and apart for the calls made
 while the two CPUs were near each other and while they were far apart: the round trip
