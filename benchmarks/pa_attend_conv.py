@@ -142,21 +142,31 @@ class ProjectThenGather(nn.Module):
         return self.packed(features, box_sampling_points(boxes_cxcywh, self.stride))[0]
 
 
-class PlanarProjectionThenGridSample(nn.Module):
+class _PlanarProjection(nn.Module):
+    """The attend conv's weights as one projection matrix ``weight (A*T*O, C)``, so that
+    ``weight @ F`` computes every (anchor, tap) map planar; ``row_order`` permutes the
+    ``(A, O, C, T)`` weight axes before they are flattened into the rows."""
+
+    def __init__(self, conv: BoxOffsetConv2d, stride: float,
+                 row_order: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        a, o, c = conv.num_anchors, conv.out_channels_per_anchor, conv.in_channels
+        t = conv.kernel_size**2
+        weight = conv.weight.detach().reshape(a, o, c, t).permute(*row_order).reshape(-1, c)
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(conv.bias.detach().reshape(a, o).clone())
+        self.shape = (a, t, o)
+        self.stride = stride
+
+
+class PlanarProjectionThenGridSample(_PlanarProjection):
     """Projection as ``W @ F`` (planar output: no reorder for GridSample), one GridSample of
     every (anchor, tap) map, sum over taps. Output ``(N, H*W*A, O)``. Measured 2026-12-07 on
     the AMX CPU and not adopted: 2.03-2.11x / 2.13-2.40x the plain conv (ORT / OV) in four
     runs, the shipped forms 2.08-2.16x / 2.27-2.45x in the same runs: no better."""
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
-        super().__init__()
-        a, o, c = conv.num_anchors, conv.out_channels_per_anchor, conv.in_channels
-        t = conv.kernel_size**2
-        weight = conv.weight.detach().reshape(a, o, c, t).permute(0, 3, 1, 2).reshape(-1, c)
-        self.weight = nn.Parameter(weight.clone())  # rows (anchor, tap, output)
-        self.bias = nn.Parameter(conv.bias.detach().reshape(a, o).clone())
-        self.shape = (a, t, o)
-        self.stride = stride
+        super().__init__(conv, stride, (0, 3, 1, 2))  # rows (anchor, tap, output)
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
         n, c, h, w = features.shape
@@ -167,7 +177,7 @@ class PlanarProjectionThenGridSample(nn.Module):
         return (out.permute(0, 3, 1, 2) + self.bias).reshape(n, h * w * a, o)
 
 
-class TallMapGridSample(nn.Module):
+class TallMapGridSample(_PlanarProjection):
     """Every (anchor, tap) map stacked into one tall map, ``GAP`` zero rows after each (so a
     corner outside a map reads zeros, never the next map), and one GridSample of the ``O``
     channels with the taps innermost in the grid, then a sum over them. Output
@@ -181,14 +191,7 @@ class TallMapGridSample(nn.Module):
     GAP = 3
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
-        super().__init__()
-        a, o, c = conv.num_anchors, conv.out_channels_per_anchor, conv.in_channels
-        t = conv.kernel_size**2
-        weight = conv.weight.detach().reshape(a, o, c, t).permute(1, 0, 3, 2).reshape(-1, c)
-        self.weight = nn.Parameter(weight.clone())  # rows (output, anchor, tap)
-        self.bias = nn.Parameter(conv.bias.detach().reshape(a, o).clone())
-        self.shape = (a, t, o)
-        self.stride = stride
+        super().__init__(conv, stride, (1, 0, 3, 2))  # rows (output, anchor, tap)
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
         n, c, h, w = features.shape
