@@ -13,10 +13,10 @@ an IR), max |diff| vs the training module (ONNX Runtime's output); then each var
 to the plain conv per runtime. Each runtime is timed in its own phase (see ``main``). The
 rewrite (``quantize.rewrites.pa_head``) has two samplers, "project, then Gather" and
 "project, then GridSample"; each target picks one. One variant ends outside the runtime:
-"project in the runtime, tap sum in a compiled kernel" (``benchmarks.common.tap_sum_kernel``,
-timed with that step), a measurement of splitting the stage between runtime and SDK, which
-nothing ships. Every variant's outputs land in buffers reused across calls (ONNX Runtime's
-``IOBinding``, OpenVINO's own output tensors), as a loop over frames can run a model.
+"project in the runtime, tap sum in a compiled kernel": the ``cpu`` target's form, in which
+the SDK sums the samples after the runtime (``edgedet.attend_tail``, timed with that step).
+Every variant's outputs land in buffers reused across calls (ONNX Runtime's ``IOBinding``,
+OpenVINO's own output tensors), as a loop over frames can run a model.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 from benchmarks.common.args import require_at_least
-from benchmarks.common.tap_sum_kernel import tap_sum
 from benchmarks.common.timing import bound_ort_call
+from edgedet.attend_tail import AttendTail, AttendTailSpec, TailLevel
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,
     box_sampling_points,
@@ -212,41 +212,39 @@ class TallMapGridSample(_PlanarProjection):
 
 
 class ProjectThenKernel(nn.Module):
-    """Projection (a channels-last MatMul) and planar sampling points in the runtime, the tap
-    sum in a compiled kernel after it (``benchmarks.common.tap_sum_kernel``, on ``threads``
-    threads): what splitting the attend stage between runtime and SDK would cost. The
-    runtime's outputs are the table ``(N, H*W, A*T*O)`` and the points ``(N, A, T, H*W, 2)``;
-    ``finish`` turns them into the head output ``(N, H*W*A, O)`` (batch 1)."""
+    """The attend tail (the ``cpu`` target's form): the projection (a 1x1 conv, then
+    channels-last) and the planar sampling points in the runtime, the tap sum after it in the
+    SDK's ``AttendTail`` on ``threads`` threads. The runtime's outputs are the table
+    ``(N, H*W, A*T*O)`` and the points ``(N, A, T, H*W, 2)``; ``finish`` turns them into the
+    head output ``(N, H*W*A, O)``."""
 
     output_names = ("table", "points")
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float, threads: int | None = None
                  ) -> None:
         super().__init__()
-        self.packed = PackedBoxOffsetConv([conv])  # the gather sampler's channels-last table
+        self.packed = PackedBoxOffsetConv([conv], tail=True)
         self.stride = stride
         self.threads = threads
-        self.map_size = (0, 0)  # (H, W) of the last forward (the export's: shapes are static)
+        self.tail: AttendTail | None = None  # for the map size of the last forward (static)
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> tuple[Tensor, Tensor]:
-        n, c, h, w = features.shape
+        n, _, h, w = features.shape
         a, t = self.packed.num_anchors, self.packed.num_taps
-        self.map_size = (int(h), int(w))  # ints even while the exporter traces
-        # The table leaves the runtime as the product's own output: a Reshape at a graph
-        # output made ONNX Runtime copy its 14 MB (1.3 ms); numpy reshapes it for free.
-        table = torch.matmul(features.reshape(n, c, h * w).transpose(1, 2),
-                             self.packed.projection)  # (N, H*W, A*T*O)
+        level = self.tail.spec.levels[0] if self.tail is not None else None
+        if level is None or (level.height, level.width) != (int(h), int(w)):
+            spec = AttendTailSpec(a, t, (("out", self.packed.split_sizes[0]),),
+                                  self.packed.bias.detach().numpy().astype(np.float32),
+                                  (TailLevel("table", "points", int(h), int(w)),))
+            self.tail = AttendTail(spec, self.threads)
         points = planar_sampling_points(boxes_cxcywh, self.stride).reshape(n, a, t, h * w, 2)
-        return table, points
+        return self.packed.table(features), points
 
     def finish(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
-        """The runtime's ``(table, points)`` -> ``(1, H*W*A, O)``."""
+        """The runtime's ``(table, points)`` -> ``(N, H*W*A, O)``."""
+        assert self.tail is not None, "run forward (or export) first"
         table, points = (np.asarray(o) for o in outputs)
-        groups, taps = points.shape[1:3]
-        table = table[0].reshape(table.shape[1], groups, taps, -1)
-        out = tap_sum(table, points[0], *self.map_size, threads=self.threads)  # (H*W, A, O)
-        bias = self.packed.bias.detach().numpy().astype(out.dtype)
-        return (out + bias).reshape(1, -1, out.shape[-1])
+        return self.tail({"table": table, "points": points})["out"]
 
 
 class PlainConv(nn.Module):

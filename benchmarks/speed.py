@@ -180,7 +180,7 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
     built: dict[tuple[str, str], Path] = {}
     for target_name in targets:
         target = target_named(target_name)
-        rewritten = rewrite_for_export(model, target.sampler)
+        rewritten = rewrite_for_export(model, target.sampler, attend_tail=target.attend_tail)
         target_dir = work_dir / target_name
         onnx_fp32 = export_onnx(rewritten, target_dir / "fp32.onnx", size)
         scope = target.default_keep_float if keep_float is None else tuple(keep_float)

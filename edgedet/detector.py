@@ -40,6 +40,7 @@ from edgedet.artifact import (
     main_model_files,
     require_passed_check,
 )
+from edgedet.attend_tail import AttendTail, attend_tail_for
 from edgedet.backends import (
     BACKENDS,
     BackendError,
@@ -199,6 +200,8 @@ class Detector:
         self.class_names: tuple[str, ...] = tuple(self._manifest["class_names"])
         self.preprocess_config = PreprocessConfig.from_dict(self._manifest["preprocess"])
         self.decoder = HeadDecoder.from_manifest(self._manifest, self.options)
+        self._attend_tail: AttendTail | None = attend_tail_for(
+            self._manifest, self._backend.output_names, self.options.threads)
         self._check_model_matches_manifest()
         # Compiled here, so that a backend that cannot do it fails at load time, not mid-stream.
         self._frame_runner: FrameRunner | None = (
@@ -215,7 +218,8 @@ class Detector:
         if backend_2x is None and self._manifest.get("double_scale"):
             raise TypeError("double_scale=True with a loaded backend needs "
                             "double_scale_backend=, the loaded 2x model")
-        second = SecondScale.from_manifest(self._manifest, backend_2x)  # type: ignore[arg-type]
+        second = SecondScale.from_manifest(self._manifest, backend_2x,  # type: ignore[arg-type]
+                                           self.options.threads)
         if not allow_unchecked:
             require_passed_check({"name": f"{self.name} (double-scale testing)",
                                   "accuracy": self._manifest["double_scale"].get("accuracy")},
@@ -228,8 +232,11 @@ class Detector:
     def _check_model_matches_manifest(self) -> None:
         """Stop at load time, naming the file, if the model disagrees with its manifest."""
         path = self._backend.model_path
-        missing = [n for n in self.decoder.output_names
-                   if n not in self._backend.output_names]
+        made = set(self._backend.output_names)
+        if self._attend_tail is not None:
+            made = made - set(self._attend_tail.spec.input_names) | set(
+                self._attend_tail.spec.output_names)
+        missing = [n for n in self.decoder.output_names if n not in made]
         if missing:
             raise ManifestError(f"{path} has outputs {list(self._backend.output_names)} but "
                                 f"the manifest lists {missing} too")
@@ -349,11 +356,12 @@ class Detector:
                           inputs: np.ndarray) -> dict[str, np.ndarray]:
         """``run(inputs)``, in chunks of the model's batch where it was exported with a fixed
         one (usually 1)."""
+        finish = self._attend_tail or (lambda outputs: outputs)
         with self._gate.running():  # (every run of the model comes through here)
             limit = self._backend.input_shape[0]
             if limit is None or limit == len(inputs):
-                return run(inputs)
-            chunks = [run(inputs[i:i + limit]) for i in range(0, len(inputs), limit)]
+                return finish(run(inputs))
+            chunks = [finish(run(inputs[i:i + limit])) for i in range(0, len(inputs), limit)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
     def close(self) -> None:
@@ -369,9 +377,13 @@ class Detector:
             if callable(close):
                 close()
         self._own_backends.clear()
+        if self._attend_tail is not None:
+            self._attend_tail.close()
         self._backend = ClosedBackend(self._backend)
         if self._second_scale is not None:
             self._second_scale.backend = ClosedBackend(self._second_scale.backend)
+            if self._second_scale.attend_tail is not None:
+                self._second_scale.attend_tail.close()
 
     def __enter__(self) -> Detector:
         return self

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgedet.anchors import GridAnchorSpec, anchor_spec_from_dict
+from edgedet.attend_tail import AttendTail, attend_tail_for
 from edgedet.backends import InferenceBackend
 from edgedet.preprocess import PreprocessConfig, preprocess
 
@@ -154,15 +155,18 @@ class SecondScale:
     """
 
     def __init__(self, backend: InferenceBackend, preprocess_config: PreprocessConfig,
-                 layout: DoubleScaleLayout) -> None:
+                 layout: DoubleScaleLayout, attend_tail: AttendTail | None = None) -> None:
         self.backend = backend
         self.preprocess_config = preprocess_config
         self.layout = layout
+        self.attend_tail = attend_tail
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping, backend: InferenceBackend) -> SecondScale:
+    def from_manifest(cls, manifest: Mapping, backend: InferenceBackend,
+                      threads: int | None = None) -> SecondScale:
         """The second scale of an artifact manifest whose ``double_scale`` section names the
-        2x model that ``backend`` has loaded.
+        2x model that ``backend`` has loaded (with the section's own ``attend_tail``, run on
+        ``threads``, where the 2x model hands over PASSD's tables: ``edgedet.attend_tail``).
 
         Raises:
             DoubleScaleError: the artifact has no 2x model, its anchors do not pair with the
@@ -182,21 +186,30 @@ class SecondScale:
         if len(shape) != 4 or shape[2] not in (height, None) or shape[3] not in (width, None):
             raise DoubleScaleError(f"{backend.model_path} takes input {list(shape)}, not the "
                                    f"2x input (N, 3, {height}, {width})")
+        tail = attend_tail_for({"attend_tail": section.get("attend_tail"),
+                                "anchor_spec": section["anchor_spec"]},
+                               backend.output_names, threads)
+        made = set(backend.output_names)
+        if tail is not None:
+            made = made - set(tail.spec.input_names) | set(tail.spec.output_names)
         wanted = [entry["name"] for entry in manifest.get("outputs", [])]
-        missing = [name for name in wanted if name not in backend.output_names]
+        missing = [name for name in wanted if name not in made]
         if missing:  # else the first frame would fail on a missing output
             raise DoubleScaleError(f"{backend.model_path} has outputs "
                                    f"{list(backend.output_names)}, without the 1x model's "
                                    f"{missing}: it is not this artifact's 2x model")
         config = PreprocessConfig.from_dict({**manifest["preprocess"],
                                              "input_size": [width, height]})
-        return cls(backend, config, layout)
+        return cls(backend, config, layout, tail)
 
     def merge(self, frame: np.ndarray, outputs_1x: Mapping[str, np.ndarray]
               ) -> dict[str, np.ndarray]:
         """Run ``frame`` (BGR uint8) at 2x and merge with its 1x ``(1, A, k)`` outputs."""
         images, _ = preprocess(frame, self.preprocess_config)
-        return self.layout.merge_outputs(outputs_1x, self.backend.run(images))
+        outputs_2x = self.backend.run(images)
+        if self.attend_tail is not None:
+            outputs_2x = self.attend_tail(outputs_2x)
+        return self.layout.merge_outputs(outputs_1x, outputs_2x)
 
 
 __all__ = ["COARSE_LEVELS_FROM_1X", "DoubleScaleError", "DoubleScaleLayout", "SecondScale"]

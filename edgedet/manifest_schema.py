@@ -14,6 +14,8 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from edgedet.anchors import anchor_spec_from_dict
+from edgedet.attend_tail import SECTION as ATTEND_TAIL
+from edgedet.attend_tail import AttendTailSpec
 from edgedet.backends import BACKENDS
 from edgedet.head_decoding import HEAD_FAMILIES
 from edgedet.options import DetectorOptions
@@ -108,6 +110,8 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
     except (KeyError, TypeError, ValueError) as exc:
         raise fail(f"bad anchor_spec section: {exc!r}") from exc
     _validate_outputs(manifest["outputs"], num_anchors, fail)
+    if manifest.get(ATTEND_TAIL) is not None:
+        _validate_attend_tail(manifest, num_anchors, fail)
     _validate_class_count(manifest, fail)
     _validate_input(manifest["input"], preprocess.input_size, fail)
     if require_files or manifest["files"]:
@@ -158,6 +162,20 @@ def _validate_outputs(outputs: object, num_anchors: int, fail: Any) -> None:
         if shape[1] != num_anchors:
             raise fail(f"output {entry['name']!r} has {shape[1]} anchors but anchor_spec "
                        f"generates {num_anchors}")
+
+
+def _validate_attend_tail(manifest: Mapping[str, Any], num_anchors: int, fail: Any) -> None:
+    """The ``attend_tail`` section parses, and it makes two listed outputs of every anchor."""
+    feature_sizes = anchor_spec_from_dict(manifest["anchor_spec"]).feature_sizes
+    spec = AttendTailSpec.from_section(manifest[ATTEND_TAIL], feature_sizes, fail)
+    made = sum(lv.height * lv.width for lv in spec.levels) * spec.anchors
+    if made != num_anchors:
+        raise fail(f"{ATTEND_TAIL} makes {made} rows but anchor_spec generates {num_anchors}")
+    widths = {e["name"]: e["shape"][2] for e in manifest["outputs"]}
+    for name, size in spec.outputs:
+        if widths.get(name) != size:
+            raise fail(f"{ATTEND_TAIL} makes {name!r} of {size} values, but outputs lists "
+                       f"{'it with ' + str(widths[name]) if name in widths else 'no such output'}")
 
 
 def _validate_class_count(manifest: Mapping[str, Any], fail: Any) -> None:
@@ -232,6 +250,10 @@ def _validate_double_scale(section: object, input_size: tuple[int, int], files: 
     if isinstance(coarse, bool) or not isinstance(coarse, int) or not 0 <= coarse < levels:
         raise fail(f"double_scale.coarse_levels_from_1x must be a whole number in "
                    f"0..{levels - 1}, got {coarse!r}")
+    if section.get(ATTEND_TAIL) is not None:  # the 2x model's own levels and table scales
+        feature_sizes = anchor_spec_from_dict(section["anchor_spec"]).feature_sizes
+        AttendTailSpec.from_section(section[ATTEND_TAIL], feature_sizes,
+                                    lambda problem: fail(f"double_scale.{problem}"))
     names = section["files"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise fail("double_scale.files must be a non-empty list of file names")

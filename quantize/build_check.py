@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from edgedet.artifact import DOUBLE_SCALE_STEM, MANIFEST_NAME, MODEL_STEM, Artifact
+from edgedet.attend_tail import AttendTail
 from edgedet.double_scale import COARSE_LEVELS_FROM_1X
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import AccuracyCheck
 from quantize.accuracy_control import ControlConfig, ControlOutcome, Trial, TrialResult, control
+from quantize.attend_tail import tail_head, tail_spec
 from quantize.calibration import ImageSet, calibration_inputs
 from quantize.export_onnx import export_onnx
 from quantize.int8_scope import (
@@ -80,7 +82,8 @@ class Builder:
         say(f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
                      f"{self.input_size[0]}x{self.input_size[1]}, {self.target.sampler} "
                      f"sampling")
-        self.rewritten = rewrite_for_export(model, self.target.sampler)
+        self.rewritten = rewrite_for_export(model, self.target.sampler,
+                                            attend_tail=self.target.attend_tail)
         self.onnx_fp32 = export_onnx(self.rewritten, work / "model.onnx", self.input_size)
         self.keep_float: tuple[str, ...] = ()
         self.kept_report: dict[str, dict[str, Any]] = {}
@@ -121,6 +124,7 @@ class Builder:
         artifact_name = f"{self.name}_{precision}"
         say(f"building {artifact_name} for {self.target.backend}")
         built = self.target.build(self._request(precision, trial, self.onnx_fp32,
+                                                self.rewritten,
                                                 self.input_size, self.work,
                                                 self.calibration_arrays))
         artifact_source = dict(self.source)
@@ -156,7 +160,7 @@ class Builder:
         self.kept_report.update({c: {"nodes": kept[c], "reason": CATEGORIES[c]}
                                  for c in categories if c not in self.kept_report and kept[c]})
 
-    def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
+    def _request(self, precision: str, trial: Trial, onnx_fp32: Path, rewritten: Any,
                  input_size: tuple[int, int], work_dir: Path,
                  calibration: Any) -> BuildRequest:
         """The target's build request for ``precision`` and ``trial`` at one input size."""
@@ -165,7 +169,7 @@ class Builder:
         if trial.float_categories:  # accuracy control widened the scope
             scope = tuple(flatten(self._kept_out(trial.float_categories)))
         return BuildRequest(
-            precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
+            precision=precision, onnx_fp32=onnx_fp32, model=rewritten,
             input_size=input_size, work_dir=work_dir,
             calibration=calibration if precision == "int8" else None,
             # Two layers' tails can share a node (both feed one Add): name each node once.
@@ -185,6 +189,7 @@ class Builder:
         precision = str(artifact.manifest["precision"])
         say(f"building the 2x model of {artifact.name}")
         built = self.target.build(self._request(precision, trial, self.onnx_fp32_2x,
+                                                self.rewritten,
                                                 self.size_2x, self.work / "x2",
                                                 self.calibration_arrays_2x))
         files_2x = {DOUBLE_SCALE_STEM + name.removeprefix(MODEL_STEM)
@@ -194,6 +199,8 @@ class Builder:
                    "anchor_spec": self.model.anchor_spec(self.size_2x).to_dict(),
                    "coarse_levels_from_1x": COARSE_LEVELS_FROM_1X,
                    "files": list(files_2x), "accuracy": None}
+        if "attend_tail" in built.manifest_extra:  # the 2x model's own levels and scales
+            section["attend_tail"] = built.manifest_extra["attend_tail"]
         self._trials += 1
         return Artifact.stage(self.work / "staged" / str(self._trials) / artifact.name,
                               {**artifact.files, **files_2x},
@@ -203,11 +210,16 @@ class Builder:
         """The sensitivity ranking of the weight layers the target puts in INT8."""
         say(f"ranking {len(self.units)} INT8 layers by sensitivity")
         assert self.calibration_arrays is not None
+        spec = tail_spec(self.rewritten,
+                         self.rewritten.anchor_spec(self.input_size).feature_sizes
+                         ) if tail_head(self.rewritten) is not None else None
+        tail = AttendTail(spec, threads=1) if spec is not None else None
         return rank_layers(self.onnx_fp32, self.calibration_arrays, self.keep_float,
                            quantize_outputs=self.target.rounds_outputs,
                            max_images=self.config.sensitivity_images,
                            progress=self.config.progress,
-                           weighting=detection_weighting(self.checkpoint_config))
+                           weighting=detection_weighting(self.checkpoint_config),
+                           finish=tail)
 
 
 def build_and_check(config: ConvertConfig, builder: Builder, check: AccuracyCheck

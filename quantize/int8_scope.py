@@ -6,7 +6,9 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
 ``sampling``   the sampling-point math of the P&A and deformable-conv rewrites: everything
                that computes the ``Gather`` row indices and the bilinear weights (offsets,
                box decoding, floor, corner masks) or the ``GridSample`` grid, and what
-               follows the tap sum up to the next weight layer or graph output. An INT8
+               follows the tap sum up to the next weight layer or graph output; in a graph
+               that leaves the tap sum to the SDK (``edgedet.attend_tail``), everything
+               computing its ``attend_points_*`` outputs. An INT8
                step of a box coordinate (1/255 of its range) moves every sample; these
                nodes are cheap element-wise math, so float costs little.
 ``sampling_reads``  what the sampling reads and sums: the projected table on its way (layout
@@ -54,6 +56,7 @@ from collections.abc import Iterable, Sequence
 
 import onnx
 
+from edgedet.attend_tail import POINTS_PREFIX
 from quantize.scope_graph import LAYOUT_OPS, ScopeGraph, ScopeNode, onnx_scope_nodes
 from quantize.scope_norms import norm_nodes
 
@@ -133,9 +136,11 @@ def _sampling_nodes(graph: ScopeGraph, reads: list[ScopeNode], tap_sums: list[Sc
                     ) -> set[str]:
     """The reads and tap sums, everything computing their inputs back to the weight layers
     (the coordinates, row indices and bilinear weights; the tables' layout ops too), and what
-    follows them up to the next weight layer."""
+    follows them up to the next weight layer. Sampling points that leave the graph for the
+    SDK's tap sum count as a read's input."""
     seeds = {n.name for n in reads + tap_sums}
-    upstream = graph.backward([t for n in reads + tap_sums for t in n.inputs])
+    points = [t for t in graph.outputs if t.startswith(POINTS_PREFIX)]
+    upstream = graph.backward([*(t for n in reads + tap_sums for t in n.inputs), *points])
     return seeds | upstream | graph.forward(seeds | upstream)
 
 

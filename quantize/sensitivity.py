@@ -103,7 +103,9 @@ class LayerSensitivity:
 def rank_layers(onnx_path: str | Path, images: Sequence[np.ndarray],
                 kept_float: Sequence[str] = (), quantize_outputs: bool = False,
                 max_images: int = DEFAULT_IMAGES, progress: bool = True,
-                weighting: DetectionWeighting | None = None) -> list[LayerSensitivity]:
+                weighting: DetectionWeighting | None = None,
+                finish: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+                ) -> list[LayerSensitivity]:
     """Every weight layer outside ``kept_float``, most harmful first.
 
     Args:
@@ -116,6 +118,8 @@ def rank_layers(onnx_path: str | Path, images: Sequence[np.ndarray],
         progress: a progress bar over the layers.
         weighting: compare as a detector (``detection_weighting``); None: every output,
             every element alike.
+        finish: what the SDK does to the graph's outputs before decoding (an
+            ``edgedet.attend_tail.AttendTail``); the finished outputs are compared.
 
     Raises:
         ValueError: no images.
@@ -140,6 +144,17 @@ def rank_layers(onnx_path: str | Path, images: Sequence[np.ndarray],
                for t in tensors}
     ranges, reference = _ranges_and_reference(model, sorted(watched), output_names, images,
                                               input_name)
+    compared_names = output_names
+
+    def finished(outputs: list[np.ndarray]) -> list[np.ndarray]:
+        if finish is None:
+            return outputs
+        values = finish(dict(zip(output_names, outputs, strict=True)))
+        return [values[n] for n in compared_names]
+
+    if finish is not None:
+        compared_names = list(finish(dict(zip(output_names, reference[0], strict=True))))
+        reference = [finished(r) for r in reference]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     results = []
@@ -147,8 +162,8 @@ def rank_layers(onnx_path: str | Path, images: Sequence[np.ndarray],
         trial = _fake_quantized(model, name, layer_inputs[name], unit_outputs[name], ranges)
         session = ort.InferenceSession(trial.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
-        outputs = [session.run(output_names, {input_name: x}) for x in images]
-        sqnr, cosine, worst = _compare(reference, outputs, output_names, weighting)
+        outputs = [finished(session.run(output_names, {input_name: x})) for x in images]
+        sqnr, cosine, worst = _compare(reference, outputs, compared_names, weighting)
         results.append(LayerSensitivity(name, nodes[name].op_type, tuple(unit), sqnr, cosine,
                                         worst))
     return sorted(results, key=lambda r: (r.sqnr_db, r.cosine))

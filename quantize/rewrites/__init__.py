@@ -4,7 +4,8 @@
 
 * PASSD's ``ProposeAttendHead`` (attend stage with P&A offset convs) becomes
   ``ExportProposeAttendHead`` (projection + Gather or GridSample sampling, sampling points
-  from the propose outputs computed in the graph);
+  from the propose outputs computed in the graph; with ``attend_tail=True`` the graph ends at
+  the tables and points and the SDK sums the samples, ``edgedet.attend_tail``);
 * every ``DeformConv2d`` (HAR-Net's aligned attention) becomes ``ExportDeformConv2d``
   (projection + the same sampling; no ONNX ``DeformConv``, which OpenVINO cannot import);
 * every ``SelfAttention2d`` (DSANet) becomes ``ExportSelfAttention2d`` (fused QKV conv,
@@ -21,6 +22,7 @@ import copy
 
 from torch import nn
 
+from edgedet.attend_tail import POINTS_PREFIX, TABLE_PREFIX
 from edgedet.models.attention import SelfAttention2d
 from edgedet.models.deform_conv import DeformConv2d
 from edgedet.models.pa_head import ProposeAttendHead
@@ -35,10 +37,10 @@ from quantize.rewrites.sampling import (
 from quantize.rewrites.self_attention import ExportSelfAttention2d
 
 
-def _replacement(module: nn.Module, sampler: str) -> nn.Module | None:
+def _replacement(module: nn.Module, sampler: str, tail: bool = False) -> nn.Module | None:
     """The export module standing in for ``module``, or None when it needs no rewrite."""
     if isinstance(module, ProposeAttendHead) and module.use_attend:
-        return ExportProposeAttendHead(module, sampler)
+        return ExportProposeAttendHead(module, sampler, tail)
     if isinstance(module, DeformConv2d):
         return ExportDeformConv2d(module, sampler)
     if isinstance(module, SelfAttention2d):
@@ -46,23 +48,28 @@ def _replacement(module: nn.Module, sampler: str) -> nn.Module | None:
     return None
 
 
-def _swap_children(module: nn.Module, counts: dict[str, int], sampler: str) -> None:
+def _swap_children(module: nn.Module, counts: dict[str, int], sampler: str,
+                   tail: bool) -> None:
     for name, child in module.named_children():
-        replacement = _replacement(child, sampler)
+        replacement = _replacement(child, sampler, tail)
         if replacement is None:
-            _swap_children(child, counts, sampler)
+            _swap_children(child, counts, sampler, tail)
             continue
         setattr(module, name, replacement)
         key = type(child).__name__
         counts[key] = counts.get(key, 0) + 1
 
 
-def rewrite_for_export(model: nn.Module, sampler: str = "gather") -> nn.Module:
+def rewrite_for_export(model: nn.Module, sampler: str = "gather",
+                       attend_tail: bool = False) -> nn.Module:
     """An eval-mode deep copy of ``model`` with every exportable-layer rewrite applied.
 
     ``sampler`` (``quantize.rewrites.sampling.SAMPLERS``) is how the P&A and deformable
     rewrites read their bilinear samples: ``"gather"`` exports everywhere, ``"grid_sample"``
     is faster where the runtime has a good ``GridSample`` (each target says which).
+    ``attend_tail``: the P&A head leaves the attend stage's tap sum to the SDK; the copy's
+    ``export_output_names`` then list each level's table and points instead of
+    ``cls_logits`` and ``box_deltas`` (``edgedet.attend_tail``). Other layers are unaffected.
 
     The copy's attribute ``export_rewrites`` maps the replaced module types to how many were
     replaced (e.g. ``{"DeformConv2d": 2}``); an empty dict means the model needed none
@@ -71,12 +78,18 @@ def rewrite_for_export(model: nn.Module, sampler: str = "gather") -> nn.Module:
     check_sampler(sampler)  # before the deep copy: a bad name costs nothing
     rewritten = copy.deepcopy(model).eval()
     counts: dict[str, int] = {}
-    root_replacement = _replacement(rewritten, sampler)
+    root_replacement = _replacement(rewritten, sampler, attend_tail)
     if root_replacement is not None:
         rewritten = root_replacement.eval()
         counts[type(model).__name__] = 1
     else:
-        _swap_children(rewritten, counts, sampler)
+        _swap_children(rewritten, counts, sampler, attend_tail)
+    if attend_tail and counts.get("ProposeAttendHead"):
+        levels = range(len(rewritten.strides))  # a detector with a P&A head: PASSD
+        rewritten.export_output_names = (
+            *(n for n in rewritten.export_output_names if n not in ("cls_logits", "box_deltas")),
+            *(name for level in levels
+              for name in (f"{TABLE_PREFIX}{level}", f"{POINTS_PREFIX}{level}")))
     rewritten.export_rewrites = counts
     return rewritten
 

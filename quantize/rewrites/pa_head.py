@@ -10,6 +10,11 @@ target's ``sampler``). The sampling points are computed in the graph from the pr
 outputs exactly as in training (``box_sampling_points``; for ONNX Runtime on planes,
 ``planar_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the
 other variants.
+
+With ``tail=True`` the graph stops before the read: each level's channels-last table and its
+planar sampling points become model outputs, and the SDK sums the samples
+(``edgedet.attend_tail``; the ``cpu`` target's form, ``quantize.attend_tail`` writes its
+manifest section).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from edgedet.attend_tail import POINTS_PREFIX, TABLE_PREFIX
 from edgedet.models.box_coder import decode_cxcywh
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,
@@ -67,12 +73,15 @@ class PackedBoxOffsetConv(nn.Module):
     Built from ``BoxOffsetConv2d`` modules with the same input channels, anchors and kernel;
     ``forward(features, points_xy)`` returns, for each of them, its output already flattened
     like a head output: ``(N, H*W*A, out_i)`` in the y -> x -> anchor order. ``sampler``
-    (``quantize.rewrites.sampling.SAMPLERS``) says how the samples are read.
+    (``quantize.rewrites.sampling.SAMPLERS``) says how the samples are read; with
+    ``tail=True`` nothing is read in the graph: ``table(features)`` is what the SDK reads.
     """
 
-    def __init__(self, convs: Sequence[BoxOffsetConv2d], sampler: str = "gather") -> None:
+    def __init__(self, convs: Sequence[BoxOffsetConv2d], sampler: str = "gather",
+                 tail: bool = False) -> None:
         super().__init__()
         self.sampler = check_sampler(sampler)
+        self.tail = tail
         if not convs:
             raise ValueError("PackedBoxOffsetConv needs at least one BoxOffsetConv2d")
         first = convs[0]
@@ -92,17 +101,29 @@ class PackedBoxOffsetConv(nn.Module):
              for conv in convs], dim=1)  # (A, O, C, T)
         # Columns ordered (anchor, tap, output) so the product reshapes to (.., A, T, O).
         projection = weights.permute(2, 0, 3, 1).reshape(c, -1)  # (C, A*T*O)
-        if sampler == "grid_sample":
-            # A 1x1 conv weight (A*T*O, C, 1, 1): GridSample reads channels-first maps.
+        if sampler == "grid_sample" or tail:
+            # A 1x1 conv weight (A*T*O, C, 1, 1): GridSample reads channels-first maps; for
+            # the tail, ONNX Runtime's INT8 1x1 conv followed by the transpose to channels-last
+            # ran faster than the MatMul (paper-width PASSD INT8, one run: 15.00 against
+            # 15.46 ms) and its fp32 no slower.
             projection = projection.t().reshape(-1, c, 1, 1)
         self.projection = nn.Parameter(projection.clone())
         self.bias = nn.Parameter(torch.cat(
             [conv.bias.detach().reshape(a, conv.out_channels_per_anchor) for conv in convs],
             dim=1).clone())  # (A, O)
 
+    def table(self, features: Tensor) -> Tensor:
+        """The tail's table: ``features (N, C, H, W)`` -> ``(N, H*W, A*T*O)``, channels-last
+        (columns ordered anchor, tap, output), so a corner read is one contiguous row."""
+        n, _, h, w = features.shape
+        return F.conv2d(features, self.projection).permute(0, 2, 3, 1).reshape(n, h * w, -1)
+
     def forward(self, features: Tensor, points_xy: Tensor) -> list[Tensor]:
         """``features (N, C, H, W)``, ``points_xy (N, A, T, H, W, 2)``
         -> ``[(N, H*W*A, out_i)]``."""
+        if self.tail:
+            raise RuntimeError("a tail PackedBoxOffsetConv reads no samples: the SDK sums "
+                               "them from table() (edgedet.attend_tail)")
         n, c, h, w = features.shape
         a, t = self.num_anchors, self.num_taps
         if self.sampler == "grid_sample":
@@ -124,10 +145,14 @@ class ExportProposeAttendHead(nn.Module):
     """Drop-in replacement of a ``ProposeAttendHead`` built with ``use_attend=True``.
 
     Same ``forward(features, priors_cxcywh, strides)`` and the same outputs (see
-    ``ProposeAttendHead.forward``); the propose convs are copies of the training ones.
+    ``ProposeAttendHead.forward``); the propose convs are copies of the training ones. With
+    ``tail=True``, ``cls_logits`` and ``box_deltas`` are replaced by each level's
+    ``attend_table_<l>`` ``(N, H*W, A*T*O)`` and ``attend_points_<l>`` ``(N, A, T, H*W, 2)``
+    (``edgedet.attend_tail``).
     """
 
-    def __init__(self, head: ProposeAttendHead, sampler: str = "gather") -> None:
+    def __init__(self, head: ProposeAttendHead, sampler: str = "gather",
+                 tail: bool = False) -> None:
         super().__init__()
         if not head.use_attend:
             raise ValueError("ExportProposeAttendHead replaces the attend stage; this head was "
@@ -138,34 +163,43 @@ class ExportProposeAttendHead(nn.Module):
         self.clip_propose_offsets = head.clip_propose_offsets
         self.propose_objectness = head.propose_objectness
         self.propose_box = head.propose_box
-        self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler)
+        self.tail = tail
+        self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler, tail)
         # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the planar
-        # form of the points; OpenVINO ran both forms alike, and the other targets' converters
-        # (TFLite) get the training form they were checked with.
-        self.sampling_points = (planar_sampling_points if sampler == "grid_sample"
+        # form of the points (the tail's too); OpenVINO ran both forms alike, and the other
+        # targets' converters (TFLite) get the training form they were checked with.
+        self.sampling_points = (planar_sampling_points if sampler == "grid_sample" or tail
                                 else box_sampling_points)
 
     def forward(self, features: Sequence[Tensor], priors_cxcywh: Sequence[Tensor],
                 strides: Sequence[int]) -> dict[str, Tensor]:
         """Same contract as ``ProposeAttendHead.forward``."""
         outputs: dict[str, list[Tensor]] = {
-            "objectness_logits": [], "propose_deltas": [], "cls_logits": [],
-            "box_deltas": [], "adjusted_priors_cxcywh": [],
+            "objectness_logits": [], "propose_deltas": [], "adjusted_priors_cxcywh": [],
+            **({} if self.tail else {"cls_logits": [], "box_deltas": []}),
         }
-        for feature, priors, stride in zip(features, priors_cxcywh, strides, strict=True):
+        per_level: dict[str, Tensor] = {}
+        for level, (feature, priors, stride) in enumerate(
+                zip(features, priors_cxcywh, strides, strict=True)):
             n, _, h, w = feature.shape
             raw = self.propose_box(feature).permute(0, 2, 3, 1).reshape(n, h, w,
                                                                         self.num_anchors, 4)
             deltas = self._clip(raw, priors, stride)
             adjusted = decode_cxcywh(deltas, priors, self.box_coder_weights)
-            cls, box = self.attend(feature, self.sampling_points(adjusted, float(stride)))
+            points = self.sampling_points(adjusted, float(stride))
+            if self.tail:
+                per_level[f"{TABLE_PREFIX}{level}"] = self.attend.table(feature)
+                per_level[f"{POINTS_PREFIX}{level}"] = points.reshape(
+                    n, self.num_anchors, self.attend.num_taps, h * w, 2)
+            else:
+                cls, box = self.attend(feature, points)
+                outputs["cls_logits"].append(cls)
+                outputs["box_deltas"].append(box)
             outputs["objectness_logits"].append(
                 flatten_head_output(self.propose_objectness(feature), 2))
             outputs["propose_deltas"].append(deltas.reshape(n, -1, 4))
-            outputs["cls_logits"].append(cls)
-            outputs["box_deltas"].append(box)
             outputs["adjusted_priors_cxcywh"].append(adjusted.reshape(n, -1, 4))
-        return {key: torch.cat(value, dim=1) for key, value in outputs.items()}
+        return {**{key: torch.cat(value, dim=1) for key, value in outputs.items()}, **per_level}
 
     def _clip(self, raw: Tensor, priors: Tensor, stride: int) -> Tensor:
         """Eq. 2, as ``ProposeAttendHead._clip``: ``raw (N, H, W, A, 4)``,

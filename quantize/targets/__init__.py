@@ -102,6 +102,9 @@ class Target:
             (``--weight-storage``), the default first.
         int8_weight_bits: the INT8 weight ranges it can build (``--int8-weight-bits``), the
             default first.
+        attend_tail: PASSD's graph ends at the attend stage's tables and sampling points and
+            the SDK sums the samples (``edgedet.attend_tail``); the build then writes the
+            manifest's ``attend_tail`` section (``quantize.attend_tail``).
     """
 
     name: str
@@ -118,6 +121,7 @@ class Target:
     float_precisions: tuple[str, ...] = ("f32",)
     weight_storages: tuple[str, ...] = ("float32",)
     int8_weight_bits: tuple[int, ...] = (8,)
+    attend_tail: bool = False
 
     @property
     def accuracy_backend(self) -> str:

@@ -37,12 +37,15 @@ def test_every_variant_equals_the_training_module(size: int) -> None:
         for name, module in variants.items():
             if name == PLAIN_CONV:
                 continue
-            got = module.double()(features, boxes)
-            if hasattr(module, "finish"):  # its last step runs after the runtime, on numpy
-                got = torch.from_numpy(module.finish([t.numpy() for t in got]))
+            if hasattr(module, "finish"):  # its last step is the SDK's float32 kernel
+                got = module.float()(features.float(), boxes.float())
+                got = torch.from_numpy(module.finish([t.numpy() for t in got])).double()
+                atol = 1e-5
+            else:
+                got, atol = module.double()(features, boxes), 1e-9
             got = _head_layout(got, 5)
             assert got.shape == expected.shape, name
-            assert torch.allclose(got, expected, atol=1e-9), name
+            assert torch.allclose(got, expected, atol=atol), name
 
 
 def test_the_kernel_variant_reads_both_runtimes_outputs_in_order(tmp_path) -> None:

@@ -89,3 +89,11 @@ def test_models_whose_levels_do_not_pair_are_refused_before_any_work(tmp_path):
                                    precisions=("fp32",), eval_size=2, double_scale=True,
                                    progress=False, allow_weak_reference=True))
     assert report.artifacts[0].double_scale is not None
+    # The cpu target's PASSD leaves its attend tap sum to the SDK at both scales: the 2x
+    # model's tail has its own (twice as large) levels.
+    manifest = json.loads((tmp_path / "passd_out" / "tiny_passd_fp32" / "manifest.json")
+                          .read_text())
+    sizes_2x = manifest["double_scale"]["anchor_spec"]["feature_sizes"]
+    assert manifest["attend_tail"]["levels"][0]["table"] == "attend_table_0"
+    assert len(manifest["double_scale"]["attend_tail"]["levels"]) == len(sizes_2x)
+    assert sizes_2x[0] == [2 * v for v in manifest["anchor_spec"]["feature_sizes"][0]]

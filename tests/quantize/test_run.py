@@ -57,22 +57,23 @@ def check_artifact(directory: Path, precision: str, backend: str) -> dict:
 
 def onnx_outputs_against_torch(directory: Path, checkpoint: Path
                                ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(artifact output, PyTorch output)`` pairs of the artifact's ``model.onnx`` and the
-    checkpoint's model on one random normalised image: the raw numbers, which the accuracy
-    check cannot vouch for on an untrained model (AP 0 on both sides)."""
-    import onnxruntime as ort
-
+    """``(artifact output, PyTorch output)`` pairs of the artifact's model, run by ONNX
+    Runtime as ``Detector`` runs it (PASSD's attend tail included), and the checkpoint's model
+    on one random normalised image: the raw numbers, which the accuracy check cannot vouch for
+    on an untrained model (AP 0 on both sides)."""
+    from edgedet import Detector
     from edgedet.models.checkpoint import build_from_checkpoint
 
     model, _ = build_from_checkpoint(checkpoint)
     image = np.random.default_rng(3).normal(0, 1, (1, 3, INPUT_SIZE[1], INPUT_SIZE[0]))
     image = image.astype(np.float32)
-    session = ort.InferenceSession(str(directory / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: image})
+    with Detector(directory, backend="onnxruntime", allow_unchecked=True) as detector:
+        got = detector.run_model(image)
     with torch.no_grad():
         expected = model.eval().forward_export(torch.from_numpy(image))
-    return [(a, b.numpy()) for a, b in zip(got, expected, strict=True)]
+    assert set(got) == set(model.export_output_names)
+    return [(got[name], b.numpy())
+            for name, b in zip(model.export_output_names, expected, strict=True)]
 
 
 def test_cpu_both_precisions_end_to_end(checkpoint, tmp_path):

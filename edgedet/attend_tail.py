@@ -1,0 +1,268 @@
+"""The attend tail: PASSD's attend-stage tap sum, run by the SDK after the model.
+
+Some artifacts (the ``cpu`` target's PASSD) end their graph one step before the head outputs:
+for each pyramid level the model returns the attend stage's projected table and its sampling
+points, and this module sums the bilinear samples (``edgedet.kernels.tap_sum``) into the class
+logits and box deltas the decoder reads. Why: ONNX Runtime's only fast sampler, ``GridSample``,
+walks its sampling plan once per channel in scalar code; the compiled sum reads each corner's
+outputs as one contiguous row, and an INT8 model hands over its uint8 table without
+dequantizing it (``docs/architecture.md``, "The attend tail").
+
+The manifest's ``attend_tail`` section says how (``AttendTailSpec``)::
+
+    "attend_tail": {
+      "anchors": 3, "taps": 9,
+      "outputs": [["cls_logits", 13], ["box_deltas", 4]],   # the O values of a sample, split
+                                                            # (one or two outputs)
+      "bias": [[...O...], ...anchors],
+      "levels": [{"table": "attend_table_0", "points": "attend_points_0",
+                  "table_scale": null, "table_zero_point": null}, ...]
+    }
+
+Level ``l`` has the map size of ``anchor_spec.feature_sizes[l]``; its table output is
+``(N, H*W, A*T*O)`` (float32, or uint8 with the scale and zero point) and its points output
+``(N, A, T, H*W, 2)`` float32, in map coordinates. ``Detector`` runs the tail on every output
+of the model (``run_model``, ``runtime_call`` and ``detect`` alike), so it is part of every
+runtime-only timing and of the accuracy check.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SECTION = "attend_tail"
+TABLE_PREFIX = "attend_table_"
+POINTS_PREFIX = "attend_points_"
+
+
+@dataclass(frozen=True)
+class TailLevel:
+    """One pyramid level: its output names, map size and, for a uint8 table, its scale."""
+
+    table: str
+    points: str
+    height: int
+    width: int
+    table_scale: float | None = None
+    table_zero_point: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "points": self.points, "table_scale": self.table_scale,
+                "table_zero_point": self.table_zero_point}
+
+
+@dataclass(frozen=True)
+class AttendTailSpec:
+    """The manifest's ``attend_tail`` section, checked (see the module docstring)."""
+
+    anchors: int
+    taps: int
+    outputs: tuple[tuple[str, int], ...]  # one or two (name, size): the O values, split
+    bias: np.ndarray  # (anchors, O) float32
+    levels: tuple[TailLevel, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model outputs the tail consumes."""
+        return tuple(n for level in self.levels for n in (level.table, level.points))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"anchors": self.anchors, "taps": self.taps,
+                "outputs": [[name, size] for name, size in self.outputs],
+                "bias": self.bias.tolist(), "levels": [lv.to_dict() for lv in self.levels]}
+
+    @classmethod
+    def from_section(cls, section: object, feature_sizes: Sequence[Sequence[int]],
+                     fail: Callable[[str], Exception] = ValueError) -> AttendTailSpec:
+        """Parse ``section`` for a model whose levels have ``feature_sizes`` ``(H, W)``;
+        ``fail(problem)`` is the error raised for a bad one."""
+        if not isinstance(section, dict):
+            raise fail(f"{SECTION} must be an object")
+        missing = [k for k in ("anchors", "taps", "outputs", "bias", "levels")
+                   if k not in section]
+        if missing:
+            raise fail(f"{SECTION} lacks {missing}")
+        anchors, taps = section["anchors"], section["taps"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                   for v in (anchors, taps)):
+            raise fail(f"{SECTION}.anchors and .taps must be positive whole numbers")
+        outputs = section["outputs"]
+        if not (isinstance(outputs, list) and len(outputs) in (1, 2) and all(
+                isinstance(o, list) and len(o) == 2 and isinstance(o[0], str)
+                and isinstance(o[1], int) and not isinstance(o[1], bool) and o[1] > 0
+                for o in outputs)):
+            raise fail(f"{SECTION}.outputs must be one or two [name, size] pairs, got "
+                       f"{outputs!r}")
+        width = sum(size for _, size in outputs)
+        try:
+            bias = np.asarray(section["bias"], dtype=np.float32)
+        except (TypeError, ValueError):
+            raise fail(f"{SECTION}.bias must be numbers") from None
+        if bias.shape != (anchors, width) or not np.isfinite(bias).all():
+            raise fail(f"{SECTION}.bias must be {anchors} rows of {width} finite numbers, got "
+                       f"shape {bias.shape}")
+        levels = section["levels"]
+        if not isinstance(levels, list) or len(levels) != len(feature_sizes):
+            raise fail(f"{SECTION}.levels must list one level per anchor_spec feature size "
+                       f"({len(feature_sizes)})")
+        parsed = []
+        for level, (height, map_width) in zip(levels, feature_sizes, strict=True):
+            if not (isinstance(level, dict) and isinstance(level.get("table"), str)
+                    and isinstance(level.get("points"), str)):
+                raise fail(f"{SECTION}.levels entries name their table and points outputs")
+            scale, zero = level.get("table_scale"), level.get("table_zero_point")
+            if (scale is None) != (zero is None) or (scale is not None and not (
+                    _is_number(scale) and scale > 0 and _is_number(zero) and 0 <= zero <= 255)):
+                raise fail(f"{SECTION}: level {level['table']!r} needs both or neither of "
+                           "table_scale (> 0) and table_zero_point (0..255)")
+            parsed.append(TailLevel(level["table"], level["points"], int(height),
+                                    int(map_width), scale, zero))
+        return cls(anchors, taps, tuple((name, size) for name, size in outputs), bias,
+                   tuple(parsed))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and bool(
+        np.isfinite(value))
+
+
+class AttendTail:
+    """Runs an ``AttendTailSpec`` on model outputs, the positions split over ``threads``.
+
+    ``tail(raw)`` takes the model's outputs by name and returns them with each level's table
+    and points replaced by the summed outputs ``(N, sum_l H_l*W_l*A, size)`` float32,
+    in the head outputs' y -> x -> anchor order. Safe to call from several threads at once.
+    """
+
+    def __init__(self, spec: AttendTailSpec, threads: int | None = None) -> None:
+        self.spec = spec
+        self.threads = max(1, threads if threads is not None else _cpu_count())
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._total = sum(lv.height * lv.width for lv in spec.levels) * spec.anchors
+
+    def __call__(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.spec
+        levels = [self._level_inputs(raw, level) for level in spec.levels]
+        batch = levels[0][0].shape[0]
+        (name_a, size_a), (name_b, size_b) = (*spec.outputs, ("", 0))[:2]
+        out_a = np.empty((batch, self._total, size_a), np.float32)
+        out_b = np.empty((batch, self._total, size_b), np.float32)
+        jobs = [[] for _ in range(self.threads)]  # each thread: a slice of every level
+        first_row = 0
+        for level, (tables, points) in zip(spec.levels, levels, strict=True):
+            positions = level.height * level.width
+            bounds = np.linspace(0, positions, self.threads + 1).astype(int)
+            scale = np.float32(1 if level.table_scale is None else level.table_scale)
+            zero = np.float32(0 if level.table_zero_point is None else level.table_zero_point)
+            for n in range(batch):
+                for k in range(self.threads):
+                    if bounds[k] < bounds[k + 1]:
+                        jobs[k].append((tables[n], points[n], level.height, level.width,
+                                        scale, zero, spec.bias, size_a, first_row,
+                                        bounds[k], bounds[k + 1], out_a[n], out_b[n]))
+            first_row += positions * spec.anchors
+        self._run(jobs)
+        finished = {k: v for k, v in raw.items() if k not in spec.input_names}
+        finished[name_a] = out_a
+        if name_b:
+            finished[name_b] = out_b
+        return finished
+
+    def _level_inputs(self, raw: Mapping[str, np.ndarray], level: TailLevel
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The level's table ``(N, H*W, A, T, O)`` and points ``(N, A, T, H*W, 2)``, checked."""
+        spec = self.spec
+        width = spec.bias.shape[1]
+        positions = level.height * level.width
+        table, points = raw[level.table], raw[level.points]
+        want_dtype = np.float32 if level.table_scale is None else np.uint8
+        if (table.dtype != want_dtype or table.ndim != 3
+                or table.shape[1:] != (positions, spec.anchors * spec.taps * width)):
+            raise ValueError(
+                f"model output {level.table!r} is {table.dtype} {table.shape}; the manifest's "
+                f"{SECTION} reads (N, {positions}, {spec.anchors * spec.taps * width}) "
+                f"{np.dtype(want_dtype).name}")
+        if points.dtype != np.float32 or points.shape != (
+                table.shape[0], spec.anchors, spec.taps, positions, 2):
+            raise ValueError(f"model output {level.points!r} is {points.dtype} {points.shape}; "
+                             f"the manifest's {SECTION} reads (N, {spec.anchors}, {spec.taps}, "
+                             f"{positions}, 2) float32")
+        table = np.ascontiguousarray(table).reshape(
+            table.shape[0], positions, spec.anchors, spec.taps, width)
+        return table, np.ascontiguousarray(points)
+
+    def _run(self, jobs: list[list[tuple]]) -> None:
+        from edgedet.kernels import tap_sum_rows
+
+        def work(chunk: list[tuple]) -> None:
+            for args in chunk:
+                tap_sum_rows(*args)
+
+        if self.threads == 1:
+            work(jobs[0])
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1,
+                                                thread_name_prefix="edgedet-attend-tail")
+            pool = self._pool
+        futures = [pool.submit(work, chunk) for chunk in jobs[1:]]
+        work(jobs[0])  # the calling thread takes a share too
+        for future in futures:
+            future.result()
+
+    def warm_up(self) -> None:
+        """Compile (or load from the disk cache) the kernel for this spec's table dtypes now,
+        so that the first frame does not wait for it."""
+        from edgedet.kernels import tap_sum_rows
+
+        one = np.zeros((1, 1), np.float32)
+        for quantized in {lv.table_scale is not None for lv in self.spec.levels}:
+            table = np.zeros((1, 1, 1, 2), np.uint8 if quantized else np.float32)
+            tap_sum_rows(table, np.zeros((1, 1, 1, 2), np.float32), 1, 1, np.float32(1),
+                         np.float32(0), np.zeros((1, 2), np.float32), 1, 0, 0, 1, one, one)
+
+    def close(self) -> None:
+        """Stop the worker threads (a later call starts them again)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def attend_tail_for(manifest: Mapping[str, Any], model_outputs: Sequence[str],
+                    threads: int | None = None) -> AttendTail | None:
+    """The tail ``Detector`` runs on a model with ``model_outputs`` (compiled now), or None:
+    the manifest has none, or the model computes the head outputs itself (the accuracy
+    check's reference runs the PyTorch checkpoint on the artifact's manifest)."""
+    from edgedet.anchors import anchor_spec_from_dict
+
+    section = manifest.get(SECTION)
+    if section is None:
+        return None
+    spec = AttendTailSpec.from_section(
+        section, anchor_spec_from_dict(manifest["anchor_spec"]).feature_sizes)
+    if not set(spec.input_names) <= set(model_outputs):
+        return None
+    tail = AttendTail(spec, threads)
+    tail.warm_up()
+    return tail

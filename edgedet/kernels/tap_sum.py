@@ -1,0 +1,116 @@
+"""The P&A attend stage's tap sum, compiled: what ``edgedet.attend_tail`` runs after the model.
+
+For every position ``p`` and anchor ``g`` of one pyramid level, each of the ``T`` taps reads a
+bilinear sample of its own projected map at its own point, and the samples are summed:
+``out[p, g] = sum_t bilinear(table[:, g, t, :], points[g, t, p]) + bias[g]``. The table is
+channels-last, ``(H*W, G, T, O)``, so a corner read is one contiguous row of ``O`` values,
+added in place (the inner loop, which the compiler vectorises).
+
+Same function as ``quantize.rewrites.sampling.bilinear_tap_sum`` (zero padding: a corner outside
+the map reads 0; points clamped to one cell beyond the map first, so ``floor`` and the integer
+conversion stay finite; a NaN point reads nothing), summed in another order: equal to float32
+rounding. Why the runtimes do not do this themselves: ``docs/architecture.md`` ("The attend
+tail").
+
+A uint8 table (an INT8 model's projection output, ``value = scale * (q - zero_point)``) is read
+as it is, a quarter of the float table's bytes: the kernel sums ``w * q`` and the weights
+``w``, and applies ``scale * (sum_wq - zero_point * sum_w)`` once per output.
+
+The kernel holds no lock on the interpreter (``nogil``): ``AttendTail`` runs slices of the
+positions on several threads at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgedet.kernels._common import ONE, ZERO, compiled
+
+
+@compiled(nogil=True)
+def tap_sum_rows(table, points, height, width, scale, zero_point, bias, split, first_row,
+                 start, stop, out_a, out_b):  # type: ignore[no-untyped-def]
+    """Positions ``start:stop`` of one level, written as rows of two outputs.
+
+    Args:
+        table: ``(H*W, G, T, O)`` float32 or uint8, C-contiguous.
+        points: ``(G, T, P, 2)`` float32 sampling points ``(x, y)`` in map coordinates.
+        height, width: the map's ``H`` and ``W`` (``P`` need not be ``H*W``).
+        scale, zero_point: float32; ``1, 0`` for a float table.
+        bias: ``(G, O)`` float32, added to each sum.
+        split: the first ``split`` of the ``O`` values go to ``out_a``, the rest to ``out_b``.
+        first_row: the row of ``out_a`` / ``out_b`` for ``(p=0, g=0)``; ``(p, g)`` goes to
+            ``first_row + p*G + g`` (the head outputs' y -> x -> anchor order).
+        out_a, out_b: ``(rows, split)`` and ``(rows, O - split)`` float32, written in place.
+    """
+    groups, taps = points.shape[0], points.shape[1]
+    outputs = table.shape[3]
+    low = np.float32(-2.0)
+    x_high, y_high = np.float32(width + 1), np.float32(height + 1)
+    acc = np.empty(outputs, np.float32)
+    for p in range(start, stop):
+        for g in range(groups):
+            acc[:] = ZERO
+            weight_sum = ZERO
+            for t in range(taps):
+                x, y = points[g, t, p, 0], points[g, t, p, 1]
+                if x != x or y != y:
+                    continue
+                x = min(max(x, low), x_high)
+                y = min(max(y, low), y_high)
+                x0, y0 = np.floor(x), np.floor(y)
+                fx, fy = x - x0, y - y0
+                ix, iy = int(x0), int(y0)
+                for dy in range(2):
+                    cy = iy + dy
+                    if cy < 0 or cy >= height:
+                        continue
+                    wy = fy if dy == 1 else ONE - fy
+                    for dx in range(2):
+                        cx = ix + dx
+                        if cx < 0 or cx >= width:
+                            continue
+                        weight = wy * (fx if dx == 1 else ONE - fx)
+                        weight_sum += weight
+                        row = table[cy * width + cx, g, t]
+                        for o in range(outputs):
+                            acc[o] += weight * row[o]
+            offset = zero_point * weight_sum
+            r = first_row + p * groups + g
+            for o in range(split):
+                out_a[r, o] = scale * (acc[o] - offset) + bias[g, o]
+            for o in range(split, outputs):
+                out_b[r, o - split] = scale * (acc[o] - offset) + bias[g, o]
+
+
+def tap_sum(table: np.ndarray, points_xy: np.ndarray, height: int, width: int,
+            scale: float = 1.0, zero_point: float = 0.0,
+            bias: np.ndarray | None = None) -> np.ndarray:
+    """One level's tap sums, ``(P, G, O)`` float32 (a reference form of ``tap_sum_rows``).
+
+    Args:
+        table: ``(H*W, G, T, O)`` float32, or uint8 with ``scale`` and ``zero_point``.
+        points_xy: ``(G, T, P, 2)`` sampling points ``(x, y)`` in map coordinates.
+        height, width: the map's ``H`` and ``W``.
+        bias: ``(G, O)`` added to each sum (default 0).
+
+    Raises:
+        ValueError: shapes or dtypes that do not fit together.
+    """
+    if table.ndim != 4 or points_xy.ndim != 4 or points_xy.shape[3] != 2:
+        raise ValueError(f"tap_sum takes a (H*W, G, T, O) table and (G, T, P, 2) points, got "
+                         f"{table.shape} and {points_xy.shape}")
+    if table.shape[0] != height * width or table.shape[1:3] != points_xy.shape[:2]:
+        raise ValueError(f"table {table.shape} does not match points {points_xy.shape} on a "
+                         f"{height}x{width} map")
+    if table.dtype not in (np.float32, np.uint8):
+        raise ValueError(f"tap_sum reads float32 or uint8 tables, got {table.dtype}")
+    groups, outputs = table.shape[1], table.shape[3]
+    positions = points_xy.shape[2]
+    bias = np.zeros((groups, outputs), np.float32) if bias is None else bias
+    out = np.empty((positions * groups, outputs), np.float32)
+    tap_sum_rows(np.ascontiguousarray(table), np.ascontiguousarray(points_xy, np.float32),
+                 height, width, np.float32(scale), np.float32(zero_point),
+                 np.ascontiguousarray(bias, np.float32), outputs, 0, 0, positions, out,
+                 np.empty((positions * groups, 0), np.float32))
+    return out.reshape(positions, groups, outputs)

@@ -1,0 +1,116 @@
+"""``edgedet.attend_tail``: the manifest section is checked, the tail sums every level into the
+head outputs' order on any thread count, and bad model outputs are named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgedet.artifact import ManifestError, validate_manifest
+from edgedet.attend_tail import AttendTail, AttendTailSpec, TailLevel, attend_tail_for
+from edgedet.kernels.tap_sum import tap_sum
+from tests.edgedet.test_artifact import _manifest
+
+FEATURE_SIZES = ((4, 4),)  # test_artifact's manifest: one 4x4 level, one anchor per cell
+
+
+def _section(**changes: object) -> dict:
+    section = {"anchors": 1, "taps": 9, "outputs": [["cls_logits", 3], ["box_deltas", 4]],
+               "bias": [[0.0] * 7],
+               "levels": [{"table": "attend_table_0", "points": "attend_points_0",
+                           "table_scale": None, "table_zero_point": None}]}
+    return {**section, **changes}
+
+
+def test_a_valid_section_passes_and_round_trips() -> None:
+    validate_manifest({**_manifest({"model.onnx": "0" * 64}), "attend_tail": _section()})
+    spec = AttendTailSpec.from_section(_section(), FEATURE_SIZES)
+    assert spec.input_names == ("attend_table_0", "attend_points_0")
+    assert AttendTailSpec.from_section(spec.to_dict(), FEATURE_SIZES).to_dict() == spec.to_dict()
+
+
+LEVEL = {"table": "attend_table_0", "points": "attend_points_0"}
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ([1], "must be an object"),
+    ({"anchors": 1}, "lacks"),
+    (_section(anchors=0), "positive whole numbers"),
+    (_section(outputs=[["cls_logits", 3], ["box_deltas", 4], ["x", 1]]), "one or two"),
+    (_section(bias=[[0.0] * 6]), "1 rows of 7 finite numbers"),
+    (_section(bias=[[float("nan")] * 7]), "finite"),
+    (_section(levels=[]), "one level per anchor_spec feature size"),
+    (_section(levels=[{"table": "t"}]), "name their table and points"),
+    (_section(levels=[{**LEVEL, "table_scale": 0.1}]), "both or neither"),
+    (_section(levels=[{**LEVEL, "table_scale": 0.1, "table_zero_point": 300}]), "0..255"),
+    (_section(anchors=2, bias=[[0.0] * 7] * 2), "makes 32 rows but anchor_spec generates 16"),
+    (_section(outputs=[["cls_logits", 2], ["box_deltas", 5]], bias=[[0.0] * 7]),
+     "of 2 values, but outputs lists it with 3"),
+    (_section(outputs=[["scores", 3], ["box_deltas", 4]]), "no such output"),
+])
+def test_a_bad_section_is_named(section: object, message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        validate_manifest({**_manifest({"model.onnx": "0" * 64}), "attend_tail": section})
+
+
+def _two_level_case(batch: int, quantized: bool):
+    rng = np.random.default_rng(4)
+    sizes, anchors, taps, width = ((3, 5), (2, 2)), 2, 9, 6
+    levels, raw = [], {}
+    for index, (h, w) in enumerate(sizes):
+        table_name, points_name = f"attend_table_{index}", f"attend_points_{index}"
+        scale, zero = (0.02 * (index + 1), 100.0 + index) if quantized else (None, None)
+        levels.append(TailLevel(table_name, points_name, h, w, scale, zero))
+        shape = (batch, h * w, anchors * taps * width)
+        raw[table_name] = (rng.integers(0, 256, shape).astype(np.uint8) if quantized
+                           else rng.standard_normal(shape).astype(np.float32))
+        raw[points_name] = rng.uniform(-2, 6, (batch, anchors, taps, h * w, 2)).astype(
+            np.float32)
+    raw["objectness_logits"] = np.ones((batch, 7, 2), np.float32)  # passes through
+    bias = rng.standard_normal((anchors, width)).astype(np.float32)
+    spec = AttendTailSpec(anchors, taps, (("cls_logits", 4), ("box_deltas", 2)), bias,
+                          tuple(levels))
+    return spec, raw
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_every_level_and_image_is_summed_into_the_head_outputs_order(quantized: bool) -> None:
+    spec, raw = _two_level_case(batch=2, quantized=quantized)
+    outputs = [AttendTail(spec, threads)(raw) for threads in (1, 2, 5)]
+    for out in outputs[1:]:  # slicing the positions over threads changes no sum
+        for name in ("cls_logits", "box_deltas"):
+            np.testing.assert_array_equal(out[name], outputs[0][name])
+    out = outputs[0]
+    assert set(out) == {"objectness_logits", "cls_logits", "box_deltas"}
+    assert out["cls_logits"].shape == (2, (15 + 4) * 2, 4)
+    for n in range(2):
+        parts = []
+        for level in spec.levels:
+            table = raw[level.table][n].reshape(level.height * level.width, 2, 9, 6)
+            parts.append(tap_sum(table, raw[level.points][n], level.height, level.width,
+                                 level.table_scale or 1.0, level.table_zero_point or 0.0,
+                                 spec.bias).reshape(-1, 6))  # (p, g) rows: p*G + g
+        expected = np.concatenate(parts)
+        np.testing.assert_allclose(out["cls_logits"][n], expected[:, :4], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out["box_deltas"][n], expected[:, 4:], rtol=0, atol=1e-6)
+
+
+def test_bad_model_outputs_are_named() -> None:
+    spec, raw = _two_level_case(batch=1, quantized=False)
+    tail = AttendTail(spec, 2)
+    with pytest.raises(ValueError, match=r"'attend_table_1' is float64 .* reads \(N, 4, 108\) "
+                                         r"float32"):
+        tail({**raw, "attend_table_1": raw["attend_table_1"].astype(np.float64)})
+    with pytest.raises(ValueError, match="'attend_points_0' is float32 \\(1, 2, 9, 14, 2\\)"):
+        tail({**raw, "attend_points_0": raw["attend_points_0"][:, :, :, :14]})
+    tail.close()
+    tail.close()  # twice: nothing more
+
+
+def test_a_tail_only_for_a_model_that_hands_over_tables() -> None:
+    manifest = {**_manifest({"model.onnx": "0" * 64}), "attend_tail": _section()}
+    tail = attend_tail_for(manifest, ("attend_table_0", "attend_points_0"), threads=2)
+    assert tail is not None and tail.threads == 2
+    # A model computing the head outputs itself (the accuracy check's PyTorch reference).
+    assert attend_tail_for(manifest, ("cls_logits", "box_deltas")) is None
+    assert attend_tail_for(_manifest({}), ("attend_table_0", "attend_points_0")) is None

@@ -1,0 +1,133 @@
+"""``quantize.attend_tail`` and the cpu target's PASSD that leaves its tap sum to the SDK: the
+export ends at tables and points, the SDK's sum equals the in-graph forms, the INT8 model's
+uint8 tables are its own QDQ values, and the sampling points stay out of INT8."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgedet.attend_tail import AttendTail, AttendTailSpec
+from quantize.attend_tail import expose_uint8_tables, tail_head, tail_spec
+from quantize.export_onnx import export_onnx
+from quantize.int8_scope import find_kept_out_nodes
+from quantize.rewrites import rewrite_for_export
+from tests.quantize.conftest import small_passd
+
+SIZE = (128, 96)  # not square: levels' H and W apart
+
+
+@pytest.fixture(scope="module")
+def models():
+    model = small_passd()
+    tail = rewrite_for_export(model, "grid_sample", attend_tail=True)
+    in_graph = rewrite_for_export(model, "grid_sample")
+    images = torch.randn(1, 3, SIZE[1], SIZE[0], generator=torch.Generator().manual_seed(0))
+    return model, tail, in_graph, images
+
+
+def _spec(tail_model, quantization=None) -> AttendTailSpec:
+    spec = tail_spec(tail_model, tail_model.anchor_spec(SIZE).feature_sizes, quantization)
+    assert spec is not None
+    return spec
+
+
+def test_the_sdk_sum_equals_the_in_graph_head_outputs(models) -> None:
+    model, tail_model, in_graph, images = models
+    with torch.no_grad():
+        raw = dict(zip(tail_model.export_output_names, tail_model.forward_export(images),
+                       strict=True))
+        expected = dict(zip(in_graph.export_output_names, in_graph.forward_export(images),
+                            strict=True))
+    assert "cls_logits" not in raw and "attend_table_0" in raw and "attend_points_3" in raw
+    spec = _spec(tail_model)
+    # A round trip through the manifest's JSON, as the SDK reads it.
+    spec = AttendTailSpec.from_section(spec.to_dict(), tail_model.anchor_spec(SIZE).feature_sizes)
+    for threads in (1, 3):
+        finished = AttendTail(spec, threads)({k: v.numpy() for k, v in raw.items()})
+        assert set(finished) == set(model.export_output_names)
+        for name in model.export_output_names:
+            np.testing.assert_allclose(finished[name], expected[name].numpy(), rtol=0,
+                                       atol=2e-5 * float(expected[name].abs().max()))
+
+
+def test_the_spec_carries_the_attend_convs_bias_and_split(models) -> None:
+    model, tail_model, _, _ = models
+    spec = _spec(tail_model)
+    head = model.head
+    assert spec.outputs == (("cls_logits", head.attend_cls.out_channels_per_anchor),
+                            ("box_deltas", 4))
+    anchors = head.num_anchors
+    np.testing.assert_array_equal(spec.bias, torch.cat(
+        [head.attend_cls.bias.reshape(anchors, -1), head.attend_box.bias.reshape(anchors, -1)],
+        dim=1).detach().numpy())
+    assert [(lv.height, lv.width) for lv in spec.levels] == [
+        tuple(s) for s in model.anchor_spec(SIZE).feature_sizes]
+    assert tail_head(rewrite_for_export(model, "grid_sample")) is None
+    assert tail_spec(rewrite_for_export(model, "gather"), [(1, 1)]) is None
+
+
+def test_the_sampling_points_stay_float_and_the_table_does_not(models, tmp_path) -> None:
+    _, tail_model, _, _ = models
+    path = export_onnx(tail_model, tmp_path / "tail.onnx", SIZE)
+    graph = onnx.load(str(path))
+    sampling = set(find_kept_out_nodes(graph, ("sampling",))["sampling"])
+    producer = {t: n for n in graph.graph.node for t in n.output}
+    points = [producer[o.name].name for o in graph.graph.output
+              if o.name.startswith("attend_points_")]
+    tables = [producer[o.name] for o in graph.graph.output if o.name.startswith("attend_table_")]
+    assert len(points) == 4 and set(points) <= sampling
+    assert any(n.op_type in ("Floor", "Exp", "Tanh", "Div") for n in graph.graph.node
+               if n.name in sampling)  # the box decoding that places the points
+    assert not {n.name for n in tables} & sampling  # the tables go to INT8 with their conv
+
+
+def test_uint8_tables_are_the_qdq_models_own_values(models, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from quantize.ptq_onnx import quantize_onnx
+
+    _, tail_model, _, images = models
+    fp32 = export_onnx(tail_model, tmp_path / "tail.onnx", SIZE)
+    keep = find_kept_out_nodes(onnx.load(str(fp32)), ("sampling",))["sampling"]
+    calibration = [np.random.default_rng(i).normal(0, 1, (1, 3, SIZE[1], SIZE[0]))
+                   .astype(np.float32) for i in range(3)]
+    qdq = quantize_onnx(fp32, tmp_path / "qdq.onnx", calibration, keep)
+    found = expose_uint8_tables(qdq, tmp_path / "exposed.onnx")
+    assert sorted(found) == [f"attend_table_{i}" for i in range(4)]
+    feed = {"images": images.numpy()}
+    names = [o.name for o in onnx.load(str(qdq)).graph.output]
+    before = dict(zip(names, ort.InferenceSession(str(qdq)).run(names, feed), strict=True))
+    after = dict(zip(names, ort.InferenceSession(str(tmp_path / "exposed.onnx"))
+                     .run(names, feed), strict=True))
+    for name, (scale, zero) in found.items():
+        assert after[name].dtype == np.uint8
+        np.testing.assert_allclose((after[name].astype(np.float32) - zero) * scale,
+                                   before[name], rtol=0, atol=1e-6 * scale)
+    for name in names:
+        if name not in found:
+            np.testing.assert_array_equal(after[name], before[name])
+    # The SDK's sum of the uint8 tables: that of the dequantized ones.
+    spec = _spec(tail_model, found)
+    float_spec = _spec(tail_model)
+    ours, theirs = AttendTail(spec, 2)(after), AttendTail(float_spec, 2)(before)
+    for name in ("cls_logits", "box_deltas"):
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=0,
+                                   atol=1e-5 * float(np.abs(theirs[name]).max()))
+
+
+def test_a_table_that_is_not_per_tensor_uint8_is_refused(tmp_path) -> None:
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["attend_table_0"], name="dq")
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("q", TensorProto.INT8, [1, 4])],
+        [helper.make_tensor_value_info("attend_table_0", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+         helper.make_tensor("z", TensorProto.INT8, [], [0])])
+    path = tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ValueError, match="per-tensor uint8"):
+        expose_uint8_tables(path, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
