@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                     calibration, f"{classes} classes, {label}",
                     precisions=("fp32", "int8") if scope is None else ("int8",),
                     float_precisions=("bf16",), targets=("openvino",), keep_float=scope)
-                cases = [(f"{classes} classes: INT8, {label}", built["openvino", "int8 bf16"],
+                cases = [(f"{classes} classes: INT8, {label}", built["openvino", "int8 bf16"].path,
                           "bf16")]
                 if scope is None:
                     cases.insert(0, (f"{classes} classes: fp32, OpenVINO default precision",
-                                     built["openvino", "fp32"], None))
+                                     built["openvino", "fp32"].path, None))
                 for name, path, hint in cases:
                     ov_model = core.read_model(str(path))
                     config: dict[str, object] = {"INFERENCE_NUM_THREADS": args.threads,

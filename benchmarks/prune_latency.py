@@ -93,12 +93,13 @@ def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
             for precision in precisions:
                 items[label, "onnxruntime", precision] = Timed(
                     "prune", label, "onnxruntime", precision,
-                    ort_runner(built["cpu", precision], feed, args.threads), gflops=gflops)
+                    ort_runner(built["cpu", precision].path, feed, args.threads,
+                               finish=built["cpu", precision].finish), gflops=gflops)
                 # OpenVINO as the SDK runs each IR: f32 float ops, and for INT8 also the IR
                 # with its float ops in bf16 but the sampling coordinates (--float-precision).
                 for key, hint in ((precision, "f32"), (f"{precision} bf16", "bf16")):
                     if ("openvino", key) in built:
-                        run, _ = openvino_runner(built["openvino", key], feed, args.threads,
+                        run, _ = openvino_runner(built["openvino", key].path, feed, args.threads,
                                                  hint)
                         items[label, "openvino", key] = Timed(
                             "prune", label, "openvino", key, run, gflops=gflops)

@@ -11,8 +11,9 @@ synthetic frames:
   the CPU caches takes, the floor under any pre-processing),
 * *resize* (``edgedet.preprocess.resize_to_input``: the resize, letterbox included),
 * *normalise* (``normalize_to_nchw``; 0 where the runtime normalises, OpenVINO),
-* *runtime* (the backend's ``run``, or ``Detector.run_frames`` on the resized uint8 frame
-  where the runtime normalises),
+* *runtime* (``Detector.run_model``, or ``Detector.run_frames`` on the resized uint8 frame
+  where the runtime normalises; either includes the attend tail, the cpu target's PASSD tap
+  sum after the model, as ``detect()`` and every runtime-only timing do),
 * *decode* (``HeadDecoder.candidates``: scores and boxes of the anchors that can pass the
   score threshold) and *select* (``HeadDecoder.select``: threshold, top-k, NMS / Soft-NMS +
   voting), the two steps of ``detect()``'s decoder with its options (the manifest's
@@ -102,7 +103,7 @@ def time_stages(detector: Detector, frame: np.ndarray, times: dict[str, list[flo
         outputs = timed("runtime", detector.run_frames, resized[None])
     else:
         images = timed("normalise", normalize_to_nchw, resized, detector.preprocess_config)
-        outputs = timed("runtime", detector.backend.run, images)
+        outputs = timed("runtime", detector.run_model, images)
     boxes_xyxy, scores = timed("decode", decoder.candidates, outputs)
     timed("select", decoder.select, boxes_xyxy, scores)
     return outputs

@@ -64,7 +64,8 @@ import json
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,8 @@ from benchmarks.common.timing import (
 from benchmarks.core_latency import FAR_NS, CoreLatencyProbe
 from edgedet import Detector
 from edgedet.artifact import MANIFEST_NAME, main_model_files, sha256_file
+from edgedet.attend_tail import SECTION as ATTEND_TAIL
+from edgedet.attend_tail import AttendTail, AttendTailSpec
 from edgedet.backends import BackendError, available_backends, model_file_for
 from edgedet.data.synthetic import SyntheticConfig, SyntheticScenes
 from edgedet.models.checkpoint import build_from_checkpoint
@@ -165,19 +168,32 @@ def zoo_items(names: Sequence[str], threads: int) -> tuple[list[Timed], list[str
     return items, notes
 
 
+@dataclass(frozen=True)
+class BuiltFile:
+    """A model file ``build_for_targets`` made, and what the SDK runs on its outputs after
+    the runtime (``finish``: the cpu target's PASSD attend tail, ``edgedet.attend_tail``;
+    None for a self-contained model): a timed call of the model includes it, as
+    ``Detector.runtime_call`` does."""
+
+    path: Path
+    finish: Callable[[dict], dict] | None = None
+
+
 def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
                       calibration: Sequence[np.ndarray], label: str,
                       precisions: Sequence[str] = ("fp32", "int8"),
                       float_precisions: Sequence[str] = ("f32",),
                       targets: Sequence[str] = ("cpu", "openvino"),
                       keep_float: Sequence[str] | None = None,
-                      ) -> dict[tuple[str, str], Path]:
+                      threads: int | None = None,
+                      ) -> dict[tuple[str, str], BuiltFile]:
     """``model`` built as the ``cpu`` and ``openvino`` targets (or ``targets``) build it
-    (their sampler, their default keep-float scope or the ``keep_float`` categories,
-    ``Target.build``) for each precision, in ``work_dir``: ``{(target, precision): model
-    file}``. INT8 ranges come from ``calibration``. INT8 is built once per float precision of
-    ``float_precisions`` the target offers, keyed ``int8`` (f32) and e.g. ``int8 bf16``."""
-    built: dict[tuple[str, str], Path] = {}
+    (their sampler and attend tail, their default keep-float scope or the ``keep_float``
+    categories, ``Target.build``) for each precision, in ``work_dir``: ``{(target,
+    precision): BuiltFile}`` (an attend tail runs on ``threads``). INT8 ranges come from
+    ``calibration``. INT8 is built once per float precision of ``float_precisions`` the
+    target offers, keyed ``int8`` (f32) and e.g. ``int8 bf16``."""
+    built: dict[tuple[str, str], BuiltFile] = {}
     for target_name in targets:
         target = target_named(target_name)
         rewritten = rewrite_for_export(model, target.sampler, attend_tail=target.attend_tail)
@@ -194,9 +210,13 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
                                        target_dir / key.replace(" ", "_"),
                                        calibration if precision == "int8" else None,
                                        keep_float_nodes, float_precision=float_precision)
-                files = target.build(request).files
-                built[target_name, key] = next(path for name, path in files.items()
-                                               if name.endswith((".onnx", ".xml")))
+                result = target.build(request)
+                section = result.manifest_extra.get(ATTEND_TAIL)
+                finish = None if section is None else AttendTail(AttendTailSpec.from_section(
+                    section, rewritten.anchor_spec(size).feature_sizes), threads)
+                built[target_name, key] = BuiltFile(
+                    next(path for name, path in result.files.items()
+                         if name.endswith((".onnx", ".xml"))), finish)
     return built
 
 
@@ -216,16 +236,17 @@ def paper_width_items(work_dir: Path, threads: int) -> list[Timed]:
     gflops = count_gflops(model, size)
     calibration = random_inputs(size, CALIBRATION_INPUTS)
     built = build_for_targets(model, size, work_dir, calibration, "the paper-width model",
-                              float_precisions=("f32", "bf16"))
+                              float_precisions=("f32", "bf16"), threads=threads)
     feed = {"images": calibration[0]}
     items = [Timed("paper", f"onnxruntime {precision}", "onnxruntime", precision,
-                   ort_runner(built["cpu", precision], feed, threads), gflops=gflops)
+                   ort_runner(built["cpu", precision].path, feed, threads,
+                              finish=built["cpu", precision].finish), gflops=gflops)
              for precision in ("fp32", "int8")]
     for key, precision, hint in (("openvino fp32", "fp32", "f32"),
                                  ("openvino fp32, default precision", "fp32", None),
                                  ("openvino int8", "int8", "f32"),
                                  ("openvino int8, float ops bf16", "int8 bf16", "bf16")):
-        run, computes = openvino_runner(built["openvino", precision], feed, threads, hint)
+        run, computes = openvino_runner(built["openvino", precision].path, feed, threads, hint)
         items.append(Timed("paper", key, "openvino", computes, run, gflops=gflops))
     return items
 

@@ -81,7 +81,8 @@ class Builder:
         self.calibration = calibration
         say(f"exporting {name} ({checkpoint_config['architecture']}) to ONNX, input "
                      f"{self.input_size[0]}x{self.input_size[1]}, {self.target.sampler} "
-                     f"sampling")
+                     f"sampling" + (", PASSD's attend tap sum in the SDK"
+                                    if self.target.attend_tail else ""))
         self.rewritten = rewrite_for_export(model, self.target.sampler,
                                             attend_tail=self.target.attend_tail)
         self.onnx_fp32 = export_onnx(self.rewritten, work / "model.onnx", self.input_size)

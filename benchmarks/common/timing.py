@@ -107,8 +107,11 @@ def time_interleaved(items: Sequence[Timed], rounds: int, calls: int, warmup: in
 
 
 def ort_runner(path: Path, feed: dict[str, np.ndarray], threads: int,
-               reuse_outputs: bool = False) -> Callable[[], object]:
-    """A call of an ONNX Runtime CPU session with the SDK backend's thread settings.
+               reuse_outputs: bool = False,
+               finish: Callable[[dict], dict] | None = None) -> Callable[[], object]:
+    """A call of an ONNX Runtime CPU session with the SDK backend's thread settings, then
+    ``finish`` of its outputs by name where given (the SDK's step after the runtime, e.g. the
+    attend tail: ``Detector.runtime_call`` times it too).
 
     ``reuse_outputs``: the outputs are written into arrays allocated once (``IOBinding``), as a
     loop over frames can run a model, instead of fresh ones each call (0.2 ms for a 14 MB
@@ -121,9 +124,12 @@ def ort_runner(path: Path, feed: dict[str, np.ndarray], threads: int,
     session = ort.InferenceSession(str(path), session_options(threads),
                                    providers=["CPUExecutionProvider"])
     feed = {i.name: feed[i.name] for i in session.get_inputs()}  # a variant may skip one
-    if not reuse_outputs:
-        return lambda: session.run(None, feed)
-    return bound_ort_call(session, feed)
+    call = bound_ort_call(session, feed) if reuse_outputs else (
+        lambda: session.run(None, feed))
+    if finish is None:
+        return call
+    names = [o.name for o in session.get_outputs()]
+    return lambda: finish(dict(zip(names, call(), strict=True)))
 
 
 def bound_ort_call(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], list[np.ndarray]]:

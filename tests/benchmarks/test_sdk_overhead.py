@@ -78,12 +78,11 @@ def test_warm_runs_each_stage_twice_and_cold_infers_before_the_frame_stages():
 
         def __init__(self):
             self.decoder = self
-            self.backend = self
 
         def runtime_call(self, frame):
             return lambda: calls.append("infer")
 
-        def run(self, images):
+        def run_model(self, images):
             calls.append("run")
             return {}
 
