@@ -13,7 +13,7 @@ an IR), max |diff| vs the training module (ONNX Runtime's output); then each var
 to the plain conv per runtime. Each runtime is timed in its own phase (see ``main``). The
 rewrite (``quantize.rewrites.pa_head``) has two samplers, "project, then Gather" and
 "project, then GridSample"; each target picks one. One variant ends outside the runtime:
-"project in the runtime, tap sum in a compiled kernel": the ``cpu`` target's form, in which
+"project in the runtime, tap sum in the SDK (attend tail)": the ``cpu`` target's form, in which
 the SDK sums the samples after the runtime (``edgedet.attend_tail``, timed with that step).
 Every variant's outputs land in buffers reused across calls (ONNX Runtime's ``IOBinding``,
 OpenVINO's own output tensors), as a loop over frames can run a model.
@@ -54,6 +54,7 @@ from edgedet.models.pa_head import (
 from quantize.openvino_precision import coordinate_ops, mark_precise
 from quantize.rewrites.pa_head import PackedBoxOffsetConv, planar_sampling_points
 from quantize.rewrites.sampling import bilinear_tap_sum, grid_sample_tap_sum
+from quantize.targets import Target
 
 
 class TrainingModule(nn.Module):
@@ -292,6 +293,17 @@ def random_attend_conv(channels: int, outputs: int, anchors: int) -> BoxOffsetCo
     return conv
 
 
+ATTEND_TAIL = "project in the runtime, tap sum in the SDK (attend tail)"
+
+
+def shipped_variant(target: Target) -> str:
+    """The name of the variant ``target``'s artifacts run (``attend_variants``' keys)."""
+    if target.attend_tail:
+        return ATTEND_TAIL
+    return {"grid_sample": "project, then GridSample (sampler grid_sample)",
+            "gather": "project, then Gather (sampler gather)"}[target.sampler]
+
+
 def attend_variants(conv: BoxOffsetConv2d, stride: float, threads: int | None = None
                     ) -> dict[str, nn.Module]:
     """Every export variant of ``conv`` by name, the plain-conv floor (``PLAIN_CONV``) last;
@@ -304,8 +316,7 @@ def attend_variants(conv: BoxOffsetConv2d, stride: float, threads: int | None = 
         "project, then Gather (sampler gather)": ProjectThenGather(conv, stride),
         "W @ F, one GridSample, sum (not adopted)": PlanarProjectionThenGridSample(conv, stride),
         "tall stacked map, one GridSample (not adopted)": TallMapGridSample(conv, stride),
-        "project in the runtime, tap sum in a compiled kernel": ProjectThenKernel(conv, stride,
-                                                                                  threads),
+        ATTEND_TAIL: ProjectThenKernel(conv, stride, threads),
         PLAIN_CONV: PlainConv(conv),
     }
 

@@ -29,10 +29,11 @@ markdown tables:
    compared with the fp32 zoo model of the same source checkpoint on each runtime.
 2. Paper-width PASSD-MobileNet (80 classes, 320x320, RANDOM weights: speed only), built
    here as the ``cpu`` and ``openvino`` targets build it (``rewrite_for_export`` with the
-   target's sampler, ``export_onnx``, ``Target.build``: QDQ INT8 by ``quantize_onnx`` for
-   ONNX Runtime, NNCF INT8 IR by ``quantize_openvino``, both with the default keep-float
-   scope and 8 random calibration inputs; the IR a second time with its float ops in bf16
-   except the sampling coordinates, ``--float-precision bf16``). OpenVINO runs as the SDK
+   target's sampler and attend tail, ``export_onnx``, ``Target.build``: QDQ INT8 by
+   ``quantize_onnx`` for ONNX Runtime, timed with the attend tail after it, NNCF INT8 IR
+   by ``quantize_openvino``, both with the default keep-float scope and 8 random
+   calibration inputs; the IR a second time with its float ops in bf16 except the sampling
+   coordinates, ``--float-precision bf16``). OpenVINO runs as the SDK
    runs it (``INFERENCE_PRECISION_HINT`` f32, or bf16 for that second IR), plus once at the
    CPU plugin's default precision (bf16 on CPUs that have it). *computes* is the precision
    OpenVINO reports it computes float ops in; *vs fp32* compares with the same runtime's fp32
@@ -41,7 +42,8 @@ markdown tables:
    ``benchmarks/pa_attend_conv.py``) at the paper's largest level (256 channels, 3 anchors x
    81 outputs, 40x40 map), fp32, against a plain 3x3 conv of the same size; each variant's
    outputs written into buffers reused across calls, and the one variant that ends outside
-   the runtime (its tap sum in a compiled kernel) timed with that step.
+   the runtime (the cpu target's attend tail: the tap sum in the SDK) timed with that step.
+   The headline takes the variant each target ships (``pa_attend_conv.shipped_variant``).
 
 Last, the headline figures (issue 15's targets) over all calls and apart for the calls made
 while the two CPUs were near each other and while they were far apart: the round trip
@@ -263,7 +265,7 @@ def attend_items(work_dir: Path, threads: int, channels: int, size: int) -> list
     items: list[Timed] = []
     for index, (name, module) in enumerate(variants.items()):
         path = pa.export_variant(module, features, boxes, work_dir / f"attend{index}.onnx")
-        # A variant that finishes outside the runtime (its tap sum in a compiled kernel) is
+        # A variant that finishes outside the runtime (its tap sum in the SDK's kernel) is
         # timed with that step; every variant's outputs land in buffers reused across calls.
         ort_run = ort_runner(path, feed, threads, reuse_outputs=True)
         items.append(Timed("attend", name, "onnxruntime", "fp32",

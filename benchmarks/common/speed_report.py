@@ -87,9 +87,9 @@ def headline(report: dict) -> list[tuple[str, float | None]]:
                          _ratio(default["p50_ms"], paper[key]["p50_ms"])))
             rows.append((f"paper-width {key} GOPS", paper[key]["gops"]))
     for runtime, target in (("onnxruntime", "cpu"), ("openvino", "openvino")):
-        shipped = f"(sampler {target_named(target).sampler})"
+        shipped = pa.shipped_variant(target_named(target))
         for r in report["attend"]:
-            if r["variant"].endswith(shipped):
+            if r["variant"] == shipped:
                 rows.append((f"attend stage / plain conv, {runtime} ({r['variant']}), x",
                              r[f"{runtime}_vs_plain"]))
     for backend in sorted({r["backend"] for r in report["zoo"] if r["timed_detect"]}):

@@ -1,5 +1,6 @@
 """Compiled (numba) kernels of the per-frame work around the model: normalisation, decoding,
-selection and the mapping to frame pixels.
+selection and the mapping to frame pixels; and PASSD's attend tail (``tap_sum``), the last
+step of the model itself where the cpu target leaves it to the SDK (``edgedet.attend_tail``).
 
 Why compiled: after an INT8 inference, ``detect()``'s numpy decoding and selection cost
 0.5-0.7 ms per frame, nearly all of it a few hundred numpy calls whose code and data come back
