@@ -89,7 +89,7 @@ def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
             gflops = count_gflops(model, size)
             built = build_for_targets(model, size, Path(tmp) / label, calibration,
                                       f"the {label} model", precisions,
-                                      float_precisions=("f32", "bf16"))
+                                      float_precisions=("f32", "bf16"), threads=args.threads)
             for precision in precisions:
                 items[label, "onnxruntime", precision] = Timed(
                     "prune", label, "onnxruntime", precision,

@@ -104,30 +104,40 @@ class AttendTailSpec:
                 for o in outputs)):
             raise fail(f"{SECTION}.outputs must be one or two [name, size] pairs, got "
                        f"{outputs!r}")
+        if len({name for name, _ in outputs}) != len(outputs):
+            raise fail(f"{SECTION}.outputs names an output twice: {outputs!r}")
         width = sum(size for _, size in outputs)
-        try:
-            bias = np.asarray(section["bias"], dtype=np.float32)
-        except (TypeError, ValueError):
-            raise fail(f"{SECTION}.bias must be numbers") from None
+        rows = section["bias"]
+        if not (isinstance(rows, list) and all(
+                isinstance(row, list) and all(_is_number(v) for v in row) for row in rows)):
+            raise fail(f"{SECTION}.bias must be a list of rows of numbers")
+        bias = np.asarray(rows, dtype=np.float32)
         if bias.shape != (anchors, width) or not np.isfinite(bias).all():
             raise fail(f"{SECTION}.bias must be {anchors} rows of {width} finite numbers, got "
                        f"shape {bias.shape}")
         levels = section["levels"]
         if not isinstance(levels, list) or len(levels) != len(feature_sizes):
+            given = len(levels) if isinstance(levels, list) else type(levels).__name__
             raise fail(f"{SECTION}.levels must list one level per anchor_spec feature size "
-                       f"({len(feature_sizes)})")
+                       f"({len(feature_sizes)}), got {given}")
         parsed = []
-        for level, (height, map_width) in zip(levels, feature_sizes, strict=True):
+        for index, (level, (height, map_width)) in enumerate(
+                zip(levels, feature_sizes, strict=True)):
             if not (isinstance(level, dict) and isinstance(level.get("table"), str)
                     and isinstance(level.get("points"), str)):
-                raise fail(f"{SECTION}.levels entries name their table and points outputs")
+                raise fail(f"{SECTION}.levels[{index}] must name its table and points outputs, "
+                           f"got {level!r}")
             scale, zero = level.get("table_scale"), level.get("table_zero_point")
             if (scale is None) != (zero is None) or (scale is not None and not (
-                    _is_number(scale) and scale > 0 and _is_number(zero) and 0 <= zero <= 255)):
+                    _is_number(scale) and scale > 0 and _is_number(zero)
+                    and float(zero).is_integer() and 0 <= zero <= 255)):
                 raise fail(f"{SECTION}: level {level['table']!r} needs both or neither of "
-                           "table_scale (> 0) and table_zero_point (0..255)")
+                           "table_scale (> 0) and table_zero_point (a whole number 0..255)")
             parsed.append(TailLevel(level["table"], level["points"], int(height),
                                     int(map_width), scale, zero))
+        names = [n for lv in parsed for n in (lv.table, lv.points)]
+        if len(set(names)) != len(names):
+            raise fail(f"{SECTION}.levels name a model output twice: {names}")
         return cls(anchors, taps, tuple((name, size) for name, size in outputs), bias,
                    tuple(parsed))
 
@@ -142,7 +152,9 @@ class AttendTail:
 
     ``tail(raw)`` takes the model's outputs by name and returns them with each level's table
     and points replaced by the summed outputs ``(N, sum_l H_l*W_l*A, size)`` float32,
-    in the head outputs' y -> x -> anchor order. Safe to call from several threads at once.
+    in the head outputs' y -> x -> anchor order. Safe to call from several threads at once,
+    and in a forked child (which gets worker threads of its own). ``threads`` None: the CPUs
+    this process may use.
     """
 
     def __init__(self, spec: AttendTailSpec, threads: int | None = None) -> None:
@@ -150,6 +162,7 @@ class AttendTail:
         self.threads = max(1, threads if threads is not None else _cpu_count())
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()
         self._total = sum(lv.height * lv.width for lv in spec.levels) * spec.anchors
 
     def __call__(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -213,12 +226,15 @@ class AttendTail:
         if self.threads == 1:
             work(jobs[0])
             return
-        with self._pool_lock:
+        if self._pool_pid != os.getpid():
+            # A forked child inherits the pool object but not its threads: a submit there
+            # would wait forever. (The lock, too, may have been held by a parent thread.)
+            self._pool_lock, self._pool, self._pool_pid = threading.Lock(), None, os.getpid()
+        with self._pool_lock:  # (close() cannot shut the pool down between these)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads - 1,
                                                 thread_name_prefix="edgedet-attend-tail")
-            pool = self._pool
-        futures = [pool.submit(work, chunk) for chunk in jobs[1:]]
+            futures = [self._pool.submit(work, chunk) for chunk in jobs[1:]]
         work(jobs[0])  # the calling thread takes a share too
         for future in futures:
             future.result()
@@ -238,8 +254,8 @@ class AttendTail:
         """Stop the worker threads (a later call starts them again)."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown()
+            if pool is not None and self._pool_pid == os.getpid():
+                pool.shutdown()  # after the work already submitted
 
 
 def _cpu_count() -> int:

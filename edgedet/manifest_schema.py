@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from edgedet.anchors import anchor_spec_from_dict
 from edgedet.attend_tail import SECTION as ATTEND_TAIL
 from edgedet.attend_tail import AttendTailSpec
@@ -111,7 +113,8 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
         raise fail(f"bad anchor_spec section: {exc!r}") from exc
     _validate_outputs(manifest["outputs"], num_anchors, fail)
     if manifest.get(ATTEND_TAIL) is not None:
-        _validate_attend_tail(manifest, num_anchors, fail)
+        _validate_attend_tail(manifest[ATTEND_TAIL], manifest["anchor_spec"],
+                              manifest["outputs"], fail)
     _validate_class_count(manifest, fail)
     _validate_input(manifest["input"], preprocess.input_size, fail)
     if require_files or manifest["files"]:
@@ -133,6 +136,8 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
     _validate_accuracy(manifest.get("accuracy"), fail)
     _validate_double_scale(manifest.get("double_scale"), preprocess.input_size,
                            manifest["files"], fail)
+    if (manifest.get("double_scale") or {}).get(ATTEND_TAIL) is not None:
+        _validate_second_attend_tail(manifest, fail)
 
 
 
@@ -164,18 +169,42 @@ def _validate_outputs(outputs: object, num_anchors: int, fail: Any) -> None:
                        f"generates {num_anchors}")
 
 
-def _validate_attend_tail(manifest: Mapping[str, Any], num_anchors: int, fail: Any) -> None:
-    """The ``attend_tail`` section parses, and it makes two listed outputs of every anchor."""
-    feature_sizes = anchor_spec_from_dict(manifest["anchor_spec"]).feature_sizes
-    spec = AttendTailSpec.from_section(manifest[ATTEND_TAIL], feature_sizes, fail)
+def _validate_attend_tail(section: object, anchor_spec: object, outputs: list,
+                          fail: Any) -> AttendTailSpec:
+    """An ``attend_tail`` section parses for ``anchor_spec``'s levels and makes listed
+    ``outputs`` of their widths for every anchor."""
+    spec_of_anchors = anchor_spec_from_dict(anchor_spec)  # type: ignore[arg-type]
+    spec = AttendTailSpec.from_section(section, spec_of_anchors.feature_sizes, fail)
     made = sum(lv.height * lv.width for lv in spec.levels) * spec.anchors
-    if made != num_anchors:
-        raise fail(f"{ATTEND_TAIL} makes {made} rows but anchor_spec generates {num_anchors}")
-    widths = {e["name"]: e["shape"][2] for e in manifest["outputs"]}
+    if made != spec_of_anchors.num_anchors:
+        raise fail(f"{ATTEND_TAIL} makes {made} rows but anchor_spec generates "
+                   f"{spec_of_anchors.num_anchors}")
+    widths = {e["name"]: e["shape"][2] for e in outputs}
     for name, size in spec.outputs:
         if widths.get(name) != size:
             raise fail(f"{ATTEND_TAIL} makes {name!r} of {size} values, but outputs lists "
                        f"{'it with ' + str(widths[name]) if name in widths else 'no such output'}")
+    return spec
+
+
+def _validate_second_attend_tail(manifest: Mapping[str, Any], fail: Any) -> None:
+    """The 2x model's ``double_scale.attend_tail``: its own levels and scales, the same head
+    (anchors, taps, outputs, bias) as the 1x model's section."""
+    section = manifest["double_scale"]
+
+    def fail_2x(problem: str) -> Exception:
+        return fail(f"double_scale.{problem}")
+
+    spec_2x = _validate_attend_tail(section[ATTEND_TAIL], section["anchor_spec"],
+                                    manifest["outputs"], fail_2x)
+    if manifest.get(ATTEND_TAIL) is None:
+        raise fail_2x(f"{ATTEND_TAIL} needs the 1x model's {ATTEND_TAIL} too")
+    spec = AttendTailSpec.from_section(
+        manifest[ATTEND_TAIL], anchor_spec_from_dict(manifest["anchor_spec"]).feature_sizes)
+    if (spec_2x.anchors, spec_2x.taps, spec_2x.outputs) != (
+            spec.anchors, spec.taps, spec.outputs) or not np.array_equal(spec_2x.bias, spec.bias):
+        raise fail_2x(f"{ATTEND_TAIL} must have the 1x section's anchors, taps, outputs and "
+                      "bias (one head at two scales)")
 
 
 def _validate_class_count(manifest: Mapping[str, Any], fail: Any) -> None:
@@ -250,10 +279,6 @@ def _validate_double_scale(section: object, input_size: tuple[int, int], files: 
     if isinstance(coarse, bool) or not isinstance(coarse, int) or not 0 <= coarse < levels:
         raise fail(f"double_scale.coarse_levels_from_1x must be a whole number in "
                    f"0..{levels - 1}, got {coarse!r}")
-    if section.get(ATTEND_TAIL) is not None:  # the 2x model's own levels and table scales
-        feature_sizes = anchor_spec_from_dict(section["anchor_spec"]).feature_sizes
-        AttendTailSpec.from_section(section[ATTEND_TAIL], feature_sizes,
-                                    lambda problem: fail(f"double_scale.{problem}"))
     names = section["files"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise fail("double_scale.files must be a non-empty list of file names")

@@ -85,7 +85,7 @@ def expose_uint8_tables(onnx_path: str | os.PathLike[str], out_path: str | os.Pa
         if not output.name.startswith(TABLE_PREFIX) or node is None or (
                 node.op_type != "DequantizeLinear"):
             continue
-        scale, zero = (constants.get(name) for name in node.input[1:3])
+        scale, zero = (constants.get(name) for name in (*node.input[1:3], "", "")[:2])
         if scale is None or zero is None or scale.size != 1 or zero.dtype != np.uint8:
             raise ValueError(f"{output.name}: its DequantizeLinear is not per-tensor uint8 "
                              f"(scale {scale}, zero point {zero}); the SDK reads uint8 tables")

@@ -125,7 +125,6 @@ class Builder:
         artifact_name = f"{self.name}_{precision}"
         say(f"building {artifact_name} for {self.target.backend}")
         built = self.target.build(self._request(precision, trial, self.onnx_fp32,
-                                                self.rewritten,
                                                 self.input_size, self.work,
                                                 self.calibration_arrays))
         artifact_source = dict(self.source)
@@ -161,7 +160,7 @@ class Builder:
         self.kept_report.update({c: {"nodes": kept[c], "reason": CATEGORIES[c]}
                                  for c in categories if c not in self.kept_report and kept[c]})
 
-    def _request(self, precision: str, trial: Trial, onnx_fp32: Path, rewritten: Any,
+    def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
                  input_size: tuple[int, int], work_dir: Path,
                  calibration: Any) -> BuildRequest:
         """The target's build request for ``precision`` and ``trial`` at one input size."""
@@ -170,7 +169,7 @@ class Builder:
         if trial.float_categories:  # accuracy control widened the scope
             scope = tuple(flatten(self._kept_out(trial.float_categories)))
         return BuildRequest(
-            precision=precision, onnx_fp32=onnx_fp32, model=rewritten,
+            precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
             input_size=input_size, work_dir=work_dir,
             calibration=calibration if precision == "int8" else None,
             # Two layers' tails can share a node (both feed one Add): name each node once.
@@ -190,7 +189,6 @@ class Builder:
         precision = str(artifact.manifest["precision"])
         say(f"building the 2x model of {artifact.name}")
         built = self.target.build(self._request(precision, trial, self.onnx_fp32_2x,
-                                                self.rewritten,
                                                 self.size_2x, self.work / "x2",
                                                 self.calibration_arrays_2x))
         files_2x = {DOUBLE_SCALE_STEM + name.removeprefix(MODEL_STEM)

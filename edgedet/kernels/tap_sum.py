@@ -8,9 +8,10 @@ added in place (the inner loop, which the compiler vectorises).
 
 Same function as ``quantize.rewrites.sampling.bilinear_tap_sum`` (zero padding: a corner outside
 the map reads 0; points clamped to one cell beyond the map first, so ``floor`` and the integer
-conversion stay finite; a NaN point reads nothing), summed in another order: equal to float32
-rounding. Why the runtimes do not do this themselves: ``docs/architecture.md`` ("The attend
-tail").
+conversion stay finite), summed in another order: equal to float32 rounding. A NaN point (a
+NaN box delta) reads nothing here, so the output is the bias; the graph forms fail on it
+(``Gather``) or return NaN (``GridSample``). Why the runtimes do not do this themselves:
+``docs/architecture.md`` ("The attend tail").
 
 A uint8 table (an INT8 model's projection output, ``value = scale * (q - zero_point)``) is read
 as it is, a quarter of the float table's bytes: the kernel sums ``w * q`` and the weights
@@ -61,20 +62,25 @@ def tap_sum_rows(table, points, height, width, scale, zero_point, bias, split, f
                 x0, y0 = np.floor(x), np.floor(y)
                 fx, fy = x - x0, y - y0
                 ix, iy = int(x0), int(y0)
-                for dy in range(2):
-                    cy = iy + dy
-                    if cy < 0 or cy >= height:
-                        continue
-                    wy = fy if dy == 1 else ONE - fy
-                    for dx in range(2):
-                        cx = ix + dx
-                        if cx < 0 or cx >= width:
-                            continue
-                        weight = wy * (fx if dx == 1 else ONE - fx)
-                        weight_sum += weight
-                        row = table[cy * width + cx, g, t]
-                        for o in range(outputs):
-                            acc[o] += weight * row[o]
+                # The four corners in one pass over the outputs (a quarter of the passes of
+                # one corner at a time: 3.89 -> 3.25 ms for a float32 paper-width P3 on one
+                # thread): a corner outside the map gets weight 0 and reads a clamped row.
+                inside_x0, inside_x1 = 0 <= ix < width, 0 <= ix + 1 < width
+                inside_y0, inside_y1 = 0 <= iy < height, 0 <= iy + 1 < height
+                w00 = (ONE - fy) * (ONE - fx) if inside_y0 and inside_x0 else ZERO
+                w01 = (ONE - fy) * fx if inside_y0 and inside_x1 else ZERO
+                w10 = fy * (ONE - fx) if inside_y1 and inside_x0 else ZERO
+                w11 = fy * fx if inside_y1 and inside_x1 else ZERO
+                tap_weight = w00 + w01 + w10 + w11
+                if tap_weight == ZERO:
+                    continue
+                weight_sum += tap_weight
+                x_0, x_1 = min(max(ix, 0), width - 1), min(max(ix + 1, 0), width - 1)
+                y_0, y_1 = min(max(iy, 0), height - 1), min(max(iy + 1, 0), height - 1)
+                r00, r01 = table[y_0 * width + x_0, g, t], table[y_0 * width + x_1, g, t]
+                r10, r11 = table[y_1 * width + x_0, g, t], table[y_1 * width + x_1, g, t]
+                for o in range(outputs):
+                    acc[o] += w00 * r00[o] + w01 * r01[o] + w10 * r10[o] + w11 * r11[o]
             offset = zero_point * weight_sum
             r = first_row + p * groups + g
             for o in range(split):
@@ -107,7 +113,9 @@ def tap_sum(table: np.ndarray, points_xy: np.ndarray, height: int, width: int,
         raise ValueError(f"tap_sum reads float32 or uint8 tables, got {table.dtype}")
     groups, outputs = table.shape[1], table.shape[3]
     positions = points_xy.shape[2]
-    bias = np.zeros((groups, outputs), np.float32) if bias is None else bias
+    bias = np.zeros((groups, outputs), np.float32) if bias is None else np.asarray(bias)
+    if bias.shape != (groups, outputs):
+        raise ValueError(f"bias {bias.shape} is not (G, O) = {(groups, outputs)}")
     out = np.empty((positions * groups, outputs), np.float32)
     tap_sum_rows(np.ascontiguousarray(table), np.ascontiguousarray(points_xy, np.float32),
                  height, width, np.float32(scale), np.float32(zero_point),

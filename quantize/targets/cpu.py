@@ -80,12 +80,15 @@ TARGET = Target(
     rounds_outputs=True,
     # ONNX Runtime's GridSample reads the projected maps far faster than the Gather form:
     # benchmarks/pa_attend_conv.py (paper-width attend conv, 40x40, fp32, 2 threads, one
-    # interleaved run) 23.2 ms vs 40.5 ms, against 18.2 ms for a plain 3x3 conv there.
+    # interleaved run) 23.2 ms vs 40.5 ms, against 18.2 ms for a plain 3x3 conv there. With the
+    # attend tail (below) it reads HAR-Net's deformable sampling; PASSD's P&A head ends
+    # before any read.
     sampler="grid_sample",
     # PASSD's attend tap sum in the SDK (edgedet.attend_tail): ONNX Runtime's GridSample
     # walks its plan once per channel in scalar code, and an INT8 graph dequantizes the
-    # whole table for it. Paper-width PASSD at 320, 80 classes, one interleaved run on the
-    # AMX CPU: INT8 19.18 -> 15.00 ms; fp32 31.22 -> 33.13 (the float table is 14 MB).
+    # whole table for it. One interleaved run on the AMX CPU (docs/performance_amx.md):
+    # zoo PASSD INT8 11.84 -> 9.92 ms, fp32 23.83 -> 23.31; paper-width (80 classes) INT8
+    # 12.48 ms against the in-graph fp32's 32.91 (the tail's fp32 34.34).
     attend_tail=True,
     # float16 storage halves a float model's file (the paper-width PASSD: 24.0 -> 12.2 MiB);
     # ONNX Runtime folds the casts at load time, so it runs the same float32 graph.

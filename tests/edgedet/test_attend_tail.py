@@ -38,11 +38,16 @@ LEVEL = {"table": "attend_table_0", "points": "attend_points_0"}
     (_section(anchors=0), "positive whole numbers"),
     (_section(outputs=[["cls_logits", 3], ["box_deltas", 4], ["x", 1]]), "one or two"),
     (_section(bias=[[0.0] * 6]), "1 rows of 7 finite numbers"),
-    (_section(bias=[[float("nan")] * 7]), "finite"),
-    (_section(levels=[]), "one level per anchor_spec feature size"),
-    (_section(levels=[{"table": "t"}]), "name their table and points"),
+    (_section(bias=[[float("nan")] * 7]), "rows of numbers"),
+    (_section(bias=[["1.0"] * 7]), "rows of numbers"),
+    (_section(levels=[]), r"one level per anchor_spec feature size \(1\), got 0"),
+    (_section(levels=[{"table": "t"}]), r"levels\[0\] must name its table and points"),
     (_section(levels=[{**LEVEL, "table_scale": 0.1}]), "both or neither"),
     (_section(levels=[{**LEVEL, "table_scale": 0.1, "table_zero_point": 300}]), "0..255"),
+    (_section(levels=[{**LEVEL, "table_scale": 0.1, "table_zero_point": 98.5}]),
+     "whole number"),
+    (_section(levels=[{"table": "x", "points": "x"}]), "name a model output twice"),
+    (_section(outputs=[["cls_logits", 3], ["cls_logits", 4]]), "names an output twice"),
     (_section(anchors=2, bias=[[0.0] * 7] * 2), "makes 32 rows but anchor_spec generates 16"),
     (_section(outputs=[["cls_logits", 2], ["box_deltas", 5]], bias=[[0.0] * 7]),
      "of 2 values, but outputs lists it with 3"),
@@ -114,3 +119,94 @@ def test_a_tail_only_for_a_model_that_hands_over_tables() -> None:
     # A model computing the head outputs itself (the accuracy check's PyTorch reference).
     assert attend_tail_for(manifest, ("cls_logits", "box_deltas")) is None
     assert attend_tail_for(_manifest({}), ("attend_table_0", "attend_points_0")) is None
+
+
+def _with_second_tail(**changes: object) -> dict:
+    """test_artifact's manifest with a 2x model (8x8 cells) whose tail is ``changes``."""
+    manifest = {**_manifest({"model.onnx": "0" * 64, "model_2x.onnx": "0" * 64}),
+                "attend_tail": _section()}
+    spec_2x = {**manifest["anchor_spec"], "image_size": [64, 64], "feature_sizes": [[8, 8]]}
+    manifest["preprocess"] = {**manifest["preprocess"]}
+    manifest["double_scale"] = {"input_size": [64, 64], "anchor_spec": spec_2x,
+                                "files": ["model_2x.onnx"], "accuracy": None,
+                                "attend_tail": _section(**changes)}
+    return manifest
+
+
+def test_the_second_scales_tail_is_checked_against_its_own_levels_and_the_first() -> None:
+    validate_manifest(_with_second_tail())
+    with pytest.raises(ManifestError, match=r"double_scale\.attend_tail makes 'scores'"):
+        validate_manifest(_with_second_tail(outputs=[["scores", 3], ["box_deltas", 4]]))
+    with pytest.raises(ManifestError, match=r"double_scale\.attend_tail makes 128 rows"):
+        validate_manifest(_with_second_tail(anchors=2, bias=[[0.0] * 7] * 2))
+    with pytest.raises(ManifestError, match="the 1x section's anchors, taps, outputs and bias"):
+        validate_manifest(_with_second_tail(bias=[[1.0] * 7]))
+    no_first = _with_second_tail()
+    del no_first["attend_tail"]
+    with pytest.raises(ManifestError, match="needs the 1x model's attend_tail"):
+        validate_manifest(no_first)
+
+
+def test_close_racing_calls_and_calls_after_close_work() -> None:
+    import threading
+
+    spec, raw = _two_level_case(batch=1, quantized=True)
+    tail = AttendTail(spec, 3)
+    expected = tail(raw)["cls_logits"]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            for _ in range(30):
+                np.testing.assert_array_equal(tail(raw)["cls_logits"], expected)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=call) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for _ in range(30):
+        tail.close()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors
+    tail.close()
+    np.testing.assert_array_equal(tail(raw)["cls_logits"], expected)  # after close: again
+
+
+def test_a_forked_child_runs_the_tail_on_threads_of_its_own() -> None:
+    import multiprocessing
+
+    spec, raw = _two_level_case(batch=1, quantized=False)
+    tail = AttendTail(spec, 2)
+    expected = tail(raw)["cls_logits"]  # the parent's pool is started
+
+    def child(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+        queue.put(tail(raw)["cls_logits"])
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    process.join(timeout=60)
+    hung = process.is_alive()
+    if hung:
+        process.kill()
+    assert not hung, "the tail hung in a forked child"
+    np.testing.assert_array_equal(queue.get(timeout=5), expected)
+    tail.close()
+
+
+def test_the_zoo_passd_runs_its_tail_in_detector_and_closes_it() -> None:
+    pytest.importorskip("onnxruntime")
+    from edgedet import Detector
+
+    detector = Detector("passd_mobilenet_int8", backend="onnxruntime", threads=2)
+    tail = detector._attend_tail
+    assert tail is not None and tail.threads == 2
+    assert {"attend_table_0", "attend_points_0"} <= set(detector.backend.output_names)
+    outputs = detector.run_model(np.zeros((1, 3, 320, 320), np.float32))
+    assert "cls_logits" in outputs and "attend_table_0" not in outputs
+    assert tail._pool is not None  # started by the call
+    detector.close()
+    assert tail._pool is None
