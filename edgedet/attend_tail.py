@@ -266,10 +266,17 @@ def _cpu_count() -> int:
 
 
 def attend_tail_for(manifest: Mapping[str, Any], model_outputs: Sequence[str],
-                    threads: int | None = None) -> AttendTail | None:
+                    threads: int | None = None,
+                    output_dtypes: Mapping[str, str] | None = None) -> AttendTail | None:
     """The tail ``Detector`` runs on a model with ``model_outputs`` (compiled now), or None:
     the manifest has none, or the model computes the head outputs itself (the accuracy
-    check's reference runs the PyTorch checkpoint on the artifact's manifest)."""
+    check's reference runs the PyTorch checkpoint on the artifact's manifest).
+
+    Raises:
+        ValueError: ``output_dtypes`` (the backend's element types, where it reports them)
+            shows a table of another type than the section reads (a float table where it
+            gives a uint8 scale, or the reverse): at load time rather than at the first frame.
+    """
     from edgedet.anchors import anchor_spec_from_dict
 
     section = manifest.get(SECTION)
@@ -279,6 +286,13 @@ def attend_tail_for(manifest: Mapping[str, Any], model_outputs: Sequence[str],
         section, anchor_spec_from_dict(manifest["anchor_spec"]).feature_sizes)
     if not set(spec.input_names) <= set(model_outputs):
         return None
+    for level in spec.levels:
+        want = "float32" if level.table_scale is None else "uint8"
+        got = (output_dtypes or {}).get(level.table, want)
+        if got != want:
+            raise ValueError(f"model output {level.table!r} is {got}, but the manifest's "
+                             f"{SECTION} reads it as {want} (table_scale "
+                             f"{level.table_scale}): the manifest is not this model's")
     tail = AttendTail(spec, threads)
     tail.warm_up()
     return tail

@@ -200,8 +200,12 @@ class Detector:
         self.class_names: tuple[str, ...] = tuple(self._manifest["class_names"])
         self.preprocess_config = PreprocessConfig.from_dict(self._manifest["preprocess"])
         self.decoder = HeadDecoder.from_manifest(self._manifest, self.options)
-        self._attend_tail: AttendTail | None = attend_tail_for(
-            self._manifest, self._backend.output_names, self.options.threads)
+        try:
+            self._attend_tail: AttendTail | None = attend_tail_for(
+                self._manifest, self._backend.output_names, self.options.threads,
+                getattr(self._backend, "output_dtypes", None))
+        except ValueError as error:
+            raise ManifestError(f"{self._backend.model_path}: {error}") from None
         self._check_model_matches_manifest()
         # Compiled here, so that a backend that cannot do it fails at load time, not mid-stream.
         self._frame_runner: FrameRunner | None = (

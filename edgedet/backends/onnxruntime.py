@@ -81,6 +81,10 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
+              "tensor(float16)": "float16", "tensor(int64)": "int64"}
+
+
 class OnnxRuntimeBackend:
     """One ``InferenceSession`` on the execution providers of ``device`` (CPU by default).
 
@@ -117,6 +121,10 @@ class OnnxRuntimeBackend:
             d if isinstance(d, int) else None for d in model_input.shape
         )
         self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
+        # Element types by output ("float32", "uint8", ...), for checks at load time (an
+        # optional attribute of a backend: edgedet.attend_tail reads it where present).
+        self.output_dtypes: dict[str, str] = {
+            o.name: _ORT_TYPES.get(o.type, o.type) for o in self._session.get_outputs()}
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """``images (N, 3, H, W) float32`` → ``{output name: array}``."""

@@ -108,6 +108,10 @@ class OpenVinoBackend:
             d.get_length() if d.is_static else None for d in model_input.get_partial_shape()
         )
         self.output_names: tuple[str, ...] = tuple(o.get_any_name() for o in model.outputs)
+        # Element types by output (as numpy names), for checks at load time (optional:
+        # edgedet.attend_tail reads it where present).
+        self.output_dtypes: dict[str, str] = {
+            o.get_any_name(): o.get_element_type().to_dtype().name for o in model.outputs}
         self._float: _Compiled | None = None
         self._float_lock = threading.Lock()
 

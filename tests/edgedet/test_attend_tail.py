@@ -210,3 +210,22 @@ def test_the_zoo_passd_runs_its_tail_in_detector_and_closes_it() -> None:
     assert tail._pool is not None  # started by the call
     detector.close()
     assert tail._pool is None
+
+
+def test_a_manifest_that_misreads_its_models_tables_is_refused_at_load(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import json
+    import shutil
+
+    from edgedet import Detector
+    from edgedet.zoo import resolve_model
+
+    copy = tmp_path / "passd"
+    shutil.copytree(resolve_model("passd_mobilenet_int8"), copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    level = manifest["attend_tail"]["levels"][0]
+    level["table_scale"] = level["table_zero_point"] = None  # reads a uint8 table as float
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="'attend_table_0' is uint8, but the manifest's "
+                                            "attend_tail reads it as float32"):
+        Detector(copy, backend="onnxruntime")
