@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +41,14 @@ from edgedet.artifact import (
     require_passed_check,
 )
 from edgedet.attend_tail import AttendTail, attend_tail_for
+from edgedet.backend_choice import choose_backend
 from edgedet.backends import (
-    BACKENDS,
     BackendError,
-    BackendUnavailableError,
     FrameInputBackend,
     FrameRunner,
     InferenceBackend,
     create_backend,
-    is_available,
     model_file_for,
-    pip_package,
 )
 from edgedet.decoder import HeadDecoder
 from edgedet.detections import Detections
@@ -168,7 +165,7 @@ class Detector:
         self._gate = RunGate(str(self._manifest.get("name", self.artifact_dir)))
         self._own_backends: list[InferenceBackend] = []  # made here, so closed by close()
         if isinstance(backend, str):
-            name, self.fallback_reason = _choose_backend(backend, self._manifest)
+            name, self.fallback_reason = choose_backend(backend, self._manifest)
             self.backend_name: str = name
             device = self.options.device
             if self.fallback_reason is not None and device is None:
@@ -465,37 +462,3 @@ class Detector:
             return []
         outputs = self.run_frames(np.stack(inputs))
         return self.decoder.decode_batch(outputs, transforms)
-
-
-def _choose_backend(requested: str, manifest: Mapping) -> tuple[str, str | None]:
-    """The backend to run ``manifest``'s artifact with (see ``Detector``'s ``backend``), and
-    why it is a fallback (None when it is the requested or the artifact's own)."""
-    if requested not in (*BACKENDS, "auto"):
-        raise ValueError(f"unknown backend {requested!r}; choose one of "
-                         f"{', '.join((*BACKENDS, 'auto'))} or pass a loaded backend")
-    if requested != "auto":
-        return requested, None
-    native = str(manifest["backend"])
-    if is_available(native):
-        return native, None
-    fallback = BACKENDS[native].fallback
-    if fallback is not None and is_available(fallback) and _can_read(fallback, manifest):
-        return fallback, f"{native} not installed"
-    hint = ""
-    for other in BACKENDS:
-        if other != native and is_available(other) and _can_read(other, manifest):
-            hint = f", or pass backend={other!r} (installed, and it reads this model)"
-            break
-    if not hint and fallback is not None and _can_read(fallback, manifest):
-        hint = f", or install {fallback} to run it there: pip install {pip_package(fallback)}"
-    raise BackendUnavailableError(
-        f"artifact {manifest['name']!r} was exported for {native}, which is not installed: "
-        f"pip install {pip_package(native)} (or pip install 'edgedet[{native}]'){hint}")
-
-
-def _can_read(backend: str, manifest: Mapping) -> bool:
-    try:
-        model_file_for(backend, main_model_files(manifest))
-    except BackendError:
-        return False
-    return True

@@ -225,7 +225,7 @@ def test_bench_without_the_runtime_says_what_to_install(
     models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("edgedet.detector.is_available", lambda name: False)
+    monkeypatch.setattr("edgedet.backend_choice.is_available", lambda name: False)
     assert main(["bench", "--model", str(models["tiny"])]) == 2
     assert "pip install onnxruntime" in capsys.readouterr().err
 

@@ -300,7 +300,7 @@ def test_a_flipped_byte_in_the_model_stops_loading_naming_the_file(
 def test_auto_backend_without_its_runtime_says_what_to_install(
     artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("edgedet.detector.is_available", lambda name: name == "openvino")
+    monkeypatch.setattr("edgedet.backend_choice.is_available", lambda name: name == "openvino")
     with pytest.raises(BackendUnavailableError,
                        match=r"pip install onnxruntime \(or pip install "
                              r"'edgedet\[onnxruntime\]'\), or pass backend='openvino'"):

@@ -46,7 +46,7 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
         return name != "tensorrt" and real(name)
 
     monkeypatch.setattr("edgedet.backends.is_available", is_available)
-    monkeypatch.setattr("edgedet.detector.is_available", is_available)
+    monkeypatch.setattr("edgedet.backend_choice.is_available", is_available)
 
 
 def test_the_table_entry() -> None:
@@ -118,7 +118,7 @@ def test_without_tensorrt_or_its_fallback_auto_names_both_options(
     def only_openvino(name: str) -> bool:
         return name == "openvino"
 
-    monkeypatch.setattr("edgedet.detector.is_available", only_openvino)
+    monkeypatch.setattr("edgedet.backend_choice.is_available", only_openvino)
     with pytest.raises(BackendUnavailableError,
                        match=r"exported for tensorrt, which is not installed: pip install "
                              r"tensorrt cuda-python.*or pass backend='openvino'"):
@@ -128,7 +128,7 @@ def test_without_tensorrt_or_its_fallback_auto_names_both_options(
 def test_with_no_runtime_at_all_auto_names_the_extra_and_the_fallback(
     trt_artifact: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("edgedet.detector.is_available", lambda name: False)
+    monkeypatch.setattr("edgedet.backend_choice.is_available", lambda name: False)
     with pytest.raises(BackendUnavailableError,
                        match=r"or pip install 'edgedet\[tensorrt\]'\), or install onnxruntime "
                              r"to run it there: pip install onnxruntime"):
