@@ -165,6 +165,10 @@ class AttendTail:
         self._pool_pid = os.getpid()
         self._total = sum(lv.height * lv.width for lv in spec.levels) * spec.anchors
 
+    def outputs_after(self, model_outputs: Sequence[str]) -> set[str]:
+        """The output names a model with ``model_outputs`` gives once the tail has run."""
+        return set(model_outputs) - set(self.spec.input_names) | set(self.spec.output_names)
+
     def __call__(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self.spec
         levels = [self._level_inputs(raw, level) for level in spec.levels]

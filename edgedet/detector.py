@@ -233,10 +233,8 @@ class Detector:
     def _check_model_matches_manifest(self) -> None:
         """Stop at load time, naming the file, if the model disagrees with its manifest."""
         path = self._backend.model_path
-        made = set(self._backend.output_names)
-        if self._attend_tail is not None:
-            made = made - set(self._attend_tail.spec.input_names) | set(
-                self._attend_tail.spec.output_names)
+        made = (self._attend_tail.outputs_after(self._backend.output_names)
+                if self._attend_tail is not None else set(self._backend.output_names))
         missing = [n for n in self.decoder.output_names if n not in made]
         if missing:
             raise ManifestError(f"{path} has outputs {list(self._backend.output_names)} but "

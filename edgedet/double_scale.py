@@ -189,9 +189,8 @@ class SecondScale:
         tail = attend_tail_for({"attend_tail": section.get("attend_tail"),
                                 "anchor_spec": section["anchor_spec"]},
                                backend.output_names, threads)
-        made = set(backend.output_names)
-        if tail is not None:
-            made = made - set(tail.spec.input_names) | set(tail.spec.output_names)
+        made = (tail.outputs_after(backend.output_names) if tail is not None
+                else set(backend.output_names))
         wanted = [entry["name"] for entry in manifest.get("outputs", [])]
         missing = [name for name in wanted if name not in made]
         if missing:  # else the first frame would fail on a missing output

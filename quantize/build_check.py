@@ -24,7 +24,7 @@ from edgedet.double_scale import COARSE_LEVELS_FROM_1X
 from edgedet.preprocess import PreprocessConfig
 from quantize.accuracy import AccuracyCheck
 from quantize.accuracy_control import ControlConfig, ControlOutcome, Trial, TrialResult, control
-from quantize.attend_tail import tail_head, tail_spec
+from quantize.attend_tail import tail_spec
 from quantize.calibration import ImageSet, calibration_inputs
 from quantize.export_onnx import export_onnx
 from quantize.int8_scope import (
@@ -209,9 +209,7 @@ class Builder:
         """The sensitivity ranking of the weight layers the target puts in INT8."""
         say(f"ranking {len(self.units)} INT8 layers by sensitivity")
         assert self.calibration_arrays is not None
-        spec = tail_spec(self.rewritten,
-                         self.rewritten.anchor_spec(self.input_size).feature_sizes
-                         ) if tail_head(self.rewritten) is not None else None
+        spec = tail_spec(self.rewritten, self.rewritten.anchor_spec(self.input_size).feature_sizes)
         tail = AttendTail(spec, threads=1) if spec is not None else None
         return rank_layers(self.onnx_fp32, self.calibration_arrays, self.keep_float,
                            quantize_outputs=self.target.rounds_outputs,
