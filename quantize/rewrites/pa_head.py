@@ -7,9 +7,10 @@ projects every cell to ``A x 9 x (K+1+4)`` values (the class and box offset conv
 together, since they share the sampling grid), then each output reads 4 corners per tap from
 its own tap's projection (``quantize.rewrites.sampling``: ``Gather`` or ``GridSample``, the
 target's ``sampler``). The sampling points are computed in the graph from the propose
-outputs exactly as in training (``box_sampling_points``; for ONNX Runtime on planes,
-``planar_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this against the
-other variants.
+outputs with the operations of training (``box_sampling_points``), laid out for the read:
+for ``GridSample`` and the tail on planes (``planar_sampling_points``), for ``Gather`` as
+separate x and y (``xy_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this
+against the other variants.
 
 With ``tail=True`` the graph stops before the read: each level's channels-last table and its
 planar sampling points become model outputs, and the SDK sums the samples
@@ -19,7 +20,7 @@ manifest section).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,14 @@ from edgedet.models.box_coder import decode_cxcywh
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,
     ProposeAttendHead,
-    box_sampling_points,
     flatten_head_output,
 )
-from quantize.rewrites.sampling import bilinear_tap_sum, check_sampler, grid_sample_tap_sum
+from quantize.rewrites.sampling import (
+    bilinear_tap_sum,
+    bilinear_tap_sum_xy,
+    check_sampler,
+    grid_sample_tap_sum,
+)
 
 
 def planar_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3) -> Tensor:
@@ -65,6 +70,31 @@ def planar_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int
     offset_y = planes.new_tensor([ry for _, ry in taps]).reshape(-1, 1)
     points = torch.stack([centre_x + offset_x * size_x, centre_y + offset_y * size_y], dim=-1)
     return points.reshape(n, a, len(taps), h, w, 2)
+
+
+def xy_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3
+                       ) -> tuple[Tensor, Tensor]:
+    """``edgedet.models.pa_head.box_sampling_points`` as two planes, for the ``gather`` read.
+
+    ``(x, y)``, each ``(N, H, W, A, k*k)``: the points' coordinates in the position-major
+    order ``bilinear_tap_sum_xy`` reads, computed with the training form's operations
+    (``centre + offset * size``, the same bits; the tests compare them). The training form
+    interleaves x and y into pairs, which the ``gather`` read then split again, and moves
+    the pairs to tap-major order and back; OpenVINO ran that split as a reference kernel and
+    the index arithmetic on its own. Paper-width PASSD on OpenVINO, three interleaved runs
+    on the AMX CPU: INT8 9.73-9.87 -> 9.41-9.54 ms, the fp32 model's bf16 default
+    13.80-13.86 -> 13.32-13.50 (with the float row arithmetic of ``bilinear_tap_sum_xy``).
+    """
+    half = (kernel_size - 1) / 2
+    offsets = [i - half for i in range(kernel_size)]
+    taps = [(rx, ry) for ry in offsets for rx in offsets]  # row-major, (x, y)
+    centre_x = boxes_cxcywh[..., 0:1] / stride - 0.5  # (N, H, W, A, 1)
+    centre_y = boxes_cxcywh[..., 1:2] / stride - 0.5
+    size_x = boxes_cxcywh[..., 2:3] / (stride * kernel_size)
+    size_y = boxes_cxcywh[..., 3:4] / (stride * kernel_size)
+    offset_x = boxes_cxcywh.new_tensor([rx for rx, _ in taps])  # (k*k,)
+    offset_y = boxes_cxcywh.new_tensor([ry for _, ry in taps])
+    return centre_x + offset_x * size_x, centre_y + offset_y * size_y
 
 
 class PackedBoxOffsetConv(nn.Module):
@@ -118,8 +148,10 @@ class PackedBoxOffsetConv(nn.Module):
         n, _, h, w = features.shape
         return F.conv2d(features, self.projection).permute(0, 2, 3, 1).reshape(n, h * w, -1)
 
-    def forward(self, features: Tensor, points_xy: Tensor) -> list[Tensor]:
-        """``features (N, C, H, W)``, ``points_xy (N, A, T, H, W, 2)``
+    def forward(self, features: Tensor, points_xy: Tensor | tuple[Tensor, Tensor]
+                ) -> list[Tensor]:
+        """``features (N, C, H, W)``, ``points_xy (N, A, T, H, W, 2)`` (or, for the
+        ``gather`` sampler, ``xy_sampling_points``' two ``(N, H, W, A, T)`` planes)
         -> ``[(N, H*W*A, out_i)]``."""
         if self.tail:
             raise RuntimeError("a tail PackedBoxOffsetConv reads no samples: the SDK sums "
@@ -127,14 +159,20 @@ class PackedBoxOffsetConv(nn.Module):
         n, c, h, w = features.shape
         a, t = self.num_anchors, self.num_taps
         if self.sampler == "grid_sample":
+            if isinstance(points_xy, tuple):
+                raise TypeError("the grid_sample sampler reads (N, A, T, H, W, 2) points")
             maps = F.conv2d(features, self.projection).reshape(n, a, t, -1, h, w)
             points = points_xy.reshape(n, a, t, h * w, 2)
             out = grid_sample_tap_sum(maps, points).permute(0, 3, 1, 2)  # (N, H*W, A, O)
         else:
             table = torch.matmul(features.reshape(n, c, h * w).transpose(1, 2),
                                  self.projection).reshape(n, h * w, a, t, -1)
-            points = points_xy.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w, a, t, 2)
-            out = bilinear_tap_sum(table, points, h, w)  # (N, H*W, A, O)
+            if isinstance(points_xy, tuple):
+                x, y = (plane.reshape(n, h * w, a, t) for plane in points_xy)
+                out = bilinear_tap_sum_xy(table, x, y, h, w)  # (N, H*W, A, O)
+            else:
+                points = points_xy.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w, a, t, 2)
+                out = bilinear_tap_sum(table, points, h, w)
         out = out + self.bias
         return [part.reshape(n, h * w * a, size)
                 for part, size in zip(out.split(self.split_sizes, dim=-1), self.split_sizes,
@@ -166,10 +204,9 @@ class ExportProposeAttendHead(nn.Module):
         self.tail = tail
         self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler, tail)
         # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the planar
-        # form of the points (the tail's too); OpenVINO ran both forms alike, and the other
-        # targets' converters (TFLite) get the training form they were checked with.
-        self.sampling_points = (planar_sampling_points if sampler == "grid_sample" or tail
-                                else box_sampling_points)
+        # form of the points (the tail's too); the gather read takes x and y as planes.
+        self.sampling_points: Callable[[Tensor, float], Tensor | tuple[Tensor, Tensor]] = (
+            planar_sampling_points if sampler == "grid_sample" or tail else xy_sampling_points)
 
     def forward(self, features: Sequence[Tensor], priors_cxcywh: Sequence[Tensor],
                 strides: Sequence[int]) -> dict[str, Tensor]:
@@ -188,6 +225,7 @@ class ExportProposeAttendHead(nn.Module):
             adjusted = decode_cxcywh(deltas, priors, self.box_coder_weights)
             points = self.sampling_points(adjusted, float(stride))
             if self.tail:
+                assert isinstance(points, Tensor)  # (the planar form)
                 per_level[f"{TABLE_PREFIX}{level}"] = self.attend.table(feature)
                 per_level[f"{POINTS_PREFIX}{level}"] = points.reshape(
                     n, self.num_anchors, self.attend.num_taps, h * w, 2)

@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SAMPLERS = ("gather", "grid_sample")
+# Rows computed in float32 below this many (a float32 step there is 1/16: a few reassociated
+# operations stay well within rounding distance of the whole number; 2**24 would be exact).
+_FLOAT_ROWS_LIMIT = 2**20
 
 
 def check_sampler(sampler: str) -> str:
@@ -63,12 +66,29 @@ def bilinear_tap_sum(
     Returns:
         ``(N, P, G, O)``: ``sum_t bilinear(table[n, :, g, t, :], points_xy[n, p, g, t])``.
     """
+    return bilinear_tap_sum_xy(table, points_xy[..., 0], points_xy[..., 1], height, width,
+                               tap_weights)
+
+
+def bilinear_tap_sum_xy(
+    table: Tensor,
+    x: Tensor,
+    y: Tensor,
+    height: int,
+    width: int,
+    tap_weights: Tensor | None = None,
+) -> Tensor:
+    """``bilinear_tap_sum`` with the points' ``x`` and ``y`` as two ``(N, P, G, T)`` tensors.
+
+    A graph that computes them apart (``quantize.rewrites.pa_head.xy_sampling_points``) then
+    splits no interleaved pairs: OpenVINO runs that split as a reference kernel.
+    """
     n, q, g, t, o = table.shape
-    p = points_xy.shape[1]
+    p = x.shape[1]
     # Points far outside read 0 either way; clamping first keeps floor() and the int cast
     # finite for any input (an exp() of a large box delta can reach inf).
-    x = points_xy[..., 0].clamp(-2.0, width + 1.0)
-    y = points_xy[..., 1].clamp(-2.0, height + 1.0)
+    x = x.clamp(-2.0, width + 1.0)
+    y = y.clamp(-2.0, height + 1.0)
     # Corners on a new last axis, (N, P, G, T, 4): top-left, top-right, bottom-left,
     # bottom-right, as broadcast adds of constant steps rather than stacks (a stack exports as
     # Concat, which OpenVINO runs in a slow reference kernel). The bilinear weight of a corner
@@ -85,10 +105,23 @@ def bilinear_tap_sum(
     if tap_weights is not None:
         weights = weights * tap_weights.unsqueeze(-1)
     # Row of table.reshape(N*Q*G*T, O) for (n, q, g, t): ((n*Q + q)*G + g)*T + t.
-    source = (corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)).long()
-    batch_rows = torch.arange(n, device=table.device).reshape(n, 1, 1, 1, 1) * (q * g * t)
-    group_tap_rows = torch.arange(g * t, device=table.device).reshape(1, 1, g, t, 1)
-    rows = batch_rows + source * (g * t) + group_tap_rows
+    source = corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)
+    if n * q * g * t <= _FLOAT_ROWS_LIMIT and table.dtype == torch.float32:
+        # The row arithmetic in float32 joins the element-wise float math before it, and
+        # the indices are cast once (in OpenVINO one fused float subgraph instead of integer
+        # multiplies and adds of their own; with the x / y planes, paper-width PASSD INT8 3-4%
+        # faster). Rounded before the cast: a runtime may reassociate the arithmetic
+        # (OpenVINO's INT8 pipeline computed (source + tap / (G*T)) * (G*T), a hair below
+        # the whole number, and the cast truncated it to the row before).
+        batch_rows = (torch.arange(n, dtype=table.dtype, device=table.device)
+                      * (q * g * t)).reshape(n, 1, 1, 1, 1)
+        group_tap_rows = torch.arange(g * t, dtype=table.dtype,
+                                      device=table.device).reshape(1, 1, g, t, 1)
+        rows = torch.round(source * (g * t) + group_tap_rows + batch_rows).long()
+    else:
+        batch_rows = torch.arange(n, device=table.device).reshape(n, 1, 1, 1, 1) * (q * g * t)
+        group_tap_rows = torch.arange(g * t, device=table.device).reshape(1, 1, g, t, 1)
+        rows = batch_rows + source.long() * (g * t) + group_tap_rows
     samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g, t * 4)]  # (N, P, G, 4T, O)
     return torch.matmul(weights.reshape(n, p, g, 1, t * 4), samples).reshape(n, p, g, o)
 

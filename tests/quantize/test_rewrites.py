@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import quantize.rewrites.sampling as sampling_module
 from edgedet.models.attention import SelfAttention2d
 from edgedet.models.daipnet import daipnet_vgg16
 from edgedet.models.deform_conv import DeformConv2d
@@ -27,7 +28,7 @@ from quantize.rewrites import (
     grid_sample_tap_sum,
     rewrite_for_export,
 )
-from quantize.rewrites.pa_head import planar_sampling_points
+from quantize.rewrites.pa_head import planar_sampling_points, xy_sampling_points
 from quantize.rewrites.sampling import SAMPLERS
 
 ATOL = 1e-5
@@ -110,6 +111,45 @@ def test_planar_sampling_points_are_training_points_bit_for_bit(stride: float) -
     boxes[0, 0, 0, 0] = torch.tensor([1e6, -3.0, 0.0, 7e5])  # far off the map, zero width
     torch.testing.assert_close(planar_sampling_points(boxes, stride),
                                box_sampling_points(boxes, stride), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stride", [8.0, 16.0, 128.0])
+def test_xy_sampling_points_are_training_points_bit_for_bit(stride: float) -> None:
+    generator = torch.Generator().manual_seed(3)
+    boxes = _boxes(2, 5, 6, 3, stride, generator)
+    boxes[1, 4, 5, 2] = torch.tensor([-2e6, 9.0, 3e5, 0.0])  # far off the map, zero height
+    x, y = xy_sampling_points(boxes, stride)  # (N, H, W, A, T) each
+    training = box_sampling_points(boxes, stride).permute(0, 3, 4, 1, 2, 5)  # (N, H, W, A, T, 2)
+    torch.testing.assert_close(x, training[..., 0], rtol=0, atol=0)
+    torch.testing.assert_close(y, training[..., 1], rtol=0, atol=0)
+
+
+def test_tap_sum_rows_in_float_and_in_integers_read_the_same_samples(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two images, so a wrong batch offset in the row arithmetic reads the other image.
+    generator = torch.Generator().manual_seed(4)
+    table = torch.randn(2, 20, 3, 9, 5, generator=generator)  # 4x5 map
+    points = (torch.rand(2, 7, 3, 9, 2, generator=generator) * 7.0) - 1.5
+    in_float = bilinear_tap_sum(table, points, 4, 5)
+    per_image = torch.cat([bilinear_tap_sum(table[i:i + 1], points[i:i + 1], 4, 5)
+                           for i in range(2)])
+    monkeypatch.setattr(sampling_module, "_FLOAT_ROWS_LIMIT", 0)  # the integer form
+    in_integers = bilinear_tap_sum(table, points, 4, 5)
+    torch.testing.assert_close(in_float, in_integers, rtol=0, atol=0)
+    torch.testing.assert_close(in_float, per_image, rtol=0, atol=0)
+
+
+def test_packed_offset_conv_takes_xy_planes_in_the_gather_form() -> None:
+    generator = torch.Generator().manual_seed(5)
+    conv = BoxOffsetConv2d(16, 5, 3)
+    _randomise(conv, generator)
+    features = torch.randn(2, 16, 7, 9, generator=generator)
+    boxes = _boxes(2, 7, 9, 3, 8.0, generator)
+    expected = flatten_head_output(conv(features, box_sampling_points(boxes, 8.0)), 5)
+    (actual,) = PackedBoxOffsetConv([conv], "gather")(features, xy_sampling_points(boxes, 8.0))
+    _close(actual, expected)
+    with pytest.raises(TypeError, match="grid_sample"):
+        PackedBoxOffsetConv([conv], "grid_sample")(features, xy_sampling_points(boxes, 8.0))
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
