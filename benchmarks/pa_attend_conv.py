@@ -52,7 +52,11 @@ from edgedet.models.pa_head import (
     sample_box_taps,
 )
 from quantize.openvino_precision import coordinate_ops, mark_precise
-from quantize.rewrites.pa_head import PackedBoxOffsetConv, planar_sampling_points
+from quantize.rewrites.pa_head import (
+    PackedBoxOffsetConv,
+    planar_sampling_points,
+    xy_sampling_points,
+)
 from quantize.rewrites.sampling import bilinear_tap_sum, grid_sample_tap_sum
 from quantize.targets import Target
 
@@ -128,7 +132,8 @@ class ProjectThenGridSample(nn.Module):
 
 class ProjectThenGather(nn.Module):
     """The ``gather`` sampler of the rewrite: projection (MatMul, channels-last), then Gather of
-    4 corners/tap.
+    4 corners/tap, the points as x / y planes (``xy_sampling_points``), as the openvino
+    target exports it.
 
     Output ``(N, H*W*A, O)`` (the head's flattened layout, which this variant produces
     directly); compared with the reference after the same flattening.
@@ -140,7 +145,7 @@ class ProjectThenGather(nn.Module):
         self.stride = stride
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:
-        return self.packed(features, box_sampling_points(boxes_cxcywh, self.stride))[0]
+        return self.packed(features, xy_sampling_points(boxes_cxcywh, self.stride))[0]
 
 
 class _PlanarProjection(nn.Module):
