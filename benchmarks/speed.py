@@ -206,20 +206,25 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
                       threads: int | None = None,
                       ) -> dict[tuple[str, str], BuiltFile]:
     """``model`` built as the ``cpu`` and ``openvino`` targets (or ``targets``) build it
-    (their sampler and attend tail, their default keep-float scope or the ``keep_float``
-    categories, ``Target.build``) for each precision, in ``work_dir``: ``{(target,
+    (their sampler, each precision's export form (``Target.export_options``), their default
+    keep-float scope or the ``keep_float`` categories, ``Target.build``) for each precision,
+    in ``work_dir``: ``{(target,
     precision): BuiltFile}`` (an attend tail runs on ``threads``). INT8 ranges come from
     ``calibration``. INT8 is built once per float precision of ``float_precisions`` the
     target offers, keyed ``int8`` (f32) and e.g. ``int8 bf16``."""
     built: dict[tuple[str, str], BuiltFile] = {}
     for target_name in targets:
         target = target_named(target_name)
-        rewritten = rewrite_for_export(model, target.sampler, attend_tail=target.attend_tail)
         target_dir = work_dir / target_name
-        onnx_fp32 = export_onnx(rewritten, target_dir / "fp32.onnx", size)
         scope = target.default_keep_float if keep_float is None else tuple(keep_float)
-        keep_float_nodes = tuple(flatten(find_kept_out_nodes(onnx.load(str(onnx_fp32)), scope)))
         for precision in precisions:
+            # The export form the target builds this precision from (its INT8 form may
+            # differ: Target.export_options), with the float scope found on that graph.
+            options = target.export_options(precision, scope)
+            rewritten = rewrite_for_export(model, target.sampler, **options)
+            onnx_fp32 = export_onnx(rewritten, target_dir / f"{precision}.onnx", size)
+            keep_float_nodes = tuple(flatten(find_kept_out_nodes(onnx.load(str(onnx_fp32)),
+                                                                 scope)))
             wanted = [f for f in float_precisions if f in target.float_precisions]
             for float_precision in wanted if precision == "int8" else ["f32"]:
                 key = precision if float_precision == "f32" else f"{precision} {float_precision}"

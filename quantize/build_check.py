@@ -37,7 +37,7 @@ from quantize.int8_scope import (
 from quantize.manifest import build_manifest
 from quantize.rewrites import rewrite_for_export
 from quantize.sensitivity import LayerSensitivity, detection_weighting, rank_layers
-from quantize.targets import BuildRequest
+from quantize.targets import BuildRequest, BuiltModel
 
 if TYPE_CHECKING:
     from quantize.convert import ConvertConfig
@@ -67,9 +67,43 @@ class ArtifactReport:
     kept_instead: str | None = None
 
 
+@dataclass
+class _Int8Form:
+    """The run's model exported in its target's INT8 form (``Target.export_options``), with
+    its weight-layer units and INT8 scopes found on this graph (node names differ from the
+    main export's; the weight layers', which accuracy control names, must not)."""
+
+    rewritten: Any
+    onnx_path: Path
+    work_dir: Path
+    graph: onnx.ModelProto
+    units: dict[str, list[str]]
+    _kept: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rewritten: Any, onnx_path: Path, base_scope: tuple[str, ...],
+           main_units: dict[str, list[str]]) -> _Int8Form:
+        graph = onnx.load(str(onnx_path))
+        form = cls(rewritten, onnx_path, onnx_path.parent, graph, {})
+        form.units = layer_units(graph, form.kept(base_scope))
+        if set(form.units) != set(main_units):
+            raise RuntimeError(
+                "the INT8 export form's weight layers differ from the main export's: "
+                f"{sorted(set(form.units) ^ set(main_units))[:5]}")
+        return form
+
+    def kept(self, categories: tuple[str, ...]) -> tuple[str, ...]:
+        """The node names of this graph the INT8 scope ``categories`` keeps float."""
+        if categories not in self._kept:
+            self._kept[categories] = tuple(flatten(find_kept_out_nodes(self.graph,
+                                                                       categories)))
+        return self._kept[categories]
+
+
 class Builder:
     """Builds and stages one artifact per precision (and per accuracy-control trial) from
-    the single fp32 export of the run."""
+    the fp32 export of the run (and, where the target's INT8 form differs,
+    ``Target.export_options``, from that form's export)."""
 
     def __init__(self, config: ConvertConfig, model: Any, checkpoint_config: dict,
                  name: str, source: dict, work: Path, preprocess_config: PreprocessConfig,
@@ -84,8 +118,11 @@ class Builder:
                      f"sampling" + (", PASSD's attend tap sum in the SDK"
                                     if self.target.attend_tail else ""))
         self.rewritten = rewrite_for_export(model, self.target.sampler,
-                                            attend_tail=self.target.attend_tail)
+                                            **self.target.export_options())
         self.onnx_fp32 = export_onnx(self.rewritten, work / "model.onnx", self.input_size)
+        # The INT8 form of the target's export where it differs (Target.export_options),
+        # exported when a trial first needs it.
+        self._int8_form: _Int8Form | None = None
         self.keep_float: tuple[str, ...] = ()
         self.kept_report: dict[str, dict[str, Any]] = {}
         self.units: dict[str, list[str]] = {}
@@ -127,6 +164,11 @@ class Builder:
         built = self.target.build(self._request(precision, trial, self.onnx_fp32,
                                                 self.input_size, self.work,
                                                 self.calibration_arrays))
+        if self._uses_int8_form(precision, trial):
+            built = BuiltModel(built.files, built.kept_out_of_int8, built.manifest_extra,
+                               (*built.notes, "PASSD's attend tap sums: a position's anchors "
+                                "in one matrix product (the target's INT8 form with INT8 "
+                                "sampling reads, `Target.int8_reads_in_one_product`)"))
         artifact_source = dict(self.source)
         if precision == "int8" and self.calibration is not None:
             artifact_source["calibration"] = self.calibration.describe()
@@ -160,16 +202,27 @@ class Builder:
         self.kept_report.update({c: {"nodes": kept[c], "reason": CATEGORIES[c]}
                                  for c in categories if c not in self.kept_report and kept[c]})
 
+    def _uses_int8_form(self, precision: str, trial: Trial) -> bool:
+        """Whether the 1x build of ``precision`` / ``trial`` runs on the INT8 form."""
+        options = self.target.export_options(precision, self._scope(trial.float_categories))
+        return (options != self.target.export_options()
+                and bool(self.rewritten.export_rewrites.get("ProposeAttendHead")))
+
     def _request(self, precision: str, trial: Trial, onnx_fp32: Path,
                  input_size: tuple[int, int], work_dir: Path,
                  calibration: Any) -> BuildRequest:
         """The target's build request for ``precision`` and ``trial`` at one input size."""
-        extra_float = [n for layer in trial.float_layers for n in self.units[layer]]
+        rewritten, units = self.rewritten, self.units
         scope = self.keep_float
         if trial.float_categories:  # accuracy control widened the scope
             scope = tuple(flatten(self._kept_out(trial.float_categories)))
+        if onnx_fp32 == self.onnx_fp32 and self._uses_int8_form(precision, trial):
+            form = self._int8_form_for(precision, trial)
+            rewritten, onnx_fp32, work_dir = form.rewritten, form.onnx_path, form.work_dir
+            scope, units = form.kept(self._scope(trial.float_categories)), form.units
+        extra_float = [n for layer in trial.float_layers for n in units[layer]]
         return BuildRequest(
-            precision=precision, onnx_fp32=onnx_fp32, model=self.rewritten,
+            precision=precision, onnx_fp32=onnx_fp32, model=rewritten,
             input_size=input_size, work_dir=work_dir,
             calibration=calibration if precision == "int8" else None,
             # Two layers' tails can share a node (both feed one Add): name each node once.
@@ -179,6 +232,18 @@ class Builder:
             float_precision=self.config.float_precision,
             weight_storage=self.config.weight_storage,
             int8_weight_bits=self.config.int8_weight_bits)
+
+    def _int8_form_for(self, precision: str, trial: Trial) -> _Int8Form:
+        if self._int8_form is None:
+            options = self.target.export_options(precision,
+                                                 self._scope(trial.float_categories))
+            say(f"exporting {self.name} in the target's INT8 form ({options})")
+            rewritten = rewrite_for_export(self.model, self.target.sampler, **options)
+            onnx_path = export_onnx(rewritten, self.work / "int8_form" / "model.onnx",
+                                    self.input_size)
+            self._int8_form = _Int8Form.of(rewritten, onnx_path, self._scope(()),
+                                           self.units)
+        return self._int8_form
 
     def add_second_scale(self, artifact: Artifact, trial: Trial | None = None) -> Artifact:
         """``artifact`` plus its 2x model for double-scale testing, built like it (same

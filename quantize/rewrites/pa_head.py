@@ -108,10 +108,13 @@ class PackedBoxOffsetConv(nn.Module):
     """
 
     def __init__(self, convs: Sequence[BoxOffsetConv2d], sampler: str = "gather",
-                 tail: bool = False) -> None:
+                 tail: bool = False, anchors_in_one_product: bool = False) -> None:
         super().__init__()
         self.sampler = check_sampler(sampler)
         self.tail = tail
+        # (gather read, x / y points: a position's anchors summed in one matrix product,
+        # bilinear_tap_sum_xy's groups_in_one_product)
+        self.anchors_in_one_product = anchors_in_one_product
         if not convs:
             raise ValueError("PackedBoxOffsetConv needs at least one BoxOffsetConv2d")
         first = convs[0]
@@ -169,7 +172,8 @@ class PackedBoxOffsetConv(nn.Module):
                                  self.projection).reshape(n, h * w, a, t, -1)
             if isinstance(points_xy, tuple):
                 x, y = (plane.reshape(n, h * w, a, t) for plane in points_xy)
-                out = bilinear_tap_sum_xy(table, x, y, h, w)  # (N, H*W, A, O)
+                out = bilinear_tap_sum_xy(  # (N, H*W, A, O)
+                    table, x, y, h, w, groups_in_one_product=self.anchors_in_one_product)
             else:
                 points = points_xy.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w, a, t, 2)
                 out = bilinear_tap_sum(table, points, h, w)
@@ -190,7 +194,7 @@ class ExportProposeAttendHead(nn.Module):
     """
 
     def __init__(self, head: ProposeAttendHead, sampler: str = "gather",
-                 tail: bool = False) -> None:
+                 tail: bool = False, anchors_in_one_product: bool = False) -> None:
         super().__init__()
         if not head.use_attend:
             raise ValueError("ExportProposeAttendHead replaces the attend stage; this head was "
@@ -202,7 +206,8 @@ class ExportProposeAttendHead(nn.Module):
         self.propose_objectness = head.propose_objectness
         self.propose_box = head.propose_box
         self.tail = tail
-        self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler, tail)
+        self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler, tail,
+                                          anchors_in_one_product)
         # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the planar
         # form of the points (the tail's too); the gather read takes x and y as planes.
         self.sampling_points: Callable[[Tensor, float], Tensor | tuple[Tensor, Tensor]] = (

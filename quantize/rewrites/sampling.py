@@ -77,11 +77,18 @@ def bilinear_tap_sum_xy(
     height: int,
     width: int,
     tap_weights: Tensor | None = None,
+    groups_in_one_product: bool = False,
 ) -> Tensor:
     """``bilinear_tap_sum`` with the points' ``x`` and ``y`` as two ``(N, P, G, T)`` tensors.
 
     A graph that computes them apart (``quantize.rewrites.pa_head.xy_sampling_points``) then
     splits no interleaved pairs: OpenVINO runs that split as a reference kernel.
+
+    ``groups_in_one_product``: the ``G`` tap sums of a position as one matrix product, the
+    bilinear weights laid out block-diagonally (``(G, G*4T) x (G*4T, O)``, G times the
+    multiply-adds, most of them by zero) instead of ``G`` one-row products. The same
+    function; faster where the runtime reads and sums the samples in INT8 on matrix units
+    (``quantize.targets``' ``int8_reads_in_one_product``), slower in float.
     """
     n, q, g, t, o = table.shape
     p = x.shape[1]
@@ -122,6 +129,13 @@ def bilinear_tap_sum_xy(
         batch_rows = torch.arange(n, device=table.device).reshape(n, 1, 1, 1, 1) * (q * g * t)
         group_tap_rows = torch.arange(g * t, device=table.device).reshape(1, 1, g, t, 1)
         rows = batch_rows + source.long() * (g * t) + group_tap_rows
+    if groups_in_one_product:
+        samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g * t * 4)]  # (N, P, 4GT, O)
+        # (A constant from a list: torch.eye exports as an EyeLike op.)
+        block = table.new_tensor([[float(i == j) for j in range(g)] for i in range(g)]
+                                 ).reshape(1, 1, g, g, 1)
+        weights = (weights.reshape(n, p, 1, g, t * 4) * block).reshape(n, p, g, g * t * 4)
+        return torch.matmul(weights, samples)  # (N, P, G, O)
     samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g, t * 4)]  # (N, P, G, 4T, O)
     return torch.matmul(weights.reshape(n, p, g, 1, t * 4), samples).reshape(n, p, g, o)
 

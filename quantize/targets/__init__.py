@@ -105,6 +105,11 @@ class Target:
         attend_tail: PASSD's graph ends at the attend stage's tables and sampling points and
             the SDK sums the samples (``edgedet.attend_tail``); the build then writes the
             manifest's ``attend_tail`` section (``quantize.attend_tail``).
+        int8_reads_in_one_product: an INT8 build whose sampling reads go to INT8 (the scope
+            does not keep ``sampling_reads`` float) exports PASSD's tap sums with a
+            position's anchors in one matrix product (``rewrite_for_export``'s
+            ``anchors_in_one_product``); every other build keeps one product per anchor,
+            which is faster in float (``export_options``).
     """
 
     name: str
@@ -122,11 +127,21 @@ class Target:
     weight_storages: tuple[str, ...] = ("float32",)
     int8_weight_bits: tuple[int, ...] = (8,)
     attend_tail: bool = False
+    int8_reads_in_one_product: bool = False
 
     @property
     def accuracy_backend(self) -> str:
         """The backend the accuracy check runs this target's artifacts on."""
         return self.check_backend or self.backend
+
+    def export_options(self, precision: str = "fp32",
+                       keep_float_categories: Sequence[str] = ()) -> dict[str, bool]:
+        """``rewrite_for_export``'s keyword options (besides the sampler) for a build of
+        ``precision`` whose INT8 scope keeps ``keep_float_categories`` float."""
+        return {"attend_tail": self.attend_tail,
+                "anchors_in_one_product": (self.int8_reads_in_one_product
+                                           and precision == "int8"
+                                           and "sampling_reads" not in keep_float_categories)}
 
 
 def _table() -> dict[str, Target]:

@@ -38,3 +38,37 @@ def test_kept_report_adds_the_categories_accuracy_control_put_back(tmp_path: Pat
     assert {c: builder.kept_report[c] for c in before} == before  # the rest unchanged
     builder.report_float_categories(("sampling_reads",))  # a second call adds nothing
     assert builder.kept_report["sampling_reads"]["nodes"] == expected["sampling_reads"]
+
+
+def test_int8_builds_with_int8_reads_take_the_targets_int8_form(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    from quantize.accuracy_control import Trial
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "tiny")
+    model, checkpoint_config = build_from_checkpoint(checkpoint)
+    config = ConvertConfig(checkpoint=checkpoint, target="openvino", out=tmp_path / "out",
+                           precisions=("fp32", "int8"), progress=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    builder = Builder(config, model, checkpoint_config, "tiny", {}, work,
+                      PreprocessConfig.from_dict(checkpoint_config["preprocess"]), None)
+    size = builder.input_size
+
+    def request(precision: str, trial: Trial):  # type: ignore[no-untyped-def]
+        return builder._request(precision, trial, builder.onnx_fp32, size, work, None)
+
+    fp32 = request("fp32", Trial())
+    assert fp32.onnx_fp32 == builder.onnx_fp32 and fp32.model is builder.rewritten
+    int8 = request("int8", Trial())
+    assert int8.onnx_fp32 != builder.onnx_fp32
+    assert int8.model.head.attend.anchors_in_one_product  # type: ignore[union-attr]
+    assert not builder.rewritten.head.attend.anchors_in_one_product  # type: ignore[union-attr]
+    # The scope was found on the form's own graph, and the run's float layers map to it.
+    graph_names = {n.name for n in onnx.load(str(int8.onnx_fp32)).graph.node}
+    assert int8.keep_float and set(int8.keep_float) <= graph_names
+    layer = next(iter(builder.units))
+    with_layer = request("int8", Trial(float_layers=(layer,)))
+    assert layer in with_layer.keep_float and set(with_layer.keep_float) <= graph_names
+    # Sampling reads kept float: one product per anchor, the main export.
+    float_reads = request("int8", Trial(float_categories=("sampling_reads",)))
+    assert float_reads.onnx_fp32 == builder.onnx_fp32

@@ -29,7 +29,8 @@ from quantize.rewrites import (
     rewrite_for_export,
 )
 from quantize.rewrites.pa_head import planar_sampling_points, xy_sampling_points
-from quantize.rewrites.sampling import SAMPLERS
+from quantize.rewrites.sampling import SAMPLERS, bilinear_tap_sum_xy
+from tests.quantize.conftest import small_passd
 
 ATOL = 1e-5
 RTOL = 1e-4
@@ -139,6 +140,17 @@ def test_tap_sum_rows_in_float_and_in_integers_read_the_same_samples(
     torch.testing.assert_close(in_float, per_image, rtol=0, atol=0)
 
 
+def test_groups_in_one_product_sum_the_same_samples() -> None:
+    generator = torch.Generator().manual_seed(6)
+    table = torch.randn(2, 20, 3, 9, 5, generator=generator)  # 4x5 map, 3 groups
+    points = (torch.rand(2, 7, 3, 9, 2, generator=generator) * 7.0) - 1.5
+    tap_weights = torch.rand(2, 7, 3, 9, generator=generator)
+    x, y = points[..., 0], points[..., 1]
+    for weights in (None, tap_weights):
+        _close(bilinear_tap_sum_xy(table, x, y, 4, 5, weights, groups_in_one_product=True),
+               bilinear_tap_sum(table, points, 4, 5, weights))
+
+
 def test_packed_offset_conv_takes_xy_planes_in_the_gather_form() -> None:
     generator = torch.Generator().manual_seed(5)
     conv = BoxOffsetConv2d(16, 5, 3)
@@ -148,6 +160,9 @@ def test_packed_offset_conv_takes_xy_planes_in_the_gather_form() -> None:
     expected = flatten_head_output(conv(features, box_sampling_points(boxes, 8.0)), 5)
     (actual,) = PackedBoxOffsetConv([conv], "gather")(features, xy_sampling_points(boxes, 8.0))
     _close(actual, expected)
+    (one_product,) = PackedBoxOffsetConv([conv], "gather", anchors_in_one_product=True)(
+        features, xy_sampling_points(boxes, 8.0))
+    _close(one_product, expected)
     with pytest.raises(TypeError, match="grid_sample"):
         PackedBoxOffsetConv([conv], "grid_sample")(features, xy_sampling_points(boxes, 8.0))
 
@@ -230,10 +245,10 @@ def test_self_attention_matches_training_module() -> None:
 
 
 def _check_detector(model: nn.Module, image_hw: tuple[int, int], expected_rewrites: dict,
-                    sampler: str = "gather") -> None:
+                    sampler: str = "gather", **options: bool) -> None:
     model = model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rewritten = rewrite_for_export(model, sampler)
+    rewritten = rewrite_for_export(model, sampler, **options)
     assert rewritten.export_rewrites == expected_rewrites
     images = torch.randn(1, 3, *image_hw, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -260,6 +275,13 @@ def test_passd_mobilenet(sampler: str) -> None:
     _randomise(model.head.propose_box, generator, std=0.05)
     _check_detector(model, (320, 320), {"ProposeAttendHead": 1}, sampler)
     assert isinstance(model.head, ProposeAttendHead)
+
+
+def test_passd_with_a_positions_anchors_in_one_product() -> None:
+    # He-normal weights: the attend stage reads features far from zero, so a sample summed
+    # into another anchor's output shows (the builders' initialisation leaves them near 0).
+    _check_detector(small_passd(), (320, 320), {"ProposeAttendHead": 1}, "gather",
+                    anchors_in_one_product=True)
 
 
 def test_passd_without_attend_needs_no_rewrite() -> None:

@@ -253,6 +253,11 @@ def test_openvino_both_precisions_end_to_end(checkpoint, tmp_path):
     check_artifact(out / "tiny_passd_fp32", "fp32", "openvino")
     int8 = check_artifact(out / "tiny_passd_int8", "int8", "openvino")
     assert int8["kept_out_of_int8"]
+    # The INT8 IR reads its samples in INT8 (the target's default scope), so it was built
+    # from the target's INT8 form, which the report says.
+    report = json.loads((out / "report.json").read_text())
+    notes = next(a["notes"] for a in report["artifacts"] if a["name"] == "tiny_passd_int8")
+    assert any("in one matrix product" in note for note in notes)
     from quantize.ptq_openvino import fake_quantize_count
 
     assert fake_quantize_count(out / "tiny_passd_int8" / "model.xml") > 0
