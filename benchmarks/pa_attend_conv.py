@@ -133,7 +133,8 @@ class ProjectThenGridSample(nn.Module):
 class ProjectThenGather(nn.Module):
     """The ``gather`` sampler of the rewrite: projection (MatMul, channels-last), then Gather of
     4 corners/tap, the points as x / y planes (``xy_sampling_points``), as the openvino
-    target exports it.
+    target exports its fp32 IR, the rows in float32 (its INT8 form with INT8 reads also sums
+    a position's anchors in one product).
 
     Output ``(N, H*W*A, O)`` (the head's flattened layout, which this variant produces
     directly); compared with the reference after the same flattening.
@@ -141,7 +142,7 @@ class ProjectThenGather(nn.Module):
 
     def __init__(self, conv: BoxOffsetConv2d, stride: float) -> None:
         super().__init__()
-        self.packed = PackedBoxOffsetConv([conv])
+        self.packed = PackedBoxOffsetConv([conv], rows_in_float=True)
         self.stride = stride
 
     def forward(self, features: Tensor, boxes_cxcywh: Tensor) -> Tensor:

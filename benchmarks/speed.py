@@ -217,14 +217,18 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
         target = target_named(target_name)
         target_dir = work_dir / target_name
         scope = target.default_keep_float if keep_float is None else tuple(keep_float)
+        exports: dict[tuple, tuple[nn.Module, Path, tuple[str, ...]]] = {}
         for precision in precisions:
             # The export form the target builds this precision from (its INT8 form may
             # differ: Target.export_options), with the float scope found on that graph.
             options = target.export_options(precision, scope)
-            rewritten = rewrite_for_export(model, target.sampler, **options)
-            onnx_fp32 = export_onnx(rewritten, target_dir / f"{precision}.onnx", size)
-            keep_float_nodes = tuple(flatten(find_kept_out_nodes(onnx.load(str(onnx_fp32)),
-                                                                 scope)))
+            key_options = tuple(sorted(options.items()))
+            if key_options not in exports:
+                rewritten = rewrite_for_export(model, target.sampler, **options)
+                path = export_onnx(rewritten, target_dir / f"form{len(exports)}.onnx", size)
+                exports[key_options] = (rewritten, path, tuple(flatten(
+                    find_kept_out_nodes(onnx.load(str(path)), scope))))
+            rewritten, onnx_fp32, keep_float_nodes = exports[key_options]
             wanted = [f for f in float_precisions if f in target.float_precisions]
             for float_precision in wanted if precision == "int8" else ["f32"]:
                 key = precision if float_precision == "f32" else f"{precision} {float_precision}"

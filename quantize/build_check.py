@@ -76,7 +76,7 @@ class _Int8Form:
     rewritten: Any
     onnx_path: Path
     work_dir: Path
-    graph: onnx.ModelProto
+    onnx_model: onnx.ModelProto
     units: dict[str, list[str]]
     _kept: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
 
@@ -95,7 +95,7 @@ class _Int8Form:
     def kept(self, categories: tuple[str, ...]) -> tuple[str, ...]:
         """The node names of this graph the INT8 scope ``categories`` keeps float."""
         if categories not in self._kept:
-            self._kept[categories] = tuple(flatten(find_kept_out_nodes(self.graph,
+            self._kept[categories] = tuple(flatten(find_kept_out_nodes(self.onnx_model,
                                                                        categories)))
         return self._kept[categories]
 
@@ -132,9 +132,8 @@ class Builder:
             graph = self._graph = onnx.load(str(self.onnx_fp32))
             kept = self._kept_out(())
             self.keep_float = tuple(flatten(kept))
-            self.kept_report = {c: {"nodes": nodes, "reason": CATEGORIES[c]}
-                                for c, nodes in kept.items() if nodes}
             self.units = layer_units(graph, self.keep_float)
+            self.kept_report = self._kept_report_for(())
         self.calibration_arrays = (
             calibration_inputs(calibration.samples, preprocess_config)
             if calibration is not None else None)
@@ -168,7 +167,9 @@ class Builder:
             built = BuiltModel(built.files, built.kept_out_of_int8, built.manifest_extra,
                                (*built.notes, "PASSD's attend tap sums: a position's anchors "
                                 "in one matrix product (the target's INT8 form with INT8 "
-                                "sampling reads, `Target.int8_reads_in_one_product`)"))
+                                "sampling reads, `Target.int8_reads_in_one_product`; a 2x "
+                                "model of double-scale testing keeps one product per "
+                                "anchor)"))
         artifact_source = dict(self.source)
         if precision == "int8" and self.calibration is not None:
             artifact_source["calibration"] = self.calibration.describe()
@@ -194,13 +195,23 @@ class Builder:
         return self._kept_by_scope[scope]
 
     def report_float_categories(self, categories: Sequence[str]) -> None:
-        """Add to ``kept_report`` the scope categories accuracy control put back in float for
-        the shipped INT8 artifact, so that the report lists what that artifact keeps float."""
-        if not categories:
-            return
-        kept = self._kept_out(categories)
-        self.kept_report.update({c: {"nodes": kept[c], "reason": CATEGORIES[c]}
-                                 for c in categories if c not in self.kept_report and kept[c]})
+        """Make ``kept_report`` list what the shipped INT8 artifact keeps float once accuracy
+        control put ``categories`` back in float (its graph may then be the other export
+        form: node names from that graph)."""
+        if categories:
+            self.kept_report = self._kept_report_for(categories)
+
+    def _kept_report_for(self, float_categories: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The report's kept-float nodes per category, found on the graph an INT8 build with
+        ``float_categories`` is built from."""
+        trial = Trial(float_categories=tuple(float_categories))
+        if self._uses_int8_form("int8", trial):
+            form = self._int8_form_for("int8", trial)
+            kept = find_kept_out_nodes(form.onnx_model, self._scope(float_categories))
+        else:
+            kept = self._kept_out(float_categories)
+        return {c: {"nodes": nodes, "reason": CATEGORIES[c]} for c, nodes in kept.items()
+                if nodes}
 
     def _uses_int8_form(self, precision: str, trial: Trial) -> bool:
         """Whether the 1x build of ``precision`` / ``trial`` runs on the INT8 form."""
@@ -271,7 +282,9 @@ class Builder:
                               {**artifact.manifest, "double_scale": section})
 
     def rank(self) -> list[LayerSensitivity]:
-        """The sensitivity ranking of the weight layers the target puts in INT8."""
+        """The sensitivity ranking of the weight layers the target puts in INT8 (on the main
+        export: the INT8 form has the same weight layers, only its tap sums are grouped
+        otherwise)."""
         say(f"ranking {len(self.units)} INT8 layers by sensitivity")
         assert self.calibration_arrays is not None
         spec = tail_spec(self.rewritten, self.rewritten.anchor_spec(self.input_size).feature_sizes)

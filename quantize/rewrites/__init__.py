@@ -38,10 +38,10 @@ from quantize.rewrites.self_attention import ExportSelfAttention2d
 
 
 def _replacement(module: nn.Module, sampler: str, tail: bool = False,
-                 anchors_in_one_product: bool = False) -> nn.Module | None:
+                 gather_forms: tuple[bool, bool] = (False, False)) -> nn.Module | None:
     """The export module standing in for ``module``, or None when it needs no rewrite."""
     if isinstance(module, ProposeAttendHead) and module.use_attend:
-        return ExportProposeAttendHead(module, sampler, tail, anchors_in_one_product)
+        return ExportProposeAttendHead(module, sampler, tail, *gather_forms)
     if isinstance(module, DeformConv2d):
         return ExportDeformConv2d(module, sampler)
     if isinstance(module, SelfAttention2d):
@@ -50,11 +50,11 @@ def _replacement(module: nn.Module, sampler: str, tail: bool = False,
 
 
 def _swap_children(module: nn.Module, counts: dict[str, int], sampler: str,
-                   tail: bool, anchors_in_one_product: bool) -> None:
+                   tail: bool, gather_forms: tuple[bool, bool]) -> None:
     for name, child in module.named_children():
-        replacement = _replacement(child, sampler, tail, anchors_in_one_product)
+        replacement = _replacement(child, sampler, tail, gather_forms)
         if replacement is None:
-            _swap_children(child, counts, sampler, tail, anchors_in_one_product)
+            _swap_children(child, counts, sampler, tail, gather_forms)
             continue
         setattr(module, name, replacement)
         key = type(child).__name__
@@ -63,7 +63,8 @@ def _swap_children(module: nn.Module, counts: dict[str, int], sampler: str,
 
 def rewrite_for_export(model: nn.Module, sampler: str = "gather",
                        attend_tail: bool = False,
-                       anchors_in_one_product: bool = False) -> nn.Module:
+                       anchors_in_one_product: bool = False,
+                       rows_in_float: bool = False) -> nn.Module:
     """An eval-mode deep copy of ``model`` with every exportable-layer rewrite applied.
 
     ``sampler`` (``quantize.rewrites.sampling.SAMPLERS``) is how the P&A and deformable
@@ -72,9 +73,11 @@ def rewrite_for_export(model: nn.Module, sampler: str = "gather",
     ``attend_tail``: the P&A head leaves the attend stage's tap sum to the SDK; the copy's
     ``export_output_names`` then list each level's table and points instead of
     ``cls_logits`` and ``box_deltas`` (``edgedet.attend_tail``). Other layers are unaffected.
-    ``anchors_in_one_product``: with the ``gather`` sampler, the P&A tap sums of a position's
-    anchors as one matrix product (``sampling.bilinear_tap_sum_xy``'s
-    ``groups_in_one_product``; an INT8 form, ``quantize.targets``).
+    ``anchors_in_one_product`` / ``rows_in_float``: with the ``gather`` sampler, the P&A tap
+    sums of a position's anchors as one matrix product, and the read's row indices computed
+    in float32 (``sampling.bilinear_tap_sum_xy``'s ``groups_in_one_product`` /
+    ``rows_in_float``; the deformable conv keeps integer rows); each target says which
+    (``Target.export_options``).
 
     The copy's attribute ``export_rewrites`` maps the replaced module types to how many were
     replaced (e.g. ``{"DeformConv2d": 2}``); an empty dict means the model needed none
@@ -83,12 +86,13 @@ def rewrite_for_export(model: nn.Module, sampler: str = "gather",
     check_sampler(sampler)  # before the deep copy: a bad name costs nothing
     rewritten = copy.deepcopy(model).eval()
     counts: dict[str, int] = {}
-    root_replacement = _replacement(rewritten, sampler, attend_tail, anchors_in_one_product)
+    gather_forms = (anchors_in_one_product, rows_in_float)
+    root_replacement = _replacement(rewritten, sampler, attend_tail, gather_forms)
     if root_replacement is not None:
         rewritten = root_replacement.eval()
         counts[type(model).__name__] = 1
     else:
-        _swap_children(rewritten, counts, sampler, attend_tail, anchors_in_one_product)
+        _swap_children(rewritten, counts, sampler, attend_tail, gather_forms)
     if attend_tail and counts.get("ProposeAttendHead"):
         levels = range(len(rewritten.strides))  # a detector with a P&A head: PASSD
         rewritten.export_output_names = (

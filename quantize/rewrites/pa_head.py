@@ -34,7 +34,6 @@ from edgedet.models.pa_head import (
     flatten_head_output,
 )
 from quantize.rewrites.sampling import (
-    bilinear_tap_sum,
     bilinear_tap_sum_xy,
     check_sampler,
     grid_sample_tap_sum,
@@ -83,7 +82,8 @@ def xy_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3
     the pairs to tap-major order and back; OpenVINO ran that split as a reference kernel and
     the index arithmetic on its own. Paper-width PASSD on OpenVINO, three interleaved runs
     on the AMX CPU: INT8 9.73-9.87 -> 9.41-9.54 ms, the fp32 model's bf16 default
-    13.80-13.86 -> 13.32-13.50 (with the float row arithmetic of ``bilinear_tap_sum_xy``).
+    13.80-13.86 -> 13.32-13.50 (with the float row arithmetic of ``bilinear_tap_sum_xy``'s
+    ``rows_in_float``, the openvino target's).
     """
     half = (kernel_size - 1) / 2
     offsets = [i - half for i in range(kernel_size)]
@@ -108,13 +108,16 @@ class PackedBoxOffsetConv(nn.Module):
     """
 
     def __init__(self, convs: Sequence[BoxOffsetConv2d], sampler: str = "gather",
-                 tail: bool = False, anchors_in_one_product: bool = False) -> None:
+                 tail: bool = False, anchors_in_one_product: bool = False,
+                 rows_in_float: bool = False) -> None:
         super().__init__()
         self.sampler = check_sampler(sampler)
         self.tail = tail
-        # (gather read, x / y points: a position's anchors summed in one matrix product,
-        # bilinear_tap_sum_xy's groups_in_one_product)
+        # The gather read's forms (bilinear_tap_sum_xy's groups_in_one_product and
+        # rows_in_float): a position's anchors summed in one matrix product; the row
+        # indices computed in float32.
         self.anchors_in_one_product = anchors_in_one_product
+        self.rows_in_float = rows_in_float
         if not convs:
             raise ValueError("PackedBoxOffsetConv needs at least one BoxOffsetConv2d")
         first = convs[0]
@@ -172,11 +175,12 @@ class PackedBoxOffsetConv(nn.Module):
                                  self.projection).reshape(n, h * w, a, t, -1)
             if isinstance(points_xy, tuple):
                 x, y = (plane.reshape(n, h * w, a, t) for plane in points_xy)
-                out = bilinear_tap_sum_xy(  # (N, H*W, A, O)
-                    table, x, y, h, w, groups_in_one_product=self.anchors_in_one_product)
             else:
                 points = points_xy.permute(0, 3, 4, 1, 2, 5).reshape(n, h * w, a, t, 2)
-                out = bilinear_tap_sum(table, points, h, w)
+                x, y = points[..., 0], points[..., 1]
+            out = bilinear_tap_sum_xy(  # (N, H*W, A, O)
+                table, x, y, h, w, groups_in_one_product=self.anchors_in_one_product,
+                rows_in_float=self.rows_in_float)
         out = out + self.bias
         return [part.reshape(n, h * w * a, size)
                 for part, size in zip(out.split(self.split_sizes, dim=-1), self.split_sizes,
@@ -194,7 +198,8 @@ class ExportProposeAttendHead(nn.Module):
     """
 
     def __init__(self, head: ProposeAttendHead, sampler: str = "gather",
-                 tail: bool = False, anchors_in_one_product: bool = False) -> None:
+                 tail: bool = False, anchors_in_one_product: bool = False,
+                 rows_in_float: bool = False) -> None:
         super().__init__()
         if not head.use_attend:
             raise ValueError("ExportProposeAttendHead replaces the attend stage; this head was "
@@ -207,7 +212,7 @@ class ExportProposeAttendHead(nn.Module):
         self.propose_box = head.propose_box
         self.tail = tail
         self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler, tail,
-                                          anchors_in_one_product)
+                                          anchors_in_one_product, rows_in_float)
         # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the planar
         # form of the points (the tail's too); the gather read takes x and y as planes.
         self.sampling_points: Callable[[Tensor, float], Tensor | tuple[Tensor, Tensor]] = (

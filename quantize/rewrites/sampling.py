@@ -78,6 +78,7 @@ def bilinear_tap_sum_xy(
     width: int,
     tap_weights: Tensor | None = None,
     groups_in_one_product: bool = False,
+    rows_in_float: bool = False,
 ) -> Tensor:
     """``bilinear_tap_sum`` with the points' ``x`` and ``y`` as two ``(N, P, G, T)`` tensors.
 
@@ -89,6 +90,12 @@ def bilinear_tap_sum_xy(
     multiply-adds, most of them by zero) instead of ``G`` one-row products. The same
     function; faster where the runtime reads and sums the samples in INT8 on matrix units
     (``quantize.targets``' ``int8_reads_in_one_product``), slower in float.
+
+    ``rows_in_float``: the row indices computed in float32, rounded and cast once (below
+    ``_FLOAT_ROWS_LIMIT`` rows), instead of integer arithmetic after the cast of the source
+    cell. For a runtime that computes the coordinates in float32 (OpenVINO with f32 or
+    precise-marked coordinates); not where the float ops may run in FP16 (TensorRT), whose
+    steps are 32 apart at 43 200, PASSD's rows at 320 pixels.
     """
     n, q, g, t, o = table.shape
     p = x.shape[1]
@@ -113,7 +120,7 @@ def bilinear_tap_sum_xy(
         weights = weights * tap_weights.unsqueeze(-1)
     # Row of table.reshape(N*Q*G*T, O) for (n, q, g, t): ((n*Q + q)*G + g)*T + t.
     source = corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)
-    if n * q * g * t <= _FLOAT_ROWS_LIMIT and table.dtype == torch.float32:
+    if rows_in_float and n * q * g * t <= _FLOAT_ROWS_LIMIT and table.dtype == torch.float32:
         # The row arithmetic in float32 joins the element-wise float math before it, and
         # the indices are cast once (in OpenVINO one fused float subgraph instead of integer
         # multiplies and adds of their own; with the x / y planes, paper-width PASSD INT8 3-4%

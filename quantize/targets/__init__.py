@@ -110,6 +110,9 @@ class Target:
             position's anchors in one matrix product (``rewrite_for_export``'s
             ``anchors_in_one_product``); every other build keeps one product per anchor,
             which is faster in float (``export_options``).
+        sampling_rows_in_float: the ``gather`` read's row indices are computed in float32
+            (``rewrite_for_export``'s ``rows_in_float``): for a runtime whose coordinate math
+            runs in float32, never FP16.
     """
 
     name: str
@@ -128,6 +131,7 @@ class Target:
     int8_weight_bits: tuple[int, ...] = (8,)
     attend_tail: bool = False
     int8_reads_in_one_product: bool = False
+    sampling_rows_in_float: bool = False
 
     @property
     def accuracy_backend(self) -> str:
@@ -139,6 +143,7 @@ class Target:
         """``rewrite_for_export``'s keyword options (besides the sampler) for a build of
         ``precision`` whose INT8 scope keeps ``keep_float_categories`` float."""
         return {"attend_tail": self.attend_tail,
+                "rows_in_float": self.sampling_rows_in_float,
                 "anchors_in_one_product": (self.int8_reads_in_one_product
                                            and precision == "int8"
                                            and "sampling_reads" not in keep_float_categories)}

@@ -57,6 +57,10 @@ TARGET = Target(
     # 9.40 ms; the same form in the fp32 IR's bf16 default 13.74 / 14.37 -> 15.66 / 16.43,
     # so fp32 builds and INT8 builds with float reads keep one product per anchor.
     int8_reads_in_one_product=True,
+    # The Gather read's row indices in float32 (OpenVINO keeps the coordinates in f32, also
+    # with --float-precision bf16): fused with the coordinate math instead of i32 nodes of
+    # their own (quantize.rewrites.sampling).
+    sampling_rows_in_float=True,
     build=build,
     calibration_methods=RANGE_ESTIMATORS,
     # bf16 float ops with f32 sampling coordinates (quantize.openvino_precision): measured on

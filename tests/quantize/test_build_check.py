@@ -11,11 +11,11 @@ from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.preprocess import PreprocessConfig
 from quantize.build_check import Builder
 from quantize.convert import ConvertConfig
-from quantize.int8_scope import DEFAULT_KEEP_FLOAT, find_kept_out_nodes
+from quantize.int8_scope import CATEGORIES, DEFAULT_KEEP_FLOAT, find_kept_out_nodes
 from tests.quantize.tiny_checkpoint import write_tiny_checkpoint
 
 
-def test_kept_report_adds_the_categories_accuracy_control_put_back(tmp_path: Path) -> None:
+def test_kept_report_follows_the_categories_accuracy_control_put_back(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     checkpoint = write_tiny_checkpoint(tmp_path / "tiny")
     model, checkpoint_config = build_from_checkpoint(checkpoint)
@@ -25,18 +25,22 @@ def test_kept_report_adds_the_categories_accuracy_control_put_back(tmp_path: Pat
     work.mkdir()
     builder = Builder(config, model, checkpoint_config, "tiny", {}, work,
                       PreprocessConfig.from_dict(checkpoint_config["preprocess"]), None)
-    # The openvino target lets the sampling reads into INT8.
+    # The openvino target lets the sampling reads into INT8, and builds such an INT8 artifact
+    # from its INT8 export form: the report names that graph's nodes.
     assert "sampling_reads" not in builder.kept_report
     assert "sampling" in builder.kept_report  # the coordinates stay float everywhere
-    before = {c: dict(entry) for c, entry in builder.kept_report.items()}
+    assert builder._int8_form is not None
+    form_nodes = {n.name for n in builder._int8_form.onnx_model.graph.node}
+    assert set(builder.kept_report["sampling"]["nodes"]) <= form_nodes
 
     builder.report_float_categories(("sampling_reads",))
 
+    # Reads in float: the main export again, every category named on its graph.
     expected = find_kept_out_nodes(onnx.load(str(builder.onnx_fp32)), DEFAULT_KEEP_FLOAT)
-    assert builder.kept_report["sampling_reads"]["nodes"] == expected["sampling_reads"]
     assert expected["sampling_reads"]  # the tiny PASSD has sampling reads to name
-    assert {c: builder.kept_report[c] for c in before} == before  # the rest unchanged
-    builder.report_float_categories(("sampling_reads",))  # a second call adds nothing
+    assert builder.kept_report == {c: {"nodes": nodes, "reason": CATEGORIES[c]}
+                                   for c, nodes in expected.items() if nodes}
+    builder.report_float_categories(("sampling_reads",))  # a second call changes nothing
     assert builder.kept_report["sampling_reads"]["nodes"] == expected["sampling_reads"]
 
 

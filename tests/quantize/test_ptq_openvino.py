@@ -194,3 +194,32 @@ def _producer_types(node) -> set[str]:
         pending.extend(current.input_value(i).get_node()
                        for i in range(current.get_input_size()))
     return types
+
+
+def test_int8_form_with_int8_reads_close_to_its_fp32_ir(tmp_path):
+    # The openvino target's default INT8 build: INT8 sampling reads, a position's anchors
+    # summed in one product, the rows in float32 (OpenVINO's INT8 pipeline reassociates the
+    # row arithmetic; unrounded, a sixth of the rows read the row before).
+    from quantize.export_onnx import export_onnx
+    from quantize.rewrites import rewrite_for_export
+    from quantize.targets import target_named
+    from tests.quantize.conftest import small_passd
+
+    target = target_named("openvino")
+    options = target.export_options("int8", target.default_keep_float)
+    assert options["anchors_in_one_product"] and options["rows_in_float"]
+    rewritten = rewrite_for_export(small_passd(), target.sampler, **options)
+    onnx_path = export_onnx(rewritten, tmp_path / "form.onnx", (320, 320))
+    xml, _ = export_openvino(onnx_path, tmp_path / "fp32")
+    kept = flatten(find_kept_out_nodes(onnx.load(str(onnx_path)), target.default_keep_float))
+    ignored = openvino_names_for(ov.Core().read_model(str(xml)), kept)
+    xml8, _ = quantize_openvino(xml, tmp_path / "int8",
+                                synthetic_inputs((320, 320), 8, CALIBRATION_SEED), ignored)
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    fp32 = core.compile_model(str(xml), "CPU", config)
+    int8 = core.compile_model(str(xml8), "CPU", config)
+    for images in synthetic_inputs((320, 320), 2, EVAL_SEED):
+        a, b = fp32(images), int8(images)
+        for port_a, port_b in zip(fp32.outputs, int8.outputs, strict=True):
+            assert cosine(np.asarray(a[port_a]), np.asarray(b[port_b])) > 0.98, port_a

@@ -131,13 +131,16 @@ def test_tap_sum_rows_in_float_and_in_integers_read_the_same_samples(
     generator = torch.Generator().manual_seed(4)
     table = torch.randn(2, 20, 3, 9, 5, generator=generator)  # 4x5 map
     points = (torch.rand(2, 7, 3, 9, 2, generator=generator) * 7.0) - 1.5
-    in_float = bilinear_tap_sum(table, points, 4, 5)
-    per_image = torch.cat([bilinear_tap_sum(table[i:i + 1], points[i:i + 1], 4, 5)
-                           for i in range(2)])
-    monkeypatch.setattr(sampling_module, "_FLOAT_ROWS_LIMIT", 0)  # the integer form
-    in_integers = bilinear_tap_sum(table, points, 4, 5)
+    x, y = points[..., 0], points[..., 1]
+    in_float = bilinear_tap_sum_xy(table, x, y, 4, 5, rows_in_float=True)
+    in_integers = bilinear_tap_sum(table, points, 4, 5)  # the default
+    per_image = torch.cat([bilinear_tap_sum_xy(table[i:i + 1], x[i:i + 1], y[i:i + 1], 4, 5,
+                                               rows_in_float=True) for i in range(2)])
     torch.testing.assert_close(in_float, in_integers, rtol=0, atol=0)
     torch.testing.assert_close(in_float, per_image, rtol=0, atol=0)
+    monkeypatch.setattr(sampling_module, "_FLOAT_ROWS_LIMIT", 0)  # too many rows: integers
+    torch.testing.assert_close(bilinear_tap_sum_xy(table, x, y, 4, 5, rows_in_float=True),
+                               in_integers, rtol=0, atol=0)
 
 
 def test_groups_in_one_product_sum_the_same_samples() -> None:
@@ -281,7 +284,7 @@ def test_passd_with_a_positions_anchors_in_one_product() -> None:
     # He-normal weights: the attend stage reads features far from zero, so a sample summed
     # into another anchor's output shows (the builders' initialisation leaves them near 0).
     _check_detector(small_passd(), (320, 320), {"ProposeAttendHead": 1}, "gather",
-                    anchors_in_one_product=True)
+                    anchors_in_one_product=True, rows_in_float=True)
 
 
 def test_passd_without_attend_needs_no_rewrite() -> None:

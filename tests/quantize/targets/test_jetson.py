@@ -118,3 +118,18 @@ def test_the_required_float_scope_is_in_the_run_s_scope_whatever_keep_float_says
     cpu = ConvertConfig(checkpoint=tmp_path / "c", target="cpu", out=tmp_path / "o",
                         keep_float=(), **SMALL)
     assert cpu.resolved_keep_float() == ()
+
+
+def test_the_gather_read_keeps_integer_rows_where_float_ops_may_run_in_fp16():
+    # TensorRT builds with FP16 kernels: PASSD's rows (43 200 at 320 pixels) are 32 apart
+    # there. Only a target whose coordinate math stays float32 takes the float rows.
+    from quantize.targets import target_named
+
+    for name in ("jetson", "tflite", "cpu"):
+        for precision in ("fp32", "int8"):
+            assert not target_named(name).export_options(precision)["rows_in_float"], name
+    openvino = target_named("openvino")
+    assert openvino.export_options("fp32")["rows_in_float"]
+    assert openvino.export_options("int8")["anchors_in_one_product"]
+    assert not openvino.export_options("int8", ("sampling_reads",))["anchors_in_one_product"]
+    assert not openvino.export_options("fp32")["anchors_in_one_product"]
