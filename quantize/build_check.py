@@ -245,6 +245,8 @@ class Builder:
             int8_weight_bits=self.config.int8_weight_bits)
 
     def _int8_form_for(self, precision: str, trial: Trial) -> _Int8Form:
+        """The run's INT8 form, exported the first time a build needs it (one per run: its
+        options depend only on the target, ``Target.export_options``)."""
         if self._int8_form is None:
             options = self.target.export_options(precision,
                                                  self._scope(trial.float_categories))
