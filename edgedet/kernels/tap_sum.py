@@ -46,43 +46,59 @@ def tap_sum_rows(table, points, height, width, scale, zero_point, bias, split, f
     """
     groups, taps = points.shape[0], points.shape[1]
     outputs = table.shape[3]
+    count = stop - start
     low = np.float32(-2.0)
     x_high, y_high = np.float32(width + 1), np.float32(height + 1)
-    acc = np.empty(outputs, np.float32)
-    for p in range(start, stop):
-        for g in range(groups):
-            acc[:] = ZERO
-            weight_sum = ZERO
-            for t in range(taps):
-                x, y = points[g, t, p, 0], points[g, t, p, 1]
-                if x != x or y != y:
+    # First every tap's four corner weights and rows, one (group, tap) at a time over the
+    # positions, then the sums: the bilinear arithmetic apart from the reads. The zoo
+    # PASSD's INT8 tables on one thread: 1.45 -> 1.23 ms; its model and tail on ONNX Runtime
+    # 0.05-0.07 ms faster (four interleaved runs; the same sums, bit for bit). A corner
+    # outside the map gets weight 0 and a clamped row.
+    weights = np.zeros((count, groups, taps, 4), np.float32)
+    rows = np.zeros((count, groups, taps, 4), np.int32)
+    weight_sums = np.zeros((count, groups), np.float32)
+    for g in range(groups):
+        for t in range(taps):
+            for i in range(count):
+                x, y = points[g, t, start + i, 0], points[g, t, start + i, 1]
+                if x != x or y != y:  # a NaN point reads nothing
                     continue
                 x = min(max(x, low), x_high)
                 y = min(max(y, low), y_high)
                 x0, y0 = np.floor(x), np.floor(y)
                 fx, fy = x - x0, y - y0
                 ix, iy = int(x0), int(y0)
-                # The four corners in one pass over the outputs (a quarter of the passes of
-                # one corner at a time: 3.89 -> 3.25 ms for a float32 paper-width P3 on one
-                # thread): a corner outside the map gets weight 0 and reads a clamped row.
                 inside_x0, inside_x1 = 0 <= ix < width, 0 <= ix + 1 < width
                 inside_y0, inside_y1 = 0 <= iy < height, 0 <= iy + 1 < height
                 w00 = (ONE - fy) * (ONE - fx) if inside_y0 and inside_x0 else ZERO
                 w01 = (ONE - fy) * fx if inside_y0 and inside_x1 else ZERO
                 w10 = fy * (ONE - fx) if inside_y1 and inside_x0 else ZERO
                 w11 = fy * fx if inside_y1 and inside_x1 else ZERO
-                tap_weight = w00 + w01 + w10 + w11
-                if tap_weight == ZERO:
-                    continue
-                weight_sum += tap_weight
+                weights[i, g, t, 0], weights[i, g, t, 1] = w00, w01
+                weights[i, g, t, 2], weights[i, g, t, 3] = w10, w11
+                weight_sums[i, g] += w00 + w01 + w10 + w11
                 x_0, x_1 = min(max(ix, 0), width - 1), min(max(ix + 1, 0), width - 1)
                 y_0, y_1 = min(max(iy, 0), height - 1), min(max(iy + 1, 0), height - 1)
-                r00, r01 = table[y_0 * width + x_0, g, t], table[y_0 * width + x_1, g, t]
-                r10, r11 = table[y_1 * width + x_0, g, t], table[y_1 * width + x_1, g, t]
+                rows[i, g, t, 0], rows[i, g, t, 1] = y_0 * width + x_0, y_0 * width + x_1
+                rows[i, g, t, 2], rows[i, g, t, 3] = y_1 * width + x_0, y_1 * width + x_1
+    acc = np.empty(outputs, np.float32)
+    for i in range(count):
+        for g in range(groups):
+            acc[:] = ZERO
+            for t in range(taps):
+                w00, w01 = weights[i, g, t, 0], weights[i, g, t, 1]
+                w10, w11 = weights[i, g, t, 2], weights[i, g, t, 3]
+                if w00 + w01 + w10 + w11 == ZERO:  # off the map (or a NaN point)
+                    continue
+                # The four corners in one pass over the outputs (a quarter of the passes of
+                # one corner at a time: 3.89 -> 3.25 ms for a float32 paper-width P3 on one
+                # thread).
+                r00, r01 = table[rows[i, g, t, 0], g, t], table[rows[i, g, t, 1], g, t]
+                r10, r11 = table[rows[i, g, t, 2], g, t], table[rows[i, g, t, 3], g, t]
                 for o in range(outputs):
                     acc[o] += w00 * r00[o] + w01 * r01[o] + w10 * r10[o] + w11 * r11[o]
-            offset = zero_point * weight_sum
-            r = first_row + p * groups + g
+            offset = zero_point * weight_sums[i, g]
+            r = first_row + (start + i) * groups + g
             for o in range(split):
                 out_a[r, o] = scale * (acc[o] - offset) + bias[g, o]
             for o in range(split, outputs):
