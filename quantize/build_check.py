@@ -223,14 +223,14 @@ class Builder:
                  input_size: tuple[int, int], work_dir: Path,
                  calibration: Any) -> BuildRequest:
         """The target's build request for ``precision`` and ``trial`` at one input size."""
-        rewritten, units = self.rewritten, self.units
-        scope = self.keep_float
-        if trial.float_categories:  # accuracy control widened the scope
-            scope = tuple(flatten(self._kept_out(trial.float_categories)))
         if onnx_fp32 == self.onnx_fp32 and self._uses_int8_form(precision, trial):
             form = self._int8_form_for(precision, trial)
             rewritten, onnx_fp32, work_dir = form.rewritten, form.onnx_path, form.work_dir
             scope, units = form.kept(self._scope(trial.float_categories)), form.units
+        else:
+            rewritten, units, scope = self.rewritten, self.units, self.keep_float
+            if trial.float_categories:  # accuracy control widened the scope
+                scope = tuple(flatten(self._kept_out(trial.float_categories)))
         extra_float = [n for layer in trial.float_layers for n in units[layer]]
         return BuildRequest(
             precision=precision, onnx_fp32=onnx_fp32, model=rewritten,

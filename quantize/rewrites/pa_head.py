@@ -56,19 +56,17 @@ def planar_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int
 
     Args/returns: as ``box_sampling_points``.
     """
-    half = (kernel_size - 1) / 2
-    offsets = [i - half for i in range(kernel_size)]
-    taps = [(rx, ry) for ry in offsets for rx in offsets]  # row-major, (x, y)
+    taps_x, taps_y = _tap_offsets(kernel_size)
     n, h, w, a = boxes_cxcywh.shape[:4]
     planes = boxes_cxcywh.permute(0, 3, 4, 1, 2).reshape(n, a, 4, 1, h * w)
     centre_x = planes[:, :, 0] / stride - 0.5  # (N, A, 1, H*W)
     centre_y = planes[:, :, 1] / stride - 0.5
     size_x = planes[:, :, 2] / (stride * kernel_size)
     size_y = planes[:, :, 3] / (stride * kernel_size)
-    offset_x = planes.new_tensor([rx for rx, _ in taps]).reshape(-1, 1)  # (k*k, 1)
-    offset_y = planes.new_tensor([ry for _, ry in taps]).reshape(-1, 1)
+    offset_x = planes.new_tensor(taps_x).reshape(-1, 1)  # (k*k, 1)
+    offset_y = planes.new_tensor(taps_y).reshape(-1, 1)
     points = torch.stack([centre_x + offset_x * size_x, centre_y + offset_y * size_y], dim=-1)
-    return points.reshape(n, a, len(taps), h, w, 2)
+    return points.reshape(n, a, len(taps_x), h, w, 2)
 
 
 def xy_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3
@@ -85,16 +83,22 @@ def xy_sampling_points(boxes_cxcywh: Tensor, stride: float, kernel_size: int = 3
     13.80-13.86 -> 13.32-13.50 (with the float row arithmetic of ``bilinear_tap_sum_xy``'s
     ``rows_in_float``, the openvino target's).
     """
-    half = (kernel_size - 1) / 2
-    offsets = [i - half for i in range(kernel_size)]
-    taps = [(rx, ry) for ry in offsets for rx in offsets]  # row-major, (x, y)
+    taps_x, taps_y = _tap_offsets(kernel_size)
     centre_x = boxes_cxcywh[..., 0:1] / stride - 0.5  # (N, H, W, A, 1)
     centre_y = boxes_cxcywh[..., 1:2] / stride - 0.5
     size_x = boxes_cxcywh[..., 2:3] / (stride * kernel_size)
     size_y = boxes_cxcywh[..., 3:4] / (stride * kernel_size)
-    offset_x = boxes_cxcywh.new_tensor([rx for rx, _ in taps])  # (k*k,)
-    offset_y = boxes_cxcywh.new_tensor([ry for _, ry in taps])
+    offset_x = boxes_cxcywh.new_tensor(taps_x)  # (k*k,)
+    offset_y = boxes_cxcywh.new_tensor(taps_y)
     return centre_x + offset_x * size_x, centre_y + offset_y * size_y
+
+
+def _tap_offsets(kernel_size: int) -> tuple[list[float], list[float]]:
+    """Each tap's x and y offset in box sizes, taps in row-major order like a conv kernel
+    (``box_sampling_points``' tap table)."""
+    half = (kernel_size - 1) / 2
+    offsets = [i - half for i in range(kernel_size)]
+    return ([rx for _ in offsets for rx in offsets], [ry for ry in offsets for _ in offsets])
 
 
 class PackedBoxOffsetConv(nn.Module):

@@ -120,21 +120,22 @@ def bilinear_tap_sum_xy(
         weights = weights * tap_weights.unsqueeze(-1)
     # Row of table.reshape(N*Q*G*T, O) for (n, q, g, t): ((n*Q + q)*G + g)*T + t.
     source = corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)
-    if rows_in_float and n * q * g * t <= _FLOAT_ROWS_LIMIT and table.dtype == torch.float32:
+    in_float = rows_in_float and n * q * g * t <= _FLOAT_ROWS_LIMIT and (
+        table.dtype == torch.float32)
+    index_dtype = table.dtype if in_float else torch.long
+    batch_rows = torch.arange(n, dtype=index_dtype, device=table.device).reshape(
+        n, 1, 1, 1, 1) * (q * g * t)
+    group_tap_rows = torch.arange(g * t, dtype=index_dtype,
+                                  device=table.device).reshape(1, 1, g, t, 1)
+    if in_float:
         # The row arithmetic in float32 joins the element-wise float math before it, and
         # the indices are cast once (in OpenVINO one fused float subgraph instead of integer
         # multiplies and adds of their own; with the x / y planes, paper-width PASSD INT8 3-4%
         # faster). Rounded before the cast: a runtime may reassociate the arithmetic
         # (OpenVINO's INT8 pipeline computed (source + tap / (G*T)) * (G*T), a hair below
         # the whole number, and the cast truncated it to the row before).
-        batch_rows = (torch.arange(n, dtype=table.dtype, device=table.device)
-                      * (q * g * t)).reshape(n, 1, 1, 1, 1)
-        group_tap_rows = torch.arange(g * t, dtype=table.dtype,
-                                      device=table.device).reshape(1, 1, g, t, 1)
         rows = torch.round(source * (g * t) + group_tap_rows + batch_rows).long()
     else:
-        batch_rows = torch.arange(n, device=table.device).reshape(n, 1, 1, 1, 1) * (q * g * t)
-        group_tap_rows = torch.arange(g * t, device=table.device).reshape(1, 1, g, t, 1)
         rows = batch_rows + source.long() * (g * t) + group_tap_rows
     if groups_in_one_product:
         samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g * t * 4)]  # (N, P, 4GT, O)
