@@ -222,7 +222,7 @@ class ProjectThenKernel(nn.Module):
     """The attend tail (the ``cpu`` target's form): the projection (a 1x1 conv, then
     channels-last) and the planar sampling points in the runtime, the tap sum after it in the
     SDK's ``AttendTail`` on ``threads`` threads. The runtime's outputs are the table
-    ``(N, H*W, A*T*O)`` and the points ``(N, A, T, H*W, 2)``; ``finish`` turns them into the
+    ``(N, H, W, A*T*O)`` and the points ``(N, A, T, H*W, 2)``; ``finish`` turns them into the
     head output ``(N, H*W*A, O)``."""
 
     output_names = ("table", "points")

@@ -20,7 +20,8 @@ The manifest's ``attend_tail`` section says how (``AttendTailSpec``)::
     }
 
 Level ``l`` has the map size of ``anchor_spec.feature_sizes[l]``; its table output is
-``(N, H*W, A*T*O)`` (float32, or uint8 with the scale and zero point) and its points output
+``(N, H, W, A*T*O)`` (float32, or uint8 with the scale and zero point; artifacts built before
+2026-12-07 give the same values as ``(N, H*W, A*T*O)``, read alike) and its points output
 ``(N, A, T, H*W, 2)`` float32, in map coordinates. ``Detector`` runs the tail on every output
 of the model (``run_model``, ``runtime_call`` and ``detect`` alike), so it is part of every
 runtime-only timing and of the accuracy check.
@@ -205,12 +206,13 @@ class AttendTail:
         positions = level.height * level.width
         table, points = raw[level.table], raw[level.points]
         want_dtype = np.float32 if level.table_scale is None else np.uint8
-        if (table.dtype != want_dtype or table.ndim != 3
-                or table.shape[1:] != (positions, spec.anchors * spec.taps * width)):
+        columns = spec.anchors * spec.taps * width
+        if table.dtype != want_dtype or table.shape[1:] not in (
+                (level.height, level.width, columns), (positions, columns)):
             raise ValueError(
                 f"model output {level.table!r} is {table.dtype} {table.shape}; the manifest's "
-                f"{SECTION} reads (N, {positions}, {spec.anchors * spec.taps * width}) "
-                f"{np.dtype(want_dtype).name}")
+                f"{SECTION} reads (N, {level.height}, {level.width}, {columns}) (or "
+                f"(N, {positions}, {columns})) {np.dtype(want_dtype).name}")
         if points.dtype != np.float32 or points.shape != (
                 table.shape[0], spec.anchors, spec.taps, positions, 2):
             raise ValueError(f"model output {level.points!r} is {points.dtype} {points.shape}; "

@@ -58,7 +58,9 @@ def test_a_bad_section_is_named(section: object, message: str) -> None:
         validate_manifest({**_manifest({"model.onnx": "0" * 64}), "attend_tail": section})
 
 
-def _two_level_case(batch: int, quantized: bool):
+def _two_level_case(batch: int, quantized: bool, flat_tables: bool = False):
+    """Two levels' tables ``(N, H, W, A*T*O)`` (``flat_tables``: ``(N, H*W, A*T*O)``, as
+    artifacts built before 2026-12-07 give them) and points."""
     rng = np.random.default_rng(4)
     sizes, anchors, taps, width = ((3, 5), (2, 2)), 2, 9, 6
     levels, raw = [], {}
@@ -66,7 +68,7 @@ def _two_level_case(batch: int, quantized: bool):
         table_name, points_name = f"attend_table_{index}", f"attend_points_{index}"
         scale, zero = (0.02 * (index + 1), 100.0 + index) if quantized else (None, None)
         levels.append(TailLevel(table_name, points_name, h, w, scale, zero))
-        shape = (batch, h * w, anchors * taps * width)
+        shape = (batch, *((h * w,) if flat_tables else (h, w)), anchors * taps * width)
         raw[table_name] = (rng.integers(0, 256, shape).astype(np.uint8) if quantized
                            else rng.standard_normal(shape).astype(np.float32))
         raw[points_name] = rng.uniform(-2, 6, (batch, anchors, taps, h * w, 2)).astype(
@@ -100,12 +102,28 @@ def test_every_level_and_image_is_summed_into_the_head_outputs_order(quantized: 
         np.testing.assert_allclose(out["box_deltas"][n], expected[:, 4:], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_flat_tables_of_older_artifacts_give_the_same_sums(quantized: bool) -> None:
+    spec, raw = _two_level_case(batch=2, quantized=quantized)
+    flat = {name: (value.reshape(value.shape[0], -1, value.shape[-1])
+                   if name.startswith("attend_table_") else value) for name, value in raw.items()}
+    assert flat["attend_table_0"].shape == (2, 15, 108)
+    tail = AttendTail(spec, 2)
+    expected, got = tail(raw), tail(flat)
+    for name in ("cls_logits", "box_deltas"):
+        np.testing.assert_array_equal(got[name], expected[name])
+    tail.close()
+
+
 def test_bad_model_outputs_are_named() -> None:
     spec, raw = _two_level_case(batch=1, quantized=False)
     tail = AttendTail(spec, 2)
-    with pytest.raises(ValueError, match=r"'attend_table_1' is float64 .* reads \(N, 4, 108\) "
-                                         r"float32"):
+    with pytest.raises(ValueError, match=r"'attend_table_1' is float64 .* reads \(N, 2, 2, 108\) "
+                                         r"\(or \(N, 4, 108\)\) float32"):
         tail({**raw, "attend_table_1": raw["attend_table_1"].astype(np.float64)})
+    # Level 0 is 3 x 5: its table with H and W swapped is refused, not read as another map.
+    with pytest.raises(ValueError, match=r"'attend_table_0' is float32 \(1, 5, 3, 108\)"):
+        tail({**raw, "attend_table_0": raw["attend_table_0"].reshape(1, 5, 3, 108)})
     with pytest.raises(ValueError, match="'attend_points_0' is float32 \\(1, 2, 9, 14, 2\\)"):
         tail({**raw, "attend_points_0": raw["attend_points_0"][:, :, :, :14]})
     tail.close()
