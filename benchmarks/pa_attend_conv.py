@@ -51,6 +51,7 @@ from edgedet.models.pa_head import (
     flatten_head_output,
     sample_box_taps,
 )
+from quantize.attend_tail import tables_as_matmul
 from quantize.openvino_precision import coordinate_ops, mark_precise
 from quantize.rewrites.pa_head import (
     PackedBoxOffsetConv,
@@ -219,11 +220,11 @@ class TallMapGridSample(_PlanarProjection):
 
 
 class ProjectThenKernel(nn.Module):
-    """The attend tail (the ``cpu`` target's form): the projection (a 1x1 conv, then
-    channels-last) and the planar sampling points in the runtime, the tap sum after it in the
-    SDK's ``AttendTail`` on ``threads`` threads. The runtime's outputs are the table
-    ``(N, H, W, A*T*O)`` and the points ``(N, A, T, H*W, 2)``; ``finish`` turns them into the
-    head output ``(N, H*W*A, O)``."""
+    """The attend tail (the ``cpu`` target's fp32 form): the projection (a ``MatMul`` of the
+    channels-last features, ``as_built``) and the planar sampling points in the runtime, the
+    tap sum in the SDK's ``AttendTail`` on ``threads`` threads. The runtime's outputs: the
+    table ``(N, H, W, A*T*O)``, the points ``(N, A, T, H*W, 2)``; ``finish`` makes the head
+    output ``(N, H*W*A, O)``."""
 
     output_names = ("table", "points")
 
@@ -246,6 +247,10 @@ class ProjectThenKernel(nn.Module):
             self.tail = AttendTail(spec, self.threads)
         points = planar_sampling_points(boxes_cxcywh, self.stride).reshape(n, a, t, h * w, 2)
         return self.packed.table(features), points
+
+    @staticmethod
+    def as_built(model: onnx.ModelProto) -> None:
+        assert tables_as_matmul(model, ["table"]) == 1
 
     def finish(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         """The runtime's ``(table, points)`` -> ``(N, H*W*A, O)``."""
@@ -345,12 +350,17 @@ def _head_runner(run: Callable[[dict], Any], module: nn.Module
 def export_variant(module: nn.Module, features: Tensor, boxes: Tensor, path: Path) -> Path:
     """``module`` as an fp32 ONNX file with inputs ``features`` and ``boxes`` (a variant that
     ignores the boxes has no ``boxes`` input) and output ``out`` (or the module's
-    ``output_names``: a variant that ``finish``-es outside the runtime)."""
+    ``output_names``: a variant that ``finish``-es outside the runtime), rewritten as its
+    target builds it where the variant says how (``as_built``)."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's shape warnings: shapes are static
         torch.onnx.export(module.eval(), (features, boxes), str(path), dynamo=False,
                           opset_version=17, input_names=["features", "boxes"],
                           output_names=list(getattr(module, "output_names", ("out",))))
+    if hasattr(module, "as_built"):
+        model = onnx.load(str(path))
+        module.as_built(model)
+        onnx.save(model, str(path))
     return path
 
 

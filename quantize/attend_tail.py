@@ -8,7 +8,9 @@ bias is added by the SDK, so it is stored there). In an INT8 QDQ model ONNX Runt
 rounds the table to uint8 (the projection runs as one integer conv, its output quantized);
 ``expose_uint8_tables`` drops the final ``DequantizeLinear`` so the SDK reads those bytes and
 their scale instead of a float copy four times the size (paper-width PASSD, P3: 3.5 M values,
-1.6 ms of ``DequantizeLinear`` in ONNX Runtime on the AMX CPU).
+1.6 ms of ``DequantizeLinear`` in ONNX Runtime on the AMX CPU). A float model's tables are
+better computed as a channels-last ``MatMul`` than as the export's 1x1 conv and transpose
+(``tables_as_matmul``); an INT8 one's are not.
 """
 
 from __future__ import annotations
@@ -99,3 +101,93 @@ def expose_uint8_tables(onnx_path: str | os.PathLike[str], out_path: str | os.Pa
     onnx.checker.check_model(model)
     write_bytes_atomic(Path(out_path), model.SerializeToString())
     return found
+
+
+def _is_plain_1x1_conv(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]) -> bool:
+    """A bias-free 1x1 ``Conv`` (stride 1, no padding, one group) of a constant weight."""
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    weight = constants.get(node.input[1]) if len(node.input) > 1 else None
+    return (node.op_type == "Conv" and weight is not None and weight.ndim == 4
+            and weight.shape[2:] == (1, 1) and (len(node.input) < 3 or not node.input[2])
+            and attributes.get("group", 1) == 1
+            and all(v == 1 for v in attributes.get("strides", [1, 1]))
+            and all(v == 1 for v in attributes.get("dilations", [1, 1]))
+            and all(v == 0 for v in attributes.get("pads", [0, 0, 0, 0]))
+            and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+
+
+def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> int:
+    """Compute each float table of ``table_outputs`` as ``Transpose(features) @ W^T``
+    instead of ``Transpose(Conv1x1(features, W))``, in place; the same values.
+
+    Why: ONNX Runtime runs the 1x1 conv in its blocked layout and then reorders the table
+    (14 MB at the paper-width P3) to channels-last; a ``MatMul`` of the channels-last
+    features (1.6 MB to reorder) writes the table in its final layout. The paper-width PASSD
+    in fp32, one interleaved run on the AMX CPU: 32.3 -> 29.3 ms. In INT8 the conv is faster
+    (its ``QLinearConv`` runs channels-last already; ``QLinearMatMul`` 12.99 -> 13.45 ms), so
+    only float builds take this.
+
+    Returns:
+        how many tables were rewritten (a table that is not such a conv's transpose, e.g. an
+        INT8 model's ``DequantizeLinear``, is left as it is).
+    """
+    graph = model.graph
+    producer = {t: node for node in graph.node for t in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    matrices: dict[str, str] = {}  # conv weight -> its (C, O) matrix, made once
+    rewritten = 0
+    for output in table_outputs:
+        transpose = producer.get(output)
+        if transpose is None or transpose.op_type != "Transpose":
+            continue
+        perm = [a for a in transpose.attribute if a.name == "perm"]
+        conv = producer.get(transpose.input[0])
+        if (not perm or list(perm[0].ints) != [0, 2, 3, 1] or conv is None
+                or not _is_plain_1x1_conv(conv, constants) or readers[conv.output[0]] != 1):
+            continue
+        weight_name = conv.input[1]
+        if weight_name not in matrices:
+            matrices[weight_name] = f"{weight_name}_as_matrix"
+            weight = constants[weight_name]
+            graph.initializer.append(numpy_helper.from_array(
+                np.ascontiguousarray(weight.reshape(weight.shape[:2]).T),
+                matrices[weight_name]))
+        features_last = f"{output}_features_channels_last"
+        position = list(graph.node).index(conv)
+        new_nodes = [
+            onnx.helper.make_node("Transpose", [conv.input[0]], [features_last],
+                                  name=f"{conv.name}_features_to_channels_last",
+                                  perm=[0, 2, 3, 1]),
+            onnx.helper.make_node("MatMul", [features_last, matrices[weight_name]], [output],
+                                  name=f"{conv.name}_as_matmul")]
+        graph.node.remove(transpose)
+        graph.node.remove(conv)
+        for offset, node in enumerate(new_nodes):
+            graph.node.insert(position + offset, node)
+        readers[weight_name] -= 1
+        rewritten += 1
+    unused = {name for name in matrices if readers[name] == 0}
+    for initializer in [t for t in graph.initializer if t.name in unused]:
+        graph.initializer.remove(initializer)
+    produced = {t for node in graph.node for t in node.output}
+    for info in [v for v in graph.value_info if v.name not in produced]:
+        graph.value_info.remove(info)  # the removed convs' outputs
+    if rewritten:
+        onnx.checker.check_model(model)
+    return rewritten
+
+
+def write_tables_as_matmul(onnx_path: Path, out_path: Path) -> Path:
+    """``tables_as_matmul`` of every ``attend_table_*`` output of the model at ``onnx_path``,
+    written atomically to ``out_path``; returns ``out_path``, or ``onnx_path`` where no table
+    changed (nothing written)."""
+    model = onnx.load(str(onnx_path))
+    tables = [o.name for o in model.graph.output if o.name.startswith(TABLE_PREFIX)]
+    if not tables_as_matmul(model, tables):
+        return onnx_path
+    write_bytes_atomic(out_path, model.SerializeToString())
+    return out_path

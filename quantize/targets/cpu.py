@@ -1,14 +1,15 @@
 """Target ``cpu``: ONNX for ONNX Runtime — the fp32 export as it is, INT8 as QDQ ONNX
 (``quantize.ptq_onnx``); either with its float weights stored as float16 on request
 (``quantize.weight_storage``). PASSD's attend-stage tap sum runs in the SDK
-(``edgedet.attend_tail``): the INT8 model hands over its uint8 tables."""
+(``edgedet.attend_tail``): the INT8 model hands over its uint8 tables, the fp32 model
+computes its tables as channels-last products (``quantize.attend_tail.tables_as_matmul``)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from edgedet.artifact import MODEL_STEM
-from quantize.attend_tail import expose_uint8_tables, tail_head, tail_spec
+from quantize.attend_tail import expose_uint8_tables, tail_head, tail_spec, write_tables_as_matmul
 from quantize.int8_scope import DEFAULT_KEEP_FLOAT
 from quantize.targets import BuildRequest, BuiltModel, Target
 from quantize.weight_storage import WEIGHT_STORAGES, store_file_float16
@@ -20,6 +21,8 @@ def build(request: BuildRequest) -> BuiltModel:
     notes: list[str] = []
     if request.precision == "fp32":
         path, kept = request.onnx_fp32, []
+        if tail_head(request.model) is not None:  # the tables as channels-last products
+            path = write_tables_as_matmul(path, request.work_dir / "model_fp32_tables.onnx")
     else:
         from quantize.ptq_onnx import ONNXRUNTIME_CPU, quantize_onnx, with_calibration
 
@@ -88,7 +91,8 @@ TARGET = Target(
     # walks its plan once per channel in scalar code, and an INT8 graph dequantizes the
     # whole table for it. One interleaved run on the AMX CPU (docs/performance_amx.md):
     # zoo PASSD INT8 11.84 -> 9.92 ms, fp32 23.83 -> 23.31; paper-width (80 classes) INT8
-    # 12.48 ms against the in-graph fp32's 32.91 (the tail's fp32 34.34).
+    # 12.48 ms against the in-graph fp32's 32.91 (the tail's fp32 34.34). An fp32 build
+    # computes the tables as channels-last MatMuls (quantize.attend_tail.tables_as_matmul).
     attend_tail=True,
     # float16 storage halves a float model's file (the paper-width PASSD: 24.0 -> 12.2 MiB);
     # ONNX Runtime folds the casts at load time, so it runs the same float32 graph.

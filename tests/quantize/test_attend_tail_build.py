@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from edgedet.attend_tail import AttendTail, AttendTailSpec
-from quantize.attend_tail import expose_uint8_tables, tail_head, tail_spec
+from quantize.attend_tail import (
+    expose_uint8_tables,
+    tables_as_matmul,
+    tail_head,
+    tail_spec,
+    write_tables_as_matmul,
+)
 from quantize.export_onnx import export_onnx
 from quantize.int8_scope import find_kept_out_nodes
 from quantize.rewrites import rewrite_for_export
@@ -148,3 +154,69 @@ def test_a_table_that_is_not_per_tensor_uint8_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="per-tensor uint8"):
         expose_uint8_tables(path, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_float_tables_as_matmul_give_the_same_tables(models, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    _, tail_model, _, images = models
+    path = export_onnx(tail_model, tmp_path / "tail.onnx", SIZE)
+    model = onnx.load(str(path))
+    tables = [o.name for o in model.graph.output if o.name.startswith("attend_table_")]
+    weights_before = {t.name for t in model.graph.initializer}
+    assert tables_as_matmul(model, tables) == 4
+    producer = {t: n for n in model.graph.node for t in n.output}
+    for name in tables:
+        assert producer[name].op_type == "MatMul"
+        assert producer[producer[name].input[0]].op_type == "Transpose"
+    # The projection's conv weight is gone, its (C, O) matrix stored once for the 4 levels.
+    added = {t.name for t in model.graph.initializer} - weights_before
+    assert len(added) == 1 and len(weights_before - {t.name for t in model.graph.initializer}) == 1
+    written = write_tables_as_matmul(path, tmp_path / "matmul.onnx")
+    assert written == tmp_path / "matmul.onnx"
+    feed = {"images": images.numpy()}
+    names = [o.name for o in model.graph.output]
+    before = ort.InferenceSession(str(path)).run(names, feed)
+    after = ort.InferenceSession(str(written)).run(names, feed)
+    for name, old, new in zip(names, before, after, strict=True):
+        assert old.shape == new.shape, name
+        np.testing.assert_allclose(new, old, rtol=0, atol=1e-5 * float(np.abs(old).max()))
+    # Nothing left to rewrite: the same file back, nothing written.
+    assert write_tables_as_matmul(written, tmp_path / "again.onnx") == written
+    assert not (tmp_path / "again.onnx").exists()
+
+
+@pytest.mark.parametrize("change", ["bias", "3x3", "stride", "perm", "group"])
+def test_a_table_from_another_conv_is_left_as_it_is(change: str) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    kernel = 3 if change == "3x3" else 1
+    groups = 2 if change == "group" else 1
+    weight = np.ones((4, 2 // groups, kernel, kernel), np.float32)
+    conv_inputs = ["x", "w", "b"] if change == "bias" else ["x", "w"]
+    conv = helper.make_node("Conv", conv_inputs, ["c"], name="conv", group=groups,
+                            strides=[2, 2] if change == "stride" else [1, 1])
+    perm = [0, 3, 2, 1] if change == "perm" else [0, 2, 3, 1]
+    transpose = helper.make_node("Transpose", ["c"], ["attend_table_0"], perm=perm)
+    graph = helper.make_graph(
+        [conv, transpose], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                               [1, 2, 6, 6])],
+        [helper.make_tensor_value_info("attend_table_0", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones(4, np.float32),
+                                                                        "b")])
+    model = helper.make_model(graph)
+    assert tables_as_matmul(model, ["attend_table_0"]) == 0
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Transpose"]
+
+
+def test_the_cpu_targets_fp32_build_takes_the_matmul_tables(models, tmp_path) -> None:
+    from quantize.targets import BuildRequest, target_named
+
+    _, tail_model, _, _ = models
+    path = export_onnx(tail_model, tmp_path / "tail.onnx", SIZE)
+    built = target_named("cpu").build(BuildRequest("fp32", path, tail_model, SIZE, tmp_path,
+                                                   None, ()))
+    graph = onnx.load(str(built.files["model.onnx"])).graph
+    producer = {t: n for n in graph.node for t in n.output}
+    assert {producer[o.name].op_type for o in graph.output
+            if o.name.startswith("attend_table_")} == {"MatMul"}
+    assert built.manifest_extra["attend_tail"] == _spec(tail_model).to_dict()
