@@ -250,7 +250,8 @@ class ProjectThenKernel(nn.Module):
 
     @staticmethod
     def as_built(model: onnx.ModelProto) -> None:
-        assert tables_as_matmul(model, ["table"]) == 1
+        if tables_as_matmul(model, ["table"]) != 1:
+            raise RuntimeError("the tail variant's table is not a 1x1 conv's transpose")
 
     def finish(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
         """The runtime's ``(table, points)`` -> ``(N, H*W*A, O)``."""

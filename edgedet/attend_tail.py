@@ -21,10 +21,10 @@ The manifest's ``attend_tail`` section says how (``AttendTailSpec``)::
 
 Level ``l`` has the map size of ``anchor_spec.feature_sizes[l]``; its table output is
 ``(N, H, W, A*T*O)`` (float32, or uint8 with the scale and zero point; artifacts built before
-2026-12-07 give the same values as ``(N, H*W, A*T*O)``, read alike) and its points output
-``(N, A, T, H*W, 2)`` float32, in map coordinates. ``Detector`` runs the tail on every output
-of the model (``run_model``, ``runtime_call`` and ``detect`` alike), so it is part of every
-runtime-only timing and of the accuracy check.
+commit 90e8237 (2026-12-07) give the same values as ``(N, H*W, A*T*O)``, read alike) and its
+points output ``(N, A, T, H*W, 2)`` float32, in map coordinates. ``Detector`` runs the tail on
+every output of the model (``run_model``, ``runtime_call`` and ``detect`` alike), so it is part
+of every runtime-only timing and of the accuracy check.
 """
 
 from __future__ import annotations

@@ -116,6 +116,20 @@ def _is_plain_1x1_conv(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]
             and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 
+def _names_read(graph: onnx.GraphProto) -> list[str]:
+    """Every tensor name a node of ``graph`` reads, subgraphs (``If``, ``Loop``) included,
+    once per read."""
+    names = []
+    for node in graph.node:
+        names.extend(node.input)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs] if (
+                    attribute.type in (onnx.AttributeProto.GRAPH,
+                                       onnx.AttributeProto.GRAPHS)) else []:
+                names.extend(_names_read(subgraph))
+    return names
+
+
 def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> int:
     """Compute each float table of ``table_outputs`` as ``Transpose(features) @ W^T``
     instead of ``Transpose(Conv1x1(features, W))``, in place; the same values.
@@ -134,10 +148,12 @@ def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> in
     graph = model.graph
     producer = {t: node for node in graph.node for t in node.output}
     readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for name in [*_names_read(graph), *(o.name for o in graph.output)]:
+        readers[name] = readers.get(name, 0) + 1
+    # A weight that is also a graph input can be fed at run time: not a constant.
+    inputs = {i.name for i in graph.input}
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
+                 if t.name not in inputs}
     matrices: dict[str, str] = {}  # conv weight -> its (C, O) matrix, made once
     rewritten = 0
     for output in table_outputs:

@@ -145,7 +145,9 @@ class PackedBoxOffsetConv(nn.Module):
             # A 1x1 conv weight (A*T*O, C, 1, 1): GridSample reads channels-first maps; for
             # the tail, ONNX Runtime's INT8 1x1 conv followed by the transpose to channels-last
             # ran faster than the MatMul (paper-width PASSD INT8, one interleaved run on the
-            # AMX CPU: 13.23 against 13.88 ms; fp32 35.80 against 35.82).
+            # AMX CPU: 13.23 against 13.88 ms). In fp32 the MatMul of the channels-last
+            # features is faster: the cpu target's fp32 build rewrites the exported graph
+            # (quantize.attend_tail.tables_as_matmul).
             projection = projection.t().reshape(-1, c, 1, 1)
         self.projection = nn.Parameter(projection.clone())
         self.bias = nn.Parameter(torch.cat(

@@ -60,7 +60,7 @@ def test_a_bad_section_is_named(section: object, message: str) -> None:
 
 def _two_level_case(batch: int, quantized: bool, flat_tables: bool = False):
     """Two levels' tables ``(N, H, W, A*T*O)`` (``flat_tables``: ``(N, H*W, A*T*O)``, as
-    artifacts built before 2026-12-07 give them) and points."""
+    artifacts built before commit 90e8237 give them) and points."""
     rng = np.random.default_rng(4)
     sizes, anchors, taps, width = ((3, 5), (2, 2)), 2, 9, 6
     levels, raw = [], {}

@@ -185,7 +185,9 @@ def test_float_tables_as_matmul_give_the_same_tables(models, tmp_path) -> None:
     assert not (tmp_path / "again.onnx").exists()
 
 
-@pytest.mark.parametrize("change", ["bias", "3x3", "stride", "perm", "group"])
+@pytest.mark.parametrize("change", ["bias", "3x3", "stride", "perm", "group", "pads",
+                                    "dilations", "second_reader", "graph_output",
+                                    "weight_input"])
 def test_a_table_from_another_conv_is_left_as_it_is(change: str) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
@@ -194,18 +196,28 @@ def test_a_table_from_another_conv_is_left_as_it_is(change: str) -> None:
     weight = np.ones((4, 2 // groups, kernel, kernel), np.float32)
     conv_inputs = ["x", "w", "b"] if change == "bias" else ["x", "w"]
     conv = helper.make_node("Conv", conv_inputs, ["c"], name="conv", group=groups,
-                            strides=[2, 2] if change == "stride" else [1, 1])
+                            strides=[2, 2] if change == "stride" else [1, 1],
+                            pads=[1, 1, 1, 1] if change == "pads" else [0, 0, 0, 0],
+                            dilations=[2, 2] if change == "dilations" else [1, 1])
     perm = [0, 3, 2, 1] if change == "perm" else [0, 2, 3, 1]
-    transpose = helper.make_node("Transpose", ["c"], ["attend_table_0"], perm=perm)
+    nodes = [conv, helper.make_node("Transpose", ["c"], ["attend_table_0"], perm=perm)]
+    outputs = [helper.make_tensor_value_info("attend_table_0", TensorProto.FLOAT, None)]
+    if change == "second_reader":  # the conv's output is read by another node too
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    if change == "graph_output":
+        outputs.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])]
+    if change == "weight_input":  # an initializer that a feed may replace
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, weight.shape))
     graph = helper.make_graph(
-        [conv, transpose], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                               [1, 2, 6, 6])],
-        [helper.make_tensor_value_info("attend_table_0", TensorProto.FLOAT, None)],
+        nodes, "g", inputs, outputs,
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones(4, np.float32),
                                                                         "b")])
     model = helper.make_model(graph)
+    before = model.SerializeToString()
     assert tables_as_matmul(model, ["attend_table_0"]) == 0
-    assert [n.op_type for n in model.graph.node] == ["Conv", "Transpose"]
+    assert model.SerializeToString() == before
 
 
 def test_the_cpu_targets_fp32_build_takes_the_matmul_tables(models, tmp_path) -> None:
