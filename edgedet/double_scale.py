@@ -170,8 +170,8 @@ class SecondScale:
 
         Raises:
             DoubleScaleError: the artifact has no 2x model, its anchors do not pair with the
-                1x model's, or ``backend`` does not take the 2x input or lacks an output of
-                the 1x model.
+                1x model's, or ``backend`` does not take the 2x input, lacks an output of
+                the 1x model or hands over tables of another type than the section reads.
         """
         section = manifest.get("double_scale")
         if not section:
@@ -186,9 +186,13 @@ class SecondScale:
         if len(shape) != 4 or shape[2] not in (height, None) or shape[3] not in (width, None):
             raise DoubleScaleError(f"{backend.model_path} takes input {list(shape)}, not the "
                                    f"2x input (N, 3, {height}, {width})")
-        tail = attend_tail_for({"attend_tail": section.get("attend_tail"),
-                                "anchor_spec": section["anchor_spec"]},
-                               backend.output_names, threads)
+        try:  # the 2x model's table types checked at load, as the 1x model's
+            tail = attend_tail_for({"attend_tail": section.get("attend_tail"),
+                                    "anchor_spec": section["anchor_spec"]},
+                                   backend.output_names, threads,
+                                   getattr(backend, "output_dtypes", None))
+        except ValueError as error:
+            raise DoubleScaleError(f"{backend.model_path} (the 2x model): {error}") from None
         made = (tail.outputs_after(backend.output_names) if tail is not None
                 else set(backend.output_names))
         wanted = [entry["name"] for entry in manifest.get("outputs", [])]

@@ -247,3 +247,30 @@ def test_a_manifest_that_misreads_its_models_tables_is_refused_at_load(tmp_path)
     with pytest.raises(ManifestError, match="'attend_table_0' is uint8, but the manifest's "
                                             "attend_tail reads it as float32"):
         Detector(copy, backend="onnxruntime")
+
+
+def test_a_2x_model_handing_over_another_table_type_is_refused_at_load() -> None:
+    from types import SimpleNamespace
+
+    from edgedet.double_scale import DoubleScaleError, SecondScale
+
+    # Two levels at both scales (double-scale testing pairs them), each with its table.
+    levels = [{"table": f"attend_table_{i}", "points": f"attend_points_{i}",
+               "table_scale": None, "table_zero_point": None} for i in range(2)]
+    manifest = _with_second_tail(levels=levels)
+    manifest["attend_tail"] = _section(levels=levels)
+    spec = {**manifest["anchor_spec"], "strides": [8, 16], "base_sizes": [32.0, 64.0]}
+    manifest["anchor_spec"] = {**spec, "feature_sizes": [[4, 4], [2, 2]]}
+    manifest["double_scale"]["anchor_spec"] = {**spec, "image_size": [64, 64],
+                                               "feature_sizes": [[8, 8], [4, 4]]}
+    names = tuple(n for level in levels for n in (level["table"], level["points"]))
+    backend = SimpleNamespace(input_shape=(1, 3, 64, 64), output_names=names,
+                              model_path="model_2x.onnx",
+                              output_dtypes=dict.fromkeys(names, "float32"))
+    second = SecondScale.from_manifest(manifest, backend, threads=1)  # float tables: loads
+    assert second.attend_tail is not None
+    second.attend_tail.close()
+    backend.output_dtypes = {**backend.output_dtypes, "attend_table_1": "uint8"}
+    with pytest.raises(DoubleScaleError, match=r"model_2x\.onnx \(the 2x model\): model output "
+                                               r"'attend_table_1' is uint8"):
+        SecondScale.from_manifest(manifest, backend, threads=1)
