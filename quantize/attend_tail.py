@@ -16,6 +16,7 @@ better computed as a channels-last ``MatMul`` than as the export's 1x1 conv and 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -147,15 +148,13 @@ def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> in
     """
     graph = model.graph
     producer = {t: node for node in graph.node for t in node.output}
-    readers: dict[str, int] = {}
-    for name in [*_names_read(graph), *(o.name for o in graph.output)]:
-        readers[name] = readers.get(name, 0) + 1
+    readers = Counter([*_names_read(graph), *(o.name for o in graph.output)])
     # A weight that is also a graph input can be fed at run time: not a constant.
     inputs = {i.name for i in graph.input}
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
                  if t.name not in inputs}
     matrices: dict[str, str] = {}  # conv weight -> its (C, O) matrix, made once
-    rewritten = 0
+    removed: set[str] = set()  # the convs' outputs
     for output in table_outputs:
         transpose = producer.get(output)
         if transpose is None or transpose.op_type != "Transpose":
@@ -185,16 +184,15 @@ def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> in
         for offset, node in enumerate(new_nodes):
             graph.node.insert(position + offset, node)
         readers[weight_name] -= 1
-        rewritten += 1
+        removed.add(conv.output[0])
     unused = {name for name in matrices if readers[name] == 0}
     for initializer in [t for t in graph.initializer if t.name in unused]:
         graph.initializer.remove(initializer)
-    produced = {t for node in graph.node for t in node.output}
-    for info in [v for v in graph.value_info if v.name not in produced]:
-        graph.value_info.remove(info)  # the removed convs' outputs
-    if rewritten:
+    for info in [v for v in graph.value_info if v.name in removed]:
+        graph.value_info.remove(info)
+    if removed:
         onnx.checker.check_model(model)
-    return rewritten
+    return len(removed)
 
 
 def write_tables_as_matmul(onnx_path: Path, out_path: Path) -> Path:

@@ -1,6 +1,6 @@
-"""Target ``cpu``: ONNX for ONNX Runtime — the fp32 export as it is, INT8 as QDQ ONNX
-(``quantize.ptq_onnx``); either with its float weights stored as float16 on request
-(``quantize.weight_storage``). PASSD's attend-stage tap sum runs in the SDK
+"""Target ``cpu``: ONNX for ONNX Runtime — the fp32 export (as it is but for PASSD's tables),
+INT8 as QDQ ONNX (``quantize.ptq_onnx``); either with its float weights stored as float16 on
+request (``quantize.weight_storage``). PASSD's attend-stage tap sum runs in the SDK
 (``edgedet.attend_tail``): the INT8 model hands over its uint8 tables, the fp32 model
 computes its tables as channels-last products (``quantize.attend_tail.tables_as_matmul``)."""
 
