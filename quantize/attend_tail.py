@@ -27,6 +27,7 @@ from torch import nn
 
 from edgedet._io import write_bytes_atomic
 from edgedet.attend_tail import POINTS_PREFIX, TABLE_PREFIX, AttendTailSpec, TailLevel
+from quantize.scope_graph import subgraph_reads
 
 
 def tail_head(model: nn.Module) -> nn.Module | None:
@@ -117,20 +118,6 @@ def _is_plain_1x1_conv(node: onnx.NodeProto, constants: Mapping[str, np.ndarray]
             and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
 
 
-def _names_read(graph: onnx.GraphProto) -> list[str]:
-    """Every tensor name a node of ``graph`` reads, subgraphs (``If``, ``Loop``) included,
-    once per read."""
-    names = []
-    for node in graph.node:
-        names.extend(node.input)
-        for attribute in node.attribute:
-            for subgraph in [attribute.g, *attribute.graphs] if (
-                    attribute.type in (onnx.AttributeProto.GRAPH,
-                                       onnx.AttributeProto.GRAPHS)) else []:
-                names.extend(_names_read(subgraph))
-    return names
-
-
 def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> int:
     """Compute each float table of ``table_outputs`` as ``Transpose(features) @ W^T``
     instead of ``Transpose(Conv1x1(features, W))``, in place; the same values.
@@ -148,7 +135,9 @@ def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> in
     """
     graph = model.graph
     producer = {t: node for node in graph.node for t in node.output}
-    readers = Counter([*_names_read(graph), *(o.name for o in graph.output)])
+    readers = Counter(name for node in graph.node for name in node.input)
+    # Tensors read or exposed outside the top-level nodes: never removed.
+    external = {o.name for o in graph.output} | subgraph_reads(graph)
     # A weight that is also a graph input can be fed at run time: not a constant.
     inputs = {i.name for i in graph.input}
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
@@ -162,7 +151,8 @@ def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> in
         perm = [a for a in transpose.attribute if a.name == "perm"]
         conv = producer.get(transpose.input[0])
         if (not perm or list(perm[0].ints) != [0, 2, 3, 1] or conv is None
-                or not _is_plain_1x1_conv(conv, constants) or readers[conv.output[0]] != 1):
+                or not _is_plain_1x1_conv(conv, constants) or conv.output[0] in external
+                or readers[conv.output[0]] != 1):
             continue
         weight_name = conv.input[1]
         if weight_name not in matrices:
@@ -185,7 +175,7 @@ def tables_as_matmul(model: onnx.ModelProto, table_outputs: Sequence[str]) -> in
             graph.node.insert(position + offset, node)
         readers[weight_name] -= 1
         removed.add(conv.output[0])
-    unused = {name for name in matrices if readers[name] == 0}
+    unused = {name for name in matrices if readers[name] == 0 and name not in external}
     for initializer in [t for t in graph.initializer if t.name in unused]:
         graph.initializer.remove(initializer)
     for info in [v for v in graph.value_info if v.name in removed]:

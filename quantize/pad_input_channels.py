@@ -36,6 +36,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from quantize.scope_graph import subgraph_reads
+
 CHANNEL_MULTIPLE = 4
 
 
@@ -92,17 +94,6 @@ def pad_input_channels(model: onnx.ModelProto, multiple: int = CHANNEL_MULTIPLE)
     return padded
 
 
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name a node of a subgraph (If / Loop / Scan bodies, at any depth) reads:
-    they may read the outer graph's tensors, which this pass must then leave alone."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for sub in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
-                names |= {name for n in sub.node for name in n.input} | _subgraph_reads(sub)
-    return names
-
-
 class _Rewrite:
     """The graph's reader / producer maps and the names it holds, for ``pad_image``."""
 
@@ -117,7 +108,7 @@ class _Rewrite:
         self.initializers = {t.name: t for t in graph.initializer}
         # Tensors read or exposed outside the top-level nodes: never changed.
         self.external = ({v.name for v in graph.input} | {v.name for v in graph.output}
-                         | _subgraph_reads(graph))
+                         | subgraph_reads(graph))
         self.taken = (set(self.initializers) | set(self.producer) | self.external
                       | {n.name for n in graph.node} | set(self.readers))
 

@@ -25,6 +25,17 @@ class ScopeNode:
     outputs: tuple[str, ...]
 
 
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of a subgraph (If / Loop / Scan bodies, at any depth) reads:
+    they may read the outer graph's tensors, which a rewrite must then leave alone."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in (*attribute.graphs, *([attribute.g] if attribute.HasField("g") else [])):
+                names |= {name for n in sub.node for name in n.input} | subgraph_reads(sub)
+    return names
+
+
 def onnx_scope_nodes(model: onnx.ModelProto) -> tuple[list[ScopeNode], set[str], set[str]]:
     """``(nodes, constant tensor names, graph output names)`` of an ONNX model."""
     graph = model.graph
