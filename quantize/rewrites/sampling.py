@@ -103,30 +103,44 @@ def bilinear_tap_sum_xy(
     # finite for any input (an exp() of a large box delta can reach inf).
     x = x.clamp(-2.0, width + 1.0)
     y = y.clamp(-2.0, height + 1.0)
-    # Corners on a new last axis, (N, P, G, T, 4): top-left, top-right, bottom-left,
-    # bottom-right, as broadcast adds of constant steps rather than stacks (a stack exports as
-    # Concat, which OpenVINO runs in a slow reference kernel). The bilinear weight of a corner
-    # at distance d <= 1 along an axis is 1 - d.
-    step_x = x.new_tensor([0.0, 1.0, 0.0, 1.0])
-    step_y = y.new_tensor([0.0, 0.0, 1.0, 1.0])
-    x, y = x.unsqueeze(-1), y.unsqueeze(-1)
-    corner_x = torch.floor(x) + step_x
-    corner_y = torch.floor(y) + step_y
-    weight_x = 1 - (x - corner_x).abs()
-    weight_y = 1 - (y - corner_y).abs()
-    inside = (corner_x >= 0) & (corner_x <= width - 1) & (corner_y >= 0) & (corner_y <= height - 1)
-    weights = weight_x * weight_y * inside.to(table.dtype)
-    if tap_weights is not None:
-        weights = weights * tap_weights.unsqueeze(-1)
-    # Row of table.reshape(N*Q*G*T, O) for (n, q, g, t): ((n*Q + q)*G + g)*T + t.
-    source = corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)
+    # Each axis's two corners on a new axis before the taps, (N, P, G, 2, T), as broadcast
+    # adds of constant steps rather than stacks (a stack exports as Concat, which OpenVINO
+    # runs in a slow reference kernel). The bilinear weight of a corner at distance d <= 1
+    # along an axis is 1 - d, and 0 where the corner lies outside the map.
+    #
+    # Why this layout (the paper-width PASSD's OpenVINO INT8 IR): OpenVINO's fused float
+    # subgraphs vectorise along the last axis. With the four corners last, the math of P3's
+    # 172 800 corner values ran as one subgraph over rows of 4 (0.42 ms, 0.50 with the
+    # rows); per axis, before the taps, and joined only once on the four corners, the same
+    # math takes 0.3 ms. The weights and rows are the same to the bit: each corner's weight
+    # is still the one product of its x and y weights (a factor 0 or 1 is exact), each row
+    # the same whole number (the parts are whole numbers below 2**24, exact in float32).
+    # The tap sum adds the same products corner by corner instead of tap by tap: in float a
+    # rounding apart (INT8 sums are exact: the OpenVINO INT8 IR's outputs did not change).
+    step = x.new_tensor([[0.0], [1.0]])
+    x, y = x.unsqueeze(-2), y.unsqueeze(-2)
+    corner_x = torch.floor(x) + step
+    corner_y = torch.floor(y) + step
+    weight_x = (1 - (x - corner_x).abs()) * ((corner_x >= 0) & (corner_x <= width - 1)).to(
+        table.dtype)
+    weight_y = (1 - (y - corner_y).abs()) * ((corner_y >= 0) & (corner_y <= height - 1)).to(
+        table.dtype)
+    # Row of table.reshape(N*Q*G*T, O) for (n, q, g, t): ((n*Q + q)*G + g)*T + t, with
+    # q = y*W + x: a part of each axis, added on the four corners (top-left, top-right,
+    # bottom-left, bottom-right), laid out (N, P, G, 4, T).
     in_float = rows_in_float and n * q * g * t <= _FLOAT_ROWS_LIMIT and (
         table.dtype == torch.float32)
-    index_dtype = table.dtype if in_float else torch.long
+    cell_x = corner_x.clamp(0, width - 1)
+    cell_y = corner_y.clamp(0, height - 1)
+    if not in_float:
+        cell_x, cell_y = cell_x.long(), cell_y.long()
+    index_dtype = cell_x.dtype
     batch_rows = torch.arange(n, dtype=index_dtype, device=table.device).reshape(
         n, 1, 1, 1, 1) * (q * g * t)
     group_tap_rows = torch.arange(g * t, dtype=index_dtype,
-                                  device=table.device).reshape(1, 1, g, t, 1)
+                                  device=table.device).reshape(1, 1, g, 1, t)
+    rows_x = cell_x * (g * t) + group_tap_rows + batch_rows
+    rows = (cell_y.unsqueeze(-2) * (width * g * t) + rows_x.unsqueeze(-3)).flatten(-3, -2)
     if in_float:
         # The row arithmetic in float32 joins the element-wise float math before it, and
         # the indices are cast once (in OpenVINO one fused float subgraph instead of integer
@@ -134,18 +148,21 @@ def bilinear_tap_sum_xy(
         # faster). Rounded before the cast: a runtime may reassociate the arithmetic
         # (OpenVINO's INT8 pipeline computed (source + tap / (G*T)) * (G*T), a hair below
         # the whole number, and the cast truncated it to the row before).
-        rows = torch.round(source * (g * t) + group_tap_rows + batch_rows).long()
-    else:
-        rows = batch_rows + source.long() * (g * t) + group_tap_rows
+        rows = torch.round(rows).long()
+    weights = (weight_y.unsqueeze(-2) * weight_x.unsqueeze(-3)).flatten(-3, -2)  # (N,P,G,4,T)
+    if tap_weights is not None:
+        weights = weights * tap_weights.unsqueeze(-2)
     if groups_in_one_product:
-        samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g * t * 4)]  # (N, P, 4GT, O)
-        # (A constant from a list: torch.eye exports as an EyeLike op.)
-        block = table.new_tensor([[float(i == j) for j in range(g)] for i in range(g)]
-                                 ).reshape(1, 1, g, g, 1)
-        weights = (weights.reshape(n, p, 1, g, t * 4) * block).reshape(n, p, g, g * t * 4)
-        return torch.matmul(weights, samples)  # (N, P, G, O)
-    samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g, t * 4)]  # (N, P, G, 4T, O)
-    return torch.matmul(weights.reshape(n, p, g, 1, t * 4), samples).reshape(n, p, g, o)
+        # (A constant from a list: torch.eye exports as an EyeLike op. Folding it into the y
+        # weights, one product on seven axes, ran as a plain Multiply node in OpenVINO,
+        # 4x slower than the two.)
+        block = table.new_tensor([[float(i == j) for j in range(g)] for i in range(g)])
+        weights = weights.reshape(n, p, 1, g, 4 * t) * block.reshape(1, 1, g, g, 1)
+    if groups_in_one_product:
+        samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g * 4 * t)]  # (N, P, 4GT, O)
+        return torch.matmul(weights.reshape(n, p, g, g * 4 * t), samples)  # (N, P, G, O)
+    samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g, 4 * t)]  # (N, P, G, 4T, O)
+    return torch.matmul(weights.reshape(n, p, g, 1, 4 * t), samples).reshape(n, p, g, o)
 
 
 def grid_sample_tap_sum(

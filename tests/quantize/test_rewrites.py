@@ -154,6 +154,78 @@ def test_groups_in_one_product_sum_the_same_samples() -> None:
                bilinear_tap_sum(table, points, 4, 5, weights))
 
 
+def _tap_sum_corners_last(table: torch.Tensor, x: torch.Tensor, y: torch.Tensor, height: int,
+                          width: int, tap_weights: torch.Tensor | None) -> torch.Tensor:
+    """``bilinear_tap_sum_xy`` as written before 2026-12-07 (session 4): the four corners on a
+    last axis, every step of the math on all four; its weights and rows are the reference
+    the present form's (each axis's two corners before the taps, joined once) must match bit
+    for bit. The products are summed corner by corner, the present form's order (the form
+    before summed tap by tap: a rounding apart)."""
+    n, q, g, t, o = table.shape
+    x = x.clamp(-2.0, width + 1.0).unsqueeze(-1)
+    y = y.clamp(-2.0, height + 1.0).unsqueeze(-1)
+    corner_x = torch.floor(x) + x.new_tensor([0.0, 1.0, 0.0, 1.0])
+    corner_y = torch.floor(y) + y.new_tensor([0.0, 0.0, 1.0, 1.0])
+    inside = ((corner_x >= 0) & (corner_x <= width - 1) & (corner_y >= 0)
+              & (corner_y <= height - 1))
+    weights = (1 - (x - corner_x).abs()) * (1 - (y - corner_y).abs()) * inside.to(table.dtype)
+    if tap_weights is not None:
+        weights = weights * tap_weights.unsqueeze(-1)
+    source = (corner_y.clamp(0, height - 1) * width + corner_x.clamp(0, width - 1)).long()
+    rows = (torch.arange(n).reshape(n, 1, 1, 1, 1) * (q * g * t) + source * (g * t)
+            + torch.arange(g * t).reshape(1, 1, g, t, 1))
+    p = x.shape[1]
+    weights, rows = weights.transpose(-1, -2), rows.transpose(-1, -2)  # (N, P, G, 4, T)
+    samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g, t * 4)]
+    return torch.matmul(weights.reshape(n, p, g, 1, t * 4), samples).reshape(n, p, g, o)
+
+
+@pytest.mark.parametrize("rows_in_float", [False, True])
+@pytest.mark.parametrize("one_product", [False, True])
+def test_tap_sum_matches_the_corners_last_form_bit_for_bit(rows_in_float: bool,
+                                                           one_product: bool) -> None:
+    # Points inside, across the border and far outside (clamped), one of them inf; the
+    # products are summed in the same order, so equal weights and rows give equal bits (the
+    # one-product form adds zeros and runs another product: compared with a tolerance).
+    generator = torch.Generator().manual_seed(8)
+    table = torch.randn(2, 20, 3, 9, 5, generator=generator)  # 4x5 map
+    x = torch.rand(2, 7, 3, 9, generator=generator) * 9.0 - 2.5
+    y = torch.rand(2, 7, 3, 9, generator=generator) * 8.0 - 2.5
+    x[0, 0, 0, 0] = float("inf")
+    for tap_weights in (None, torch.rand(2, 7, 3, 9, generator=generator)):
+        expected = _tap_sum_corners_last(table, x, y, 4, 5, tap_weights)
+        actual = bilinear_tap_sum_xy(table, x, y, 4, 5, tap_weights,
+                                     groups_in_one_product=one_product,
+                                     rows_in_float=rows_in_float)
+        tolerance = {"rtol": 1e-6, "atol": 1e-6} if one_product else {"rtol": 0, "atol": 0}
+        torch.testing.assert_close(actual, expected, **tolerance)
+
+
+def test_tap_sum_computes_each_axis_before_the_taps_in_the_graph(tmp_path) -> None:
+    # OpenVINO vectorises its fused float subgraphs along the last axis: the corner math
+    # must run with the taps last, never with a corner axis of 1, 2 or 4 last (the form
+    # before ran on rows of 4 and took 0.42 ms at the paper-width PASSD's P3, against
+    # about 0.3 for this one, the row arithmetic included).
+    import onnx
+
+    class TapSum(nn.Module):
+        def forward(self, table: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+                    ) -> torch.Tensor:
+            return bilinear_tap_sum_xy(table, x, y, 4, 5, groups_in_one_product=True,
+                                       rows_in_float=True)
+
+    table, x, y = torch.randn(1, 20, 3, 9, 5), torch.rand(1, 7, 3, 9), torch.rand(1, 7, 3, 9)
+    path = tmp_path / "tap_sum.onnx"
+    torch.onnx.export(TapSum(), (table, x, y), str(path), dynamo=False, opset_version=17)
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in model.graph.value_info}
+    corner_math = [node for node in model.graph.node if node.op_type in ("Floor", "Abs")]
+    assert len(corner_math) == 4  # floor and distance on each axis
+    for node in corner_math:
+        assert shapes[node.output[0]][-1] == 9, (node.op_type, shapes[node.output[0]])
+
+
 def test_packed_offset_conv_takes_xy_planes_in_the_gather_form() -> None:
     generator = torch.Generator().manual_seed(5)
     conv = BoxOffsetConv2d(16, 5, 3)
