@@ -52,6 +52,8 @@ from edgedet.models.pa_head import (
     sample_box_taps,
 )
 from quantize.attend_tail import tables_as_matmul
+from quantize.export_openvino import save_ir
+from quantize.openvino_embedding_bag import tap_sums_as_embedding_bags
 from quantize.openvino_precision import coordinate_ops, mark_precise
 from quantize.rewrites.pa_head import (
     PackedBoxOffsetConv,
@@ -150,6 +152,15 @@ class ProjectThenGather(nn.Module):
         return self.packed(features, xy_sampling_points(boxes_cxcywh, self.stride))[0]
 
 
+class ProjectThenEmbeddingBag(ProjectThenGather):
+    """The openvino target's fp32 IR: the Gather form's ONNX file, in which OpenVINO's graph
+    pass makes the read and its tap sum one ``EmbeddingBagPackedSum``
+    (``openvino_as_built``, ``quantize.openvino_embedding_bag``: no gathered rows written in
+    between). ONNX Runtime has no such op: its column times the Gather form again."""
+
+    openvino_as_built = staticmethod(tap_sums_as_embedding_bags)
+
+
 class ProjectThenKernel(nn.Module):
     """The attend tail (the ``cpu`` target's fp32 form): the projection (a ``MatMul`` of the
     channels-last features, ``as_built``) and the planar sampling points in the runtime, the
@@ -237,12 +248,16 @@ def random_attend_conv(channels: int, outputs: int, anchors: int) -> BoxOffsetCo
 
 
 ATTEND_TAIL = "project in the runtime, tap sum in the SDK (attend tail)"
+EMBEDDING_BAG = "project, then Gather; OpenVINO: one EmbeddingBagPackedSum (openvino fp32)"
 
 
 def shipped_variant(target: Target) -> str:
-    """The name of the variant ``target``'s artifacts run (``attend_variants``' keys)."""
+    """The name of the variant ``target``'s fp32 artifacts run (``attend_variants``' keys;
+    the stage is timed in fp32)."""
     if target.attend_tail:
         return ATTEND_TAIL
+    if target.float_reads_as_embedding_bags and target.sampler == "gather":
+        return EMBEDDING_BAG
     return {"grid_sample": "project, then GridSample (sampler grid_sample)",
             "gather": "project, then Gather (sampler gather)"}[target.sampler]
 
@@ -257,6 +272,7 @@ def attend_variants(conv: BoxOffsetConv2d, stride: float, threads: int | None = 
         "Gather C ch, then MatMul": GatherThenMatmul(conv, stride),
         "project, then GridSample (sampler grid_sample)": ProjectThenGridSample(conv, stride),
         "project, then Gather (sampler gather)": ProjectThenGather(conv, stride),
+        EMBEDDING_BAG: ProjectThenEmbeddingBag(conv, stride),
         "W @ F, one GridSample, sum (not adopted)": PlanarProjectionThenGridSample(conv, stride),
         "tall stacked map, one GridSample (not adopted)": TallMapGridSample(conv, stride),
         ATTEND_TAIL: ProjectThenKernel(conv, stride, threads),
@@ -294,6 +310,19 @@ def export_variant(module: nn.Module, features: Tensor, boxes: Tensor, path: Pat
         module.as_built(model)
         onnx.save(model, str(path))
     return path
+
+
+def openvino_model_path(module: nn.Module, onnx_path: Path) -> Path:
+    """What OpenVINO runs of ``module``'s exported ``onnx_path``: the file itself, or for a
+    variant with an ``openvino_as_built`` pass the IR it makes (beside the file)."""
+    as_built = getattr(module, "openvino_as_built", None)
+    if as_built is None:
+        return onnx_path
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    as_built(model)
+    return save_ir(model, onnx_path.with_name(onnx_path.stem + "_openvino"))[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         feeds = {name: {i.name: inputs[i.name] for i in onnx.load(str(path)).graph.input}
                  for name, path in paths.items()}
         for runtime, make in phases:
-            runners = {name: _head_runner(make(path), variants[name])
+            runners = {name: _head_runner(make(path if runtime == "onnxruntime" else
+                                               openvino_model_path(variants[name], path)),
+                                          variants[name])
                        for name, path in paths.items()}
             if runtime == "onnxruntime":
                 for name, run in runners.items():
@@ -420,7 +451,7 @@ def _openvino_runner(core: Any, path: Path, precision: str,
 
     source = str(path)
     if precision == "bf16":
-        xml = path.with_suffix(".xml")
+        xml = path.with_name(path.stem + "_bf16.xml")  # (path may be an IR itself)
         ov.save_model(ov.convert_model(source), str(xml), compress_to_fp16=False)
         precise = coordinate_ops(core.read_model(str(xml)))
         if precise:

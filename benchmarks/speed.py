@@ -295,7 +295,8 @@ def attend_items(work_dir: Path, threads: int, channels: int, size: int) -> list
         ort_run = ort_runner(path, feed, threads, reuse_outputs=True)
         items.append(Timed("attend", name, "onnxruntime", "fp32",
                            lambda run=ort_run, m=module: pa.head_output(m, run())))
-        run, computes = openvino_runner(path, feed, threads, "f32", reuse_outputs=True)
+        run, computes = openvino_runner(pa.openvino_model_path(module, path), feed, threads,
+                                        "f32", reuse_outputs=True)
         items.append(Timed("attend", name, "openvino", computes,
                            lambda run=run, m=module: pa.head_output(m, run())))
     return items

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -27,6 +29,7 @@ def export_openvino(
     input_size: tuple[int, int] | None = None,
     name: str = "model",
     compress_to_fp16: bool = False,
+    transform: Callable[[Any], object] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``out_dir/{name}.xml`` and ``out_dir/{name}.bin``.
 
@@ -37,6 +40,8 @@ def export_openvino(
         input_size: ``(width, height)``; required when ``source`` is a module.
         name: file stem of the IR.
         compress_to_fp16: store weights as fp16 (False keeps fp32).
+        transform: called with the converted ``openvino.Model`` before it is saved (it may
+            change the model in place), e.g. ``quantize.openvino_embedding_bag``'s pass.
 
     Returns:
         ``(xml_path, bin_path)``.
@@ -48,7 +53,6 @@ def export_openvino(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    xml_path, bin_path = out_dir / f"{name}.xml", out_dir / f"{name}.bin"
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
         if isinstance(source, nn.Module):
             if input_size is None:
@@ -63,8 +67,24 @@ def export_openvino(
             ov_model = ov.convert_model(str(onnx_path))
         except Exception as error:
             raise ExportError(f"OpenVINO could not convert {onnx_path}: {error}") from error
+        if transform is not None:
+            transform(ov_model)
+        # (Saved before the exported ONNX file goes: OpenVINO may map its weights.)
+        return save_ir(ov_model, out_dir, name, compress_to_fp16)
+
+
+def save_ir(model: Any, out_dir: str | os.PathLike[str], name: str = "model",
+            compress_to_fp16: bool = False) -> tuple[Path, Path]:
+    """Write the ``openvino.Model`` ``model`` as ``out_dir/{name}.xml`` + ``.bin``, each
+    written beside and renamed into place, the weights first; returns both paths."""
+    import openvino as ov
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xml_path, bin_path = out_dir / f"{name}.xml", out_dir / f"{name}.bin"
+    with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
         tmp_xml = Path(tmp) / f"{name}.xml"
-        ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
         os.replace(tmp_xml.with_suffix(".bin"), bin_path)
         os.replace(tmp_xml, xml_path)
     return xml_path, bin_path

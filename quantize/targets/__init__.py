@@ -113,6 +113,9 @@ class Target:
         sampling_rows_in_float: the ``gather`` read's row indices are computed in float32
             (``rewrite_for_export``'s ``rows_in_float``): for a runtime whose coordinate math
             runs in float32, never FP16.
+        float_reads_as_embedding_bags: each ``gather`` read left in float and its tap sum
+            become one OpenVINO ``EmbeddingBagPackedSum`` (``quantize.openvino_embedding_bag``):
+            in fp32 builds, and INT8 builds whose reads stayed float (f32 float ops).
     """
 
     name: str
@@ -132,6 +135,7 @@ class Target:
     attend_tail: bool = False
     int8_reads_in_one_product: bool = False
     sampling_rows_in_float: bool = False
+    float_reads_as_embedding_bags: bool = False
 
     @property
     def accuracy_backend(self) -> str:

@@ -78,3 +78,26 @@ def test_the_kernel_variant_reads_both_runtimes_outputs_in_order(tmp_path) -> No
     from_openvino = head_output(module, request.infer(feed, share_outputs=True))
     for got in (from_ort, from_openvino):
         assert torch.allclose(torch.from_numpy(np.asarray(got)), expected, atol=1e-5)
+
+
+def test_the_embedding_bag_variant_is_one_bag_in_openvino(tmp_path) -> None:
+    # What OpenVINO runs of the openvino target's fp32 form: the Gather form's file after
+    # quantize.openvino_embedding_bag's pass, equal to the training module.
+    ov = pytest.importorskip("openvino")
+    from benchmarks.pa_attend_conv import EMBEDDING_BAG, export_variant, openvino_model_path
+
+    conv = random_attend_conv(8, 5, 2)
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(1, 8, 5, 5, generator=generator)
+    boxes = _random_boxes(5, 8, 2, generator) * torch.tensor([1, 1, 2.5, 2.5])
+    module = attend_variants(conv, 8.0)[EMBEDDING_BAG]
+    xml = openvino_model_path(module, export_variant(module, features, boxes,
+                                                     tmp_path / "bag.onnx"))
+    types = [op.get_type_name() for op in ov.Core().read_model(str(xml)).get_ordered_ops()]
+    assert "EmbeddingBagPackedSum" in types and "Gather" not in types
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = torch.from_numpy(np.asarray(compiled({"features": features.numpy(),
+                                                "boxes": boxes.numpy()})[0]))
+    with torch.no_grad():
+        expected = _head_layout(TrainingModule(copy.deepcopy(conv), 8.0)(features, boxes), 5)
+    assert torch.allclose(_head_layout(got, 5), expected, atol=1e-5)
