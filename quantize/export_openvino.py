@@ -76,7 +76,8 @@ def export_openvino(
 def save_ir(model: Any, out_dir: str | os.PathLike[str], name: str = "model",
             compress_to_fp16: bool = False) -> tuple[Path, Path]:
     """Write the ``openvino.Model`` ``model`` as ``out_dir/{name}.xml`` + ``.bin``, each
-    written beside and renamed into place, the weights first; returns both paths."""
+    written beside and renamed into place, the weights first (an old ``.xml`` removed
+    before); returns both paths."""
     import openvino as ov
 
     out_dir = Path(out_dir)
@@ -85,6 +86,9 @@ def save_ir(model: Any, out_dir: str | os.PathLike[str], name: str = "model",
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=out_dir) as tmp:
         tmp_xml = Path(tmp) / f"{name}.xml"
         ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
+        # An old pair's .xml goes first: a run killed between the renames leaves a folder
+        # without a model, never an old .xml over new weights.
+        xml_path.unlink(missing_ok=True)
         os.replace(tmp_xml.with_suffix(".bin"), bin_path)
         os.replace(tmp_xml, xml_path)
     return xml_path, bin_path

@@ -7,14 +7,19 @@ rows. ONNX has no op that does both, so the rows are written out in between: at 
 paper-width PASSD's P3 172 800 rows of 85 floats, 59 MB written and read again per frame.
 OpenVINO has one: ``EmbeddingBagPackedSum(table, indices (B, bag), weights (B, bag))`` is
 exactly ``sum_j weights[b, j] * table[indices[b, j]]``. This pass puts it in place of each
-such ``Gather`` + ``MatMul`` of an ``ov.Model`` (the same sum, its terms added in another
-order). The openvino target applies it to its fp32 IRs (``quantize.targets.openvino``):
-the paper-width PASSD's fp32 IR with f32 inference (what the SDK runs) 38.43 -> 31.29 and
-37.96 -> 30.48 ms, at OpenVINO's default bf16 13.80 -> 11.90 and 13.26 -> 11.51 (two
-interleaved runs, AMX CPU; in an earlier session, before the per-axis corner math, the bf16
-default had been slower with it). Not in INT8 IRs: their int8 ``Gather`` and INT8 block-diagonal
-product are faster than the op on float rows (paper-width PASSD 8.28 ms against 8.81 for
-float reads summed by this op, and 13.64 for float reads as ``Gather`` + ``MatMul``).
+such ``Gather`` + ``MatMul`` of an ``ov.Model`` whose operands are float (the same sum,
+its terms added in another order). The openvino target applies it to its fp32 IRs and to
+INT8 IRs whose sampling reads stayed float (``quantize.targets.openvino``): the paper-width
+PASSD's fp32 IR with f32 inference (what the SDK runs) 38.43 -> 31.29 and 37.96 -> 30.48 ms,
+at OpenVINO's default bf16 13.80 -> 11.90 and 13.26 -> 11.51 (two interleaved runs, AMX CPU;
+in an earlier session, before the per-axis corner math, the bf16 default had been slower
+with it). A read whose table or weights NNCF quantized keeps its int8 ``Gather`` and INT8
+product, faster than the op on float rows (paper-width PASSD 8.28 ms against 8.81 for float
+reads summed by this op, and 13.64 for float reads as ``Gather`` + ``MatMul``).
+
+Unlike ``Gather``, which reads zeros for an index out of range, the op's CPU kernel raises on
+one; the row indices are clamped into the table first (the graph clamps its coordinates, but
+a NaN point, or rows computed in bf16, can still leave the range).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ def tap_sums_as_embedding_bags(model: Any) -> int:
 
     A product qualifies when it transposes nothing, its weights are ``(..., 1, bag)`` and
     the ``Gather``'s indices ``(..., bag)`` over the same leading axes, the table is 2-D
-    ``(rows, O)`` of the weights' element type, the ``Gather`` has ``batch_dims`` 0 and
-    this product as its only reader, and every shape is static. Anything else is left as it
-    is (the INT8 form's block-diagonal ``(..., G, G*bag)`` weights among them).
+    ``(rows, O)`` of the weights' element type, neither the table nor the weights come from
+    a ``FakeQuantize`` (an INT8 read), the ``Gather`` has ``batch_dims`` 0 and this product
+    as its only reader, and every shape is static. Anything else is left as it is (the
+    INT8 form's block-diagonal ``(..., G, G*bag)`` weights among them).
     """
     from openvino import opset15 as ops
 
@@ -53,13 +59,15 @@ def tap_sums_as_embedding_bags(model: Any) -> int:
         if (len(table.get_shape()) != 2 or len(weight_shape) < 2 or weight_shape[-2] != 1
                 or weight_shape[:-2] + weight_shape[-1:] != index_shape
                 or table.get_element_type() != weights.get_element_type()
+                or _quantized(table) or _quantized(weights)
                 or len(gather.output(0).get_target_inputs()) != 1):
             continue
         bags = [int(np.prod(index_shape[:-1])), index_shape[-1]]
-        summed = ops.embedding_bag_packed_sum(
-            table, _reshaped(ops, indices, bags), _reshaped(ops, weights, bags))
+        rows = ops.clamp(_reshaped(ops, indices, bags), 0, table.get_shape()[0] - 1)
+        summed = ops.embedding_bag_packed_sum(table, rows, _reshaped(ops, weights, bags))
         out = _reshaped(ops, summed.output(0), list(node.output(0).get_shape()))
         out.get_node().set_friendly_name(node.get_friendly_name())
+        out.get_tensor().set_names(node.output(0).get_names())
         for reader in list(node.output(0).get_target_inputs()):
             reader.replace_source_output(out)
         replaced += 1
@@ -81,6 +89,18 @@ def _row_gather(node: Any) -> bool:
     axis = node.input_value(2).get_node()
     return axis.get_type_name() == "Constant" and int(
         np.asarray(axis.get_data()).reshape(-1)[0]) == 0
+
+
+# Ops that move or relabel values without changing them (how NNCF's quantizers reach a read).
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"})
+
+
+def _quantized(value: Any) -> bool:
+    """Whether ``value`` (an output port) is a ``FakeQuantize``'s, through layout ops."""
+    node = value.get_node()
+    while node.get_type_name() in _LAYOUT_OPS:
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "FakeQuantize"
 
 
 def _reshaped(ops: Any, value: Any, shape: list[int]) -> Any:

@@ -53,7 +53,8 @@ PRECISE_ATTRIBUTE = {"name": "precise", "version": "0"}
 _STOP_OPS = frozenset({"Parameter", "Constant", "Convolution", "GroupConvolution",
                        "FakeQuantize", "MatMul"})
 # Op type -> the input holding sampling positions.
-_POSITION_INPUTS = {"Gather": 1, "GatherND": 1, "GatherElements": 1, "GridSample": 1}
+_POSITION_INPUTS = {"Gather": 1, "GatherND": 1, "GatherElements": 1, "GridSample": 1,
+                    "EmbeddingBagPackedSum": 1}  # (quantize.openvino_embedding_bag's reads)
 
 
 def coordinate_ops(model: object) -> list[str]:

@@ -129,7 +129,7 @@ def bilinear_tap_sum_xy(
     # q = y*W + x: a part of each axis, added on the four corners (top-left, top-right,
     # bottom-left, bottom-right), laid out (N, P, G, 4, T).
     in_float = rows_in_float and n * q * g * t <= _FLOAT_ROWS_LIMIT and (
-        table.dtype == torch.float32)
+        table.dtype == x.dtype == torch.float32)
     cell_x = corner_x.clamp(0, width - 1)
     cell_y = corner_y.clamp(0, height - 1)
     if not in_float:
@@ -158,7 +158,6 @@ def bilinear_tap_sum_xy(
         # 4x slower than the two.)
         block = table.new_tensor([[float(i == j) for j in range(g)] for i in range(g)])
         weights = weights.reshape(n, p, 1, g, 4 * t) * block.reshape(1, 1, g, g, 1)
-    if groups_in_one_product:
         samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g * 4 * t)]  # (N, P, 4GT, O)
         return torch.matmul(weights.reshape(n, p, g, g * 4 * t), samples)  # (N, P, G, O)
     samples = table.reshape(n * q * g * t, o)[rows.reshape(n, p, g, 4 * t)]  # (N, P, G, 4T, O)

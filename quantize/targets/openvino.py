@@ -46,7 +46,8 @@ def build(request: BuildRequest) -> BuiltModel:
     # 8.81 ms); the INT8 reads' block-diagonal products are left as they are. Not with bf16
     # float ops: reading and saving the IR again drops the layers' ``precise`` marks that
     # keep the coordinates f32 (quantize.openvino_precision).
-    if bags and request.float_precision == "f32":
+    if bags and request.float_precision == "f32" \
+            and "sampling_reads" in request.keep_float_categories:
         model8 = ov.Core().read_model(str(xml8))
         if tap_sums_as_embedding_bags(model8):
             xml8, weights8 = save_ir(model8, request.work_dir / "ov_int8_bags")

@@ -192,6 +192,10 @@ def test_tap_sum_matches_the_corners_last_form_bit_for_bit(rows_in_float: bool,
     x = torch.rand(2, 7, 3, 9, generator=generator) * 9.0 - 2.5
     y = torch.rand(2, 7, 3, 9, generator=generator) * 8.0 - 2.5
     x[0, 0, 0, 0] = float("inf")
+    # Whole and half numbers, on and just past each border (x: -1, 0, W-1, W; y likewise).
+    x[1, 0, :, :4] = torch.tensor([-1.0, 0.0, 4.0, 5.0])
+    y[1, 0, :, :4] = torch.tensor([-1.0, 0.0, 3.0, 4.0])
+    x[1, 1, :, :3], y[1, 1, :, :3] = torch.tensor([-0.5, 2.5, 4.5]), torch.tensor([3.5, 1.0, -0.5])
     for tap_weights in (None, torch.rand(2, 7, 3, 9, generator=generator)):
         expected = _tap_sum_corners_last(table, x, y, 4, 5, tap_weights)
         actual = bilinear_tap_sum_xy(table, x, y, 4, 5, tap_weights,
