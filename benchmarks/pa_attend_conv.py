@@ -15,6 +15,9 @@ rewrite (``quantize.rewrites.pa_head``) has two samplers, "project, then Gather"
 "project, then GridSample"; each target picks one. One variant ends outside the runtime:
 "project in the runtime, tap sum in the SDK (attend tail)": the ``cpu`` target's form, in which
 the SDK sums the samples after the runtime (``edgedet.attend_tail``, timed with that step).
+One is OpenVINO's only: the openvino target's fp32 form, the Gather form's file in which an
+OpenVINO graph pass makes each read and its tap sum one ``EmbeddingBagPackedSum``
+(``quantize.openvino_embedding_bag``; ONNX Runtime runs the Gather form for it).
 Every variant's outputs land in buffers reused across calls (ONNX Runtime's ``IOBinding``,
 OpenVINO's own output tensors), as a loop over frames can run a model.
 """

@@ -1,4 +1,4 @@
-"""The Gather form's bilinear read as one ``EmbeddingBagPackedSum`` per level, in fp32 IRs.
+"""The Gather form's float bilinear read as one ``EmbeddingBagPackedSum`` per level (OpenVINO IRs).
 
 The ``gather`` sampler (``quantize.rewrites.sampling.bilinear_tap_sum_xy``) reads each
 output's ``4 * taps`` corner rows of a projected table with a ``Gather`` and sums them with
