@@ -370,7 +370,7 @@ def _controlled_int8(config: ConvertConfig, builder: Builder, check: AccuracyChe
     outcome = control(evaluate, control_config, builder.target.calibration_methods,
                       builder.rank, say=say,
                       scope_fallback=scope_fallback(config))
-    if not outcome.ranking:  # passed without the fallback: rank anyway, for the report
+    if not outcome.ranking and config.sensitivity_report:  # passed without it: for the report
         outcome.ranking = builder.rank()
     return outcome
 
@@ -405,9 +405,15 @@ def _with_second_scale(config: ConvertConfig, builder: Builder, check: AccuracyC
                            payload=(staged, accuracy))
 
     ranking = outcome.ranking  # the 1x model's: both sizes have the same layers
+
+    def rank() -> list:  # (ranked now if the 1x model was not: --no-sensitivity-report)
+        if not ranking:
+            ranking.extend(builder.rank())
+        return ranking
+
     control_config = ControlConfig(config.max_drop, config.max_float_layers, config.float_step)
     second = control(evaluate, control_config, builder.target.calibration_methods,
-                     lambda: ranking, say=lambda message: say(f"2x model: {message}"),
+                     rank, say=lambda message: say(f"2x model: {message}"),
                      start=outcome.chosen.trial, start_action="the 1x model's INT8 settings",
                      scope_fallback=scope_fallback(config))
     second.ranking = ranking

@@ -84,6 +84,10 @@ class ConvertConfig:
             PTQ, the check only gates).
         float_step: weight layers returned to float per accuracy-control step.
         sensitivity_images: calibration images the sensitivity ranking runs on.
+        sensitivity_report: rank the INT8 layers for the report (its table and
+            ``sensitivity.png``) also where plain PTQ passes and nothing else needs the
+            ranking (default; 25 s to 2 min per INT8 artifact on the 2-core CPUs). False
+            ranks only when accuracy control returns layers to float.
         keep_float: ``quantize.int8_scope.CATEGORIES`` kept out of INT8 (default: the
             target's ``default_keep_float``; its ``required_keep_float`` are kept anyway).
         device: torch device of the reference (default CUDA when available).
@@ -122,6 +126,7 @@ class ConvertConfig:
     max_float_layers: int = DEFAULT_MAX_FLOAT_LAYERS
     float_step: int = DEFAULT_STEP
     sensitivity_images: int = DEFAULT_IMAGES
+    sensitivity_report: bool = True
     keep_float: tuple[str, ...] | None = None
     device: str | None = None
     double_scale: bool = False

@@ -112,6 +112,19 @@ def test_cpu_both_precisions_end_to_end(checkpoint, tmp_path):
     assert not list(out.glob(".work-*"))
 
 
+def test_no_sensitivity_report_skips_the_ranking_when_plain_ptq_passes(checkpoint, tmp_path):
+    out = tmp_path / "fast"
+    result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out", str(out),
+                        "--precision", "int8", "--no-sensitivity-report", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "by sensitivity" not in result.stdout
+    control = json.loads((out / "report.json").read_text())["accuracy_control"][
+        "tiny_passd_int8"]
+    assert [s["action"] for s in control["steps"]] == ["plain PTQ"] and control["ranking"] == []
+    assert not (out / "sensitivity.png").exists()
+    check_artifact(out / "tiny_passd_int8", "int8", "onnxruntime")
+
+
 def test_impossible_max_drop_exits_non_zero(checkpoint, tmp_path):
     result = run_script("--checkpoint", str(checkpoint), "--target", "cpu", "--out",
                         str(tmp_path / "fail"), "--precision", "fp32", "--max-drop", "-1",
