@@ -239,8 +239,9 @@ def build_for_targets(model: nn.Module, size: tuple[int, int], work_dir: Path,
                                        keep_float_nodes, float_precision=float_precision)
                 result = target.build(request)
                 section = result.manifest_extra.get(ATTEND_TAIL)
+                anchors = rewritten.anchor_spec(size)
                 finish = None if section is None else AttendTail(AttendTailSpec.from_section(
-                    section, rewritten.anchor_spec(size).feature_sizes), threads)
+                    section, anchors.feature_sizes), threads, anchors.generate())
                 built[target_name, key] = BuiltFile(
                     next(path for name, path in result.files.items()
                          if name.endswith((".onnx", ".xml"))), finish)

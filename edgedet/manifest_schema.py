@@ -184,6 +184,15 @@ def _validate_attend_tail(section: object, anchor_spec: object, outputs: list,
         if widths.get(name) != size:
             raise fail(f"{ATTEND_TAIL} makes {name!r} of {size} values, but outputs lists "
                        f"{'it with ' + str(widths[name]) if name in widths else 'no such output'}")
+    source = spec.points_from
+    if source is not None:
+        if widths.get(source.output) != 4:
+            raise fail(f"{ATTEND_TAIL}.points come from {source.output!r}, which outputs must "
+                       f"list with 4 values per anchor (box deltas)")
+        strides = tuple(float(s) for s in spec_of_anchors.strides)  # type: ignore[attr-defined]
+        if source.strides != strides:
+            raise fail(f"{ATTEND_TAIL}.points.strides {list(source.strides)} are not "
+                       f"anchor_spec's {list(strides)}")
     return spec
 
 

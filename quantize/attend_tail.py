@@ -1,15 +1,16 @@
-"""The conversion side of the attend tail (``edgedet.attend_tail``): its manifest section, and
-the INT8 model's tables handed over as uint8.
+"""The conversion side of the attend tail (``edgedet.attend_tail``): its manifest section, and the
+INT8 model's tables handed over as uint8.
 
 A target with ``attend_tail=True`` (``quantize.targets``) exports PASSD with
-``rewrite_for_export(..., attend_tail=True)``: the graph ends at each level's projected table
-and sampling points. ``tail_spec`` describes that split for the manifest (the attend convs'
-bias is added by the SDK, so it is stored there). In an INT8 QDQ model ONNX Runtime already
-rounds the table to uint8 (the projection runs as one integer conv, its output quantized);
-``expose_uint8_tables`` drops the final ``DequantizeLinear`` so the SDK reads those bytes and
-their scale instead of a float copy four times the size (paper-width PASSD, P3: 3.5 M values,
-1.6 ms of ``DequantizeLinear`` in ONNX Runtime on the AMX CPU). A float model's tables are
-better computed as a channels-last ``MatMul`` than as the export's 1x1 conv and transpose
+``rewrite_for_export(..., attend_tail=True)``: the graph ends at each level's projected table,
+and the SDK computes the sampling points from the ``propose_deltas`` output. ``tail_spec``
+describes that split for the manifest (the attend convs' bias is added by the SDK, and the
+points' strides, kernel and box coder weights are stored there too). In an INT8 QDQ model ONNX
+Runtime already rounds the table to uint8 (the projection runs as one integer conv, its output
+quantized); ``expose_uint8_tables`` drops the final ``DequantizeLinear`` so the SDK reads those
+bytes and their scale instead of a float copy four times the size (paper-width PASSD, P3: 3.5 M
+values, 1.6 ms of ``DequantizeLinear`` in ONNX Runtime on the AMX CPU). A float model's tables
+are better computed as a channels-last ``MatMul`` than as the export's 1x1 conv and transpose
 (``tables_as_matmul``); an INT8 one's are not.
 """
 
@@ -26,7 +27,13 @@ from onnx import numpy_helper
 from torch import nn
 
 from edgedet._io import write_bytes_atomic
-from edgedet.attend_tail import POINTS_PREFIX, TABLE_PREFIX, AttendTailSpec, TailLevel
+from edgedet.attend_tail import (
+    PROPOSE_DELTAS,
+    TABLE_PREFIX,
+    AttendTailSpec,
+    PointsFromDeltas,
+    TailLevel,
+)
 from quantize.scope_graph import subgraph_reads
 
 
@@ -61,10 +68,13 @@ def tail_spec(model: nn.Module, feature_sizes: Sequence[Sequence[int]],
     for level, (height, width) in enumerate(feature_sizes):
         table = f"{TABLE_PREFIX}{level}"
         scale, zero = quantization.get(table, (None, None))
-        levels.append(TailLevel(table, f"{POINTS_PREFIX}{level}", int(height), int(width),
-                                scale, zero))
+        levels.append(TailLevel(table, None, int(height), int(width), scale, zero))
+    kernel = round(packed.num_taps ** 0.5)
+    points = PointsFromDeltas(PROPOSE_DELTAS, kernel, tuple(float(s) for s in model.strides),
+                              tuple(float(w) for w in head.box_coder_weights))  # type: ignore[arg-type]
     return AttendTailSpec(packed.num_anchors, packed.num_taps, outputs,  # type: ignore[arg-type]
-                          packed.bias.detach().numpy().astype(np.float32), tuple(levels))
+                          packed.bias.detach().numpy().astype(np.float32), tuple(levels),
+                          points)
 
 
 def expose_uint8_tables(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str]

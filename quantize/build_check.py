@@ -289,8 +289,9 @@ class Builder:
         otherwise)."""
         say(f"ranking {len(self.units)} INT8 layers by sensitivity")
         assert self.calibration_arrays is not None
-        spec = tail_spec(self.rewritten, self.rewritten.anchor_spec(self.input_size).feature_sizes)
-        tail = AttendTail(spec, threads=1) if spec is not None else None
+        anchors = self.rewritten.anchor_spec(self.input_size)
+        spec = tail_spec(self.rewritten, anchors.feature_sizes)
+        tail = AttendTail(spec, 1, anchors.generate()) if spec is not None else None
         return rank_layers(self.onnx_fp32, self.calibration_arrays, self.keep_float,
                            quantize_outputs=self.target.rounds_outputs,
                            max_images=self.config.sensitivity_images,

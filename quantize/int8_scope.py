@@ -8,7 +8,8 @@ all four detectors (and any graph made of the ``quantize.rewrites`` building blo
                box decoding, floor, corner masks) or the ``GridSample`` grid, and what
                follows the tap sum up to the next weight layer or graph output; in a graph
                that leaves the tap sum to the SDK (``edgedet.attend_tail``), everything
-               computing its ``attend_points_*`` outputs. An INT8
+               computing the ``propose_deltas`` the SDK computes the points from (the
+               ``attend_points_*`` outputs of artifacts before that). An INT8
                step of a box coordinate (1/255 of its range) moves every sample; these
                nodes are cheap element-wise math, so float costs little.
 ``sampling_reads``  what the sampling reads and sums: the projected table on its way (layout
@@ -56,7 +57,7 @@ from collections.abc import Iterable, Sequence
 
 import onnx
 
-from edgedet.attend_tail import POINTS_PREFIX
+from edgedet.attend_tail import POINTS_PREFIX, PROPOSE_DELTAS, TABLE_PREFIX
 from quantize.scope_graph import LAYOUT_OPS, ScopeGraph, ScopeNode, onnx_scope_nodes
 from quantize.scope_norms import norm_nodes
 
@@ -137,9 +138,15 @@ def _sampling_nodes(graph: ScopeGraph, reads: list[ScopeNode], tap_sums: list[Sc
     """The reads and tap sums, everything computing their inputs back to the weight layers
     (the coordinates, row indices and bilinear weights; the tables' layout ops too), and what
     follows them up to the next weight layer. Sampling points that leave the graph for the
-    SDK's tap sum count as a read's input."""
+    SDK's tap sum count as a read's input, and so do the propose deltas the SDK computes
+    them from (the attend tail's graph has neither reads nor points)."""
     seeds = {n.name for n in reads + tap_sums}
     points = [t for t in graph.outputs if t.startswith(POINTS_PREFIX)]
+    if not points and PROPOSE_DELTAS in graph.outputs and any(
+            t.startswith(TABLE_PREFIX) for t in graph.outputs):
+        # The attend tail computes the points from the propose deltas: what makes them
+        # (the propose stage's clip) is the points' math and stays float.
+        points = [PROPOSE_DELTAS]
     upstream = graph.backward([*(t for n in reads + tap_sums for t in n.inputs), *points])
     return seeds | upstream | graph.forward(seeds | upstream)
 

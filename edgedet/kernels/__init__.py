@@ -40,15 +40,15 @@ if TYPE_CHECKING:
     from edgedet.kernels.decode import sigmoid_candidates, softmax_candidates
     from edgedet.kernels.frame import frame_detections, table_to_nchw
     from edgedet.kernels.select import select_candidates, select_frame
-    from edgedet.kernels.tap_sum import tap_sum_rows
+    from edgedet.kernels.tap_sum import tail_points, tap_sum_rows
 
 __all__ = ["frame_detections", "select_candidates", "select_frame", "sigmoid_candidates",
-           "softmax_candidates", "table_to_nchw", "tap_sum_rows", "warm_up"]
+           "softmax_candidates", "table_to_nchw", "tail_points", "tap_sum_rows", "warm_up"]
 
 _MODULE_OF = {"sigmoid_candidates": "decode", "softmax_candidates": "decode",
               "frame_detections": "frame", "table_to_nchw": "frame",
               "select_candidates": "select", "select_frame": "select",
-              "tap_sum_rows": "tap_sum"}
+              "tap_sum_rows": "tap_sum", "tail_points": "tap_sum"}
 
 
 def __dir__() -> list[str]:

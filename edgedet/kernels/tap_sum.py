@@ -23,9 +23,11 @@ positions on several threads at once.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from edgedet.kernels._common import ONE, ZERO, compiled
+from edgedet.kernels._common import CLIP32, ONE, ZERO, compiled
 
 
 @compiled(nogil=True)
@@ -138,3 +140,48 @@ def tap_sum(table: np.ndarray, points_xy: np.ndarray, height: int, width: int,
                  np.ascontiguousarray(bias, np.float32), outputs, 0, 0, positions, out,
                  np.empty((positions * groups, 0), np.float32))
     return out.reshape(positions, groups, outputs)
+
+
+_HALF = np.float32(0.5)
+
+
+@compiled(nogil=True)
+def tail_points(deltas, priors, weights, stride, stride_times_kernel, offsets, first_row,
+                positions, out):  # type: ignore[no-untyped-def]
+    """One image's sampling points of one level, from the propose stage's deltas: the box
+    decoding of ``models.box_coder.decode_cxcywh`` and the points of
+    ``quantize.rewrites.pa_head.planar_sampling_points``, operation by operation in float32
+    (``exp`` rounded from float64: within an ulp of a runtime's float32 one).
+
+    Args:
+        deltas: ``(rows, 4)`` float32 clipped propose deltas of every level (y -> x -> anchor).
+        priors: ``(rows, 4)`` float32 priors ``(cx, cy, w, h)``, the same order.
+        weights: ``(4,)`` float32 box coder weights.
+        stride, stride_times_kernel: float32, the level's stride and stride * kernel size.
+        offsets: ``(2, T)`` float32, each tap's x and y offset in box sizes.
+        first_row: the level's first row of ``deltas``; position ``p``, anchor ``g`` is row
+            ``first_row + p*G + g``.
+        positions: the level's ``H*W``.
+        out: ``(G, T, positions, 2)`` float32, written in place.
+    """
+    groups, taps = out.shape[0], out.shape[1]
+    for p in range(positions):
+        for g in range(groups):
+            r = first_row + p * groups + g
+            dw = deltas[r, 2] / weights[2]
+            dh = deltas[r, 3] / weights[3]
+            if dw > CLIP32:  # (torch.clamp(max=): a NaN stays NaN)
+                dw = CLIP32
+            if dh > CLIP32:
+                dh = CLIP32
+            cx = deltas[r, 0] / weights[0] * priors[r, 2] + priors[r, 0]
+            cy = deltas[r, 1] / weights[1] * priors[r, 3] + priors[r, 1]
+            w = np.float32(math.exp(dw)) * priors[r, 2]
+            h = np.float32(math.exp(dh)) * priors[r, 3]
+            centre_x = cx / stride - _HALF
+            centre_y = cy / stride - _HALF
+            size_x = w / stride_times_kernel
+            size_y = h / stride_times_kernel
+            for t in range(taps):
+                out[g, t, p, 0] = centre_x + offsets[0, t] * size_x
+                out[g, t, p, 1] = centre_y + offsets[1, t] * size_y

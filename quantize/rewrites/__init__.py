@@ -22,7 +22,7 @@ import copy
 
 from torch import nn
 
-from edgedet.attend_tail import POINTS_PREFIX, TABLE_PREFIX
+from edgedet.attend_tail import TABLE_PREFIX
 from edgedet.models.attention import SelfAttention2d
 from edgedet.models.deform_conv import DeformConv2d
 from edgedet.models.pa_head import ProposeAttendHead
@@ -97,8 +97,7 @@ def rewrite_for_export(model: nn.Module, sampler: str = "gather",
         levels = range(len(rewritten.strides))  # a detector with a P&A head: PASSD
         rewritten.export_output_names = (
             *(n for n in rewritten.export_output_names if n not in ("cls_logits", "box_deltas")),
-            *(name for level in levels
-              for name in (f"{TABLE_PREFIX}{level}", f"{POINTS_PREFIX}{level}")))
+            *(f"{TABLE_PREFIX}{level}" for level in levels))
     rewritten.export_rewrites = counts
     return rewritten
 

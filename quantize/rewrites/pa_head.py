@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgedet.attend_tail import POINTS_PREFIX, TABLE_PREFIX
+from edgedet.attend_tail import TABLE_PREFIX
 from edgedet.models.box_coder import decode_cxcywh
 from edgedet.models.pa_head import (
     BoxOffsetConv2d,
@@ -203,8 +203,9 @@ class ExportProposeAttendHead(nn.Module):
     Same ``forward(features, priors_cxcywh, strides)`` and the same outputs (see
     ``ProposeAttendHead.forward``); the propose convs are copies of the training ones. With
     ``tail=True``, ``cls_logits`` and ``box_deltas`` are replaced by each level's
-    ``attend_table_<l>`` ``(N, H, W, A*T*O)`` and ``attend_points_<l>`` ``(N, A, T, H*W, 2)``
-    (``edgedet.attend_tail``).
+    ``attend_table_<l>`` ``(N, H, W, A*T*O)``, and the SDK computes the sampling points from
+    ``propose_deltas`` (``edgedet.attend_tail``; artifacts before 2026-12-07, fourth session,
+    also had ``attend_points_<l>`` outputs).
     """
 
     def __init__(self, head: ProposeAttendHead, sampler: str = "gather",
@@ -243,14 +244,11 @@ class ExportProposeAttendHead(nn.Module):
                                                                         self.num_anchors, 4)
             deltas = self._clip(raw, priors, stride)
             adjusted = decode_cxcywh(deltas, priors, self.box_coder_weights)
-            points = self.sampling_points(adjusted, float(stride))
             if self.tail:
-                assert isinstance(points, Tensor)  # (the planar form)
+                # The SDK computes the points from propose_deltas (edgedet.attend_tail).
                 per_level[f"{TABLE_PREFIX}{level}"] = self.attend.table(feature)
-                per_level[f"{POINTS_PREFIX}{level}"] = points.reshape(
-                    n, self.num_anchors, self.attend.num_taps, h * w, 2)
             else:
-                cls, box = self.attend(feature, points)
+                cls, box = self.attend(feature, self.sampling_points(adjusted, float(stride)))
                 outputs["cls_logits"].append(cls)
                 outputs["box_deltas"].append(box)
             outputs["objectness_logits"].append(

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from edgedet.artifact import ManifestError, validate_manifest
-from edgedet.attend_tail import AttendTail, AttendTailSpec, TailLevel, attend_tail_for
+from edgedet.attend_tail import (
+    AttendTail,
+    AttendTailSpec,
+    PointsFromDeltas,
+    TailLevel,
+    attend_tail_for,
+)
 from edgedet.kernels.tap_sum import tap_sum
 from tests.edgedet.test_artifact import _manifest
 
@@ -274,3 +280,98 @@ def test_a_2x_model_handing_over_another_table_type_is_refused_at_load() -> None
     with pytest.raises(DoubleScaleError, match=r"model_2x\.onnx \(the 2x model\): model output "
                                                r"'attend_table_1' is uint8"):
         SecondScale.from_manifest(manifest, backend, threads=1)
+
+
+# The points block: the tail computes the sampling points from the propose deltas.
+
+POINTS = {"from": "propose_deltas", "kernel_size": 3, "strides": [8],
+          "box_coder_weights": [10, 10, 5, 5]}
+COMPUTED_LEVEL = {"table": "attend_table_0", "table_scale": None, "table_zero_point": None}
+
+
+def _with_propose(manifest: dict) -> dict:
+    return {**manifest, "outputs": [*manifest["outputs"], {
+        "name": "propose_deltas", "shape": [1, 16, 4], "meaning": "deltas"}]}
+
+
+def test_a_points_block_passes_and_round_trips() -> None:
+    section = _section(points=POINTS, levels=[COMPUTED_LEVEL])
+    validate_manifest({**_with_propose(_manifest({"model.onnx": "0" * 64})),
+                       "attend_tail": section})
+    spec = AttendTailSpec.from_section(section, FEATURE_SIZES)
+    assert spec.input_names == ("attend_table_0",)  # the deltas stay, for the decoder
+    assert spec.required_names == ("attend_table_0", "propose_deltas")
+    assert AttendTailSpec.from_section(spec.to_dict(), FEATURE_SIZES).to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"points": {**POINTS, "kernel_size": 2}}, "square root of taps"),
+    ({"points": {**POINTS, "strides": [8, 16]}}, "must be 1 positive numbers"),
+    ({"points": {**POINTS, "strides": [16]}}, r"strides \[16.0\] are not anchor_spec's"),
+    ({"points": {**POINTS, "box_coder_weights": [1, 1, 1]}}, "4 positive numbers"),
+    ({"points": {**POINTS, "from": "objectness_logits"}}, "4 values per anchor"),
+    ({"points": {"kernel_size": 3}}, "must name the output"),
+    ({"points": POINTS, "levels": [LEVEL]}, "the section's points block computes"),
+    ({"levels": [COMPUTED_LEVEL]}, "must name its table and points"),
+])
+def test_a_bad_points_block_is_named(changes: dict, message: str) -> None:
+    manifest = _with_propose(_manifest({"model.onnx": "0" * 64}))
+    manifest["outputs"].append({"name": "objectness_logits", "shape": [1, 16, 2],
+                                "meaning": "logits"})
+    section = _section(**{"levels": [COMPUTED_LEVEL], **changes})
+    with pytest.raises(ManifestError, match=message):
+        validate_manifest({**manifest, "attend_tail": section})
+
+
+def _training_points(deltas: np.ndarray, priors: np.ndarray, stride: float, groups: int,
+                     height: int, width: int) -> np.ndarray:
+    """The exported graph's points, ``(G, T, H*W, 2)``: PyTorch's decode_cxcywh and
+    planar_sampling_points on the same values."""
+    import torch
+
+    from edgedet.models.box_coder import decode_cxcywh
+    from quantize.rewrites.pa_head import planar_sampling_points
+
+    boxes = decode_cxcywh(torch.from_numpy(deltas), torch.from_numpy(priors), (10, 10, 5, 5))
+    points = planar_sampling_points(boxes.reshape(1, height, width, groups, 4), stride)
+    return points.reshape(groups, 9, height * width, 2).numpy()
+
+
+def test_computed_points_are_the_graphs_and_sum_like_given_ones() -> None:
+    # Two levels, two images: the SDK's points from the deltas against the points PyTorch's
+    # export computes (exp rounded from float64 here, float32 in torch: a few ulps), and the
+    # tail's sums against a tail handed those points.
+    rng = np.random.default_rng(9)
+    spec, raw = _two_level_case(batch=2, quantized=True)
+    sizes, strides, groups = [(lv.height, lv.width) for lv in spec.levels], (8.0, 16.0), 2
+    rows = sum(h * w for h, w in sizes) * groups
+    priors = np.abs(rng.normal(20, 8, (rows, 4))).astype(np.float32)
+    deltas = rng.normal(0, 1, (2, rows, 4)).astype(np.float32)
+    deltas[0, 0, 2] = 50.0  # past the clip of exp's argument
+    given = dict(raw)
+    first = 0
+    for level, (h, w), stride in zip(spec.levels, sizes, strides, strict=True):
+        given[level.points] = np.stack([_training_points(
+            deltas[n, first:first + h * w * groups], priors[first:first + h * w * groups],
+            stride, groups, h, w) for n in range(2)])
+        first += h * w * groups
+    computed_spec = AttendTailSpec(
+        spec.anchors, spec.taps, spec.outputs, spec.bias,
+        tuple(TailLevel(lv.table, None, lv.height, lv.width, lv.table_scale,
+                        lv.table_zero_point) for lv in spec.levels),
+        PointsFromDeltas("propose_deltas", 3, strides, (10.0, 10.0, 5.0, 5.0)))
+    computed = AttendTail(computed_spec, 2, priors)
+    raw_computed = {k: v for k, v in raw.items() if not k.startswith("attend_points_")}
+    raw_computed["propose_deltas"] = deltas
+    levels = computed._with_points(raw_computed, [computed._level_inputs(raw_computed, lv)
+                                                  for lv in computed_spec.levels], 2)
+    for (_, points), level in zip(levels, spec.levels, strict=True):
+        np.testing.assert_allclose(points, given[level.points], rtol=4e-7, atol=1e-6)
+    ours, theirs = computed(raw_computed), AttendTail(spec, 2)(given)
+    assert np.array_equal(ours["propose_deltas"], deltas)  # it stays, for the decoder
+    for name in ("cls_logits", "box_deltas"):
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match=r"give priors_cxcywh \(38, 4\), got None"):
+        AttendTail(computed_spec, 1)
+    with pytest.raises(ValueError, match=r"'propose_deltas' is float32 \(2, 37, 4\)"):
+        computed({**raw_computed, "propose_deltas": deltas[:, :37]})

@@ -1,6 +1,7 @@
 """``quantize.attend_tail`` and the cpu target's PASSD that leaves its tap sum to the SDK: the
-export ends at tables and points, the SDK's sum equals the in-graph forms, the INT8 model's
-uint8 tables are its own QDQ values, and the sampling points stay out of INT8."""
+export ends at tables (the SDK computes the points), the SDK's sum equals the in-graph forms,
+the INT8 model's uint8 tables are its own QDQ values, and what the sampling points come from
+stays out of INT8."""
 
 from __future__ import annotations
 
@@ -47,12 +48,16 @@ def test_the_sdk_sum_equals_the_in_graph_head_outputs(models) -> None:
                        strict=True))
         expected = dict(zip(in_graph.export_output_names, in_graph.forward_export(images),
                             strict=True))
-    assert "cls_logits" not in raw and "attend_table_0" in raw and "attend_points_3" in raw
+    # The points are the SDK's (from propose_deltas), no output of the graph.
+    assert "cls_logits" not in raw and "attend_table_0" in raw
+    assert not any(name.startswith("attend_points_") for name in raw)
     spec = _spec(tail_model)
     # A round trip through the manifest's JSON, as the SDK reads it.
-    spec = AttendTailSpec.from_section(spec.to_dict(), tail_model.anchor_spec(SIZE).feature_sizes)
+    anchors = tail_model.anchor_spec(SIZE)
+    spec = AttendTailSpec.from_section(spec.to_dict(), anchors.feature_sizes)
     for threads in (1, 3):
-        finished = AttendTail(spec, threads)({k: v.numpy() for k, v in raw.items()})
+        finished = AttendTail(spec, threads, anchors.generate())(
+            {k: v.numpy() for k, v in raw.items()})
         assert set(finished) == set(model.export_output_names)
         for name in model.export_output_names:
             np.testing.assert_allclose(finished[name], expected[name].numpy(), rtol=0,
@@ -75,18 +80,20 @@ def test_the_spec_carries_the_attend_convs_bias_and_split(models) -> None:
     assert tail_spec(rewrite_for_export(model, "gather"), [(1, 1)]) is None
 
 
-def test_the_sampling_points_stay_float_and_the_table_does_not(models, tmp_path) -> None:
+def test_what_the_points_come_from_stays_float_and_the_table_does_not(models, tmp_path
+                                                                      ) -> None:
+    # The SDK computes the points from propose_deltas: the propose stage's clip, which makes
+    # them, is the points' math (an INT8 step of a delta would move every sample).
     _, tail_model, _, _ = models
     path = export_onnx(tail_model, tmp_path / "tail.onnx", SIZE)
     graph = onnx.load(str(path))
     sampling = set(find_kept_out_nodes(graph, ("sampling",))["sampling"])
     producer = {t: n for n in graph.graph.node for t in n.output}
-    points = [producer[o.name].name for o in graph.graph.output
-              if o.name.startswith("attend_points_")]
     tables = [producer[o.name] for o in graph.graph.output if o.name.startswith("attend_table_")]
-    assert len(points) == 4 and set(points) <= sampling
-    assert any(n.op_type in ("Floor", "Exp", "Tanh", "Div") for n in graph.graph.node
-               if n.name in sampling)  # the box decoding that places the points
+    assert not any(o.name.startswith("attend_points_") for o in graph.graph.output)
+    assert producer["propose_deltas"].name in sampling
+    assert any(n.op_type == "Tanh" for n in graph.graph.node
+               if n.name in sampling)  # the clip of Eq. 2
     assert not {n.name for n in tables} & sampling  # the tables go to INT8 with their conv
 
 
@@ -134,7 +141,9 @@ def test_uint8_tables_are_the_qdq_models_own_values(models, tmp_path) -> None:
     # The SDK's sum of the uint8 tables: that of the dequantized ones.
     spec = _spec(tail_model, found)
     float_spec = _spec(tail_model)
-    ours, theirs = AttendTail(spec, 2)(after), AttendTail(float_spec, 2)(before)
+    priors = tail_model.anchor_spec(SIZE).generate()
+    ours = AttendTail(spec, 2, priors)(after)
+    theirs = AttendTail(float_spec, 2, priors)(before)
     for name in ("cls_logits", "box_deltas"):
         np.testing.assert_allclose(ours[name], theirs[name], rtol=0,
                                    atol=1e-5 * float(np.abs(theirs[name]).max()))
