@@ -228,9 +228,13 @@ def test_the_zoo_passd_runs_its_tail_in_detector_and_closes_it() -> None:
     detector = Detector("passd_mobilenet_int8", backend="onnxruntime", threads=2)
     tail = detector._attend_tail
     assert tail is not None and tail.threads == 2
-    assert {"attend_table_0", "attend_points_0"} <= set(detector.backend.output_names)
+    # Its points come from the propose deltas (the points block), not from an output.
+    names = set(detector.backend.output_names)
+    assert {"attend_table_0", "propose_deltas"} <= names
+    assert not any(name.startswith("attend_points_") for name in names)
     outputs = detector.run_model(np.zeros((1, 3, 320, 320), np.float32))
     assert "cls_logits" in outputs and "attend_table_0" not in outputs
+    assert "propose_deltas" in outputs  # (for the decoder)
     assert tail._pool is not None  # started by the call
     detector.close()
     assert tail._pool is None
