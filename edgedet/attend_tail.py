@@ -219,10 +219,11 @@ class AttendTail:
     """Runs an ``AttendTailSpec`` on model outputs, the positions split over ``threads``.
 
     ``tail(raw)`` takes the model's outputs by name and returns them with each level's table
-    and points replaced by the summed outputs ``(N, sum_l H_l*W_l*A, size)`` float32,
-    in the head outputs' y -> x -> anchor order. Safe to call from several threads at once,
-    and in a forked child (which gets worker threads of its own). ``threads`` None: the CPUs
-    this process may use.
+    (and an older artifact's points outputs) replaced by the summed outputs
+    ``(N, sum_l H_l*W_l*A, size)`` float32, in the head outputs' y -> x -> anchor order. A
+    spec with a points block needs ``priors_cxcywh``, the anchor spec's ``generate()``. Safe
+    to call from several threads at once, and in a forked child (which gets worker threads of
+    its own). ``threads`` None: the CPUs this process may use.
     """
 
     def __init__(self, spec: AttendTailSpec, threads: int | None = None,

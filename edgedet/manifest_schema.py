@@ -114,7 +114,7 @@ def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,
     _validate_outputs(manifest["outputs"], num_anchors, fail)
     if manifest.get(ATTEND_TAIL) is not None:
         _validate_attend_tail(manifest[ATTEND_TAIL], manifest["anchor_spec"],
-                              manifest["outputs"], fail)
+                              manifest["outputs"], fail, manifest.get("box_coder_weights"))
     _validate_class_count(manifest, fail)
     _validate_input(manifest["input"], preprocess.input_size, fail)
     if require_files or manifest["files"]:
@@ -170,7 +170,7 @@ def _validate_outputs(outputs: object, num_anchors: int, fail: Any) -> None:
 
 
 def _validate_attend_tail(section: object, anchor_spec: object, outputs: list,
-                          fail: Any) -> AttendTailSpec:
+                          fail: Any, box_coder_weights: object = None) -> AttendTailSpec:
     """An ``attend_tail`` section parses for ``anchor_spec``'s levels and makes listed
     ``outputs`` of their widths for every anchor."""
     spec_of_anchors = anchor_spec_from_dict(anchor_spec)  # type: ignore[arg-type]
@@ -186,34 +186,41 @@ def _validate_attend_tail(section: object, anchor_spec: object, outputs: list,
                        f"{'it with ' + str(widths[name]) if name in widths else 'no such output'}")
     source = spec.points_from
     if source is not None:
-        if widths.get(source.output) != 4:
+        if widths.get(source.output) != 4 or source.output in dict(spec.outputs):
             raise fail(f"{ATTEND_TAIL}.points come from {source.output!r}, which outputs must "
-                       f"list with 4 values per anchor (box deltas)")
-        strides = tuple(float(s) for s in spec_of_anchors.strides)  # type: ignore[attr-defined]
+                       f"list with 4 values per anchor (box deltas), not one the tail makes")
+        strides = tuple(float(s) for s in getattr(spec_of_anchors, "strides", ()))
         if source.strides != strides:
             raise fail(f"{ATTEND_TAIL}.points.strides {list(source.strides)} are not "
                        f"anchor_spec's {list(strides)}")
+        if box_coder_weights is not None and source.box_coder_weights != tuple(
+                float(w) for w in box_coder_weights):  # type: ignore[union-attr]
+            raise fail(f"{ATTEND_TAIL}.points.box_coder_weights "
+                       f"{list(source.box_coder_weights)} are not the manifest's "
+                       f"{list(box_coder_weights)}")  # type: ignore[call-overload]
     return spec
 
 
 def _validate_second_attend_tail(manifest: Mapping[str, Any], fail: Any) -> None:
     """The 2x model's ``double_scale.attend_tail``: its own levels and scales, the same head
-    (anchors, taps, outputs, bias) as the 1x model's section."""
+    (anchors, taps, outputs, bias, points block) as the 1x model's section."""
     section = manifest["double_scale"]
 
     def fail_2x(problem: str) -> Exception:
         return fail(f"double_scale.{problem}")
 
     spec_2x = _validate_attend_tail(section[ATTEND_TAIL], section["anchor_spec"],
-                                    manifest["outputs"], fail_2x)
+                                    manifest["outputs"], fail_2x,
+                                    manifest.get("box_coder_weights"))
     if manifest.get(ATTEND_TAIL) is None:
         raise fail_2x(f"{ATTEND_TAIL} needs the 1x model's {ATTEND_TAIL} too")
     spec = AttendTailSpec.from_section(
         manifest[ATTEND_TAIL], anchor_spec_from_dict(manifest["anchor_spec"]).feature_sizes)
-    if (spec_2x.anchors, spec_2x.taps, spec_2x.outputs) != (
-            spec.anchors, spec.taps, spec.outputs) or not np.array_equal(spec_2x.bias, spec.bias):
-        raise fail_2x(f"{ATTEND_TAIL} must have the 1x section's anchors, taps, outputs and "
-                      "bias (one head at two scales)")
+    if (spec_2x.anchors, spec_2x.taps, spec_2x.outputs, spec_2x.points_from) != (
+            spec.anchors, spec.taps, spec.outputs, spec.points_from) or not np.array_equal(
+                spec_2x.bias, spec.bias):
+        raise fail_2x(f"{ATTEND_TAIL} must have the 1x section's anchors, taps, outputs, bias "
+                      "and points block (one head at two scales)")
 
 
 def _validate_class_count(manifest: Mapping[str, Any], fail: Any) -> None:

@@ -71,8 +71,9 @@ def rewrite_for_export(model: nn.Module, sampler: str = "gather",
     rewrites read their bilinear samples: ``"gather"`` exports everywhere, ``"grid_sample"``
     is faster where the runtime has a good ``GridSample`` (each target says which).
     ``attend_tail``: the P&A head leaves the attend stage's tap sum to the SDK; the copy's
-    ``export_output_names`` then list each level's table and points instead of
-    ``cls_logits`` and ``box_deltas`` (``edgedet.attend_tail``). Other layers are unaffected.
+    ``export_output_names`` then list each level's table instead of ``cls_logits`` and
+    ``box_deltas`` (the SDK computes the sampling points: ``edgedet.attend_tail``). Other
+    layers are unaffected.
     ``anchors_in_one_product`` / ``rows_in_float``: with the ``gather`` sampler, the P&A tap
     sums of a position's anchors as one matrix product, and the read's row indices computed
     in float32 (``sampling.bilinear_tap_sum_xy``'s ``groups_in_one_product`` /

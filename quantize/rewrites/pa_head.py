@@ -12,10 +12,10 @@ for ``GridSample`` and the tail on planes (``planar_sampling_points``), for ``Ga
 separate x and y (``xy_sampling_points``); ``benchmarks/pa_attend_conv.py`` measures this
 against the other variants.
 
-With ``tail=True`` the graph stops before the read: each level's channels-last table and its
-planar sampling points become model outputs, and the SDK sums the samples
-(``edgedet.attend_tail``; the ``cpu`` target's form, ``quantize.attend_tail`` writes its
-manifest section).
+With ``tail=True`` the graph stops before the read: each level's channels-last table becomes
+a model output, and the SDK computes the sampling points from ``propose_deltas`` and sums
+the samples (``edgedet.attend_tail``; the ``cpu`` target's form, ``quantize.attend_tail``
+writes its manifest section).
 """
 
 from __future__ import annotations

@@ -163,8 +163,12 @@ def test_the_second_scales_tail_is_checked_against_its_own_levels_and_the_first(
         validate_manifest(_with_second_tail(outputs=[["scores", 3], ["box_deltas", 4]]))
     with pytest.raises(ManifestError, match=r"double_scale\.attend_tail makes 128 rows"):
         validate_manifest(_with_second_tail(anchors=2, bias=[[0.0] * 7] * 2))
-    with pytest.raises(ManifestError, match="the 1x section's anchors, taps, outputs and bias"):
+    with pytest.raises(ManifestError, match="the 1x section's anchors, taps, outputs, bias"):
         validate_manifest(_with_second_tail(bias=[[1.0] * 7]))
+    # A 2x section that computes its points where the 1x one reads them (one head).
+    with_points = _with_propose(_with_second_tail(points=POINTS, levels=[COMPUTED_LEVEL]))
+    with pytest.raises(ManifestError, match="outputs, bias and points block"):
+        validate_manifest(with_points)
     no_first = _with_second_tail()
     del no_first["attend_tail"]
     with pytest.raises(ManifestError, match="needs the 1x model's attend_tail"):
@@ -314,6 +318,9 @@ def test_a_points_block_passes_and_round_trips() -> None:
     ({"points": {**POINTS, "strides": [16]}}, r"strides \[16.0\] are not anchor_spec's"),
     ({"points": {**POINTS, "box_coder_weights": [1, 1, 1]}}, "4 positive numbers"),
     ({"points": {**POINTS, "from": "objectness_logits"}}, "4 values per anchor"),
+    ({"points": {**POINTS, "from": "box_deltas"}}, "not one the tail makes"),
+    ({"points": {**POINTS, "box_coder_weights": [1, 1, 1, 1]}},
+     r"box_coder_weights \[1.0, 1.0, 1.0, 1.0\] are not the manifest's"),
     ({"points": {"kernel_size": 3}}, "must name the output"),
     ({"points": POINTS, "levels": [LEVEL]}, "the section's points block computes"),
     ({"levels": [COMPUTED_LEVEL]}, "must name its table and points"),
@@ -343,8 +350,8 @@ def _training_points(deltas: np.ndarray, priors: np.ndarray, stride: float, grou
 
 def test_computed_points_are_the_graphs_and_sum_like_given_ones() -> None:
     # Two levels, two images: the SDK's points from the deltas against the points PyTorch's
-    # export computes (exp rounded from float64 here, float32 in torch: a few ulps), and the
-    # tail's sums against a tail handed those points.
+    # export computes (numba's float32 exp against PyTorch's: an ulp), and the tail's sums
+    # against a tail handed those points.
     rng = np.random.default_rng(9)
     spec, raw = _two_level_case(batch=2, quantized=True)
     sizes, strides, groups = [(lv.height, lv.width) for lv in spec.levels], (8.0, 16.0), 2
@@ -379,3 +386,27 @@ def test_computed_points_are_the_graphs_and_sum_like_given_ones() -> None:
         AttendTail(computed_spec, 1)
     with pytest.raises(ValueError, match=r"'propose_deltas' is float32 \(2, 37, 4\)"):
         computed({**raw_computed, "propose_deltas": deltas[:, :37]})
+
+
+def test_computed_points_equal_pytorchs_to_the_bit_where_exp_is_exact() -> None:
+    # Size deltas of 0 (exp(0) = 1 in any exp): then every other operation must be the
+    # graph's own, in its order, for the points to match bit for bit; and a NaN delta gives
+    # NaN points (the tap sum then reads nothing: the bias).
+    from edgedet.kernels import tail_points
+
+    rng = np.random.default_rng(11)
+    height, width, groups, stride = 3, 4, 2, 16.0
+    rows = height * width * groups
+    priors = np.abs(rng.normal(40, 15, (rows, 4))).astype(np.float32)
+    deltas = rng.normal(0, 2, (rows, 4)).astype(np.float32)
+    deltas[:, 2:] = 0.0
+    offsets = np.array([[-1, 0, 1] * 3, [-1] * 3 + [0] * 3 + [1] * 3], np.float32)
+    points = np.empty((groups, 9, height * width, 2), np.float32)
+    tail_points(deltas, priors, np.array([10, 10, 5, 5], np.float32), np.float32(stride),
+                np.float32(stride * 3), offsets, 0, height * width, points)
+    np.testing.assert_array_equal(
+        points, _training_points(deltas, priors, stride, groups, height, width))
+    deltas[5, 0] = np.nan  # position 2, anchor 1
+    tail_points(deltas, priors, np.array([10, 10, 5, 5], np.float32), np.float32(stride),
+                np.float32(stride * 3), offsets, 0, height * width, points)
+    assert np.isnan(points[1, :, 2, 0]).all() and not np.isnan(points[0, :, 2]).any()
