@@ -55,7 +55,7 @@ from edgedet.models.pa_head import (
     sample_box_taps,
 )
 from quantize.attend_tail import tables_as_matmul
-from quantize.export_openvino import save_ir
+from quantize.export_openvino import export_openvino
 from quantize.openvino_embedding_bag import tap_sums_as_embedding_bags
 from quantize.openvino_precision import coordinate_ops, mark_precise
 from quantize.rewrites.pa_head import (
@@ -321,11 +321,8 @@ def openvino_model_path(module: nn.Module, onnx_path: Path) -> Path:
     as_built = getattr(module, "openvino_as_built", None)
     if as_built is None:
         return onnx_path
-    import openvino as ov
-
-    model = ov.convert_model(str(onnx_path))
-    as_built(model)
-    return save_ir(model, onnx_path.with_name(onnx_path.stem + "_openvino"))[0]
+    return export_openvino(onnx_path, onnx_path.with_name(onnx_path.stem + "_openvino"),
+                           transform=as_built)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

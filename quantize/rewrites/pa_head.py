@@ -224,10 +224,10 @@ class ExportProposeAttendHead(nn.Module):
         self.tail = tail
         self.attend = PackedBoxOffsetConv([head.attend_cls, head.attend_box], sampler, tail,
                                           anchors_in_one_product, rows_in_float)
-        # The grid_sample sampler is ONNX Runtime's (the cpu target), and so is the planar
-        # form of the points (the tail's too); the gather read takes x and y as planes.
+        # The grid_sample sampler is ONNX Runtime's, and so is the planar form of the points;
+        # the gather read takes x and y as planes. (With the tail the SDK computes them.)
         self.sampling_points: Callable[[Tensor, float], Tensor | tuple[Tensor, Tensor]] = (
-            planar_sampling_points if sampler == "grid_sample" or tail else xy_sampling_points)
+            planar_sampling_points if sampler == "grid_sample" else xy_sampling_points)
 
     def forward(self, features: Sequence[Tensor], priors_cxcywh: Sequence[Tensor],
                 strides: Sequence[int]) -> dict[str, Tensor]:
