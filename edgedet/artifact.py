@@ -191,7 +191,7 @@ def make_manifest(
     preprocess = dict(preprocess)
     width, height = (int(v) for v in preprocess.get("input_size", (0, 0)))
     manifest = {
-        "format_version": format_version_for(preprocess),
+        "format_version": format_version_for({"preprocess": preprocess}),
         "name": name,
         "architecture": architecture,
         "head_family": head_family,
@@ -260,7 +260,9 @@ class Artifact:
             if Path(source).resolve() != (directory / name).resolve():
                 shutil.copyfile(source, directory / name)
         files = {name: sha256_file(directory / name) for name in model_files}
-        full = {**manifest, "files": files}
+        # The format version of the manifest as staged, with the sections the target and
+        # double-scale testing added after make_manifest (an attend tail's points block).
+        full = {**manifest, "files": files, "format_version": format_version_for(manifest)}
         validate_manifest(full, source=f"staged artifact {directory}")
         return cls(directory, full)
 

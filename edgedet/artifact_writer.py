@@ -26,6 +26,7 @@ from edgedet.artifact import (
     ManifestError,
     check_file_name,
     check_sources,
+    format_version_for,
     sha256_file,
     validate_manifest,
 )
@@ -76,7 +77,9 @@ def write_artifact(
                 name for name in files if expected[name] != files[name])
             raise ManifestError(f"{out_dir}: the model files differ from the manifest's "
                                 f"hashes: {', '.join(differ)}")
-        full = {**manifest, "files": files}
+        # The oldest format whose readers apply the manifest as written (an older edgedet
+        # then refuses one it would misread; ``format_version_for``).
+        full = {**manifest, "files": files, "format_version": format_version_for(manifest)}
         validate_manifest(full, source=f"manifest for {out_dir}")
         write_json_atomic(staging / MANIFEST_NAME, full, indent=2)
         _replace_directory(staging, out_dir)

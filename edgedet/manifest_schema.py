@@ -26,11 +26,14 @@ from edgedet.preprocess import PreprocessConfig
 MANIFEST_NAME = "manifest.json"
 # The newest manifest format this edgedet reads and writes. Version 2 added
 # preprocess.interpolation "linear": an edgedet that reads only version 1 ignores the field and
-# would shrink frames by area averaging, not the way the model was trained, silently. So a
-# manifest says the oldest format whose readers get it right (``format_version_for``): 2 where
-# it shrinks linearly, 1 otherwise, which older edgedets keep reading as before.
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
+# would shrink frames by area averaging, not the way the model was trained, silently. Version 3
+# added the attend tail's ``points`` block (the SDK computes PASSD's sampling points from the
+# model's propose_deltas): an edgedet that reads version 2 looks for per-level points outputs
+# and refused such a manifest with a message about missing outputs. So a manifest says the
+# oldest format whose readers get it right (``format_version_for``), which older edgedets
+# keep reading as before; a newer one is refused as written by a newer edgedet.
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2, 3)
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 # Keys the runtime needs; the rest are provenance: source (checkpoint, calibration), accuracy,
@@ -56,10 +59,18 @@ class ManifestError(ValueError):
     model file (the message names the file or the field)."""
 
 
-def format_version_for(preprocess: Mapping[str, Any]) -> int:
-    """The ``format_version`` of a manifest with this ``preprocess`` section: the oldest
-    whose readers apply all of it."""
-    return 2 if preprocess.get("interpolation", "area") == "linear" else 1
+def format_version_for(manifest: Mapping[str, Any]) -> int:
+    """The ``format_version`` of ``manifest``: the oldest whose readers apply all of it (3
+    where an attend tail, the main model's or the 2x model's, computes its sampling points;
+    2 where the pre-processing shrinks linearly; 1 otherwise)."""
+    second = manifest.get("double_scale")
+    tails = (manifest.get(ATTEND_TAIL),
+             second.get(ATTEND_TAIL) if isinstance(second, Mapping) else None)
+    if any(isinstance(tail, Mapping) and "points" in tail for tail in tails):
+        return 3
+    preprocess = manifest.get("preprocess")
+    linear = isinstance(preprocess, Mapping) and preprocess.get("interpolation") == "linear"
+    return 2 if linear else 1
 
 
 def validate_manifest(manifest: Any, source: str = MANIFEST_NAME,

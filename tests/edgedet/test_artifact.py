@@ -106,7 +106,7 @@ def test_missing_or_broken_manifest(artifact: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"format_version": 3}, "format_version 3 is not supported .*a newer edgedet"),
+    ({"format_version": 4}, "format_version 4 is not supported .*a newer edgedet"),
     ({"format_version": True}, "format_version True is not supported"),
     ({"head_family": "yolo"}, "head_family 'yolo'"),
     ({"class_names": []}, "class_names must be a non-empty list"),

@@ -410,3 +410,31 @@ def test_computed_points_equal_pytorchs_to_the_bit_where_exp_is_exact() -> None:
     tail_points(deltas, priors, np.array([10, 10, 5, 5], np.float32), np.float32(stride),
                 np.float32(stride * 3), offsets, 0, height * width, points)
     assert np.isnan(points[1, :, 2, 0]).all() and not np.isnan(points[0, :, 2]).any()
+
+
+def test_a_points_block_is_format_version_3_where_it_is_written(tmp_path) -> None:
+    """An edgedet that reads version 2 looks for per-level points outputs: a manifest whose
+    tail (the 1x model's or the 2x model's) computes its points says version 3, so that such
+    an edgedet refuses it as newer than itself; everything else keeps its older version."""
+    from edgedet.artifact import Artifact, format_version_for, load_manifest
+    from edgedet.artifact_writer import write_artifact
+
+    plain = _manifest({"model.onnx": "0" * 64})
+    linear = {**plain, "preprocess": {**plain["preprocess"], "interpolation": "linear"}}
+    computed = {**_with_propose(plain), "attend_tail": _section(points=POINTS,
+                                                                  levels=[COMPUTED_LEVEL])}
+    assert format_version_for(plain) == 1 and format_version_for(linear) == 2
+    assert format_version_for({**plain, "attend_tail": _section()}) == 1  # points outputs
+    assert format_version_for(computed) == 3
+    second_only = _with_second_tail()
+    second_only["double_scale"]["attend_tail"] = _section(points=POINTS)
+    assert format_version_for(second_only) == 3
+    # The writers set it from the manifest as written (make_manifest saw no tail).
+    source = tmp_path / "model.onnx"
+    source.write_bytes(b"bytes")
+    staged = Artifact.stage(tmp_path / "staged", {"model.onnx": source},
+                            {**computed, "format_version": 1})
+    assert staged.manifest["format_version"] == 3
+    out = write_artifact(tmp_path / "art", {"model.onnx": source},
+                         {**computed, "files": {}, "format_version": 2})
+    assert load_manifest(out)["format_version"] == 3

@@ -90,7 +90,7 @@ def test_the_packaged_zoo_folder_is_inside_the_package() -> None:
         manifest = load_manifest(zoo.ZOO_DIR / name)
         assert manifest["name"] == name
         # ... and says the format an older edgedet must read it in to read it right
-        assert manifest["format_version"] == format_version_for(manifest["preprocess"])
+        assert manifest["format_version"] == format_version_for(manifest)
 
 
 def _double_scale_models() -> list[str]:
