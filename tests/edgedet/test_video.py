@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import types
 from pathlib import Path
 
 import numpy as np
@@ -201,22 +202,25 @@ def test_an_interrupt_while_the_temporary_file_is_made_leaves_nothing(
     # A SIGTERM during `edgedet detect --save` arrives as a KeyboardInterrupt at any bytecode;
     # with tempfile.mkstemp, one landing between the file's creation and the writer noting its
     # name left a hidden temporary file (seen once in a loaded test run).
-    real_open, real_close = os.open, os.close
-
     def interrupted_close(fd: int) -> None:
-        real_close(fd)
+        os.close(fd)
         raise KeyboardInterrupt
 
     def interrupted_open(*args: object, **kwargs: object) -> int:
         raise KeyboardInterrupt
 
+    # Only edgedet.video sees the interrupting function: patching os.close itself made every
+    # close in the process raise meanwhile (CI once printed a KeyboardInterrupt raised inside
+    # a garbage-collection callback of another library during this test).
+    patched = types.ModuleType("os")
+    patched.__dict__.update(os.__dict__)
     if where == "after the file is made":
-        monkeypatch.setattr(video.os, "close", interrupted_close)
+        patched.close = interrupted_close  # type: ignore[attr-defined]
     else:
-        monkeypatch.setattr(video.os, "open", interrupted_open)
+        patched.open = interrupted_open  # type: ignore[attr-defined]
+    monkeypatch.setattr(video, "os", patched)
     out = tmp_path / "out" / "drawn.mp4"
     with pytest.raises(KeyboardInterrupt), AtomicVideoWriter(out, fps=10.0) as writer:
         writer.write(_frame(40))
-    monkeypatch.setattr(video.os, "close", real_close)
-    monkeypatch.setattr(video.os, "open", real_open)
+    monkeypatch.setattr(video, "os", os)
     assert list(out.parent.iterdir()) == []
