@@ -5,7 +5,9 @@ One call of ``detect(frame)`` is::
     resize_to_input    → the frame resized to the input, BGR uint8 (1, H, W, 3) + the frame →
                          input transform
     normalize_to_nchw  → images (1, 3, H, W) float32, unless the backend normalises inside
-                         its runtime (``FrameInputBackend``: OpenVINO's PrePostProcessor)
+                         its runtime (``FrameInputBackend``: OpenVINO's PrePostProcessor);
+                         both steps in one pass where the frame shrinks by area with
+                         whole factors (``preprocess``: the same bits)
     backend.run        → raw head outputs by name (e.g. cls_logits (1, A, K+1))
     HeadDecoder        → decode against the anchors, threshold, top-k, NMS, boxes in frame
                          pixels → Detections
@@ -418,8 +420,13 @@ class Detector:
 
     def _detect_once(self, frame: np.ndarray) -> Detections:
         """``detect`` of the frame as it is (no tiling)."""
-        resized, transform = resize_to_input(frame, self.preprocess_config)
-        outputs = self.run_frames(resized[None])
+        if self._frame_runner is None:
+            # (preprocess: the resize and normalisation in one pass where it can.)
+            images, transform = preprocess(frame, self.preprocess_config)
+            outputs = self.run_model(images)
+        else:
+            resized, transform = resize_to_input(frame, self.preprocess_config)
+            outputs = self.run_frames(resized[None])
         if self._second_scale is not None:
             with self._gate.running():
                 outputs = self._second_scale.merge(frame, outputs)

@@ -17,7 +17,12 @@ from edgedet.backends import BackendUnavailableError
 from edgedet.head_decoding import decode_head_outputs
 from edgedet.options import APPLICATION_SCORE_THRESHOLD
 from edgedet.postprocess import select_detections
-from edgedet.preprocess import PreprocessConfig, preprocess
+from edgedet.preprocess import (
+    PreprocessConfig,
+    normalize_to_nchw,
+    preprocess,
+    resize_to_input,
+)
 from tests.edgedet.tiny_artifacts import (
     PLANTED_DELTAS,
     PlantedObjectHead,
@@ -69,6 +74,26 @@ def _reference(artifact_dir: Path, frame: np.ndarray) -> tuple[np.ndarray, ...]:
     frame_xyxy = transform.boxes_to_frame(xyxy)
     visible = (frame_xyxy[:, 2] > frame_xyxy[:, 0]) & (frame_xyxy[:, 3] > frame_xyxy[:, 1])
     return frame_xyxy[visible], kept_scores[visible], class_ids[visible]
+
+
+@pytest.mark.parametrize("kind", ["ssd", "passd_letterbox"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_a_frame_shrunk_by_whole_factors_gives_the_two_steps_detections(
+        artifacts: dict[str, Path], kind: str, scale: int) -> None:
+    # detect() then resizes and normalises in one pass (preprocess); the two steps as
+    # run_frames does them must give the same detections, bit for bit.
+    detector = Detector(artifacts[kind], backend="onnxruntime", settings="evaluation")
+    width, height = detector.input_size
+    frame = np.random.default_rng(scale).integers(0, 256, (scale * height, scale * width, 3),
+                                                  dtype=np.uint8)
+    resized, transform = resize_to_input(frame, detector.preprocess_config)
+    images = normalize_to_nchw(resized, detector.preprocess_config)
+    expected = detector.decoder(detector.run_model(images), transform)
+    got = detector.detect(frame)
+    assert len(got) > 0
+    np.testing.assert_array_equal(got.xyxy, expected.xyxy)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    np.testing.assert_array_equal(got.class_ids, expected.class_ids)
 
 
 def _assert_same(a, b) -> None:
