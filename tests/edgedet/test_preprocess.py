@@ -39,7 +39,7 @@ def test_stretch_shapes_colour_and_normalisation() -> None:
 
 @pytest.mark.parametrize("color_order", ["rgb", "bgr"])
 def test_per_plane_normalisation_gives_the_broadcast_formulas_bits(color_order: str) -> None:
-    """``normalize_to_nchw`` reads per-channel tables plane by plane for speed; the values
+    """``normalize_to_nchw`` reads per-channel tables (``kernels.table_to_nchw``); the values
     must be bit for bit those of the plain ``(x - mean) / std`` over (H, W, 3) then a
     transpose, for every uint8 level of every channel."""
     from edgedet.preprocess import normalize_to_nchw
