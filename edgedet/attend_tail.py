@@ -395,10 +395,15 @@ def _cpu_count() -> int:
 
 def attend_tail_for(manifest: Mapping[str, Any], model_outputs: Sequence[str],
                     threads: int | None = None,
-                    output_dtypes: Mapping[str, str] | None = None) -> AttendTail | None:
+                    output_dtypes: Mapping[str, str] | None = None,
+                    priors_cxcywh: np.ndarray | None = None) -> AttendTail | None:
     """The tail ``Detector`` runs on a model with ``model_outputs`` (compiled now), or None:
     the manifest has none, or the model computes the head outputs itself (the accuracy
     check's reference runs the PyTorch checkpoint on the artifact's manifest).
+
+    ``priors_cxcywh``: the manifest's anchor spec's ``generate()`` where the caller has it
+    already (``Detector``: its decoder's, PASSD's about 0.4 ms to generate), for a section that
+    computes its sampling points; generated here otherwise.
 
     Raises:
         ValueError: ``output_dtypes`` (the backend's element types, where it reports them)
@@ -421,7 +426,10 @@ def attend_tail_for(manifest: Mapping[str, Any], model_outputs: Sequence[str],
             raise ValueError(f"model output {level.table!r} is {got}, but the manifest's "
                              f"{SECTION} reads it as {want} (table_scale "
                              f"{level.table_scale}): the manifest is not this model's")
-    tail = AttendTail(spec, threads,
-                      anchors.generate() if spec.points_from is not None else None)
+    if spec.points_from is None:
+        priors_cxcywh = None
+    elif priors_cxcywh is None:
+        priors_cxcywh = anchors.generate()
+    tail = AttendTail(spec, threads, priors_cxcywh)
     tail.warm_up()
     return tail

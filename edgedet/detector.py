@@ -202,7 +202,7 @@ class Detector:
         try:
             self._attend_tail: AttendTail | None = attend_tail_for(
                 self._manifest, self._backend.output_names, self.options.threads,
-                getattr(self._backend, "output_dtypes", None))
+                getattr(self._backend, "output_dtypes", None), self.decoder.priors_cxcywh)
         except ValueError as error:
             raise ManifestError(f"{self._backend.model_path}: {error}") from None
         self._check_model_matches_manifest()

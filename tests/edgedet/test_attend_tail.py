@@ -225,13 +225,21 @@ def test_a_forked_child_runs_the_tail_on_threads_of_its_own() -> None:
     tail.close()
 
 
-def test_the_zoo_passd_runs_its_tail_in_detector_and_closes_it() -> None:
+def test_the_zoo_passd_runs_its_tail_in_detector_and_closes_it(monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
     from edgedet import Detector
+    from edgedet.anchors import GridAnchorSpec
 
+    generated = []
+    generate = GridAnchorSpec.generate
+    monkeypatch.setattr(GridAnchorSpec, "generate",
+                        lambda self: generated.append(1) or generate(self))
     detector = Detector("passd_mobilenet_int8", backend="onnxruntime", threads=2)
     tail = detector._attend_tail
     assert tail is not None and tail.threads == 2
+    assert len(generated) == 1  # the priors once, for the decoder and the tail's points
+    assert tail._priors is not None
+    np.testing.assert_array_equal(tail._priors, detector.decoder.priors_cxcywh)
     # Its points come from the propose deltas (the points block), not from an output.
     names = set(detector.backend.output_names)
     assert {"attend_table_0", "propose_deltas"} <= names
