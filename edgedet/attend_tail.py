@@ -255,27 +255,38 @@ class AttendTail:
         return set(model_outputs) - set(self.spec.input_names) | set(self.spec.output_names)
 
     def __call__(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from edgedet.kernels import tail_points, tap_sum_rows
+
         spec = self.spec
         levels = [self._level_inputs(raw, level) for level in spec.levels]
         batch = levels[0][0].shape[0]
-        if spec.points_from is not None:
-            levels = self._with_points(raw, levels, batch)
+        deltas = None if spec.points_from is None else self._deltas(raw, batch)
         (name_a, size_a), (name_b, size_b) = (*spec.outputs, ("", 0))[:2]
         out_a = np.empty((batch, self._total, size_a), np.float32)
         out_b = np.empty((batch, self._total, size_b), np.float32)
-        jobs = [[] for _ in range(self.threads)]  # each thread: a slice of every level
+        # Each thread: a slice of every level's positions, its points first where the tail
+        # computes them (a thread's tap sums read the points of its own positions only).
+        jobs: list[list[tuple[Callable[..., None], tuple]]] = [[] for _ in range(self.threads)]
         first_row = 0
-        for level, (tables, points) in zip(spec.levels, levels, strict=True):
+        for index, (level, (tables, points)) in enumerate(zip(spec.levels, levels,
+                                                               strict=True)):
             positions = level.height * level.width
             bounds = np.linspace(0, positions, self.threads + 1).astype(int)
             scale = np.float32(1 if level.table_scale is None else level.table_scale)
             zero = np.float32(0 if level.table_zero_point is None else level.table_zero_point)
+            if points is None:
+                points = np.empty((batch, spec.anchors, spec.taps, positions, 2), np.float32)
             for n in range(batch):
                 for k in range(self.threads):
-                    if bounds[k] < bounds[k + 1]:
-                        jobs[k].append((tables[n], points[n], level.height, level.width,
-                                        scale, zero, spec.bias, size_a, first_row,
-                                        bounds[k], bounds[k + 1], out_a[n], out_b[n]))
+                    start, stop = int(bounds[k]), int(bounds[k + 1])
+                    if start == stop:
+                        continue
+                    if deltas is not None:
+                        jobs[k].append((tail_points, self._points_args(
+                            deltas[n], index, first_row, start, stop, points[n])))
+                    jobs[k].append((tap_sum_rows, (
+                        tables[n], points[n], level.height, level.width, scale, zero,
+                        spec.bias, size_a, first_row, start, stop, out_a[n], out_b[n])))
             first_row += positions * spec.anchors
         self._run(jobs)
         finished = {k: v for k, v in raw.items() if k not in spec.input_names}
@@ -284,32 +295,46 @@ class AttendTail:
             finished[name_b] = out_b
         return finished
 
-    def _with_points(self, raw: Mapping[str, np.ndarray],
-                     levels: list[tuple[np.ndarray, np.ndarray | None]], batch: int
-                     ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``levels`` with each level's points ``(N, A, T, H*W, 2)`` computed from the
-        points block's output (``edgedet.kernels.tail_points``)."""
-        from edgedet.kernels import tail_points
-
-        spec, source = self.spec, self.spec.points_from
+    def _deltas(self, raw: Mapping[str, np.ndarray], batch: int) -> np.ndarray:
+        """The points block's output, ``(N, rows, 4)`` float32 C-contiguous, checked."""
+        source = self.spec.points_from
         assert source is not None and self._priors is not None
         deltas = raw[source.output]
         if deltas.dtype != np.float32 or deltas.shape != (batch, self._total, 4):
             raise ValueError(f"model output {source.output!r} is {deltas.dtype} "
                              f"{deltas.shape}; the manifest's {SECTION} computes the sampling "
                              f"points from ({batch}, {self._total}, 4) float32")
-        deltas = np.ascontiguousarray(deltas)
-        out, first_row = [], 0
-        for level, (table, _), stride in zip(spec.levels, levels, source.strides, strict=True):
+        return np.ascontiguousarray(deltas)
+
+    def sampling_points(self, raw: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Each level's sampling points ``(N, A, T, H*W, 2)`` as a call computes them from
+        the points block's output (a call does it a thread's positions at a time)."""
+        from edgedet.kernels import tail_points
+
+        spec = self.spec
+        batch = raw[spec.levels[0].table].shape[0]
+        deltas = self._deltas(raw, batch)
+        levels, first_row = [], 0
+        for index, level in enumerate(spec.levels):
             positions = level.height * level.width
             points = np.empty((batch, spec.anchors, spec.taps, positions, 2), np.float32)
             for n in range(batch):
-                tail_points(deltas[n], self._priors, self._weights, np.float32(stride),
-                            np.float32(stride * source.kernel_size), self._offsets, first_row,
-                            positions, points[n])
-            out.append((table, points))
+                tail_points(*self._points_args(deltas[n], index, first_row, 0, positions,
+                                               points[n]))
+            levels.append(points)
             first_row += positions * spec.anchors
-        return out
+        return levels
+
+    def _points_args(self, deltas: np.ndarray, level: int, first_row: int, start: int,
+                     stop: int, points: np.ndarray) -> tuple:
+        """``kernels.tail_points``' arguments for one image's positions ``start:stop`` of
+        ``level`` into its ``points`` ``(A, T, H*W, 2)``."""
+        source = self.spec.points_from
+        assert source is not None
+        stride = source.strides[level]
+        return (deltas, self._priors, self._weights, np.float32(stride),
+                np.float32(stride * source.kernel_size), self._offsets, first_row, start, stop,
+                points)
 
     def _level_inputs(self, raw: Mapping[str, np.ndarray], level: TailLevel
                       ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -339,12 +364,10 @@ class AttendTail:
                              f"{positions}, 2) float32")
         return table, np.ascontiguousarray(points)
 
-    def _run(self, jobs: list[list[tuple]]) -> None:
-        from edgedet.kernels import tap_sum_rows
-
-        def work(chunk: list[tuple]) -> None:
-            for args in chunk:
-                tap_sum_rows(*args)
+    def _run(self, jobs: list[list[tuple[Callable[..., None], tuple]]]) -> None:
+        def work(chunk: list[tuple[Callable[..., None], tuple]]) -> None:
+            for kernel, args in chunk:
+                kernel(*args)
 
         if self.threads == 1:
             work(jobs[0])
@@ -370,7 +393,8 @@ class AttendTail:
         if self.spec.points_from is not None:
             boxes = np.zeros((1, 4), np.float32)
             tail_points(boxes, boxes, np.ones(4, np.float32), np.float32(1), np.float32(1),
-                        np.zeros((2, 1), np.float32), 0, 1, np.zeros((1, 1, 1, 2), np.float32))
+                        np.zeros((2, 1), np.float32), 0, 0, 1,
+                        np.zeros((1, 1, 1, 2), np.float32))
 
         one = np.zeros((1, 1), np.float32)
         for quantized in {lv.table_scale is not None for lv in self.spec.levels}:

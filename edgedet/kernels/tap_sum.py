@@ -147,7 +147,7 @@ _HALF = np.float32(0.5)
 
 @compiled(nogil=True)
 def tail_points(deltas, priors, weights, stride, stride_times_kernel, offsets, first_row,
-                positions, out):  # type: ignore[no-untyped-def]
+                start, stop, out):  # type: ignore[no-untyped-def]
     """One image's sampling points of one level, from the propose stage's deltas: the box
     decoding of ``models.box_coder.decode_cxcywh`` and the points of
     ``quantize.rewrites.pa_head.planar_sampling_points``, operation by operation in float32
@@ -162,11 +162,12 @@ def tail_points(deltas, priors, weights, stride, stride_times_kernel, offsets, f
         offsets: ``(2, T)`` float32, each tap's x and y offset in box sizes.
         first_row: the level's first row of ``deltas``; position ``p``, anchor ``g`` is row
             ``first_row + p*G + g``.
-        positions: the level's ``H*W``.
-        out: ``(G, T, positions, 2)`` float32, written in place.
+        start, stop: the positions to compute, ``start <= p < stop`` (a thread's share of
+            the level's ``H*W``, as the tap sums that read them: ``tap_sum_rows``).
+        out: ``(G, T, H*W, 2)`` float32; those positions written in place.
     """
     groups, taps = out.shape[0], out.shape[1]
-    for p in range(positions):
+    for p in range(start, stop):
         for g in range(groups):
             r = first_row + p * groups + g
             dw = deltas[r, 2] / weights[2]

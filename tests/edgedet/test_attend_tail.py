@@ -382,9 +382,7 @@ def test_computed_points_are_the_graphs_and_sum_like_given_ones() -> None:
     computed = AttendTail(computed_spec, 2, priors)
     raw_computed = {k: v for k, v in raw.items() if not k.startswith("attend_points_")}
     raw_computed["propose_deltas"] = deltas
-    levels = computed._with_points(raw_computed, [computed._level_inputs(raw_computed, lv)
-                                                  for lv in computed_spec.levels], 2)
-    for (_, points), level in zip(levels, spec.levels, strict=True):
+    for points, level in zip(computed.sampling_points(raw_computed), spec.levels, strict=True):
         np.testing.assert_allclose(points, given[level.points], rtol=4e-7, atol=1e-6)
     ours, theirs = computed(raw_computed), AttendTail(spec, 2)(given)
     assert np.array_equal(ours["propose_deltas"], deltas)  # it stays, for the decoder
@@ -411,12 +409,12 @@ def test_computed_points_equal_pytorchs_to_the_bit_where_exp_is_exact() -> None:
     offsets = np.array([[-1, 0, 1] * 3, [-1] * 3 + [0] * 3 + [1] * 3], np.float32)
     points = np.empty((groups, 9, height * width, 2), np.float32)
     tail_points(deltas, priors, np.array([10, 10, 5, 5], np.float32), np.float32(stride),
-                np.float32(stride * 3), offsets, 0, height * width, points)
+                np.float32(stride * 3), offsets, 0, 0, height * width, points)
     np.testing.assert_array_equal(
         points, _training_points(deltas, priors, stride, groups, height, width))
     deltas[5, 0] = np.nan  # position 2, anchor 1
     tail_points(deltas, priors, np.array([10, 10, 5, 5], np.float32), np.float32(stride),
-                np.float32(stride * 3), offsets, 0, height * width, points)
+                np.float32(stride * 3), offsets, 0, 0, height * width, points)
     assert np.isnan(points[1, :, 2, 0]).all() and not np.isnan(points[0, :, 2]).any()
 
 
