@@ -11,7 +11,7 @@ synthetic frames:
   the CPU caches takes, the floor under any pre-processing),
 * *resize* (``edgedet.preprocess.resize_to_input``: the resize, letterbox included),
 * *normalise* (``normalize_to_nchw``; 0 where the runtime normalises, OpenVINO, and where
-  ``detect()`` resizes and normalises in one pass, a shrink by whole factors: *resize*
+  ``detect()`` resizes and normalises in one pass, a shrink to half size: *resize*
   then times that pass, ``edgedet.preprocess.preprocess``),
 * *runtime* (``Detector.run_model``, or ``Detector.run_frames`` on the resized uint8 frame
   where the runtime normalises; either includes the attend tail, the cpu target's PASSD tap

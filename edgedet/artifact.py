@@ -50,7 +50,7 @@ from edgedet.manifest_schema import (  # the schema; re-exported, callers import
     READABLE_FORMAT_VERSIONS,
     REQUIRED_KEYS,
     ManifestError,
-    format_version_for,
+    format_version_of,
     validate_manifest,
 )
 from edgedet.options import APPLICATION_SCORE_THRESHOLD
@@ -191,7 +191,7 @@ def make_manifest(
     preprocess = dict(preprocess)
     width, height = (int(v) for v in preprocess.get("input_size", (0, 0)))
     manifest = {
-        "format_version": format_version_for({"preprocess": preprocess}),
+        "format_version": format_version_of({"preprocess": preprocess}),
         "name": name,
         "architecture": architecture,
         "head_family": head_family,
@@ -262,7 +262,7 @@ class Artifact:
         files = {name: sha256_file(directory / name) for name in model_files}
         # The format version of the manifest as staged, with the sections the target and
         # double-scale testing added after make_manifest (an attend tail's points block).
-        full = {**manifest, "files": files, "format_version": format_version_for(manifest)}
+        full = {**manifest, "files": files, "format_version": format_version_of(manifest)}
         validate_manifest(full, source=f"staged artifact {directory}")
         return cls(directory, full)
 
@@ -411,6 +411,6 @@ __all__ = [
     "MANIFEST_NAME", "MODEL_STEM", "PRECISIONS", "READABLE_FORMAT_VERSIONS", "REQUIRED_KEYS",
     "Artifact", "ManifestError", "UncheckedArtifactError", "accuracy_section",
     "check_file_name", "check_sources", "check_summary", "double_scale_files",
-    "format_version_for", "load_manifest", "main_model_files", "make_manifest",
+    "format_version_of", "load_manifest", "main_model_files", "make_manifest",
     "require_passed_check", "sha256_file", "validate_manifest", "verify_artifact_files",
 ]

@@ -26,7 +26,7 @@ from edgedet.artifact import (
     ManifestError,
     check_file_name,
     check_sources,
-    format_version_for,
+    format_version_of,
     sha256_file,
     validate_manifest,
 )
@@ -78,8 +78,8 @@ def write_artifact(
             raise ManifestError(f"{out_dir}: the model files differ from the manifest's "
                                 f"hashes: {', '.join(differ)}")
         # The oldest format whose readers apply the manifest as written (an older edgedet
-        # then refuses one it would misread; ``format_version_for``).
-        full = {**manifest, "files": files, "format_version": format_version_for(manifest)}
+        # then refuses one it would misread; ``format_version_of``).
+        full = {**manifest, "files": files, "format_version": format_version_of(manifest)}
         validate_manifest(full, source=f"manifest for {out_dir}")
         write_json_atomic(staging / MANIFEST_NAME, full, indent=2)
         _replace_directory(staging, out_dir)

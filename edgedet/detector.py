@@ -6,8 +6,8 @@ One call of ``detect(frame)`` is::
                          input transform
     normalize_to_nchw  → images (1, 3, H, W) float32, unless the backend normalises inside
                          its runtime (``FrameInputBackend``: OpenVINO's PrePostProcessor);
-                         both steps in one pass where the frame shrinks by area with
-                         whole factors (``preprocess``: the same bits)
+                         both steps in one pass where the frame shrinks by area to half
+                         its size (``preprocess``: the same bits)
     backend.run        → raw head outputs by name (e.g. cls_logits (1, A, K+1))
     HeadDecoder        → decode against the anchors, threshold, top-k, NMS, boxes in frame
                          pixels → Detections
@@ -318,7 +318,9 @@ class Detector:
         return self._frame_runner is not None
 
     def run_frames(self, frames_bgr: np.ndarray) -> dict[str, np.ndarray]:
-        """The model on resized frames, as ``detect`` runs it.
+        """The model on resized frames: as ``detect`` runs it where the runtime normalises;
+        elsewhere ``normalize_to_nchw`` then ``run_model`` (``detect`` may do both steps'
+        work in one pass, ``preprocess``: the same input).
 
         Args:
             frames_bgr: ``(N, H, W, 3)`` BGR uint8 at the input size (``resize_to_input``'s

@@ -30,7 +30,7 @@ MANIFEST_NAME = "manifest.json"
 # added the attend tail's ``points`` block (the SDK computes PASSD's sampling points from the
 # model's propose_deltas): an edgedet that reads version 2 looks for per-level points outputs
 # and refused such a manifest with a message about missing outputs. So a manifest says the
-# oldest format whose readers get it right (``format_version_for``), which older edgedets
+# oldest format whose readers get it right (``format_version_of``), which older edgedets
 # keep reading as before; a newer one is refused as written by a newer edgedet.
 FORMAT_VERSION = 3
 READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2, 3)
@@ -59,7 +59,7 @@ class ManifestError(ValueError):
     model file (the message names the file or the field)."""
 
 
-def format_version_for(manifest: Mapping[str, Any]) -> int:
+def format_version_of(manifest: Mapping[str, Any]) -> int:
     """The ``format_version`` of ``manifest``: the oldest whose readers apply all of it (3
     where an attend tail, the main model's or the 2x model's, computes its sampling points;
     2 where the pre-processing shrinks linearly; 1 otherwise)."""

@@ -203,22 +203,19 @@ def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray,
     """One frame → ``(input (1, 3, H, W) float32, transform)``: ``resize_to_input`` then
     ``normalize_to_nchw``, the same bits.
 
-    Where the frame shrinks by area with whole factors (a 640x480 camera frame into a
-    320x256 letterbox: 2 x 2 blocks), both steps run as one pass (``kernels.area_to_nchw``,
-    OpenCV's arithmetic): the shrunk frame is never written out and read again. With the
-    caches cold after an inference, HAR-Net's 640x480 -> 320x256 took 0.58 ms against 0.78
-    for the two steps. Each frame size and config is first checked against the two steps
-    on a random frame of that size (``_one_pass_agrees``); a mismatch, which another
-    OpenCV's arithmetic could cause, keeps the two steps.
+    Where the frame shrinks by area to half its size (a 640x480 camera frame into HAR-Net's
+    and DSANet's 320x256 letterbox), both steps run as one pass (``kernels.halve_to_nchw``,
+    OpenCV's arithmetic for 2 x 2 blocks): the shrunk frame is never written out and read
+    again. With the caches cold after an inference, HAR-Net's 640x480 -> 320x256 took 0.49
+    -0.64 ms against 0.57-0.82 for the two steps. (The same pass for larger whole factors
+    was slower than OpenCV's vectorised blocks: 4 x 4, 1280x720 -> 320x180, 1.66 against
+    1.53 ms.) Each frame size and config is first checked against the two steps on a random
+    frame of that size (``_one_pass_agrees``); a mismatch, which another OpenCV's arithmetic
+    could cause, keeps the two steps.
     """
-    if not isinstance(config, PreprocessConfig):
-        raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
-    frame = validate_frame(frame)
-    fh, fw = frame.shape[:2]
-    transform = compute_transform((fw, fh), config)
-    factors = _whole_area_factors((fw, fh), config, transform)
-    if factors is not None and frame.flags.c_contiguous and _one_pass_agrees((fw, fh), config):
-        return _one_pass(frame, config, factors, transform), transform
+    frame, transform, one_pass = _one_pass_plan(frame, config)
+    if one_pass:
+        return _one_pass(frame, config, transform), transform
     resized, transform = resize_to_input(frame, config)
     return normalize_to_nchw(resized, config), transform
 
@@ -226,33 +223,40 @@ def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray,
 def runs_in_one_pass(frame: np.ndarray, config: PreprocessConfig) -> bool:
     """Whether ``preprocess`` resizes and normalises ``frame`` in one pass (for the
     benchmarks that time ``detect()``'s steps)."""
+    return _one_pass_plan(frame, config)[2]
+
+
+def _one_pass_plan(frame: np.ndarray, config: PreprocessConfig
+                   ) -> tuple[np.ndarray, FrameTransform, bool]:
+    """``(the checked frame, its transform, whether preprocess takes the one pass)``. Not
+    for a view with gaps or a read-only frame (the compiled pass would compile again for
+    those array types, on their first frame)."""
+    if not isinstance(config, PreprocessConfig):
+        raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
     frame = validate_frame(frame)
     fh, fw = frame.shape[:2]
-    factors = _whole_area_factors((fw, fh), config, compute_transform((fw, fh), config))
-    return (factors is not None and frame.flags.c_contiguous
-            and _one_pass_agrees((fw, fh), config))
+    transform = compute_transform((fw, fh), config)
+    one_pass = (_halves(frame.shape, config, transform) and frame.flags.c_contiguous
+                and frame.flags.writeable and _one_pass_agrees((fw, fh), config))
+    return frame, transform, one_pass
 
 
-def _whole_area_factors(frame_size: tuple[int, int], config: PreprocessConfig,
-                        transform: FrameTransform) -> tuple[int, int] | None:
-    """``(factor_x, factor_y)`` where ``resize_to_input`` shrinks a frame of ``frame_size``
-    (``transform`` its ``compute_transform``) by OpenCV's area path with whole factors (its
-    fast path: ``area_resize.resize_area``'s ``integer_factors``); None otherwise."""
-    fw, fh = frame_size
+def _halves(shape: tuple[int, ...], config: PreprocessConfig, transform: FrameTransform
+            ) -> bool:
+    """Whether ``resize_to_input`` shrinks a frame of ``shape`` (``transform`` its
+    ``compute_transform``) by OpenCV's area path to exactly half its width and height."""
+    fh, fw = shape[:2]
     nw, nh = round(fw * transform.scale_x), round(fh * transform.scale_y)
-    if config.interpolation != "area" or not (nw < fw and nh < fh) or fw % nw or fh % nh:
-        return None
-    return fw // nw, fh // nh
+    return config.interpolation == "area" and (fw, fh) == (2 * nw, 2 * nh)
 
 
-def _one_pass(frame: np.ndarray, config: PreprocessConfig, factors: tuple[int, int],
+def _one_pass(frame: np.ndarray, config: PreprocessConfig,
               transform: FrameTransform) -> np.ndarray:
-    """``kernels.area_to_nchw`` of a C-contiguous frame with whole area factors."""
+    """``kernels.halve_to_nchw`` of a C-contiguous frame that halves into the input."""
     tables, sources = _channel_tables(config)
     width, height = config.input_size
-    return kernels.area_to_nchw(frame, factors[0], factors[1], tables, sources, height, width,
-                                int(transform.pad_y), int(transform.pad_x),
-                                _pad_level(config.pad_value))
+    return kernels.halve_to_nchw(frame, tables, sources, height, width, int(transform.pad_y),
+                                 int(transform.pad_x), _pad_level(config.pad_value))
 
 
 @functools.lru_cache(maxsize=16)
@@ -269,13 +273,10 @@ def _one_pass_agrees(frame_size: tuple[int, int], config: PreprocessConfig) -> b
     """Whether ``_one_pass`` gives the two steps' bits for frames of ``frame_size``, on one
     random frame of that size (once per size and config)."""
     fw, fh = frame_size
-    transform = compute_transform(frame_size, config)
-    factors = _whole_area_factors(frame_size, config, transform)
-    assert factors is not None
     probe = np.random.default_rng(0).integers(0, 256, (fh, fw, 3), dtype=np.uint8)
-    resized, _ = resize_to_input(probe, config)
+    resized, transform = resize_to_input(probe, config)
     expected = normalize_to_nchw(resized, config)
-    return bool(np.array_equal(_one_pass(probe, config, factors, transform).view(np.uint32),
+    return bool(np.array_equal(_one_pass(probe, config, transform).view(np.uint32),
                                expected.view(np.uint32)))
 
 

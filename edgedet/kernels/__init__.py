@@ -38,16 +38,16 @@ import numpy as np
 
 if TYPE_CHECKING:
     from edgedet.kernels.decode import sigmoid_candidates, softmax_candidates
-    from edgedet.kernels.frame import area_to_nchw, frame_detections, table_to_nchw
+    from edgedet.kernels.frame import frame_detections, halve_to_nchw, table_to_nchw
     from edgedet.kernels.select import select_candidates, select_frame
     from edgedet.kernels.tap_sum import tail_points, tap_sum_rows
 
-__all__ = ["area_to_nchw", "frame_detections", "select_candidates", "select_frame",
+__all__ = ["frame_detections", "halve_to_nchw", "select_candidates", "select_frame",
            "sigmoid_candidates", "softmax_candidates", "table_to_nchw", "tail_points",
            "tap_sum_rows", "warm_up"]
 
 _MODULE_OF = {"sigmoid_candidates": "decode", "softmax_candidates": "decode",
-              "frame_detections": "frame", "table_to_nchw": "frame", "area_to_nchw": "frame",
+              "frame_detections": "frame", "table_to_nchw": "frame", "halve_to_nchw": "frame",
               "select_candidates": "select", "select_frame": "select",
               "tap_sum_rows": "tap_sum", "tail_points": "tap_sum"}
 
@@ -72,7 +72,7 @@ def warm_up() -> None:
     does not wait for the compiler (about 5 s on a fresh install, a quarter of a second to
     load the cache)."""
     from edgedet.kernels.decode import sigmoid_candidates, softmax_candidates
-    from edgedet.kernels.frame import area_to_nchw, frame_detections, table_to_nchw
+    from edgedet.kernels.frame import frame_detections, halve_to_nchw, table_to_nchw
     from edgedet.kernels.select import select_candidates, select_frame
 
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11]], np.float32)
@@ -88,7 +88,7 @@ def warm_up() -> None:
     for array in (tables, sources):  # as preprocess._channel_tables shares them
         array.flags.writeable = False
     table_to_nchw(np.zeros((2, 2, 3), np.uint8), tables, sources)
-    area_to_nchw(np.zeros((4, 4, 3), np.uint8), 2, 2, tables, sources, 2, 2, 0, 0, 0)
+    halve_to_nchw(np.zeros((4, 4, 3), np.uint8), tables, sources, 2, 2, 0, 0, 0)
     for width in (0, 1):
         sigmoid_candidates(scores, boxes, np.zeros((2 * width, 1), np.float32), priors,
                            weights, np.float32(0.0), False)

@@ -1,5 +1,5 @@
 """The kernels on either side of the model: ONNX Runtime's input normalisation (with OpenCV's
-area shrink by whole factors in the same pass) and the mapping of the detections back to frame
+area shrink to half size in the same pass) and the mapping of the detections back to frame
 pixels."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def frame_detections(boxes_xyxy, scores, class_ids, scale_x, scale_y, pad_x, pad
     return out_boxes, out_scores, out_classes
 
 
-@compiled()
+@compiled(nogil=True)
 def table_to_nchw(image, tables, sources):  # type: ignore[no-untyped-def]
     """``preprocess.normalize_to_nchw``: each pixel's channel value read from its 256-entry
     table (the float32 result of ``(v - mean) / std`` for every uint8 level ``v``).
@@ -84,19 +84,16 @@ def table_to_nchw(image, tables, sources):  # type: ignore[no-untyped-def]
     return out
 
 
-@compiled()
-def area_to_nchw(frame, factor_x, factor_y, tables, sources, height, width, top, left,
-                 pad_level):  # type: ignore[no-untyped-def]
-    """``preprocess.preprocess`` of a frame whose area shrink has whole factors, in one pass:
-    each shrunk pixel computed as OpenCV's ``INTER_AREA`` computes it there, read from the
-    channel tables (``table_to_nchw``) and written into the letterboxed input.
-
-    OpenCV's two forms for uint8 (``resizeAreaFast``): 2 x 2 blocks as ``(sum + 2) >> 2``
-    (half up), other whole factors as ``cvRound(sum * (1.f / area))`` (float32, half to even).
+@compiled(nogil=True)
+def halve_to_nchw(frame, tables, sources, height, width, top, left,
+                  pad_level):  # type: ignore[no-untyped-def]
+    """``preprocess.preprocess`` of a frame that shrinks by area to half its size, in one
+    pass: each shrunk pixel computed as OpenCV's ``INTER_AREA`` computes 2 x 2 blocks of
+    uint8 (``resizeAreaFast``: ``(sum + 2) >> 2``, half up), read from the channel tables
+    (``table_to_nchw``) and written into the letterboxed input.
 
     Args:
-        frame: ``(factor_y * h, factor_x * w, 3)`` uint8, C-contiguous: shrinks to
-            ``(h, w)``. factor_x, factor_y: ints >= 2.
+        frame: ``(2 * h, 2 * w, 3)`` uint8, C-contiguous: shrinks to ``(h, w)``.
         tables, sources: as ``table_to_nchw``'s.
         height, width: the input size; the shrunk frame sits at row ``top``, column
             ``left``, the rest is ``pad_level`` (a uint8 level) through the tables.
@@ -104,12 +101,10 @@ def area_to_nchw(frame, factor_x, factor_y, tables, sources, height, width, top,
     Returns:
         ``(1, 3, height, width)`` float32.
     """
-    shrunk_h = frame.shape[0] // factor_y
-    shrunk_w = frame.shape[1] // factor_x
+    shrunk_h, shrunk_w = frame.shape[0] // 2, frame.shape[1] // 2
     out = np.empty((1, 3, height, width), np.float32)
     table_0, table_1, table_2 = tables[0], tables[1], tables[2]
     source_0, source_1, source_2 = sources[0], sources[1], sources[2]
-    inverse_area = np.float32(1.0) / np.float32(factor_x * factor_y)
     for y in range(height):
         row = y - top
         for channel in range(3):
@@ -121,29 +116,12 @@ def area_to_nchw(frame, factor_x, factor_y, tables, sources, height, width, top,
                 out[0, channel, y, left + shrunk_w:] = pad
         if not 0 <= row < shrunk_h:
             continue
-        if factor_x == 2 and factor_y == 2:  # OpenCV's own form for 2 x 2 blocks
-            upper, lower = frame[2 * row], frame[2 * row + 1]
-            for x in range(shrunk_w):
-                a, b, c, d = upper[2 * x], upper[2 * x + 1], lower[2 * x], lower[2 * x + 1]
-                levels = ((np.int32(a[0]) + b[0] + c[0] + d[0] + 2) >> 2,
-                          (np.int32(a[1]) + b[1] + c[1] + d[1] + 2) >> 2,
-                          (np.int32(a[2]) + b[2] + c[2] + d[2] + 2) >> 2)
-                out[0, 0, y, left + x] = table_0[levels[source_0]]
-                out[0, 1, y, left + x] = table_1[levels[source_1]]
-                out[0, 2, y, left + x] = table_2[levels[source_2]]
-            continue
+        upper, lower = frame[2 * row], frame[2 * row + 1]
         for x in range(shrunk_w):
-            sums = [0, 0, 0]
-            for dy in range(factor_y):
-                pixels = frame[row * factor_y + dy]
-                for dx in range(factor_x):
-                    pixel = pixels[x * factor_x + dx]
-                    sums[0] += np.int32(pixel[0])
-                    sums[1] += np.int32(pixel[1])
-                    sums[2] += np.int32(pixel[2])
-            levels = (np.int64(np.rint(np.float32(sums[0]) * inverse_area)),
-                      np.int64(np.rint(np.float32(sums[1]) * inverse_area)),
-                      np.int64(np.rint(np.float32(sums[2]) * inverse_area)))
+            a, b, c, d = upper[2 * x], upper[2 * x + 1], lower[2 * x], lower[2 * x + 1]
+            levels = ((np.int32(a[0]) + b[0] + c[0] + d[0] + 2) >> 2,
+                      (np.int32(a[1]) + b[1] + c[1] + d[1] + 2) >> 2,
+                      (np.int32(a[2]) + b[2] + c[2] + d[2] + 2) >> 2)
             out[0, 0, y, left + x] = table_0[levels[source_0]]
             out[0, 1, y, left + x] = table_1[levels[source_1]]
             out[0, 2, y, left + x] = table_2[levels[source_2]]

@@ -30,12 +30,11 @@ def test_the_timed_stages_are_the_ones_detect_runs(name, backend, monkeypatch):
             return seen[-1]
         return call
 
-    # (detect() runs run_model on the images it resized and normalised in one pass where
-    # the frame shrinks by whole factors, HAR-Net's 640x480; run_frames elsewhere.)
+    # (detect() runs run_model where the SDK normalises, run_frames where the runtime does.)
     for method in ("run_frames", "run_model"):
         monkeypatch.setattr(detector, method, recording(getattr(detector, method)))
     detector.detect(frame)
-    expected = seen[-1]
+    (expected,) = seen
     assert sorted(outputs) == sorted(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(outputs[key], value)

@@ -422,19 +422,19 @@ def test_a_points_block_is_format_version_3_where_it_is_written(tmp_path) -> Non
     """An edgedet that reads version 2 looks for per-level points outputs: a manifest whose
     tail (the 1x model's or the 2x model's) computes its points says version 3, so that such
     an edgedet refuses it as newer than itself; everything else keeps its older version."""
-    from edgedet.artifact import Artifact, format_version_for, load_manifest
+    from edgedet.artifact import Artifact, format_version_of, load_manifest
     from edgedet.artifact_writer import write_artifact
 
     plain = _manifest({"model.onnx": "0" * 64})
     linear = {**plain, "preprocess": {**plain["preprocess"], "interpolation": "linear"}}
     computed = {**_with_propose(plain), "attend_tail": _section(points=POINTS,
                                                                   levels=[COMPUTED_LEVEL])}
-    assert format_version_for(plain) == 1 and format_version_for(linear) == 2
-    assert format_version_for({**plain, "attend_tail": _section()}) == 1  # points outputs
-    assert format_version_for(computed) == 3
+    assert format_version_of(plain) == 1 and format_version_of(linear) == 2
+    assert format_version_of({**plain, "attend_tail": _section()}) == 1  # points outputs
+    assert format_version_of(computed) == 3
     second_only = _with_second_tail()
     second_only["double_scale"]["attend_tail"] = _section(points=POINTS)
-    assert format_version_for(second_only) == 3
+    assert format_version_of(second_only) == 3
     # The writers set it from the manifest as written (make_manifest saw no tail).
     source = tmp_path / "model.onnx"
     source.write_bytes(b"bytes")

@@ -10,7 +10,7 @@ import pytest
 
 import edgedet
 from edgedet import zoo
-from edgedet.artifact import format_version_for, load_manifest
+from edgedet.artifact import format_version_of, load_manifest
 from edgedet.cpu_features import describe, x86_cpu_flags
 
 # The kind of CPU a check ran on (``accuracy["checked_on"]``, recorded since 2026-12-06; every
@@ -90,7 +90,7 @@ def test_the_packaged_zoo_folder_is_inside_the_package() -> None:
         manifest = load_manifest(zoo.ZOO_DIR / name)
         assert manifest["name"] == name
         # ... and says the format an older edgedet must read it in to read it right
-        assert manifest["format_version"] == format_version_for(manifest)
+        assert manifest["format_version"] == format_version_of(manifest)
 
 
 def _double_scale_models() -> list[str]:
