@@ -206,12 +206,12 @@ def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray,
     Where the frame shrinks by area to half its size (a 640x480 camera frame into HAR-Net's
     and DSANet's 320x256 letterbox), both steps run as one pass (``kernels.halve_to_nchw``,
     OpenCV's arithmetic for 2 x 2 blocks): the shrunk frame is never written out and read
-    again. With the caches cold after an inference, HAR-Net's 640x480 -> 320x256 took 0.49
-    -0.64 ms against 0.57-0.82 for the two steps. (The same pass for larger whole factors
-    was slower than OpenCV's vectorised blocks: 4 x 4, 1280x720 -> 320x180, 1.66 against
-    1.53 ms.) Each frame size and config is first checked against the two steps on a random
-    frame of that size (``_one_pass_agrees``); a mismatch, which another OpenCV's arithmetic
-    could cause, keeps the two steps.
+    again. With the caches cold after an inference, HAR-Net's 640x480 -> 320x256 took 0.43
+    -0.64 ms against 0.52-0.82 for the two steps (four interleaved runs). (The same pass
+    for larger whole factors was slower than OpenCV's vectorised blocks: 4 x 4, 1280x720 ->
+    320x180, 1.66 against 1.53 ms.) Each frame size and config is first checked against the
+    two steps on a random frame of that size (``_one_pass_agrees``); a mismatch, which
+    another OpenCV's arithmetic could cause, keeps the two steps.
     """
     frame, transform, one_pass = _one_pass_plan(frame, config)
     if one_pass:
