@@ -61,7 +61,8 @@ def test_double_scale_artifact_is_built_checked_and_runs(harnet_checkpoint, tmp_
     frame = next(iter(SyntheticScenes(1, seed=3, config=SyntheticConfig(image_size=(200, 150)))))
     want, got = reference.detect(frame.image), deployed.detect(frame.image)
     assert len(want) > 0
-    assert_same_detections(got, want, score_atol=2e-3, box_atol=0.5)
+    assert_same_detections(got, want, score_atol=2e-3, box_atol=0.5,
+                           score_threshold=deployed.options.score_threshold)
     # The second scale changes the answer (more anchors, averaged logits).
     assert len(single.detect(frame.image)) != len(got) or not np.allclose(
         single.detect(frame.image).scores, got.scores)

@@ -57,7 +57,8 @@ def test_openvino_agrees_with_onnxruntime(artifacts: dict[str, Path]) -> None:
         expected = reference.detect(frame)
         for detector in (on_onnx, on_ir):
             dets = detector.detect(frame)
-            assert_same_detections(dets, expected, score_atol=1e-4, box_atol=1e-2)
+            assert_same_detections(dets, expected, score_atol=1e-4, box_atol=1e-2,
+                                   score_threshold=reference.options.score_threshold)
             compared += len(dets)
     assert compared > 0
 
