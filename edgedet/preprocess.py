@@ -216,8 +216,7 @@ def preprocess(frame: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray,
     frame, transform, one_pass = _one_pass_plan(frame, config)
     if one_pass:
         return _one_pass(frame, config, transform), transform
-    resized, transform = resize_to_input(frame, config)
-    return normalize_to_nchw(resized, config), transform
+    return normalize_to_nchw(_resized(frame, config, transform), config), transform
 
 
 def runs_in_one_pass(frame: np.ndarray, config: PreprocessConfig) -> bool:
@@ -287,12 +286,19 @@ def resize_to_input(frame: np.ndarray, config: PreprocessConfig
     if not isinstance(config, PreprocessConfig):
         raise TypeError(f"config must be a PreprocessConfig, got {type(config).__name__}")
     frame = validate_frame(frame)
+    transform = compute_transform((frame.shape[1], frame.shape[0]), config)
+    return _resized(frame, config, transform), transform
+
+
+def _resized(frame: np.ndarray, config: PreprocessConfig, transform: FrameTransform
+             ) -> np.ndarray:
+    """``resize_to_input``'s image of a checked ``frame`` whose ``compute_transform`` is
+    ``transform``."""
     fh, fw = frame.shape[:2]
-    transform = compute_transform((fw, fh), config)
     iw, ih = config.input_size
     nw, nh = round(fw * transform.scale_x), round(fh * transform.scale_y)
     if (nw, nh) == (iw, ih):
-        return _resize(frame, (nw, nh), config.interpolation, None), transform
+        return _resize(frame, (nw, nh), config.interpolation, None)
     # Letterbox: the frame resized straight into the canvas, only the padding filled (a
     # resized copy pasted into a filled canvas wrote the middle twice: 0.14 -> 0.11 ms for
     # HAR-Net's 640x480 -> 320x256 with the caches cold after an inference).
@@ -302,7 +308,7 @@ def resize_to_input(frame: np.ndarray, config: PreprocessConfig
     canvas[:py], canvas[py + nh:] = pad, pad
     canvas[py:py + nh, :px], canvas[py:py + nh, px + nw:] = pad, pad
     _resize(frame, (nw, nh), config.interpolation, canvas[py:py + nh, px:px + nw])
-    return canvas, transform
+    return canvas
 
 
 def _resize(frame: np.ndarray, size: tuple[int, int], interpolation: Interpolation,
