@@ -15,15 +15,26 @@ Prints GFLOPs, ms and pruned / unpruned per runtime and precision (OpenVINO INT8
 ``quantize/run.py --float-precision bf16`` builds it), over all calls and over the calls made
 on near and on far CPUs (``benchmarks/core_latency.py``; needs two CPUs); issue 14's target
 is <= 0.55x for INT8 on ONNX Runtime and OpenVINO.
+
+``--also RATIO[:ROUND]`` (repeatable) times more channel plans in the same run: the unpruned
+architecture pruned to RATIO of its GFLOPs with channel counts in multiples of ROUND (default
+16), by ``quantize.pruning.prune_to_flops`` with the part weights the checkpoint's pruning
+recorded (``prune_log.json`` beside it, its last step; uniform where there is none). Their
+weights are random, so they answer what latency a plan of that size and rounding would reach,
+not what it would score: e.g. whether a smaller model, or widths in the multiples of 64 that
+AMX takes INT8 input channels in, would meet the target on this CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from edgedet._repo import use_repo_root
 
@@ -42,6 +53,7 @@ from benchmarks.speed import build_for_targets, random_inputs
 from edgedet.models.builders import builder_of
 from edgedet.models.checkpoint import build_from_checkpoint
 from edgedet.models.summary import count_gflops
+from quantize.pruning import prune_to_flops
 
 DEFAULT_CHECKPOINT = (Path(__file__).resolve().parents[1]
                       / "checkpoints/harnet_pruned_distilled/best")
@@ -57,12 +69,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--precisions", default="int8", help="comma-separated: fp32,int8")
+    parser.add_argument("--also", action="append", default=[], metavar="RATIO[:ROUND]",
+                        help="also time the unpruned architecture pruned to RATIO of its "
+                             "GFLOPs, channels in multiples of ROUND (default 16), random "
+                             "weights (repeatable; e.g. --also 0.25 --also 0.38:64)")
     args = parser.parse_args(argv)
     require_at_least(parser, 1, threads=args.threads, rounds=args.rounds, calls=args.calls)
+    try:
+        args.also = [parse_plan(text) for text in args.also]
+    except ValueError as error:
+        parser.error(f"--also: {error}")
     require_choices(parser, "--precisions", args.precisions.split(","), ("fp32", "int8"))
     require_checkpoint(parser, args.checkpoint)
     with CoreLatencyProbe() as probe:
         return _measure(args, parser, probe)
+
+
+def parse_plan(text: str) -> tuple[float, int]:
+    """``"RATIO[:ROUND]"`` as ``(ratio, round_to)``: 0 < ratio < 1, round_to >= 1."""
+    ratio_text, _, round_text = text.partition(":")
+    try:
+        ratio, round_to = float(ratio_text), int(round_text or 16)
+    except ValueError:
+        raise ValueError(f"{text!r} is not RATIO[:ROUND], e.g. 0.25 or 0.38:64") from None
+    if not 0.0 < ratio < 1.0 or round_to < 1:
+        raise ValueError(f"{text!r}: RATIO must lie in (0, 1) and ROUND be >= 1")
+    return ratio, round_to
+
+
+def recorded_part_weights(checkpoint: str) -> dict[str, float] | None:
+    """The part weights of the last pruning step recorded beside ``checkpoint``
+    (``prune_log.json``'s ``allocation``, written by ``prune.py --allocation sensitivity``);
+    None where there is no such record (uniform allocation)."""
+    log_path = Path(checkpoint).parent / "prune_log.json"
+    if not log_path.is_file():
+        return None
+    steps = json.loads(log_path.read_text(encoding="utf-8")).get("steps") or []
+    allocation = steps[-1].get("allocation") if steps else None
+    if not allocation:
+        return None
+    return {part: float(record["weight"]) for part, record in allocation.items()}
+
+
+def plan_variants(unpruned: nn.Module, size: tuple[int, int],
+                  plans: list[tuple[float, int]],
+                  part_weights: dict[str, float] | None) -> dict[str, nn.Module]:
+    """``{label: unpruned pruned to (ratio, round_to)}`` for each plan; ``unpruned`` stays
+    as it is. A label reads ``0.25x/16``: the target ratio and the channel rounding."""
+    gflops = count_gflops(unpruned, size)
+    variants = {}
+    for ratio, round_to in plans:
+        variants[f"{ratio:g}x/{round_to}"], _ = prune_to_flops(
+            copy.deepcopy(unpruned), size, gflops * ratio, round_to=round_to,
+            part_weights=part_weights)
+    return variants
 
 
 def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -83,11 +143,14 @@ def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
     calibration = random_inputs(size, 8)
     feed = {"images": calibration[0]}
     precisions = tuple(args.precisions.split(","))
+    part_weights = recorded_part_weights(args.checkpoint) if args.also else None
+    models = {"unpruned": unpruned, "pruned": pruned,
+              **plan_variants(unpruned, size, args.also, part_weights)}
     items: dict[tuple[str, str, str], Timed] = {}
     with tempfile.TemporaryDirectory(prefix="edgedet-prune-latency-") as tmp:
-        for label, model in (("unpruned", unpruned), ("pruned", pruned)):
+        for index, (label, model) in enumerate(models.items()):
             gflops = count_gflops(model, size)
-            built = build_for_targets(model, size, Path(tmp) / label, calibration,
+            built = build_for_targets(model, size, Path(tmp) / f"model{index}", calibration,
                                       f"the {label} model", precisions,
                                       float_precisions=("f32", "bf16"), threads=args.threads)
             for precision in precisions:
@@ -139,7 +202,38 @@ def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
     assert base_gflops and small_gflops
     print(f"GFLOPs: unpruned {base_gflops:.2f}, pruned {small_gflops:.2f} "
           f"({small_gflops / base_gflops:.3f}x)")
+    if args.also:
+        _print_plans(items, models, part_weights is not None)
     return 0
+
+
+def _print_plans(items: dict[tuple[str, str, str], Timed], models: dict[str, nn.Module],
+                 by_parts: bool) -> None:
+    """The ``--also`` plans against the unpruned model, over all calls."""
+    allocation = "the part weights the checkpoint's pruning recorded" if by_parts else "uniform"
+    print(f"\nOther plans (random weights; allocation: {allocation})")
+    print("| plan | runtime | precision | GFLOPs / unpruned | ms | / unpruned | widths |")
+    print("|---|---|---|---|---|---|---|")
+    for label, runtime, precision in items:
+        if label in ("unpruned", "pruned"):
+            continue
+        item, base = items[label, runtime, precision], items["unpruned", runtime, precision]
+        ms, base_ms = item.p50(), base.p50()
+        assert item.gflops and base.gflops and ms and base_ms
+        print(f"| {label} | {runtime} | {precision} | {item.gflops / base.gflops:.3f}x | "
+              f"{ms:.2f} | {ms / base_ms:.3f}x | {_widths(models[label])} |")
+
+
+def _widths(model: nn.Module) -> str:
+    """Each stage's first conv width, FPN, class and box towers (as docs/pruned_harnet.md
+    lists them)."""
+    names = {"layer1": "backbone.layer1.0.conv1", "layer2": "backbone.layer2.0.conv1",
+             "layer3": "backbone.layer3.0.conv1", "layer4": "backbone.layer4.0.conv1",
+             "fpn": "fpn.output_convs.0", "cls": "head.branches.cls.convs.0",
+             "box": "head.branches.box.convs.0"}
+    modules = dict(model.named_modules())
+    return " ".join(f"{short} {modules[name].weight.shape[0]}"
+                    for short, name in names.items() if name in modules)
 
 
 if __name__ == "__main__":
