@@ -18,8 +18,9 @@ is <= 0.55x for INT8 on ONNX Runtime and OpenVINO.
 
 ``--also RATIO[:ROUND]`` (repeatable) times more channel plans in the same run: the unpruned
 architecture pruned to RATIO of its GFLOPs with channel counts in multiples of ROUND (default
-16), by ``quantize.pruning.prune_to_flops`` with the part weights the checkpoint's pruning
-recorded (``prune_log.json`` beside it, its last step; uniform where there is none). Their
+16), by ``quantize.pruning.prune_to_flops`` in one step with the part weights of the last
+step the checkpoint's pruning recorded (``prune_log.json`` beside it; uniform where there is
+none). Their
 weights are random, so they answer what latency a plan of that size and rounding would reach,
 not what it would score: e.g. whether a smaller model, or widths in the multiples of 64 that
 AMX takes INT8 input channels in, would meet the target on this CPU.
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         args.also = [parse_plan(text) for text in args.also]
     except ValueError as error:
         parser.error(f"--also: {error}")
+    if len({plan_label(plan) for plan in args.also}) < len(args.also):
+        parser.error("--also: the same plan twice")
     require_choices(parser, "--precisions", args.precisions.split(","), ("fp32", "int8"))
     require_checkpoint(parser, args.checkpoint)
     with CoreLatencyProbe() as probe:
@@ -95,6 +98,12 @@ def parse_plan(text: str) -> tuple[float, int]:
     if not 0.0 < ratio < 1.0 or round_to < 1:
         raise ValueError(f"{text!r}: RATIO must lie in (0, 1) and ROUND be >= 1")
     return ratio, round_to
+
+
+def plan_label(plan: tuple[float, int]) -> str:
+    """``0.25x/16``: the target ratio and the channel rounding of a plan."""
+    ratio, round_to = plan
+    return f"{ratio:g}x/{round_to}"
 
 
 def recorded_part_weights(checkpoint: str) -> dict[str, float] | None:
@@ -114,14 +123,20 @@ def recorded_part_weights(checkpoint: str) -> dict[str, float] | None:
 def plan_variants(unpruned: nn.Module, size: tuple[int, int],
                   plans: list[tuple[float, int]],
                   part_weights: dict[str, float] | None) -> dict[str, nn.Module]:
-    """``{label: unpruned pruned to (ratio, round_to)}`` for each plan; ``unpruned`` stays
-    as it is. A label reads ``0.25x/16``: the target ratio and the channel rounding."""
+    """``{plan_label: unpruned pruned to (ratio, round_to)}`` for each plan, in one step with
+    ``part_weights`` (the zoo model took two steps, so at its own ratio a plan's widths differ
+    from its); ``unpruned`` stays as it is. Raises ValueError for a plan no ratio reaches
+    (e.g. 0.2 with channels in 64s, whose floor is about 0.37x)."""
     gflops = count_gflops(unpruned, size)
     variants = {}
-    for ratio, round_to in plans:
-        variants[f"{ratio:g}x/{round_to}"], _ = prune_to_flops(
-            copy.deepcopy(unpruned), size, gflops * ratio, round_to=round_to,
-            part_weights=part_weights)
+    for plan in plans:
+        ratio, round_to = plan
+        try:
+            variants[plan_label(plan)], _ = prune_to_flops(
+                copy.deepcopy(unpruned), size, gflops * ratio, round_to=round_to,
+                part_weights=part_weights)
+        except ValueError as error:
+            raise ValueError(f"plan {plan_label(plan)}: {error}") from None
     return variants
 
 
@@ -144,8 +159,11 @@ def _measure(args: argparse.Namespace, parser: argparse.ArgumentParser,
     feed = {"images": calibration[0]}
     precisions = tuple(args.precisions.split(","))
     part_weights = recorded_part_weights(args.checkpoint) if args.also else None
-    models = {"unpruned": unpruned, "pruned": pruned,
-              **plan_variants(unpruned, size, args.also, part_weights)}
+    try:
+        variants = plan_variants(unpruned, size, args.also, part_weights)
+    except ValueError as error:
+        parser.error(f"--also: {error}")
+    models = {"unpruned": unpruned, "pruned": pruned, **variants}
     items: dict[tuple[str, str, str], Timed] = {}
     with tempfile.TemporaryDirectory(prefix="edgedet-prune-latency-") as tmp:
         for index, (label, model) in enumerate(models.items()):

@@ -20,8 +20,9 @@ from edgedet._repo import use_repo_root
 use_repo_root(__file__)
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,16 +45,23 @@ class MaskActivity:
 
 
 def mask_activity(model: nn.Module, images: Sequence[torch.Tensor]) -> MaskActivity:
-    """Run ``model`` (a HAR-Net with ``head.spatial_attention``) on each ``(1, 3, H, W)``
-    image and gather its spatial attention's mask and hidden activations."""
-    attention = getattr(getattr(model, "head", None), "spatial_attention", None)
+    """Run ``model`` (a HAR-Net with ``head.spatial_attention``) on each ``(N, 3, H, W)``
+    float32 batch and gather its spatial attention's mask and hidden activations."""
+    head = getattr(model, "head", None)
+    attention = getattr(head, "spatial_attention", None)
     if attention is None:
         raise ValueError("the model has no spatial attention (not a HAR-Net, or built without)")
+    if not getattr(head, "spatial_attention_enabled", True):
+        raise ValueError("the model's spatial attention is switched off "
+                         "(set_attention_enabled(spatial=False))")
     convs = [m for m in attention.layers if isinstance(m, nn.Conv2d)]
     hidden: list[list[torch.Tensor]] = [[] for _ in convs[:-1]]
     masks: list[torch.Tensor] = []
+    # The hook sees the conv's output before the in-place ReLU after it runs: relu() copies.
+    # Kept as (channels, every position of every image of the batch).
     hooks = [conv.register_forward_hook(
-        lambda _m, _i, out, index=index: hidden[index].append(out.detach().relu().flatten(2)))
+        lambda _m, _i, out, index=index: hidden[index].append(
+            out.detach().relu().transpose(0, 1).flatten(1)))
         for index, conv in enumerate(convs[:-1])]
     hooks.append(attention.register_forward_hook(
         lambda _m, _i, out: masks.append(out.detach().flatten())))
@@ -65,9 +73,11 @@ def mask_activity(model: nn.Module, images: Sequence[torch.Tensor]) -> MaskActiv
     finally:
         for hook in hooks:
             hook.remove()
+    if not masks:
+        raise ValueError("no image reached the spatial attention")
     mask = torch.cat(masks)
     # (channels, every position of every level of every frame)
-    per_conv = [torch.cat([t[0] for t in outs], dim=1) for outs in hidden]
+    per_conv = [torch.cat(outs, dim=1) for outs in hidden]
     return MaskActivity(
         mask_mean=float(mask.mean()), mask_std=float(mask.std()),
         mask_min=float(mask.min()), mask_max=float(mask.max()),
@@ -75,9 +85,10 @@ def mask_activity(model: nn.Module, images: Sequence[torch.Tensor]) -> MaskActiv
         hidden_dead=[(int((a.amax(dim=1) <= 0).sum()), a.shape[0]) for a in per_conv])
 
 
-def frames(config: dict, count: int, seed: int, frame_size: tuple[int, int]
+def frames(config: Mapping[str, Any], count: int, seed: int, frame_size: tuple[int, int]
            ) -> list[torch.Tensor]:
-    """``count`` synthetic frames of ``seed``, pre-processed for the checkpoint's input."""
+    """``count`` synthetic frames of ``seed`` (``frame_size`` = (W, H)), pre-processed for
+    the checkpoint's input: each a ``(1, 3, H_in, W_in)`` float32 tensor."""
     preprocess_config = PreprocessConfig.from_dict(config["preprocess"])
     scenes = SyntheticScenes(count, seed=seed, config=SyntheticConfig(image_size=frame_size))
     return [torch.from_numpy(preprocess(scenes[i].image, preprocess_config)[0])

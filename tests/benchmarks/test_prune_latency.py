@@ -26,10 +26,11 @@ def test_a_plan_reads_ratio_and_rounding() -> None:
 
 def test_a_bad_plan_is_a_usage_error_before_anything_is_built(
         capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as stopped:
-        main(["--also", "0.3", "--also", "2"])
-    assert stopped.value.code == 2
-    assert "--also" in capsys.readouterr().err
+    for plans in (["0.3", "2"], ["0.3", "0.30:16"]):  # a bad plan; the same plan twice
+        with pytest.raises(SystemExit) as stopped:
+            main([arg for plan in plans for arg in ("--also", plan)])
+        assert stopped.value.code == 2
+        assert "--also" in capsys.readouterr().err
 
 
 def test_the_part_weights_come_from_the_last_recorded_step(tmp_path: Path) -> None:
@@ -53,6 +54,8 @@ def test_each_plan_reaches_its_size_in_multiples_of_its_rounding() -> None:
     plans = plan_variants(model, INPUT_SIZE, [(0.5, 16), (0.5, 32)],
                           {"backbone.layer4": 1.5, "fpn": 0.5})
     assert list(plans) == ["0.5x/16", "0.5x/32"]
+    with pytest.raises(ValueError, match=r"plan 0\.05x/16"):  # below what the floors allow
+        plan_variants(model, INPUT_SIZE, [(0.05, 16)], None)
     assert {name: p.shape for name, p in model.state_dict().items()} == before  # untouched
     for label, round_to in (("0.5x/16", 16), ("0.5x/32", 32)):
         pruned = plans[label]

@@ -3,6 +3,8 @@ from a working one."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,14 +48,31 @@ def test_a_dead_conv_and_a_working_mask_are_reported() -> None:
     assert activity.mask_mean == pytest.approx(torch.sigmoid(torch.tensor(0.25)).item())
 
 
-def test_a_model_without_the_branch_is_an_error() -> None:
+def test_every_image_of_a_batch_counts() -> None:
+    model = tiny_harnet()
+    one, other = _images(2)
+    alone = [mask_activity(model, [image]) for image in (one, other)]
+    together = mask_activity(model, [torch.cat([one, other])])
+    # (a batch of two runs other conv kernels: equal up to float rounding)
+    assert together.mask_max == pytest.approx(max(a.mask_max for a in alone), rel=1e-3)
+    assert together.mask_min == pytest.approx(min(a.mask_min for a in alone), rel=1e-2)
+    assert together.hidden_max == pytest.approx(
+        [max(a.hidden_max[i] for a in alone) for i in range(4)], rel=1e-3)
+
+
+def test_a_model_without_the_branch_or_with_it_off_is_an_error() -> None:
     model = harnet_resnet18_small(num_classes=3, img_size=INPUT_SIZE,
                                   use_spatial_attention=False)
     with pytest.raises(ValueError, match="no spatial attention"):
         mask_activity(model, _images(1))
+    model = harnet_resnet18_small(num_classes=3, img_size=INPUT_SIZE)
+    model.set_attention_enabled(spatial=False)
+    with pytest.raises(ValueError, match="switched off"):
+        mask_activity(model, _images(1))
 
 
-def test_the_command_prints_a_row_per_checkpoint(tmp_path, capsys) -> None:
+def test_the_command_prints_a_row_per_checkpoint(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     _tiny_checkpoint(tmp_path / "tiny")
     assert main([str(tmp_path / "tiny"), "--images", "2", "--frame-size", "160", "128"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines()
