@@ -449,6 +449,11 @@ def test_harnet_criterion_works_with_attention_off_and_on():
     # deformable conv is the slow part on CPU, so it is left out here.)
     torch.manual_seed(0)
     model = harnet_resnet18_small(num_classes=2, img_size=128, use_aligned_attention=False)
+    # The spatial mask's last conv starts at zero, which keeps the gradient from the convs
+    # before it until it has moved: moved here, as some way into training.
+    assert model.head.spatial_attention is not None
+    with torch.no_grad():
+        model.head.spatial_attention.layers[-1].weight.normal_(std=0.01)
     priors = torch.from_numpy(model.anchor_spec((128, 128)).generate())
     criterion = build_criterion(model)
     images = torch.randn(2, 3, 128, 128)

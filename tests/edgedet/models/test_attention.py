@@ -54,6 +54,35 @@ def test_spatial_attention_mask_shape_range_and_dilations() -> None:
     assert mask.std() > 1e-3  # not a constant: the mask depends on position
 
 
+def test_spatial_attention_starts_as_a_constant_half_mask_that_can_learn() -> None:
+    torch.manual_seed(2)
+    module = SpatialAttention(32)
+    # FPN-like input: non-negative, a few units large (the zoo HAR-Net's reach 100s).
+    features = torch.randn(2, 32, 12, 10).relu() * 5
+    mask = module(features)
+    torch.testing.assert_close(mask, torch.full_like(mask, 0.5))  # the start changes nothing
+    # Where the objective wants another mask, the last conv's gradient is that of He-scale
+    # activations (with RetinaNet's N(0, 0.01) everywhere it was about 1e-5 and the branch
+    # never came alive in a trained HAR-Net) ...
+    energy = features.pow(2).mean(1, keepdim=True)
+    target = (energy > energy.median()).float()  # half the positions in, half out
+    (mask - target).pow(2).mean().backward()
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[-1].weight.grad.norm() > 1e-2
+    # ... and the hidden convs pass the input on at its scale, not a tenth of it per conv.
+    hidden = features
+    for layer in list(module.layers)[:-1]:
+        hidden = layer(hidden)
+    assert hidden.pow(2).mean().sqrt() > 0.1 * features.pow(2).mean().sqrt()
+    # A few optimiser steps on that objective give a mask that varies with position.
+    optimiser = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.05)
+    for _ in range(20):
+        optimiser.zero_grad()
+        (module(features) - target).pow(2).mean().backward()
+        optimiser.step()
+    assert module(features).std() > 0.1
+
+
 def test_clse_weights_are_shared_by_levels_and_match_hand_computation() -> None:
     torch.manual_seed(1)
     module = CrossLevelSE(channels=4, num_levels=2, reduction=2)

@@ -68,6 +68,13 @@ def test_structure_follows_the_paper() -> None:
 
 def test_gradients_reach_every_parameter() -> None:
     model = harnet_resnet18_small(num_classes=3).train()
+    # The spatial mask's last conv starts at zero (its hidden convs get no gradient by
+    # construction until it moves, as DSANet's Q, K, V with gamma = 0): moved here.
+    assert model.head.spatial_attention is not None
+    last = model.head.spatial_attention.layers[-1]
+    assert not last.weight.any() and not last.bias.any()
+    with torch.no_grad():
+        last.weight.normal_(std=0.01, generator=torch.Generator().manual_seed(0))
     out = model(torch.randn(2, 3, 64, 64))
     sum(t.sum() for t in out.values()).backward()
     for name, param in model.named_parameters():
@@ -115,9 +122,19 @@ def test_incremental_training_switches_gradients_of_attention() -> None:
             assert param.grad is None
         else:
             assert param.grad is not None
-    # Stage 2: attention on; its parameters now learn.
+    # Stage 2: attention on; its parameters now learn (the spatial mask's last conv first:
+    # it starts at zero, so the convs before it learn once it has moved, as here).
     model.zero_grad(set_to_none=True)
     model.set_attention_enabled(spatial=True, channel=True)
+    out = model(torch.randn(1, 3, 64, 64))
+    sum(t.sum() for t in out.values()).backward()
+    assert all(p.grad is not None for p in model.attention_parameters())
+    assert model.head.spatial_attention is not None
+    last = model.head.spatial_attention.layers[-1]
+    assert last.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        last.weight.normal_(std=0.01, generator=torch.Generator().manual_seed(0))
     out = model(torch.randn(1, 3, 64, 64))
     sum(t.sum() for t in out.values()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.attention_parameters())
