@@ -20,10 +20,9 @@ is <= 0.55x for INT8 on ONNX Runtime and OpenVINO.
 architecture pruned to RATIO of its GFLOPs with channel counts in multiples of ROUND (default
 16), by ``quantize.pruning.prune_to_flops`` in one step with the part weights of the last
 step the checkpoint's pruning recorded (``prune_log.json`` beside it; uniform where there is
-none). Their
-weights are random, so they answer what latency a plan of that size and rounding would reach,
-not what it would score: e.g. whether a smaller model, or widths in the multiples of 64 that
-AMX takes INT8 input channels in, would meet the target on this CPU.
+none). Their weights are random, so they answer what latency a plan of that size and rounding
+would reach, not what it would score: e.g. whether a smaller model, or widths in the
+multiples of 64 that AMX takes INT8 input channels in, would meet the target on this CPU.
 """
 
 from __future__ import annotations
