@@ -3,7 +3,7 @@
 Prunes the checkpoint once per criterion of ``quantize.pruning.CRITERIA`` to the same GFLOPs
 target (no fine-tuning) and prints the validation AP each leaves, next to the unpruned AP.
 ``random`` is the floor an uninformed choice reaches. The measurements behind
-``quantize/prune.py``'s default (L2) are in ``docs/pruned_harnet.md`` ("The criterion").
+``quantize/prune.py``'s default (L2) are in ``docs/pruned_harnet_early.md`` ("The criterion").
 """
 
 from __future__ import annotations

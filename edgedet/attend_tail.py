@@ -6,7 +6,7 @@ points, and this module sums the bilinear samples (``edgedet.kernels.tap_sum``) 
 logits and box deltas the decoder reads. Why: ONNX Runtime's only fast sampler, ``GridSample``,
 walks its sampling plan once per channel in scalar code; the compiled sum reads each corner's
 outputs as one contiguous row, and an INT8 model hands over its uint8 table without
-dequantizing it (``docs/architecture.md``, "The attend tail").
+dequantizing it (``docs/architecture_export.md``, "The attend tail").
 
 The manifest's ``attend_tail`` section says how (``AttendTailSpec``)::
 

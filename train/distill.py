@@ -22,7 +22,7 @@ For the RetinaNet family (sigmoid classification: HAR-Net, DSANet), per anchor `
   image, which left ``kd_cls`` about 40x below the focal loss and its effect nil.)
 
 ``loss += weight * (kd_cls + kd_box)``. The choice of these forms over feature imitation is
-ours (the HAR-Net paper does not prune); see ``docs/architecture.md``.
+ours (the HAR-Net paper does not prune); see ``docs/architecture_export.md`` ("Structured pruning").
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ the map reads 0; points clamped to one cell beyond the map first, so ``floor`` a
 conversion stay finite), summed in another order: equal to float32 rounding. A NaN point (a
 NaN box delta) reads nothing here, so the output is the bias; the graph forms fail on it
 (``Gather``) or return NaN (``GridSample``). Why the runtimes do not do this themselves:
-``docs/architecture.md`` ("The attend tail").
+``docs/architecture_export.md`` ("The attend tail").
 
 A uint8 table (an INT8 model's projection output, ``value = scale * (q - zero_point)``) is read
 as it is, a quarter of the float table's bytes: the kernel sums ``w * q`` and the weights

@@ -89,7 +89,7 @@ TARGET = Target(
     sampler="grid_sample",
     # PASSD's attend tap sum in the SDK (edgedet.attend_tail): ONNX Runtime's GridSample
     # walks its plan once per channel in scalar code, and an INT8 graph dequantizes the
-    # whole table for it. One interleaved run on the AMX CPU (docs/performance_amx.md):
+    # whole table for it. One interleaved run on the AMX CPU (docs/performance_amx_history.md):
     # zoo PASSD INT8 11.84 -> 9.92 ms, fp32 23.83 -> 23.31; paper-width (80 classes) INT8
     # 12.48 ms against the in-graph fp32's 32.91 (the tail's fp32 34.34). An fp32 build
     # computes the tables as channels-last MatMuls (quantize.attend_tail.tables_as_matmul).
