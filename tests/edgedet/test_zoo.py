@@ -15,10 +15,10 @@ from edgedet.cpu_features import describe, x86_cpu_flags
 
 # The kind of CPU a check ran on (``accuracy["checked_on"]``, recorded since 2026-12-06; every
 # zoo check before ran on AVX-512 VNNI + BF16 CPUs: docs/deployment.md, "On x86 CPUs without
-# AVX-512 VNNI or BF16"). On another kind the same files compute other values: OpenVINO runs its float ops
-# in f32 instead of bf16, INT8 sums without VNNI add pairs in 16 bits, and OpenCV / numpy take
-# other SIMD paths when the eval images are drawn (an AVX2 EPYC drew them with another sha256
-# and the same reference AP).
+# AVX-512 VNNI or BF16"). On another kind the same files compute other values: OpenVINO runs
+# its float ops in f32 instead of bf16, INT8 sums without VNNI add pairs in 16 bits, and OpenCV
+# / numpy take other SIMD paths when the eval images are drawn (an AVX2 EPYC drew them with
+# another sha256 and the same reference AP).
 CHECKED_ON_BEFORE_IT_WAS_RECORDED = "AVX-512, VNNI, BF16"
 
 
