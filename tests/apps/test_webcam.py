@@ -305,7 +305,7 @@ def test_an_image_of_a_folder_too_small_for_the_tiles_is_skipped(
     assert "a 1x1 frame is too small for 2x2 tiles" in capsys.readouterr().err
 
 
-# The mission's camera models as the README runs them (each backend the zoo has a build for,
+# The mission's camera models as the docs run them (each backend the zoo has a build for,
 # and HAR-Net's double-scale testing), on the built-in demo.
 ZOO_CAMERA_RUNS = [
     ["--model", "passd_mobilenet_int8"],
