@@ -1,6 +1,6 @@
 """Runtime latency of a pruned HAR-Net against the unpruned architecture, INT8, one run.
 
-    python benchmarks/prune_latency.py [--checkpoint checkpoints/harnet_pruned_distilled/best]
+    python benchmarks/prune_latency.py [--checkpoint checkpoints/harnet_pruned_spatial/best]
         [--threads 2] [--rounds 20] [--calls 3]
 
 Latency does not depend on the weights' values, so the unpruned side is the pruned
@@ -56,14 +56,14 @@ from edgedet.models.summary import count_gflops
 from quantize.pruning import prune_to_flops
 
 DEFAULT_CHECKPOINT = (Path(__file__).resolve().parents[1]
-                      / "checkpoints/harnet_pruned_distilled/best")
+                      / "checkpoints/harnet_pruned_spatial/best")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="a pruned checkpoint (its config holds the channel plan; default: "
-                             "the repository's checkpoints/harnet_pruned_distilled/best, "
+                             "the repository's checkpoints/harnet_pruned_spatial/best, "
                              "from any working directory)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)

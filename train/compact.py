@@ -7,7 +7,7 @@ it into the float32 model unchanged (``load_state_dict`` casts). The copy is ref
 value does not fit float16 or when the rebuilt model's outputs move by more than
 ``--max-output-diff`` relative to their range on a random input::
 
-    python train/compact.py runs/p3/best checkpoints/harnet_pruned_distilled/best --overwrite
+    python train/compact.py runs/p3/best checkpoints/harnet_pruned_spatial/best --overwrite
 
 Writes ``DST.safetensors`` and ``DST.json`` atomically, with ``stored_dtype: "float16"`` in
 the embedded config; integer buffers (BatchNorm's counters) are kept as they are.

@@ -15,7 +15,7 @@ from train.distributed import DistInfo
 from train.evaluation import evaluate
 
 # A trained checkpoint, so that the APs compared are not the zeros of random weights.
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints/harnet_pruned_distilled/best"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints/harnet_pruned_spatial/best"
 
 
 def test_seed_1_is_the_split_training_scores_on(capsys):

@@ -43,7 +43,7 @@ def test_the_part_weights_come_from_the_last_recorded_step(tmp_path: Path) -> No
     (tmp_path / "prune_log.json").write_text(json.dumps({"steps": [{"ratio": 0.2}]}))
     assert recorded_part_weights(str(tmp_path / "best")) is None
     # the repository's pruned HAR-Net has its sensitivity allocation on record
-    shipped = recorded_part_weights(str(REPO / "checkpoints/harnet_pruned_distilled/best"))
+    shipped = recorded_part_weights(str(REPO / "checkpoints/harnet_pruned_spatial/best"))
     assert shipped is not None and shipped["backbone.layer4"] == pytest.approx(2.0)
 
 
