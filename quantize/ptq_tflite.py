@@ -183,7 +183,7 @@ def scope_regex(scopes: Sequence[str]) -> str:
 
 
 # The range given to a tensor calibration saw zero everywhere, e.g. a ReLU dead on every
-# image (the pruned HAR-Net's spatial attention has one): ai-edge-quantizer gives such a
+# image (`harnet_pruned_distilled`'s spatial attention had one): ai-edge-quantizer gives such a
 # tensor a scale of 1e-9 / 255, and XNNPACK refuses the whole file ("failed to create XNNPACK
 # runtime"), since the conv reading it then requantizes by input scale x weight scale /
 # output scale ~ 1e-13, outside the [2^-32, 256) its kernels take. Any normal scale holds

@@ -73,8 +73,8 @@ def test_an_all_zero_tensor_gets_a_range_xnnpack_takes():
 
 
 class DeadReLU(torch.nn.Module):
-    """conv -> ReLU that no image wakes (zero weights, bias -1) -> conv: the pruned HAR-Net's
-    spatial attention has such a layer."""
+    """conv -> ReLU that no image wakes (zero weights, bias -1) -> conv: the spatial attention
+    of ``checkpoints/harnet_pruned_distilled`` had such a layer."""
 
     def __init__(self) -> None:
         super().__init__()
